@@ -1,0 +1,120 @@
+# parley: a real-time messaging server.
+#
+#   make run     install what is missing, build, start parleyd on :8080
+#   make test    install what is missing, build, run every test
+#   make bench   run the benchmarks (bench/)
+#   make fuzz    run every libFuzzer driver for FUZZ_SECONDS each (clang)
+#   make SANITIZE=address,undefined test   the same tests, instrumented
+#
+# Modules are discovered: src/<module>.c (all but main.c) form the core
+# library, tests/unit/test_<module>.c are unit tests, tests/fuzz/fuzz_<name>.c
+# are fuzz drivers with their corpus in tests/fuzz/corpus/<name>/.
+
+CC       ?= cc
+PYTHON   ?= /usr/bin/python3
+PKGS     := libuv libcrypto lmdb libcjson libsodium
+SANITIZE ?=
+FUZZ_SECONDS ?= 60
+
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Wno-unused-parameter \
+               -Wformat=2 -Wshadow -Wstrict-prototypes -fno-strict-aliasing -MMD -MP
+ifdef WERROR
+CFLAGS_BASE += -Werror
+endif
+
+ifeq ($(SANITIZE),)
+B := build
+SAN_FLAGS :=
+else
+B := build/san
+SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
+endif
+
+# pkg-config runs only for targets that compile (not for clean/setup).
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS  += $(CFLAGS_BASE) $(SAN_FLAGS) -Isrc -Iinclude $(PKG_CFLAGS)
+LDFLAGS += $(SAN_FLAGS)
+LDLIBS  += $(PKG_LIBS) -lpthread -lm
+
+CORE_SRC   := $(filter-out src/main.c,$(wildcard src/*.c))
+CORE_OBJ   := $(CORE_SRC:src/%.c=$(B)/obj/%.o)
+CORE_LIB   := $(B)/libparley_core.a
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
+REPLAY_BIN := $(FUZZ_NAMES:%=$(B)/tests/replay_%)
+BENCH_SRC  := $(wildcard bench/*.c)
+BENCH_BIN  := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
+
+.PHONY: all setup run test test-unit test-fuzz test-integration bench fuzz clean
+
+all: $(B)/parleyd
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	@$(MAKE) --no-print-directory all
+	./$(B)/parleyd --data-dir ./data --web-dir ./web
+
+test: setup
+	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN)
+	@$(MAKE) --no-print-directory test-unit test-fuzz test-integration
+
+test-unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do $$t; done
+
+test-fuzz: $(REPLAY_BIN)
+	@set -e; for n in $(FUZZ_NAMES); do $(B)/tests/replay_$$n tests/fuzz/corpus/$$n; done
+
+test-integration: $(B)/parleyd
+	PARLEYD=$(abspath $(B)/parleyd) PARLEY_WEB=$(abspath web) \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+bench: setup
+	@$(MAKE) --no-print-directory all $(BENCH_BIN)
+	@bench/run.sh $(B)
+
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang"; exit 1; }
+	@set -e; mkdir -p build/fuzz; for n in $(FUZZ_NAMES); do \
+	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) \
+	        -fsanitize=fuzzer,address,undefined \
+	        tests/fuzz/fuzz_$$n.c $(CORE_SRC) -o build/fuzz/fuzz_$$n $(PKG_LIBS) -lpthread -lm; \
+	    mkdir -p build/fuzz/corpus_$$n; \
+	    dict=; [ -f tests/fuzz/$$n.dict ] && dict=-dict=tests/fuzz/$$n.dict; \
+	    echo "fuzz_$$n: $(FUZZ_SECONDS)s"; \
+	    build/fuzz/fuzz_$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=build/fuzz/crash_$$n- build/fuzz/corpus_$$n tests/fuzz/corpus/$$n; \
+	done
+
+clean:
+	rm -rf build
+
+$(B)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(CORE_LIB): $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/parleyd: $(B)/obj/main.o $(CORE_LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(B)/tests/test_%: tests/unit/test_%.c $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(B)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(B)/bench/%: bench/%.c $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+-include $(wildcard $(B)/obj/*.d $(B)/tests/*.d $(B)/bench/*.d)

@@ -1,0 +1,171 @@
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+
+#define PARLEY_VERSION "0.1.0"
+
+void config_defaults(config *c)
+{
+    memset(c, 0, sizeof *c);
+    strcpy(c->listen, "0.0.0.0");
+    c->port = 8080;
+    strcpy(c->data_dir, "./data");
+    strcpy(c->web_dir, "./web");
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c->threads = n > 0 ? (int)n : 1;
+    c->log_level = LOG_INFO;
+    c->max_message = 64 * 1024;
+    c->max_queue = 1024 * 1024;
+    c->max_body = 1024 * 1024;
+    c->max_header_bytes = 16 * 1024;
+    c->request_timeout_ms = 10000;
+    c->idle_timeout_ms = 60000;
+    c->ping_interval_ms = 30000;
+    c->shutdown_timeout_ms = 5000;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: parleyd [flags]\n"
+"\n"
+"parley real-time messaging server " PARLEY_VERSION "\n"
+"\n"
+"  --listen ADDR          address to listen on (default 0.0.0.0)\n"
+"  --port N               TCP port (default 8080; 0 picks a free port)\n"
+"  --data-dir DIR         where data is stored (default ./data)\n"
+"  --web-dir DIR          static files served at / (default ./web)\n"
+"  --threads N            I/O threads, one event loop each (default: cores)\n"
+"  --log-level LEVEL      error, warn, info or debug (default info)\n"
+"  --max-message BYTES    largest WebSocket message (default 65536; 1009 above)\n"
+"  --max-queue BYTES      output queued per connection (default 1048576)\n"
+"  --max-body BYTES       largest HTTP request body (default 1048576; 413 above)\n"
+"  --max-header-bytes N   largest HTTP request head (default 16384; 431 above)\n"
+"  --request-timeout MS   time to send a whole request or handshake (default 10000)\n"
+"  --idle-timeout MS      idle keep-alive HTTP connection lifetime (default 60000)\n"
+"  --ping-interval MS     WebSocket ping after this much silence; closed after\n"
+"                         two unanswered pings (default 30000)\n"
+"  --shutdown-timeout MS  bound on a graceful stop (default 5000)\n"
+"  --help                 this text\n"
+"  --version              the version\n"
+"\n"
+"SIGTERM or SIGINT stops gracefully: no new connections, WebSockets closed\n"
+"with 1001, output flushed, exit 0 within --shutdown-timeout.\n");
+}
+
+static int parse_num(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return ERR_INVALID;
+    *out = v;
+    return 0;
+}
+
+int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
+{
+    enum { O_LISTEN = 256, O_PORT, O_DATA, O_WEB, O_THREADS, O_LOG, O_MAXMSG,
+           O_MAXQ, O_MAXBODY, O_MAXHDR, O_REQTO, O_IDLETO, O_PING, O_SHUTDOWN,
+           O_HELP, O_VERSION };
+    static const struct option opts[] = {
+        {"listen", required_argument, 0, O_LISTEN},
+        {"port", required_argument, 0, O_PORT},
+        {"data-dir", required_argument, 0, O_DATA},
+        {"web-dir", required_argument, 0, O_WEB},
+        {"threads", required_argument, 0, O_THREADS},
+        {"log-level", required_argument, 0, O_LOG},
+        {"max-message", required_argument, 0, O_MAXMSG},
+        {"max-queue", required_argument, 0, O_MAXQ},
+        {"max-body", required_argument, 0, O_MAXBODY},
+        {"max-header-bytes", required_argument, 0, O_MAXHDR},
+        {"request-timeout", required_argument, 0, O_REQTO},
+        {"idle-timeout", required_argument, 0, O_IDLETO},
+        {"ping-interval", required_argument, 0, O_PING},
+        {"shutdown-timeout", required_argument, 0, O_SHUTDOWN},
+        {"help", no_argument, 0, O_HELP},
+        {"version", no_argument, 0, O_VERSION},
+        {0, 0, 0, 0},
+    };
+    optind = 1;
+    opterr = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        long long v = 0;
+        int rc = 0;
+        switch (o) {
+        case O_LISTEN:
+            if (strlen(optarg) >= sizeof c->listen) rc = ERR_INVALID;
+            else strcpy(c->listen, optarg);
+            break;
+        case O_PORT:
+            if ((rc = parse_num(optarg, 0, 65535, &v)) == 0) c->port = (int)v;
+            break;
+        case O_DATA:
+            if (strlen(optarg) >= sizeof c->data_dir) rc = ERR_INVALID;
+            else strcpy(c->data_dir, optarg);
+            break;
+        case O_WEB:
+            if (strlen(optarg) >= sizeof c->web_dir) rc = ERR_INVALID;
+            else strcpy(c->web_dir, optarg);
+            break;
+        case O_THREADS:
+            if ((rc = parse_num(optarg, 1, 256, &v)) == 0) c->threads = (int)v;
+            break;
+        case O_LOG:
+            if ((rc = log_parse_level(optarg)) >= 0) { c->log_level = rc; rc = 0; }
+            break;
+        case O_MAXMSG:
+            if ((rc = parse_num(optarg, 125, 1 << 30, &v)) == 0) c->max_message = (size_t)v;
+            break;
+        case O_MAXQ:
+            if ((rc = parse_num(optarg, 4096, 1 << 30, &v)) == 0) c->max_queue = (size_t)v;
+            break;
+        case O_MAXBODY:
+            if ((rc = parse_num(optarg, 0, 1 << 30, &v)) == 0) c->max_body = (size_t)v;
+            break;
+        case O_MAXHDR:
+            if ((rc = parse_num(optarg, 256, 1 << 20, &v)) == 0) c->max_header_bytes = (size_t)v;
+            break;
+        case O_REQTO:
+            if ((rc = parse_num(optarg, 1, 3600000, &v)) == 0) c->request_timeout_ms = (uint32_t)v;
+            break;
+        case O_IDLETO:
+            if ((rc = parse_num(optarg, 1, 86400000, &v)) == 0) c->idle_timeout_ms = (uint32_t)v;
+            break;
+        case O_PING:
+            if ((rc = parse_num(optarg, 10, 86400000, &v)) == 0) c->ping_interval_ms = (uint32_t)v;
+            break;
+        case O_SHUTDOWN:
+            if ((rc = parse_num(optarg, 0, 3600000, &v)) == 0) c->shutdown_timeout_ms = (uint32_t)v;
+            break;
+        case O_HELP:
+            usage(out);
+            return 1;
+        case O_VERSION:
+            fprintf(out, "parleyd " PARLEY_VERSION "\n");
+            return 1;
+        default:
+            fprintf(err, "parleyd: unknown or incomplete flag '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return ERR_INVALID;
+        }
+        if (rc < 0) {
+            fprintf(err, "parleyd: bad value '%s' for --%s (see --help)\n", optarg,
+                    opts[o - O_LISTEN].name);
+            return ERR_INVALID;
+        }
+    }
+    if (optind < argc) {
+        fprintf(err, "parleyd: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return ERR_INVALID;
+    }
+    return 0;
+}

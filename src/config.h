@@ -1,0 +1,38 @@
+/* config: parleyd's settings, from command-line flags.
+ *
+ * Every limit and timeout is here with its default; `parleyd --help` prints
+ * them all. config_parse() never exits: the caller decides what to do.
+ */
+#ifndef PARLEY_CONFIG_H
+#define PARLEY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct config {
+    char listen[64];             /* --listen, default 0.0.0.0 */
+    int port;                    /* --port, default 8080; 0 picks a free one */
+    char data_dir[512];          /* --data-dir, default ./data */
+    char web_dir[512];           /* --web-dir, default ./web */
+    int threads;                 /* --threads, default: number of cores */
+    int log_level;               /* --log-level, default info */
+    size_t max_message;          /* --max-message, WebSocket message bytes, 65536 */
+    size_t max_queue;            /* --max-queue, output bytes per connection, 1 MiB */
+    size_t max_body;             /* --max-body, HTTP request body bytes, 1 MiB */
+    size_t max_header_bytes;     /* --max-header-bytes, HTTP head bytes, 16384 */
+    uint32_t request_timeout_ms; /* --request-timeout, handshake/request, 10000 */
+    uint32_t idle_timeout_ms;    /* --idle-timeout, idle keep-alive HTTP, 60000 */
+    uint32_t ping_interval_ms;   /* --ping-interval, WebSocket keepalive, 30000 */
+    uint32_t shutdown_timeout_ms;/* --shutdown-timeout, graceful stop bound, 5000 */
+} config;
+
+/* Fills *c with the defaults. */
+void config_defaults(config *c);
+
+/* Parses argv into *c (which holds the defaults or earlier values).
+ * Returns 0 to run, 1 when --help or --version was printed to `out`, or
+ * ERR_INVALID after printing what is wrong to `err`. */
+int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err);
+
+#endif

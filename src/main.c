@@ -1,0 +1,113 @@
+/* parleyd: the parley server. Parses flags, starts the I/O threads, and
+ * turns SIGTERM/SIGINT into a graceful stop bounded by --shutdown-timeout
+ * (a second signal forces it). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "config.h"
+#include "err.h"
+#include "log.h"
+#include "server.h"
+
+typedef struct app {
+    config cfg;
+    server *srv;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t deadline;
+    uv_async_t done;
+    int threads_done;
+    int signals;
+} app;
+
+static void on_deadline(uv_timer_t *h)
+{
+    app *a = h->data;
+    log_warn("shutdown timeout: closing remaining connections", "timeout_ms=%u",
+             a->cfg.shutdown_timeout_ms);
+    server_force(a->srv);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    app *a = h->data;
+    if (a->signals++ == 0) {
+        log_info("stopping", "signal=%s", strsignal(signum));
+        server_stop(a->srv);
+        uv_timer_start(&a->deadline, on_deadline, a->cfg.shutdown_timeout_ms, 0);
+    } else {
+        log_warn("second signal: forcing stop", NULL);
+        server_force(a->srv);
+    }
+}
+
+static void on_thread_done(uv_async_t *h)
+{
+    app *a = h->data;
+    /* uv_async coalesces sends: count the threads whose loops have ended. */
+    int ended = 0;
+    for (int i = 0; i < a->srv->nthreads; i++) {
+        srv_thread *t = &a->srv->threads[i];
+        uv_mutex_lock(&t->mu);
+        ended += t->closed;
+        uv_mutex_unlock(&t->mu);
+    }
+    if (ended < a->srv->nthreads) return;
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->deadline, NULL);
+    uv_close((uv_handle_t *)&a->done, NULL);
+}
+
+static int make_dir(const char *path)
+{
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return ERR_IO;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return ERR_IO;
+    return ERR_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static app a;
+    config_defaults(&a.cfg);
+    int rc = config_parse(&a.cfg, argc, argv, stdout, stderr);
+    if (rc == 1) return 0;
+    if (rc < 0) return 2;
+    log_set_level((enum log_level)a.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    if (make_dir(a.cfg.data_dir) < 0) {
+        log_error("cannot create data dir", "dir=%s err=\"%s\"", a.cfg.data_dir, strerror(errno));
+        return 1;
+    }
+    uv_loop_t *loop = uv_default_loop();
+    uv_async_init(loop, &a.done, on_thread_done);
+    a.done.data = &a;
+    if (server_start(&a.srv, &a.cfg, &a.done) < 0) return 1;
+    log_info("listening", "addr=%s port=%d threads=%d data_dir=%s web_dir=%s", a.cfg.listen,
+             a.srv->port, a.cfg.threads, a.cfg.data_dir, a.cfg.web_dir);
+    printf("parleyd listening on http://%s:%d\n", a.cfg.listen, a.srv->port);
+    fflush(stdout);
+    uv_signal_init(loop, &a.sigterm);
+    uv_signal_init(loop, &a.sigint);
+    a.sigterm.data = a.sigint.data = &a;
+    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    uv_timer_init(loop, &a.deadline);
+    a.deadline.data = &a;
+    uv_run(loop, UV_RUN_DEFAULT);
+    server_wait(a.srv);
+    uv_loop_close(loop);
+    log_info("stopped", NULL);
+    return 0;
+}
