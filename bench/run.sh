@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make bench: starts a parleyd, runs the transport benchmarks against it,
+# prints the tables and writes bench/results/latest.json. Bounded in time.
+set -euo pipefail
+B=${1:-build}
+cd "$(dirname "$0")/.."
+out=bench/results/latest.json
+tmp=$(mktemp -d)
+./$B/parleyd --port 0 --listen 127.0.0.1 --data-dir "$tmp/data" --web-dir web \
+    >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 50); do grep -q listening "$tmp/out" && break; sleep 0.1; done
+port=$(sed -n 's/.*:\([0-9]*\)$/\1/p' "$tmp/out")
+echo "parleyd pid $pid port $port, $(nproc) cores, kernel $(uname -r)"
+timeout 300 ./$B/bench/wsbench idle --port "$port" --pid "$pid" --conns "${IDLE_CONNS:-15000}" | tee "$tmp/idle"
+sleep 2
+timeout 120 ./$B/bench/wsbench echo --port "$port" --pid "$pid" --conns 100 --seconds "${ECHO_SECONDS:-10}" --size 200 | tee "$tmp/echo"
+{
+  printf '{"machine":{"cores":%s,"kernel":"%s"},"results":[' "$(nproc)" "$(uname -r)"
+  sed -n 's/^json: //p' "$tmp/idle" "$tmp/echo" | paste -sd, -
+  printf ']}\n'
+} >"$out"
+echo "wrote $out"
