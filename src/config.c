@@ -29,6 +29,12 @@ void config_defaults(config *c)
     c->idle_timeout_ms = 60000;
     c->ping_interval_ms = 30000;
     c->shutdown_timeout_ms = 5000;
+    c->max_text = 16 * 1024;
+    c->max_group_members = 1000;
+    c->token_ttl_s = 30u * 24 * 3600;
+    c->commit_window_us = 1000;
+    c->max_writer_queue = 100000;
+    c->store_map_size = (size_t)64 << 30;
 }
 
 static void usage(FILE *f)
@@ -53,6 +59,13 @@ static void usage(FILE *f)
 "  --ping-interval MS     WebSocket ping after this much silence; closed after\n"
 "                         two unanswered pings (default 30000)\n"
 "  --shutdown-timeout MS  bound on a graceful stop (default 5000)\n"
+"  --max-text BYTES       largest message body, as JSON (default 16384)\n"
+"  --max-group-members N  members per group (default 1000)\n"
+"  --token-ttl SECONDS    session token lifetime (default 2592000 = 30 days)\n"
+"  --commit-window US     group commit: gather writes this long (default 1000)\n"
+"  --max-writer-queue N   writes waiting to commit before 'busy' (default 100000)\n"
+"  --store-size BYTES     largest size of the LMDB store (default 64 GiB)\n"
+"  --insecure-fast-kdf    minimum Argon2 cost, for benchmark provisioning only\n"
 "  --help                 this text\n"
 "  --version              the version\n"
 "\n"
@@ -74,6 +87,7 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
 {
     enum { O_LISTEN = 256, O_PORT, O_DATA, O_WEB, O_THREADS, O_LOG, O_MAXMSG,
            O_MAXQ, O_MAXBODY, O_MAXHDR, O_REQTO, O_IDLETO, O_PING, O_SHUTDOWN,
+           O_MAXTEXT, O_MAXGROUP, O_TTL, O_WINDOW, O_WQUEUE, O_STORESIZE, O_FASTKDF,
            O_HELP, O_VERSION };
     static const struct option opts[] = {
         {"listen", required_argument, 0, O_LISTEN},
@@ -90,6 +104,13 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
         {"idle-timeout", required_argument, 0, O_IDLETO},
         {"ping-interval", required_argument, 0, O_PING},
         {"shutdown-timeout", required_argument, 0, O_SHUTDOWN},
+        {"max-text", required_argument, 0, O_MAXTEXT},
+        {"max-group-members", required_argument, 0, O_MAXGROUP},
+        {"token-ttl", required_argument, 0, O_TTL},
+        {"commit-window", required_argument, 0, O_WINDOW},
+        {"max-writer-queue", required_argument, 0, O_WQUEUE},
+        {"store-size", required_argument, 0, O_STORESIZE},
+        {"insecure-fast-kdf", no_argument, 0, O_FASTKDF},
         {"help", no_argument, 0, O_HELP},
         {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -145,6 +166,27 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
             break;
         case O_SHUTDOWN:
             if ((rc = parse_num(optarg, 0, 3600000, &v)) == 0) c->shutdown_timeout_ms = (uint32_t)v;
+            break;
+        case O_MAXTEXT:
+            if ((rc = parse_num(optarg, 16, 1 << 24, &v)) == 0) c->max_text = (size_t)v;
+            break;
+        case O_MAXGROUP:
+            if ((rc = parse_num(optarg, 2, 1000000, &v)) == 0) c->max_group_members = (uint32_t)v;
+            break;
+        case O_TTL:
+            if ((rc = parse_num(optarg, 1, 10L * 365 * 86400, &v)) == 0) c->token_ttl_s = (uint32_t)v;
+            break;
+        case O_WINDOW:
+            if ((rc = parse_num(optarg, 0, 1000000, &v)) == 0) c->commit_window_us = (uint32_t)v;
+            break;
+        case O_WQUEUE:
+            if ((rc = parse_num(optarg, 1, 100000000, &v)) == 0) c->max_writer_queue = (size_t)v;
+            break;
+        case O_STORESIZE:
+            if ((rc = parse_num(optarg, 1 << 20, 1LL << 44, &v)) == 0) c->store_map_size = (size_t)v;
+            break;
+        case O_FASTKDF:
+            c->insecure_fast_kdf = 1;
             break;
         case O_HELP:
             usage(out);

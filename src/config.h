@@ -25,6 +25,13 @@ typedef struct config {
     uint32_t idle_timeout_ms;    /* --idle-timeout, idle keep-alive HTTP, 60000 */
     uint32_t ping_interval_ms;   /* --ping-interval, WebSocket keepalive, 30000 */
     uint32_t shutdown_timeout_ms;/* --shutdown-timeout, graceful stop bound, 5000 */
+    size_t max_text;             /* --max-text, message body JSON bytes, 16384 */
+    uint32_t max_group_members;  /* --max-group-members, 1000 */
+    uint32_t token_ttl_s;        /* --token-ttl, seconds, 30 days */
+    uint32_t commit_window_us;   /* --commit-window, group commit gather time, 1000 */
+    size_t max_writer_queue;     /* --max-writer-queue, ops waiting to commit, 100000 */
+    size_t store_map_size;       /* --store-size, LMDB map bytes, 64 GiB */
+    int insecure_fast_kdf;       /* --insecure-fast-kdf: minimum Argon2 cost (benchmarks) */
 } config;
 
 /* Fills *c with the defaults. */

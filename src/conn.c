@@ -15,7 +15,8 @@
 #define F_REQ_TIMER 0x04 /* the timer is the request deadline (HTTP) */
 #define F_SHUT      0x08 /* FIN sent (uv_shutdown) */
 #define F_NO_INPUT  0x10 /* input is discarded (lingering) */
-#define F_PAUSED    0x20 /* reading stopped until the output queue drains */
+#define F_PAUSED    0x20 /* reading stopped (conn_pause) */
+#define F_HELD      0x40 /* paused for an async request: conn_resume() only */
 
 #define MAX_IOV 64
 
@@ -131,6 +132,7 @@ void conn_abort(conn *c)
     else t->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     t->nconns--;
+    u64map_del(&t->by_id, c->id);
     metrics_inc(&t->m, M_CLOSED);
     uv_close((uv_handle_t *)&c->tcp, on_close);
     if (t->stopping && t->nconns == 0) srv_thread_idle(t);
@@ -263,12 +265,10 @@ static int fill_iov(conn *c, uv_buf_t *iov, size_t *total)
     return n;
 }
 
-static void resume_input(conn *c);
-
 static void after_drain(conn *c)
 {
     if (c->state == CONN_LINGER && !c->out_head) linger_fin(c);
-    else if (c->flags & F_PAUSED) resume_input(c);
+    else if ((c->flags & F_PAUSED) && !(c->flags & F_HELD)) conn_resume(c);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -342,7 +342,7 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
     return rc;
 }
 
-int conn_upgrade(conn *c, const ws_handshake *hs)
+int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
 {
     char resp[512];
     int n = ws_handshake_response(resp, sizeof resp, hs);
@@ -359,6 +359,7 @@ int conn_upgrade(conn *c, const ws_handshake *hs)
     c->missed_pings = 0;
     memset(&c->wr, 0, sizeof c->wr);
     wheel_schedule(&c->t->wheel, &c->timer, cfg_of(c)->ping_interval_ms);
+    c->user = user;
     return proto_on_open(c);
 }
 
@@ -475,13 +476,9 @@ static size_t process(conn *c, uint8_t *data, size_t len)
             metrics_inc(&t->m, M_HTTP_REQUESTS);
             c->flags &= (uint8_t)~F_REQ_TIMER;
             router_handle(c, &req);
-            if (c->state == CONN_HTTP && c->out_bytes > t->srv->cfg->max_queue) {
-                /* A pipelining client that does not read its responses:
-                 * stop reading until they are written. */
-                c->flags |= F_PAUSED;
-                uv_read_stop((uv_stream_t *)&c->tcp);
-                break;
-            }
+            if (c->state == CONN_HTTP && c->out_bytes > t->srv->cfg->max_queue)
+                conn_pause(c); /* a pipelining client that does not read */
+            if (c->flags & F_PAUSED) break;
         } else if (c->state == CONN_WS) {
             ws_frame f;
             uint16_t code = 0;
@@ -580,9 +577,28 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     after_input(c, len - used, data + used);
 }
 
-static void resume_input(conn *c)
+void conn_pause(conn *c)
 {
-    c->flags &= (uint8_t)~F_PAUSED;
+    if (c->flags & F_PAUSED) return;
+    c->flags |= F_PAUSED;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+void conn_hold(conn *c)
+{
+    c->flags |= F_HELD;
+    conn_pause(c);
+}
+
+void conn_resume(conn *c)
+{
+    if (c->state == CONN_CLOSED || !(c->flags & F_PAUSED)) return;
+    c->flags &= (uint8_t)~(F_PAUSED | F_HELD);
+    if (c->state == CONN_LINGER) {
+        /* keep draining input to EOF while lingering */
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) conn_abort(c);
+        return;
+    }
     if (c->in_len) {
         size_t used = process(c, c->in, c->in_len);
         after_input(c, c->in_len - used, c->in + used);
@@ -657,6 +673,11 @@ void conn_on_accept(uv_stream_t *listener, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    c->id = (++t->next_id << 8) | (uint64_t)t->id;
+    if (u64map_put(&t->by_id, c->id, c) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
     c->state = CONN_HTTP;
     c->next = t->conns;
     if (t->conns) t->conns->prev = c;

@@ -38,6 +38,7 @@ enum conn_state {
 struct conn {
     uv_tcp_t tcp;            /* first: a handle pointer is a conn pointer */
     srv_thread *t;
+    uint64_t id;             /* unique; srv_conn() finds the conn by it */
     wheel_node timer;        /* the one deadline this connection has */
     conn *prev, *next;       /* t->conns */
     conn *fprev, *fnext;     /* t->flush_head, when F_FLUSH */
@@ -84,8 +85,18 @@ void conn_close_ws(conn *c, uint16_t code, const char *reason);
 int conn_respond(conn *c, int status, const char *content_type, const void *body,
                  size_t len, bool keep_alive, bool head_only, const char *extra);
 
-/* Switches an HTTP connection to WebSocket after queuing the 101. */
-int conn_upgrade(conn *c, const ws_handshake *hs);
+/* Switches an HTTP connection to WebSocket after queuing the 101, with
+ * `user` (owned by proto from now on) as c->user, then calls
+ * proto_on_open(). */
+int conn_upgrade(conn *c, const ws_handshake *hs, void *user);
+
+/* Stops reading input (HTTP backpressure). conn_resume() restarts it and
+ * processes any request already buffered. */
+void conn_pause(conn *c);
+/* Pauses for an asynchronous request: input stays stopped until the
+ * handler's conn_resume(), even if output drains meanwhile. */
+void conn_hold(conn *c);
+void conn_resume(conn *c);
 
 /* Closes the socket now (no close frame). Idempotent. */
 void conn_abort(conn *c);

@@ -64,6 +64,33 @@ typedef struct http_request {
     http_str body;           /* the whole body; empty if none */
 } http_request;
 
+/* Parser details (added with the implementation):
+ *   - The request-target must be origin-form ("/path?query") or "*" with
+ *     OPTIONS; absolute-form ("http://host/x") and authority-form are
+ *     refused with 400. The request line is exactly method SP target SP
+ *     version; method and field names must be tokens; the target must be
+ *     visible ASCII.
+ *   - "HTTP/" DIGITS ["." DIGITS] other than 1.0 and 1.1 is a 505; any
+ *     other version text is a 400.
+ *   - One empty line before the request line is skipped (RFC 9112 2.2) and
+ *     counts in head_len and the return value; a second one is a 400.
+ *   - 400 also for: an HTTP/1.1 request without Host or any request with
+ *     two Host fields (RFC 9112 3.2), Transfer-Encoding in an HTTP/1.0
+ *     request, "chunked" listed twice or no coding listed, a Content-Length
+ *     that is not plain digits (lists such as "5, 5" included).
+ *   - Chunked framing (size lines with extensions, line ends) may total
+ *     max_body + max_request_line bytes, else 413; a chunk size that would
+ *     take the decoded body over max_body is a 413 at the digit that does
+ *     it (so sizes overflowing 64 bits are 413s too). Whitespace after a
+ *     chunk size is allowed only before ";". The trailer section has its
+ *     own budget of max_header_bytes and max_headers (431).
+ *   - Return codes: 400 ERR_INVALID; 413, 414, 431 ERR_TOO_LARGE; 501
+ *     ERR_UNSUPPORTED; 505 ERR_VERSION. *status is set only for those.
+ *   - Each limit is clamped to INT_MAX / 8 so a request always fits the
+ *     int result; max_headers is clamped to HTTP_MAX_HEADERS.
+ *   - A prefix of a request gives ERR_AGAIN or already the error the whole
+ *     request gives; never a different answer. */
+
 /* Parses one whole request (head and body) from buf[0..len).
  *
  * Returns the number of bytes the request occupies (> 0; the next pipelined
@@ -98,6 +125,10 @@ bool http_str_ieq(http_str s, const char *cstr);
  * if out is too small. '+' is left as is (this is for paths). */
 int http_percent_decode(const char *in, size_t n, char *out, size_t cap);
 
+/* (Added with the implementation.) Names are compared byte for byte and
+ * not decoded; the first match wins; "flag" without "=" has an empty value.
+ * On an error out is set to "" when cap > 0. A raw NUL byte in the input is
+ * ERR_INVALID too, here and in http_percent_decode. */
 /* Finds query parameter `name` in a query string ("a=1&token=xyz") and
  * percent-decodes its value ('+' means space here) into out (cap bytes,
  * NUL-terminated). Returns the value length, ERR_NOT_FOUND, ERR_INVALID or
@@ -108,6 +139,11 @@ int http_query_get(http_str query, const char *name, char *out, size_t cap);
  * codes it does not know. Static string. */
 const char *http_reason(int status);
 
+/* (Added with the implementation.) Content-Length is left out for 1xx
+ * and 204 (RFC 9110 8.6); for a 304 pass the length a 200 would have. A
+ * NUL is written after the head when it fits (not counted). ERR_INVALID
+ * for a status outside 100..999 or a content_type containing CR or LF.
+ * extra is copied as is. */
 /* Writes a response head into out[0..cap):
  *   "HTTP/1.1 <status> <reason>\r\n"
  *   "Content-Type: <content_type>\r\n"     (omitted when content_type NULL)

@@ -9,6 +9,9 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "api.h"
+#include "auth.h"
+#include "chat.h"
 #include "config.h"
 #include "err.h"
 #include "log.h"
@@ -17,6 +20,7 @@
 typedef struct app {
     config cfg;
     server *srv;
+    chat *chat;
     uv_signal_t sigterm, sigint;
     uv_timer_t deadline;
     uv_async_t done;
@@ -93,20 +97,40 @@ int main(int argc, char **argv)
     uv_loop_t *loop = uv_default_loop();
     uv_async_init(loop, &a.done, on_thread_done);
     a.done.data = &a;
-    if (server_start(&a.srv, &a.cfg, &a.done) < 0) return 1;
-    log_info("listening", "addr=%s port=%d threads=%d data_dir=%s web_dir=%s", a.cfg.listen,
-             a.srv->port, a.cfg.threads, a.cfg.data_dir, a.cfg.web_dir);
-    printf("parleyd listening on http://%s:%d\n", a.cfg.listen, a.srv->port);
-    fflush(stdout);
+    /* Signals first: a stop requested right after start must be graceful. */
     uv_signal_init(loop, &a.sigterm);
     uv_signal_init(loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     uv_signal_start(&a.sigint, on_signal, SIGINT);
+    if (auth_init() < 0 || api_init() < 0) {
+        log_error("crypto init failed", NULL);
+        return 1;
+    }
+    if (a.cfg.insecure_fast_kdf)
+        log_warn("INSECURE: --insecure-fast-kdf hashes new passwords at the minimum Argon2 cost; "
+                 "use it only to provision benchmark users", NULL);
+    if (server_create(&a.srv, &a.cfg, &a.done) < 0) return 1;
+    rc = chat_open(&a.chat, &a.cfg, a.srv);
+    if (rc < 0) {
+        if (rc == ERR_VERSION)
+            log_error("the data directory holds another storage format version: refusing to start",
+                      "dir=%s", a.cfg.data_dir);
+        else
+            log_error("cannot open the store", "dir=%s err=%s", a.cfg.data_dir, err_name(rc));
+        return 1;
+    }
+    server_run(a.srv);
+    log_info("listening", "addr=%s port=%d threads=%d data_dir=%s web_dir=%s", a.cfg.listen,
+             a.srv->port, a.cfg.threads, a.cfg.data_dir, a.cfg.web_dir);
+    printf("parleyd listening on http://%s:%d\n", a.cfg.listen, a.srv->port);
+    fflush(stdout);
     uv_timer_init(loop, &a.deadline);
     a.deadline.data = &a;
     uv_run(loop, UV_RUN_DEFAULT);
     server_wait(a.srv);
+    chat_close(a.chat); /* commits what is queued */
+    server_free(a.srv);
     uv_loop_close(loop);
     log_info("stopped", NULL);
     return 0;

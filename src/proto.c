@@ -1,50 +1,448 @@
 #include "proto.h"
 
-#include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "chat.h"
 #include "conn.h"
 #include "err.h"
+#include "hub.h"
+#include "json.h"
+#include "log.h"
+
+#define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
+
+const char *proto_error_code(int err)
+{
+    switch (err) {
+    case ERR_FORBIDDEN: return "forbidden";
+    case ERR_AUTH: return "unauthorized";
+    case ERR_BUSY: return "busy";
+    case ERR_TOO_LARGE: return "too_large";
+    case ERR_CONFLICT: return "conflict";
+    case ERR_NOT_FOUND: return "not_found";
+    case ERR_INVALID: return "bad_request";
+    default: return "internal";
+    }
+}
+
+static void send_frame(conn *c, rbuf *frame)
+{
+    if (!frame) { conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory"); return; }
+    if (conn_send(c, frame) == ERR_FULL)
+        conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
+    rbuf_unref(frame);
+}
+
+static void send_json(conn *c, jbuf *j)
+{
+    send_frame(c, jb_frame(j));
+}
+
+/* {"type":"error","code":...,"message":...,"ref":...}; ref is raw JSON. */
+static void send_error(conn *c, const char *code, const char *message, const char *ref)
+{
+    jbuf j;
+    jb_init(&j, 160);
+    jb_lit(&j, "{\"type\":\"error\",\"code\":\"");
+    jb_lit(&j, code);
+    jb_lit(&j, "\",\"message\":");
+    jb_cstr(&j, message);
+    if (ref && *ref) {
+        jb_lit(&j, ",\"ref\":");
+        jb_lit(&j, ref);
+    }
+    if (strcmp(code, "busy") == 0) jb_lit(&j, ",\"retry_after_ms\":1000");
+    jb_raw(&j, "}", 1);
+    metrics_error(&c->t->m, ERR_INVALID);
+    send_json(c, &j);
+}
+
+static const char *error_message(int err)
+{
+    switch (err) {
+    case ERR_FORBIDDEN: return "not a member of that conversation";
+    case ERR_BUSY: return "server busy: retry later";
+    case ERR_TOO_LARGE: return "too large";
+    case ERR_INVALID: return "invalid request";
+    default: return "internal error: retry";
+    }
+}
+
+/* ---- session lifecycle ------------------------------------------------------ */
+
+static rbuf *presence_frame(const char *name, bool online, int64_t last_seen)
+{
+    jbuf j;
+    jb_init(&j, 96);
+    jb_lit(&j, "{\"type\":\"presence\",\"user\":");
+    jb_cstr(&j, name);
+    jb_lit(&j, online ? ",\"online\":true,\"last_seen\":" : ",\"online\":false,\"last_seen\":");
+    jb_i64(&j, last_seen);
+    jb_raw(&j, "}", 1);
+    return jb_frame(&j);
+}
+
+/* Tells every contact of the session's user that they went on/offline. */
+static void announce(chat *ch, session *s, bool online, int64_t ts)
+{
+    audience *to = chat_contacts(ch, s->uid);
+    rbuf *f = to && to->n ? presence_frame(s->name, online, ts) : NULL;
+    if (f) hub_send(ch->hub, to, f, 0);
+    rbuf_unref(f);
+    audience_unref(to);
+}
+
+/* The new session learns its contacts' presence. */
+static void tell_contacts(chat *ch, conn *c, session *s)
+{
+    audience *to = chat_contacts(ch, s->uid);
+    store_txn *txn;
+    if (!to || store_begin(ch->st, false, &txn) < 0) { audience_unref(to); return; }
+    for (uint32_t i = 0; i < to->n && c->state == CONN_WS; i++) {
+        store_user u;
+        if (store_user_get(txn, to->uids[i], &u) < 0) continue;
+        bool on = hub_online(ch->hub, u.id);
+        send_frame(c, presence_frame(u.name, on, on ? chat_now_ms() : u.last_seen));
+    }
+    store_abort(txn);
+    audience_unref(to);
+}
+
+void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
+{
+    chat *ch = chat_of(c->t);
+    char token[64];
+    int n = ERR_NOT_FOUND;
+    const http_str *auth = http_header_get(req, "Authorization");
+    if (auth && auth->n > 7 && strncasecmp(auth->p, "Bearer ", 7) == 0 && auth->n - 7 < sizeof token) {
+        n = (int)(auth->n - 7);
+        memcpy(token, auth->p + 7, (size_t)n);
+    } else {
+        n = http_query_get(req->query, "token", token, sizeof token);
+    }
+    chat_ident id;
+    int rc = n > 0 ? chat_authenticate(ch, token, (size_t)n, &id) : ERR_AUTH;
+    if (rc < 0) {
+        const char *body = rc == ERR_IO
+            ? "{\"error\":{\"code\":\"internal\",\"message\":\"storage error\"}}"
+            : "{\"error\":{\"code\":\"unauthorized\",\"message\":\"missing or invalid token\"}}";
+        conn_respond(c, rc == ERR_IO ? 500 : 401, "application/json", body, strlen(body),
+                     req->keep_alive, false,
+                     rc == ERR_IO ? NULL : "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    session *s = calloc(1, sizeof *s);
+    if (!s) { conn_abort(c); return; }
+    s->uid = id.uid;
+    s->device = id.device;
+    memcpy(&s->token_key, id.token_hash, sizeof s->token_key);
+    memcpy(s->name, id.name, sizeof s->name);
+    if (conn_upgrade(c, hs, s) < 0) conn_abort(c);
+}
 
 int proto_on_open(conn *c)
 {
+    session *s = c->user;
+    chat *ch = chat_of(c->t);
+    s->c = c;
+    jbuf j;
+    jb_init(&j, 96);
+    jb_lit(&j, "{\"type\":\"hello\",\"user\":");
+    jb_cstr(&j, s->name);
+    jb_lit(&j, ",\"device\":");
+    jb_u64(&j, s->device);
+    jb_lit(&j, ",\"ts\":");
+    jb_i64(&j, chat_now_ms());
+    jb_raw(&j, "}", 1);
+    send_json(c, &j);
+    if (hub_session_add(ch->hub, c->t, s)) announce(ch, s, true, chat_now_ms());
+    tell_contacts(ch, c, s);
     return ERR_OK;
 }
 
 void proto_on_close(conn *c)
 {
+    session *s = c->user;
     c->user = NULL;
+    if (!s) return;
+    chat *ch = chat_of(c->t);
+    if (hub_session_remove(ch->hub, c->t, s)) {
+        int64_t now = chat_now_ms();
+        announce(ch, s, false, now);
+        chat_op *op = chat_op_new(ch, OP_LAST_SEEN, 0, NULL);
+        if (op) {
+            op->who.uid = s->uid;
+            op->ts = now;
+            if (chat_submit(op) < 0) chat_op_free(op); /* lossy */
+        }
+    }
+    free(s);
 }
 
-static void send_or_close(conn *c, const char *data, size_t len)
+/* ---- frames --------------------------------------------------------------------- */
+
+typedef struct frame_ctx {
+    conn *c;
+    session *s;
+    chat *ch;
+    json_obj o;
+    char ref[80];  /* raw "id", or "" */
+} frame_ctx;
+
+static void bad_request(frame_ctx *f, const char *message)
 {
-    int rc = conn_send_text(c, data, len);
-    if (rc == ERR_FULL) conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full");
-    else if (rc == ERR_NOMEM) conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory");
+    send_error(f->c, "bad_request", message, f->ref);
 }
 
-static void send_error(conn *c, const char *code, const char *message)
+/* Required conv id. */
+static bool get_conv(frame_ctx *f, uint64_t *conv)
 {
-    char buf[256];
-    int n = snprintf(buf, sizeof buf, "{\"type\":\"error\",\"code\":\"%s\",\"message\":\"%s\"}",
-                     code, message);
-    metrics_error(&c->t->m, ERR_INVALID);
-    send_or_close(c, buf, (size_t)n);
+    if (json_get_u64(&f->o, "conv", conv) < 0 || *conv == 0) {
+        bad_request(f, "'conv' must be a conversation id");
+        return false;
+    }
+    return true;
+}
+
+/* After the commit: ack or error to the sending connection. */
+static void reply_send(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    if (c && c->state == CONN_WS) {
+        if (op->rc >= 0) {
+            jbuf j;
+            jb_init(&j, 128);
+            jb_lit(&j, "{\"type\":\"ack\",\"cmid\":");
+            jb_str(&j, op->cmid, op->cmid_len);
+            jb_lit(&j, ",\"conv\":");
+            jb_u64(&j, op->conv);
+            jb_lit(&j, ",\"seq\":");
+            jb_u64(&j, op->seq);
+            jb_lit(&j, ",\"ts\":");
+            jb_i64(&j, op->ts);
+            if (op->duplicate) jb_lit(&j, ",\"duplicate\":true");
+            jb_raw(&j, "}", 1);
+            send_json(c, &j);
+        } else {
+            send_error(c, proto_error_code(op->rc), error_message(op->rc), op->ref);
+        }
+    }
+    chat_op_free(op);
+}
+
+/* Cursor updates answer only when refused. */
+static void reply_cursor(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    if (c && c->state == CONN_WS && op->rc < 0)
+        send_error(c, proto_error_code(op->rc), error_message(op->rc), op->ref);
+    chat_op_free(op);
+}
+
+static void submit(frame_ctx *f, chat_op *op)
+{
+    int rc = chat_submit(op);
+    if (rc < 0) {
+        send_error(f->c, proto_error_code(rc), error_message(rc), op->ref);
+        chat_op_free(op);
+    }
+}
+
+static void on_send(frame_ctx *f)
+{
+    uint64_t conv;
+    if (!get_conv(f, &conv)) return;
+    const json_field *cmid = json_get(&f->o, "cmid");
+    const json_field *body = json_get(&f->o, "body");
+    if (!cmid || cmid->type != JSON_STRING) { bad_request(f, "'cmid' must be a string"); return; }
+    if (cmid->val_len - 2 > STORE_CMID_MAX || cmid->val_len <= 2) {
+        bad_request(f, "'cmid' must be 1-64 characters");
+        return;
+    }
+    /* The ref of a send is its cmid. */
+    memcpy(f->ref, cmid->val, cmid->val_len);
+    f->ref[cmid->val_len] = 0;
+    if (!body || body->type == JSON_NULL) { bad_request(f, "'body' is required"); return; }
+    if (body->val_len > f->ch->cfg->max_text) {
+        send_error(f->c, "too_large", "message body too large", f->ref);
+        return;
+    }
+    chat_op *op = chat_op_new(f->ch, OP_SEND, f->c->id, reply_send);
+    if (!op || !(op->body = malloc(body->val_len))) {
+        chat_op_free(op);
+        send_error(f->c, "internal", "out of memory", f->ref);
+        return;
+    }
+    int n = json_unescape(cmid->val, cmid->val_len, op->cmid, sizeof op->cmid);
+    if (n <= 0) {
+        chat_op_free(op);
+        bad_request(f, "'cmid' must be 1-64 characters");
+        return;
+    }
+    op->cmid_len = (size_t)n;
+    memcpy(op->body, body->val, body->val_len);
+    op->body_len = body->val_len;
+    op->conv = conv;
+    op->who.uid = f->s->uid;
+    memcpy(op->who.name, f->s->name, sizeof op->who.name);
+    memcpy(op->ref, f->ref, sizeof op->ref);
+    submit(f, op);
+}
+
+static void on_cursor(frame_ctx *f, bool read)
+{
+    uint64_t conv, seq;
+    if (!get_conv(f, &conv)) return;
+    if (json_get_u64(&f->o, "seq", &seq) < 0) { bad_request(f, "'seq' must be a number"); return; }
+    chat_op *op = chat_op_new(f->ch, OP_CURSOR, f->c->id, reply_cursor);
+    if (!op) { send_error(f->c, "internal", "out of memory", f->ref); return; }
+    op->conv = conv;
+    op->delivered = seq;
+    op->read = read ? seq : 0;
+    op->who.uid = f->s->uid;
+    memcpy(op->who.name, f->s->name, sizeof op->who.name);
+    memcpy(op->ref, f->ref, sizeof op->ref);
+    submit(f, op);
+}
+
+static void on_sync(frame_ctx *f)
+{
+    uint64_t conv, after = 0, before = 0, limit = 50;
+    if (!get_conv(f, &conv)) return;
+    int ra = json_get_u64(&f->o, "after", &after);
+    int rb = json_get_u64(&f->o, "before", &before);
+    int rl = json_get_u64(&f->o, "limit", &limit);
+    if (ra == ERR_INVALID || rb == ERR_INVALID || rl == ERR_INVALID || (rl == ERR_OK && limit == 0)) {
+        bad_request(f, "'after', 'before' and 'limit' must be positive numbers");
+        return;
+    }
+    if (ra == ERR_OK && rb == ERR_OK) { bad_request(f, "use 'after' or 'before', not both"); return; }
+    store_txn *txn;
+    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, "internal", "storage error", f->ref); return; }
+    store_member m;
+    if (store_member_get(txn, conv, f->s->uid, &m) < 0) {
+        store_abort(txn);
+        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->ref);
+        return;
+    }
+    jbuf j;
+    jb_init(&j, 4096);
+    jb_lit(&j, "{\"type\":\"history\",\"conv\":");
+    jb_u64(&j, conv);
+    if (*f->ref) { jb_lit(&j, ",\"id\":"); jb_lit(&j, f->ref); }
+    jb_raw(&j, ",", 1);
+    int rc = chat_write_history(f->ch, txn, conv, after, rb == ERR_OK ? before : 0,
+                                (size_t)limit, &j);
+    jb_raw(&j, "}", 1);
+    store_abort(txn);
+    if (rc < 0) { jb_free(&j); send_error(f->c, "internal", "storage error", f->ref); return; }
+    send_json(f->c, &j);
+}
+
+static void on_inbox(frame_ctx *f)
+{
+    uint64_t since = 0;
+    if (json_get_u64(&f->o, "changed_since", &since) == ERR_INVALID) {
+        bad_request(f, "'changed_since' must be a cursor");
+        return;
+    }
+    jbuf j;
+    jb_init(&j, 4096);
+    jb_lit(&j, "{\"type\":\"inbox\",");
+    if (*f->ref) { jb_lit(&j, "\"id\":"); jb_lit(&j, f->ref); jb_raw(&j, ",", 1); }
+    jb_lit(&j, "\"inbox\":");
+    if (chat_write_inbox(f->ch, f->s->uid, since, &j) < 0) {
+        jb_free(&j);
+        send_error(f->c, "internal", "storage error", f->ref);
+        return;
+    }
+    jb_raw(&j, "}", 1);
+    send_json(f->c, &j);
+}
+
+typedef struct typing_ctx {
+    uint64_t self;
+    audience *a;
+} typing_ctx;
+
+static int typing_member(void *arg, const store_member *m)
+{
+    typing_ctx *x = arg;
+    if (m->uid != x->self) x->a->uids[x->a->n++] = m->uid;
+    return 0;
+}
+
+static void on_typing(frame_ctx *f)
+{
+    uint64_t conv;
+    if (!get_conv(f, &conv)) return;
+    session *s = f->s;
+    uint64_t now = srv_now(f->c->t);
+    if (s->typing_conv == conv && now - s->typing_at < TYPING_MIN_MS) return; /* lossy lane */
+    store_txn *txn;
+    if (store_begin(f->ch->st, false, &txn) < 0) return;
+    store_member m;
+    store_conv cv;
+    if (store_member_get(txn, conv, s->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
+        store_abort(txn);
+        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->ref);
+        return;
+    }
+    typing_ctx x = {s->uid, audience_new(cv.nmembers)};
+    if (x.a) {
+        x.a->n = 0;
+        store_members(txn, conv, typing_member, &x);
+    }
+    store_abort(txn);
+    if (!x.a) return;
+    s->typing_conv = conv;
+    s->typing_at = now;
+    char buf[160];
+    int n = snprintf(buf, sizeof buf, "{\"type\":\"typing\",\"conv\":%llu,\"user\":\"%s\"}",
+                     (unsigned long long)conv, s->name); /* names need no escaping */
+    rbuf *frame = ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n);
+    if (frame) hub_send(f->ch->hub, x.a, frame, f->c->id);
+    rbuf_unref(frame);
+    audience_unref(x.a);
 }
 
 void proto_on_text(conn *c, const char *data, size_t len)
 {
-    cJSON *msg = cJSON_ParseWithLength(data, len);
-    if (!msg || !cJSON_IsObject(msg)) {
-        cJSON_Delete(msg);
-        send_error(c, "bad_json", "expected a JSON object");
+    frame_ctx f;
+    f.c = c;
+    f.s = c->user;
+    f.ch = chat_of(c->t);
+    f.ref[0] = 0;
+    int rc = json_parse_object(data, len, &f.o);
+    if (rc < 0) {
+        send_error(c, "bad_json", rc == ERR_TOO_LARGE ? "too deeply nested or too many fields"
+                                                      : "expected a JSON object", NULL);
         return;
     }
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(msg, "type");
-    if (!cJSON_IsString(type)) send_error(c, "bad_request", "missing string field 'type'");
-    else if (strcmp(type->valuestring, "ping") == 0) send_or_close(c, "{\"type\":\"pong\"}", 15);
-    else if (strcmp(type->valuestring, "echo") == 0) send_or_close(c, data, len);
-    else send_error(c, "unknown_type", "unknown message type");
-    cJSON_Delete(msg);
+    const json_field *id = json_get(&f.o, "id");
+    if (id && (id->type == JSON_STRING || id->type == JSON_NUMBER) && id->val_len < sizeof f.ref) {
+        memcpy(f.ref, id->val, id->val_len);
+        f.ref[id->val_len] = 0;
+    }
+    const json_field *type = json_get(&f.o, "type");
+    if (!type || type->type != JSON_STRING) {
+        bad_request(&f, "missing string field 'type'");
+        return;
+    }
+#define IS(name) (type->val_len == sizeof(name) + 1 && memcmp(type->val + 1, name, sizeof(name) - 1) == 0)
+    if (IS("send")) on_send(&f);
+    else if (IS("sync")) on_sync(&f);
+    else if (IS("delivered")) on_cursor(&f, false);
+    else if (IS("read")) on_cursor(&f, true);
+    else if (IS("typing")) on_typing(&f);
+    else if (IS("inbox")) on_inbox(&f);
+    else if (IS("ping")) send_frame(c, ws_frame_rbuf(WS_OP_TEXT, "{\"type\":\"pong\"}", 15));
+    else if (IS("echo")) send_frame(c, ws_frame_rbuf(WS_OP_TEXT, data, len));
+    else send_error(c, "unknown_type", "unknown frame type", f.ref);
+#undef IS
 }

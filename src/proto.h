@@ -1,23 +1,24 @@
-/* proto: the session layer over a WebSocket connection.
+/* proto: the WebSocket chat protocol (docs/protocol.md, "WebSocket frames").
  *
- * Text messages are JSON objects with a "type". This is the transport's
- * placeholder protocol, replaced by the chat protocol (docs/protocol.md):
- *   {"type":"ping"}           -> {"type":"pong"}
- *   {"type":"echo",...}       -> the same message, byte for byte (diagnostic
- *                                and benchmark use)
- *   anything else             -> {"type":"error","code":...,"message":...}
- *                                and the connection stays open
- * Error codes: bad_json (not JSON, or not an object), bad_request (no string
- * "type"), unknown_type.
+ * One JSON object per text frame. Every frame is answered or acted on;
+ * application errors come back as {"type":"error",...} and never close the
+ * connection. The session (hub.h) is c->user from the upgrade on.
  */
 #ifndef PARLEY_PROTO_H
 #define PARLEY_PROTO_H
 
 #include <stddef.h>
 
+#include "http.h"
+#include "ws.h"
+
 typedef struct conn conn;
 
-/* A WebSocket opened on c. Returns ERR_OK, or an error to refuse it. */
+/* Authenticates an upgrade request (Authorization: Bearer, or ?token=) and
+ * upgrades c, or answers 401. */
+void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs);
+
+/* A WebSocket opened on c (c->user is the session). ERR_OK or an error. */
 int proto_on_open(conn *c);
 
 /* One complete, UTF-8-valid text message. data is valid during the call. */
@@ -25,5 +26,8 @@ void proto_on_text(conn *c, const char *data, size_t len);
 
 /* c is closing: release c->user and set it to NULL. */
 void proto_on_close(conn *c);
+
+/* The protocol error code for an err code ("forbidden", "busy", ...). */
+const char *proto_error_code(int err);
 
 #endif

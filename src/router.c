@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "api.h"
 #include "log.h"
+#include "proto.h"
 #include "static.h"
 
 #define JSON "application/json"
@@ -81,7 +83,7 @@ static void websocket(conn *c, const http_request *req)
         error_json(c, req, 503, "stopping", "server is shutting down", "Retry-After: 1\r\n");
         return;
     }
-    if (conn_upgrade(c, &hs) < 0) conn_abort(c);
+    proto_upgrade(c, req, &hs);
 }
 
 static void static_file_page(conn *c, const http_request *req)
@@ -144,5 +146,6 @@ void router_handle(conn *c, const http_request *req)
         metrics_page(c, req);
         return;
     }
+    if (api_handle(c, req)) return;
     static_file_page(c, req);
 }

@@ -77,6 +77,11 @@ static void close_handle(uv_handle_t *h, void *arg)
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+conn *srv_conn(srv_thread *t, uint64_t id)
+{
+    return u64map_get(&t->by_id, id);
+}
+
 void srv_thread_idle(srv_thread *t)
 {
     uv_mutex_lock(&t->mu);
@@ -160,6 +165,7 @@ static void thread_main(void *arg)
     }
     uv_mutex_unlock(&t->mu);
     conn_free_nodes(t);
+    u64map_free(&t->by_id);
     if (t->srv->on_done) uv_async_send(t->srv->on_done);
 }
 
@@ -188,7 +194,7 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     return ERR_OK;
 }
 
-int server_start(server **out, const config *cfg, uv_async_t *on_done)
+int server_create(server **out, const config *cfg, uv_async_t *on_done)
 {
     server *s = calloc(1, sizeof *s);
     if (!s) return ERR_NOMEM;
@@ -222,10 +228,14 @@ int server_start(server **out, const config *cfg, uv_async_t *on_done)
             exit(1); /* at startup only: nothing to lose */
         }
     }
-    for (int i = 0; i < s->nthreads; i++)
-        uv_thread_create(&s->threads[i].tid, thread_main, &s->threads[i]);
     *out = s;
     return ERR_OK;
+}
+
+void server_run(server *s)
+{
+    for (int i = 0; i < s->nthreads; i++)
+        uv_thread_create(&s->threads[i].tid, thread_main, &s->threads[i]);
 }
 
 void server_stop(server *s)
@@ -244,9 +254,13 @@ void server_wait(server *s)
         srv_thread *t = &s->threads[i];
         uv_thread_join(&t->tid);
         uv_loop_close(&t->loop);
-        uv_mutex_destroy(&t->mu);
         free(t->rbuf);
     }
+}
+
+void server_free(server *s)
+{
+    for (int i = 0; i < s->nthreads; i++) uv_mutex_destroy(&s->threads[i].mu);
     free(s->threads);
     free(s);
 }

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "http.h"
 #include "metrics.h"
+#include "u64map.h"
 #include "wheel.h"
 #include "ws.h"
 
@@ -56,6 +57,9 @@ struct srv_thread {
     uint32_t nconns;
     conn *flush_head;        /* connections with output to write */
     out_node *free_nodes;    /* recycled output-queue nodes */
+    u64map by_id;            /* conn id -> conn, for async completions */
+    uint64_t next_id;        /* conn ids: (next_id << 8) | thread id */
+    void *app;               /* the application's per-thread state (hub) */
     bool stopping;
     metrics m;
 };
@@ -68,12 +72,23 @@ struct server {
     srv_thread *threads;
     int port;                /* the bound port (useful with --port 0) */
     uv_async_t *on_done;     /* sent when a thread has ended (main loop's) */
+    void *app;               /* the application (chat), or NULL */
 };
 
-/* Binds the listeners and starts cfg->threads threads. cfg must outlive the
- * server. on_done (may be NULL) is signalled as each thread ends. Returns
- * ERR_OK and *out, or ERR_IO after logging why (e.g. the port is taken). */
-int server_start(server **out, const config *cfg, uv_async_t *on_done);
+/* The connection with this id on thread t, or NULL if it has closed. */
+conn *srv_conn(srv_thread *t, uint64_t id);
+
+/* The thread a connection id belongs to. */
+static inline int srv_conn_thread(uint64_t id) { return (int)(id & 0xff); }
+
+/* Binds the listeners and prepares cfg->threads loops (not yet running).
+ * cfg must outlive the server. on_done (may be NULL) is signalled as each
+ * thread ends. Returns ERR_OK and *out, or ERR_IO after logging why (e.g.
+ * the port is taken). */
+int server_create(server **out, const config *cfg, uv_async_t *on_done);
+
+/* Starts the threads. */
+void server_run(server *s);
 
 /* Begins a graceful stop. Any thread. Idempotent. */
 void server_stop(server *s);
@@ -81,8 +96,11 @@ void server_stop(server *s);
 /* Closes every remaining connection now. Any thread. */
 void server_force(server *s);
 
-/* Joins the threads (all must have ended or be ending) and frees s. */
+/* Joins the threads (all must have ended or be ending). */
 void server_wait(server *s);
+
+/* Frees a server whose threads were joined. */
+void server_free(server *s);
 
 /* Runs fn(t, arg) on thread t's loop, soon. Any thread. Returns ERR_OK,
  * ERR_NOMEM or ERR_CLOSED (the thread is ending); on error fn is not called
