@@ -9,6 +9,7 @@
 #include "api.h"
 #include "log.h"
 #include "proto.h"
+#include "chat.h"
 #include "static.h"
 
 #define JSON "application/json"
@@ -53,6 +54,31 @@ static void metrics_page(conn *c, const http_request *req)
     size_t cap = 64 * 1024;
     char *buf = malloc(cap);
     int n = buf ? metrics_render(per, s->nthreads, buf, cap) : ERR_NOMEM;
+    if (n >= 0 && s->app) {
+        writer_stats ws;
+        writer_get_stats(((chat *)s->app)->w, &ws);
+        int k = snprintf(buf + n, cap - (size_t)n,
+            "# HELP parley_commit_batches_total Group commits (one transaction, one fsync)\n"
+            "# TYPE parley_commit_batches_total counter\nparley_commit_batches_total %llu\n"
+            "# HELP parley_commit_ops_total Writes committed in group commits\n"
+            "# TYPE parley_commit_ops_total counter\nparley_commit_ops_total %llu\n"
+            "# HELP parley_commit_failed_total Group commits that failed\n"
+            "# TYPE parley_commit_failed_total counter\nparley_commit_failed_total %llu\n"
+            "# HELP parley_commit_queue Writes waiting for the writer\n"
+            "# TYPE parley_commit_queue gauge\nparley_commit_queue %llu\n"
+            "# HELP parley_commit_max_batch Largest group commit so far\n"
+            "# TYPE parley_commit_max_batch gauge\nparley_commit_max_batch %llu\n"
+            "# HELP parley_commit_seconds_total Writer time by phase\n"
+            "# TYPE parley_commit_seconds_total counter\n"
+            "parley_commit_seconds_total{phase=\"apply\"} %.6f\n"
+            "parley_commit_seconds_total{phase=\"fsync\"} %.6f\n"
+            "parley_commit_seconds_total{phase=\"fanout\"} %.6f\n",
+            (unsigned long long)ws.batches, (unsigned long long)ws.ops,
+            (unsigned long long)ws.failed_batches, (unsigned long long)ws.queued,
+            (unsigned long long)ws.max_batch, ws.apply_ns / 1e9, ws.commit_ns / 1e9,
+            ws.done_ns / 1e9);
+        n = k > 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
+    }
     if (n < 0) {
         free(buf);
         error_json(c, req, 500, "internal", "metrics unavailable", NULL);

@@ -46,14 +46,17 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
     store_txn *txn = NULL;
     int batch_rc = rcs ? store_begin(w->s, true, &txn) : ERR_NOMEM;
     size_t i = 0;
+    uint64_t t0 = uv_hrtime(), t1 = t0;
     if (batch_rc == ERR_OK) {
         for (writer_op *op = ops; op; op = op->next, i++) {
             rcs[i] = op->apply(op, txn);
             if (storage_error(rcs[i])) { batch_rc = rcs[i]; break; }
         }
+        t1 = uv_hrtime();
         if (batch_rc == ERR_OK) batch_rc = store_commit(txn);
         else store_abort(txn);
     }
+    uint64_t t2 = uv_hrtime();
     if (batch_rc != ERR_OK)
         log_error("storage batch failed", "ops=%zu err=%s", n, err_name(batch_rc));
     i = 0;
@@ -64,7 +67,11 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
     }
     free(rcs);
     if (w->batch_end) w->batch_end(w->ctx);
+    uint64_t t3 = uv_hrtime();
     uv_mutex_lock(&w->mu);
+    w->st.apply_ns += t1 - t0;
+    w->st.commit_ns += t2 - t1;
+    w->st.done_ns += t3 - t2;
     w->st.batches++;
     w->st.ops += n;
     if (n > w->st.max_batch) w->st.max_batch = n;

@@ -37,7 +37,10 @@ struct writer_op {
 typedef struct writer_stats {
     uint64_t batches, ops, failed_batches;
     uint64_t max_batch;
-    uint64_t queued;  /* now */
+    uint64_t queued;      /* now */
+    uint64_t apply_ns;    /* time in apply() */
+    uint64_t commit_ns;   /* time in store_commit() (the fsync) */
+    uint64_t done_ns;     /* time in done() and batch_end() */
 } writer_stats;
 
 /* Starts the writer thread. window_us: how long to gather a batch after its
