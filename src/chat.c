@@ -14,6 +14,16 @@ static void batch_end(void *ctx)
     hub_flush(((chat *)ctx)->hub);
 }
 
+/* Cursor updates of one member in one batch: only the last one is told.
+ * Maps (conv, uid) to the latest cursor op of the batch being applied;
+ * writer thread only, emptied after each batch's apply. */
+static u64map latest_cursor;
+
+static void batch_applied(void *ctx)
+{
+    if (latest_cursor.count) u64map_free(&latest_cursor);
+}
+
 int chat_open(chat **out, const config *cfg, server *srv)
 {
     chat *ch = calloc(1, sizeof *ch);
@@ -24,7 +34,7 @@ int chat_open(chat **out, const config *cfg, server *srv)
     if (rc < 0) { free(ch); return rc; }
     if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_store;
     rc = writer_start(&ch->w, ch->st, cfg->commit_window_us, 4096, cfg->max_writer_queue,
-                      batch_end, ch);
+                      batch_applied, batch_end, ch);
     if (rc < 0) goto fail_hub;
     srv->app = ch;
     *out = ch;
@@ -192,6 +202,7 @@ void chat_op_free(chat_op *op)
     if (!op) return;
     free(op->body);
     free(op->uids);
+    audience_unref(op->aud);
     free(op);
 }
 
@@ -203,30 +214,36 @@ static void finish(chat_op *op)
     else chat_op_free(op);
 }
 
-/* Collects a conversation's member uids into op->uids. */
+typedef struct collect_ctx {
+    audience *a;
+    uint32_t cap;
+} collect_ctx;
+
 static int collect_uid(void *arg, const store_member *m)
 {
-    chat_op *op = arg;
-    uint64_t *u = realloc(op->uids, (op->nuids + 1) * sizeof *u);
-    if (!u) return ERR_NOMEM;
-    op->uids = u;
-    u[op->nuids++] = m->uid;
+    collect_ctx *x = arg;
+    if (x->a->n == x->cap) return ERR_INVALID; /* nmembers was stale */
+    x->a->uids[x->a->n++] = m->uid;
     return 0;
+}
+
+/* Builds op->aud from the conversation's nmembers members (one allocation). */
+static int collect_members(store_txn *txn, chat_op *op, uint32_t nmembers)
+{
+    audience_unref(op->aud);
+    op->aud = audience_new(nmembers);
+    if (!op->aud) return ERR_NOMEM;
+    op->aud->n = 0;
+    collect_ctx x = {op->aud, nmembers};
+    int rc = store_members(txn, op->conv, collect_uid, &x);
+    return rc == ERR_INVALID ? ERR_IO : rc;
 }
 
 static int load_members(store_txn *txn, chat_op *op)
 {
-    free(op->uids);
-    op->uids = NULL;
-    op->nuids = 0;
-    return store_members(txn, op->conv, collect_uid, op);
-}
-
-static audience *op_audience(chat_op *op)
-{
-    audience *a = audience_new(op->nuids);
-    if (a) memcpy(a->uids, op->uids, op->nuids * sizeof op->uids[0]);
-    return a;
+    store_conv c;
+    int rc = store_conv_get(txn, op->conv, &c);
+    return rc < 0 ? rc : collect_members(txn, op, c.nmembers);
 }
 
 /* ---- accounts ---------------------------------------------------------------- */
@@ -368,12 +385,14 @@ static int apply_group(store_txn *txn, chat_op *op)
     return load_members(txn, op);
 }
 
-/* The acting user must be a member; admin when `admin`. */
+/* A membership change: the actor must be a member (403), the conversation
+ * a group (400), and the actor an admin when `admin` (403). */
 static int check_actor(store_txn *txn, chat_op *op, store_conv *c, bool admin)
 {
     store_member me;
     if (store_conv_get(txn, op->conv, c) < 0) return ERR_FORBIDDEN;
     if (store_member_get(txn, op->conv, op->who.uid, &me) < 0) return ERR_FORBIDDEN;
+    if (c->type != STORE_GROUP) return ERR_INVALID;
     if (admin && me.role != STORE_ADMIN) return ERR_FORBIDDEN;
     return ERR_OK;
 }
@@ -383,7 +402,6 @@ static int apply_add(store_txn *txn, chat_op *op)
     store_conv c;
     int rc = check_actor(txn, op, &c, true);
     if (rc < 0) return rc;
-    if (c.type != STORE_GROUP) return ERR_INVALID;
     if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_LARGE;
     store_member m;
     if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_CONFLICT;
@@ -399,7 +417,6 @@ static int apply_remove(store_txn *txn, chat_op *op)
     bool self = op->target == op->who.uid;
     int rc = check_actor(txn, op, &c, !self);
     if (rc < 0) return rc;
-    if (c.type != STORE_GROUP) return ERR_INVALID;
     if ((rc = store_member_del(txn, op->conv, op->target)) < 0) return rc;
     uint64_t v = store_tick(txn);
     if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
@@ -441,11 +458,8 @@ static int apply_send(store_txn *txn, chat_op *op)
     if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
     op->seq = m.seq;
     op->ts = m.ts;
-    return load_members(txn, op);
+    return collect_members(txn, op, c.nmembers);
 }
-
-/* Cursor updates of one member in one batch: only the last one is told. */
-static u64map latest_cursor; /* writer thread only */
 
 static uint64_t cursor_key(const chat_op *op)
 {
@@ -471,6 +485,8 @@ static int apply_cursor(store_txn *txn, chat_op *op)
     me.version = store_tick(txn);
     int rc = store_member_put(txn, op->conv, &me);
     if (rc < 0) return rc;
+    chat_op *prev = u64map_get(&latest_cursor, cursor_key(op));
+    if (prev) prev->changed = false; /* superseded within this batch: not told */
     u64map_put(&latest_cursor, cursor_key(op), op);
     return load_members(txn, op);
 }
@@ -479,9 +495,7 @@ static int apply_cursor(store_txn *txn, chat_op *op)
 
 static void fan_out(chat_op *op, rbuf *frame, uint64_t except)
 {
-    audience *a = frame ? op_audience(op) : NULL;
-    if (a) hub_queue(op->ch->hub, a, frame, except);
-    audience_unref(a);
+    if (frame && op->aud) hub_queue(op->ch->hub, op->aud, frame, except);
     rbuf_unref(frame);
 }
 
@@ -556,10 +570,7 @@ static void done(writer_op *wop, int rc)
         if (ok && !op->duplicate) fan_out(op, msg_frame(op), op->origin);
         break;
     case OP_CURSOR:
-        if (op->changed && u64map_get(&latest_cursor, cursor_key(op)) == op) {
-            u64map_del(&latest_cursor, cursor_key(op));
-            if (ok) fan_out(op, receipt_frame(op), 0);
-        }
+        if (ok && op->changed) fan_out(op, receipt_frame(op), 0);
         break;
     case OP_DIRECT:
         if (ok && !op->duplicate) conv_event(op);
@@ -571,7 +582,7 @@ static void done(writer_op *wop, int rc)
     case OP_REMOVE:
         if (ok) {
             removed_event(op);
-            if (op->nuids) conv_event(op);
+            if (op->aud && op->aud->n) conv_event(op);
         }
         break;
     case OP_LOGOUT:

@@ -94,12 +94,13 @@ struct chat_op {
     size_t cmid_len;
     char *body;                       /* OP_SEND: JSON text (owned) */
     size_t body_len;
-    uint64_t *uids;                   /* OP_GROUP members (owned) */
+    uint64_t *uids;                   /* OP_GROUP members to add (owned) */
     size_t nuids;
+    audience *aud;                    /* the members after apply (owned ref) */
     /* results */
     uint64_t seq;                     /* OP_SEND */
     bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
-    bool changed;                     /* OP_CURSOR: moved forward */
+    bool changed;                     /* OP_CURSOR: moved forward, not superseded */
     int64_t expires;                  /* OP_REGISTER/OP_LOGIN */
 };
 

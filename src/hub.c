@@ -7,18 +7,18 @@
 #include "err.h"
 #include "ws.h"
 
-typedef struct parcel parcel;
-struct parcel {
-    parcel *next;
+typedef struct parcel {
     rbuf *frame;                 /* with a reference, or NULL for a call */
     audience *to;                /* with a reference, or NULL */
     uint64_t conn;               /* target (to == NULL) or excluded connection */
     void (*fn)(srv_thread *t, void *arg);
     void *arg;
-};
+} parcel;
 
+/* Parcels for one thread, posted as one srv_post(). */
 typedef struct outbox {
-    parcel *head, *tail;
+    size_t n, cap;
+    parcel *items;
 } outbox;
 
 struct hub {
@@ -63,6 +63,7 @@ int hub_new(hub **out, server *srv)
 
 void hub_free(hub *h)
 {
+    for (int i = 0; i < h->srv->nthreads; i++) free(h->pending[i].items);
     for (int i = 0; i < h->srv->nthreads; i++) u64map_free(&h->local[i]);
     u64map_free(&h->online);
     uv_mutex_destroy(&h->mu);
@@ -126,10 +127,17 @@ static void send_to(conn *c, rbuf *frame)
         conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
 }
 
+static void parcel_release(parcel *p)
+{
+    rbuf_unref(p->frame);
+    audience_unref(p->to);
+}
+
 static void deliver(srv_thread *t, void *arg)
 {
-    for (parcel *p = arg, *next; p; p = next) {
-        next = p->next;
+    outbox *o = arg;
+    for (size_t k = 0; k < o->n; k++) {
+        parcel *p = &o->items[k];
         if (p->fn) {
             p->fn(t, p->arg);
         } else if (p->to) {
@@ -143,83 +151,80 @@ static void deliver(srv_thread *t, void *arg)
             conn *c = srv_conn(t, p->conn);
             if (c && c->state == CONN_WS) send_to(c, p->frame);
         }
-        rbuf_unref(p->frame);
-        audience_unref(p->to);
-        free(p);
+        parcel_release(p);
     }
+    free(o->items);
+    free(o);
 }
 
-static parcel *parcel_new(rbuf *frame, audience *to, uint64_t conn_id)
+/* Posts an outbox (taking it over); if the thread has ended, drops the
+ * parcels, and calls get t = NULL so their owners can reclaim arg. */
+static void post(srv_thread *t, outbox *o)
 {
-    parcel *p = calloc(1, sizeof *p);
-    if (!p) return NULL;
+    if (srv_post(t, deliver, o) == ERR_OK) return;
+    for (size_t k = 0; k < o->n; k++) {
+        if (o->items[k].fn) o->items[k].fn(NULL, o->items[k].arg);
+        parcel_release(&o->items[k]);
+    }
+    free(o->items);
+    free(o);
+}
+
+static bool push(outbox *o, rbuf *frame, audience *to, uint64_t conn_id,
+                 void (*fn)(srv_thread *, void *), void *arg)
+{
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 16;
+        parcel *items = realloc(o->items, cap * sizeof *items);
+        if (!items) return false;
+        o->items = items;
+        o->cap = cap;
+    }
+    parcel *p = &o->items[o->n++];
     p->frame = frame ? rbuf_ref(frame) : NULL;
     if (to) __atomic_add_fetch(&to->refs, 1, __ATOMIC_RELAXED);
     p->to = to;
     p->conn = conn_id;
-    return p;
-}
-
-static void post(srv_thread *t, parcel *list)
-{
-    if (srv_post(t, deliver, list) != ERR_OK) {
-        /* The thread has ended: drop the parcels; calls get t = NULL so
-         * their owners can reclaim arg. */
-        for (parcel *p = list, *next; p; p = next) {
-            next = p->next;
-            if (p->fn) p->fn(NULL, p->arg);
-            rbuf_unref(p->frame);
-            audience_unref(p->to);
-            free(p);
-        }
-    }
+    p->fn = fn;
+    p->arg = arg;
+    return true;
 }
 
 void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
 {
     for (int i = 0; i < h->srv->nthreads; i++) {
-        parcel *p = parcel_new(frame, to, except_conn);
-        if (p) post(&h->srv->threads[i], p);
+        outbox *o = calloc(1, sizeof *o);
+        if (!o) continue;
+        if (push(o, frame, to, except_conn, NULL, NULL)) post(&h->srv->threads[i], o);
+        else free(o);
     }
-}
-
-static void enqueue(hub *h, int thread, parcel *p)
-{
-    outbox *o = &h->pending[thread];
-    if (o->tail) o->tail->next = p;
-    else o->head = p;
-    o->tail = p;
 }
 
 void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
 {
-    for (int i = 0; i < h->srv->nthreads; i++) {
-        parcel *p = parcel_new(frame, to, except_conn);
-        if (p) enqueue(h, i, p);
-    }
+    for (int i = 0; i < h->srv->nthreads; i++) push(&h->pending[i], frame, to, except_conn, NULL, NULL);
 }
 
 void hub_queue_conn(hub *h, uint64_t conn_id, rbuf *frame)
 {
-    parcel *p = parcel_new(frame, NULL, conn_id);
-    if (p) enqueue(h, srv_conn_thread(conn_id), p);
+    push(&h->pending[srv_conn_thread(conn_id)], frame, NULL, conn_id, NULL, NULL);
 }
 
 void hub_queue_call(hub *h, int thread, void (*fn)(srv_thread *t, void *arg), void *arg)
 {
-    parcel *p = parcel_new(NULL, NULL, 0);
-    if (!p) return;
-    p->fn = fn;
-    p->arg = arg;
-    enqueue(h, thread, p);
+    if (!push(&h->pending[thread], NULL, NULL, 0, fn, arg)) fn(NULL, arg);
 }
 
 void hub_flush(hub *h)
 {
     for (int i = 0; i < h->srv->nthreads; i++) {
         outbox *o = &h->pending[i];
-        if (!o->head) continue;
-        post(&h->srv->threads[i], o->head);
-        o->head = o->tail = NULL;
+        if (!o->n) continue;
+        outbox *moved = malloc(sizeof *moved);
+        if (!moved) continue; /* stays queued for the next flush */
+        *moved = *o;
+        o->n = o->cap = 0;
+        o->items = NULL;
+        post(&h->srv->threads[i], moved);
     }
 }

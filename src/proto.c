@@ -317,8 +317,9 @@ static void on_sync(frame_ctx *f)
     int ra = json_get_u64(&f->o, "after", &after);
     int rb = json_get_u64(&f->o, "before", &before);
     int rl = json_get_u64(&f->o, "limit", &limit);
-    if (ra == ERR_INVALID || rb == ERR_INVALID || rl == ERR_INVALID || (rl == ERR_OK && limit == 0)) {
-        bad_request(f, "'after', 'before' and 'limit' must be positive numbers");
+    if (ra == ERR_INVALID || rb == ERR_INVALID || rl == ERR_INVALID ||
+        (rl == ERR_OK && (limit == 0 || limit > 500)) || (rb == ERR_OK && before == 0)) {
+        bad_request(f, "'after' and 'before' must be seqs, 'limit' 1..500");
         return;
     }
     if (ra == ERR_OK && rb == ERR_OK) { bad_request(f, "use 'after' or 'before', not both"); return; }

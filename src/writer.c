@@ -6,19 +6,32 @@
 
 #include "log.h"
 
+/* A committed batch on its way to the completer. */
+typedef struct batch {
+    struct batch *next;
+    writer_op *ops;
+    int *rcs;      /* apply() results, one per op (NULL when rc != OK) */
+    size_t n;
+    int rc;        /* the batch's own result: begin/commit/storage error */
+} batch;
+
 struct writer {
     store *s;
     uint32_t window_us;
     size_t max_batch, max_queue;
+    void (*batch_applied)(void *ctx);
     void (*batch_end)(void *ctx);
     void *ctx;
-    uv_thread_t tid;
+    uv_thread_t tid, done_tid;
     uv_mutex_t mu;
-    uv_cond_t cond;
-    writer_op *head, *tail; /* under mu */
-    size_t depth;           /* under mu */
-    bool stopping;          /* under mu */
-    writer_stats st;        /* under mu */
+    uv_cond_t cond;          /* writer: operations queued, or stopping */
+    uv_cond_t done_cond;     /* completer: batches committed, or stopping */
+    writer_op *head, *tail;  /* under mu */
+    size_t depth;            /* under mu */
+    batch *bhead, *btail;    /* committed, not completed; under mu */
+    bool stopping;           /* under mu: no more submits */
+    bool writer_ended;       /* under mu: the completer may end when drained */
+    writer_stats st;         /* under mu */
 };
 
 static bool storage_error(int rc)
@@ -40,42 +53,53 @@ static writer_op *take(writer *w, size_t *n)
     return first;
 }
 
+/* Applies and commits one batch, then hands it to the completer. */
 static void run_batch(writer *w, writer_op *ops, size_t n)
 {
+    batch *b = calloc(1, sizeof *b);
     int *rcs = malloc(n * sizeof *rcs);
     store_txn *txn = NULL;
-    int batch_rc = rcs ? store_begin(w->s, true, &txn) : ERR_NOMEM;
-    size_t i = 0;
+    int rc = b && rcs ? store_begin(w->s, true, &txn) : ERR_NOMEM;
     uint64_t t0 = uv_hrtime(), t1 = t0;
-    if (batch_rc == ERR_OK) {
+    if (rc == ERR_OK) {
+        size_t i = 0;
         for (writer_op *op = ops; op; op = op->next, i++) {
             rcs[i] = op->apply(op, txn);
-            if (storage_error(rcs[i])) { batch_rc = rcs[i]; break; }
+            if (storage_error(rcs[i])) { rc = rcs[i]; break; }
         }
+        if (w->batch_applied) w->batch_applied(w->ctx);
         t1 = uv_hrtime();
-        if (batch_rc == ERR_OK) batch_rc = store_commit(txn);
+        if (rc == ERR_OK) rc = store_commit_deferred(txn);
         else store_abort(txn);
     }
     uint64_t t2 = uv_hrtime();
-    if (batch_rc != ERR_OK)
-        log_error("storage batch failed", "ops=%zu err=%s", n, err_name(batch_rc));
-    i = 0;
-    for (writer_op *op = ops, *next; op; op = next, i++) {
-        next = op->next; /* done() may free op */
-        op->next = NULL;
-        op->done(op, batch_rc == ERR_OK ? rcs[i] : batch_rc);
+    if (rc != ERR_OK) log_error("storage batch failed", "ops=%zu err=%s", n, err_name(rc));
+    if (!b) {
+        /* Out of memory for the hand-off: complete here, failed. */
+        for (writer_op *op = ops, *next; op; op = next) {
+            next = op->next;
+            op->next = NULL;
+            op->done(op, ERR_NOMEM);
+        }
+        free(rcs);
+        if (w->batch_end) w->batch_end(w->ctx);
+        return;
     }
-    free(rcs);
-    if (w->batch_end) w->batch_end(w->ctx);
-    uint64_t t3 = uv_hrtime();
+    b->ops = ops;
+    b->rcs = rcs;
+    b->n = n;
+    b->rc = rc;
     uv_mutex_lock(&w->mu);
     w->st.apply_ns += t1 - t0;
     w->st.commit_ns += t2 - t1;
-    w->st.done_ns += t3 - t2;
     w->st.batches++;
     w->st.ops += n;
     if (n > w->st.max_batch) w->st.max_batch = n;
-    if (batch_rc != ERR_OK) w->st.failed_batches++;
+    if (rc != ERR_OK) w->st.failed_batches++;
+    if (w->btail) w->btail->next = b;
+    else w->bhead = b;
+    w->btail = b;
+    uv_cond_signal(&w->done_cond);
     uv_mutex_unlock(&w->mu);
 }
 
@@ -99,11 +123,53 @@ static void writer_main(void *arg)
         run_batch(w, ops, n);
         uv_mutex_lock(&w->mu);
     }
+    w->writer_ended = true;
+    uv_cond_signal(&w->done_cond);
+    uv_mutex_unlock(&w->mu);
+}
+
+/* The completer: one fsync for every batch committed so far, then their
+ * completions in order. */
+static void completer_main(void *arg)
+{
+    writer *w = arg;
+    uv_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->bhead && !w->writer_ended) uv_cond_wait(&w->done_cond, &w->mu);
+        if (!w->bhead) break;
+        batch *list = w->bhead;
+        w->bhead = w->btail = NULL;
+        uv_mutex_unlock(&w->mu);
+        bool any_ok = false;
+        for (batch *b = list; b; b = b->next) any_ok |= b->rc == ERR_OK;
+        uint64_t t0 = uv_hrtime();
+        int sync_rc = any_ok ? store_sync(w->s) : ERR_OK;
+        uint64_t t1 = uv_hrtime();
+        if (sync_rc != ERR_OK) log_error("storage sync failed: batches not acknowledged", NULL);
+        for (batch *b = list, *bn; b; b = bn) {
+            bn = b->next;
+            size_t i = 0;
+            for (writer_op *op = b->ops, *next; op; op = next, i++) {
+                next = op->next; /* done() may free op */
+                op->next = NULL;
+                int rc = b->rc != ERR_OK ? b->rc : sync_rc != ERR_OK ? sync_rc : b->rcs[i];
+                op->done(op, rc);
+            }
+            if (w->batch_end) w->batch_end(w->ctx);
+            free(b->rcs);
+            free(b);
+        }
+        uint64_t t2 = uv_hrtime();
+        uv_mutex_lock(&w->mu);
+        if (any_ok) w->st.syncs++;
+        w->st.sync_ns += t1 - t0;
+        w->st.done_ns += t2 - t1;
+    }
     uv_mutex_unlock(&w->mu);
 }
 
 int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
-                 void (*batch_end)(void *ctx), void *ctx)
+                 void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx)
 {
     writer *w = calloc(1, sizeof *w);
     if (!w) return ERR_NOMEM;
@@ -111,18 +177,29 @@ int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, s
     w->window_us = window_us;
     w->max_batch = max_batch ? max_batch : 1;
     w->max_queue = max_queue;
+    w->batch_applied = batch_applied;
     w->batch_end = batch_end;
     w->ctx = ctx;
     uv_mutex_init(&w->mu);
     uv_cond_init(&w->cond);
+    uv_cond_init(&w->done_cond);
+    if (uv_thread_create(&w->done_tid, completer_main, w) != 0) goto fail;
     if (uv_thread_create(&w->tid, writer_main, w) != 0) {
-        uv_cond_destroy(&w->cond);
-        uv_mutex_destroy(&w->mu);
-        free(w);
-        return ERR_IO;
+        uv_mutex_lock(&w->mu);
+        w->writer_ended = true;
+        uv_cond_signal(&w->done_cond);
+        uv_mutex_unlock(&w->mu);
+        uv_thread_join(&w->done_tid);
+        goto fail;
     }
     *out = w;
     return ERR_OK;
+fail:
+    uv_cond_destroy(&w->done_cond);
+    uv_cond_destroy(&w->cond);
+    uv_mutex_destroy(&w->mu);
+    free(w);
+    return ERR_IO;
 }
 
 int writer_submit(writer *w, writer_op *op)
@@ -147,7 +224,9 @@ void writer_stop(writer *w)
     w->stopping = true;
     uv_cond_signal(&w->cond);
     uv_mutex_unlock(&w->mu);
-    uv_thread_join(&w->tid);
+    uv_thread_join(&w->tid);      /* applies and commits what is queued */
+    uv_thread_join(&w->done_tid); /* syncs and completes it */
+    uv_cond_destroy(&w->done_cond);
     uv_cond_destroy(&w->cond);
     uv_mutex_destroy(&w->mu);
     free(w);

@@ -1,10 +1,19 @@
-/* writer: the one storage writer thread, with group commit.
+/* writer: the one storage writer thread, with pipelined group commit.
  *
  * Any thread submits operations; the writer gathers what arrives within the
  * commit window (or up to max_batch operations), applies them all in one
- * write transaction, commits once (one fsync for the whole batch), and then
- * completes every operation, in submission order. This is what makes a
- * durable ack cheap: the fsync is shared by everyone in the batch.
+ * write transaction and commits it (data synced, commit record written:
+ * store_commit_deferred). A second thread, the completer, then syncs the
+ * commit record (store_sync, one fsync covering every batch committed so
+ * far) and only then completes the batch's operations, in submission order.
+ * While it syncs, the writer already applies the next batch. A durable ack
+ * is cheap because each fsync is shared by everyone in the batch, and the
+ * two fsyncs of a commit no longer run back to back on one thread.
+ *
+ * Visibility: a committed batch is visible to read transactions up to one
+ * fsync before it is durable; acks and fan-out happen only after. A machine
+ * crash in that window (not a process crash: kill -9 loses nothing) can
+ * undo a batch that no one was told had succeeded.
  *
  * An operation is embedded in the caller's struct (intrusive) and owned by
  * the caller; the writer only links it. apply() runs on the writer thread
@@ -12,10 +21,12 @@
  * code; a validation error (forbidden, conflict, ...) must be returned
  * before apply() writes anything. A storage error (ERR_IO, ERR_FULL,
  * ERR_NOMEM) aborts the whole batch: every operation then completes with
- * that error and nothing of the batch is stored. done() runs on the writer
- * thread after the commit with apply()'s result (or the batch's error); it
- * must not block. After each batch, batch_end(ctx) runs (to flush what
- * done() queued for the I/O threads).
+ * that error and nothing of the batch is stored. done() runs on the
+ * completer thread once the batch is durable, with apply()'s result (or the
+ * batch's error, or ERR_IO if the sync failed); it must not block. After
+ * each batch, batch_end(ctx) runs there too (to flush what done() queued
+ * for the I/O threads). batch_applied(ctx), if set, runs on the writer
+ * thread after a batch's last apply(), before its commit.
  */
 #ifndef PARLEY_WRITER_H
 #define PARLEY_WRITER_H
@@ -39,21 +50,24 @@ typedef struct writer_stats {
     uint64_t max_batch;
     uint64_t queued;      /* now */
     uint64_t apply_ns;    /* time in apply() */
-    uint64_t commit_ns;   /* time in store_commit() (the fsync) */
-    uint64_t done_ns;     /* time in done() and batch_end() */
+    uint64_t commit_ns;   /* writer: time committing (data fsync) */
+    uint64_t sync_ns;     /* completer: time syncing commit records */
+    uint64_t syncs;       /* completer: store_sync() calls */
+    uint64_t done_ns;     /* completer: time in done() and batch_end() */
 } writer_stats;
 
 /* Starts the writer thread. window_us: how long to gather a batch after its
  * first operation; max_batch: apply at most this many per transaction;
  * max_queue: writer_submit() refuses with ERR_BUSY beyond this depth. */
 int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
-                 void (*batch_end)(void *ctx), void *ctx);
+                 void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx);
 
 /* Queues op. Any thread. ERR_BUSY (queue full) or ERR_CLOSED (stopping):
  * op is not queued and its callbacks will not run. */
 int writer_submit(writer *w, writer_op *op);
 
-/* Applies everything already queued, then ends the thread and frees w. */
+/* Applies and completes everything already queued, then ends both threads
+ * and frees w. */
 void writer_stop(writer *w);
 
 /* A snapshot of the counters. Any thread. */
