@@ -12,7 +12,7 @@
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
-PKGS     := libuv libcrypto lmdb libcjson libsodium
+PKGS     := libuv libcrypto lmdb libsodium
 SANITIZE ?=
 FUZZ_SECONDS ?= 60
 
@@ -48,10 +48,13 @@ FUZZ_NAMES := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
 REPLAY_BIN := $(FUZZ_NAMES:%=$(B)/tests/replay_%)
 BENCH_SRC  := $(wildcard bench/*.c)
 BENCH_BIN  := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
+CLI_SRC    := $(wildcard cli/*.c)
+CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
+BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup run test test-unit test-fuzz test-integration bench fuzz clean
+.PHONY: all setup run test test-unit test-fuzz test-integration test-browser bench fuzz clean
 
-all: $(B)/parleyd
+all: $(B)/parleyd $(CLI_BIN)
 
 setup:
 	@scripts/setup.sh
@@ -62,7 +65,7 @@ run: setup
 
 test: setup
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN)
-	@$(MAKE) --no-print-directory test-unit test-fuzz test-integration
+	@$(MAKE) --no-print-directory test-unit test-fuzz test-integration test-browser
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do $$t; done
@@ -70,9 +73,15 @@ test-unit: $(UNIT_BIN)
 test-fuzz: $(REPLAY_BIN)
 	@set -e; for n in $(FUZZ_NAMES); do $(B)/tests/replay_$$n tests/fuzz/corpus/$$n; done
 
-test-integration: $(B)/parleyd
-	PARLEYD=$(abspath $(B)/parleyd) PARLEY_WEB=$(abspath web) \
+test-integration: $(B)/parleyd $(CLI_BIN)
+	PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) PARLEY_WEB=$(abspath web) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# Browser tests: Playwright (playwright-core) driving Debian's Chromium.
+test-browser: $(B)/parleyd
+	@if [ -n "$(BROWSER_TESTS)" ]; then \
+	    PARLEYD=$(abspath $(B)/parleyd) PARLEY_WEB=$(abspath web) \
+	    node --test --test-concurrency=1 $(BROWSER_TESTS); fi
 
 bench: setup
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
@@ -113,8 +122,12 @@ $(B)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+$(B)/parley: $(CLI_SRC) $(CORE_LIB)
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags libedit 2>/dev/null) $(LDFLAGS) $^ -o $@ \
+	    $(LDLIBS) $(shell pkg-config --libs libedit 2>/dev/null)
+
 $(B)/bench/%: bench/%.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
--include $(wildcard $(B)/obj/*.d $(B)/tests/*.d $(B)/bench/*.d)
+-include $(wildcard $(B)/obj/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)

@@ -8,8 +8,8 @@ declare -A PKG=(
   [libuv]=libuv1-dev
   [libcrypto]=libssl-dev
   [lmdb]=liblmdb-dev
-  [libcjson]=libcjson-dev
   [libsodium]=libsodium-dev
+  [libedit]=libedit-dev
 )
 # Python module (for /usr/bin/python3) -> Debian package
 declare -A PYMOD=(
@@ -22,6 +22,9 @@ declare -A CMD=(
   [cc]=gcc
   [make]=make
   [pkg-config]=pkg-config
+  [node]=nodejs
+  [npm]=npm
+  [chromium]=chromium
 )
 
 missing=()
@@ -34,7 +37,17 @@ for m in "${!PYMOD[@]}"; do
   /usr/bin/python3 -c "import $m" >/dev/null 2>&1 || missing+=("${PYMOD[$m]}")
 done
 
-[ ${#missing[@]} -eq 0 ] && exit 0
+# npm packages (browser tests): playwright-core drives Debian's Chromium.
+npm_missing() { [ ! -d node_modules/playwright-core ]; }
+
+if [ ${#missing[@]} -eq 0 ]; then
+  if npm_missing; then
+    echo "setup: npm install (playwright-core)" >&2
+    npm install --no-audit --no-fund --silent >/dev/null 2>&1 || {
+      echo "setup: npm install failed" >&2; exit 1; }
+  fi
+  exit 0
+fi
 
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 echo "setup: installing ${missing[*]}" >&2
@@ -57,4 +70,8 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
     echo "setup: could not install: ${missing[*]}" >&2
     exit 1
   fi
+fi
+if npm_missing; then
+  npm install --no-audit --no-fund --silent >/dev/null 2>&1 || {
+    echo "setup: npm install failed" >&2; exit 1; }
 fi
