@@ -11,6 +11,7 @@
 #include "chat.h"
 #include "conn.h"
 #include "err.h"
+#include "guard.h"
 #include "json.h"
 #include "log.h"
 #include "proto.h"
@@ -288,6 +289,8 @@ static void kdf_after(uv_work_t *w, int status)
         if (&op->ch->srv->threads[i].loop == w->loop) t = &op->ch->srv->threads[i];
     conn *c = t ? srv_conn(t, op->origin) : NULL;
     bool ok = k->ok && status == 0;
+    if (op->kind == OP_LOGIN && k->known)
+        guard_login_result(op->ch->guard, op->who.uid, ok, guard_now());
     kdf_free(k);
     if (!c) { chat_op_free(op); return; }
     if (!ok) {
@@ -354,11 +357,33 @@ static bool credentials(req_ctx *x, char *name, char *pass, size_t *pass_len, bo
     return true;
 }
 
+static void too_many(req_ctx *x, uint32_t retry_ms, const char *message)
+{
+    char extra[48];
+    snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_ms / 1000 + 1);
+    char body[192];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"code\":\"rate_limited\",\"message\":\"%s\","
+                     "\"retry_after_ms\":%u}}", message, retry_ms);
+    metrics_inc(&x->c->t->m, M_RATE_LIMITED);
+    conn_respond(x->c, 429, JSON_TYPE, body, (size_t)n, x->ka, false, extra);
+}
+
+/* Logins and registrations per source address. */
+static bool login_allowed(req_ctx *x)
+{
+    uint32_t retry = 0;
+    if (guard_login_addr(x->ch->guard, conn_peer_key(x->c), guard_now(), &retry) == ERR_OK)
+        return true;
+    too_many(x, retry, "too many attempts from this address");
+    return false;
+}
+
 static void post_users(req_ctx *x)
 {
     char name[AUTH_NAME_MAX + 1], pass[AUTH_PASS_MAX + 1];
     size_t plen;
-    if (!parse_body(x) || !credentials(x, name, pass, &plen, true)) return;
+    if (!login_allowed(x) || !parse_body(x) || !credentials(x, name, pass, &plen, true)) return;
     chat_op *op = new_op(x, OP_REGISTER, reply_session);
     if (!op) return;
     memcpy(op->name, name, sizeof name);
@@ -371,7 +396,7 @@ static void post_sessions(req_ctx *x)
 {
     char name[AUTH_NAME_MAX + 1], pass[AUTH_PASS_MAX + 1];
     size_t plen;
-    if (!parse_body(x) || !credentials(x, name, pass, &plen, false)) return;
+    if (!login_allowed(x) || !parse_body(x) || !credentials(x, name, pass, &plen, false)) return;
     chat_op *op = new_op(x, OP_LOGIN, reply_session);
     if (!op) return;
     bool known = false;
@@ -379,6 +404,13 @@ static void post_sessions(req_ctx *x)
     if (name[0] && plen && store_begin(x->ch->st, false, &txn) == ERR_OK) {
         store_user u;
         if (store_user_by_name(txn, name, &u) == ERR_OK) {
+            uint32_t retry = 0;
+            if (guard_login_account(x->ch->guard, u.id, guard_now(), &retry) < 0) {
+                store_abort(txn);
+                chat_op_free(op);
+                too_many(x, retry, "too many failed logins: wait before trying again");
+                return;
+            }
             known = true;
             op->who.uid = u.id;
             memcpy(op->who.name, u.name, sizeof u.name);

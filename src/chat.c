@@ -32,7 +32,8 @@ int chat_open(chat **out, const config *cfg, server *srv)
     ch->srv = srv;
     int rc = store_open(&ch->st, cfg->data_dir, cfg->store_map_size);
     if (rc < 0) { free(ch); return rc; }
-    if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_store;
+    if ((rc = guard_new(&ch->guard, cfg)) < 0) goto fail_store;
+    if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_guard;
     rc = writer_start(&ch->w, ch->st, cfg->commit_window_us, 4096, cfg->max_writer_queue,
                       batch_applied, batch_end, ch);
     if (rc < 0) goto fail_hub;
@@ -41,6 +42,8 @@ int chat_open(chat **out, const config *cfg, server *srv)
     return ERR_OK;
 fail_hub:
     hub_free(ch->hub);
+fail_guard:
+    guard_free(ch->guard);
 fail_store:
     store_close(ch->st);
     free(ch);
@@ -52,6 +55,7 @@ void chat_close(chat *ch)
     writer_stop(ch->w);
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);
+    guard_free(ch->guard);
     store_close(ch->st);
     free(ch);
 }
@@ -80,6 +84,7 @@ int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id)
     if (rc < 0) return rc == ERR_IO ? ERR_IO : ERR_AUTH;
     id->uid = s.uid;
     id->device = s.device;
+    id->expires = s.expires;
     return ERR_OK;
 }
 

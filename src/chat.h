@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "guard.h"
 #include "hub.h"
 #include "json.h"
 #include "server.h"
@@ -31,6 +32,7 @@ typedef struct chat {
     store *st;
     writer *w;
     hub *hub;
+    guard *guard;
 } chat;
 
 /* Opens the store in cfg->data_dir, creates the hub for srv and starts the
@@ -55,6 +57,7 @@ typedef struct chat_ident {
     uint64_t uid;
     uint32_t device;
     uint8_t token_hash[32];
+    int64_t expires;
     char name[STORE_NAME_MAX + 1];
 } chat_ident;
 

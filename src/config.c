@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -35,6 +36,15 @@ void config_defaults(config *c)
     c->commit_window_us = 1000;
     c->max_writer_queue = 100000;
     c->store_map_size = (size_t)64 << 30;
+    c->rate_frames = 200;
+    c->rate_msgs = 50;
+    c->rate_user_msgs = 100;
+    c->rate_handshakes = 50;
+    c->rate_logins = 5;
+    c->admit_rate = 5000;
+    c->max_pending = 10000;
+    c->max_user_conns = 100;
+    c->max_user_convs = 10000;
 }
 
 static void usage(FILE *f)
@@ -66,6 +76,18 @@ static void usage(FILE *f)
 "  --max-writer-queue N   writes waiting to commit before 'busy' (default 100000)\n"
 "  --store-size BYTES     largest size of the LMDB store (default 64 GiB)\n"
 "  --insecure-fast-kdf    minimum Argon2 cost, for benchmark provisioning only\n"
+"\nprotection (a rate of 0 turns that limit off):\n"
+"  --rate-frames N        WebSocket frames/s per connection (default 200, burst x5)\n"
+"  --rate-msgs N          messages/s per connection (default 50, burst x4)\n"
+"  --rate-user-msgs N     messages/s per user over all devices (default 100, burst x4)\n"
+"  --rate-handshakes N    WebSocket handshakes/s per source address (default 50, burst x5)\n"
+"  --rate-logins N        logins and registrations/s per source address (default 5, burst x4)\n"
+"  --admit-rate N         WebSocket handshakes/s per I/O thread before 503 (default 5000)\n"
+"  --max-pending N        connections not yet upgraded, per I/O thread (default 10000)\n"
+"  --max-user-conns N     WebSockets per user (default 100)\n"
+"  --max-user-convs N     conversations per user (default 10000)\n"
+"  --allowed-origins LIST browser origins allowed to open WebSockets, comma-separated\n"
+"                         (default: any)\n"
 "  --help                 this text\n"
 "  --version              the version\n"
 "\n"
@@ -88,7 +110,8 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
     enum { O_LISTEN = 256, O_PORT, O_DATA, O_WEB, O_THREADS, O_LOG, O_MAXMSG,
            O_MAXQ, O_MAXBODY, O_MAXHDR, O_REQTO, O_IDLETO, O_PING, O_SHUTDOWN,
            O_MAXTEXT, O_MAXGROUP, O_TTL, O_WINDOW, O_WQUEUE, O_STORESIZE, O_FASTKDF,
-           O_HELP, O_VERSION };
+           O_RFRAMES, O_RMSGS, O_RUSER, O_RHS, O_RLOGIN, O_ADMIT, O_PENDING, O_UCONNS, O_UCONVS,
+           O_ORIGINS, O_HELP, O_VERSION };
     static const struct option opts[] = {
         {"listen", required_argument, 0, O_LISTEN},
         {"port", required_argument, 0, O_PORT},
@@ -111,6 +134,16 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
         {"max-writer-queue", required_argument, 0, O_WQUEUE},
         {"store-size", required_argument, 0, O_STORESIZE},
         {"insecure-fast-kdf", no_argument, 0, O_FASTKDF},
+        {"rate-frames", required_argument, 0, O_RFRAMES},
+        {"rate-msgs", required_argument, 0, O_RMSGS},
+        {"rate-user-msgs", required_argument, 0, O_RUSER},
+        {"rate-handshakes", required_argument, 0, O_RHS},
+        {"rate-logins", required_argument, 0, O_RLOGIN},
+        {"admit-rate", required_argument, 0, O_ADMIT},
+        {"max-pending", required_argument, 0, O_PENDING},
+        {"max-user-conns", required_argument, 0, O_UCONNS},
+        {"max-user-convs", required_argument, 0, O_UCONVS},
+        {"allowed-origins", required_argument, 0, O_ORIGINS},
         {"help", no_argument, 0, O_HELP},
         {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -187,6 +220,20 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
             break;
         case O_FASTKDF:
             c->insecure_fast_kdf = 1;
+            break;
+        case O_RFRAMES: case O_RMSGS: case O_RUSER: case O_RHS: case O_RLOGIN: case O_ADMIT:
+        case O_PENDING: case O_UCONNS: case O_UCONVS: {
+            uint32_t *f[] = {&c->rate_frames, &c->rate_msgs, &c->rate_user_msgs, &c->rate_handshakes,
+                             &c->rate_logins, &c->admit_rate, &c->max_pending, &c->max_user_conns,
+                             &c->max_user_convs};
+            bool is_cap = o == O_PENDING || o == O_UCONNS || o == O_UCONVS;
+            if ((rc = parse_num(optarg, is_cap ? 1 : 0, 100000000, &v)) == 0)
+                *f[o - O_RFRAMES] = (uint32_t)v;
+            break;
+        }
+        case O_ORIGINS:
+            if (strlen(optarg) >= sizeof c->allowed_origins) rc = ERR_INVALID;
+            else strcpy(c->allowed_origins, optarg);
             break;
         case O_HELP:
             usage(out);

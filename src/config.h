@@ -32,6 +32,17 @@ typedef struct config {
     size_t max_writer_queue;     /* --max-writer-queue, ops waiting to commit, 100000 */
     size_t store_map_size;       /* --store-size, LMDB map bytes, 64 GiB */
     int insecure_fast_kdf;       /* --insecure-fast-kdf: minimum Argon2 cost (benchmarks) */
+    /* protection (0 disables a rate) */
+    uint32_t rate_frames;        /* --rate-frames, WebSocket frames/s per connection, 200 (burst x5) */
+    uint32_t rate_msgs;          /* --rate-msgs, sends/s per connection, 50 (burst x4) */
+    uint32_t rate_user_msgs;     /* --rate-user-msgs, sends/s per user, all devices, 100 (burst x4) */
+    uint32_t rate_handshakes;    /* --rate-handshakes, WebSocket handshakes/s per address, 50 (burst x5) */
+    uint32_t rate_logins;        /* --rate-logins, logins+registrations/s per address, 5 (burst x4) */
+    uint32_t admit_rate;         /* --admit-rate, handshakes/s per I/O thread, 5000 (burst x1) */
+    uint32_t max_pending;        /* --max-pending, not-yet-upgraded connections per thread, 10000 */
+    uint32_t max_user_conns;     /* --max-user-conns, WebSockets per user, 100 */
+    uint32_t max_user_convs;     /* --max-user-convs, conversations per user, 10000 */
+    char allowed_origins[1024];  /* --allowed-origins, comma-separated; empty: any */
 } config;
 
 /* Fills *c with the defaults. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "guard.h"
 #include "http.h"
 #include "log.h"
 #include "proto.h"
@@ -17,6 +18,7 @@
 #define F_NO_INPUT  0x10 /* input is discarded (lingering) */
 #define F_PAUSED    0x20 /* reading stopped (conn_pause) */
 #define F_HELD      0x40 /* paused for an async request: conn_resume() only */
+#define F_UPGRADED  0x80 /* became a WebSocket (no longer pending) */
 
 #define MAX_IOV 64
 
@@ -120,6 +122,7 @@ void conn_abort(conn *c)
     srv_thread *t = c->t;
     if (c->state == CONN_WS) metrics_inc(&t->m, M_WS_CLOSED);
     if (c->user) proto_on_close(c);
+    if (!(c->flags & F_UPGRADED)) t->npending--;
     c->state = CONN_CLOSED;
     wheel_cancel(&t->wheel, &c->timer);
     flush_unlink(c);
@@ -226,6 +229,33 @@ int conn_send(conn *c, rbuf *frame)
     int rc = enqueue(c, frame);
     if (rc == ERR_OK && c->state == CONN_WS) metrics_inc(&c->t->m, M_FRAMES_OUT);
     return rc;
+}
+
+uint64_t conn_peer_key(conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return 0;
+    return guard_addr_key(&ss);
+}
+
+void conn_send_lossy(conn *c, rbuf *frame)
+{
+    if (c->state == CONN_WS && c->out_bytes + frame->len > cfg_of(c)->max_queue / 2) {
+        metrics_inc(&c->t->m, M_LOSSY_DROPPED);
+        return;
+    }
+    if (conn_send(c, frame) == ERR_FULL)
+        conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
+}
+
+bool conn_strike(conn *c)
+{
+    metrics_inc(&c->t->m, M_RATE_LIMITED);
+    metrics_error(&c->t->m, ERR_RATE);
+    if (++c->strikes < CONN_MAX_STRIKES) return false;
+    conn_close_ws(c, WS_CLOSE_POLICY, "rate limit: too many refused requests");
+    return true;
 }
 
 int conn_send_text(conn *c, const char *data, size_t len)
@@ -354,6 +384,8 @@ int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
     if (rc < 0) return rc;
     metrics_status(&c->t->m, 101);
     metrics_inc(&c->t->m, M_WS_UPGRADES);
+    c->t->npending--;
+    c->flags |= F_UPGRADED;
     c->state = CONN_WS;
     c->flags &= (uint8_t)~F_REQ_TIMER;
     c->missed_pings = 0;
@@ -420,6 +452,16 @@ static void on_frame(conn *c, ws_frame *f)
     uint16_t code = 0;
     int rc = ws_reader_check(&c->wr, f, &t->srv->ws_lim, &code);
     if (rc < 0) { ws_fail(c, code, rc); return; }
+    tlimit fl = {(float)cfg_of(c)->rate_frames, (float)cfg_of(c)->rate_frames * 5};
+    uint32_t retry = 0;
+    if (f->opcode != WS_OP_CLOSE && !tb_take(&c->frames, &fl, srv_now(t), 1, &retry)) {
+        /* Over the frame rate: the frame is dropped (a message is told). */
+        if (conn_strike(c)) return;
+        if (f->fin && f->opcode != WS_OP_PING && f->opcode != WS_OP_PONG)
+            proto_rate_limited(c, retry);
+        if (f->opcode <= WS_OP_BINARY && !f->fin) ws_fail(c, WS_CLOSE_POLICY, ERR_RATE);
+        return;
+    }
     switch (f->opcode) {
     case WS_OP_TEXT:
     case WS_OP_BINARY:
@@ -625,6 +667,7 @@ void conn_expire(wheel_node *n, void *arg)
         }
         break;
     case CONN_WS:
+        if (!proto_on_tick(c)) break; /* e.g. its token expired */
         if (c->flags & F_RX) {
             c->flags &= (uint8_t)~F_RX;
             c->missed_pings = 0;
@@ -678,6 +721,14 @@ void conn_on_accept(uv_stream_t *listener, int status)
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
+    if (t->npending >= cfg_of(c)->max_pending) {
+        /* Too many connections that have not upgraded: shed at once. */
+        metrics_inc(&t->m, M_PENDING_REFUSED);
+        u64map_del(&t->by_id, c->id);
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
+    t->npending++;
     c->state = CONN_HTTP;
     c->next = t->conns;
     if (t->conns) t->conns->prev = c;

@@ -55,6 +55,8 @@ struct conn {
     uint8_t flags;
     uint8_t missed_pings;
     uint8_t msg_op;          /* opcode of the fragmented message */
+    uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
+    tbucket frames;          /* WebSocket frames rate limit */
 };
 
 /* libuv connection callback for a thread's listener. */
@@ -65,6 +67,15 @@ void conn_on_accept(uv_stream_t *listener, int status);
  * pass --max-queue (the frame is not queued; the caller decides, usually
  * conn_close_ws(c, 1013)). */
 int conn_send(conn *c, rbuf *frame);
+
+/* Queues a frame of the lossy lane (typing, presence): dropped instead of
+ * queued when the connection's queue is over half of --max-queue. */
+void conn_send_lossy(conn *c, rbuf *frame);
+
+/* Counts a refusal by a rate limit; after CONN_MAX_STRIKES the connection
+ * is closed with 1008. Returns true if it was closed. */
+bool conn_strike(conn *c);
+#define CONN_MAX_STRIKES 50
 
 /* Encodes a text frame from data[0..len) and queues it. Same returns, plus
  * ERR_NOMEM. For one recipient; for many, encode once with ws_frame_rbuf()
@@ -97,6 +108,9 @@ void conn_pause(conn *c);
  * handler's conn_resume(), even if output drains meanwhile. */
 void conn_hold(conn *c);
 void conn_resume(conn *c);
+
+/* The guard key of the peer's address (guard_addr_key), 0 if unknown. */
+uint64_t conn_peer_key(conn *c);
 
 /* Closes the socket now (no close frame). Idempotent. */
 void conn_abort(conn *c);

@@ -13,6 +13,7 @@ typedef struct parcel {
     uint64_t conn;               /* target (to == NULL) or excluded connection */
     void (*fn)(srv_thread *t, void *arg);
     void *arg;
+    bool lossy;                  /* typing/presence: dropped for slow readers */
 } parcel;
 
 /* Parcels for one thread, posted as one srv_post(). */
@@ -111,12 +112,17 @@ bool hub_session_remove(hub *h, srv_thread *t, session *s)
     return presence_add(h, s->uid, -1) == 0;
 }
 
-bool hub_online(hub *h, uint64_t uid)
+int hub_sessions(hub *h, uint64_t uid)
 {
     uv_mutex_lock(&h->mu);
-    bool on = u64map_get(&h->online, uid) != NULL;
+    int n = (int)(intptr_t)u64map_get(&h->online, uid);
     uv_mutex_unlock(&h->mu);
-    return on;
+    return n;
+}
+
+bool hub_online(hub *h, uint64_t uid)
+{
+    return hub_sessions(h, uid) > 0;
 }
 
 /* ---- delivery on the recipient's thread ---------------------------------- */
@@ -144,7 +150,9 @@ static void deliver(srv_thread *t, void *arg)
             for (uint32_t i = 0; i < p->to->n; i++) {
                 for (session *s = hub_local(t, p->to->uids[i]), *sn; s; s = sn) {
                     sn = s->next_local; /* send_to may close s */
-                    if (s->c->id != p->conn) send_to(s->c, p->frame);
+                    if (s->c->id == p->conn) continue;
+                    if (p->lossy) conn_send_lossy(s->c, p->frame);
+                    else send_to(s->c, p->frame);
                 }
             }
         } else {
@@ -187,17 +195,32 @@ static bool push(outbox *o, rbuf *frame, audience *to, uint64_t conn_id,
     p->conn = conn_id;
     p->fn = fn;
     p->arg = arg;
+    p->lossy = false;
     return true;
 }
 
-void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
+static void send_now(hub *h, audience *to, rbuf *frame, uint64_t except_conn, bool lossy)
 {
     for (int i = 0; i < h->srv->nthreads; i++) {
         outbox *o = calloc(1, sizeof *o);
         if (!o) continue;
-        if (push(o, frame, to, except_conn, NULL, NULL)) post(&h->srv->threads[i], o);
-        else free(o);
+        if (push(o, frame, to, except_conn, NULL, NULL)) {
+            o->items[0].lossy = lossy;
+            post(&h->srv->threads[i], o);
+        } else {
+            free(o);
+        }
     }
+}
+
+void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
+{
+    send_now(h, to, frame, except_conn, false);
+}
+
+void hub_send_lossy(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
+{
+    send_now(h, to, frame, except_conn, true);
 }
 
 void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn)

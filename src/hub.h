@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "ratelimit.h"
 #include "rbuf.h"
 #include "server.h"
 #include "u64map.h"
@@ -37,6 +38,8 @@ struct session {
     session *next_local;     /* the user's next session on this thread */
     uint64_t typing_conv;    /* typing rate limit: last conversation ... */
     uint64_t typing_at;      /* ... and when (loop ms) */
+    int64_t expires;         /* the token's expiry (ms since the epoch) */
+    tbucket msgs;            /* sends per connection */
 };
 
 /* Shared, immutable list of recipients (atomic refcount). */
@@ -64,6 +67,8 @@ bool hub_session_add(hub *h, srv_thread *t, session *s);
 bool hub_session_remove(hub *h, srv_thread *t, session *s);
 /* True if the user has a session anywhere. Any thread. */
 bool hub_online(hub *h, uint64_t uid);
+/* How many sessions the user has, over all threads. Any thread. */
+int hub_sessions(hub *h, uint64_t uid);
 /* The first session of uid on thread t (follow next_local), or NULL. */
 session *hub_local(srv_thread *t, uint64_t uid);
 
@@ -71,6 +76,9 @@ session *hub_local(srv_thread *t, uint64_t uid);
  * except_conn (0: none). Any thread; posts right away. Takes its own
  * references to frame and to. */
 void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
+
+/* The same for the lossy lane (typing, presence): slow readers skip it. */
+void hub_send_lossy(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
 
 /* Writer thread only: the same, queued until hub_flush(). */
 void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn);

@@ -42,6 +42,10 @@ static const struct {
     [M_QUEUE_FULL] = {"parley_queue_full_total", "counter", "Connections closed because their output queue was full"},
     [M_TIMEOUTS] = {"parley_timeouts_total", "counter", "Connections closed by a request or keepalive timeout"},
     [M_PINGS_SENT] = {"parley_pings_sent_total", "counter", "Keepalive pings sent"},
+    [M_RATE_LIMITED] = {"parley_rate_limited_total", "counter", "Requests and frames refused by a rate limit"},
+    [M_ADMIT_REFUSED] = {"parley_admission_refused_total", "counter", "WebSocket handshakes refused with 503 by admission control"},
+    [M_PENDING_REFUSED] = {"parley_pending_refused_total", "counter", "Connections closed at accept: too many not yet upgraded"},
+    [M_LOSSY_DROPPED] = {"parley_lossy_dropped_total", "counter", "Typing and presence frames dropped for slow readers"},
 };
 
 typedef struct out {

@@ -26,6 +26,10 @@ enum metric {
     M_QUEUE_FULL,      /* connections closed because their output queue was full */
     M_TIMEOUTS,        /* connections closed by a request/keepalive timeout */
     M_PINGS_SENT,      /* keepalive pings sent */
+    M_RATE_LIMITED,    /* requests and frames refused by a rate limit */
+    M_ADMIT_REFUSED,   /* handshakes refused by admission control (503) */
+    M_PENDING_REFUSED, /* connections closed at accept: too many not upgraded */
+    M_LOSSY_DROPPED,   /* typing/presence frames dropped for a slow reader */
     M_COUNT
 };
 

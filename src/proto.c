@@ -7,6 +7,7 @@
 
 #include "chat.h"
 #include "conn.h"
+#include "guard.h"
 #include "err.h"
 #include "hub.h"
 #include "json.h"
@@ -90,7 +91,7 @@ static void announce(chat *ch, session *s, bool online, int64_t ts)
 {
     audience *to = chat_contacts(ch, s->uid);
     rbuf *f = to && to->n ? presence_frame(s->name, online, ts) : NULL;
-    if (f) hub_send(ch->hub, to, f, 0);
+    if (f) hub_send_lossy(ch->hub, to, f, 0);
     rbuf_unref(f);
     audience_unref(to);
 }
@@ -105,7 +106,9 @@ static void tell_contacts(chat *ch, conn *c, session *s)
         store_user u;
         if (store_user_get(txn, to->uids[i], &u) < 0) continue;
         bool on = hub_online(ch->hub, u.id);
-        send_frame(c, presence_frame(u.name, on, on ? chat_now_ms() : u.last_seen));
+        rbuf *f = presence_frame(u.name, on, on ? chat_now_ms() : u.last_seen);
+        if (f) conn_send_lossy(c, f);
+        rbuf_unref(f);
     }
     store_abort(txn);
     audience_unref(to);
@@ -125,6 +128,14 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
     }
     chat_ident id;
     int rc = n > 0 ? chat_authenticate(ch, token, (size_t)n, &id) : ERR_AUTH;
+    if (rc == ERR_OK && hub_sessions(ch->hub, id.uid) >= (int)ch->cfg->max_user_conns) {
+        metrics_inc(&c->t->m, M_RATE_LIMITED);
+        const char *body = "{\"error\":{\"code\":\"too_many_connections\","
+                           "\"message\":\"too many open connections for this user\"}}";
+        conn_respond(c, 429, "application/json", body, strlen(body), req->keep_alive, false,
+                     "Retry-After: 10\r\n");
+        return;
+    }
     if (rc < 0) {
         const char *body = rc == ERR_IO
             ? "{\"error\":{\"code\":\"internal\",\"message\":\"storage error\"}}"
@@ -138,6 +149,8 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
     if (!s) { conn_abort(c); return; }
     s->uid = id.uid;
     s->device = id.device;
+    s->expires = id.expires;
+    s->msgs.at = (uint32_t)srv_now(c->t);
     memcpy(&s->token_key, id.token_hash, sizeof s->token_key);
     memcpy(s->name, id.name, sizeof s->name);
     if (conn_upgrade(c, hs, s) < 0) conn_abort(c);
@@ -180,6 +193,25 @@ void proto_on_close(conn *c)
         }
     }
     free(s);
+}
+
+void proto_rate_limited(conn *c, uint32_t retry_ms)
+{
+    char buf[160];
+    int n = snprintf(buf, sizeof buf,
+                     "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\","
+                     "\"retry_after_ms\":%u}", retry_ms);
+    send_frame(c, ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n));
+}
+
+bool proto_on_tick(conn *c)
+{
+    session *s = c->user;
+    if (s && s->expires <= chat_now_ms()) {
+        conn_close_ws(c, WS_CLOSE_POLICY, "token expired");
+        return false;
+    }
+    return true;
 }
 
 /* ---- frames --------------------------------------------------------------------- */
@@ -270,6 +302,23 @@ static void on_send(frame_ctx *f)
     if (!body || body->type == JSON_NULL) { bad_request(f, "'body' is required"); return; }
     if (body->val_len > f->ch->cfg->max_text) {
         send_error(f->c, "too_large", "message body too large", f->ref);
+        return;
+    }
+    /* Per connection, then per user over all devices. */
+    const config *cfg = f->ch->cfg;
+    tlimit l = {(float)cfg->rate_msgs, (float)cfg->rate_msgs * 4};
+    uint32_t retry = 0;
+    if (!tb_take(&f->s->msgs, &l, srv_now(f->c->t), 1, &retry) ||
+        guard_user_msg(f->ch->guard, f->s->uid, guard_now(), &retry) < 0) {
+        if (conn_strike(f->c)) return;
+        jbuf j;
+        jb_init(&j, 160);
+        jb_lit(&j, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\",\"retry_after_ms\":");
+        jb_u64(&j, retry);
+        jb_lit(&j, ",\"ref\":");
+        jb_lit(&j, f->ref);
+        jb_raw(&j, "}", 1);
+        send_json(f->c, &j);
         return;
     }
     chat_op *op = chat_op_new(f->ch, OP_SEND, f->c->id, reply_send);
@@ -407,7 +456,7 @@ static void on_typing(frame_ctx *f)
     int n = snprintf(buf, sizeof buf, "{\"type\":\"typing\",\"conv\":%llu,\"user\":\"%s\"}",
                      (unsigned long long)conv, s->name); /* names need no escaping */
     rbuf *frame = ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n);
-    if (frame) hub_send(f->ch->hub, x.a, frame, f->c->id);
+    if (frame) hub_send_lossy(f->ch->hub, x.a, frame, f->c->id);
     rbuf_unref(frame);
     audience_unref(x.a);
 }

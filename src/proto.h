@@ -7,7 +7,9 @@
 #ifndef PARLEY_PROTO_H
 #define PARLEY_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "http.h"
 #include "ws.h"
@@ -26,6 +28,14 @@ void proto_on_text(conn *c, const char *data, size_t len);
 
 /* c is closing: release c->user and set it to NULL. */
 void proto_on_close(conn *c);
+
+/* Tells c that a frame was dropped by a rate limit (an error frame with
+ * code rate_limited and retry_after_ms). */
+void proto_rate_limited(conn *c, uint32_t retry_ms);
+
+/* Periodic check of an open session (keepalive tick): returns false after
+ * closing it (its token expired). */
+bool proto_on_tick(conn *c);
 
 /* The protocol error code for an err code ("forbidden", "busy", ...). */
 const char *proto_error_code(int err);

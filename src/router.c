@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -10,6 +11,7 @@
 #include "log.h"
 #include "proto.h"
 #include "chat.h"
+#include "guard.h"
 #include "static.h"
 
 #define JSON "application/json"
@@ -92,6 +94,24 @@ static void metrics_page(conn *c, const http_request *req)
     free(buf);
 }
 
+/* With --allowed-origins, a browser (which always sends Origin) may open
+ * a WebSocket only from a listed origin; non-browser clients send none. */
+static bool origin_allowed(const config *cfg, const http_str *origin)
+{
+    if (!cfg->allowed_origins[0] || !origin) return true;
+    const char *p = cfg->allowed_origins;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        while (n && *p == ' ') { p++; n--; }
+        while (n && p[n - 1] == ' ') n--;
+        if (n == origin->n && strncasecmp(p, origin->p, n) == 0) return true;
+        if (!end) break;
+        p = end + 1;
+    }
+    return false;
+}
+
 static void websocket(conn *c, const http_request *req)
 {
     if (!http_header_get(req, "Upgrade")) {
@@ -110,6 +130,30 @@ static void websocket(conn *c, const http_request *req)
     }
     if (c->t->stopping) {
         error_json(c, req, 503, "stopping", "server is shutting down", "Retry-After: 1\r\n");
+        return;
+    }
+    if (!origin_allowed(c->t->srv->cfg, http_header_get(req, "Origin"))) {
+        error_json(c, req, 403, "forbidden_origin", "this origin may not open WebSockets", NULL);
+        return;
+    }
+    /* Admission control: a reconnect storm ramps instead of collapsing the
+     * server. The refusal is cheap (before any storage read) and spreads
+     * retries with a jittered Retry-After. */
+    const config *cfg = c->t->srv->cfg;
+    tlimit admit = {(float)cfg->admit_rate, (float)cfg->admit_rate};
+    if (!tb_take(&c->t->admit, &admit, srv_now(c->t), 1, NULL)) {
+        char extra[48];
+        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", 1 + (unsigned)(uv_hrtime() % 5));
+        metrics_inc(&c->t->m, M_ADMIT_REFUSED);
+        error_json(c, req, 503, "busy", "too many connections at once: retry later", extra);
+        return;
+    }
+    uint32_t retry = 0;
+    if (guard_handshake(((chat *)c->t->srv->app)->guard, conn_peer_key(c), guard_now(), &retry) < 0) {
+        char extra[48];
+        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry / 1000 + 1);
+        metrics_inc(&c->t->m, M_RATE_LIMITED);
+        error_json(c, req, 429, "rate_limited", "too many handshakes from this address", extra);
         return;
     }
     proto_upgrade(c, req, &hs);

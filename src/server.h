@@ -23,6 +23,7 @@
 #include "config.h"
 #include "http.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "u64map.h"
 #include "wheel.h"
 #include "ws.h"
@@ -58,6 +59,8 @@ struct srv_thread {
     conn *flush_head;        /* connections with output to write */
     out_node *free_nodes;    /* recycled output-queue nodes */
     u64map by_id;            /* conn id -> conn, for async completions */
+    uint32_t npending;       /* connections not (yet) upgraded to WebSocket */
+    tbucket admit;           /* admission control: handshakes per second */
     uint64_t next_id;        /* conn ids: (next_id << 8) | thread id */
     void *app;               /* the application's per-thread state (hub) */
     bool stopping;

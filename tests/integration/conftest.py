@@ -51,6 +51,13 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # --------------------------------------------------------------------------
 
 
+# Every test client comes from 127.0.0.1 and many register users or open
+# hundreds of sockets at once: the rate limits are off unless a test (the
+# protection tests) passes its own values, which come later and win.
+NO_LIMITS = ["--rate-frames", "0", "--rate-msgs", "0", "--rate-user-msgs", "0",
+             "--rate-handshakes", "0", "--rate-logins", "0", "--admit-rate", "0",
+             "--max-user-conns", "100000"]
+
 TOKENS = {}  # port -> token of the server's test user
 
 
@@ -153,7 +160,7 @@ def start_server(tmp_path, *flags, web_dir=None, name="srv"):
     web = str(web_dir if web_dir is not None else PARLEY_WEB)
     log_path = base / "parleyd.log"
     argv = [PARLEYD, "--port", "0", "--listen", HOST, "--data-dir", str(data_dir),
-            "--web-dir", web, "--threads", "2", *[str(f) for f in flags]]
+            "--web-dir", web, "--threads", "2", *NO_LIMITS, *[str(f) for f in flags]]
     logf = open(log_path, "wb")
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
