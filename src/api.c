@@ -61,7 +61,10 @@ static void op_error(conn *c, bool keep_alive, int rc, const char *conflict, con
     case ERR_CONFLICT: api_error(c, keep_alive, 409, conflict, "already exists"); break;
     case ERR_NOT_FOUND: api_error(c, keep_alive, 404, notfound, "not found"); break;
     case ERR_INVALID: api_error(c, keep_alive, 400, "bad_request", "not possible here"); break;
-    case ERR_TOO_LARGE: api_error(c, keep_alive, 400, "too_many_members", "group is full"); break;
+    case ERR_TOO_LARGE:
+        api_error(c, keep_alive, 400, "too_many_members",
+                  "the group is full, or a user is in too many conversations");
+        break;
     case ERR_BUSY: api_error(c, keep_alive, 503, "busy", "server busy: retry later"); break;
     default: api_error(c, keep_alive, 500, "internal", "storage error: retry"); break;
     }

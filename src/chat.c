@@ -333,6 +333,25 @@ static void revoke_everywhere(chat_op *op)
 
 /* ---- conversations ------------------------------------------------------------ */
 
+typedef struct count_ctx {
+    uint32_t n, cap;
+} count_ctx;
+
+static int count_one(void *arg, uint64_t conv)
+{
+    count_ctx *x = arg;
+    return ++x->n >= x->cap; /* stop at the cap */
+}
+
+/* ERR_TOO_LARGE if uid is already in --max-user-convs conversations. */
+static int check_user_convs(store_txn *txn, const chat_op *op, uint64_t uid)
+{
+    count_ctx x = {0, op->ch->cfg->max_user_convs};
+    int rc = store_user_convs(txn, uid, count_one, &x);
+    if (rc < 0) return rc;
+    return x.n >= x.cap ? ERR_TOO_LARGE : ERR_OK;
+}
+
 static int add_member(store_txn *txn, uint64_t conv, uint64_t uid, uint8_t role, uint64_t version)
 {
     store_member m = {uid, role, 0, 0, version};
@@ -356,6 +375,8 @@ static int apply_direct(store_txn *txn, chat_op *op)
     int rc = store_direct_get(txn, a, b, &op->conv);
     if (rc == ERR_OK) { op->duplicate = true; return load_members(txn, op); }
     if (rc != ERR_NOT_FOUND) return rc;
+    if ((rc = check_user_convs(txn, op, a)) < 0 || (rc = check_user_convs(txn, op, b)) < 0)
+        return rc;
     uint64_t v = store_tick(txn);
     store_conv c = {0};
     c.type = STORE_DIRECT;
@@ -371,13 +392,16 @@ static int apply_direct(store_txn *txn, chat_op *op)
 
 static int apply_group(store_txn *txn, chat_op *op)
 {
+    int rc = check_user_convs(txn, op, op->who.uid);
+    for (size_t i = 0; rc == ERR_OK && i < op->nuids; i++) rc = check_user_convs(txn, op, op->uids[i]);
+    if (rc < 0) return rc;
     uint64_t v = store_tick(txn);
     store_conv c = {0};
     c.type = STORE_GROUP;
     memcpy(c.name, op->name, sizeof c.name);
     c.created = c.last_ts = chat_now_ms();
     c.version = v;
-    int rc = store_conv_create(txn, &c);
+    rc = store_conv_create(txn, &c);
     if (rc < 0) return rc;
     op->conv = c.id;
     if ((rc = add_member(txn, c.id, op->who.uid, STORE_ADMIN, v)) < 0) return rc;
@@ -410,6 +434,7 @@ static int apply_add(store_txn *txn, chat_op *op)
     if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_LARGE;
     store_member m;
     if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_CONFLICT;
+    if ((rc = check_user_convs(txn, op, op->target)) < 0) return rc;
     uint64_t v = store_tick(txn);
     if ((rc = add_member(txn, op->conv, op->target, STORE_MEMBER, v)) < 0) return rc;
     if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;

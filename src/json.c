@@ -84,6 +84,22 @@ static int parse_lit(pstate *s, const char *lit, size_t n)
 
 static int parse_value(pstate *s, uint8_t *type, json_obj *top);
 
+/* Whether two raw keys name the same key once unescaped. */
+static bool same_key(const char *a, size_t an, const char *b, size_t bn)
+{
+    if (an == bn && memcmp(a, b, an) == 0) return true;
+    if (!memchr(a, '\\', an) && !memchr(b, '\\', bn)) return false;
+    char qa[258], qb[258], ua[256], ub[256];
+    if (an > 256 || bn > 256) return false; /* long escaped keys: compared raw */
+    qa[0] = qb[0] = '"';
+    memcpy(qa + 1, a, an);
+    memcpy(qb + 1, b, bn);
+    qa[an + 1] = qb[bn + 1] = '"';
+    int na = json_unescape(qa, an + 2, ua, sizeof ua);
+    int nb = json_unescape(qb, bn + 2, ub, sizeof ub);
+    return na >= 0 && na == nb && memcmp(ua, ub, (size_t)na) == 0;
+}
+
 /* At '{' or '['. When top is set (the outermost object), fields are indexed. */
 static int parse_container(pstate *s, bool object, json_obj *top)
 {
@@ -113,8 +129,8 @@ static int parse_container(pstate *s, bool object, json_obj *top)
         f.val_len = (size_t)(s->p - f.val);
         if (top) {
             for (size_t i = 0; i < top->n; i++)
-                if (top->f[i].key_len == f.key_len && memcmp(top->f[i].key, f.key, f.key_len) == 0)
-                    return ERR_INVALID; /* duplicate key */
+                if (same_key(top->f[i].key, top->f[i].key_len, f.key, f.key_len))
+                    return ERR_INVALID; /* duplicate key, also when spelled with escapes */
             if (top->n == JSON_MAX_FIELDS) return ERR_TOO_LARGE;
             top->f[top->n++] = f;
         }
@@ -217,7 +233,10 @@ static uint32_t hex4(const char *p)
 
 int json_unescape(const char *raw, size_t n, char *out, size_t cap)
 {
-    if (n < 2 || raw[0] != '"' || raw[n - 1] != '"' || cap == 0) return ERR_INVALID;
+    /* Validate first: raw may come from anywhere. */
+    pstate v = {raw, raw + n, 0};
+    if (n < 2 || raw[0] != '"' || parse_string(&v) < 0 || v.p != raw + n) return ERR_INVALID;
+    if (cap == 0) return ERR_TOO_LARGE;
     const char *p = raw + 1, *end = raw + n - 1;
     size_t o = 0;
     while (p < end) {

@@ -44,7 +44,8 @@ typedef struct json_obj {
 
 /* Validates s[0..n) as one JSON object (surrounding whitespace allowed) and
  * indexes its top-level fields into *o. Returns ERR_OK, ERR_INVALID (not
- * JSON, not an object, duplicate key) or ERR_TOO_LARGE (more than
+ * JSON, not an object, a duplicate key: compared unescaped, so "a" and
+ * "\u0061" are the same key) or ERR_TOO_LARGE (more than
  * JSON_MAX_FIELDS fields or deeper than JSON_MAX_DEPTH). s is not copied:
  * *o points into it. */
 int json_parse_object(const char *s, size_t n, json_obj *o);
@@ -65,7 +66,8 @@ int json_get_u64(const json_obj *o, const char *key, uint64_t *out);
  * NUL or an unpaired surrogate) or ERR_TOO_LARGE. */
 int json_get_str(const json_obj *o, const char *key, char *out, size_t cap);
 
-/* Unescapes a raw JSON string value (with its quotes) as json_get_str. */
+/* Unescapes a raw JSON string value (with its quotes) as json_get_str;
+ * raw is validated first (ERR_INVALID if it is not exactly one string). */
 int json_unescape(const char *raw, size_t n, char *out, size_t cap);
 
 /* Calls fn for each element of a raw JSON array value (as validated), with
