@@ -12,7 +12,7 @@
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
-PKGS     := libuv libcrypto lmdb libsodium
+PKGS     := libuv libssl libcrypto lmdb libsodium
 SANITIZE ?=
 FUZZ_SECONDS ?= 60
 

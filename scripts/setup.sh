@@ -7,6 +7,7 @@ set -euo pipefail
 declare -A PKG=(
   [libuv]=libuv1-dev
   [libcrypto]=libssl-dev
+  [libssl]=libssl-dev
   [lmdb]=liblmdb-dev
   [libsodium]=libsodium-dev
   [libedit]=libedit-dev
@@ -25,6 +26,7 @@ declare -A CMD=(
   [node]=nodejs
   [npm]=npm
   [chromium]=chromium
+  [openssl]=openssl
 )
 
 missing=()

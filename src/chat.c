@@ -707,7 +707,7 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j)
     uint64_t cursor = store_clock(txn);
     int rc = store_user_convs(txn, uid, inbox_collect, &x);
     if (rc >= 0) {
-        qsort(x.items, x.n, sizeof *x.items, by_recent);
+        if (x.n) qsort(x.items, x.n, sizeof *x.items, by_recent);
         jb_lit(j, "{\"conversations\":[");
         for (size_t i = 0; i < x.n; i++) {
             if (i) jb_raw(j, ",", 1);

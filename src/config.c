@@ -88,6 +88,8 @@ static void usage(FILE *f)
 "  --max-user-convs N     conversations per user (default 10000)\n"
 "  --allowed-origins LIST browser origins allowed to open WebSockets, comma-separated\n"
 "                         (default: any)\n"
+"  --tls-cert FILE        serve https:// and wss:// with this PEM certificate chain\n"
+"  --tls-key FILE         ... and this PEM private key (TLS 1.2+, AEAD ciphers only)\n"
 "  --help                 this text\n"
 "  --version              the version\n"
 "\n"
@@ -111,7 +113,7 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
            O_MAXQ, O_MAXBODY, O_MAXHDR, O_REQTO, O_IDLETO, O_PING, O_SHUTDOWN,
            O_MAXTEXT, O_MAXGROUP, O_TTL, O_WINDOW, O_WQUEUE, O_STORESIZE, O_FASTKDF,
            O_RFRAMES, O_RMSGS, O_RUSER, O_RHS, O_RLOGIN, O_ADMIT, O_PENDING, O_UCONNS, O_UCONVS,
-           O_ORIGINS, O_HELP, O_VERSION };
+           O_ORIGINS, O_TLSCERT, O_TLSKEY, O_HELP, O_VERSION };
     static const struct option opts[] = {
         {"listen", required_argument, 0, O_LISTEN},
         {"port", required_argument, 0, O_PORT},
@@ -144,6 +146,8 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
         {"max-user-conns", required_argument, 0, O_UCONNS},
         {"max-user-convs", required_argument, 0, O_UCONVS},
         {"allowed-origins", required_argument, 0, O_ORIGINS},
+        {"tls-cert", required_argument, 0, O_TLSCERT},
+        {"tls-key", required_argument, 0, O_TLSKEY},
         {"help", no_argument, 0, O_HELP},
         {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0},
@@ -235,6 +239,13 @@ int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err)
             if (strlen(optarg) >= sizeof c->allowed_origins) rc = ERR_INVALID;
             else strcpy(c->allowed_origins, optarg);
             break;
+        case O_TLSCERT:
+        case O_TLSKEY: {
+            char *dst = o == O_TLSCERT ? c->tls_cert : c->tls_key;
+            if (strlen(optarg) >= sizeof c->tls_cert) rc = ERR_INVALID;
+            else strcpy(dst, optarg);
+            break;
+        }
         case O_HELP:
             usage(out);
             return 1;

@@ -43,6 +43,8 @@ typedef struct config {
     uint32_t max_user_conns;     /* --max-user-conns, WebSockets per user, 100 */
     uint32_t max_user_convs;     /* --max-user-convs, conversations per user, 10000 */
     char allowed_origins[1024];  /* --allowed-origins, comma-separated; empty: any */
+    char tls_cert[512];          /* --tls-cert, PEM certificate chain; empty: plain TCP */
+    char tls_key[512];           /* --tls-key, PEM private key */
 } config;
 
 /* Fills *c with the defaults. */

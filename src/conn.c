@@ -9,6 +9,7 @@
 #include "log.h"
 #include "proto.h"
 #include "router.h"
+#include "tls.h"
 
 /* conn.flags */
 #define F_FLUSH     0x01 /* linked in t->flush_head */
@@ -92,8 +93,8 @@ static void out_clear(conn *c)
     c->out_bytes = 0;
 }
 
-/* Queues b (taking a reference) without the --max-queue check. */
-static int enqueue(conn *c, rbuf *b)
+/* Queues b as is (taking a reference), without the --max-queue check. */
+static int enqueue_raw(conn *c, rbuf *b)
 {
     out_node *n = node_get(c->t);
     if (!n) return ERR_NOMEM;
@@ -106,6 +107,28 @@ static int enqueue(conn *c, rbuf *b)
     c->out_bytes += b->len;
     flush_link(c);
     return ERR_OK;
+}
+
+/* Moves the TLS records waiting in the engine to the output queue. */
+static int tls_drain(conn *c)
+{
+    size_t n = tls_pending(c->tls);
+    if (!n) return ERR_OK;
+    rbuf *b = rbuf_new(n);
+    if (!b) return ERR_NOMEM;
+    b->len = (uint32_t)tls_take(c->tls, b->data, n);
+    int rc = enqueue_raw(c, b);
+    rbuf_unref(b);
+    return rc;
+}
+
+/* Queues b: as is, or encrypted into this connection's own records (the
+ * frame is still encoded once; encryption is per connection by nature). */
+static int enqueue(conn *c, rbuf *b)
+{
+    if (!c->tls) return enqueue_raw(c, b);
+    if (tls_write(c->tls, b->data, b->len) < 0) return ERR_PROTOCOL;
+    return tls_drain(c);
 }
 
 /* ---- closing ------------------------------------------------------------ */
@@ -131,6 +154,8 @@ void conn_abort(conn *c)
     free(c->msg);
     c->in = c->msg = NULL;
     c->in_len = c->in_cap = c->msg_len = c->msg_cap = 0;
+    tls_conn_free(c->tls);
+    c->tls = NULL;
     if (c->prev) c->prev->next = c->next;
     else t->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -167,6 +192,10 @@ static void linger(conn *c)
     if (c->user) proto_on_close(c);
     c->state = CONN_LINGER;
     c->flags |= F_NO_INPUT;
+    if (c->tls) {
+        tls_close(c->tls); /* close_notify after the last record */
+        tls_drain(c);
+    }
     free(c->msg);
     c->msg = NULL;
     c->msg_len = c->msg_cap = 0;
@@ -294,6 +323,8 @@ static int fill_iov(conn *c, uv_buf_t *iov, size_t *total)
     }
     return n;
 }
+
+static void on_tls_read(conn *c, const uint8_t *cipher, size_t n);
 
 static void after_drain(conn *c)
 {
@@ -578,7 +609,7 @@ static size_t in_limit(const conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     conn *c = (conn *)h;
-    if (!c->in) {
+    if (!c->in || c->tls) {
         buf->base = (char *)c->t->rbuf;
         buf->len = SRV_READ_BUF;
         return;
@@ -596,6 +627,47 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->in_cap - c->in_len; /* 0 -> UV_ENOBUFS */
 }
 
+/* TLS: the ciphertext is in the loop buffer; the plaintext goes where
+ * plain reads would have put it (the pending input, or a scratch area at
+ * the loop buffer's end), then through the same parser. */
+static void on_tls_read(conn *c, const uint8_t *cipher, size_t n)
+{
+    if (n && tls_feed(c->tls, cipher, n) < 0) { conn_abort(c); return; }
+    uint8_t *scratch = c->t->rbuf; /* the ciphertext is in the engine now */
+    for (;;) {
+        uint8_t *dst;
+        size_t cap;
+        if (c->in) {
+            if (c->in_cap - c->in_len < 4096) {
+                size_t limit = in_limit(c), ncap = (size_t)c->in_cap * 2;
+                if (ncap > limit) ncap = limit;
+                uint8_t *p = ncap > c->in_cap ? realloc(c->in, ncap) : NULL;
+                if (p) { c->in = p; c->in_cap = (uint32_t)ncap; }
+            }
+            dst = c->in + c->in_len;
+            cap = c->in_cap - c->in_len;
+            if (!cap) { conn_abort(c); return; } /* cannot happen within limits */
+        } else {
+            dst = scratch;
+            cap = SRV_READ_BUF;
+        }
+        int k = tls_read(c->tls, dst, cap);
+        if (k == 0) break;
+        if (k < 0) {
+            if (k == ERR_PROTOCOL) metrics_error(&c->t->m, ERR_PROTOCOL);
+            conn_abort(c);
+            return;
+        }
+        uint8_t *data = c->in ? c->in : dst;
+        size_t len = c->in ? c->in_len + (size_t)k : (size_t)k;
+        size_t used = process(c, data, len);
+        after_input(c, len - used, data + used);
+        if (c->state == CONN_CLOSED) return;
+        if (c->flags & (F_NO_INPUT | F_PAUSED)) break;
+    }
+    if (c->state != CONN_CLOSED && tls_drain(c) < 0) conn_abort(c); /* handshake records */
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn *c = (conn *)s;
@@ -611,6 +683,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         after_input(c, 0, NULL);
         return;
     }
+    if (c->tls) { on_tls_read(c, (const uint8_t *)buf->base, (size_t)nread); return; }
     uint8_t *data;
     size_t len;
     if (c->in) { data = c->in; len = c->in_len + (size_t)nread; }
@@ -636,6 +709,18 @@ void conn_resume(conn *c)
 {
     if (c->state == CONN_CLOSED || !(c->flags & F_PAUSED)) return;
     c->flags &= (uint8_t)~(F_PAUSED | F_HELD);
+    if (c->tls && c->state == CONN_HTTP) {
+        /* Requests already decrypted inside the TLS engine. */
+        if (c->in_len) {
+            size_t used = process(c, c->in, c->in_len);
+            after_input(c, c->in_len - used, c->in + used);
+        }
+        if (c->state == CONN_HTTP && !(c->flags & F_PAUSED)) on_tls_read(c, NULL, 0);
+        if (c->state != CONN_CLOSED && !(c->flags & F_PAUSED) &&
+            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+            conn_abort(c);
+        return;
+    }
     if (c->state == CONN_LINGER) {
         /* keep draining input to EOF while lingering */
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) conn_abort(c);
@@ -724,6 +809,11 @@ void conn_on_accept(uv_stream_t *listener, int status)
     if (t->npending >= cfg_of(c)->max_pending) {
         /* Too many connections that have not upgraded: shed at once. */
         metrics_inc(&t->m, M_PENDING_REFUSED);
+        u64map_del(&t->by_id, c->id);
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
+    if (t->srv->tls && !(c->tls = tls_conn_new(t->srv->tls))) {
         u64map_del(&t->by_id, c->id);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;

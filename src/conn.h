@@ -51,6 +51,7 @@ struct conn {
     ws_reader wr;
     struct conn_wreq *wreq;  /* the uv_write in flight, if any */
     void *user;              /* the session layer's (proto) per-connection data */
+    struct tls_conn *tls;    /* TLS state (owned), or NULL for plain TCP */
     uint8_t state;           /* enum conn_state */
     uint8_t flags;
     uint8_t missed_pings;

@@ -121,9 +121,10 @@ int main(int argc, char **argv)
         return 1;
     }
     server_run(a.srv);
-    log_info("listening", "addr=%s port=%d threads=%d data_dir=%s web_dir=%s", a.cfg.listen,
-             a.srv->port, a.cfg.threads, a.cfg.data_dir, a.cfg.web_dir);
-    printf("parleyd listening on http://%s:%d\n", a.cfg.listen, a.srv->port);
+    log_info("listening", "addr=%s port=%d threads=%d tls=%s data_dir=%s web_dir=%s", a.cfg.listen,
+             a.srv->port, a.cfg.threads, a.srv->tls ? "on" : "off", a.cfg.data_dir, a.cfg.web_dir);
+    printf("parleyd listening on %s://%s:%d\n", a.srv->tls ? "https" : "http", a.cfg.listen,
+           a.srv->port);
     fflush(stdout);
     uv_timer_init(loop, &a.deadline);
     a.deadline.data = &a;

@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "err.h"
 #include "log.h"
+#include "tls.h"
 
 struct srv_msg {
     srv_msg *next;
@@ -205,6 +206,14 @@ int server_create(server **out, const config *cfg, uv_async_t *on_done)
     s->http_lim.max_header_bytes = cfg->max_header_bytes;
     ws_limits_default(&s->ws_lim);
     s->ws_lim.max_message = cfg->max_message;
+    if (cfg->tls_cert[0] || cfg->tls_key[0]) {
+        if (!cfg->tls_cert[0] || !cfg->tls_key[0]) {
+            log_error("TLS needs both --tls-cert and --tls-key", NULL);
+            free(s);
+            return ERR_INVALID;
+        }
+        if (tls_ctx_new(&s->tls, cfg->tls_cert, cfg->tls_key) < 0) { free(s); return ERR_INVALID; }
+    }
     s->nthreads = cfg->threads;
     s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
     if (!s->threads) { free(s); return ERR_NOMEM; }
@@ -260,6 +269,7 @@ void server_wait(server *s)
 
 void server_free(server *s)
 {
+    tls_ctx_free(s->tls);
     for (int i = 0; i < s->nthreads; i++) uv_mutex_destroy(&s->threads[i].mu);
     free(s->threads);
     free(s);

@@ -76,6 +76,7 @@ struct server {
     int port;                /* the bound port (useful with --port 0) */
     uv_async_t *on_done;     /* sent when a thread has ended (main loop's) */
     void *app;               /* the application (chat), or NULL */
+    struct tls_ctx *tls;     /* TLS on every listener (owned), or NULL */
 };
 
 /* The connection with this id on thread t, or NULL if it has closed. */

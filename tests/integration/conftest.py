@@ -76,10 +76,11 @@ def token_for(port):
 class Server:
     """A running parleyd. Attributes: port, url, ws_url, proc, log_path."""
 
-    def __init__(self, proc, port, log_path, data_dir, web_dir):
+    def __init__(self, proc, port, log_path, data_dir, web_dir, scheme="http"):
         self.proc = proc
         self.port = port
-        self.url = f"http://{HOST}:{port}"
+        self.scheme = scheme
+        self.url = f"{scheme}://{HOST}:{port}"
         self._token = None
         self.log_path = log_path
         self.data_dir = data_dir
@@ -180,10 +181,12 @@ def start_server(tmp_path, *flags, web_dir=None, name="srv"):
             break
         buf += chunk
     line = buf.split(b"\n", 1)[0].decode(errors="replace")
-    prefix = f"parleyd listening on http://{HOST}:"
-    if line.startswith(prefix) and line[len(prefix):].isdigit():
-        port = int(line[len(prefix):])
-    srv = Server(proc, port, log_path, data_dir, web)
+    scheme = "http"
+    for sch in ("http", "https"):
+        prefix = f"parleyd listening on {sch}://{HOST}:"
+        if line.startswith(prefix) and line[len(prefix):].isdigit():
+            port, scheme = int(line[len(prefix):]), sch
+    srv = Server(proc, port, log_path, data_dir, web, scheme)
     # Keep draining stdout (nothing else is expected there) in the background.
     dup = os.dup(fd)
     proc.stdout.close()
