@@ -12,6 +12,7 @@
 #include "hub.h"
 #include "json.h"
 #include "log.h"
+#include "msg.h"
 
 #define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
 
@@ -220,24 +221,8 @@ typedef struct frame_ctx {
     conn *c;
     session *s;
     chat *ch;
-    json_obj o;
-    char ref[80];  /* raw "id", or "" */
+    msg_req r;   /* the parsed frame */
 } frame_ctx;
-
-static void bad_request(frame_ctx *f, const char *message)
-{
-    send_error(f->c, "bad_request", message, f->ref);
-}
-
-/* Required conv id. */
-static bool get_conv(frame_ctx *f, uint64_t *conv)
-{
-    if (json_get_u64(&f->o, "conv", conv) < 0 || *conv == 0) {
-        bad_request(f, "'conv' must be a conversation id");
-        return false;
-    }
-    return true;
-}
 
 /* After the commit: ack or error to the sending connection. */
 static void reply_send(srv_thread *t, void *arg)
@@ -287,23 +272,6 @@ static void submit(frame_ctx *f, chat_op *op)
 
 static void on_send(frame_ctx *f)
 {
-    uint64_t conv;
-    if (!get_conv(f, &conv)) return;
-    const json_field *cmid = json_get(&f->o, "cmid");
-    const json_field *body = json_get(&f->o, "body");
-    if (!cmid || cmid->type != JSON_STRING) { bad_request(f, "'cmid' must be a string"); return; }
-    if (cmid->val_len - 2 > STORE_CMID_MAX || cmid->val_len <= 2) {
-        bad_request(f, "'cmid' must be 1-64 characters");
-        return;
-    }
-    /* The ref of a send is its cmid. */
-    memcpy(f->ref, cmid->val, cmid->val_len);
-    f->ref[cmid->val_len] = 0;
-    if (!body || body->type == JSON_NULL) { bad_request(f, "'body' is required"); return; }
-    if (body->val_len > f->ch->cfg->max_text) {
-        send_error(f->c, "too_large", "message body too large", f->ref);
-        return;
-    }
     /* Per connection, then per user over all devices. */
     const config *cfg = f->ch->cfg;
     tlimit l = {(float)cfg->rate_msgs, (float)cfg->rate_msgs * 4};
@@ -316,99 +284,76 @@ static void on_send(frame_ctx *f)
         jb_lit(&j, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\",\"retry_after_ms\":");
         jb_u64(&j, retry);
         jb_lit(&j, ",\"ref\":");
-        jb_lit(&j, f->ref);
+        jb_lit(&j, f->r.ref);
         jb_raw(&j, "}", 1);
         send_json(f->c, &j);
         return;
     }
     chat_op *op = chat_op_new(f->ch, OP_SEND, f->c->id, reply_send);
-    if (!op || !(op->body = malloc(body->val_len))) {
+    if (!op || !(op->body = malloc(f->r.body_len))) {
         chat_op_free(op);
-        send_error(f->c, "internal", "out of memory", f->ref);
+        send_error(f->c, "internal", "out of memory", f->r.ref);
         return;
     }
-    int n = json_unescape(cmid->val, cmid->val_len, op->cmid, sizeof op->cmid);
-    if (n <= 0) {
-        chat_op_free(op);
-        bad_request(f, "'cmid' must be 1-64 characters");
-        return;
-    }
-    op->cmid_len = (size_t)n;
-    memcpy(op->body, body->val, body->val_len);
-    op->body_len = body->val_len;
-    op->conv = conv;
+    memcpy(op->cmid, f->r.cmid, f->r.cmid_len + 1);
+    op->cmid_len = f->r.cmid_len;
+    memcpy(op->body, f->r.body, f->r.body_len);
+    op->body_len = f->r.body_len;
+    op->conv = f->r.conv;
     op->who.uid = f->s->uid;
     memcpy(op->who.name, f->s->name, sizeof op->who.name);
-    memcpy(op->ref, f->ref, sizeof op->ref);
+    memcpy(op->ref, f->r.ref, sizeof op->ref);
     submit(f, op);
 }
 
 static void on_cursor(frame_ctx *f, bool read)
 {
-    uint64_t conv, seq;
-    if (!get_conv(f, &conv)) return;
-    if (json_get_u64(&f->o, "seq", &seq) < 0) { bad_request(f, "'seq' must be a number"); return; }
     chat_op *op = chat_op_new(f->ch, OP_CURSOR, f->c->id, reply_cursor);
-    if (!op) { send_error(f->c, "internal", "out of memory", f->ref); return; }
-    op->conv = conv;
-    op->delivered = seq;
-    op->read = read ? seq : 0;
+    if (!op) { send_error(f->c, "internal", "out of memory", f->r.ref); return; }
+    op->conv = f->r.conv;
+    op->delivered = f->r.seq;
+    op->read = read ? f->r.seq : 0;
     op->who.uid = f->s->uid;
     memcpy(op->who.name, f->s->name, sizeof op->who.name);
-    memcpy(op->ref, f->ref, sizeof op->ref);
+    memcpy(op->ref, f->r.ref, sizeof op->ref);
     submit(f, op);
 }
 
 static void on_sync(frame_ctx *f)
 {
-    uint64_t conv, after = 0, before = 0, limit = 50;
-    if (!get_conv(f, &conv)) return;
-    int ra = json_get_u64(&f->o, "after", &after);
-    int rb = json_get_u64(&f->o, "before", &before);
-    int rl = json_get_u64(&f->o, "limit", &limit);
-    if (ra == ERR_INVALID || rb == ERR_INVALID || rl == ERR_INVALID ||
-        (rl == ERR_OK && (limit == 0 || limit > 500)) || (rb == ERR_OK && before == 0)) {
-        bad_request(f, "'after' and 'before' must be seqs, 'limit' 1..500");
-        return;
-    }
-    if (ra == ERR_OK && rb == ERR_OK) { bad_request(f, "use 'after' or 'before', not both"); return; }
+    uint64_t conv = f->r.conv;
+    const char *ref = f->r.ref;
     store_txn *txn;
-    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, "internal", "storage error", f->ref); return; }
+    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, "internal", "storage error", ref); return; }
     store_member m;
     if (store_member_get(txn, conv, f->s->uid, &m) < 0) {
         store_abort(txn);
-        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->ref);
+        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), ref);
         return;
     }
     jbuf j;
     jb_init(&j, 4096);
     jb_lit(&j, "{\"type\":\"history\",\"conv\":");
     jb_u64(&j, conv);
-    if (*f->ref) { jb_lit(&j, ",\"id\":"); jb_lit(&j, f->ref); }
+    if (*ref) { jb_lit(&j, ",\"id\":"); jb_lit(&j, ref); }
     jb_raw(&j, ",", 1);
-    int rc = chat_write_history(f->ch, txn, conv, after, rb == ERR_OK ? before : 0,
-                                (size_t)limit, &j);
+    int rc = chat_write_history(f->ch, txn, conv, f->r.after, f->r.before, (size_t)f->r.limit, &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); send_error(f->c, "internal", "storage error", f->ref); return; }
+    if (rc < 0) { jb_free(&j); send_error(f->c, "internal", "storage error", ref); return; }
     send_json(f->c, &j);
 }
 
 static void on_inbox(frame_ctx *f)
 {
-    uint64_t since = 0;
-    if (json_get_u64(&f->o, "changed_since", &since) == ERR_INVALID) {
-        bad_request(f, "'changed_since' must be a cursor");
-        return;
-    }
     jbuf j;
     jb_init(&j, 4096);
     jb_lit(&j, "{\"type\":\"inbox\",");
-    if (*f->ref) { jb_lit(&j, "\"id\":"); jb_lit(&j, f->ref); jb_raw(&j, ",", 1); }
+    if (*f->r.ref) { jb_lit(&j, "\"id\":"); jb_lit(&j, f->r.ref); jb_raw(&j, ",", 1); }
     jb_lit(&j, "\"inbox\":");
-    if (chat_write_inbox(f->ch, f->s->uid, since, &j) < 0) {
+    if (chat_write_inbox(f->ch, f->s->uid, f->r.changed_since, &j) < 0) {
         jb_free(&j);
-        send_error(f->c, "internal", "storage error", f->ref);
+        send_error(f->c, "internal", "storage error", f->r.ref);
         return;
     }
     jb_raw(&j, "}", 1);
@@ -429,8 +374,7 @@ static int typing_member(void *arg, const store_member *m)
 
 static void on_typing(frame_ctx *f)
 {
-    uint64_t conv;
-    if (!get_conv(f, &conv)) return;
+    uint64_t conv = f->r.conv;
     session *s = f->s;
     uint64_t now = srv_now(f->c->t);
     if (s->typing_conv == conv && now - s->typing_at < TYPING_MIN_MS) return; /* lossy lane */
@@ -440,7 +384,7 @@ static void on_typing(frame_ctx *f)
     store_conv cv;
     if (store_member_get(txn, conv, s->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
         store_abort(txn);
-        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->ref);
+        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->r.ref);
         return;
     }
     typing_ctx x = {s->uid, audience_new(cv.nmembers)};
@@ -467,32 +411,19 @@ void proto_on_text(conn *c, const char *data, size_t len)
     f.c = c;
     f.s = c->user;
     f.ch = chat_of(c->t);
-    f.ref[0] = 0;
-    int rc = json_parse_object(data, len, &f.o);
-    if (rc < 0) {
-        send_error(c, "bad_json", rc == ERR_TOO_LARGE ? "too deeply nested or too many fields"
-                                                      : "expected a JSON object", NULL);
+    const char *code, *message;
+    if (msg_parse(data, len, f.ch->cfg->max_text, &f.r, &code, &message) < 0) {
+        send_error(c, code, message, f.r.ref);
         return;
     }
-    const json_field *id = json_get(&f.o, "id");
-    if (id && (id->type == JSON_STRING || id->type == JSON_NUMBER) && id->val_len < sizeof f.ref) {
-        memcpy(f.ref, id->val, id->val_len);
-        f.ref[id->val_len] = 0;
+    switch (f.r.type) {
+    case MSG_SEND: on_send(&f); break;
+    case MSG_SYNC: on_sync(&f); break;
+    case MSG_DELIVERED: on_cursor(&f, false); break;
+    case MSG_READ: on_cursor(&f, true); break;
+    case MSG_TYPING: on_typing(&f); break;
+    case MSG_INBOX: on_inbox(&f); break;
+    case MSG_PING: send_frame(c, ws_frame_rbuf(WS_OP_TEXT, "{\"type\":\"pong\"}", 15)); break;
+    case MSG_ECHO: send_frame(c, ws_frame_rbuf(WS_OP_TEXT, data, len)); break;
     }
-    const json_field *type = json_get(&f.o, "type");
-    if (!type || type->type != JSON_STRING) {
-        bad_request(&f, "missing string field 'type'");
-        return;
-    }
-#define IS(name) (type->val_len == sizeof(name) + 1 && memcmp(type->val + 1, name, sizeof(name) - 1) == 0)
-    if (IS("send")) on_send(&f);
-    else if (IS("sync")) on_sync(&f);
-    else if (IS("delivered")) on_cursor(&f, false);
-    else if (IS("read")) on_cursor(&f, true);
-    else if (IS("typing")) on_typing(&f);
-    else if (IS("inbox")) on_inbox(&f);
-    else if (IS("ping")) send_frame(c, ws_frame_rbuf(WS_OP_TEXT, "{\"type\":\"pong\"}", 15));
-    else if (IS("echo")) send_frame(c, ws_frame_rbuf(WS_OP_TEXT, data, len));
-    else send_error(c, "unknown_type", "unknown frame type", f.ref);
-#undef IS
 }

@@ -1,0 +1,95 @@
+#include "msg.h"
+#include "test.h"
+
+static int parse(const char *s, msg_req *r, const char **code)
+{
+    const char *message = NULL;
+    *code = NULL;
+    int rc = msg_parse(s, strlen(s), 100, r, code, &message);
+    if (rc < 0) CHECK(*code && message && *message);
+    return rc;
+}
+
+TEST(valid_frames)
+{
+    msg_req r;
+    const char *code;
+    CHECK_EQ_INT(parse("{\"type\":\"send\",\"conv\":7,\"cmid\":\"c\\u0031\",\"body\":{\"a\":[1]},\"id\":9}", &r, &code), 0);
+    CHECK_EQ_INT(r.type, MSG_SEND);
+    CHECK_EQ_INT(r.conv, 7);
+    CHECK(strcmp(r.cmid, "c1") == 0 && r.cmid_len == 2);
+    CHECK(r.body_len == 9 && memcmp(r.body, "{\"a\":[1]}", 9) == 0);
+    CHECK(strcmp(r.ref, "\"c\\u0031\"") == 0); /* a send's ref is its cmid, raw */
+    CHECK_EQ_INT(parse(" {\"type\":\"sync\",\"conv\":3,\"before\":10,\"id\":\"x\"} ", &r, &code), 0);
+    CHECK(r.type == MSG_SYNC && r.before == 10 && r.after == 0 && r.limit == 50);
+    CHECK(strcmp(r.ref, "\"x\"") == 0);
+    CHECK_EQ_INT(parse("{\"type\":\"sync\",\"conv\":3,\"after\":4,\"limit\":500}", &r, &code), 0);
+    CHECK(r.after == 4 && r.limit == 500);
+    CHECK_EQ_INT(parse("{\"type\":\"read\",\"conv\":3,\"seq\":0}", &r, &code), 0);
+    CHECK(r.type == MSG_READ && r.seq == 0);
+    CHECK_EQ_INT(parse("{\"type\":\"delivered\",\"conv\":3,\"seq\":12}", &r, &code), 0);
+    CHECK_EQ_INT(parse("{\"type\":\"typing\",\"conv\":1}", &r, &code), 0);
+    CHECK_EQ_INT(parse("{\"type\":\"inbox\",\"changed_since\":5}", &r, &code), 0);
+    CHECK(r.type == MSG_INBOX && r.changed_since == 5);
+    CHECK_EQ_INT(parse("{\"type\":\"ping\"}", &r, &code), 0);
+    CHECK_EQ_INT(parse("{\"type\":\"echo\",\"anything\":[null]}", &r, &code), 0);
+}
+
+TEST(errors_and_codes)
+{
+    msg_req r;
+    const char *code;
+    struct { const char *in, *code, *ref; } cases[] = {
+        {"", "bad_json", ""},
+        {"[1]", "bad_json", ""},
+        {"{\"type\":\"send\",}", "bad_json", ""},
+        {"{\"type\":1}", "bad_request", ""},
+        {"{\"id\":\"q\"}", "bad_request", "\"q\""},
+        {"{\"type\":\"nope\",\"id\":4}", "unknown_type", "4"},
+        {"{\"type\":\"send\",\"conv\":\"7\",\"cmid\":\"a\",\"body\":1}", "bad_request", ""},
+        {"{\"type\":\"send\",\"conv\":0,\"cmid\":\"a\",\"body\":1}", "bad_request", ""},
+        {"{\"type\":\"send\",\"conv\":-1,\"cmid\":\"a\",\"body\":1}", "bad_request", ""},
+        {"{\"type\":\"send\",\"conv\":1.5,\"cmid\":\"a\",\"body\":1}", "bad_request", ""},
+        {"{\"type\":\"send\",\"conv\":1,\"cmid\":5,\"body\":1,\"id\":1}", "bad_request", "1"},
+        {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"\",\"body\":1,\"id\":2}", "bad_request", "2"},
+        {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"id\":3}", "bad_request", "\"a\""},
+        {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"body\":null}", "bad_request", "\"a\""},
+        {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"body\":\"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789\"}",
+         "too_large", "\"a\""},
+        {"{\"type\":\"sync\",\"conv\":1,\"limit\":0}", "bad_request", ""},
+        {"{\"type\":\"sync\",\"conv\":1,\"limit\":501}", "bad_request", ""},
+        {"{\"type\":\"sync\",\"conv\":1,\"after\":1,\"before\":5}", "bad_request", ""},
+        {"{\"type\":\"sync\",\"conv\":1,\"before\":0}", "bad_request", ""},
+        {"{\"type\":\"read\",\"conv\":1}", "bad_request", ""},
+        {"{\"type\":\"read\",\"conv\":1,\"seq\":\"3\"}", "bad_request", ""},
+        {"{\"type\":\"typing\"}", "bad_request", ""},
+        {"{\"type\":\"inbox\",\"changed_since\":-1}", "bad_request", ""},
+        {"{\"type\":\"ping\",\"type\":\"ping\"}", "bad_json", ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = parse(cases[i].in, &r, &code);
+        CHECK(rc < 0);
+        if (rc < 0 && (strcmp(code, cases[i].code) != 0 || strcmp(r.ref, cases[i].ref) != 0))
+            fprintf(stderr, "  case %zu: %s -> code %s ref %s\n", i, cases[i].in, code, r.ref);
+        CHECK(rc >= 0 || strcmp(code, cases[i].code) == 0);
+        CHECK(rc >= 0 || strcmp(r.ref, cases[i].ref) == 0);
+    }
+}
+
+TEST(long_id_is_not_echoed)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"type\":\"nope\",\"id\":\"%090d\"}", 0);
+    msg_req r;
+    const char *code;
+    CHECK(parse(buf, &r, &code) < 0);
+    CHECK(r.ref[0] == 0);
+}
+
+int main(void)
+{
+    RUN(valid_frames);
+    RUN(errors_and_codes);
+    RUN(long_id_is_not_echoed);
+    return test_summary("msg");
+}
