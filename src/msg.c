@@ -58,7 +58,7 @@ static int parse_sync(const json_obj *o, msg_req *r, const char **code, const ch
     if (ra == ERR_OK && rb == ERR_OK) return BAD("use 'after' or 'before', not both");
     if (rl != ERR_OK) r->limit = 50;
     if (ra != ERR_OK) r->after = 0;
-    if (rb != ERR_OK) r->before = 0;
+    if (rb != ERR_OK) r->before = ra == ERR_OK ? 0 : UINT64_MAX; /* neither: the latest page */
     return ERR_OK;
 }
 

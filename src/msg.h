@@ -28,7 +28,9 @@ typedef struct msg_req {
                                      "cmid"), "" if none */
     uint64_t conv;                /* send, sync, delivered, read, typing */
     uint64_t seq;                 /* delivered, read */
-    uint64_t after, before;       /* sync: before = 0 when paging forward */
+    uint64_t after, before;       /* sync: before = 0 when paging forward after
+                                     `after`; UINT64_MAX (neither given): the
+                                     latest page */
     uint64_t limit;               /* sync: 1..500, default 50 */
     uint64_t changed_since;       /* inbox: 0 = all */
     char cmid[MSG_CMID_MAX + 1];  /* send: unescaped, NUL-terminated */

@@ -1,0 +1,332 @@
+// The WebSocket: connect, reconnect with backoff, request/response by id,
+// keepalive, and the outbox of messages waiting for their ack.
+
+export const BACKOFF_BASE_MS = 1000;
+export const BACKOFF_CAP_MS = 60000;
+const REQUEST_TIMEOUT_MS = 15000;
+const PING_AFTER_MS = 25000;   // silence before we ping
+const PONG_TIMEOUT_MS = 10000; // no answer by then: the socket is dead
+const RESEND_AFTER_MS = 10000; // no ack by then: send again, same cmid
+
+/** Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)). */
+export function backoffDelay(attempt, base = BACKOFF_BASE_MS, cap = BACKOFF_CAP_MS) {
+  return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
+}
+
+/**
+ * One logical connection that keeps itself open.
+ * Callbacks: onFrame(frame) for every server frame that is not an answer to
+ * request(); onReady() after `hello`; onState({state, retryAt, attempt});
+ * onRevoked() when the token is refused.
+ */
+export class Connection {
+  constructor({ token, onFrame, onReady, onState, onRevoked, checkAuth }) {
+    this.token = token;
+    this.onFrame = onFrame;
+    this.onReady = onReady;
+    this.onState = onState;
+    this.onRevoked = onRevoked;
+    this.checkAuth = checkAuth; // async () => false when the token is no longer valid
+    this.ws = null;
+    this.ready = false;
+    this.stopped = true;
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.retryAt = 0;
+    this.nextId = 1;
+    this.pending = new Map(); // request id -> {resolve, reject, timer}
+    this.recent = [];           // [{at, frame}] sent in the last moments (see rateLimited)
+    this.lastRx = 0;
+    this.pingAt = 0;
+    this.ticker = null;
+    this.onOnline = () => this.reconnectNow();
+    this.onOffline = () => { if (this.ws) this.drop('offline'); };
+  }
+
+  start() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    window.addEventListener('online', this.onOnline);
+    window.addEventListener('offline', this.onOffline);
+    this.ticker = setInterval(() => this.tick(), 2500);
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    window.removeEventListener('online', this.onOnline);
+    window.removeEventListener('offline', this.onOffline);
+    clearInterval(this.ticker);
+    clearTimeout(this.retryTimer);
+    if (this.ws) {
+      const ws = this.ws;
+      this.detach();
+      ws.close(1000, 'bye');
+    }
+    this.failPending('stopped');
+    this.setState('stopped');
+  }
+
+  setState(state) {
+    this.state = state;
+    this.onState?.({ state, retryAt: this.retryAt, attempt: this.attempt });
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    if (this.stopped || this.ws) return;
+    this.setState('connecting');
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const url = `${proto}//${location.host}/v1/ws?token=${encodeURIComponent(this.token)}`;
+    let ws;
+    try {
+      ws = new WebSocket(url, 'parley.v1.json');
+    } catch (e) {
+      this.scheduleRetry(false);
+      return;
+    }
+    this.ws = ws;
+    this.ready = false;
+    ws.onmessage = (ev) => this.receive(ev.data);
+    ws.onclose = (ev) => this.closed(ev.code);
+    ws.onerror = () => { /* onclose follows */ };
+  }
+
+  detach() {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    this.ws = null;
+    this.ready = false;
+  }
+
+  /** Give up on the current socket at once (dead, or the browser went offline). */
+  drop(reason) {
+    const ws = this.ws;
+    const wasReady = this.ready;
+    this.detach();
+    try { ws.close(4000, reason); } catch { /* already closing */ }
+    this.failPending(reason);
+    this.scheduleRetry(wasReady);
+  }
+
+  closed(code) {
+    const wasReady = this.ready;
+    this.detach();
+    this.failPending('closed');
+    if (this.stopped) return;
+    // 1008: the token was revoked or expired, or we were refused too often:
+    // scheduleRetry asks the server which, as after a failed upgrade.
+    this.scheduleRetry(wasReady, !wasReady || code === 1008);
+  }
+
+  async scheduleRetry(wasReady, probe = !wasReady) {
+    if (this.stopped) return;
+    if (wasReady) this.attempt = 0;
+    let delay = backoffDelay(this.attempt);
+    this.attempt++;
+    if (probe && navigator.onLine !== false) {
+      // The browser does not say why a socket was refused or closed: a
+      // refused token, a server that is stopping (503 with Retry-After), or
+      // just down. Ask over HTTP.
+      if (this.checkAuth && (await this.checkAuth().catch(() => true)) === false) {
+        this.onRevoked?.();
+        return;
+      }
+      try {
+        const res = await fetch('/healthz', { cache: 'no-store' });
+        const ra = Number(res.headers.get('Retry-After'));
+        if (res.status === 503 && ra > 0) delay = Math.max(delay, ra * 1000 + Math.random() * 1000);
+      } catch { /* down: plain backoff */ }
+      if (this.stopped || this.ws) return;
+    }
+    this.retryAt = Date.now() + delay;
+    this.setState(navigator.onLine === false ? 'offline' : 'waiting');
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Try now (user asked, or the browser is back online). */
+  reconnectNow() {
+    if (this.stopped || this.ws) return;
+    this.attempt = 0;
+    this.connect();
+  }
+
+  receive(text) {
+    this.lastRx = Date.now();
+    this.pingAt = 0;
+    let f;
+    try { f = JSON.parse(text); } catch { return; }
+    if (!f || typeof f !== 'object') return;
+    if (f.type === 'hello') {
+      this.ready = true;
+      this.attempt = 0;
+      this.retryAt = 0;
+      this.setState('online');
+      this.onReady?.(f);
+      return;
+    }
+    if (f.type === 'pong') return;
+    if (f.type === 'error' && f.code === 'rate_limited' && f.ref === undefined) {
+      this.rateLimited(f.retry_after_ms);
+      return;
+    }
+    const key = f.type === 'error' ? f.ref : f.id;
+    if (key !== undefined && this.pending.has(String(key))) {
+      const p = this.pending.get(String(key));
+      this.pending.delete(String(key));
+      clearTimeout(p.timer);
+      if (f.type === 'error') p.reject(Object.assign(new Error(f.message || f.code), { code: f.code }));
+      else p.resolve(f);
+      return;
+    }
+    this.onFrame?.(f);
+  }
+
+  /** Send a frame; false when not connected (the caller retries on onReady). */
+  send(frame) {
+    if (!this.ws || !this.ready) return false;
+    this.ws.send(JSON.stringify(frame));
+    if (frame.type !== 'ping' && frame.type !== 'typing' && frame.type !== 'send') {
+      const now = Date.now();
+      this.recent.push({ at: now, frame });
+      while (this.recent.length && (now - this.recent[0].at > 2000 || this.recent.length > 500)) this.recent.shift();
+    }
+    return true;
+  }
+
+  /**
+   * The server dropped a frame over its rate limit, without saying which
+   * (only `send` refusals carry a ref). Send again, after the wait, what may
+   * have been lost: unanswered requests (same id) and cursor moves (forward
+   * only, so a repeat is harmless).
+   */
+  rateLimited(retryMs) {
+    const again = this.recent.filter(({ frame }) =>
+      frame.type === 'read' || frame.type === 'delivered' || (frame.id && this.pending.has(frame.id)));
+    this.recent = [];
+    const ws = this.ws;
+    setTimeout(() => {
+      if (this.ws !== ws) return; // reconnected meanwhile: onReady starts over
+      for (const { frame } of again) {
+        if (frame.id && !this.pending.has(frame.id)) continue;
+        this.send(frame);
+      }
+    }, Math.max(100, Number(retryMs) || 1000));
+  }
+
+  /** Send a frame with an id and wait for the frame that answers it. */
+  request(frame) {
+    return new Promise((resolve, reject) => {
+      const id = `r${this.nextId++}`;
+      if (!this.send({ ...frame, id })) { reject(new Error('not connected')); return; }
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error('timeout'));
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+    });
+  }
+
+  failPending(reason) {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new Error(reason));
+    }
+    this.pending.clear();
+  }
+
+  tick() {
+    if (!this.ws || !this.ready) return;
+    const now = Date.now();
+    if (this.pingAt && now - this.pingAt > PONG_TIMEOUT_MS) { this.drop('ping timeout'); return; }
+    if (!this.pingAt && now - this.lastRx > PING_AFTER_MS) {
+      this.pingAt = now;
+      this.send({ type: 'ping' });
+    }
+  }
+}
+
+/**
+ * Messages sent but not yet acknowledged, kept in localStorage so that they
+ * survive a reload, and sent again with the same cmid until acked.
+ */
+export class Outbox {
+  constructor(storageKey) {
+    this.key = storageKey;
+    this.items = new Map(); // cmid -> {cmid, conv, body, ts, failed?}
+    this.sentAt = new Map(); // cmid -> time of last send (not persisted)
+    this.done = new Set();   // cmids acked or dropped here (so a save never brings them back)
+    for (const it of this.read()) this.items.set(it.cmid, it);
+  }
+
+  read() {
+    try {
+      const list = JSON.parse(localStorage.getItem(this.key) || '[]');
+      return Array.isArray(list) ? list.filter((it) => it && typeof it.cmid === 'string') : [];
+    } catch { return []; }
+  }
+
+  /** Writes ours, keeping what other tabs of the same user have pending. */
+  save() {
+    const all = new Map();
+    for (const it of this.read()) if (!this.done.has(it.cmid)) all.set(it.cmid, it);
+    for (const it of this.items.values()) all.set(it.cmid, it);
+    try {
+      localStorage.setItem(this.key, JSON.stringify([...all.values()]));
+    } catch { /* storage full: keep in memory */ }
+  }
+
+  add(conv, body) {
+    const item = { cmid: crypto.randomUUID(), conv, body, ts: Date.now() };
+    this.items.set(item.cmid, item);
+    this.save();
+    return item;
+  }
+
+  get(cmid) { return this.items.get(cmid); }
+
+  remove(cmid) {
+    const had = this.items.delete(cmid);
+    this.sentAt.delete(cmid);
+    if (had) {
+      this.done.add(cmid);
+      this.save();
+    }
+    return had;
+  }
+
+  fail(cmid, reason) {
+    const it = this.items.get(cmid);
+    if (!it) return;
+    it.failed = reason;
+    this.save();
+  }
+
+  forConv(conv) { return [...this.items.values()].filter((it) => it.conv === conv); }
+
+  /** Send whatever has no ack yet: all of it after a (re)connect, or the ones sent too long ago. */
+  flush(conn, { all = false } = {}) {
+    const now = Date.now();
+    for (const it of this.items.values()) {
+      if (it.failed) continue;
+      const last = this.sentAt.get(it.cmid) || 0;
+      if (!all && now - last < RESEND_AFTER_MS) continue;
+      if (conn.send({ type: 'send', conv: it.conv, cmid: it.cmid, body: it.body })) this.sentAt.set(it.cmid, now);
+    }
+  }
+
+  /** Send one again soon (after `busy` or `internal`). */
+  retryLater(cmid, ms) {
+    this.sentAt.set(cmid, Date.now() - RESEND_AFTER_MS + ms);
+  }
+
+  clear() {
+    for (const cmid of this.items.keys()) this.done.add(cmid);
+    this.items.clear();
+    this.sentAt.clear();
+    localStorage.removeItem(this.key);
+  }
+}
