@@ -928,7 +928,7 @@ TEST(read_snapshot_and_reuse)
 /* Readers on several threads while a writer commits: each reader checks that
  * its snapshot is consistent (last_seq of the conversation == the newest
  * message), exercising the shared pool of read transactions. */
-typedef struct race { store *s; uint64_t conv; atomic_int stop; int bad; long reads; } race;
+typedef struct race { store *s; uint64_t conv; atomic_int stop; int bad; atomic_long reads; } race;
 
 static int newest(void *arg, const store_msg *m)
 {
@@ -949,7 +949,7 @@ static void *reader(void *arg)
             top != c.last_seq)
             r->bad++;
         store_abort(t);
-        r->reads++;
+        atomic_fetch_add(&r->reads, 1);
     }
     return NULL;
 }
@@ -965,6 +965,7 @@ TEST(threads)
     for (int i = 0; i < 4; i++) {
         rs[i] = (race){ .s = s, .conv = conv };
         atomic_init(&rs[i].stop, 0);
+        atomic_init(&rs[i].reads, 0);
         pthread_create(&th[i], NULL, reader, &rs[i]);
     }
     for (uint64_t seq = 1; seq <= 40; seq++) {
@@ -976,11 +977,15 @@ TEST(threads)
         CHECK_EQ_INT(store_conv_put(t, &c), ERR_OK);
         CHECK_EQ_INT(store_commit(t), ERR_OK);
     }
+    /* Let every reader finish at least one read (scheduling decides when),
+     * bounded at 30 s, before stopping them. */
+    for (int i = 0; i < 4; i++)
+        for (int w = 0; w < 30000 && atomic_load(&rs[i].reads) == 0; w++) usleep(1000);
     for (int i = 0; i < 4; i++) atomic_store(&rs[i].stop, 1);
     for (int i = 0; i < 4; i++) {
         pthread_join(th[i], NULL);
         CHECK_EQ_INT(rs[i].bad, 0);
-        CHECK(rs[i].reads > 0);
+        CHECK(atomic_load(&rs[i].reads) > 0);
     }
     done(s);
 }
