@@ -403,6 +403,9 @@ function onFrame(f) {
         break;
       }
       store.clearTyping(f.conv, f.from);
+      // A message from X at seq S means X has delivered and read up to S
+      // (the server moves the sender's cursors; no receipt frame says so).
+      if (f.from !== store.me) store.setReceipt(f.conv, f.from, f.seq, f.seq, false);
       const h = store.msgs.get(f.conv);
       const msg = { seq: f.seq, from: f.from, cmid: f.cmid, ts: f.ts, body: f.body };
       if (h && h.loaded) {
