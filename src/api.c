@@ -293,7 +293,7 @@ static void kdf_after(uv_work_t *w, int status)
     conn *c = t ? srv_conn(t, op->origin) : NULL;
     bool ok = k->ok && status == 0;
     if (op->kind == OP_LOGIN && k->known)
-        guard_login_result(op->ch->guard, op->who.uid, ok, guard_now());
+        guard_login_end(op->ch->guard, op->who.uid, ok, guard_now());
     kdf_free(k);
     if (!c) { chat_op_free(op); return; }
     if (!ok) {
@@ -408,10 +408,10 @@ static void post_sessions(req_ctx *x)
         store_user u;
         if (store_user_by_name(txn, name, &u) == ERR_OK) {
             uint32_t retry = 0;
-            if (guard_login_account(x->ch->guard, u.id, guard_now(), &retry) < 0) {
+            if (guard_login_begin(x->ch->guard, u.id, guard_now(), &retry) < 0) {
                 store_abort(txn);
                 chat_op_free(op);
-                too_many(x, retry, "too many failed logins: wait before trying again");
+                too_many(x, retry, "too many login attempts for this account: wait and retry");
                 return;
             }
             known = true;
@@ -438,7 +438,7 @@ static int add_name(void *arg, const char *v, size_t len, uint8_t type)
     names_ctx *x = arg;
     char name[AUTH_NAME_MAX * 4 + 1];
     if (type != JSON_STRING || json_unescape(v, len, name, sizeof name) < 0) return x->rc = ERR_INVALID;
-    if (x->op->nuids >= x->ch->cfg->max_group_members) return x->rc = ERR_TOO_LARGE;
+    if (x->op->nuids + 1 >= x->ch->cfg->max_group_members) return x->rc = ERR_TOO_LARGE; /* + creator */
     uint64_t uid;
     int rc = lookup_user(x->ch, name, &uid);
     if (rc < 0) return x->rc = rc;
@@ -570,6 +570,11 @@ static void post_message(req_ctx *x, uint64_t conv)
     if (!body || body->type == JSON_NULL) { api_error(x->c, x->ka, 400, "bad_request", "'body' is required"); return; }
     if (body->val_len > x->ch->cfg->max_text) {
         api_error(x->c, x->ka, 413, "too_large", "message body too large");
+        return;
+    }
+    uint32_t retry = 0;
+    if (guard_user_msg(x->ch->guard, x->who.uid, guard_now(), &retry) < 0) {
+        too_many(x, retry, "too many messages: slow down");
         return;
     }
     chat_op *op = new_op(x, OP_SEND, reply_send);

@@ -278,6 +278,11 @@ void conn_send_lossy(conn *c, rbuf *frame)
         conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
 }
 
+void conn_forgive(conn *c)
+{
+    if (c->strikes) c->strikes--;
+}
+
 bool conn_strike(conn *c)
 {
     metrics_inc(&c->t->m, M_RATE_LIMITED);
@@ -486,13 +491,17 @@ static void on_frame(conn *c, ws_frame *f)
     tlimit fl = {(float)cfg_of(c)->rate_frames, (float)cfg_of(c)->rate_frames * 5};
     uint32_t retry = 0;
     if (f->opcode != WS_OP_CLOSE && !tb_take(&c->frames, &fl, srv_now(t), 1, &retry)) {
-        /* Over the frame rate: the frame is dropped (a message is told). */
+        /* Over the frame rate: the frame is dropped. A whole message is
+         * told (with its ref); a fragment cannot be dropped without
+         * corrupting its message, so that closes. */
         if (conn_strike(c)) return;
-        if (f->fin && f->opcode != WS_OP_PING && f->opcode != WS_OP_PONG)
-            proto_rate_limited(c, retry);
-        if (f->opcode <= WS_OP_BINARY && !f->fin) ws_fail(c, WS_CLOSE_POLICY, ERR_RATE);
+        if (f->opcode == WS_OP_CONT || !f->fin || c->msg)
+            ws_fail(c, WS_CLOSE_POLICY, ERR_RATE);
+        else if (f->opcode == WS_OP_TEXT)
+            proto_rate_limited(c, retry, (const char *)f->payload, f->len);
         return;
     }
+
     switch (f->opcode) {
     case WS_OP_TEXT:
     case WS_OP_BINARY:

@@ -78,6 +78,10 @@ void conn_send_lossy(conn *c, rbuf *frame);
 bool conn_strike(conn *c);
 #define CONN_MAX_STRIKES 50
 
+/* An accepted request takes one strike off: refusals are forgiven by good
+ * behaviour, so only persistent abuse reaches CONN_MAX_STRIKES. */
+void conn_forgive(conn *c);
+
 /* Encodes a text frame from data[0..len) and queues it. Same returns, plus
  * ERR_NOMEM. For one recipient; for many, encode once with ws_frame_rbuf()
  * and conn_send() the same rbuf to each. */

@@ -16,6 +16,7 @@ typedef struct table {
 typedef struct entry {
     tbucket a, b;      /* addresses: handshakes, logins; users: messages */
     uint32_t failures; /* accounts: failed logins in a row */
+    uint32_t inflight; /* accounts: attempts being checked now */
     uint64_t until;    /* accounts: no login before this */
 } entry;
 
@@ -122,33 +123,38 @@ int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
     return take(&g->users, uid, &g->user_msg, false, now, retry_ms);
 }
 
-int guard_login_account(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
+int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
 {
     int rc = ERR_OK;
     uv_mutex_lock(&g->accounts.mu);
-    entry *e = u64map_get(&g->accounts.map, uid);
+    entry *e = get(&g->accounts, uid);
     if (e && e->until > now) {
         rc = ERR_RATE;
         if (retry_ms) *retry_ms = (uint32_t)(e->until - now);
+    } else if (e && (e->inflight >= 3 || (e->inflight && e->failures + e->inflight >= 3))) {
+        rc = ERR_RATE; /* at most 3 checks at once; one at a time after failures */
+        if (retry_ms) *retry_ms = 1000;
+    } else if (e) {
+        e->inflight++;
     }
     uv_mutex_unlock(&g->accounts.mu);
     return rc;
 }
 
-void guard_login_result(guard *g, uint64_t uid, bool ok, uint64_t now)
+void guard_login_end(guard *g, uint64_t uid, bool ok, uint64_t now)
 {
     uv_mutex_lock(&g->accounts.mu);
+    entry *e = u64map_get(&g->accounts.map, uid);
+    if (e && e->inflight) e->inflight--;
     if (ok) {
-        free(u64map_del(&g->accounts.map, uid));
-    } else {
-        entry *e = get(&g->accounts, uid);
-        if (e) {
-            e->failures++;
-            if (e->failures >= 3) {
-                uint32_t shift = e->failures - 3 < 6 ? e->failures - 3 : 6;
-                uint64_t delay = 1000ull << shift;
-                e->until = now + (delay > 60000 ? 60000 : delay);
-            }
+        if (e && !e->inflight) free(u64map_del(&g->accounts.map, uid));
+        else if (e) { e->failures = 0; e->until = 0; }
+    } else if (e) {
+        e->failures++;
+        if (e->failures >= 3) {
+            uint32_t shift = e->failures - 3 < 6 ? e->failures - 3 : 6;
+            uint64_t delay = 1000ull << shift;
+            e->until = now + (delay > 60000 ? 60000 : delay);
         }
     }
     uv_mutex_unlock(&g->accounts.mu);

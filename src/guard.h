@@ -36,11 +36,15 @@ uint64_t guard_addr_key(const struct sockaddr_storage *ss);
 /* ERR_OK, or ERR_RATE with *retry_ms set. */
 int guard_handshake(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms);
 int guard_login_addr(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms);
-/* Before checking a password: ERR_RATE while the account is in a delay. */
-int guard_login_account(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
+/* Before checking a password: ERR_RATE while the account is in a delay,
+ * while 3 checks of it are already running, or, after failures, while one
+ * is (failures plus checks running reach 3): parallel guesses cannot slip
+ * past the delay. On ERR_OK the attempt is in flight until
+ * guard_login_end(). */
+int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
 /* After checking it: failures grow the delay (1 s, 2 s, 4 s ... 60 s after
  * the third in a row); a success clears it. */
-void guard_login_result(guard *g, uint64_t uid, bool ok, uint64_t now);
+void guard_login_end(guard *g, uint64_t uid, bool ok, uint64_t now);
 int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
 
 #endif

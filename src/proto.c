@@ -196,13 +196,28 @@ void proto_on_close(conn *c)
     free(s);
 }
 
-void proto_rate_limited(conn *c, uint32_t retry_ms)
+static void send_rate_limited(conn *c, uint32_t retry_ms, const char *ref)
 {
-    char buf[160];
-    int n = snprintf(buf, sizeof buf,
-                     "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\","
-                     "\"retry_after_ms\":%u}", retry_ms);
-    send_frame(c, ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n));
+    jbuf j;
+    jb_init(&j, 160);
+    jb_lit(&j, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\",\"retry_after_ms\":");
+    jb_u64(&j, retry_ms);
+    if (*ref) {
+        jb_lit(&j, ",\"ref\":");
+        jb_lit(&j, ref);
+    }
+    jb_raw(&j, "}", 1);
+    send_json(c, &j);
+}
+
+void proto_rate_limited(conn *c, uint32_t retry_ms, const char *data, size_t len)
+{
+    /* Refusals are bounded per connection (CONN_MAX_STRIKES), so reading
+     * the refused frame for its ref costs little. */
+    msg_req r;
+    const char *code, *message;
+    msg_parse(data, len, chat_of(c->t)->cfg->max_text, &r, &code, &message);
+    send_rate_limited(c, retry_ms, r.ref);
 }
 
 bool proto_on_tick(conn *c)
@@ -279,16 +294,10 @@ static void on_send(frame_ctx *f)
     if (!tb_take(&f->s->msgs, &l, srv_now(f->c->t), 1, &retry) ||
         guard_user_msg(f->ch->guard, f->s->uid, guard_now(), &retry) < 0) {
         if (conn_strike(f->c)) return;
-        jbuf j;
-        jb_init(&j, 160);
-        jb_lit(&j, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\",\"retry_after_ms\":");
-        jb_u64(&j, retry);
-        jb_lit(&j, ",\"ref\":");
-        jb_lit(&j, f->r.ref);
-        jb_raw(&j, "}", 1);
-        send_json(f->c, &j);
+        send_rate_limited(f->c, retry, f->r.ref);
         return;
     }
+    conn_forgive(f->c);
     chat_op *op = chat_op_new(f->ch, OP_SEND, f->c->id, reply_send);
     if (!op || !(op->body = malloc(f->r.body_len))) {
         chat_op_free(op);
@@ -416,6 +425,7 @@ void proto_on_text(conn *c, const char *data, size_t len)
         send_error(c, code, message, f.r.ref);
         return;
     }
+    if (f.r.type != MSG_SEND) conn_forgive(c); /* a send is forgiven once it passes its limits */
     switch (f.r.type) {
     case MSG_SEND: on_send(&f); break;
     case MSG_SYNC: on_sync(&f); break;

@@ -29,9 +29,9 @@ void proto_on_text(conn *c, const char *data, size_t len);
 /* c is closing: release c->user and set it to NULL. */
 void proto_on_close(conn *c);
 
-/* Tells c that a frame was dropped by a rate limit (an error frame with
- * code rate_limited and retry_after_ms). */
-void proto_rate_limited(conn *c, uint32_t retry_ms);
+/* Tells c that the text frame data[0..len) was dropped by a rate limit: an
+ * error frame with code rate_limited, retry_after_ms and the frame's ref. */
+void proto_rate_limited(conn *c, uint32_t retry_ms, const char *data, size_t len);
 
 /* Periodic check of an open session (keepalive tick): returns false after
  * closing it (its token expired). */
