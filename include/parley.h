@@ -1,0 +1,368 @@
+/* libparley: the C client library of parley (docs/protocol.md).
+ *
+ * One parley_client talks to one server as one user:
+ *
+ *   - REST calls (register, login, logout, inbox, history, conversations,
+ *     members, receipts) are plain blocking HTTP/1.1 requests, one TCP
+ *     connection each, bounded by options.request_timeout_ms.
+ *   - The live connection (WebSocket /v1/ws, "Authorization: Bearer") is
+ *     non-blocking. It reconnects by itself with exponential backoff and full
+ *     jitter (base 1 s, cap 60 s; a 503/429 Retry-After is waited at least),
+ *     keeps every message until its ack and resends it with the same cmid
+ *     after a reconnect or an ack timeout, tracks the highest seq of every
+ *     conversation, fills gaps with `sync` (messages reach on_message in seq
+ *     order, each once), and moves the delivered/read cursors forward only.
+ *     A `busy` / `rate_limited` answer pauses sending for retry_after_ms and
+ *     halves the window of unacked messages on the wire (it grows back by
+ *     one per ack); a refusal that names no message makes the client resend
+ *     what was in flight after the pause (same cmids: stored once). Every
+ *     close of the connection leads to a reconnect, 1008 included; only a
+ *     401 on the upgrade (a revoked or expired token) stops it for good.
+ *
+ * Driving the live connection: either
+ *   - blocking: parley_run(c, timeout_ms) polls the socket and the client's
+ *     timers and dispatches callbacks until the timeout passes or a callback
+ *     calls parley_break(); or
+ *   - libuv: parley_attach_uv(c, loop) once, before parley_connect(); the
+ *     client then lives on the caller's loop (a uv_poll_t on its socket, a
+ *     uv_timer_t for its timers) and parley_run() is refused. REST calls
+ *     still block the loop while they run.
+ *
+ * Threads: a client is not thread-safe; use it from one thread (the loop's
+ * thread in libuv mode). Different clients are independent.
+ *
+ * Errors: every fallible function returns >= 0 on success or a negative
+ * code of enum err (err.h, the one error vocabulary; parley_strerror() names
+ * it). Nothing aborts. A call that fails never fires a callback. After a
+ * failed REST call parley_last_error() has the HTTP status and the server's
+ * error code and message.
+ *
+ * Callbacks may call any function of the client except parley_free(); their
+ * pointer arguments are valid only during the call (copy what you keep).
+ *
+ * Memory: every allocation of the client goes through the allocator given at
+ * creation (libc when NULL), except the short-lived JSON encode buffers of
+ * the shared codec (json.h jbuf, libc, freed before the call returns) and
+ * libc's getaddrinfo(). Results of REST calls (parley_inbox, parley_history,
+ * parley_conv, parley_receipts) are owned by the caller and freed with their
+ * *_free function on the same client. Strings passed in are copied when the
+ * client keeps them; the caller keeps ownership of everything it passes.
+ */
+#ifndef PARLEY_H
+#define PARLEY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PARLEY_CMID_MAX 65     /* cmid buffer: up to 64 characters + NUL */
+#define PARLEY_USER_MAX 33     /* username: up to 32 characters + NUL */
+#define PARLEY_TOKEN_MAX 128   /* token buffer (tokens are 43 characters) */
+
+typedef struct parley_client parley_client;
+
+/* A swappable allocator: the same contract as malloc/realloc/free (realloc
+ * of NULL allocates, free of NULL is a no-op). ctx is passed back. The
+ * struct is copied by parley_new; ctx must stay valid until parley_free
+ * (and, in libuv mode, until the loop has run the close callbacks). */
+typedef struct parley_allocator {
+    void *(*malloc_fn)(void *ctx, size_t size);
+    void *(*realloc_fn)(void *ctx, void *ptr, size_t size);
+    void (*free_fn)(void *ctx, void *ptr);
+    void *ctx;
+} parley_allocator;
+
+/* State of the live connection, as reported to on_state. */
+typedef enum parley_state {
+    PARLEY_IDLE = 0,       /* parley_connect() not called yet, or parley_close() */
+    PARLEY_CONNECTING,     /* TCP connect / WebSocket handshake / waiting for hello */
+    PARLEY_CONNECTED,      /* hello received: sending and receiving */
+    PARLEY_BACKOFF,        /* lost or failed; reconnecting after delay_ms */
+    PARLEY_CLOSED,         /* stopped for good (e.g. the token was refused: ERR_AUTH) */
+} parley_state;
+
+/* A message. All pointers valid during the callback / while the result that
+ * holds it is alive. */
+typedef struct parley_message {
+    uint64_t conv;
+    uint64_t seq;
+    int64_t ts;                /* server time, ms since the epoch */
+    const char *from;          /* username */
+    const char *cmid;
+    const char *body;          /* the body as raw JSON text (NUL-terminated) */
+    size_t body_len;
+    const char *text;          /* the body unescaped when it is a JSON string, else NULL */
+} parley_message;
+
+typedef struct parley_ack {
+    uint64_t conv;
+    uint64_t seq;
+    int64_t ts;
+    const char *cmid;
+    bool duplicate;            /* the server had it already (a resend) */
+} parley_ack;
+
+typedef struct parley_receipt {
+    uint64_t conv;
+    const char *user;
+    uint64_t delivered;
+    uint64_t read;
+} parley_receipt;
+
+typedef struct parley_presence {
+    const char *user;
+    bool online;
+    int64_t last_seen;         /* ms since the epoch */
+} parley_presence;
+
+/* A conversation object (docs/protocol.md "Conversations"). Fields the
+ * server did not send are 0 / NULL (e.g. read_seq in a `conv` frame). */
+typedef struct parley_conv {
+    uint64_t id;
+    const char *type;          /* "direct" or "group" */
+    const char *name;          /* "" for direct conversations */
+    const char **members;      /* nmembers usernames */
+    size_t nmembers;
+    const char **admins;
+    size_t nadmins;
+    uint64_t last_seq, read_seq, delivered_seq, unread;
+    const parley_message *last_message; /* NULL in an empty conversation */
+} parley_conv;
+
+/* Details of a failure: the last failed REST call (parley_last_error), or
+ * an asynchronous error (on_error). */
+typedef struct parley_error {
+    int err;                   /* enum err */
+    int status;                /* HTTP status, 0 if none (network error) */
+    char code[48];             /* the server's error code ("forbidden"), or "" */
+    char message[256];         /* human-readable */
+    uint64_t conv;             /* the conversation concerned, 0 if none */
+    char cmid[PARLEY_CMID_MAX];/* a refused send: its cmid (dropped from the queue) */
+    uint64_t retry_after_ms;   /* for busy / rate_limited */
+    uint16_t close_code;       /* the WebSocket close code, if the connection closed */
+} parley_error;
+
+typedef struct parley_callbacks {
+    /* The live connection changed state. err: why it left CONNECTED or why
+     * a connect failed (ERR_IO, ERR_TIMEOUT, ERR_CLOSED for a close by the
+     * server (parley_last_error() has the close code), ERR_BUSY for a 503,
+     * ERR_RATE for a 429, ERR_AUTH for a refused token with PARLEY_CLOSED),
+     * 0 otherwise. delay_ms: for PARLEY_BACKOFF, the wait before the next
+     * attempt. */
+    void (*on_state)(parley_client *c, parley_state state, int err, uint64_t delay_ms,
+                     void *ud);
+    /* A message from someone else (or from another device of this user), in
+     * seq order per conversation, each seq once. */
+    void (*on_message)(parley_client *c, const parley_message *m, void *ud);
+    /* One of our messages is durably stored ("sent", ✓). Once per message:
+     * from its ack, or (duplicate = true) from a sync that found it stored
+     * after its ack was lost with a connection. */
+    void (*on_ack)(parley_client *c, const parley_ack *a, void *ud);
+    /* A member's delivered/read cursors moved. */
+    void (*on_receipt)(parley_client *c, const parley_receipt *r, void *ud);
+    void (*on_presence)(parley_client *c, const parley_presence *p, void *ud);
+    /* A member is typing (show it for about 5 s). */
+    void (*on_typing)(parley_client *c, uint64_t conv, const char *user, void *ud);
+    /* A conversation was created with us in it or its members changed; or
+     * (removed = true, only conv->id set) we are no longer a member. */
+    void (*on_conv)(parley_client *c, const parley_conv *conv, bool removed, void *ud);
+    /* An asynchronous error: a refused send (e->cmid set; the message was
+     * dropped from the queue), a refused sync or cursor (e->conv), or a
+     * server error frame. */
+    void (*on_error)(parley_client *c, const parley_error *e, void *ud);
+} parley_callbacks;
+
+typedef struct parley_options {
+    const char *server;             /* "http://host[:port][/prefix]"; copied.
+                                       Default "http://localhost:8080" */
+    const char *token;              /* bearer token or NULL; copied */
+    const parley_allocator *allocator; /* NULL: libc; copied */
+    const parley_callbacks *callbacks; /* NULL: none; copied */
+    void *userdata;                 /* passed to every callback */
+    uint32_t backoff_base_ms;       /* 1000 */
+    uint32_t backoff_cap_ms;        /* 60000 */
+    uint32_t connect_timeout_ms;    /* TCP connect + handshake + hello: 10000 */
+    uint32_t request_timeout_ms;    /* one REST call: 30000 */
+    uint32_t ack_timeout_ms;        /* resend an unacked message after: 15000 */
+    uint32_t keepalive_ms;          /* ping after this much silence, drop after
+                                       twice as much: 30000 */
+    uint32_t max_pending;           /* unacked messages kept: 10000 (then ERR_FULL) */
+    uint32_t max_inflight;          /* unacked messages on the wire, at most: 256 */
+    uint32_t max_message;           /* largest incoming WebSocket message: 32 MiB */
+    bool manual_delivered;          /* false: send `delivered` for every message
+                                       handed to on_message; true: the app calls
+                                       parley_mark_delivered() */
+    /* Injected sources (tests): NULL for getrandom(2) / CLOCK_MONOTONIC. The
+     * random source feeds cmids, WebSocket keys and masks, and jitter. */
+    uint64_t (*random)(void *ctx);
+    void *random_ctx;
+    uint64_t (*clock_ms)(void *ctx);
+    void *clock_ctx;
+} parley_options;
+
+/* Fills *o with the defaults (all zero means default too). */
+void parley_options_init(parley_options *o);
+
+/* Creates a client. ERR_INVALID for a bad server URL, ERR_UNSUPPORTED for
+ * https (no TLS yet), ERR_NOMEM. *out is owned by the caller: parley_free. */
+int parley_new(const parley_options *o, parley_client **out);
+
+/* Closes the connection (no close handshake wait) and frees everything,
+ * unacknowledged messages included. Not from inside a callback. In libuv
+ * mode the handles are closed asynchronously: let the loop run once more. */
+void parley_free(parley_client *c);
+
+/* The stable name of an error code ("auth", "io", ...). Static string. */
+const char *parley_strerror(int err);
+
+/* Details of the last failed REST call (or of the last live-connection
+ * failure). Owned by the client, valid until the next call. */
+const parley_error *parley_last_error(const parley_client *c);
+
+/* The username (from register/login or the server's hello; "" if not
+ * known yet). Owned by the client. */
+const char *parley_user(const parley_client *c);
+
+/* The token in use ("" if none). Owned by the client. */
+const char *parley_token(const parley_client *c);
+/* Sets (copies) the token; NULL or "" clears it. ERR_TOO_LARGE. */
+int parley_set_token(parley_client *c, const char *token);
+
+/* ---- REST (blocking) ---------------------------------------------------- */
+
+typedef struct parley_session {
+    char user[PARLEY_USER_MAX];
+    char token[PARLEY_TOKEN_MAX];
+    uint64_t device;
+    int64_t expires;               /* ms since the epoch */
+} parley_session;
+
+/* Register a new user / log in (a new device). On success the client uses
+ * the new token and *out (caller's storage, may be NULL) is filled. */
+int parley_register(parley_client *c, const char *user, const char *password,
+                    parley_session *out);
+int parley_login(parley_client *c, const char *user, const char *password,
+                 parley_session *out);
+/* Revokes the current token on the server, then clears it. */
+int parley_logout(parley_client *c);
+
+typedef struct parley_inbox {
+    parley_conv *convs;        /* most recent activity first */
+    size_t n;
+    uint64_t cursor;           /* for changed_since */
+} parley_inbox;
+
+typedef struct parley_history {
+    parley_message *msgs;      /* ascending seq */
+    size_t n;
+    bool more;
+} parley_history;
+
+typedef struct parley_member_cursor {
+    const char *user;
+    uint64_t delivered, read;
+} parley_member_cursor;
+
+typedef struct parley_receipts {
+    parley_member_cursor *members;
+    size_t n;
+    uint64_t seq, delivered, read; /* with seq != 0: members other than the
+                                      sender that have it delivered / read */
+} parley_receipts;
+
+/* GET /v1/conversations[?changed_since=]; changed_since 0: all. */
+int parley_get_inbox(parley_client *c, uint64_t changed_since, parley_inbox **out);
+void parley_inbox_free(parley_client *c, parley_inbox *in);
+
+/* Which page of history: the latest messages, those after a seq (paging
+ * forward; seq 0 = from the start), or those before a seq (paging back). */
+typedef enum parley_page { PARLEY_LATEST = 0, PARLEY_AFTER, PARLEY_BEFORE } parley_page;
+
+/* GET /v1/conversations/{conv}/messages. limit 0: the server's default (50);
+ * at most 500. ERR_INVALID for PARLEY_BEFORE with seq 0. */
+int parley_get_history(parley_client *c, uint64_t conv, parley_page page, uint64_t seq,
+                       unsigned limit, parley_history **out);
+void parley_history_free(parley_client *c, parley_history *h);
+
+/* Conversations. Each returns the conversation object (*out, caller frees
+ * with parley_conv_free; out may be NULL). created (may be NULL) tells a new
+ * direct conversation (201) from the existing one (200). */
+int parley_get_conv(parley_client *c, uint64_t conv, parley_conv **out);
+int parley_create_direct(parley_client *c, const char *with, parley_conv **out, bool *created);
+int parley_create_group(parley_client *c, const char *name, const char *const *members,
+                        size_t nmembers, parley_conv **out);
+int parley_add_member(parley_client *c, uint64_t conv, const char *user, parley_conv **out);
+int parley_remove_member(parley_client *c, uint64_t conv, const char *user);
+void parley_conv_free(parley_client *c, parley_conv *conv);
+
+/* GET /v1/conversations/{conv}/receipts[?seq=]. */
+int parley_get_receipts(parley_client *c, uint64_t conv, uint64_t seq, parley_receipts **out);
+void parley_receipts_free(parley_client *c, parley_receipts *r);
+
+/* ---- live connection ---------------------------------------------------- */
+
+/* Starts the live connection (non-blocking; needs a token): from now on the
+ * client connects and reconnects by itself until parley_close(). */
+int parley_connect(parley_client *c);
+/* Stops: sends a close frame if connected, closes the socket, no more
+ * reconnects. Unacknowledged messages stay queued (parley_connect resends
+ * them). */
+int parley_close(parley_client *c);
+parley_state parley_get_state(const parley_client *c);
+
+/* Blocking mode: runs the client for up to timeout_ms (-1: until
+ * parley_break or the client closes; 0: one pass over what is ready now,
+ * without waiting). Returns ERR_OK when the time is up or
+ * after parley_break(); ERR_CLOSED (or the error that closed it, e.g.
+ * ERR_AUTH) once the client is IDLE/CLOSED; ERR_INVALID in libuv mode. */
+int parley_run(parley_client *c, int timeout_ms);
+/* Makes the running parley_run() return after the current callback. */
+void parley_break(parley_client *c);
+
+/* libuv mode: the client lives on loop (a uv_loop_t *, declared void * so
+ * this header does not need uv.h). Call once, before parley_connect().
+ * ERR_INVALID if already attached or the connection was started. */
+int parley_attach_uv(parley_client *c, void *loop);
+
+/* Queues a message with a text (string) body and a fresh random cmid (32
+ * hex characters, copied into cmid_out if not NULL). It is written when
+ * connected, kept until acked and resent with the same cmid. ERR_FULL,
+ * ERR_INVALID (empty conv, text not UTF-8), ERR_NOMEM. */
+int parley_send(parley_client *c, uint64_t conv, const char *text, char *cmid_out);
+/* The same with a raw JSON body (any JSON value but null, validated) and an
+ * optional caller-chosen cmid (NULL: generated; 1-64 characters). */
+int parley_send_json(parley_client *c, uint64_t conv, const char *json, size_t len,
+                     const char *cmid, char *cmid_out);
+/* Unacknowledged messages in the queue. */
+size_t parley_pending(const parley_client *c);
+
+/* Tracks a conversation from `highest` (the highest seq the app holds, 0 for
+ * none): on connect and on a gap the client syncs what follows. Without it a
+ * conversation is tracked from the first seq the client sees. */
+int parley_track(parley_client *c, uint64_t conv, uint64_t highest);
+/* The highest seq held in order for conv (0 if untracked). */
+uint64_t parley_highest(const parley_client *c, uint64_t conv);
+/* Fetches messages after the highest held now (on_message delivers them). */
+int parley_sync(parley_client *c, uint64_t conv);
+
+/* Moves our cursors forward (lower values are ignored; returns 1 if it moved,
+ * 0 if not). Sent now if connected, else on the next connect. */
+int parley_mark_delivered(parley_client *c, uint64_t conv, uint64_t seq);
+int parley_mark_read(parley_client *c, uint64_t conv, uint64_t seq);
+
+/* Tells the members we are typing. Lossy and coalesced: at most one frame
+ * per conversation every 2.5 s. Returns 1 if sent, 0 if coalesced,
+ * ERR_CLOSED when not connected. */
+int parley_typing(parley_client *c, uint64_t conv);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

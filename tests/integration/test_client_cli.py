@@ -1,0 +1,647 @@
+"""The `parley` CLI (and through it libparley) against a real parleyd:
+accounts and the config file, conversations, send/history/inbox, two
+`parley chat` sessions driven through pipes, a chat in a pseudo-terminal,
+and bad input with its exit statuses.
+
+Every process is started with bounded waits and stopped by PID. No timing
+assertions: waits are upper bounds only.
+"""
+
+import json
+import os
+import pty
+import queue
+import select
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import HOST
+
+REPO = Path(__file__).resolve().parents[2]
+PARLEY_CLI = os.environ.get("PARLEY_CLI", str(REPO / "build" / "parley"))
+PASSWORD = "correct horse battery"
+WAIT = 30.0  # generous bound on one wait (sanitizer builds are slow)
+
+EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_NETWORK = 0, 1, 2, 3
+
+
+@pytest.fixture(autouse=True)
+def _cli_built():
+    if not os.access(PARLEY_CLI, os.X_OK):
+        pytest.fail(f"CLI not found: {PARLEY_CLI} (build it with `make`, or set PARLEY_CLI)")
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def uname(prefix="u"):
+    return prefix + os.urandom(4).hex()
+
+
+class Cli:
+    """One CLI user: its own config file, pointed at one server URL."""
+
+    def __init__(self, tmp_path, url, name=None):
+        self.name = name or uname()
+        self.url = url
+        self.config = Path(tmp_path) / f"cfg-{self.name}" / "parley" / "config"
+        self.password = PASSWORD
+
+    def env(self, **extra):
+        e = dict(os.environ)
+        e.pop("PARLEY_SERVER", None)
+        e.update(PARLEY_CONFIG=str(self.config), PARLEY_SERVER=self.url, LC_ALL="C.UTF-8")
+        e.update(extra)
+        return e
+
+    def run(self, *args, input=None, timeout=WAIT * 2, env=None):
+        return subprocess.run([PARLEY_CLI, *[str(a) for a in args]], input=input,
+                              capture_output=True, text=True, timeout=timeout,
+                              env=env or self.env())
+
+    def json(self, *args, input=None):
+        """Runs with --json; asserts success; returns the parsed stdout."""
+        r = self.run("--json", *args, input=input)
+        assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+        return json.loads(r.stdout)
+
+    def register(self):
+        r = self.run("--json", "register", self.name, input=self.password + "\n")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        return json.loads(r.stdout)
+
+    def token(self):
+        for line in self.config.read_text().splitlines():
+            if line.startswith("token="):
+                return line[6:]
+        return ""
+
+
+def json_error(r):
+    """The --json error object a failed command printed on stderr."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON error on stderr: {r.stderr!r}"
+    return json.loads(lines[-1])["error"]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class ChatProc:
+    """`parley --json chat CONV` on pipes; events are read by a thread."""
+
+    def __init__(self, cli, conv, *extra, env=None):
+        self.cli = cli
+        self.proc = subprocess.Popen([PARLEY_CLI, "--json", "chat", str(conv), *extra],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env or cli.env())
+        self.events = []      # every event, in order
+        self._q = queue.Queue()
+        self._cursor = 0      # events before this index were consumed by wait()
+        self.stderr = b""
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+        self._te = threading.Thread(target=self._read_err, daemon=True)
+        self._te.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self._q.put(json.loads(line))
+            except ValueError:
+                self._q.put({"event": "garbage", "line": line.decode(errors="replace")})
+        self._q.put(None)
+
+    def _read_err(self):
+        self.stderr = self.proc.stderr.read()
+
+    def _pump(self, timeout):
+        try:
+            ev = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if ev is None:
+            self._q.put(None)  # keep the EOF mark
+            return None
+        self.events.append(ev)
+        return True
+
+    def wait(self, pred, what="an event", timeout=WAIT):
+        """The first event after the previous wait's match that satisfies pred."""
+        deadline = time.monotonic() + timeout
+        for _ in range(1_000_000):
+            while self._cursor < len(self.events):
+                ev = self.events[self._cursor]
+                self._cursor += 1
+                if pred(ev):
+                    return ev
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self._pump(min(left, 0.5))
+            if got is None:
+                break
+        raise AssertionError(f"{self.cli.name}: no {what}; events: {self.events[-15:]!r}; "
+                             f"stderr: {self.stderr[-2000:]!r}")
+
+    def find(self, pred):
+        """Any event so far (without consuming) that satisfies pred."""
+        while self._pump(0):
+            pass
+        return [e for e in self.events if pred(e)]
+
+    def seen(self, pred, what="an event", timeout=WAIT):
+        """Any event so far or to come that satisfies pred, whatever its
+        position (for the lossy lane: typing may overtake messages)."""
+        deadline = time.monotonic() + timeout
+        for _ in range(1_000_000):
+            hits = self.find(pred)
+            if hits:
+                return hits[0]
+            left = deadline - time.monotonic()
+            if left <= 0 or self._pump(min(left, 0.5)) is None:
+                break
+        raise AssertionError(f"{self.cli.name}: no {what}; events: {self.events[-15:]!r}")
+
+    def event(self, name, timeout=WAIT, **fields):
+        return self.wait(lambda e: e.get("event") == name and
+                         all(e.get(k) == v for k, v in fields.items()),
+                         f"{name} {fields}", timeout)
+
+    def msg(self, text, timeout=WAIT):
+        return self.wait(lambda e: e.get("event") == "msg" and
+                         e["message"].get("body") == text, f"msg {text!r}", timeout)
+
+    def drain(self, timeout=WAIT):
+        """After exit: every remaining event (up to the end of stdout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pump(0.5) is None:
+                break
+        return self.events
+
+    def line(self, text):
+        self.proc.stdin.write((text + "\n").encode())
+        self.proc.stdin.flush()
+
+    def close_stdin(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def exit_code(self, timeout=WAIT * 2):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.cli.name}: chat did not exit; events {self.events[-10:]!r}")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def chats():
+    """Collects ChatProc objects and stops each by PID at teardown."""
+    started = []
+    yield started
+    for c in started:
+        c.kill()
+
+
+def open_chat(chats, cli, conv, *extra, env=None):
+    c = ChatProc(cli, conv, *extra, env=env)
+    chats.append(c)
+    return c
+
+
+def history(cli, conv, token=None, port=None):
+    """Every message of conv through REST (independent of the CLI)."""
+    url = cli.url if port is None else f"http://{HOST}:{port}"
+    out, after = [], 0
+    for _ in range(100):
+        r = requests.get(f"{url}/v1/conversations/{conv}/messages",
+                         params={"after": after, "limit": 500},
+                         headers={"Authorization": "Bearer " + (token or cli.token())}, timeout=30)
+        assert r.status_code == 200, r.text
+        j = r.json()
+        out += j["messages"]
+        if not j["more"]:
+            return out
+        after = j["messages"][-1]["seq"]
+    raise AssertionError("history paging did not end")
+
+
+# --------------------------------------------------------------------------
+# accounts and the config file
+# --------------------------------------------------------------------------
+
+
+def test_register_login_logout(parley, tmp_path):
+    srv = parley("--insecure-fast-kdf")
+    alice = Cli(tmp_path, srv.url)
+    j = alice.register()
+    assert j["user"] == alice.name and j["device"] == 1 and j["registered"] is True
+    assert j["server"] == srv.url
+    # the config file: created with its directories, mode 0600, the token in it
+    st = os.stat(alice.config)
+    assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    assert stat.S_IMODE(os.stat(alice.config.parent).st_mode) == 0o700
+    tok1 = alice.token()
+    assert len(tok1) == 43
+    assert f"user={alice.name}" in alice.config.read_text()
+    assert alice.json("whoami") == {"user": alice.name, "server": srv.url}
+
+    # login: a new device, a new token; the file stays 0600 even with a lax umask
+    old = os.umask(0)
+    try:
+        r = alice.run("login", alice.name, input=PASSWORD + "\n")
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    assert "logged in as" in r.stdout and alice.name in r.stdout
+    assert stat.S_IMODE(os.stat(alice.config).st_mode) == 0o600
+    tok2 = alice.token()
+    assert tok2 and tok2 != tok1
+    j = alice.json("login", alice.name, input=PASSWORD + "\n")
+    assert j["device"] == 3 and j["registered"] is False
+
+    # wrong password: exit 2, the server's code; the stored token is untouched
+    tok3 = alice.token()
+    r = alice.run("--json", "login", alice.name, input="wrong password\n")
+    assert r.returncode == EXIT_SERVER, (r.stdout, r.stderr)
+    err = json_error(r)
+    assert err["code"] == "bad_credentials" and err["exit"] == EXIT_SERVER
+    assert r.stdout == ""
+    assert alice.token() == tok3
+    r = alice.run("login", alice.name, input="wrong password\n")
+    assert r.returncode == EXIT_SERVER and "bad_credentials" in r.stderr
+
+    # a taken name and a bad name: exit 2
+    other = Cli(tmp_path, srv.url)  # its own (absent) config file
+    r = other.run("--json", "register", alice.name, input=PASSWORD + "\n")
+    assert r.returncode == EXIT_SERVER and json_error(r)["code"] == "username_taken"
+    r = other.run("--json", "register", "x!", input=PASSWORD + "\n")
+    assert r.returncode == EXIT_SERVER and json_error(r)["code"] == "bad_username"
+    assert not other.config.exists()
+
+    # logout revokes the token on the server and forgets it
+    j = alice.json("logout")
+    assert j == {"user": alice.name, "logged_out": True, "token_was_valid": True}
+    assert "token=\n" in alice.config.read_text()
+    assert stat.S_IMODE(os.stat(alice.config).st_mode) == 0o600
+    r = requests.get(srv.url + "/v1/conversations", headers={"Authorization": "Bearer " + tok3},
+                     timeout=30)
+    assert r.status_code == 401
+    # the older device tokens still work (logout is per device)
+    r = requests.get(srv.url + "/v1/conversations", headers={"Authorization": "Bearer " + tok1},
+                     timeout=30)
+    assert r.status_code == 200
+    # logged out: commands that need a token say so, exit 2
+    r = alice.run("logout")
+    assert r.returncode == EXIT_SERVER and "not logged in" in r.stderr
+    r = alice.run("--json", "inbox")
+    assert r.returncode == EXIT_SERVER and "not logged in" in json_error(r)["message"]
+
+    # a token revoked elsewhere: logout still forgets it (exit 0)
+    alice.run("login", alice.name, input=PASSWORD + "\n")
+    requests.delete(srv.url + "/v1/sessions/current",
+                    headers={"Authorization": "Bearer " + alice.token()}, timeout=30)
+    j = alice.json("logout")
+    assert j["token_was_valid"] is False
+    # the server saved at login is the default afterwards (no PARLEY_SERVER)
+    alice.run("login", alice.name, input=PASSWORD + "\n")
+    env = alice.env()
+    del env["PARLEY_SERVER"]
+    r = alice.run("--json", "whoami", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["server"] == srv.url
+
+
+# --------------------------------------------------------------------------
+# conversations, send, history, inbox
+# --------------------------------------------------------------------------
+
+
+def test_direct_send_history_inbox(parley, tmp_path):
+    srv = parley("--insecure-fast-kdf")
+    alice, bob, carol = (Cli(tmp_path, srv.url) for _ in range(3))
+    for u in (alice, bob, carol):
+        u.register()
+
+    conv = alice.json("direct", bob.name)
+    assert conv["type"] == "direct" and sorted(conv["members"]) == sorted([alice.name, bob.name])
+    cid = conv["id"]
+    assert alice.json("direct", bob.name)["id"] == cid  # the pair has one conversation
+    assert bob.json("direct", "@" + alice.name)["id"] == cid
+    r = alice.run("direct", bob.name)
+    assert r.returncode == 0 and f"#{cid} direct @{bob.name}" in r.stdout
+
+    s1 = alice.json("send", cid, "hello", "bob")  # arguments are joined
+    assert s1["conv"] == cid and s1["seq"] == 1 and s1["duplicate"] is False
+    assert len(s1["cmid"]) == 32
+    s2 = alice.json("send", "@" + bob.name, "second 👋 \"quoted\"")
+    assert s2["seq"] == 2
+    s3 = alice.json("send", cid, "-", input="line one\nline two\n")  # from stdin
+    assert s3["seq"] == 3
+    r = bob.run("send", cid, "from bob")
+    assert r.returncode == 0 and r.stdout.startswith("✓ sent #4")
+
+    h = bob.json("history", cid)
+    assert h["conv"] == cid and h["more"] is False
+    got = [(m["seq"], m["from"], m["body"], m["cmid"]) for m in h["messages"]]
+    assert got == [(1, alice.name, "hello bob", s1["cmid"]),
+                   (2, alice.name, "second 👋 \"quoted\"", s2["cmid"]),
+                   (3, alice.name, "line one\nline two", s3["cmid"]),
+                   (4, bob.name, "from bob", got[3][3])]
+    # the CLI's history agrees with an independent REST read
+    assert [(m["seq"], m["cmid"]) for m in history(bob, cid)] == [(g[0], g[3]) for g in got]
+    # paging
+    h = bob.json("history", cid, "--limit", "1")
+    assert [m["seq"] for m in h["messages"]] == [4] and h["more"] is True
+    h = bob.json("history", cid, "--after", "2")
+    assert [m["seq"] for m in h["messages"]] == [3, 4]
+    h = bob.json("history", cid, "--after", "0", "--limit", "2")
+    assert [m["seq"] for m in h["messages"]] == [1, 2] and h["more"] is True
+    h = bob.json("history", cid, "--before", "3")
+    assert [m["seq"] for m in h["messages"]] == [1, 2]
+    r = bob.run("history", cid)
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("#1 [") and f"{alice.name}: hello bob" in lines[0]
+    assert "line one ↵ line two" in lines[2]  # newlines cannot break the layout
+
+    inbox = bob.json("inbox")
+    assert isinstance(inbox["cursor"], int)
+    [c] = [c for c in inbox["conversations"] if c["id"] == cid]
+    assert c["last_seq"] == 4 and c["last_message"]["body"] == "from bob"
+    assert c["unread"] == 4 - c["read_seq"]
+    again = bob.json("inbox", "--changed-since", inbox["cursor"])
+    assert again["conversations"] == []
+    r = bob.run("inbox")
+    assert r.returncode == 0 and f"#{cid}" in r.stdout and f"@{alice.name}" in r.stdout
+
+    # groups: create, add, remove (admins), leave (anyone)
+    g = alice.json("group", "create", "Weekend plans", bob.name)
+    assert g["type"] == "group" and g["name"] == "Weekend plans" and g["admins"] == [alice.name]
+    gid = g["id"]
+    g = alice.json("group", "add", gid, carol.name)
+    assert sorted(g["members"]) == sorted([alice.name, bob.name, carol.name])
+    r = bob.run("--json", "group", "add", gid, uname())
+    assert r.returncode == EXIT_SERVER  # not an admin (or no such user)
+    assert carol.json("send", gid, "hi all")["seq"] == 1
+    assert alice.json("group", "remove", gid, carol.name) == {"conv": gid, "removed": carol.name}
+    r = carol.run("--json", "send", gid, "still here?")
+    assert r.returncode == EXIT_SERVER and json_error(r)["code"] == "forbidden"
+    r = bob.run("group", "remove", gid, bob.name)  # leave
+    assert r.returncode == 0 and "removed" in r.stdout
+    r = alice.run("group", "create", "solo")
+    assert r.returncode == 0 and "group solo" in r.stdout
+    r = alice.run("--json", "group", "create", "x", "nosuchuser" + os.urandom(3).hex())
+    assert r.returncode == EXIT_SERVER and json_error(r)["code"] == "user_not_found"
+
+
+# --------------------------------------------------------------------------
+# two chat sessions through pipes
+# --------------------------------------------------------------------------
+
+
+def test_two_chats_exchange(parley, tmp_path, chats):
+    srv = parley("--insecure-fast-kdf")
+    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
+    alice.register()
+    bob.register()
+    cid = alice.json("direct", bob.name)["id"]
+    first = alice.json("send", cid, "before the chat")
+
+    a = open_chat(chats, alice, cid)
+    b = open_chat(chats, bob, "@" + alice.name)
+    for c in (a, b):
+        opened = c.event("open")
+        assert opened["conv"] == cid and opened["type"] == "direct"
+        c.event("state", state="connected")
+    # both showed the earlier message first, as history
+    for c in (a, b):
+        [h] = c.find(lambda e: e.get("event") == "msg")
+        assert h.get("history") is True and h["message"]["cmid"] == first["cmid"]
+
+    a.line("hi bob")
+    q = a.event("queued")
+    ack = a.event("ack", cmid=q["cmid"])
+    assert ack["seq"] == 2 and ack["duplicate"] is False
+    m = b.msg("hi bob")["message"]
+    assert m["from"] == alice.name and m["seq"] == 2 and m["cmid"] == q["cmid"]
+    # bob's chat shows it, so it is read: alice sees ✓✓ read for it
+    a.wait(lambda e: e.get("event") == "tick" and e["cmid"] == q["cmid"] and e["state"] == "read",
+           "read tick")
+
+    b.line("hi alice")
+    b.line("//starts with a slash")
+    b.line("/typing")
+    assert a.msg("hi alice")["message"]["from"] == bob.name
+    assert a.msg("/starts with a slash")["message"]["from"] == bob.name
+    a.seen(lambda e: e.get("event") == "typing" and e["user"] == bob.name, "typing")
+    for i in range(5):  # a burst, in order
+        a.line(f"burst {i}")
+    for i in range(5):
+        b.msg(f"burst {i}")
+
+    a.close_stdin()
+    b.close_stdin()
+    assert a.exit_code() == 0
+    assert b.exit_code() == 0
+    assert a.drain()[-1] == {"event": "exit", "code": 0, "unsent": 0}
+    assert b.drain()[-1] == {"event": "exit", "code": 0, "unsent": 0}
+    # every message stored once, in the order sent
+    bodies = [m["body"] for m in history(alice, cid)]
+    assert bodies == ["before the chat", "hi bob", "hi alice", "/starts with a slash"] + \
+        [f"burst {i}" for i in range(5)]
+    seqs = [m["seq"] for m in history(alice, cid)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_chat_plain_text_mode(parley, tmp_path):
+    """Without --json and without a terminal: readable lines, scriptable."""
+    srv = parley("--insecure-fast-kdf")
+    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
+    alice.register()
+    bob.register()
+    cid = alice.json("direct", bob.name)["id"]
+    bob.json("send", cid, "earlier from bob")
+    r = alice.run("chat", cid, "--last", "5", input="one\ntwo\n/help\n")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = r.stdout
+    assert f"{bob.name}: earlier from bob" in out
+    assert "✓ #2 you: one" in out and "✓ #3 you: two" in out
+    assert "* connected as " + alice.name in out
+    assert [m["body"] for m in history(alice, cid)] == ["earlier from bob", "one", "two"]
+    # stdin from a regular file works too
+    f = tmp_path / "lines.txt"
+    f.write_text("from a file\n")
+    with open(f) as fh:
+        r = subprocess.run([PARLEY_CLI, "chat", str(cid), "--last", "0"], stdin=fh,
+                           capture_output=True, text=True, timeout=WAIT * 2, env=alice.env())
+    assert r.returncode == 0, r.stderr
+    assert history(alice, cid)[-1]["body"] == "from a file"
+
+
+def test_chat_in_a_terminal(parley, tmp_path):
+    """`parley chat` on a pseudo-terminal: libedit line editing, a message
+    typed and sent, a message received, Ctrl-D leaves with status 0."""
+    srv = parley("--insecure-fast-kdf")
+    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
+    alice.register()
+    bob.register()
+    cid = alice.json("direct", bob.name)["id"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec the CLI on the terminal
+        try:
+            os.execve(PARLEY_CLI, [PARLEY_CLI, "chat", str(cid)], alice.env(TERM="xterm"))
+        finally:
+            os._exit(127)
+    screen = b""
+
+    def read_until(token, timeout=WAIT):
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while token not in screen and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                screen += data
+        return token in screen
+
+    try:
+        assert read_until(b"connected as"), screen[-2000:]
+        # type with an editing key in between: "helo" <- "l" inserted before "o"
+        os.write(fd, b"helo world")
+        os.write(fd, b"\x1b[D" * 7 + b"l")  # cursor left 7, insert
+        os.write(fd, b"\r")
+        assert read_until(b"\xe2\x9c\x93"), screen[-2000:]  # ✓ once stored
+        for _ in range(200):
+            msgs = history(alice, cid)
+            if msgs:
+                break
+            time.sleep(0.05)
+        assert [m["body"] for m in msgs] == ["hello world"]
+        bob.json("send", cid, "answer from bob")
+        assert read_until(b"answer from bob"), screen[-2000:]
+        os.write(fd, b"\x04")  # Ctrl-D on an empty line
+        status = None
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            wpid, st = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                status = st
+                break
+            read_until(b"\x00", timeout=0.05)  # keep draining the terminal
+            time.sleep(0.05)  # (the read returns at once after the child closed it)
+        assert status is not None, f"chat did not exit on Ctrl-D; screen: {screen[-1500:]!r}"
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------
+# bad input and exit statuses
+# --------------------------------------------------------------------------
+
+
+def test_usage_errors_exit_1(tmp_path):
+    u = Cli(tmp_path, "http://127.0.0.1:9")
+    r = u.run("--help")
+    assert r.returncode == 0 and "exit status" in r.stdout and "3  network" in r.stdout
+    for args in (["frobnicate"], ["--frob", "inbox"], ["inbox", "--limit", "5"],
+                 ["history"], ["history", "abc"], ["send", "x1", "hi"], ["chat", "@"],
+                 ["group", "add", "0", "bob"], ["history", "1", "--limit", "0"],
+                 ["history", "1", "--before", "2", "--after", "1"], ["send", "1"],
+                 ["group"], ["group", "rename", "1"], ["chat"], ["--timeout", "x", "inbox"],
+                 ["--server"], []):
+        r = u.run(*args)
+        assert r.returncode == EXIT_USAGE, (args, r.returncode, r.stderr)
+        assert r.stderr.strip(), args
+    r = u.run("--json", "frobnicate")
+    assert r.returncode == EXIT_USAGE and json_error(r)["exit"] == EXIT_USAGE
+    r = u.run("--server", "ftp://example", "login", "x", input="password\n")
+    assert r.returncode == EXIT_USAGE and "bad server URL" in r.stderr
+
+
+def test_server_down_exit_3(tmp_path):
+    port = free_port()  # nothing listens there
+    u = Cli(tmp_path, f"http://{HOST}:{port}")
+    r = u.run("--json", "login", "alice", input=PASSWORD + "\n")
+    assert r.returncode == EXIT_NETWORK, (r.stdout, r.stderr)
+    assert json_error(r)["exit"] == EXIT_NETWORK
+    r = u.run("register", "alice", input=PASSWORD + "\n")
+    assert r.returncode == EXIT_NETWORK and "cannot reach" in r.stderr
+    # with a (stale) token: inbox, history, send all fail with 3
+    u.config.parent.mkdir(parents=True)
+    u.config.write_text(f"server=http://{HOST}:{port}\nuser=alice\ntoken={'a' * 43}\n")
+    for args in (["inbox"], ["history", "1"], ["send", "1", "hi"], ["chat", "1"],
+                 ["direct", "bob"]):
+        r = u.run("--timeout", "10", *args)
+        assert r.returncode == EXIT_NETWORK, (args, r.returncode, r.stderr)
+
+
+def test_refused_by_server_exit_2(parley, tmp_path):
+    srv = parley("--insecure-fast-kdf")
+    alice, bob, eve = (Cli(tmp_path, srv.url) for _ in range(3))
+    for u in (alice, bob, eve):
+        u.register()
+    cid = alice.json("direct", bob.name)["id"]
+    # sending to a conversation you are not in: the error is shown, exit 2
+    r = eve.run("send", cid, "let me in")
+    assert r.returncode == EXIT_SERVER, (r.stdout, r.stderr)
+    assert "forbidden" in r.stderr and "not a member" in r.stderr
+    r = eve.run("--json", "send", cid, "let me in")
+    assert r.returncode == EXIT_SERVER
+    err = json_error(r)
+    assert err["code"] == "forbidden" and len(err["cmid"]) == 32
+    r = eve.run("--json", "send", 987654, "nowhere")  # no such conversation: the same answer
+    assert r.returncode == EXIT_SERVER and json_error(r)["code"] == "forbidden"
+    for args in (["history", cid], ["chat", cid]):
+        r = eve.run("--json", *args)
+        assert r.returncode == EXIT_SERVER and json_error(r)["code"] == "forbidden", args
+    r = eve.run("direct", "nobody" + os.urandom(3).hex())
+    assert r.returncode == EXIT_SERVER and "user_not_found" in r.stderr
+    r = eve.run("direct", eve.name)
+    assert r.returncode == EXIT_SERVER
+    # nothing reached the conversation
+    assert history(alice, cid) == []
+    # a revoked token: exit 2 for REST and for the live connection
+    requests.delete(srv.url + "/v1/sessions/current",
+                    headers={"Authorization": "Bearer " + eve.token()}, timeout=30)
+    r = eve.run("inbox")
+    assert r.returncode == EXIT_SERVER and "unauthorized" in r.stderr
+    r = eve.run("--json", "send", cid, "x")
+    assert r.returncode == EXIT_SERVER
