@@ -111,27 +111,31 @@ $(CORE_LIB): $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# Link rules name only sources and archives: the -MMD dependency files add
+# headers to the prerequisites, and those must not reach the compiler.
+SRCS_OF = $(filter %.c %.o %.a,$^)
+
 $(B)/parleyd: $(B)/obj/main.o $(CORE_LIB)
-	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
 $(B)/tests/test_%: tests/unit/test_%.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
 $(B)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
 $(B)/parley: $(CLI_SRC) $(CORE_LIB)
-	$(CC) $(CFLAGS) $(shell pkg-config --cflags libedit 2>/dev/null) $(LDFLAGS) $^ -o $@ \
+	$(CC) $(CFLAGS) $(shell pkg-config --cflags libedit 2>/dev/null) $(LDFLAGS) $(SRCS_OF) -o $@ \
 	    $(LDLIBS) $(shell pkg-config --libs libedit 2>/dev/null)
 
 $(B)/bench/floor: bench/floor/floor.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
 $(B)/bench/%: bench/%.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
 -include $(wildcard $(B)/obj/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)

@@ -51,8 +51,8 @@ test('network cut: 100 messages arrive after reconnect, in order, once', async (
   await bob.page.locator('[data-testid=conn-state]:not([data-state=online])').waitFor({ state: 'attached' });
 
   await sendMany(alice.page, 'net', 100);
-  // Sent, but not delivered while Bob is away.
-  assert.equal(await h.tickOf(alice.page, label('net', 100)), 'sent');
+  // Sent (acknowledged), but not delivered while Bob is away.
+  await h.waitTick(alice.page, label('net', 100), 'sent');
   await h.screenshot(bob.page, 'offline-bob');
 
   await bob.context.setOffline(false);
@@ -66,9 +66,10 @@ test('network cut: 100 messages arrive after reconnect, in order, once', async (
 });
 
 test('page closed: 100 messages show when it opens again, older ones on scroll', async () => {
+  await bob.context.setOffline(false); // whatever the test before left
   await bob.page.close();
   await sendMany(alice.page, 'away', 100);
-  assert.equal(await h.tickOf(alice.page, label('away', 100)), 'sent');
+  await h.waitTick(alice.page, label('away', 100), 'sent');
 
   const page = await bob.context.newPage();
   h.watchErrors(page);
@@ -97,6 +98,7 @@ test('page closed: 100 messages show when it opens again, older ones on scroll',
 });
 
 test('written offline: kept across a page close, sent once when back', async () => {
+  await bob.context.setOffline(false);
   await alice.context.setOffline(true);
   await alice.page.locator('[data-testid=conn-state]:not([data-state=online])').waitFor({ state: 'attached' });
   await h.send(alice.page, 'queued one');
