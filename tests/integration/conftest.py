@@ -186,6 +186,7 @@ def start_server(tmp_path, *flags, web_dir=None, name="srv"):
         prefix = f"parleyd listening on {sch}://{HOST}:"
         if line.startswith(prefix) and line[len(prefix):].isdigit():
             port, scheme = int(line[len(prefix):]), sch
+    TOKENS.pop(port, None)  # a token of an earlier server on this port is void
     srv = Server(proc, port, log_path, data_dir, web, scheme)
     # Keep draining stdout (nothing else is expected there) in the background.
     dup = os.dup(fd)
