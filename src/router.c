@@ -74,14 +74,11 @@ static void metrics_page(conn *c, const http_request *req)
             "# TYPE parley_commit_seconds_total counter\n"
             "parley_commit_seconds_total{phase=\"apply\"} %.6f\n"
             "parley_commit_seconds_total{phase=\"commit\"} %.6f\n"
-            "parley_commit_seconds_total{phase=\"sync\"} %.6f\n"
-            "parley_commit_seconds_total{phase=\"fanout\"} %.6f\n"
-            "# HELP parley_commit_syncs_total fsyncs that made group commits durable\n"
-            "# TYPE parley_commit_syncs_total counter\nparley_commit_syncs_total %llu\n",
+            "parley_commit_seconds_total{phase=\"fanout\"} %.6f\n",
             (unsigned long long)ws.batches, (unsigned long long)ws.ops,
             (unsigned long long)ws.failed_batches, (unsigned long long)ws.queued,
             (unsigned long long)ws.max_batch, ws.apply_ns / 1e9, ws.commit_ns / 1e9,
-            ws.sync_ns / 1e9, ws.done_ns / 1e9, (unsigned long long)ws.syncs);
+            ws.done_ns / 1e9);
         n = k > 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
     }
     if (n < 0) {

@@ -441,7 +441,7 @@ int store_open(store **out, const char *dir, size_t map_size)
     if ((rc = mdb_env_set_maxdbs(s->env, MAXDBS)) != 0 ||
         (rc = mdb_env_set_maxreaders(s->env, MAXREADERS)) != 0 ||
         (rc = mdb_env_set_mapsize(s->env, map_size ? map_size : DEFAULT_MAP_SIZE)) != 0 ||
-        (rc = mdb_env_open(s->env, dir, MDB_NOTLS | MDB_NOMETASYNC, 0600)) != 0)
+        (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600)) != 0)
         goto fail_mdb;
     int dead;
     mdb_reader_check(s->env, &dead);    /* free slots of crashed processes */
@@ -537,21 +537,6 @@ static void read_end(store_txn *t)
 }
 
 int store_commit(store_txn *t)
-{
-    store *s = t ? t->s : NULL;
-    bool write = t && t->write;
-    int rc = store_commit_deferred(t);
-    return rc == ERR_OK && write ? store_sync(s) : rc;
-}
-
-int store_sync(store *s)
-{
-    /* MDB_NOMETASYNC: commits sync their data pages, not the meta page;
-     * this fdatasync covers the meta pages written so far. */
-    return mdb_env_sync(s->env, 1) == 0 ? ERR_OK : ERR_IO;
-}
-
-int store_commit_deferred(store_txn *t)
 {
     if (!t) return ERR_INVALID;
     if (!t->write) { read_end(t); return ERR_OK; }

@@ -114,17 +114,6 @@ int store_begin(store *s, bool write, store_txn **out);
  * error everything in it is discarded. */
 int store_commit(store_txn *t);
 
-/* Commits a write transaction whose data is synced but whose commit record
- * is only written, not yet synced: it is visible to new read transactions
- * at once and becomes durable with the next store_sync(). A crash of the
- * machine (not of the process) before that sync may undo it, never corrupt
- * the store. This lets the next transaction start while the previous
- * commit's record is being synced: the group-commit pipeline. */
-int store_commit_deferred(store_txn *t);
-
-/* Makes every transaction committed before the call durable (fdatasync).
- * Any thread, also while another thread writes. ERR_OK or ERR_IO. */
-int store_sync(store *s);
 /* Discards and frees the transaction. */
 void store_abort(store_txn *t);
 

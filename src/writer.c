@@ -69,7 +69,7 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
         }
         if (w->batch_applied) w->batch_applied(w->ctx);
         t1 = uv_hrtime();
-        if (rc == ERR_OK) rc = store_commit_deferred(txn);
+        if (rc == ERR_OK) rc = store_commit(txn);
         else store_abort(txn);
     }
     uint64_t t2 = uv_hrtime();
@@ -128,8 +128,7 @@ static void writer_main(void *arg)
     uv_mutex_unlock(&w->mu);
 }
 
-/* The completer: one fsync for every batch committed so far, then their
- * completions in order. */
+/* The completer: the completions of committed batches, in order. */
 static void completer_main(void *arg)
 {
     writer *w = arg;
@@ -140,19 +139,14 @@ static void completer_main(void *arg)
         batch *list = w->bhead;
         w->bhead = w->btail = NULL;
         uv_mutex_unlock(&w->mu);
-        bool any_ok = false;
-        for (batch *b = list; b; b = b->next) any_ok |= b->rc == ERR_OK;
-        uint64_t t0 = uv_hrtime();
-        int sync_rc = any_ok ? store_sync(w->s) : ERR_OK;
         uint64_t t1 = uv_hrtime();
-        if (sync_rc != ERR_OK) log_error("storage sync failed: batches not acknowledged", NULL);
         for (batch *b = list, *bn; b; b = bn) {
             bn = b->next;
             size_t i = 0;
             for (writer_op *op = b->ops, *next; op; op = next, i++) {
                 next = op->next; /* done() may free op */
                 op->next = NULL;
-                int rc = b->rc != ERR_OK ? b->rc : sync_rc != ERR_OK ? sync_rc : b->rcs[i];
+                int rc = b->rc != ERR_OK ? b->rc : b->rcs[i];
                 op->done(op, rc);
             }
             if (w->batch_end) w->batch_end(w->ctx);
@@ -161,8 +155,6 @@ static void completer_main(void *arg)
         }
         uint64_t t2 = uv_hrtime();
         uv_mutex_lock(&w->mu);
-        if (any_ok) w->st.syncs++;
-        w->st.sync_ns += t1 - t0;
         w->st.done_ns += t2 - t1;
     }
     uv_mutex_unlock(&w->mu);
@@ -225,7 +217,7 @@ void writer_stop(writer *w)
     uv_cond_signal(&w->cond);
     uv_mutex_unlock(&w->mu);
     uv_thread_join(&w->tid);      /* applies and commits what is queued */
-    uv_thread_join(&w->done_tid); /* syncs and completes it */
+    uv_thread_join(&w->done_tid); /* completes it */
     uv_cond_destroy(&w->done_cond);
     uv_cond_destroy(&w->cond);
     uv_mutex_destroy(&w->mu);

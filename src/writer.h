@@ -1,19 +1,11 @@
-/* writer: the one storage writer thread, with pipelined group commit.
+/* writer: the one storage writer thread, with group commit.
  *
  * Any thread submits operations; the writer gathers what arrives within the
  * commit window (or up to max_batch operations), applies them all in one
- * write transaction and commits it (data synced, commit record written:
- * store_commit_deferred). A second thread, the completer, then syncs the
- * commit record (store_sync, one fsync covering every batch committed so
- * far) and only then completes the batch's operations, in submission order.
- * While it syncs, the writer already applies the next batch. A durable ack
- * is cheap because each fsync is shared by everyone in the batch, and the
- * two fsyncs of a commit no longer run back to back on one thread.
- *
- * Visibility: a committed batch is visible to read transactions up to one
- * fsync before it is durable; acks and fan-out happen only after. A machine
- * crash in that window (not a process crash: kill -9 loses nothing) can
- * undo a batch that no one was told had succeeded.
+ * write transaction and commits it durably: one fsync for the whole batch,
+ * which is what makes a durable ack cheap. A second thread, the completer,
+ * then completes the batch's operations in submission order (acks and
+ * fan-out), while the writer already applies the next batch.
  *
  * An operation is embedded in the caller's struct (intrusive) and owned by
  * the caller; the writer only links it. apply() runs on the writer thread
@@ -23,7 +15,7 @@
  * ERR_NOMEM) aborts the whole batch: every operation then completes with
  * that error and nothing of the batch is stored. done() runs on the
  * completer thread once the batch is durable, with apply()'s result (or the
- * batch's error, or ERR_IO if the sync failed); it must not block. After
+ * batch's error); it must not block. After
  * each batch, batch_end(ctx) runs there too (to flush what done() queued
  * for the I/O threads). batch_applied(ctx), if set, runs on the writer
  * thread after a batch's last apply(), before its commit.
@@ -50,9 +42,7 @@ typedef struct writer_stats {
     uint64_t max_batch;
     uint64_t queued;      /* now */
     uint64_t apply_ns;    /* time in apply() */
-    uint64_t commit_ns;   /* writer: time committing (data fsync) */
-    uint64_t sync_ns;     /* completer: time syncing commit records */
-    uint64_t syncs;       /* completer: store_sync() calls */
+    uint64_t commit_ns;   /* writer: time committing (the fsync) */
     uint64_t done_ns;     /* completer: time in done() and batch_end() */
 } writer_stats;
 
