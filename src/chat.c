@@ -140,7 +140,7 @@ static int write_member_name(void *arg, const store_member *m)
 }
 
 /* The conversation object; viewer 0 leaves out the per-user fields. */
-static int write_conv(store_txn *txn, uint64_t id, uint64_t viewer, jbuf *j)
+int chat_write_conv(chat *ch, store_txn *txn, uint64_t id, uint64_t viewer, jbuf *j)
 {
     store_conv c;
     store_member me = {0};
@@ -181,11 +181,6 @@ static int write_conv(store_txn *txn, uint64_t id, uint64_t viewer, jbuf *j)
     }
     jb_raw(j, "}", 1);
     return ERR_OK;
-}
-
-int chat_write_conv(chat *ch, store_txn *txn, uint64_t conv, uint64_t uid, jbuf *j)
-{
-    return write_conv(txn, conv, uid, j);
 }
 
 /* ---- operations: common ------------------------------------------------------ */
@@ -568,7 +563,7 @@ static void conv_event(chat_op *op)
     jbuf j;
     jb_init(&j, 512);
     jb_lit(&j, "{\"type\":\"conv\",\"conv\":");
-    int rc = write_conv(txn, op->conv, 0, &j);
+    int rc = chat_write_conv(op->ch, txn, op->conv, 0, &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
     if (rc < 0) { jb_free(&j); return; }
@@ -711,7 +706,7 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j)
         jb_lit(j, "{\"conversations\":[");
         for (size_t i = 0; i < x.n; i++) {
             if (i) jb_raw(j, ",", 1);
-            write_conv(txn, x.items[i].conv, uid, j);
+            chat_write_conv(ch, txn, x.items[i].conv, uid, j);
         }
         jb_lit(j, "],\"cursor\":");
         jb_u64(j, cursor);

@@ -1,5 +1,7 @@
 #include "client_http.h"
 
+#include <openssl/evp.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -261,25 +263,8 @@ uint64_t client_http_retry_after_ms(const client_http_response *r)
 
 size_t client_http_base64(const uint8_t *in, size_t n, char *out)
 {
-    static const char tab[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0, i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = tab[v >> 18];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = tab[(v >> 6) & 63];
-        out[o++] = tab[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-        out[o++] = tab[v >> 18];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-        out[o++] = '=';
-    }
-    out[o] = 0;
-    return o;
+    /* OpenSSL's encoder, as ws_accept_key uses; it NUL-terminates. */
+    return (size_t)EVP_EncodeBlock((unsigned char *)out, in, (int)n);
 }
 
 /* ---- sockets ------------------------------------------------------------ */

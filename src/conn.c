@@ -292,15 +292,6 @@ bool conn_strike(conn *c)
     return true;
 }
 
-int conn_send_text(conn *c, const char *data, size_t len)
-{
-    rbuf *b = ws_frame_rbuf(WS_OP_TEXT, data, len);
-    if (!b) return ERR_NOMEM;
-    int rc = conn_send(c, b);
-    rbuf_unref(b);
-    return rc;
-}
-
 /* Drops `bytes` written bytes from the head of the queue. */
 static void consume(conn *c, size_t bytes)
 {
@@ -615,6 +606,17 @@ static size_t in_limit(const conn *c)
     return http > ws ? http : ws;
 }
 
+/* Makes room in the pending input (doubling, up to in_limit); leaves it
+ * as is when it cannot grow. */
+static void grow_in(conn *c)
+{
+    if (c->in_cap - c->in_len >= 4096) return;
+    size_t limit = in_limit(c), cap = (size_t)c->in_cap * 2;
+    if (cap > limit) cap = limit;
+    uint8_t *p = cap > c->in_cap ? realloc(c->in, cap) : NULL;
+    if (p) { c->in = p; c->in_cap = (uint32_t)cap; }
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     conn *c = (conn *)h;
@@ -623,15 +625,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->len = SRV_READ_BUF;
         return;
     }
-    if (c->in_cap - c->in_len < 4096) {
-        size_t limit = in_limit(c);
-        size_t cap = (size_t)c->in_cap * 2;
-        if (cap > limit) cap = limit;
-        if (cap > c->in_cap) {
-            uint8_t *p = realloc(c->in, cap);
-            if (p) { c->in = p; c->in_cap = (uint32_t)cap; }
-        }
-    }
+    grow_in(c);
     buf->base = (char *)c->in + c->in_len;
     buf->len = c->in_cap - c->in_len; /* 0 -> UV_ENOBUFS */
 }
@@ -647,12 +641,7 @@ static void on_tls_read(conn *c, const uint8_t *cipher, size_t n)
         uint8_t *dst;
         size_t cap;
         if (c->in) {
-            if (c->in_cap - c->in_len < 4096) {
-                size_t limit = in_limit(c), ncap = (size_t)c->in_cap * 2;
-                if (ncap > limit) ncap = limit;
-                uint8_t *p = ncap > c->in_cap ? realloc(c->in, ncap) : NULL;
-                if (p) { c->in = p; c->in_cap = (uint32_t)ncap; }
-            }
+            grow_in(c);
             dst = c->in + c->in_len;
             cap = c->in_cap - c->in_len;
             if (!cap) { conn_abort(c); return; } /* cannot happen within limits */

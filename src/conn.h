@@ -82,11 +82,6 @@ bool conn_strike(conn *c);
  * behaviour, so only persistent abuse reaches CONN_MAX_STRIKES. */
 void conn_forgive(conn *c);
 
-/* Encodes a text frame from data[0..len) and queues it. Same returns, plus
- * ERR_NOMEM. For one recipient; for many, encode once with ws_frame_rbuf()
- * and conn_send() the same rbuf to each. */
-int conn_send_text(conn *c, const char *data, size_t len);
-
 /* Encodes an unmasked server frame into a new rbuf (one reference for the
  * caller), or NULL when out of memory. */
 rbuf *ws_frame_rbuf(uint8_t opcode, const void *payload, size_t len);

@@ -228,11 +228,6 @@ void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
     for (int i = 0; i < h->srv->nthreads; i++) push(&h->pending[i], frame, to, except_conn, NULL, NULL);
 }
 
-void hub_queue_conn(hub *h, uint64_t conn_id, rbuf *frame)
-{
-    push(&h->pending[srv_conn_thread(conn_id)], frame, NULL, conn_id, NULL, NULL);
-}
-
 void hub_queue_call(hub *h, int thread, void (*fn)(srv_thread *t, void *arg), void *arg)
 {
     if (!push(&h->pending[thread], NULL, NULL, 0, fn, arg)) fn(NULL, arg);

@@ -82,8 +82,6 @@ void hub_send_lossy(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
 
 /* Writer thread only: the same, queued until hub_flush(). */
 void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
-/* Writer thread only: frame to one connection (by id), queued. */
-void hub_queue_conn(hub *h, uint64_t conn_id, rbuf *frame);
 /* Writer thread only: a call of fn(t, arg) on I/O thread `thread`, queued
  * in order with the parcels (results that need thread-side work). If that
  * thread has already ended, fn(NULL, arg) runs instead, on the caller's
