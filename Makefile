@@ -6,9 +6,12 @@
 #   make fuzz    run every libFuzzer driver for FUZZ_SECONDS each (clang)
 #   make SANITIZE=address,undefined test   the same tests, instrumented
 #
-# Modules are discovered: src/<module>.c (all but main.c) form the core
-# library, tests/unit/test_<module>.c are unit tests, tests/fuzz/fuzz_<name>.c
-# are fuzz drivers with their corpus in tests/fuzz/corpus/<name>/.
+# Modules are discovered. src/<layer>/<module>.c form the server's core
+# library (layers: base, codec, net, store, chat; docs/architecture.md);
+# src/main.c is parleyd's entry point. lib/*.c with src/base and src/codec
+# form libparley, the client library (include/parley.h). tests/unit/
+# test_<module>.c are unit tests, tests/fuzz/fuzz_<name>.c fuzz drivers with
+# their corpus in tests/fuzz/corpus/<name>/.
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
@@ -34,13 +37,18 @@ endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-CFLAGS  += $(CFLAGS_BASE) $(SAN_FLAGS) -Isrc -Iinclude $(PKG_CFLAGS)
+CFLAGS  += $(CFLAGS_BASE) $(SAN_FLAGS) -Isrc -Ilib -Iinclude $(PKG_CFLAGS)
 LDFLAGS += $(SAN_FLAGS)
 LDLIBS  += $(PKG_LIBS) -lpthread -lm
 
-CORE_SRC   := $(filter-out src/main.c,$(wildcard src/*.c))
+LAYERS     := base codec net store chat
+CORE_SRC   := $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c))
 CORE_OBJ   := $(CORE_SRC:src/%.c=$(B)/obj/%.o)
 CORE_LIB   := $(B)/libparley_core.a
+CLIENT_SRC := $(wildcard lib/*.c)
+CLIENT_OBJ := $(CLIENT_SRC:lib/%.c=$(B)/obj/lib/%.o) \
+              $(patsubst src/%.c,$(B)/obj/%.o,$(wildcard src/base/*.c src/codec/*.c))
+CLIENT_LIB := $(B)/libparley.a
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
@@ -54,7 +62,7 @@ BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
 .PHONY: all setup run test test-unit test-fuzz test-integration test-browser bench fuzz clean
 
-all: $(B)/parleyd $(CLI_BIN)
+all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB)
 
 setup:
 	@scripts/setup.sh
@@ -92,7 +100,7 @@ fuzz:
 	@set -e; mkdir -p build/fuzz; for n in $(FUZZ_NAMES); do \
 	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) \
 	        -fsanitize=fuzzer,address,undefined \
-	        tests/fuzz/fuzz_$$n.c $(CORE_SRC) -o build/fuzz/fuzz_$$n $(PKG_LIBS) -lpthread -lm; \
+	        -Ilib -Iinclude tests/fuzz/fuzz_$$n.c $(CORE_SRC) -o build/fuzz/fuzz_$$n $(PKG_LIBS) -lpthread -lm; \
 	    mkdir -p build/fuzz/corpus_$$n; \
 	    dict=; [ -f tests/fuzz/$$n.dict ] && dict=-dict=tests/fuzz/$$n.dict; \
 	    echo "fuzz_$$n: $(FUZZ_SECONDS)s"; \
@@ -107,7 +115,15 @@ $(B)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(B)/obj/lib/%.o: lib/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
 $(CORE_LIB): $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(CLIENT_LIB): $(CLIENT_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -118,7 +134,7 @@ SRCS_OF = $(filter %.c %.o %.a,$^)
 $(B)/parleyd: $(B)/obj/main.o $(CORE_LIB)
 	$(CC) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
-$(B)/tests/test_%: tests/unit/test_%.c $(CORE_LIB)
+$(B)/tests/test_%: tests/unit/test_%.c $(CORE_LIB) $(CLIENT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
@@ -126,16 +142,16 @@ $(B)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
-$(B)/parley: $(CLI_SRC) $(CORE_LIB)
+$(B)/parley: $(CLI_SRC) $(CLIENT_LIB)
 	$(CC) $(CFLAGS) $(shell pkg-config --cflags libedit 2>/dev/null) $(LDFLAGS) $(SRCS_OF) -o $@ \
 	    $(LDLIBS) $(shell pkg-config --libs libedit 2>/dev/null)
 
-$(B)/bench/floor: bench/floor/floor.c $(CORE_LIB)
+$(B)/bench/floor: bench/floor/floor.c $(CLIENT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
-$(B)/bench/%: bench/%.c $(CORE_LIB)
+$(B)/bench/%: bench/%.c $(CLIENT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
--include $(wildcard $(B)/obj/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)
+-include $(wildcard $(B)/obj/*/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)

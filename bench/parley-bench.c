@@ -93,8 +93,8 @@
 
 #include "client_backoff.h"
 #include "client_http.h"
-#include "json.h"
-#include "ws.h"
+#include "codec/json.h"
+#include "codec/ws.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json.h"
+#include "codec/json.h"
 #include "parley.h"
 
 /* Exit statuses (documented in `parley --help`). */

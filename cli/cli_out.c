@@ -6,7 +6,7 @@
 #include <time.h>
 
 #include "cli.h"
-#include "utf8.h"
+#include "codec/utf8.h"
 
 int cli_exit_for(int rc, int status)
 {

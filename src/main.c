@@ -9,13 +9,13 @@
 #include <sys/stat.h>
 #include <uv.h>
 
-#include "api.h"
-#include "auth.h"
-#include "chat.h"
-#include "config.h"
-#include "err.h"
-#include "log.h"
-#include "server.h"
+#include "chat/api.h"
+#include "chat/auth.h"
+#include "chat/chat.h"
+#include "base/config.h"
+#include "base/err.h"
+#include "base/log.h"
+#include "net/server.h"
 
 typedef struct app {
     config cfg;

@@ -38,7 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ws.h"
+#include "codec/ws.h"
 
 enum { HS = 0, OPEN = 1 };
 

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http.h"
+#include "codec/http.h"
 
 #define REQUIRE(c) do { \
     if (!(c)) { \

@@ -19,10 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "rbuf.h"
-#include "utf8.h"
-#include "ws.h"
+#include "codec/json.h"
+#include "base/rbuf.h"
+#include "codec/utf8.h"
+#include "codec/ws.h"
 
 #define REQUIRE(c) do { \
     if (!(c)) { \

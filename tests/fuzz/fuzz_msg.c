@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "msg.h"
-#include "utf8.h"
+#include "codec/json.h"
+#include "codec/msg.h"
+#include "codec/utf8.h"
 
 #define REQUIRE(c) do { if (!(c)) { fprintf(stderr, "fuzz_msg: %s (%s:%d)\n", #c, __FILE__, __LINE__); abort(); } } while (0)
 

@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http.h"
-#include "utf8.h"
-#include "ws.h"
+#include "codec/http.h"
+#include "codec/utf8.h"
+#include "codec/ws.h"
 
 #define REQUIRE(c) do { \
     if (!(c)) { \

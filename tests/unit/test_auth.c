@@ -8,7 +8,7 @@
 #include <openssl/sha.h>
 #include <sodium.h>
 
-#include "auth.h"
+#include "chat/auth.h"
 
 /* ---- usernames ------------------------------------------------------------ */
 

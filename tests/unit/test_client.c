@@ -15,11 +15,11 @@
 #include <uv.h>
 
 #include "client_backoff.h"
-#include "http.h"
-#include "json.h"
+#include "codec/http.h"
+#include "codec/json.h"
 #include "parley.h"
 #include "test.h"
-#include "ws.h"
+#include "codec/ws.h"
 
 /* ---- injected clock, random source, counting allocator ------------------------ */
 

@@ -2,7 +2,7 @@
  * randomly split), base64, Retry-After. */
 #include "client_http.h"
 #include "test.h"
-#include "ws.h"
+#include "codec/ws.h"
 
 TEST(urls)
 {

@@ -9,7 +9,7 @@
  */
 #include "test.h"
 
-#include "http.h"
+#include "codec/http.h"
 
 /* ---- feeding helper ----------------------------------------------------- */
 

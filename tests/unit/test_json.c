@@ -11,9 +11,9 @@
 
 #include <stdbool.h>
 
-#include "json.h"
-#include "rbuf.h"
-#include "ws.h"
+#include "codec/json.h"
+#include "base/rbuf.h"
+#include "codec/ws.h"
 
 /* ---- helpers -------------------------------------------------------------- */
 

@@ -1,4 +1,4 @@
-#include "msg.h"
+#include "codec/msg.h"
 #include "test.h"
 
 static int parse(const char *s, msg_req *r, const char **code)

@@ -1,4 +1,4 @@
-#include "ratelimit.h"
+#include "base/ratelimit.h"
 #include "test.h"
 
 TEST(burst_then_refused_then_refills)

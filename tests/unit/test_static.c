@@ -1,6 +1,6 @@
 #include "test.h"
-#include "err.h"
-#include "static.h"
+#include "base/err.h"
+#include "net/static.h"
 
 static int join(const char *path, char *out)
 {

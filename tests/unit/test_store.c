@@ -1,7 +1,7 @@
 /* Unit tests of the LMDB store (src/store.c). Each test works in a fresh
  * directory under /tmp, removed afterwards. */
 #include "test.h"
-#include "store.h"
+#include "store/store.h"
 
 #include <ftw.h>
 #include <signal.h>

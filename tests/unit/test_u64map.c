@@ -1,5 +1,5 @@
 #include "test.h"
-#include "u64map.h"
+#include "base/u64map.h"
 
 TEST(put_get_del_against_model)
 {

@@ -6,7 +6,7 @@
 
 #include <stdbool.h>
 
-#include "utf8.h"
+#include "codec/utf8.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 

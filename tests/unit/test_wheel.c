@@ -1,5 +1,5 @@
 #include "test.h"
-#include "wheel.h"
+#include "net/wheel.h"
 
 typedef struct item { wheel_node n; int fired; int reschedule_ms; wheel *w; } item;
 

@@ -22,8 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "store.h"
-#include "writer.h"
+#include "store/store.h"
+#include "store/writer.h"
 
 #define MAP (64u << 20)
 #define DEADLINE_S 60

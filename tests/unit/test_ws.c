@@ -11,8 +11,8 @@
 
 #include <stdbool.h>
 
-#include "utf8.h"
-#include "ws.h"
+#include "codec/utf8.h"
+#include "codec/ws.h"
 
 #define FIN 0x80
 #define RSV1 0x40

@@ -1,0 +1,742 @@
+#include "chat/api.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sodium.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "chat/auth.h"
+#include "chat/chat.h"
+#include "net/conn.h"
+#include "base/err.h"
+#include "chat/guard.h"
+#include "codec/json.h"
+#include "base/log.h"
+#include "chat/proto.h"
+#include "codec/utf8.h"
+
+#define JSON_TYPE "application/json"
+
+/* ---- responses --------------------------------------------------------------- */
+
+static void respond_json(conn *c, int status, const char *body, size_t n, bool keep_alive)
+{
+    conn_respond(c, status, JSON_TYPE, body, n, keep_alive, false, NULL);
+}
+
+static void api_error(conn *c, bool keep_alive, int status, const char *code, const char *message)
+{
+    jbuf j;
+    jb_init(&j, 128);
+    jb_lit(&j, "{\"error\":{\"code\":\"");
+    jb_lit(&j, code);
+    jb_lit(&j, "\",\"message\":");
+    jb_cstr(&j, message);
+    jb_lit(&j, "}}");
+    size_t n;
+    const char *p = jb_data(&j, &n);
+    const char *extra = status == 401 ? "WWW-Authenticate: Bearer\r\n"
+                      : status == 503 ? "Retry-After: 1\r\n" : NULL;
+    if (p) conn_respond(c, status, JSON_TYPE, p, n, keep_alive, false, extra);
+    else conn_abort(c);
+    jb_free(&j);
+}
+
+static void respond_jbuf(conn *c, int status, jbuf *j, bool keep_alive)
+{
+    size_t n;
+    const char *p = jb_data(j, &n);
+    if (p) respond_json(c, status, p, n, keep_alive);
+    else api_error(c, keep_alive, 500, "internal", "out of memory");
+    jb_free(j);
+}
+
+/* The HTTP answer for an operation's error. */
+static void op_error(conn *c, bool keep_alive, int rc, const char *conflict, const char *notfound)
+{
+    switch (rc) {
+    case ERR_FORBIDDEN: api_error(c, keep_alive, 403, "forbidden", "not allowed"); break;
+    case ERR_CONFLICT: api_error(c, keep_alive, 409, conflict, "already exists"); break;
+    case ERR_NOT_FOUND: api_error(c, keep_alive, 404, notfound, "not found"); break;
+    case ERR_INVALID: api_error(c, keep_alive, 400, "bad_request", "not possible here"); break;
+    case ERR_TOO_LARGE:
+        api_error(c, keep_alive, 400, "too_many_members",
+                  "the group is full, or a user is in too many conversations");
+        break;
+    case ERR_BUSY: api_error(c, keep_alive, 503, "busy", "server busy: retry later"); break;
+    default: api_error(c, keep_alive, 500, "internal", "storage error: retry"); break;
+    }
+}
+
+/* ---- request helpers ------------------------------------------------------------ */
+
+typedef struct req_ctx {
+    conn *c;
+    const http_request *r;
+    chat *ch;
+    bool ka;             /* keep-alive */
+    chat_ident who;
+    json_obj body;
+} req_ctx;
+
+static bool method(const req_ctx *x, const char *m)
+{
+    size_t n = strlen(m);
+    return x->r->method.n == n && memcmp(x->r->method.p, m, n) == 0;
+}
+
+/* Authenticates the request; answers 401 and returns false if it fails. */
+static bool authenticate(req_ctx *x)
+{
+    const http_str *h = http_header_get(x->r, "Authorization");
+    int rc = ERR_AUTH;
+    if (h && h->n > 7 && strncasecmp(h->p, "Bearer ", 7) == 0)
+        rc = chat_authenticate(x->ch, h->p + 7, h->n - 7, &x->who);
+    if (rc == ERR_OK) return true;
+    if (rc == ERR_IO) api_error(x->c, x->ka, 500, "internal", "storage error");
+    else api_error(x->c, x->ka, 401, "unauthorized", "missing or invalid token");
+    return false;
+}
+
+/* Parses the body as a JSON object; answers 400 and returns false if not. */
+static bool parse_body(req_ctx *x)
+{
+    const http_str *b = &x->r->body;
+    if (b->n == 0 || !utf8_valid((const uint8_t *)b->p, b->n) ||
+        json_parse_object(b->p, b->n, &x->body) < 0) {
+        api_error(x->c, x->ka, 400, "bad_json", "the body must be a JSON object");
+        return false;
+    }
+    return true;
+}
+
+/* A username field resolved to a uid in a read txn. */
+static int lookup_user(chat *ch, const char *name, uint64_t *uid)
+{
+    char norm[AUTH_NAME_MAX + 1];
+    if (auth_username(name, strlen(name), norm) < 0) return ERR_NOT_FOUND;
+    store_txn *txn;
+    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
+    store_user u;
+    int rc = store_user_by_name(txn, norm, &u);
+    store_abort(txn);
+    if (rc == ERR_OK) *uid = u.id;
+    return rc;
+}
+
+static bool query_u64(const http_request *r, const char *name, uint64_t *out, int *rc)
+{
+    char v[32];
+    int n = http_query_get(r->query, name, v, sizeof v);
+    if (n == ERR_NOT_FOUND) return false;
+    char *end;
+    unsigned long long x = n > 0 ? strtoull(v, &end, 10) : 0;
+    if (n <= 0 || *end || v[0] == '-') { *rc = ERR_INVALID; return true; }
+    *out = x;
+    return true;
+}
+
+/* ---- async completion -------------------------------------------------------------- */
+
+/* Every reply runs on the request's thread: the connection may be gone. */
+static conn *reply_conn(srv_thread *t, chat_op *op)
+{
+    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    return c && c->state == CONN_HTTP ? c : NULL;
+}
+
+static void reply_session(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = reply_conn(t, op);
+    if (c) {
+        if (op->rc >= 0) {
+            jbuf j;
+            jb_init(&j, 160);
+            jb_lit(&j, "{\"user\":");
+            jb_cstr(&j, op->who.name);
+            jb_lit(&j, ",\"token\":");
+            jb_cstr(&j, op->token);
+            jb_lit(&j, ",\"device\":");
+            jb_u64(&j, op->who.device);
+            jb_lit(&j, ",\"expires\":");
+            jb_i64(&j, op->expires);
+            jb_raw(&j, "}", 1);
+            respond_jbuf(c, op->kind == OP_REGISTER ? 201 : 200, &j, op->keep_alive);
+        } else {
+            op_error(c, op->keep_alive, op->rc, "username_taken", "user_not_found");
+        }
+        conn_resume(c);
+    }
+    sodium_memzero(op->token, sizeof op->token);
+    chat_op_free(op);
+}
+
+static void reply_empty(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = reply_conn(t, op);
+    if (c) {
+        if (op->rc >= 0) conn_respond(c, 204, NULL, NULL, 0, op->keep_alive, false, NULL);
+        else op_error(c, op->keep_alive, op->rc, "conflict", "not_member");
+        conn_resume(c);
+    }
+    chat_op_free(op);
+}
+
+/* Answers with the conversation as the acting user now sees it. */
+static void reply_conv(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = reply_conn(t, op);
+    if (c) {
+        store_txn *txn;
+        if (op->rc < 0) {
+            op_error(c, op->keep_alive, op->rc, "already_member", "user_not_found");
+        } else if (store_begin(op->ch->st, false, &txn) == ERR_OK) {
+            jbuf j;
+            jb_init(&j, 512);
+            int rc = chat_write_conv(op->ch, txn, op->conv, op->who.uid, &j);
+            store_abort(txn);
+            if (rc < 0) { jb_free(&j); op_error(c, op->keep_alive, rc, "", ""); }
+            else respond_jbuf(c, op->kind == OP_ADD || op->duplicate ? 200 : 201, &j, op->keep_alive);
+        } else {
+            api_error(c, op->keep_alive, 500, "internal", "storage error");
+        }
+        conn_resume(c);
+    }
+    chat_op_free(op);
+}
+
+static void reply_send(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = reply_conn(t, op);
+    if (c) {
+        if (op->rc >= 0) {
+            char body[128];
+            int n = snprintf(body, sizeof body, "{\"seq\":%llu,\"ts\":%lld%s}",
+                             (unsigned long long)op->seq, (long long)op->ts,
+                             op->duplicate ? ",\"duplicate\":true" : "");
+            respond_json(c, op->duplicate ? 200 : 201, body, (size_t)n, op->keep_alive);
+        } else {
+            op_error(c, op->keep_alive, op->rc, "conflict", "not_found");
+        }
+        conn_resume(c);
+    }
+    chat_op_free(op);
+}
+
+/* Queues op for the writer and holds the connection until its reply. */
+static void submit(req_ctx *x, chat_op *op)
+{
+    op->keep_alive = x->ka;
+    int rc = chat_submit(op);
+    if (rc < 0) {
+        chat_op_free(op);
+        op_error(x->c, x->ka, rc, "", "");
+        return;
+    }
+    conn_hold(x->c);
+}
+
+static chat_op *new_op(req_ctx *x, enum chat_op_kind kind, void (*reply)(srv_thread *, void *))
+{
+    chat_op *op = chat_op_new(x->ch, kind, x->c->id, reply);
+    if (!op) { api_error(x->c, x->ka, 500, "internal", "out of memory"); return NULL; }
+    op->who = x->who;
+    return op;
+}
+
+/* ---- accounts (password work runs on libuv's thread pool) -------------------------- */
+
+typedef struct kdf_job {
+    uv_work_t work;
+    chat_op *op;
+    char pass[AUTH_PASS_MAX + 1];
+    size_t pass_len;
+    bool ok;           /* login: the password matched */
+    bool known;        /* login: the user exists */
+    bool fast;
+} kdf_job;
+
+/* Verified against when the user does not exist, so both cases cost the same. */
+static char dummy_hash[AUTH_HASH_MAX + 1];
+
+static void kdf_free(kdf_job *k)
+{
+    sodium_memzero(k->pass, sizeof k->pass);
+    free(k);
+}
+
+static void hash_work(uv_work_t *w)
+{
+    kdf_job *k = w->data;
+    k->ok = auth_hash(k->pass, k->pass_len, k->fast, k->op->pwhash) == ERR_OK;
+}
+
+static void verify_work(uv_work_t *w)
+{
+    kdf_job *k = w->data;
+    k->ok = auth_verify(k->known ? k->op->pwhash : dummy_hash, k->pass, k->pass_len) && k->known;
+}
+
+static void kdf_after(uv_work_t *w, int status)
+{
+    kdf_job *k = w->data;
+    chat_op *op = k->op;
+    srv_thread *t = NULL;
+    for (int i = 0; i < op->ch->srv->nthreads; i++)
+        if (&op->ch->srv->threads[i].loop == w->loop) t = &op->ch->srv->threads[i];
+    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    bool ok = k->ok && status == 0;
+    if (op->kind == OP_LOGIN && k->known)
+        guard_login_end(op->ch->guard, op->who.uid, ok, guard_now());
+    kdf_free(k);
+    if (!c) { chat_op_free(op); return; }
+    if (!ok) {
+        if (op->kind == OP_LOGIN) api_error(c, op->keep_alive, 401, "bad_credentials", "wrong username or password");
+        else api_error(c, op->keep_alive, 500, "internal", "password hashing failed");
+        chat_op_free(op);
+        conn_resume(c);
+        return;
+    }
+    int rc = chat_submit(op);
+    if (rc < 0) {
+        op_error(c, op->keep_alive, rc, "", "");
+        chat_op_free(op);
+        conn_resume(c);
+    }
+}
+
+static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool verify, bool known)
+{
+    kdf_job *k = calloc(1, sizeof *k);
+    if (!k) { chat_op_free(op); api_error(x->c, x->ka, 500, "internal", "out of memory"); return; }
+    k->op = op;
+    op->keep_alive = x->ka;
+    memcpy(k->pass, pass, n);
+    k->pass_len = n;
+    k->known = known;
+    k->fast = x->ch->cfg->insecure_fast_kdf;
+    k->work.data = k;
+    if (uv_queue_work(&x->c->t->loop, &k->work, verify ? verify_work : hash_work, kdf_after) != 0) {
+        kdf_free(k);
+        chat_op_free(op);
+        api_error(x->c, x->ka, 503, "busy", "server busy: retry later");
+        return;
+    }
+    conn_hold(x->c);
+}
+
+/* Reads username and password; answers 400 itself when they break the rules. */
+static bool credentials(req_ctx *x, char *name, char *pass, size_t *pass_len, bool strict)
+{
+    char raw[AUTH_NAME_MAX * 4 + 1];
+    int n = json_get_str(&x->body, "username", raw, sizeof raw);
+    int p = json_get_str(&x->body, "password", pass, AUTH_PASS_MAX + 1);
+    if (n == ERR_NOT_FOUND || p == ERR_NOT_FOUND || n == ERR_INVALID || p == ERR_INVALID) {
+        api_error(x->c, x->ka, 400, "bad_request", "'username' and 'password' strings are required");
+        return false;
+    }
+    if (n < 0 || auth_username(raw, (size_t)n, name) < 0) {
+        if (strict) {
+            api_error(x->c, x->ka, 400, "bad_username",
+                      "usernames are 3-32 characters of a-z 0-9 _ . - starting with a letter or digit");
+            return false;
+        }
+        name[0] = 0; /* login: unknown user, same answer as a wrong password */
+    }
+    if (p < 0 || !auth_password_ok((size_t)p)) {
+        if (strict) {
+            api_error(x->c, x->ka, 400, "bad_password", "passwords are 8-256 bytes");
+            return false;
+        }
+        p = 0;
+    }
+    *pass_len = (size_t)p;
+    return true;
+}
+
+static void too_many(req_ctx *x, uint32_t retry_ms, const char *message)
+{
+    char extra[48];
+    snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_ms / 1000 + 1);
+    char body[192];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"code\":\"rate_limited\",\"message\":\"%s\","
+                     "\"retry_after_ms\":%u}}", message, retry_ms);
+    metrics_inc(&x->c->t->m, M_RATE_LIMITED);
+    conn_respond(x->c, 429, JSON_TYPE, body, (size_t)n, x->ka, false, extra);
+}
+
+/* Logins and registrations per source address. */
+static bool login_allowed(req_ctx *x)
+{
+    uint32_t retry = 0;
+    if (guard_login_addr(x->ch->guard, conn_peer_key(x->c), guard_now(), &retry) == ERR_OK)
+        return true;
+    too_many(x, retry, "too many attempts from this address");
+    return false;
+}
+
+static void post_users(req_ctx *x)
+{
+    char name[AUTH_NAME_MAX + 1], pass[AUTH_PASS_MAX + 1];
+    size_t plen;
+    if (!login_allowed(x) || !parse_body(x) || !credentials(x, name, pass, &plen, true)) return;
+    chat_op *op = new_op(x, OP_REGISTER, reply_session);
+    if (!op) return;
+    memcpy(op->name, name, sizeof name);
+    memcpy(op->who.name, name, sizeof name);
+    start_kdf(x, op, pass, plen, false, false);
+    sodium_memzero(pass, sizeof pass);
+}
+
+static void post_sessions(req_ctx *x)
+{
+    char name[AUTH_NAME_MAX + 1], pass[AUTH_PASS_MAX + 1];
+    size_t plen;
+    if (!login_allowed(x) || !parse_body(x) || !credentials(x, name, pass, &plen, false)) return;
+    chat_op *op = new_op(x, OP_LOGIN, reply_session);
+    if (!op) return;
+    bool known = false;
+    store_txn *txn;
+    if (name[0] && plen && store_begin(x->ch->st, false, &txn) == ERR_OK) {
+        store_user u;
+        if (store_user_by_name(txn, name, &u) == ERR_OK) {
+            uint32_t retry = 0;
+            if (guard_login_begin(x->ch->guard, u.id, guard_now(), &retry) < 0) {
+                store_abort(txn);
+                chat_op_free(op);
+                too_many(x, retry, "too many login attempts for this account: wait and retry");
+                return;
+            }
+            known = true;
+            op->who.uid = u.id;
+            memcpy(op->who.name, u.name, sizeof u.name);
+            memcpy(op->pwhash, u.pwhash, sizeof u.pwhash);
+        }
+        store_abort(txn);
+    }
+    start_kdf(x, op, pass, plen, true, known);
+    sodium_memzero(pass, sizeof pass);
+}
+
+/* ---- conversations ------------------------------------------------------------------ */
+
+typedef struct names_ctx {
+    chat *ch;
+    chat_op *op;
+    int rc;
+} names_ctx;
+
+static int add_name(void *arg, const char *v, size_t len, uint8_t type)
+{
+    names_ctx *x = arg;
+    char name[AUTH_NAME_MAX * 4 + 1];
+    if (type != JSON_STRING || json_unescape(v, len, name, sizeof name) < 0) return x->rc = ERR_INVALID;
+    if (x->op->nuids + 1 >= x->ch->cfg->max_group_members) return x->rc = ERR_TOO_LARGE; /* + creator */
+    uint64_t uid;
+    int rc = lookup_user(x->ch, name, &uid);
+    if (rc < 0) return x->rc = rc;
+    uint64_t *u = realloc(x->op->uids, (x->op->nuids + 1) * sizeof *u);
+    if (!u) return x->rc = ERR_NOMEM;
+    x->op->uids = u;
+    u[x->op->nuids++] = uid;
+    return 0;
+}
+
+static void post_conversations(req_ctx *x)
+{
+    if (!parse_body(x)) return;
+    char type[16], name[256];
+    if (json_get_str(&x->body, "type", type, sizeof type) < 0) {
+        api_error(x->c, x->ka, 400, "bad_request", "'type' must be \"direct\" or \"group\"");
+        return;
+    }
+    if (strcmp(type, "direct") == 0) {
+        uint64_t uid;
+        if (json_get_str(&x->body, "with", name, sizeof name) < 0) {
+            api_error(x->c, x->ka, 400, "bad_request", "'with' must be a username");
+            return;
+        }
+        int rc = lookup_user(x->ch, name, &uid);
+        if (rc < 0) { op_error(x->c, x->ka, rc, "", "user_not_found"); return; }
+        if (uid == x->who.uid) {
+            api_error(x->c, x->ka, 400, "bad_request", "a direct conversation needs another user");
+            return;
+        }
+        chat_op *op = new_op(x, OP_DIRECT, reply_conv);
+        if (!op) return;
+        op->target = uid;
+        submit(x, op);
+    } else if (strcmp(type, "group") == 0) {
+        int n = json_get_str(&x->body, "name", name, sizeof name);
+        const json_field *members = json_get(&x->body, "members");
+        if (n <= 0 || n > STORE_NAME_MAX) {
+            api_error(x->c, x->ka, 400, "bad_request", "'name' must be 1-64 bytes");
+            return;
+        }
+        if (members && members->type != JSON_ARRAY) {
+            api_error(x->c, x->ka, 400, "bad_request", "'members' must be a list of usernames");
+            return;
+        }
+        chat_op *op = new_op(x, OP_GROUP, reply_conv);
+        if (!op) return;
+        memcpy(op->name, name, (size_t)n + 1);
+        names_ctx nx = {x->ch, op, 0};
+        if (members) json_array_each(members->val, members->val_len, add_name, &nx);
+        if (nx.rc < 0) {
+            chat_op_free(op);
+            if (nx.rc == ERR_INVALID) api_error(x->c, x->ka, 400, "bad_request", "'members' must be a list of usernames");
+            else op_error(x->c, x->ka, nx.rc, "", "user_not_found");
+            return;
+        }
+        submit(x, op);
+    } else {
+        api_error(x->c, x->ka, 400, "bad_request", "'type' must be \"direct\" or \"group\"");
+    }
+}
+
+static void get_inbox(req_ctx *x)
+{
+    uint64_t since = 0;
+    int rc = 0;
+    query_u64(x->r, "changed_since", &since, &rc);
+    if (rc < 0) { api_error(x->c, x->ka, 400, "bad_request", "'changed_since' must be a cursor"); return; }
+    jbuf j;
+    jb_init(&j, 4096);
+    if ((rc = chat_write_inbox(x->ch, x->who.uid, since, &j)) < 0) {
+        jb_free(&j);
+        op_error(x->c, x->ka, rc, "", "");
+        return;
+    }
+    respond_jbuf(x->c, 200, &j, x->ka);
+}
+
+static void get_conv(req_ctx *x, uint64_t conv)
+{
+    store_txn *txn;
+    if (store_begin(x->ch->st, false, &txn) < 0) { op_error(x->c, x->ka, ERR_IO, "", ""); return; }
+    jbuf j;
+    jb_init(&j, 512);
+    int rc = chat_write_conv(x->ch, txn, conv, x->who.uid, &j);
+    store_abort(txn);
+    if (rc < 0) { jb_free(&j); op_error(x->c, x->ka, rc, "", ""); return; }
+    respond_jbuf(x->c, 200, &j, x->ka);
+}
+
+static void get_messages(req_ctx *x, uint64_t conv)
+{
+    uint64_t after = 0, before = 0, limit = 50;
+    int rc = 0;
+    bool a = query_u64(x->r, "after", &after, &rc);
+    bool b = query_u64(x->r, "before", &before, &rc);
+    bool l = query_u64(x->r, "limit", &limit, &rc);
+    if (rc < 0 || (a && b) || (l && (limit == 0 || limit > 500)) || (b && before == 0)) {
+        api_error(x->c, x->ka, 400, "bad_request",
+                  "use after=S or before=S (not both) and limit=1..500");
+        return;
+    }
+    store_txn *txn;
+    if (store_begin(x->ch->st, false, &txn) < 0) { op_error(x->c, x->ka, ERR_IO, "", ""); return; }
+    store_member m;
+    if (store_member_get(txn, conv, x->who.uid, &m) < 0) {
+        store_abort(txn);
+        op_error(x->c, x->ka, ERR_FORBIDDEN, "", "");
+        return;
+    }
+    jbuf j;
+    jb_init(&j, 4096);
+    jb_raw(&j, "{", 1);
+    rc = chat_write_history(x->ch, txn, conv, after, a ? 0 : b ? before : UINT64_MAX,
+                            (size_t)limit, &j);
+    jb_raw(&j, "}", 1);
+    store_abort(txn);
+    if (rc < 0) { jb_free(&j); op_error(x->c, x->ka, rc, "", ""); return; }
+    respond_jbuf(x->c, 200, &j, x->ka);
+}
+
+static void post_message(req_ctx *x, uint64_t conv)
+{
+    if (!parse_body(x)) return;
+    const json_field *body = json_get(&x->body, "body");
+    char cmid[STORE_CMID_MAX + 1];
+    int n = json_get_str(&x->body, "cmid", cmid, sizeof cmid);
+    if (n <= 0) { api_error(x->c, x->ka, 400, "bad_request", "'cmid' must be 1-64 characters"); return; }
+    if (!body || body->type == JSON_NULL) { api_error(x->c, x->ka, 400, "bad_request", "'body' is required"); return; }
+    if (body->val_len > x->ch->cfg->max_text) {
+        api_error(x->c, x->ka, 413, "too_large", "message body too large");
+        return;
+    }
+    uint32_t retry = 0;
+    if (guard_user_msg(x->ch->guard, x->who.uid, guard_now(), &retry) < 0) {
+        too_many(x, retry, "too many messages: slow down");
+        return;
+    }
+    chat_op *op = new_op(x, OP_SEND, reply_send);
+    if (!op) return;
+    if (!(op->body = malloc(body->val_len))) {
+        chat_op_free(op);
+        api_error(x->c, x->ka, 500, "internal", "out of memory");
+        return;
+    }
+    memcpy(op->body, body->val, body->val_len);
+    op->body_len = body->val_len;
+    memcpy(op->cmid, cmid, (size_t)n + 1);
+    op->cmid_len = (size_t)n;
+    op->conv = conv;
+    submit(x, op);
+}
+
+static void post_member(req_ctx *x, uint64_t conv)
+{
+    if (!parse_body(x)) return;
+    char name[AUTH_NAME_MAX * 4 + 1];
+    uint64_t uid;
+    if (json_get_str(&x->body, "user", name, sizeof name) < 0) {
+        api_error(x->c, x->ka, 400, "bad_request", "'user' must be a username");
+        return;
+    }
+    int rc = lookup_user(x->ch, name, &uid);
+    if (rc < 0) { op_error(x->c, x->ka, rc, "", "user_not_found"); return; }
+    chat_op *op = new_op(x, OP_ADD, reply_conv);
+    if (!op) return;
+    op->conv = conv;
+    op->target = uid;
+    submit(x, op);
+}
+
+static void delete_member(req_ctx *x, uint64_t conv, const char *user)
+{
+    uint64_t uid;
+    char name[AUTH_NAME_MAX * 4 + 1];
+    int n = http_percent_decode(user, strlen(user), name, sizeof name - 1);
+    if (n < 0) { api_error(x->c, x->ka, 404, "not_member", "not a member"); return; }
+    name[n] = 0;
+    int rc = lookup_user(x->ch, name, &uid);
+    if (rc < 0) {
+        /* Do not tell non-members whether the user exists. */
+        if (chat_is_member(x->ch, conv, x->who.uid) < 0) op_error(x->c, x->ka, ERR_FORBIDDEN, "", "");
+        else op_error(x->c, x->ka, rc, "", "not_member");
+        return;
+    }
+    chat_op *op = new_op(x, OP_REMOVE, reply_empty);
+    if (!op) return;
+    op->conv = conv;
+    op->target = uid;
+    submit(x, op);
+}
+
+static void get_receipts(req_ctx *x, uint64_t conv)
+{
+    uint64_t seq = 0;
+    int rc = 0;
+    query_u64(x->r, "seq", &seq, &rc);
+    if (rc < 0) { api_error(x->c, x->ka, 400, "bad_request", "'seq' must be a number"); return; }
+    jbuf j;
+    jb_init(&j, 1024);
+    rc = chat_write_receipts(x->ch, conv, x->who.uid, seq, &j);
+    if (rc < 0) {
+        jb_free(&j);
+        if (rc == ERR_NOT_FOUND) api_error(x->c, x->ka, 404, "not_found", "no message at that seq");
+        else op_error(x->c, x->ka, rc, "", "");
+        return;
+    }
+    respond_jbuf(x->c, 200, &j, x->ka);
+}
+
+/* ---- routing --------------------------------------------------------------------------- */
+
+static void not_allowed(req_ctx *x, const char *allow)
+{
+    char extra[64];
+    snprintf(extra, sizeof extra, "Allow: %s\r\n", allow);
+    const char *body = "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"method not allowed\"}}";
+    conn_respond(x->c, 405, JSON_TYPE, body, strlen(body), x->ka, false, extra);
+}
+
+/* Splits "/v1/conversations/{id}/{rest...}". Returns false if no id. */
+static bool conv_path(const char *p, uint64_t *id, const char **rest)
+{
+    const char *prefix = "/v1/conversations/";
+    size_t n = strlen(prefix);
+    if (strncmp(p, prefix, n) != 0) return false;
+    p += n;
+    if (*p < '1' || *p > '9') return false;
+    char *end;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (*end && *end != '/') return false;
+    *id = v;
+    *rest = end;
+    return true;
+}
+
+bool api_handle(conn *c, const http_request *req)
+{
+    char path[512];
+    if (req->path.n >= sizeof path || req->path.n < 4 || memcmp(req->path.p, "/v1/", 4) != 0)
+        return false;
+    memcpy(path, req->path.p, req->path.n);
+    path[req->path.n] = 0;
+    req_ctx x = {c, req, chat_of(c->t), req->keep_alive, {0}, {{{0}}, 0}};
+    uint64_t conv;
+    const char *rest;
+    if (strcmp(path, "/v1/users") == 0) {
+        if (method(&x, "POST")) post_users(&x);
+        else not_allowed(&x, "POST");
+    } else if (strcmp(path, "/v1/sessions") == 0) {
+        if (method(&x, "POST")) post_sessions(&x);
+        else not_allowed(&x, "POST");
+    } else if (strcmp(path, "/v1/sessions/current") == 0) {
+        if (!method(&x, "DELETE")) not_allowed(&x, "DELETE");
+        else if (authenticate(&x)) {
+            chat_op *op = new_op(&x, OP_LOGOUT, reply_empty);
+            if (op) submit(&x, op);
+        }
+    } else if (strcmp(path, "/v1/conversations") == 0) {
+        if (!method(&x, "GET") && !method(&x, "POST")) not_allowed(&x, "GET, POST");
+        else if (authenticate(&x)) {
+            if (method(&x, "GET")) get_inbox(&x);
+            else post_conversations(&x);
+        }
+    } else if (conv_path(path, &conv, &rest)) {
+        if (strcmp(rest, "") == 0) {
+            if (!method(&x, "GET")) not_allowed(&x, "GET");
+            else if (authenticate(&x)) get_conv(&x, conv);
+        } else if (strcmp(rest, "/messages") == 0) {
+            if (!method(&x, "GET") && !method(&x, "POST")) not_allowed(&x, "GET, POST");
+            else if (authenticate(&x)) {
+                if (method(&x, "GET")) get_messages(&x, conv);
+                else post_message(&x, conv);
+            }
+        } else if (strcmp(rest, "/members") == 0) {
+            if (!method(&x, "POST")) not_allowed(&x, "POST");
+            else if (authenticate(&x)) post_member(&x, conv);
+        } else if (strncmp(rest, "/members/", 9) == 0 && rest[9] && !strchr(rest + 9, '/')) {
+            if (!method(&x, "DELETE")) not_allowed(&x, "DELETE");
+            else if (authenticate(&x)) delete_member(&x, conv, rest + 9);
+        } else if (strcmp(rest, "/receipts") == 0) {
+            if (!method(&x, "GET")) not_allowed(&x, "GET");
+            else if (authenticate(&x)) get_receipts(&x, conv);
+        } else {
+            api_error(c, x.ka, 404, "not_found", "no such endpoint");
+        }
+    } else {
+        api_error(c, x.ka, 404, "not_found", "no such endpoint");
+    }
+    return true;
+}
+
+int api_init(void)
+{
+    /* A real Argon2id hash of a random password: logins of unknown users
+     * verify against it, costing the same as a wrong password. */
+    char pass[AUTH_TOKEN_LEN + 1];
+    uint8_t h[32];
+    auth_new_token(pass, h);
+    return auth_hash(pass, AUTH_TOKEN_LEN, false, dummy_hash);
+}

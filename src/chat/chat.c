@@ -1,0 +1,870 @@
+#include "chat/chat.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat/auth.h"
+#include "net/conn.h"
+#include "base/log.h"
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static void batch_end(void *ctx)
+{
+    hub_flush(((chat *)ctx)->hub);
+}
+
+/* Cursor updates of one member in one batch: only the last one is told.
+ * Maps (conv, uid) to the latest cursor op of the batch being applied;
+ * writer thread only, emptied after each batch's apply. */
+static u64map latest_cursor;
+
+static void batch_applied(void *ctx)
+{
+    if (latest_cursor.count) u64map_free(&latest_cursor);
+}
+
+int chat_open(chat **out, const config *cfg, server *srv)
+{
+    chat *ch = calloc(1, sizeof *ch);
+    if (!ch) return ERR_NOMEM;
+    ch->cfg = cfg;
+    ch->srv = srv;
+    int rc = store_open(&ch->st, cfg->data_dir, cfg->store_map_size);
+    if (rc < 0) { free(ch); return rc; }
+    if ((rc = guard_new(&ch->guard, cfg)) < 0) goto fail_store;
+    if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_guard;
+    rc = writer_start(&ch->w, ch->st, cfg->commit_window_us, 4096, cfg->max_writer_queue,
+                      batch_applied, batch_end, ch);
+    if (rc < 0) goto fail_hub;
+    srv->app = ch;
+    *out = ch;
+    return ERR_OK;
+fail_hub:
+    hub_free(ch->hub);
+fail_guard:
+    guard_free(ch->guard);
+fail_store:
+    store_close(ch->st);
+    free(ch);
+    return rc;
+}
+
+void chat_close(chat *ch)
+{
+    writer_stop(ch->w);
+    hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
+    hub_free(ch->hub);
+    guard_free(ch->guard);
+    store_close(ch->st);
+    free(ch);
+}
+
+/* ---- identities ------------------------------------------------------------ */
+
+int chat_user_name(store_txn *txn, uint64_t uid, char *out)
+{
+    store_user u;
+    int rc = store_user_get(txn, uid, &u);
+    if (rc < 0) return rc;
+    memcpy(out, u.name, sizeof u.name);
+    return ERR_OK;
+}
+
+int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id)
+{
+    if (auth_token_hash(token, n, id->token_hash) < 0) return ERR_AUTH;
+    store_txn *txn;
+    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
+    store_session s;
+    int rc = store_session_get(txn, id->token_hash, &s);
+    if (rc == ERR_OK && s.expires <= chat_now_ms()) rc = ERR_AUTH;
+    if (rc == ERR_OK) rc = chat_user_name(txn, s.uid, id->name);
+    store_abort(txn);
+    if (rc < 0) return rc == ERR_IO ? ERR_IO : ERR_AUTH;
+    id->uid = s.uid;
+    id->device = s.device;
+    id->expires = s.expires;
+    return ERR_OK;
+}
+
+/* ---- encoders ------------------------------------------------------------ */
+
+/* A page or a batch names few senders: remember the last few. */
+typedef struct name_cache {
+    uint64_t uid[8];
+    char name[8][STORE_NAME_MAX + 1];
+    unsigned next;
+} name_cache;
+
+static const char *cached_name(name_cache *nc, store_txn *txn, uint64_t uid)
+{
+    for (int i = 0; i < 8; i++)
+        if (nc->uid[i] == uid) return nc->name[i];
+    unsigned k = nc->next++ % 8;
+    if (chat_user_name(txn, uid, nc->name[k]) < 0) strcpy(nc->name[k], "");
+    nc->uid[k] = uid;
+    return nc->name[k];
+}
+
+/* "seq":S,"from":"u","cmid":"c","ts":T,"body":B (no braces) */
+static void write_msg_fields(jbuf *j, const store_msg *m, const char *from)
+{
+    jb_lit(j, "\"seq\":");
+    jb_u64(j, m->seq);
+    jb_lit(j, ",\"from\":");
+    jb_cstr(j, from);
+    jb_lit(j, ",\"cmid\":");
+    jb_str(j, m->cmid, m->cmid_len);
+    jb_lit(j, ",\"ts\":");
+    jb_i64(j, m->ts);
+    jb_lit(j, ",\"body\":");
+    jb_raw(j, m->body, m->body_len);
+}
+
+typedef struct members_ctx {
+    store_txn *txn;
+    jbuf *j;
+    name_cache *nc;
+    bool admins_only;
+    int n;
+} members_ctx;
+
+static int write_member_name(void *arg, const store_member *m)
+{
+    members_ctx *x = arg;
+    if (x->admins_only && m->role != STORE_ADMIN) return 0;
+    if (x->n++) jb_raw(x->j, ",", 1);
+    jb_cstr(x->j, cached_name(x->nc, x->txn, m->uid));
+    return 0;
+}
+
+/* The conversation object; viewer 0 leaves out the per-user fields. */
+int chat_write_conv(chat *ch, store_txn *txn, uint64_t id, uint64_t viewer, jbuf *j)
+{
+    store_conv c;
+    store_member me = {0};
+    if (store_conv_get(txn, id, &c) < 0) return ERR_FORBIDDEN;
+    if (viewer && store_member_get(txn, id, viewer, &me) < 0) return ERR_FORBIDDEN;
+    name_cache nc = {{0}, {{0}}, 0};
+    jb_lit(j, "{\"id\":");
+    jb_u64(j, c.id);
+    jb_lit(j, c.type == STORE_DIRECT ? ",\"type\":\"direct\",\"name\":" : ",\"type\":\"group\",\"name\":");
+    jb_cstr(j, c.name);
+    members_ctx x = {txn, j, &nc, false, 0};
+    jb_lit(j, ",\"members\":[");
+    store_members(txn, id, write_member_name, &x);
+    jb_lit(j, "],\"admins\":[");
+    x.admins_only = true;
+    x.n = 0;
+    store_members(txn, id, write_member_name, &x);
+    jb_lit(j, "],\"last_seq\":");
+    jb_u64(j, c.last_seq);
+    jb_lit(j, ",\"last_ts\":");
+    jb_i64(j, c.last_ts);
+    if (viewer) {
+        jb_lit(j, ",\"read_seq\":");
+        jb_u64(j, me.read);
+        jb_lit(j, ",\"delivered_seq\":");
+        jb_u64(j, me.delivered);
+        jb_lit(j, ",\"unread\":");
+        jb_u64(j, c.last_seq > me.read ? c.last_seq - me.read : 0);
+    }
+    jb_lit(j, ",\"last_message\":");
+    store_msg m;
+    if (c.last_seq && store_msg_get(txn, id, c.last_seq, &m) == ERR_OK) {
+        jb_raw(j, "{", 1);
+        write_msg_fields(j, &m, cached_name(&nc, txn, m.from));
+        jb_raw(j, "}", 1);
+    } else {
+        jb_lit(j, "null");
+    }
+    jb_raw(j, "}", 1);
+    return ERR_OK;
+}
+
+/* ---- operations: common ------------------------------------------------------ */
+
+chat_op *chat_op_new(chat *ch, enum chat_op_kind kind, uint64_t origin,
+                     void (*reply)(srv_thread *t, void *op))
+{
+    chat_op *op = calloc(1, sizeof *op);
+    if (!op) return NULL;
+    op->ch = ch;
+    op->kind = (uint8_t)kind;
+    op->origin = origin;
+    op->reply = reply;
+    return op;
+}
+
+void chat_op_free(chat_op *op)
+{
+    if (!op) return;
+    free(op->body);
+    free(op->uids);
+    audience_unref(op->aud);
+    free(op);
+}
+
+/* Completes op: its reply runs on the origin's thread (which frees it). */
+static void finish(chat_op *op)
+{
+    if (op->origin && op->reply)
+        hub_queue_call(op->ch->hub, srv_conn_thread(op->origin), op->reply, op);
+    else chat_op_free(op);
+}
+
+typedef struct collect_ctx {
+    audience *a;
+    uint32_t cap;
+} collect_ctx;
+
+static int collect_uid(void *arg, const store_member *m)
+{
+    collect_ctx *x = arg;
+    if (x->a->n == x->cap) return ERR_INVALID; /* nmembers was stale */
+    x->a->uids[x->a->n++] = m->uid;
+    return 0;
+}
+
+/* Builds op->aud from the conversation's nmembers members (one allocation). */
+static int collect_members(store_txn *txn, chat_op *op, uint32_t nmembers)
+{
+    audience_unref(op->aud);
+    op->aud = audience_new(nmembers);
+    if (!op->aud) return ERR_NOMEM;
+    op->aud->n = 0;
+    collect_ctx x = {op->aud, nmembers};
+    int rc = store_members(txn, op->conv, collect_uid, &x);
+    return rc == ERR_INVALID ? ERR_IO : rc;
+}
+
+static int load_members(store_txn *txn, chat_op *op)
+{
+    store_conv c;
+    int rc = store_conv_get(txn, op->conv, &c);
+    return rc < 0 ? rc : collect_members(txn, op, c.nmembers);
+}
+
+/* ---- accounts ---------------------------------------------------------------- */
+
+static int new_session(store_txn *txn, chat_op *op, uint32_t device)
+{
+    uint8_t hash[32];
+    auth_new_token(op->token, hash);
+    op->expires = chat_now_ms() + (int64_t)op->ch->cfg->token_ttl_s * 1000;
+    store_session s = {op->who.uid, device, op->expires};
+    op->who.device = device;
+    return store_session_put(txn, hash, &s);
+}
+
+static int apply_register(store_txn *txn, chat_op *op)
+{
+    uint64_t uid;
+    int rc = store_user_create(txn, op->name, op->pwhash, chat_now_ms(), &uid);
+    if (rc < 0) return rc;
+    store_user u;
+    if ((rc = store_user_get(txn, uid, &u)) < 0) return rc;
+    u.next_device = 2;
+    if ((rc = store_user_put(txn, &u)) < 0) return rc;
+    op->who.uid = uid;
+    memcpy(op->who.name, u.name, sizeof u.name);
+    return new_session(txn, op, 1);
+}
+
+static int apply_login(store_txn *txn, chat_op *op)
+{
+    store_user u;
+    int rc = store_user_get(txn, op->who.uid, &u);
+    if (rc < 0) return rc;
+    uint32_t device = u.next_device ? u.next_device : 1;
+    u.next_device = device + 1;
+    if ((rc = store_user_put(txn, &u)) < 0) return rc;
+    return new_session(txn, op, device);
+}
+
+static int apply_logout(store_txn *txn, chat_op *op)
+{
+    int rc = store_session_del(txn, op->who.token_hash);
+    return rc == ERR_NOT_FOUND ? ERR_OK : rc;
+}
+
+static int apply_last_seen(store_txn *txn, chat_op *op)
+{
+    store_user u;
+    int rc = store_user_get(txn, op->who.uid, &u);
+    if (rc < 0) return rc == ERR_NOT_FOUND ? ERR_OK : rc;
+    if (op->ts <= u.last_seen) return ERR_OK;
+    u.last_seen = op->ts;
+    return store_user_put(txn, &u);
+}
+
+/* A revoked token: every thread closes the sessions opened with it. */
+typedef struct revocation {
+    int refs; /* atomic: threads still to run */
+    uint64_t uid, token_key;
+} revocation;
+
+static void close_revoked(srv_thread *t, void *arg)
+{
+    revocation *r = arg;
+    for (session *s = t ? hub_local(t, r->uid) : NULL, *next; s; s = next) {
+        next = s->next_local;
+        if (s->token_key == r->token_key) conn_close_ws(s->c, WS_CLOSE_POLICY, "token revoked");
+    }
+    if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0) free(r);
+}
+
+static void revoke_everywhere(chat_op *op)
+{
+    revocation *r = malloc(sizeof *r);
+    if (!r) return;
+    int n = op->ch->srv->nthreads;
+    r->refs = n;
+    r->uid = op->who.uid;
+    memcpy(&r->token_key, op->who.token_hash, sizeof r->token_key);
+    for (int i = 0; i < n; i++) hub_queue_call(op->ch->hub, i, close_revoked, r);
+}
+
+/* ---- conversations ------------------------------------------------------------ */
+
+typedef struct count_ctx {
+    uint32_t n, cap;
+} count_ctx;
+
+static int count_one(void *arg, uint64_t conv)
+{
+    count_ctx *x = arg;
+    return ++x->n >= x->cap; /* stop at the cap */
+}
+
+/* ERR_TOO_LARGE if uid is already in --max-user-convs conversations. */
+static int check_user_convs(store_txn *txn, const chat_op *op, uint64_t uid)
+{
+    count_ctx x = {0, op->ch->cfg->max_user_convs};
+    int rc = store_user_convs(txn, uid, count_one, &x);
+    if (rc < 0) return rc;
+    return x.n >= x.cap ? ERR_TOO_LARGE : ERR_OK;
+}
+
+static int add_member(store_txn *txn, uint64_t conv, uint64_t uid, uint8_t role, uint64_t version)
+{
+    store_member m = {uid, role, 0, 0, version};
+    return store_member_put(txn, conv, &m);
+}
+
+/* Stamps a change on the conversation (after member_put/del, which keep
+ * nmembers: re-read so their update is not overwritten). */
+static int touch_conv(store_txn *txn, uint64_t conv, uint64_t version)
+{
+    store_conv c;
+    int rc = store_conv_get(txn, conv, &c);
+    if (rc < 0) return rc;
+    c.version = version;
+    return store_conv_put(txn, &c);
+}
+
+static int apply_direct(store_txn *txn, chat_op *op)
+{
+    uint64_t a = op->who.uid, b = op->target;
+    int rc = store_direct_get(txn, a, b, &op->conv);
+    if (rc == ERR_OK) { op->duplicate = true; return load_members(txn, op); }
+    if (rc != ERR_NOT_FOUND) return rc;
+    if ((rc = check_user_convs(txn, op, a)) < 0 || (rc = check_user_convs(txn, op, b)) < 0)
+        return rc;
+    uint64_t v = store_tick(txn);
+    store_conv c = {0};
+    c.type = STORE_DIRECT;
+    c.created = c.last_ts = chat_now_ms();
+    c.version = v;
+    if ((rc = store_conv_create(txn, &c)) < 0) return rc;
+    op->conv = c.id;
+    if ((rc = add_member(txn, c.id, a, STORE_MEMBER, v)) < 0) return rc;
+    if ((rc = add_member(txn, c.id, b, STORE_MEMBER, v)) < 0) return rc;
+    if ((rc = store_direct_put(txn, a, b, c.id)) < 0) return rc;
+    return load_members(txn, op);
+}
+
+static int apply_group(store_txn *txn, chat_op *op)
+{
+    int rc = check_user_convs(txn, op, op->who.uid);
+    for (size_t i = 0; rc == ERR_OK && i < op->nuids; i++) rc = check_user_convs(txn, op, op->uids[i]);
+    if (rc < 0) return rc;
+    uint64_t v = store_tick(txn);
+    store_conv c = {0};
+    c.type = STORE_GROUP;
+    memcpy(c.name, op->name, sizeof c.name);
+    c.created = c.last_ts = chat_now_ms();
+    c.version = v;
+    rc = store_conv_create(txn, &c);
+    if (rc < 0) return rc;
+    op->conv = c.id;
+    if ((rc = add_member(txn, c.id, op->who.uid, STORE_ADMIN, v)) < 0) return rc;
+    for (size_t i = 0; i < op->nuids; i++) {
+        if (op->uids[i] == op->who.uid) continue;
+        store_member m;
+        if (store_member_get(txn, c.id, op->uids[i], &m) == ERR_OK) continue; /* listed twice */
+        if ((rc = add_member(txn, c.id, op->uids[i], STORE_MEMBER, v)) < 0) return rc;
+    }
+    return load_members(txn, op);
+}
+
+/* A membership change: the actor must be a member (403), the conversation
+ * a group (400), and the actor an admin when `admin` (403). */
+static int check_actor(store_txn *txn, chat_op *op, store_conv *c, bool admin)
+{
+    store_member me;
+    if (store_conv_get(txn, op->conv, c) < 0) return ERR_FORBIDDEN;
+    if (store_member_get(txn, op->conv, op->who.uid, &me) < 0) return ERR_FORBIDDEN;
+    if (c->type != STORE_GROUP) return ERR_INVALID;
+    if (admin && me.role != STORE_ADMIN) return ERR_FORBIDDEN;
+    return ERR_OK;
+}
+
+static int apply_add(store_txn *txn, chat_op *op)
+{
+    store_conv c;
+    int rc = check_actor(txn, op, &c, true);
+    if (rc < 0) return rc;
+    if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_LARGE;
+    store_member m;
+    if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_CONFLICT;
+    if ((rc = check_user_convs(txn, op, op->target)) < 0) return rc;
+    uint64_t v = store_tick(txn);
+    if ((rc = add_member(txn, op->conv, op->target, STORE_MEMBER, v)) < 0) return rc;
+    if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
+    return load_members(txn, op);
+}
+
+static int apply_remove(store_txn *txn, chat_op *op)
+{
+    store_conv c;
+    bool self = op->target == op->who.uid;
+    int rc = check_actor(txn, op, &c, !self);
+    if (rc < 0) return rc;
+    if ((rc = store_member_del(txn, op->conv, op->target)) < 0) return rc;
+    uint64_t v = store_tick(txn);
+    if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
+    return load_members(txn, op);
+}
+
+/* ---- messages and cursors ------------------------------------------------------ */
+
+static int apply_send(store_txn *txn, chat_op *op)
+{
+    store_member me;
+    if (store_member_get(txn, op->conv, op->who.uid, &me) < 0) return ERR_FORBIDDEN;
+    uint64_t seq;
+    int rc = store_cmid_get(txn, op->conv, op->who.uid, op->cmid, op->cmid_len, &seq);
+    if (rc == ERR_OK) {
+        store_msg old;
+        op->duplicate = true;
+        op->seq = seq;
+        op->ts = store_msg_get(txn, op->conv, seq, &old) == ERR_OK ? old.ts : 0;
+        return ERR_OK;
+    }
+    if (rc != ERR_NOT_FOUND) return rc;
+    store_conv c;
+    if ((rc = store_conv_get(txn, op->conv, &c)) < 0) return rc;
+    int64_t now = chat_now_ms();
+    store_msg m = {op->conv, c.last_seq + 1, op->who.uid, now > c.last_ts ? now : c.last_ts,
+                   op->cmid, op->cmid_len, op->body, op->body_len};
+    if ((rc = store_msg_put(txn, &m)) < 0) return rc;
+    if ((rc = store_cmid_put(txn, op->conv, op->who.uid, op->cmid, op->cmid_len, m.seq)) < 0)
+        return rc;
+    uint64_t v = store_tick(txn);
+    c.last_seq = m.seq;
+    c.last_ts = m.ts;
+    c.version = v;
+    if ((rc = store_conv_put(txn, &c)) < 0) return rc;
+    /* The sender has read what it sent. */
+    me.delivered = me.read = m.seq;
+    me.version = v;
+    if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
+    op->seq = m.seq;
+    op->ts = m.ts;
+    return collect_members(txn, op, c.nmembers);
+}
+
+static uint64_t cursor_key(const chat_op *op)
+{
+    return (op->conv << 32) ^ op->who.uid;
+}
+
+static int apply_cursor(store_txn *txn, chat_op *op)
+{
+    store_member me;
+    store_conv c;
+    if (store_conv_get(txn, op->conv, &c) < 0 ||
+        store_member_get(txn, op->conv, op->who.uid, &me) < 0)
+        return ERR_FORBIDDEN;
+    uint64_t rd = op->read < c.last_seq ? op->read : c.last_seq;
+    uint64_t dl = op->delivered > rd ? op->delivered : rd;
+    if (dl > c.last_seq) dl = c.last_seq;
+    op->changed = dl > me.delivered || rd > me.read;
+    if (dl > me.delivered) me.delivered = dl;
+    if (rd > me.read) me.read = rd;
+    op->delivered = me.delivered;
+    op->read = me.read;
+    if (!op->changed) return ERR_OK;
+    me.version = store_tick(txn);
+    int rc = store_member_put(txn, op->conv, &me);
+    if (rc < 0) return rc;
+    chat_op *prev = u64map_get(&latest_cursor, cursor_key(op));
+    if (prev) prev->changed = false; /* superseded within this batch: not told */
+    u64map_put(&latest_cursor, cursor_key(op), op);
+    return load_members(txn, op);
+}
+
+/* ---- after the commit ------------------------------------------------------------ */
+
+static void fan_out(chat_op *op, rbuf *frame, uint64_t except)
+{
+    if (frame && op->aud) hub_queue(op->ch->hub, op->aud, frame, except);
+    rbuf_unref(frame);
+}
+
+static rbuf *msg_frame(const chat_op *op)
+{
+    jbuf j;
+    jb_init(&j, 128 + op->body_len);
+    jb_lit(&j, "{\"type\":\"msg\",\"conv\":");
+    jb_u64(&j, op->conv);
+    jb_raw(&j, ",", 1);
+    store_msg m = {op->conv, op->seq, op->who.uid, op->ts, op->cmid, op->cmid_len,
+                   op->body, op->body_len};
+    write_msg_fields(&j, &m, op->who.name);
+    jb_raw(&j, "}", 1);
+    return jb_frame(&j);
+}
+
+static rbuf *receipt_frame(const chat_op *op)
+{
+    jbuf j;
+    jb_init(&j, 128);
+    jb_lit(&j, "{\"type\":\"receipt\",\"conv\":");
+    jb_u64(&j, op->conv);
+    jb_lit(&j, ",\"user\":");
+    jb_cstr(&j, op->who.name);
+    jb_lit(&j, ",\"delivered\":");
+    jb_u64(&j, op->delivered);
+    jb_lit(&j, ",\"read\":");
+    jb_u64(&j, op->read);
+    jb_raw(&j, "}", 1);
+    return jb_frame(&j);
+}
+
+/* {"type":"conv","conv":{...}} to every member, in a read txn of its own
+ * (the batch is committed: the new state is visible). */
+static void conv_event(chat_op *op)
+{
+    store_txn *txn;
+    if (store_begin(op->ch->st, false, &txn) < 0) return;
+    jbuf j;
+    jb_init(&j, 512);
+    jb_lit(&j, "{\"type\":\"conv\",\"conv\":");
+    int rc = chat_write_conv(op->ch, txn, op->conv, 0, &j);
+    jb_raw(&j, "}", 1);
+    store_abort(txn);
+    if (rc < 0) { jb_free(&j); return; }
+    fan_out(op, jb_frame(&j), 0);
+}
+
+static void removed_event(chat_op *op)
+{
+    char buf[64];
+    int n = snprintf(buf, sizeof buf, "{\"type\":\"removed\",\"conv\":%llu}",
+                     (unsigned long long)op->conv);
+    rbuf *frame = ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n);
+    audience *a = audience_new(1);
+    if (a && frame) {
+        a->uids[0] = op->target;
+        hub_queue(op->ch->hub, a, frame, 0);
+    }
+    audience_unref(a);
+    rbuf_unref(frame);
+}
+
+static void done(writer_op *wop, int rc)
+{
+    chat_op *op = (chat_op *)wop;
+    op->rc = rc;
+    bool ok = rc >= 0;
+    switch (op->kind) {
+    case OP_SEND:
+        if (ok && !op->duplicate) fan_out(op, msg_frame(op), op->origin);
+        break;
+    case OP_CURSOR:
+        if (ok && op->changed) fan_out(op, receipt_frame(op), 0);
+        break;
+    case OP_DIRECT:
+        if (ok && !op->duplicate) conv_event(op);
+        break;
+    case OP_GROUP:
+    case OP_ADD:
+        if (ok) conv_event(op);
+        break;
+    case OP_REMOVE:
+        if (ok) {
+            removed_event(op);
+            if (op->aud && op->aud->n) conv_event(op);
+        }
+        break;
+    case OP_LOGOUT:
+        if (ok) revoke_everywhere(op);
+        break;
+    default:
+        break;
+    }
+    finish(op);
+}
+
+static int apply(writer_op *wop, store_txn *txn)
+{
+    chat_op *op = (chat_op *)wop;
+    switch (op->kind) {
+    case OP_REGISTER: return apply_register(txn, op);
+    case OP_LOGIN: return apply_login(txn, op);
+    case OP_LOGOUT: return apply_logout(txn, op);
+    case OP_DIRECT: return apply_direct(txn, op);
+    case OP_GROUP: return apply_group(txn, op);
+    case OP_ADD: return apply_add(txn, op);
+    case OP_REMOVE: return apply_remove(txn, op);
+    case OP_SEND: return apply_send(txn, op);
+    case OP_CURSOR: return apply_cursor(txn, op);
+    case OP_LAST_SEEN: return apply_last_seen(txn, op);
+    }
+    return ERR_INVALID;
+}
+
+int chat_submit(chat_op *op)
+{
+    op->wop.apply = apply;
+    op->wop.done = done;
+    return writer_submit(op->ch->w, &op->wop);
+}
+
+/* ---- reads ---------------------------------------------------------------------- */
+
+int chat_is_member(chat *ch, uint64_t conv, uint64_t uid)
+{
+    store_txn *txn;
+    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
+    store_member m;
+    int rc = store_member_get(txn, conv, uid, &m);
+    store_abort(txn);
+    return rc == ERR_OK ? ERR_OK : rc == ERR_NOT_FOUND ? ERR_FORBIDDEN : rc;
+}
+
+typedef struct inbox_item {
+    uint64_t conv;
+    int64_t last_ts;
+} inbox_item;
+
+typedef struct inbox_ctx {
+    store_txn *txn;
+    uint64_t uid, since;
+    inbox_item *items;
+    size_t n, cap;
+} inbox_ctx;
+
+static int inbox_collect(void *arg, uint64_t conv)
+{
+    inbox_ctx *x = arg;
+    store_conv c;
+    store_member m;
+    if (store_conv_get(x->txn, conv, &c) < 0 || store_member_get(x->txn, conv, x->uid, &m) < 0)
+        return 0;
+    if (x->since && c.version <= x->since && m.version <= x->since) return 0;
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 32;
+        inbox_item *it = realloc(x->items, cap * sizeof *it);
+        if (!it) return ERR_NOMEM;
+        x->items = it;
+        x->cap = cap;
+    }
+    x->items[x->n++] = (inbox_item){conv, c.last_ts};
+    return 0;
+}
+
+static int by_recent(const void *a, const void *b)
+{
+    const inbox_item *x = a, *y = b;
+    if (x->last_ts != y->last_ts) return x->last_ts < y->last_ts ? 1 : -1;
+    return x->conv < y->conv ? 1 : x->conv > y->conv ? -1 : 0;
+}
+
+int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j)
+{
+    store_txn *txn;
+    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
+    inbox_ctx x = {txn, uid, since, NULL, 0, 0};
+    uint64_t cursor = store_clock(txn);
+    int rc = store_user_convs(txn, uid, inbox_collect, &x);
+    if (rc >= 0) {
+        if (x.n) qsort(x.items, x.n, sizeof *x.items, by_recent);
+        jb_lit(j, "{\"conversations\":[");
+        for (size_t i = 0; i < x.n; i++) {
+            if (i) jb_raw(j, ",", 1);
+            chat_write_conv(ch, txn, x.items[i].conv, uid, j);
+        }
+        jb_lit(j, "],\"cursor\":");
+        jb_u64(j, cursor);
+        jb_raw(j, "}", 1);
+    }
+    store_abort(txn);
+    free(x.items);
+    return rc < 0 ? rc : ERR_OK;
+}
+
+typedef struct history_ctx {
+    store_txn *txn;
+    jbuf *j;
+    name_cache nc;
+    size_t n;
+} history_ctx;
+
+static int history_one(void *arg, const store_msg *m)
+{
+    history_ctx *x = arg;
+    if (x->n++) jb_raw(x->j, ",", 1);
+    jb_raw(x->j, "{", 1);
+    write_msg_fields(x->j, m, cached_name(&x->nc, x->txn, m->from));
+    jb_raw(x->j, "}", 1);
+    return 0;
+}
+
+/* Backward: remember the seqs, then write them ascending. */
+typedef struct seq_list {
+    uint64_t *seq;
+    size_t n;
+} seq_list;
+
+static int collect_seq(void *arg, const store_msg *m)
+{
+    seq_list *l = arg;
+    l->seq[l->n++] = m->seq;
+    return 0;
+}
+
+int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
+                       uint64_t before, size_t limit, jbuf *j)
+{
+    if (limit == 0) limit = 50;
+    if (limit > 500) limit = 500;
+    history_ctx x = {txn, j, {{0}, {{0}}, 0}, 0};
+    bool more = false;
+    int rc;
+    jb_lit(j, "\"messages\":[");
+    if (before == 0) {
+        rc = store_msgs(txn, conv, after + 1, true, limit, history_one, &x, &more);
+    } else {
+        seq_list l = {malloc(limit * sizeof(uint64_t)), 0};
+        if (!l.seq) return ERR_NOMEM;
+        rc = before <= 1 ? ERR_OK
+                         : store_msgs(txn, conv, before == UINT64_MAX ? UINT64_MAX : before - 1,
+                                      false, limit, collect_seq, &l, &more);
+        for (size_t i = l.n; rc >= 0 && i-- > 0;) {
+            store_msg m;
+            if (store_msg_get(txn, conv, l.seq[i], &m) == ERR_OK) history_one(&x, &m);
+        }
+        free(l.seq);
+    }
+    jb_lit(j, more ? "],\"more\":true" : "],\"more\":false");
+    return rc < 0 ? rc : ERR_OK;
+}
+
+typedef struct receipts_ctx {
+    store_txn *txn;
+    jbuf *j;
+    name_cache nc;
+    uint64_t seq, from;
+    uint64_t delivered, read;
+    int n;
+} receipts_ctx;
+
+static int receipt_one(void *arg, const store_member *m)
+{
+    receipts_ctx *x = arg;
+    if (x->n++) jb_raw(x->j, ",", 1);
+    jb_lit(x->j, "{\"user\":");
+    jb_cstr(x->j, cached_name(&x->nc, x->txn, m->uid));
+    jb_lit(x->j, ",\"delivered\":");
+    jb_u64(x->j, m->delivered);
+    jb_lit(x->j, ",\"read\":");
+    jb_u64(x->j, m->read);
+    jb_raw(x->j, "}", 1);
+    if (x->seq && m->uid != x->from) {
+        x->delivered += m->delivered >= x->seq;
+        x->read += m->read >= x->seq;
+    }
+    return 0;
+}
+
+int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j)
+{
+    store_txn *txn;
+    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
+    store_member me;
+    int rc = store_member_get(txn, conv, uid, &me) == ERR_OK ? ERR_OK : ERR_FORBIDDEN;
+    receipts_ctx x = {txn, j, {{0}, {{0}}, 0}, seq, 0, 0, 0, 0};
+    store_msg m;
+    if (rc == ERR_OK && seq) {
+        if (store_msg_get(txn, conv, seq, &m) == ERR_OK) x.from = m.from;
+        else rc = ERR_NOT_FOUND;
+    }
+    if (rc == ERR_OK) {
+        jb_lit(j, "{\"members\":[");
+        store_members(txn, conv, receipt_one, &x);
+        jb_raw(j, "]", 1);
+        if (seq) {
+            jb_lit(j, ",\"seq\":");
+            jb_u64(j, seq);
+            jb_lit(j, ",\"delivered\":");
+            jb_u64(j, x.delivered);
+            jb_lit(j, ",\"read\":");
+            jb_u64(j, x.read);
+        }
+        jb_raw(j, "}", 1);
+    }
+    store_abort(txn);
+    return rc;
+}
+
+typedef struct contacts_ctx {
+    store_txn *txn;
+    uint64_t self;
+    u64map seen;
+    audience *a;
+} contacts_ctx;
+
+static int contact_member(void *arg, const store_member *m)
+{
+    contacts_ctx *x = arg;
+    if (m->uid == x->self || u64map_get(&x->seen, m->uid)) return 0;
+    return u64map_put(&x->seen, m->uid, (void *)1);
+}
+
+static int contact_conv(void *arg, uint64_t conv)
+{
+    contacts_ctx *x = arg;
+    return store_members(x->txn, conv, contact_member, x);
+}
+
+audience *chat_contacts(chat *ch, uint64_t uid)
+{
+    store_txn *txn;
+    if (store_begin(ch->st, false, &txn) < 0) return NULL;
+    contacts_ctx x = {txn, uid, {0}, NULL};
+    u64map_init(&x.seen);
+    int rc = store_user_convs(txn, uid, contact_conv, &x);
+    store_abort(txn);
+    audience *a = rc >= 0 ? audience_new(x.seen.count) : NULL;
+    if (a) {
+        size_t k = 0;
+        for (size_t i = 0; i < x.seen.cap; i++)
+            if (x.seen.slots[i].key) a->uids[k++] = x.seen.slots[i].key;
+    }
+    u64map_free(&x.seen);
+    return a;
+}

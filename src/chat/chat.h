@@ -1,0 +1,147 @@
+/* chat: parley's application core, shared by the REST API (api.c) and the
+ * WebSocket protocol (proto.c).
+ *
+ * Mutations are writer operations (writer.h): the caller fills a chat_op,
+ * chat_submit() queues it, the writer applies it inside the batch
+ * transaction and, after the durable commit, fans out the resulting frames
+ * (encoded once) through the hub and calls op->reply(t, op) on the origin
+ * connection's thread. reply owns the op from then on and frees it with
+ * chat_op_free(). If the origin connection has closed, reply still runs
+ * (with srv_conn() returning NULL) so it can free the op.
+ *
+ * Reads run on the I/O threads in read transactions (chat_read_*), encoding
+ * JSON straight into a jbuf.
+ */
+#ifndef PARLEY_CHAT_H
+#define PARLEY_CHAT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/config.h"
+#include "chat/guard.h"
+#include "chat/hub.h"
+#include "codec/json.h"
+#include "net/server.h"
+#include "store/store.h"
+#include "store/writer.h"
+
+typedef struct chat {
+    const config *cfg;
+    server *srv;
+    store *st;
+    writer *w;
+    hub *hub;
+    guard *guard;
+} chat;
+
+/* Opens the store in cfg->data_dir, creates the hub for srv and starts the
+ * writer. Returns ERR_OK, ERR_VERSION (data from another version), ERR_IO. */
+int chat_open(chat **out, const config *cfg, server *srv);
+/* Stops the writer (applying what is queued) and closes the store. Call
+ * after the I/O threads have ended. */
+void chat_close(chat *ch);
+
+static inline chat *chat_of(srv_thread *t) { return (chat *)t->srv->app; }
+
+static inline int64_t chat_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- identities ------------------------------------------------------------ */
+
+typedef struct chat_ident {
+    uint64_t uid;
+    uint32_t device;
+    uint8_t token_hash[32];
+    int64_t expires;
+    char name[STORE_NAME_MAX + 1];
+} chat_ident;
+
+/* Resolves a bearer token: ERR_OK with *id, or ERR_AUTH (unknown, expired
+ * or malformed). Read transaction. */
+int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id);
+
+/* ---- operations ------------------------------------------------------------ */
+
+enum chat_op_kind {
+    OP_REGISTER, OP_LOGIN, OP_LOGOUT, OP_DIRECT, OP_GROUP, OP_ADD, OP_REMOVE,
+    OP_SEND, OP_CURSOR, OP_LAST_SEEN,
+};
+
+#define CHAT_MAX_GROUP_NAMES 1000
+
+typedef struct chat_op chat_op;
+struct chat_op {
+    writer_op wop;                    /* first: a writer_op* is a chat_op* */
+    uint8_t kind;                     /* enum chat_op_kind */
+    chat *ch;
+    uint64_t origin;                  /* conn id to reply to (0: none) */
+    void (*reply)(srv_thread *t, void *op); /* on origin's thread */
+    int rc;                           /* the result */
+    bool keep_alive;                  /* REST: the request's keep-alive */
+    char ref[80];                     /* WS: raw JSON of the frame's "id", or "" */
+    chat_ident who;                   /* the acting user */
+    /* parameters */
+    uint64_t conv;
+    uint64_t target;                  /* OP_ADD/OP_REMOVE/OP_DIRECT: uid */
+    uint64_t delivered, read;         /* OP_CURSOR */
+    int64_t ts;                       /* OP_LAST_SEEN, and results */
+    char name[STORE_NAME_MAX + 1];    /* OP_REGISTER username, OP_GROUP name */
+    char pwhash[STORE_HASH_MAX + 1];  /* OP_REGISTER */
+    char token[48];                   /* OP_REGISTER/OP_LOGIN: the new token */
+    char cmid[STORE_CMID_MAX + 1];    /* OP_SEND */
+    size_t cmid_len;
+    char *body;                       /* OP_SEND: JSON text (owned) */
+    size_t body_len;
+    uint64_t *uids;                   /* OP_GROUP members to add (owned) */
+    size_t nuids;
+    audience *aud;                    /* the members after apply (owned ref) */
+    /* results */
+    uint64_t seq;                     /* OP_SEND */
+    bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
+    bool changed;                     /* OP_CURSOR: moved forward, not superseded */
+    int64_t expires;                  /* OP_REGISTER/OP_LOGIN */
+};
+
+/* A zeroed op of that kind, or NULL. */
+chat_op *chat_op_new(chat *ch, enum chat_op_kind kind, uint64_t origin,
+                     void (*reply)(srv_thread *t, void *op));
+void chat_op_free(chat_op *op);
+
+/* Queues op. ERR_OK, or ERR_BUSY / ERR_CLOSED (then op is still the
+ * caller's and reply will not run). */
+int chat_submit(chat_op *op);
+
+/* ---- reads (I/O threads) ------------------------------------------------- */
+
+/* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is
+ * not a member (or no such conversation). */
+int chat_write_conv(chat *ch, store_txn *txn, uint64_t conv, uint64_t uid, jbuf *j);
+
+/* Appends {"conversations":[...],"cursor":C} for uid: all, or only those
+ * changed after `since` (0: all). */
+int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j);
+
+/* Appends "messages":[...],"more":B (no braces) for a member: after `after`
+ * ascending, or before `before` (UINT64_MAX: the latest), limit <= 500. */
+int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
+                       uint64_t before, size_t limit, jbuf *j);
+
+/* Appends {"members":[...]} receipts, and counts for seq when seq > 0. */
+int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j);
+
+/* A member check in its own read transaction: ERR_OK or ERR_FORBIDDEN. */
+int chat_is_member(chat *ch, uint64_t conv, uint64_t uid);
+
+/* A user's name into out (STORE_NAME_MAX + 1); ERR_NOT_FOUND. */
+int chat_user_name(store_txn *txn, uint64_t uid, char *out);
+
+/* The uids of everyone who shares a conversation with uid (uid excluded),
+ * as a new audience (one ref), or NULL. */
+audience *chat_contacts(chat *ch, uint64_t uid);
+
+#endif

@@ -1,0 +1,161 @@
+#include "chat/guard.h"
+
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "base/err.h"
+#include "base/u64map.h"
+
+typedef struct table {
+    uv_mutex_t mu;
+    u64map map;    /* key -> entry (malloc'd, owned) */
+} table;
+
+typedef struct entry {
+    tbucket a, b;      /* addresses: handshakes, logins; users: messages */
+    uint32_t failures; /* accounts: failed logins in a row */
+    uint32_t inflight; /* accounts: attempts being checked now */
+    uint64_t until;    /* accounts: no login before this */
+} entry;
+
+struct guard {
+    tlimit handshake, login, user_msg;
+    table addrs, accounts, users;
+};
+
+static void table_init(table *t)
+{
+    uv_mutex_init(&t->mu);
+    u64map_init(&t->map);
+}
+
+static void table_clear(table *t)
+{
+    for (size_t i = 0; i < t->map.cap; i++) free(t->map.slots[i].val);
+    u64map_free(&t->map);
+}
+
+static void table_free(table *t)
+{
+    table_clear(t);
+    uv_mutex_destroy(&t->mu);
+}
+
+/* The entry for key, created if needed (under t->mu). NULL on OOM. */
+static entry *get(table *t, uint64_t key)
+{
+    entry *e = u64map_get(&t->map, key);
+    if (e) return e;
+    if (t->map.count >= GUARD_MAX_ENTRIES) table_clear(t);
+    e = calloc(1, sizeof *e);
+    if (e && u64map_put(&t->map, key ? key : 1, e) < 0) { free(e); return NULL; }
+    return e;
+}
+
+int guard_new(guard **out, const config *cfg)
+{
+    guard *g = calloc(1, sizeof *g);
+    if (!g) return ERR_NOMEM;
+    g->handshake = (tlimit){(float)cfg->rate_handshakes, (float)cfg->rate_handshakes * 5};
+    g->login = (tlimit){(float)cfg->rate_logins, (float)cfg->rate_logins * 4};
+    g->user_msg = (tlimit){(float)cfg->rate_user_msgs, (float)cfg->rate_user_msgs * 4};
+    table_init(&g->addrs);
+    table_init(&g->accounts);
+    table_init(&g->users);
+    *out = g;
+    return ERR_OK;
+}
+
+void guard_free(guard *g)
+{
+    if (!g) return;
+    table_free(&g->addrs);
+    table_free(&g->accounts);
+    table_free(&g->users);
+    free(g);
+}
+
+uint64_t guard_now(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
+uint64_t guard_addr_key(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        return 0x100000000ull | a->sin_addr.s_addr;
+    }
+    if (ss->ss_family == AF_INET6) {
+        /* FNV-1a over the /64 prefix and interface id. */
+        const uint8_t *p = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (int i = 0; i < 16; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+        return h | 0x8000000000000000ull;
+    }
+    return 0;
+}
+
+static int take(table *t, uint64_t key, const tlimit *l, bool second, uint64_t now, uint32_t *retry)
+{
+    if (l->rate <= 0) return ERR_OK;
+    uv_mutex_lock(&t->mu);
+    entry *e = get(t, key);
+    bool ok = !e || tb_take(second ? &e->b : &e->a, l, now, 1, retry);
+    uv_mutex_unlock(&t->mu);
+    return ok ? ERR_OK : ERR_RATE;
+}
+
+int guard_handshake(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms)
+{
+    return take(&g->addrs, addr, &g->handshake, false, now, retry_ms);
+}
+
+int guard_login_addr(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms)
+{
+    return take(&g->addrs, addr, &g->login, true, now, retry_ms);
+}
+
+int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
+{
+    return take(&g->users, uid, &g->user_msg, false, now, retry_ms);
+}
+
+int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
+{
+    int rc = ERR_OK;
+    uv_mutex_lock(&g->accounts.mu);
+    entry *e = get(&g->accounts, uid);
+    if (e && e->until > now) {
+        rc = ERR_RATE;
+        if (retry_ms) *retry_ms = (uint32_t)(e->until - now);
+    } else if (e && (e->inflight >= 3 || (e->inflight && e->failures + e->inflight >= 3))) {
+        rc = ERR_RATE; /* at most 3 checks at once; one at a time after failures */
+        if (retry_ms) *retry_ms = 1000;
+    } else if (e) {
+        e->inflight++;
+    }
+    uv_mutex_unlock(&g->accounts.mu);
+    return rc;
+}
+
+void guard_login_end(guard *g, uint64_t uid, bool ok, uint64_t now)
+{
+    uv_mutex_lock(&g->accounts.mu);
+    entry *e = u64map_get(&g->accounts.map, uid);
+    if (e && e->inflight) e->inflight--;
+    if (ok) {
+        if (e && !e->inflight) free(u64map_del(&g->accounts.map, uid));
+        else if (e) { e->failures = 0; e->until = 0; }
+    } else if (e) {
+        e->failures++;
+        if (e->failures >= 3) {
+            uint32_t shift = e->failures - 3 < 6 ? e->failures - 3 : 6;
+            uint64_t delay = 1000ull << shift;
+            e->until = now + (delay > 60000 ? 60000 : delay);
+        }
+    }
+    uv_mutex_unlock(&g->accounts.mu);
+}

@@ -1,0 +1,93 @@
+/* hub: who is connected where, and getting frames to them.
+ *
+ * Each I/O thread keeps its own map of user id -> that user's sessions on
+ * the thread (no lock: only the thread touches it). A delivery is a
+ * "parcel": one pre-encoded frame (rbuf, shared by every recipient) and an
+ * audience (user ids, shared by every thread) or one target connection.
+ * Parcels reach a thread through srv_post(); the storage writer queues
+ * parcels per thread while it completes a batch and posts each thread's
+ * list once per batch (hub_flush), so a batch of N messages costs one
+ * wakeup per thread, not N.
+ *
+ * Presence: a global count of sessions per user, under a mutex touched only
+ * when a session opens or closes. A user's first session makes them
+ * online, the last one offline.
+ */
+#ifndef PARLEY_HUB_H
+#define PARLEY_HUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/ratelimit.h"
+#include "base/rbuf.h"
+#include "net/server.h"
+#include "base/u64map.h"
+
+typedef struct session session;
+
+/* One authenticated WebSocket (conn->user). Owned by the conn's thread. */
+struct session {
+    conn *c;
+    uint64_t uid;
+    uint32_t device;
+    uint64_t token_key;      /* first 8 bytes of the token's hash (revocation) */
+    char name[33];
+    session *next_local;     /* the user's next session on this thread */
+    uint64_t typing_conv;    /* typing rate limit: last conversation ... */
+    uint64_t typing_at;      /* ... and when (loop ms) */
+    int64_t expires;         /* the token's expiry (ms since the epoch) */
+    tbucket msgs;            /* sends per connection */
+};
+
+/* Shared, immutable list of recipients (atomic refcount). */
+typedef struct audience {
+    uint32_t refs;
+    uint32_t n;
+    uint64_t uids[];
+} audience;
+
+/* A new audience with room for n uids (n set, uids to fill), one ref. */
+audience *audience_new(size_t n);
+void audience_unref(audience *a);
+
+typedef struct hub hub;
+
+/* Creates the hub for srv's threads (sets each thread's app pointer).
+ * Call before the threads start. */
+int hub_new(hub **out, server *srv);
+void hub_free(hub *h);
+
+/* Thread-side registry (call on the session's thread). hub_session_add
+ * returns whether this made the user online (their first session). */
+bool hub_session_add(hub *h, srv_thread *t, session *s);
+/* Returns whether this made the user offline (their last session). */
+bool hub_session_remove(hub *h, srv_thread *t, session *s);
+/* True if the user has a session anywhere. Any thread. */
+bool hub_online(hub *h, uint64_t uid);
+/* How many sessions the user has, over all threads. Any thread. */
+int hub_sessions(hub *h, uint64_t uid);
+/* The first session of uid on thread t (follow next_local), or NULL. */
+session *hub_local(srv_thread *t, uint64_t uid);
+
+/* Sends frame to every session of the audience's users, except connection
+ * except_conn (0: none). Any thread; posts right away. Takes its own
+ * references to frame and to. */
+void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
+
+/* The same for the lossy lane (typing, presence): slow readers skip it. */
+void hub_send_lossy(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
+
+/* Writer thread only: the same, queued until hub_flush(). */
+void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
+/* Writer thread only: a call of fn(t, arg) on I/O thread `thread`, queued
+ * in order with the parcels (results that need thread-side work). If that
+ * thread has already ended, fn(NULL, arg) runs instead, on the caller's
+ * thread, so fn can free arg. */
+void hub_queue_call(hub *h, int thread, void (*fn)(srv_thread *t, void *arg), void *arg);
+/* Writer thread only: posts every thread's queued parcels. */
+void hub_flush(hub *h);
+
+#endif

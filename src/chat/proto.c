@@ -1,0 +1,439 @@
+#include "chat/proto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "chat/chat.h"
+#include "net/conn.h"
+#include "chat/guard.h"
+#include "base/err.h"
+#include "chat/hub.h"
+#include "codec/json.h"
+#include "base/log.h"
+#include "codec/msg.h"
+
+#define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
+
+const char *proto_error_code(int err)
+{
+    switch (err) {
+    case ERR_FORBIDDEN: return "forbidden";
+    case ERR_AUTH: return "unauthorized";
+    case ERR_BUSY: return "busy";
+    case ERR_TOO_LARGE: return "too_large";
+    case ERR_CONFLICT: return "conflict";
+    case ERR_NOT_FOUND: return "not_found";
+    case ERR_INVALID: return "bad_request";
+    default: return "internal";
+    }
+}
+
+static void send_frame(conn *c, rbuf *frame)
+{
+    if (!frame) { conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory"); return; }
+    if (conn_send(c, frame) == ERR_FULL)
+        conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
+    rbuf_unref(frame);
+}
+
+static void send_json(conn *c, jbuf *j)
+{
+    send_frame(c, jb_frame(j));
+}
+
+/* {"type":"error","code":...,"message":...,"ref":...}; ref is raw JSON. */
+static void send_error(conn *c, const char *code, const char *message, const char *ref)
+{
+    jbuf j;
+    jb_init(&j, 160);
+    jb_lit(&j, "{\"type\":\"error\",\"code\":\"");
+    jb_lit(&j, code);
+    jb_lit(&j, "\",\"message\":");
+    jb_cstr(&j, message);
+    if (ref && *ref) {
+        jb_lit(&j, ",\"ref\":");
+        jb_lit(&j, ref);
+    }
+    if (strcmp(code, "busy") == 0) jb_lit(&j, ",\"retry_after_ms\":1000");
+    jb_raw(&j, "}", 1);
+    metrics_error(&c->t->m, ERR_INVALID);
+    send_json(c, &j);
+}
+
+static const char *error_message(int err)
+{
+    switch (err) {
+    case ERR_FORBIDDEN: return "not a member of that conversation";
+    case ERR_BUSY: return "server busy: retry later";
+    case ERR_TOO_LARGE: return "too large";
+    case ERR_INVALID: return "invalid request";
+    default: return "internal error: retry";
+    }
+}
+
+/* ---- session lifecycle ------------------------------------------------------ */
+
+static rbuf *presence_frame(const char *name, bool online, int64_t last_seen)
+{
+    jbuf j;
+    jb_init(&j, 96);
+    jb_lit(&j, "{\"type\":\"presence\",\"user\":");
+    jb_cstr(&j, name);
+    jb_lit(&j, online ? ",\"online\":true,\"last_seen\":" : ",\"online\":false,\"last_seen\":");
+    jb_i64(&j, last_seen);
+    jb_raw(&j, "}", 1);
+    return jb_frame(&j);
+}
+
+/* Tells every contact of the session's user that they went on/offline. */
+static void announce(chat *ch, session *s, bool online, int64_t ts)
+{
+    audience *to = chat_contacts(ch, s->uid);
+    rbuf *f = to && to->n ? presence_frame(s->name, online, ts) : NULL;
+    if (f) hub_send_lossy(ch->hub, to, f, 0);
+    rbuf_unref(f);
+    audience_unref(to);
+}
+
+/* The new session learns its contacts' presence. */
+static void tell_contacts(chat *ch, conn *c, session *s)
+{
+    audience *to = chat_contacts(ch, s->uid);
+    store_txn *txn;
+    if (!to || store_begin(ch->st, false, &txn) < 0) { audience_unref(to); return; }
+    for (uint32_t i = 0; i < to->n && c->state == CONN_WS; i++) {
+        store_user u;
+        if (store_user_get(txn, to->uids[i], &u) < 0) continue;
+        bool on = hub_online(ch->hub, u.id);
+        rbuf *f = presence_frame(u.name, on, on ? chat_now_ms() : u.last_seen);
+        if (f) conn_send_lossy(c, f);
+        rbuf_unref(f);
+    }
+    store_abort(txn);
+    audience_unref(to);
+}
+
+void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
+{
+    chat *ch = chat_of(c->t);
+    char token[64];
+    int n = ERR_NOT_FOUND;
+    const http_str *auth = http_header_get(req, "Authorization");
+    if (auth && auth->n > 7 && strncasecmp(auth->p, "Bearer ", 7) == 0 && auth->n - 7 < sizeof token) {
+        n = (int)(auth->n - 7);
+        memcpy(token, auth->p + 7, (size_t)n);
+    } else {
+        n = http_query_get(req->query, "token", token, sizeof token);
+    }
+    chat_ident id;
+    int rc = n > 0 ? chat_authenticate(ch, token, (size_t)n, &id) : ERR_AUTH;
+    if (rc == ERR_OK && hub_sessions(ch->hub, id.uid) >= (int)ch->cfg->max_user_conns) {
+        metrics_inc(&c->t->m, M_RATE_LIMITED);
+        const char *body = "{\"error\":{\"code\":\"too_many_connections\","
+                           "\"message\":\"too many open connections for this user\"}}";
+        conn_respond(c, 429, "application/json", body, strlen(body), req->keep_alive, false,
+                     "Retry-After: 10\r\n");
+        return;
+    }
+    if (rc < 0) {
+        const char *body = rc == ERR_IO
+            ? "{\"error\":{\"code\":\"internal\",\"message\":\"storage error\"}}"
+            : "{\"error\":{\"code\":\"unauthorized\",\"message\":\"missing or invalid token\"}}";
+        conn_respond(c, rc == ERR_IO ? 500 : 401, "application/json", body, strlen(body),
+                     req->keep_alive, false,
+                     rc == ERR_IO ? NULL : "WWW-Authenticate: Bearer\r\n");
+        return;
+    }
+    session *s = calloc(1, sizeof *s);
+    if (!s) { conn_abort(c); return; }
+    s->uid = id.uid;
+    s->device = id.device;
+    s->expires = id.expires;
+    s->msgs.at = (uint32_t)srv_now(c->t);
+    memcpy(&s->token_key, id.token_hash, sizeof s->token_key);
+    memcpy(s->name, id.name, sizeof s->name);
+    if (conn_upgrade(c, hs, s) < 0) conn_abort(c);
+}
+
+int proto_on_open(conn *c)
+{
+    session *s = c->user;
+    chat *ch = chat_of(c->t);
+    s->c = c;
+    jbuf j;
+    jb_init(&j, 96);
+    jb_lit(&j, "{\"type\":\"hello\",\"user\":");
+    jb_cstr(&j, s->name);
+    jb_lit(&j, ",\"device\":");
+    jb_u64(&j, s->device);
+    jb_lit(&j, ",\"ts\":");
+    jb_i64(&j, chat_now_ms());
+    jb_raw(&j, "}", 1);
+    send_json(c, &j);
+    if (hub_session_add(ch->hub, c->t, s)) announce(ch, s, true, chat_now_ms());
+    tell_contacts(ch, c, s);
+    return ERR_OK;
+}
+
+void proto_on_close(conn *c)
+{
+    session *s = c->user;
+    c->user = NULL;
+    if (!s) return;
+    chat *ch = chat_of(c->t);
+    if (hub_session_remove(ch->hub, c->t, s)) {
+        int64_t now = chat_now_ms();
+        announce(ch, s, false, now);
+        chat_op *op = chat_op_new(ch, OP_LAST_SEEN, 0, NULL);
+        if (op) {
+            op->who.uid = s->uid;
+            op->ts = now;
+            if (chat_submit(op) < 0) chat_op_free(op); /* lossy */
+        }
+    }
+    free(s);
+}
+
+static void send_rate_limited(conn *c, uint32_t retry_ms, const char *ref)
+{
+    jbuf j;
+    jb_init(&j, 160);
+    jb_lit(&j, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\",\"retry_after_ms\":");
+    jb_u64(&j, retry_ms);
+    if (*ref) {
+        jb_lit(&j, ",\"ref\":");
+        jb_lit(&j, ref);
+    }
+    jb_raw(&j, "}", 1);
+    send_json(c, &j);
+}
+
+void proto_rate_limited(conn *c, uint32_t retry_ms, const char *data, size_t len)
+{
+    /* Refusals are bounded per connection (CONN_MAX_STRIKES), so reading
+     * the refused frame for its ref costs little. */
+    msg_req r;
+    const char *code, *message;
+    msg_parse(data, len, chat_of(c->t)->cfg->max_text, &r, &code, &message);
+    send_rate_limited(c, retry_ms, r.ref);
+}
+
+bool proto_on_tick(conn *c)
+{
+    session *s = c->user;
+    if (s && s->expires <= chat_now_ms()) {
+        conn_close_ws(c, WS_CLOSE_POLICY, "token expired");
+        return false;
+    }
+    return true;
+}
+
+/* ---- frames --------------------------------------------------------------------- */
+
+typedef struct frame_ctx {
+    conn *c;
+    session *s;
+    chat *ch;
+    msg_req r;   /* the parsed frame */
+} frame_ctx;
+
+/* After the commit: ack or error to the sending connection. */
+static void reply_send(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    if (c && c->state == CONN_WS) {
+        if (op->rc >= 0) {
+            jbuf j;
+            jb_init(&j, 128);
+            jb_lit(&j, "{\"type\":\"ack\",\"cmid\":");
+            jb_str(&j, op->cmid, op->cmid_len);
+            jb_lit(&j, ",\"conv\":");
+            jb_u64(&j, op->conv);
+            jb_lit(&j, ",\"seq\":");
+            jb_u64(&j, op->seq);
+            jb_lit(&j, ",\"ts\":");
+            jb_i64(&j, op->ts);
+            if (op->duplicate) jb_lit(&j, ",\"duplicate\":true");
+            jb_raw(&j, "}", 1);
+            send_json(c, &j);
+        } else {
+            send_error(c, proto_error_code(op->rc), error_message(op->rc), op->ref);
+        }
+    }
+    chat_op_free(op);
+}
+
+/* Cursor updates answer only when refused. */
+static void reply_cursor(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    if (c && c->state == CONN_WS && op->rc < 0)
+        send_error(c, proto_error_code(op->rc), error_message(op->rc), op->ref);
+    chat_op_free(op);
+}
+
+static void submit(frame_ctx *f, chat_op *op)
+{
+    int rc = chat_submit(op);
+    if (rc < 0) {
+        send_error(f->c, proto_error_code(rc), error_message(rc), op->ref);
+        chat_op_free(op);
+    }
+}
+
+static void on_send(frame_ctx *f)
+{
+    /* Per connection, then per user over all devices. */
+    const config *cfg = f->ch->cfg;
+    tlimit l = {(float)cfg->rate_msgs, (float)cfg->rate_msgs * 4};
+    uint32_t retry = 0;
+    if (!tb_take(&f->s->msgs, &l, srv_now(f->c->t), 1, &retry) ||
+        guard_user_msg(f->ch->guard, f->s->uid, guard_now(), &retry) < 0) {
+        if (conn_strike(f->c)) return;
+        send_rate_limited(f->c, retry, f->r.ref);
+        return;
+    }
+    conn_forgive(f->c);
+    chat_op *op = chat_op_new(f->ch, OP_SEND, f->c->id, reply_send);
+    if (!op || !(op->body = malloc(f->r.body_len))) {
+        chat_op_free(op);
+        send_error(f->c, "internal", "out of memory", f->r.ref);
+        return;
+    }
+    memcpy(op->cmid, f->r.cmid, f->r.cmid_len + 1);
+    op->cmid_len = f->r.cmid_len;
+    memcpy(op->body, f->r.body, f->r.body_len);
+    op->body_len = f->r.body_len;
+    op->conv = f->r.conv;
+    op->who.uid = f->s->uid;
+    memcpy(op->who.name, f->s->name, sizeof op->who.name);
+    memcpy(op->ref, f->r.ref, sizeof op->ref);
+    submit(f, op);
+}
+
+static void on_cursor(frame_ctx *f, bool read)
+{
+    chat_op *op = chat_op_new(f->ch, OP_CURSOR, f->c->id, reply_cursor);
+    if (!op) { send_error(f->c, "internal", "out of memory", f->r.ref); return; }
+    op->conv = f->r.conv;
+    op->delivered = f->r.seq;
+    op->read = read ? f->r.seq : 0;
+    op->who.uid = f->s->uid;
+    memcpy(op->who.name, f->s->name, sizeof op->who.name);
+    memcpy(op->ref, f->r.ref, sizeof op->ref);
+    submit(f, op);
+}
+
+static void on_sync(frame_ctx *f)
+{
+    uint64_t conv = f->r.conv;
+    const char *ref = f->r.ref;
+    store_txn *txn;
+    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, "internal", "storage error", ref); return; }
+    store_member m;
+    if (store_member_get(txn, conv, f->s->uid, &m) < 0) {
+        store_abort(txn);
+        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), ref);
+        return;
+    }
+    jbuf j;
+    jb_init(&j, 4096);
+    jb_lit(&j, "{\"type\":\"history\",\"conv\":");
+    jb_u64(&j, conv);
+    if (*ref) { jb_lit(&j, ",\"id\":"); jb_lit(&j, ref); }
+    jb_raw(&j, ",", 1);
+    int rc = chat_write_history(f->ch, txn, conv, f->r.after, f->r.before, (size_t)f->r.limit, &j);
+    jb_raw(&j, "}", 1);
+    store_abort(txn);
+    if (rc < 0) { jb_free(&j); send_error(f->c, "internal", "storage error", ref); return; }
+    send_json(f->c, &j);
+}
+
+static void on_inbox(frame_ctx *f)
+{
+    jbuf j;
+    jb_init(&j, 4096);
+    jb_lit(&j, "{\"type\":\"inbox\",");
+    if (*f->r.ref) { jb_lit(&j, "\"id\":"); jb_lit(&j, f->r.ref); jb_raw(&j, ",", 1); }
+    jb_lit(&j, "\"inbox\":");
+    if (chat_write_inbox(f->ch, f->s->uid, f->r.changed_since, &j) < 0) {
+        jb_free(&j);
+        send_error(f->c, "internal", "storage error", f->r.ref);
+        return;
+    }
+    jb_raw(&j, "}", 1);
+    send_json(f->c, &j);
+}
+
+typedef struct typing_ctx {
+    uint64_t self;
+    audience *a;
+} typing_ctx;
+
+static int typing_member(void *arg, const store_member *m)
+{
+    typing_ctx *x = arg;
+    if (m->uid != x->self) x->a->uids[x->a->n++] = m->uid;
+    return 0;
+}
+
+static void on_typing(frame_ctx *f)
+{
+    uint64_t conv = f->r.conv;
+    session *s = f->s;
+    uint64_t now = srv_now(f->c->t);
+    if (s->typing_conv == conv && now - s->typing_at < TYPING_MIN_MS) return; /* lossy lane */
+    store_txn *txn;
+    if (store_begin(f->ch->st, false, &txn) < 0) return;
+    store_member m;
+    store_conv cv;
+    if (store_member_get(txn, conv, s->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
+        store_abort(txn);
+        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->r.ref);
+        return;
+    }
+    typing_ctx x = {s->uid, audience_new(cv.nmembers)};
+    if (x.a) {
+        x.a->n = 0;
+        store_members(txn, conv, typing_member, &x);
+    }
+    store_abort(txn);
+    if (!x.a) return;
+    s->typing_conv = conv;
+    s->typing_at = now;
+    char buf[160];
+    int n = snprintf(buf, sizeof buf, "{\"type\":\"typing\",\"conv\":%llu,\"user\":\"%s\"}",
+                     (unsigned long long)conv, s->name); /* names need no escaping */
+    rbuf *frame = ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n);
+    if (frame) hub_send_lossy(f->ch->hub, x.a, frame, f->c->id);
+    rbuf_unref(frame);
+    audience_unref(x.a);
+}
+
+void proto_on_text(conn *c, const char *data, size_t len)
+{
+    frame_ctx f;
+    f.c = c;
+    f.s = c->user;
+    f.ch = chat_of(c->t);
+    const char *code, *message;
+    if (msg_parse(data, len, f.ch->cfg->max_text, &f.r, &code, &message) < 0) {
+        send_error(c, code, message, f.r.ref);
+        return;
+    }
+    if (f.r.type != MSG_SEND) conn_forgive(c); /* a send is forgiven once it passes its limits */
+    switch (f.r.type) {
+    case MSG_SEND: on_send(&f); break;
+    case MSG_SYNC: on_sync(&f); break;
+    case MSG_DELIVERED: on_cursor(&f, false); break;
+    case MSG_READ: on_cursor(&f, true); break;
+    case MSG_TYPING: on_typing(&f); break;
+    case MSG_INBOX: on_inbox(&f); break;
+    case MSG_PING: send_frame(c, ws_frame_rbuf(WS_OP_TEXT, "{\"type\":\"pong\"}", 15)); break;
+    case MSG_ECHO: send_frame(c, ws_frame_rbuf(WS_OP_TEXT, data, len)); break;
+    }
+}

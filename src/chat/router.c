@@ -1,0 +1,221 @@
+#include "chat/router.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "chat/api.h"
+#include "base/log.h"
+#include "chat/proto.h"
+#include "chat/chat.h"
+#include "chat/guard.h"
+#include "net/static.h"
+
+#define JSON "application/json"
+
+static const char *const subprotocols[] = {"parley.v1.json", NULL};
+
+static bool path_is(const http_request *r, const char *p)
+{
+    size_t n = strlen(p);
+    return r->path.n == n && memcmp(r->path.p, p, n) == 0;
+}
+
+static bool method_is(const http_request *r, const char *m)
+{
+    size_t n = strlen(m);
+    return r->method.n == n && memcmp(r->method.p, m, n) == 0;
+}
+
+static void error_json(conn *c, const http_request *req, int status, const char *code,
+                       const char *message, const char *extra)
+{
+    char body[256];
+    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
+                     code, message);
+    conn_respond(c, status, JSON, body, (size_t)n, req->keep_alive,
+                 method_is(req, "HEAD"), extra);
+}
+
+static void healthz(conn *c, const http_request *req)
+{
+    bool stopping = c->t->stopping;
+    const char *body = stopping ? "{\"status\":\"stopping\"}" : "{\"status\":\"ok\"}";
+    conn_respond(c, stopping ? 503 : 200, JSON, body, strlen(body), req->keep_alive,
+                 method_is(req, "HEAD"), "Cache-Control: no-store\r\n");
+}
+
+static void metrics_page(conn *c, const http_request *req)
+{
+    server *s = c->t->srv;
+    metrics *per[256];
+    for (int i = 0; i < s->nthreads && i < 256; i++) per[i] = &s->threads[i].m;
+    size_t cap = 64 * 1024;
+    char *buf = malloc(cap);
+    int n = buf ? metrics_render(per, s->nthreads, buf, cap) : ERR_NOMEM;
+    if (n >= 0 && s->app) {
+        writer_stats ws;
+        writer_get_stats(((chat *)s->app)->w, &ws);
+        int k = snprintf(buf + n, cap - (size_t)n,
+            "# HELP parley_commit_batches_total Group commits (one transaction, one fsync)\n"
+            "# TYPE parley_commit_batches_total counter\nparley_commit_batches_total %llu\n"
+            "# HELP parley_commit_ops_total Writes committed in group commits\n"
+            "# TYPE parley_commit_ops_total counter\nparley_commit_ops_total %llu\n"
+            "# HELP parley_commit_failed_total Group commits that failed\n"
+            "# TYPE parley_commit_failed_total counter\nparley_commit_failed_total %llu\n"
+            "# HELP parley_commit_queue Writes waiting for the writer\n"
+            "# TYPE parley_commit_queue gauge\nparley_commit_queue %llu\n"
+            "# HELP parley_commit_max_batch Largest group commit so far\n"
+            "# TYPE parley_commit_max_batch gauge\nparley_commit_max_batch %llu\n"
+            "# HELP parley_commit_seconds_total Writer time by phase\n"
+            "# TYPE parley_commit_seconds_total counter\n"
+            "parley_commit_seconds_total{phase=\"apply\"} %.6f\n"
+            "parley_commit_seconds_total{phase=\"commit\"} %.6f\n"
+            "parley_commit_seconds_total{phase=\"fanout\"} %.6f\n",
+            (unsigned long long)ws.batches, (unsigned long long)ws.ops,
+            (unsigned long long)ws.failed_batches, (unsigned long long)ws.queued,
+            (unsigned long long)ws.max_batch, ws.apply_ns / 1e9, ws.commit_ns / 1e9,
+            ws.done_ns / 1e9);
+        n = k > 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
+    }
+    if (n < 0) {
+        free(buf);
+        error_json(c, req, 500, "internal", "metrics unavailable", NULL);
+        return;
+    }
+    conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", buf, (size_t)n,
+                 req->keep_alive, method_is(req, "HEAD"), "Cache-Control: no-store\r\n");
+    free(buf);
+}
+
+/* With --allowed-origins, a browser (which always sends Origin) may open
+ * a WebSocket only from a listed origin; non-browser clients send none. */
+static bool origin_allowed(const config *cfg, const http_str *origin)
+{
+    if (!cfg->allowed_origins[0] || !origin) return true;
+    const char *p = cfg->allowed_origins;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        while (n && *p == ' ') { p++; n--; }
+        while (n && p[n - 1] == ' ') n--;
+        if (n == origin->n && strncasecmp(p, origin->p, n) == 0) return true;
+        if (!end) break;
+        p = end + 1;
+    }
+    return false;
+}
+
+static void websocket(conn *c, const http_request *req)
+{
+    if (!http_header_get(req, "Upgrade")) {
+        error_json(c, req, 426, "upgrade_required", "this endpoint speaks WebSocket",
+                   "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+        return;
+    }
+    ws_handshake hs;
+    int status = 400;
+    if (ws_handshake_check(req, subprotocols, &hs, &status) < 0) {
+        error_json(c, req, status, status == 426 ? "bad_version" : "bad_handshake",
+                   status == 426 ? "WebSocket version 13 is required"
+                                 : "invalid WebSocket handshake",
+                   status == 426 ? "Sec-WebSocket-Version: 13\r\n" : NULL);
+        return;
+    }
+    if (c->t->stopping) {
+        error_json(c, req, 503, "stopping", "server is shutting down", "Retry-After: 1\r\n");
+        return;
+    }
+    if (!origin_allowed(c->t->srv->cfg, http_header_get(req, "Origin"))) {
+        error_json(c, req, 403, "forbidden_origin", "this origin may not open WebSockets", NULL);
+        return;
+    }
+    /* Admission control: a reconnect storm ramps instead of collapsing the
+     * server. The refusal is cheap (before any storage read) and spreads
+     * retries with a jittered Retry-After. */
+    const config *cfg = c->t->srv->cfg;
+    tlimit admit = {(float)cfg->admit_rate, (float)cfg->admit_rate};
+    if (!tb_take(&c->t->admit, &admit, srv_now(c->t), 1, NULL)) {
+        char extra[48];
+        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", 1 + (unsigned)(uv_hrtime() % 5));
+        metrics_inc(&c->t->m, M_ADMIT_REFUSED);
+        error_json(c, req, 503, "busy", "too many connections at once: retry later", extra);
+        return;
+    }
+    uint32_t retry = 0;
+    if (guard_handshake(((chat *)c->t->srv->app)->guard, conn_peer_key(c), guard_now(), &retry) < 0) {
+        char extra[48];
+        snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry / 1000 + 1);
+        metrics_inc(&c->t->m, M_RATE_LIMITED);
+        error_json(c, req, 429, "rate_limited", "too many handshakes from this address", extra);
+        return;
+    }
+    proto_upgrade(c, req, &hs);
+}
+
+static void static_file_page(conn *c, const http_request *req)
+{
+    const config *cfg = c->t->srv->cfg;
+    bool head = method_is(req, "HEAD");
+    if (!head && !method_is(req, "GET")) {
+        error_json(c, req, 405, "method_not_allowed", "use GET or HEAD", "Allow: GET, HEAD\r\n");
+        return;
+    }
+    char full[1536];
+    static_file f;
+    int rc = static_join(cfg->web_dir, req->path.p, req->path.n, full, sizeof full);
+    if (rc >= 0) rc = static_open(cfg->web_dir, full, &f);
+    if (rc == ERR_TOO_LARGE) {
+        error_json(c, req, 500, "internal", "file too large to serve", NULL);
+        return;
+    }
+    if (rc < 0) {
+        error_json(c, req, 404, "not_found", "no such file", NULL);
+        return;
+    }
+    char extra[160];
+    snprintf(extra, sizeof extra,
+             "ETag: %s\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n", f.etag);
+    const http_str *inm = http_header_get(req, "If-None-Match");
+    if (inm && inm->n == strlen(f.etag) && memcmp(inm->p, f.etag, inm->n) == 0) {
+        close(f.fd);
+        /* No body; Content-Length is the representation's (RFC 9110 8.6). */
+        conn_respond(c, 304, NULL, NULL, f.size, req->keep_alive, true, extra);
+        return;
+    }
+    char *body = malloc(f.size ? f.size : 1);
+    ssize_t got = body ? pread(f.fd, body, f.size, 0) : -1;
+    close(f.fd);
+    if (got != (ssize_t)f.size) {
+        free(body);
+        error_json(c, req, 500, "internal", "read failed", NULL);
+        return;
+    }
+    conn_respond(c, 200, static_content_type(full), body, f.size, req->keep_alive, head, extra);
+    free(body);
+}
+
+void router_handle(conn *c, const http_request *req)
+{
+    if (path_is(req, "/v1/ws")) {
+        if (!method_is(req, "GET")) {
+            error_json(c, req, 405, "method_not_allowed", "use GET", "Allow: GET\r\n");
+            return;
+        }
+        websocket(c, req);
+        return;
+    }
+    if (path_is(req, "/healthz") && (method_is(req, "GET") || method_is(req, "HEAD"))) {
+        healthz(c, req);
+        return;
+    }
+    if (path_is(req, "/metrics") && (method_is(req, "GET") || method_is(req, "HEAD"))) {
+        metrics_page(c, req);
+        return;
+    }
+    if (api_handle(c, req)) return;
+    static_file_page(c, req);
+}

@@ -1,0 +1,130 @@
+/* conn: one client connection, from accept through HTTP and WebSocket to
+ * close. Owned by its I/O thread: call these only on that thread.
+ *
+ * Memory: an idle connection is its conn struct and nothing else. Input is
+ * read into the thread's shared buffer; bytes are kept per connection only
+ * while a request or frame is incomplete (`in`) or a fragmented message is
+ * being assembled (`msg`). Output is a queue of references to shared,
+ * pre-encoded buffers (rbuf), written with one writev per loop turn; a
+ * write watcher (uv_write) is armed only when the kernel buffer is full.
+ *
+ * Closing: conn_close_ws() sends a close frame; then the connection
+ * "lingers": it flushes, half-closes (FIN), discards input and closes the
+ * socket on the peer's EOF or after CONN_LINGER_MS. The struct is freed by
+ * libuv's close callback, never during another callback of the same conn.
+ */
+#ifndef PARLEY_CONN_H
+#define PARLEY_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/rbuf.h"
+#include "net/server.h"
+#include "net/wheel.h"
+#include "codec/ws.h"
+
+#define CONN_LINGER_MS 2000
+
+enum conn_state {
+    CONN_HTTP,    /* reading HTTP requests */
+    CONN_WS,      /* open WebSocket */
+    CONN_LINGER,  /* closing: flush, FIN, discard input, wait for EOF */
+    CONN_CLOSED,  /* uv_close called; freed by its callback */
+};
+
+struct conn {
+    uv_tcp_t tcp;            /* first: a handle pointer is a conn pointer */
+    srv_thread *t;
+    uint64_t id;             /* unique; srv_conn() finds the conn by it */
+    wheel_node timer;        /* the one deadline this connection has */
+    conn *prev, *next;       /* t->conns */
+    conn *fprev, *fnext;     /* t->flush_head, when F_FLUSH */
+    out_node *out_head, *out_tail;
+    uint32_t out_bytes;      /* queued, not yet written */
+    uint32_t in_len, in_cap;
+    uint8_t *in;             /* incomplete input; NULL while idle */
+    uint8_t *msg;            /* fragmented message so far; NULL normally */
+    uint32_t msg_len, msg_cap;
+    ws_reader wr;
+    struct conn_wreq *wreq;  /* the uv_write in flight, if any */
+    void *user;              /* the session layer's (proto) per-connection data */
+    struct tls_conn *tls;    /* TLS state (owned), or NULL for plain TCP */
+    uint8_t state;           /* enum conn_state */
+    uint8_t flags;
+    uint8_t missed_pings;
+    uint8_t msg_op;          /* opcode of the fragmented message */
+    uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
+    tbucket frames;          /* WebSocket frames rate limit */
+};
+
+/* libuv connection callback for a thread's listener. */
+void conn_on_accept(uv_stream_t *listener, int status);
+
+/* Queues a pre-encoded frame (takes a reference to it). Returns ERR_OK,
+ * ERR_CLOSED if the connection is closing, or ERR_FULL if the queue would
+ * pass --max-queue (the frame is not queued; the caller decides, usually
+ * conn_close_ws(c, 1013)). */
+int conn_send(conn *c, rbuf *frame);
+
+/* Queues a frame of the lossy lane (typing, presence): dropped instead of
+ * queued when the connection's queue is over half of --max-queue. */
+void conn_send_lossy(conn *c, rbuf *frame);
+
+/* Counts a refusal by a rate limit; after CONN_MAX_STRIKES the connection
+ * is closed with 1008. Returns true if it was closed. */
+bool conn_strike(conn *c);
+#define CONN_MAX_STRIKES 50
+
+/* An accepted request takes one strike off: refusals are forgiven by good
+ * behaviour, so only persistent abuse reaches CONN_MAX_STRIKES. */
+void conn_forgive(conn *c);
+
+/* Encodes an unmasked server frame into a new rbuf (one reference for the
+ * caller), or NULL when out of memory. */
+rbuf *ws_frame_rbuf(uint8_t opcode, const void *payload, size_t len);
+
+/* Starts the WebSocket close handshake with `code` (reason may be NULL),
+ * then lingers. No-op if already closing. */
+void conn_close_ws(conn *c, uint16_t code, const char *reason);
+
+/* Queues an HTTP response: head + body in one buffer. With keep_alive false
+ * the connection lingers and closes after it. head_only: HEAD (no body).
+ * extra: preformatted header lines or NULL. */
+int conn_respond(conn *c, int status, const char *content_type, const void *body,
+                 size_t len, bool keep_alive, bool head_only, const char *extra);
+
+/* Switches an HTTP connection to WebSocket after queuing the 101, with
+ * `user` (owned by proto from now on) as c->user, then calls
+ * proto_on_open(). */
+int conn_upgrade(conn *c, const ws_handshake *hs, void *user);
+
+/* Stops reading input (HTTP backpressure). conn_resume() restarts it and
+ * processes any request already buffered. */
+void conn_pause(conn *c);
+/* Pauses for an asynchronous request: input stays stopped until the
+ * handler's conn_resume(), even if output drains meanwhile. */
+void conn_hold(conn *c);
+void conn_resume(conn *c);
+
+/* The guard key of the peer's address (guard_addr_key), 0 if unknown. */
+uint64_t conn_peer_key(conn *c);
+
+/* Closes the socket now (no close frame). Idempotent. */
+void conn_abort(conn *c);
+
+/* Graceful stop: WebSockets get 1001, idle HTTP connections close. */
+void conn_shutdown(conn *c);
+
+/* Writes c's queued output (the thread's flush pass). */
+void conn_flush(conn *c);
+
+/* The wheel's expiry callback for conn timers. */
+void conn_expire(wheel_node *n, void *arg);
+
+/* Frees the thread's recycled output nodes (thread exit). */
+void conn_free_nodes(srv_thread *t);
+
+#endif

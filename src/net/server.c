@@ -1,0 +1,276 @@
+#include "net/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "net/conn.h"
+#include "base/err.h"
+#include "base/log.h"
+#include "net/tls.h"
+
+struct srv_msg {
+    srv_msg *next;
+    void (*fn)(srv_thread *t, void *arg);
+    void *arg;
+};
+
+/* ---- listeners ---------------------------------------------------------- */
+
+/* A non-blocking listening socket with SO_REUSEPORT, so every thread has its
+ * own accept queue and the kernel spreads connections over them. */
+static int bind_listener(const char *addr, int port, int *bound_port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        sl = sizeof *s4;
+    } else if (inet_pton(AF_INET6, addr, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        sl = sizeof *s6;
+    } else {
+        log_error("bad listen address", "addr=%s", addr);
+        return ERR_INVALID;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return ERR_IO;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
+        log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
+        close(fd);
+        return ERR_IO;
+    }
+    if (bound_port) {
+        getsockname(fd, (struct sockaddr *)&ss, &sl);
+        *bound_port = ntohs(ss.ss_family == AF_INET ? s4->sin_port : s6->sin6_port);
+    }
+    return fd;
+}
+
+/* ---- per-thread handles --------------------------------------------------- */
+
+static void on_tick(uv_timer_t *h)
+{
+    srv_thread *t = h->data;
+    wheel_tick(&t->wheel, conn_expire, t);
+}
+
+static void on_flush(uv_prepare_t *h)
+{
+    srv_thread *t = h->data;
+    while (t->flush_head) conn_flush(t->flush_head); /* unlinks itself */
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+conn *srv_conn(srv_thread *t, uint64_t id)
+{
+    return u64map_get(&t->by_id, id);
+}
+
+void srv_thread_idle(srv_thread *t)
+{
+    uv_mutex_lock(&t->mu);
+    t->closed = true; /* no uv_async_send after this */
+    uv_mutex_unlock(&t->mu);
+    /* Every handle left is the thread's own: closing them ends uv_run. */
+    uv_walk(&t->loop, close_handle, NULL);
+}
+
+static void thread_stop(srv_thread *t, void *arg)
+{
+    if (t->stopping) return;
+    t->stopping = true;
+    if (!uv_is_closing((uv_handle_t *)&t->listener))
+        uv_close((uv_handle_t *)&t->listener, NULL);
+    for (conn *c = t->conns, *next; c; c = next) {
+        next = c->next;
+        conn_shutdown(c);
+    }
+    if (t->nconns == 0) srv_thread_idle(t);
+}
+
+static void thread_force(srv_thread *t, void *arg)
+{
+    thread_stop(t, NULL);
+    while (t->conns) conn_abort(t->conns);
+}
+
+static void on_wake(uv_async_t *h)
+{
+    srv_thread *t = h->data;
+    uv_mutex_lock(&t->mu);
+    srv_msg *p = t->posts;
+    t->posts = NULL;
+    uv_mutex_unlock(&t->mu);
+    /* Newest first in the list: reverse to run in posting order. */
+    srv_msg *fifo = NULL;
+    while (p) {
+        srv_msg *next = p->next;
+        p->next = fifo;
+        fifo = p;
+        p = next;
+    }
+    while (fifo) {
+        srv_msg *next = fifo->next;
+        fifo->fn(t, fifo->arg);
+        free(fifo);
+        fifo = next;
+    }
+}
+
+int srv_post(srv_thread *t, void (*fn)(srv_thread *t, void *arg), void *arg)
+{
+    srv_msg *p = malloc(sizeof *p);
+    if (!p) return ERR_NOMEM;
+    p->fn = fn;
+    p->arg = arg;
+    uv_mutex_lock(&t->mu);
+    if (t->closed) {
+        uv_mutex_unlock(&t->mu);
+        free(p);
+        return ERR_CLOSED;
+    }
+    p->next = t->posts;
+    t->posts = p;
+    uv_async_send(&t->wake); /* under mu: never after the handle closes */
+    uv_mutex_unlock(&t->mu);
+    return ERR_OK;
+}
+
+static void thread_main(void *arg)
+{
+    srv_thread *t = arg;
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    /* Posts that raced with the end are dropped with their memory. */
+    uv_mutex_lock(&t->mu);
+    while (t->posts) {
+        srv_msg *p = t->posts;
+        t->posts = p->next;
+        free(p);
+    }
+    uv_mutex_unlock(&t->mu);
+    conn_free_nodes(t);
+    u64map_free(&t->by_id);
+    if (t->srv->on_done) uv_async_send(t->srv->on_done);
+}
+
+static int thread_init(server *s, srv_thread *t, int id, int fd)
+{
+    t->srv = s;
+    t->id = id;
+    t->listen_fd = fd;
+    if (uv_loop_init(&t->loop) != 0) return ERR_IO;
+    uv_mutex_init(&t->mu);
+    t->rbuf = malloc(SRV_READ_BUF);
+    if (!t->rbuf) return ERR_NOMEM;
+    wheel_init(&t->wheel, SRV_TICK_MS);
+    uv_tcp_init(&t->loop, &t->listener);
+    if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
+    t->listener.data = t;
+    if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
+    uv_async_init(&t->loop, &t->wake, on_wake);
+    t->wake.data = t;
+    uv_timer_init(&t->loop, &t->tick);
+    t->tick.data = t;
+    uv_timer_start(&t->tick, on_tick, SRV_TICK_MS, SRV_TICK_MS);
+    uv_prepare_init(&t->loop, &t->flush);
+    t->flush.data = t;
+    uv_prepare_start(&t->flush, on_flush);
+    return ERR_OK;
+}
+
+int server_create(server **out, const config *cfg, uv_async_t *on_done)
+{
+    server *s = calloc(1, sizeof *s);
+    if (!s) return ERR_NOMEM;
+    s->cfg = cfg;
+    s->on_done = on_done;
+    http_limits_default(&s->http_lim);
+    s->http_lim.max_body = cfg->max_body;
+    s->http_lim.max_header_bytes = cfg->max_header_bytes;
+    ws_limits_default(&s->ws_lim);
+    s->ws_lim.max_message = cfg->max_message;
+    if (cfg->tls_cert[0] || cfg->tls_key[0]) {
+        if (!cfg->tls_cert[0] || !cfg->tls_key[0]) {
+            log_error("TLS needs both --tls-cert and --tls-key", NULL);
+            free(s);
+            return ERR_INVALID;
+        }
+        if (tls_ctx_new(&s->tls, cfg->tls_cert, cfg->tls_key) < 0) { free(s); return ERR_INVALID; }
+    }
+    s->nthreads = cfg->threads;
+    s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
+    if (!s->threads) { free(s); return ERR_NOMEM; }
+    int port = cfg->port;
+    for (int i = 0; i < s->nthreads; i++) {
+        int fd = bind_listener(cfg->listen, port, i == 0 ? &port : NULL);
+        if (fd < 0) {
+            for (int j = 0; j < i; j++) close(s->threads[j].listen_fd);
+            free(s->threads);
+            free(s);
+            return ERR_IO;
+        }
+        s->threads[i].listen_fd = fd;
+    }
+    s->port = port;
+    for (int i = 0; i < s->nthreads; i++) {
+        srv_thread *t = &s->threads[i];
+        int rc = thread_init(s, t, i, t->listen_fd);
+        if (rc < 0) {
+            log_error("thread init failed", "thread=%d err=%s", i, err_name(rc));
+            exit(1); /* at startup only: nothing to lose */
+        }
+    }
+    *out = s;
+    return ERR_OK;
+}
+
+void server_run(server *s)
+{
+    for (int i = 0; i < s->nthreads; i++)
+        uv_thread_create(&s->threads[i].tid, thread_main, &s->threads[i]);
+}
+
+void server_stop(server *s)
+{
+    for (int i = 0; i < s->nthreads; i++) srv_post(&s->threads[i], thread_stop, NULL);
+}
+
+void server_force(server *s)
+{
+    for (int i = 0; i < s->nthreads; i++) srv_post(&s->threads[i], thread_force, NULL);
+}
+
+void server_wait(server *s)
+{
+    for (int i = 0; i < s->nthreads; i++) {
+        srv_thread *t = &s->threads[i];
+        uv_thread_join(&t->tid);
+        uv_loop_close(&t->loop);
+        free(t->rbuf);
+    }
+}
+
+void server_free(server *s)
+{
+    tls_ctx_free(s->tls);
+    for (int i = 0; i < s->nthreads; i++) uv_mutex_destroy(&s->threads[i].mu);
+    free(s->threads);
+    free(s);
+}
