@@ -12,6 +12,8 @@
 #include "chat/api.h"
 #include "chat/auth.h"
 #include "chat/chat.h"
+#include "chat/proto.h"
+#include "chat/router.h"
 #include "base/config.h"
 #include "base/err.h"
 #include "base/log.h"
@@ -110,7 +112,17 @@ int main(int argc, char **argv)
     if (a.cfg.insecure_fast_kdf)
         log_warn("INSECURE: --insecure-fast-kdf hashes new passwords at the minimum Argon2 cost; "
                  "use it only to provision benchmark users", NULL);
-    if (server_create(&a.srv, &a.cfg, &a.done) < 0) return 1;
+    const config *c = &a.cfg;
+    srv_options opt = {
+        .listen = c->listen, .port = c->port, .threads = c->threads,
+        .tls_cert = c->tls_cert, .tls_key = c->tls_key,
+        .max_message = c->max_message, .max_queue = c->max_queue,
+        .max_body = c->max_body, .max_header_bytes = c->max_header_bytes,
+        .request_timeout_ms = c->request_timeout_ms, .idle_timeout_ms = c->idle_timeout_ms,
+        .ping_interval_ms = c->ping_interval_ms, .max_pending = c->max_pending,
+        .rate_frames = c->rate_frames,
+    };
+    if (server_create(&a.srv, &opt, &router_http_ops, &proto_ws_ops, &a.done) < 0) return 1;
     rc = chat_open(&a.chat, &a.cfg, a.srv);
     if (rc < 0) {
         if (rc == ERR_VERSION)

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "chat/auth.h"
-#include "net/conn.h"
+#include "codec/ws.h"
 #include "base/log.h"
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -310,7 +310,7 @@ static void close_revoked(srv_thread *t, void *arg)
     revocation *r = arg;
     for (session *s = t ? hub_local(t, r->uid) : NULL, *next; s; s = next) {
         next = s->next_local;
-        if (s->token_key == r->token_key) conn_close_ws(s->c, WS_CLOSE_POLICY, "token revoked");
+        if (s->token_key == r->token_key) s->sink->close(s, WS_CLOSE_POLICY, "token revoked");
     }
     if (__atomic_sub_fetch(&r->refs, 1, __ATOMIC_ACQ_REL) == 0) free(r);
 }
@@ -518,13 +518,14 @@ static int apply_cursor(store_txn *txn, chat_op *op)
 
 /* ---- after the commit ------------------------------------------------------------ */
 
-static void fan_out(chat_op *op, rbuf *frame, uint64_t except)
+/* Queues ev (taken over; NULL is a no-op) to the op's audience. */
+static void fan_out(chat_op *op, event *ev, uint64_t except)
 {
-    if (frame && op->aud) hub_queue(op->ch->hub, op->aud, frame, except);
-    rbuf_unref(frame);
+    if (ev && op->aud) hub_queue(op->ch->hub, op->aud, ev, except);
+    event_unref(ev);
 }
 
-static rbuf *msg_frame(const chat_op *op)
+static event *msg_event(const chat_op *op)
 {
     jbuf j;
     jb_init(&j, 128 + op->body_len);
@@ -535,10 +536,10 @@ static rbuf *msg_frame(const chat_op *op)
                    op->body, op->body_len};
     write_msg_fields(&j, &m, op->who.name);
     jb_raw(&j, "}", 1);
-    return jb_frame(&j);
+    return event_new(EV_MSG, op->conv, op->seq, jb_take(&j));
 }
 
-static rbuf *receipt_frame(const chat_op *op)
+static event *receipt_event(const chat_op *op)
 {
     jbuf j;
     jb_init(&j, 128);
@@ -551,7 +552,7 @@ static rbuf *receipt_frame(const chat_op *op)
     jb_lit(&j, ",\"read\":");
     jb_u64(&j, op->read);
     jb_raw(&j, "}", 1);
-    return jb_frame(&j);
+    return event_new(EV_RECEIPT, op->conv, 0, jb_take(&j));
 }
 
 /* {"type":"conv","conv":{...}} to every member, in a read txn of its own
@@ -567,7 +568,7 @@ static void conv_event(chat_op *op)
     jb_raw(&j, "}", 1);
     store_abort(txn);
     if (rc < 0) { jb_free(&j); return; }
-    fan_out(op, jb_frame(&j), 0);
+    fan_out(op, event_new(EV_CONV, op->conv, 0, jb_take(&j)), 0);
 }
 
 static void removed_event(chat_op *op)
@@ -575,14 +576,14 @@ static void removed_event(chat_op *op)
     char buf[64];
     int n = snprintf(buf, sizeof buf, "{\"type\":\"removed\",\"conv\":%llu}",
                      (unsigned long long)op->conv);
-    rbuf *frame = ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n);
+    event *ev = event_new(EV_REMOVED, op->conv, 0, rbuf_copy(buf, (size_t)n));
     audience *a = audience_new(1);
-    if (a && frame) {
+    if (a && ev) {
         a->uids[0] = op->target;
-        hub_queue(op->ch->hub, a, frame, 0);
+        hub_queue(op->ch->hub, a, ev, 0);
     }
     audience_unref(a);
-    rbuf_unref(frame);
+    event_unref(ev);
 }
 
 static void done(writer_op *wop, int rc)
@@ -592,10 +593,10 @@ static void done(writer_op *wop, int rc)
     bool ok = rc >= 0;
     switch (op->kind) {
     case OP_SEND:
-        if (ok && !op->duplicate) fan_out(op, msg_frame(op), op->origin);
+        if (ok && !op->duplicate) fan_out(op, msg_event(op), op->origin);
         break;
     case OP_CURSOR:
-        if (ok && op->changed) fan_out(op, receipt_frame(op), 0);
+        if (ok && op->changed) fan_out(op, receipt_event(op), 0);
         break;
     case OP_DIRECT:
         if (ok && !op->duplicate) conv_event(op);

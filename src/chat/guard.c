@@ -82,22 +82,6 @@ uint64_t guard_now(void)
     return uv_hrtime() / 1000000;
 }
 
-uint64_t guard_addr_key(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        return 0x100000000ull | a->sin_addr.s_addr;
-    }
-    if (ss->ss_family == AF_INET6) {
-        /* FNV-1a over the /64 prefix and interface id. */
-        const uint8_t *p = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
-        uint64_t h = 0xcbf29ce484222325ull;
-        for (int i = 0; i < 16; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-        return h | 0x8000000000000000ull;
-    }
-    return 0;
-}
-
 static int take(table *t, uint64_t key, const tlimit *l, bool second, uint64_t now, uint32_t *retry)
 {
     if (l->rate <= 0) return ERR_OK;

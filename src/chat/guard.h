@@ -30,8 +30,6 @@ void guard_free(guard *g);
 
 uint64_t guard_now(void);
 
-/* A key for a peer address (IPv4 or IPv6; 0 if unknown). */
-uint64_t guard_addr_key(const struct sockaddr_storage *ss);
 
 /* ERR_OK, or ERR_RATE with *retry_ms set. */
 int guard_handshake(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms);

@@ -3,14 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "net/conn.h"
 #include "base/err.h"
-#include "codec/ws.h"
 
 typedef struct parcel {
-    rbuf *frame;                 /* with a reference, or NULL for a call */
-    audience *to;                /* with a reference, or NULL */
-    uint64_t conn;               /* target (to == NULL) or excluded connection */
+    event *ev;                   /* with a reference, or NULL for a call */
+    audience *to;                /* with a reference, or NULL for a call */
+    uint64_t except;             /* the session not to send to (0: none) */
     void (*fn)(srv_thread *t, void *arg);
     void *arg;
     bool lossy;                  /* typing/presence: dropped for slow readers */
@@ -127,15 +125,9 @@ bool hub_online(hub *h, uint64_t uid)
 
 /* ---- delivery on the recipient's thread ---------------------------------- */
 
-static void send_to(conn *c, rbuf *frame)
-{
-    if (conn_send(c, frame) == ERR_FULL)
-        conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
-}
-
 static void parcel_release(parcel *p)
 {
-    rbuf_unref(p->frame);
+    event_unref(p->ev);
     audience_unref(p->to);
 }
 
@@ -149,15 +141,12 @@ static void deliver(srv_thread *t, void *arg)
         } else if (p->to) {
             for (uint32_t i = 0; i < p->to->n; i++) {
                 for (session *s = hub_local(t, p->to->uids[i]), *sn; s; s = sn) {
-                    sn = s->next_local; /* send_to may close s */
-                    if (s->c->id == p->conn) continue;
-                    if (p->lossy) conn_send_lossy(s->c, p->frame);
-                    else send_to(s->c, p->frame);
+                    sn = s->next_local; /* a send may close s */
+                    if (s->id == p->except) continue;
+                    if (p->lossy) s->sink->send_lossy(s, p->ev);
+                    else s->sink->send(s, p->ev);
                 }
             }
-        } else {
-            conn *c = srv_conn(t, p->conn);
-            if (c && c->state == CONN_WS) send_to(c, p->frame);
         }
         parcel_release(p);
     }
@@ -178,7 +167,7 @@ static void post(srv_thread *t, outbox *o)
     free(o);
 }
 
-static bool push(outbox *o, rbuf *frame, audience *to, uint64_t conn_id,
+static bool push(outbox *o, event *ev, audience *to, uint64_t except,
                  void (*fn)(srv_thread *, void *), void *arg)
 {
     if (o->n == o->cap) {
@@ -189,22 +178,22 @@ static bool push(outbox *o, rbuf *frame, audience *to, uint64_t conn_id,
         o->cap = cap;
     }
     parcel *p = &o->items[o->n++];
-    p->frame = frame ? rbuf_ref(frame) : NULL;
+    p->ev = ev ? event_ref(ev) : NULL;
     if (to) __atomic_add_fetch(&to->refs, 1, __ATOMIC_RELAXED);
     p->to = to;
-    p->conn = conn_id;
+    p->except = except;
     p->fn = fn;
     p->arg = arg;
     p->lossy = false;
     return true;
 }
 
-static void send_now(hub *h, audience *to, rbuf *frame, uint64_t except_conn, bool lossy)
+static void send_now(hub *h, audience *to, event *ev, uint64_t except, bool lossy)
 {
     for (int i = 0; i < h->srv->nthreads; i++) {
         outbox *o = calloc(1, sizeof *o);
         if (!o) continue;
-        if (push(o, frame, to, except_conn, NULL, NULL)) {
+        if (push(o, ev, to, except, NULL, NULL)) {
             o->items[0].lossy = lossy;
             post(&h->srv->threads[i], o);
         } else {
@@ -213,19 +202,19 @@ static void send_now(hub *h, audience *to, rbuf *frame, uint64_t except_conn, bo
     }
 }
 
-void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
+void hub_send(hub *h, audience *to, event *ev, uint64_t except)
 {
-    send_now(h, to, frame, except_conn, false);
+    send_now(h, to, ev, except, false);
 }
 
-void hub_send_lossy(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
+void hub_send_lossy(hub *h, audience *to, event *ev, uint64_t except)
 {
-    send_now(h, to, frame, except_conn, true);
+    send_now(h, to, ev, except, true);
 }
 
-void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn)
+void hub_queue(hub *h, audience *to, event *ev, uint64_t except)
 {
-    for (int i = 0; i < h->srv->nthreads; i++) push(&h->pending[i], frame, to, except_conn, NULL, NULL);
+    for (int i = 0; i < h->srv->nthreads; i++) push(&h->pending[i], ev, to, except, NULL, NULL);
 }
 
 void hub_queue_call(hub *h, int thread, void (*fn)(srv_thread *t, void *arg), void *arg)

@@ -1,9 +1,14 @@
-/* hub: who is connected where, and getting frames to them.
+/* hub: who is connected where, and getting events to them.
+ *
+ * A session is one authenticated client connection, whatever carries it:
+ * it reaches its client only through its sink (send, send_lossy, close),
+ * so the hub and the chat service never see a transport. The WebSocket
+ * sink (proto.c) is the first; SSE and long-poll sinks plug in the same way.
  *
  * Each I/O thread keeps its own map of user id -> that user's sessions on
  * the thread (no lock: only the thread touches it). A delivery is a
- * "parcel": one pre-encoded frame (rbuf, shared by every recipient) and an
- * audience (user ids, shared by every thread) or one target connection.
+ * "parcel": one event (event.h, encoded once, shared by every recipient)
+ * and an audience (user ids, shared by every thread).
  * Parcels reach a thread through srv_post(); the storage writer queues
  * parcels per thread while it completes a batch and posts each thread's
  * list once per batch (hub_flush), so a batch of N messages costs one
@@ -22,15 +27,33 @@
 #include <uv.h>
 
 #include "base/ratelimit.h"
-#include "base/rbuf.h"
-#include "net/server.h"
 #include "base/u64map.h"
+#include "chat/event.h"
+#include "net/server.h"
 
 typedef struct session session;
 
-/* One authenticated WebSocket (conn->user). Owned by the conn's thread. */
+/* How a session reaches its client. Each call runs on the session's thread
+ * and may close the session (the sink then tells the hub through its
+ * transport's close path): callers iterating sessions read next_local
+ * first. The event is borrowed; a sink that queues it takes a reference
+ * (or one of its encodings'). Codes are WebSocket close codes (1008 policy,
+ * 1013 try again), which other transports map to their own. */
+typedef struct sink_ops {
+    /* Queues ev. A full output queue closes the session (1013: resume by
+     * sync). Returns ERR_OK or ERR_CLOSED/ERR_FULL (then it is closing). */
+    int (*send)(session *s, event *ev);
+    /* The lossy lane (typing, presence): skipped for a slow reader. */
+    void (*send_lossy)(session *s, event *ev);
+    /* Closes the session's connection with a code and reason. */
+    void (*close)(session *s, uint16_t code, const char *reason);
+} sink_ops;
+
+/* One authenticated client connection. Owned by its I/O thread. */
 struct session {
-    conn *c;
+    const sink_ops *sink;    /* the transport's (borrowed, static) */
+    void *sink_ctx;          /* the transport's per-connection state (WebSocket: its conn) */
+    uint64_t id;             /* the connection's id: origin of requests, excluded from echo */
     uint64_t uid;
     uint32_t device;
     uint64_t token_key;      /* first 8 bytes of the token's hash (revocation) */
@@ -72,22 +95,24 @@ int hub_sessions(hub *h, uint64_t uid);
 /* The first session of uid on thread t (follow next_local), or NULL. */
 session *hub_local(srv_thread *t, uint64_t uid);
 
-/* Sends frame to every session of the audience's users, except connection
- * except_conn (0: none). Any thread; posts right away. Takes its own
- * references to frame and to. */
-void hub_send(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
+/* Sends ev to every session of the audience's users, except the session
+ * with id except (0: none). Any thread; posts right away. Takes its own
+ * references to ev and to. */
+void hub_send(hub *h, audience *to, event *ev, uint64_t except);
 
 /* The same for the lossy lane (typing, presence): slow readers skip it. */
-void hub_send_lossy(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
+void hub_send_lossy(hub *h, audience *to, event *ev, uint64_t except);
 
-/* Writer thread only: the same, queued until hub_flush(). */
-void hub_queue(hub *h, audience *to, rbuf *frame, uint64_t except_conn);
-/* Writer thread only: a call of fn(t, arg) on I/O thread `thread`, queued
- * in order with the parcels (results that need thread-side work). If that
- * thread has already ended, fn(NULL, arg) runs instead, on the caller's
- * thread, so fn can free arg. */
+/* The completer thread only (it completes the writer's batches): the same
+ * as hub_send, queued until hub_flush(). */
+void hub_queue(hub *h, audience *to, event *ev, uint64_t except);
+/* Completer thread only: a call of fn(t, arg) on I/O thread `thread`,
+ * queued in order with the parcels (results that need thread-side work).
+ * If that thread has already ended, fn(NULL, arg) runs instead, on the
+ * caller's thread, so fn can free arg. */
 void hub_queue_call(hub *h, int thread, void (*fn)(srv_thread *t, void *arg), void *arg);
-/* Writer thread only: posts every thread's queued parcels. */
+/* Completer thread only: posts every thread's queued parcels, one post per
+ * thread. Also called once after the threads ended, to free what is left. */
 void hub_flush(hub *h);
 
 #endif

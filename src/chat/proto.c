@@ -30,18 +30,41 @@ const char *proto_error_code(int err)
     }
 }
 
-static void send_frame(conn *c, rbuf *frame)
+/* ---- the WebSocket sink --------------------------------------------------- */
+
+/* Sends a text payload (taken over) to c as one frame. */
+static void send_frame(conn *c, rbuf *payload)
 {
-    if (!frame) { conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory"); return; }
-    if (conn_send(c, frame) == ERR_FULL)
+    if (!payload) { conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory"); return; }
+    if (conn_send_frame(c, WS_OP_TEXT, payload) == ERR_FULL)
         conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
-    rbuf_unref(frame);
+    rbuf_unref(payload);
 }
 
 static void send_json(conn *c, jbuf *j)
 {
-    send_frame(c, jb_frame(j));
+    send_frame(c, jb_take(j));
 }
+
+static int ws_sink_send(session *s, event *ev)
+{
+    conn *c = s->sink_ctx;
+    int rc = conn_send_frame(c, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
+    if (rc == ERR_FULL) conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
+    return rc;
+}
+
+static void ws_sink_send_lossy(session *s, event *ev)
+{
+    conn_send_frame_lossy(s->sink_ctx, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
+}
+
+static void ws_sink_close(session *s, uint16_t code, const char *reason)
+{
+    conn_close_ws(s->sink_ctx, code, reason);
+}
+
+static const sink_ops ws_sink = {ws_sink_send, ws_sink_send_lossy, ws_sink_close};
 
 /* {"type":"error","code":...,"message":...,"ref":...}; ref is raw JSON. */
 static void send_error(conn *c, const char *code, const char *message, const char *ref)
@@ -75,7 +98,7 @@ static const char *error_message(int err)
 
 /* ---- session lifecycle ------------------------------------------------------ */
 
-static rbuf *presence_frame(const char *name, bool online, int64_t last_seen)
+static event *presence_event(const char *name, bool online, int64_t last_seen)
 {
     jbuf j;
     jb_init(&j, 96);
@@ -84,16 +107,16 @@ static rbuf *presence_frame(const char *name, bool online, int64_t last_seen)
     jb_lit(&j, online ? ",\"online\":true,\"last_seen\":" : ",\"online\":false,\"last_seen\":");
     jb_i64(&j, last_seen);
     jb_raw(&j, "}", 1);
-    return jb_frame(&j);
+    return event_new(EV_PRESENCE, 0, 0, jb_take(&j));
 }
 
 /* Tells every contact of the session's user that they went on/offline. */
 static void announce(chat *ch, session *s, bool online, int64_t ts)
 {
     audience *to = chat_contacts(ch, s->uid);
-    rbuf *f = to && to->n ? presence_frame(s->name, online, ts) : NULL;
-    if (f) hub_send_lossy(ch->hub, to, f, 0);
-    rbuf_unref(f);
+    event *ev = to && to->n ? presence_event(s->name, online, ts) : NULL;
+    if (ev) hub_send_lossy(ch->hub, to, ev, 0);
+    event_unref(ev);
     audience_unref(to);
 }
 
@@ -107,9 +130,9 @@ static void tell_contacts(chat *ch, conn *c, session *s)
         store_user u;
         if (store_user_get(txn, to->uids[i], &u) < 0) continue;
         bool on = hub_online(ch->hub, u.id);
-        rbuf *f = presence_frame(u.name, on, on ? chat_now_ms() : u.last_seen);
-        if (f) conn_send_lossy(c, f);
-        rbuf_unref(f);
+        event *ev = presence_event(u.name, on, on ? chat_now_ms() : u.last_seen);
+        if (ev) s->sink->send_lossy(s, ev);
+        event_unref(ev);
     }
     store_abort(txn);
     audience_unref(to);
@@ -157,11 +180,13 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
     if (conn_upgrade(c, hs, s) < 0) conn_abort(c);
 }
 
-int proto_on_open(conn *c)
+static int on_open(conn *c)
 {
     session *s = c->user;
     chat *ch = chat_of(c->t);
-    s->c = c;
+    s->sink = &ws_sink;
+    s->sink_ctx = c;
+    s->id = c->id;
     jbuf j;
     jb_init(&j, 96);
     jb_lit(&j, "{\"type\":\"hello\",\"user\":");
@@ -177,7 +202,7 @@ int proto_on_open(conn *c)
     return ERR_OK;
 }
 
-void proto_on_close(conn *c)
+static void on_close(conn *c)
 {
     session *s = c->user;
     c->user = NULL;
@@ -210,8 +235,9 @@ static void send_rate_limited(conn *c, uint32_t retry_ms, const char *ref)
     send_json(c, &j);
 }
 
-void proto_rate_limited(conn *c, uint32_t retry_ms, const char *data, size_t len)
+static void on_refused(conn *c, uint32_t retry_ms, const uint8_t *bytes, size_t len)
 {
+    const char *data = (const char *)bytes;
     /* Refusals are bounded per connection (CONN_MAX_STRIKES), so reading
      * the refused frame for its ref costs little. */
     msg_req r;
@@ -220,7 +246,7 @@ void proto_rate_limited(conn *c, uint32_t retry_ms, const char *data, size_t len
     send_rate_limited(c, retry_ms, r.ref);
 }
 
-bool proto_on_tick(conn *c)
+static bool on_tick(conn *c)
 {
     session *s = c->user;
     if (s && s->expires <= chat_now_ms()) {
@@ -408,14 +434,15 @@ static void on_typing(frame_ctx *f)
     char buf[160];
     int n = snprintf(buf, sizeof buf, "{\"type\":\"typing\",\"conv\":%llu,\"user\":\"%s\"}",
                      (unsigned long long)conv, s->name); /* names need no escaping */
-    rbuf *frame = ws_frame_rbuf(WS_OP_TEXT, buf, (size_t)n);
-    if (frame) hub_send_lossy(f->ch->hub, x.a, frame, f->c->id);
-    rbuf_unref(frame);
+    event *ev = event_new(EV_TYPING, conv, 0, rbuf_copy(buf, (size_t)n));
+    if (ev) hub_send_lossy(f->ch->hub, x.a, ev, s->id);
+    event_unref(ev);
     audience_unref(x.a);
 }
 
-void proto_on_text(conn *c, const char *data, size_t len)
+static void on_message(conn *c, const uint8_t *bytes, size_t len)
 {
+    const char *data = (const char *)bytes;
     frame_ctx f;
     f.c = c;
     f.s = c->user;
@@ -433,7 +460,15 @@ void proto_on_text(conn *c, const char *data, size_t len)
     case MSG_READ: on_cursor(&f, true); break;
     case MSG_TYPING: on_typing(&f); break;
     case MSG_INBOX: on_inbox(&f); break;
-    case MSG_PING: send_frame(c, ws_frame_rbuf(WS_OP_TEXT, "{\"type\":\"pong\"}", 15)); break;
-    case MSG_ECHO: send_frame(c, ws_frame_rbuf(WS_OP_TEXT, data, len)); break;
+    case MSG_PING: send_frame(c, rbuf_copy("{\"type\":\"pong\"}", 15)); break;
+    case MSG_ECHO: send_frame(c, rbuf_copy(data, len)); break;
     }
 }
+
+const conn_ws_ops proto_ws_ops = {
+    .on_open = on_open,
+    .on_message = on_message,
+    .on_refused = on_refused,
+    .on_tick = on_tick,
+    .on_close = on_close,
+};

@@ -129,14 +129,14 @@ static void websocket(conn *c, const http_request *req)
         error_json(c, req, 503, "stopping", "server is shutting down", "Retry-After: 1\r\n");
         return;
     }
-    if (!origin_allowed(c->t->srv->cfg, http_header_get(req, "Origin"))) {
+    if (!origin_allowed(chat_of(c->t)->cfg, http_header_get(req, "Origin"))) {
         error_json(c, req, 403, "forbidden_origin", "this origin may not open WebSockets", NULL);
         return;
     }
     /* Admission control: a reconnect storm ramps instead of collapsing the
      * server. The refusal is cheap (before any storage read) and spreads
      * retries with a jittered Retry-After. */
-    const config *cfg = c->t->srv->cfg;
+    const config *cfg = chat_of(c->t)->cfg;
     tlimit admit = {(float)cfg->admit_rate, (float)cfg->admit_rate};
     if (!tb_take(&c->t->admit, &admit, srv_now(c->t), 1, NULL)) {
         char extra[48];
@@ -158,7 +158,7 @@ static void websocket(conn *c, const http_request *req)
 
 static void static_file_page(conn *c, const http_request *req)
 {
-    const config *cfg = c->t->srv->cfg;
+    const config *cfg = chat_of(c->t)->cfg;
     bool head = method_is(req, "HEAD");
     if (!head && !method_is(req, "GET")) {
         error_json(c, req, 405, "method_not_allowed", "use GET or HEAD", "Allow: GET, HEAD\r\n");
@@ -198,7 +198,7 @@ static void static_file_page(conn *c, const http_request *req)
     free(body);
 }
 
-void router_handle(conn *c, const http_request *req)
+static void router_handle(conn *c, const http_request *req)
 {
     if (path_is(req, "/v1/ws")) {
         if (!method_is(req, "GET")) {
@@ -219,3 +219,5 @@ void router_handle(conn *c, const http_request *req)
     if (api_handle(c, req)) return;
     static_file_page(c, req);
 }
+
+const conn_http_ops router_http_ops = {.on_request = router_handle};

@@ -11,9 +11,10 @@
 #ifndef PARLEY_ROUTER_H
 #define PARLEY_ROUTER_H
 
-#include "net/conn.h"
-#include "codec/http.h"
+#include "net/server.h"
 
-void router_handle(conn *c, const http_request *req);
+/* The HTTP handler for server_create(): answers each request on its
+ * connection's thread. */
+extern const conn_http_ops router_http_ops;
 
 #endif

@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec/ws.h"
 
 /* ---- parsing ------------------------------------------------------------- */
 
@@ -318,9 +317,8 @@ int json_array_each(const char *val, size_t n,
 void jb_init(jbuf *j, size_t hint)
 {
     j->err = 0;
-    j->b = rbuf_new(WS_MAX_HEADER + (hint < 64 ? 64 : hint));
-    if (!j->b) { j->err = ERR_NOMEM; return; }
-    j->b->len = WS_MAX_HEADER; /* headroom for the frame header */
+    j->b = rbuf_new(hint < 64 ? 64 : hint);
+    if (!j->b) j->err = ERR_NOMEM;
 }
 
 static char *reserve(jbuf *j, size_t n)
@@ -400,20 +398,14 @@ void jb_i64(jbuf *j, int64_t v)
 const char *jb_data(const jbuf *j, size_t *len)
 {
     if (j->err) return NULL;
-    *len = j->b->len - WS_MAX_HEADER;
-    return (const char *)j->b->data + WS_MAX_HEADER;
+    *len = j->b->len;
+    return (const char *)j->b->data;
 }
 
-rbuf *jb_frame(jbuf *j)
+rbuf *jb_take(jbuf *j)
 {
     if (j->err) { jb_free(j); return NULL; }
     rbuf *b = j->b;
-    size_t n = b->len - WS_MAX_HEADER;
-    uint8_t h[WS_MAX_HEADER];
-    size_t hl = ws_frame_header(h, WS_OP_TEXT, true, n, NULL);
-    memmove(b->data + hl, b->data + WS_MAX_HEADER, n);
-    memcpy(b->data, h, hl);
-    b->len = (uint32_t)(hl + n);
     j->b = NULL;
     return b;
 }

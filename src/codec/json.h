@@ -1,6 +1,6 @@
 /* json: parley's message codec. A pure, allocation-free JSON (RFC 8259)
  * validator that indexes the top-level fields of an object, and a builder
- * that writes JSON straight into a WebSocket frame buffer.
+ * that writes JSON straight into a shared buffer (rbuf).
  *
  * Parsing: json_parse_object() validates the whole text strictly (nesting up
  * to a depth limit) and records, for each top-level key, the raw bytes of
@@ -8,9 +8,10 @@
  * and forwarded byte for byte as the client sent it. Getters convert on
  * demand. Duplicate top-level keys are refused.
  *
- * Building: jbuf grows an rbuf with WS_MAX_HEADER bytes of headroom, so
- * jb_frame() turns the finished JSON into a text frame without copying the
- * payload elsewhere. Encode once, send the same rbuf to every recipient.
+ * Building: jbuf grows an rbuf holding only the JSON text; jb_take() hands
+ * it over. Encode once, send the same rbuf to every recipient: each
+ * transport writes its own framing header ahead of it (no transport bytes
+ * are inside the buffer).
  */
 #ifndef PARLEY_JSON_H
 #define PARLEY_JSON_H
@@ -79,7 +80,7 @@ int json_array_each(const char *val, size_t n,
 /* ---- building ----------------------------------------------------------- */
 
 typedef struct jbuf {
-    rbuf *b;     /* owned until jb_frame()/jb_free() */
+    rbuf *b;     /* owned until jb_take()/jb_free() */
     int err;     /* sticky: the first failure */
 } jbuf;
 
@@ -94,9 +95,9 @@ void jb_i64(jbuf *j, int64_t v);
 /* The JSON so far (not NUL-terminated) and its length; valid until the
  * next call on j. NULL after an error. */
 const char *jb_data(const jbuf *j, size_t *len);
-/* Turns the JSON into one unmasked text frame and hands over the rbuf (one
- * reference, the caller's). NULL on error; j is empty afterwards. */
-rbuf *jb_frame(jbuf *j);
+/* Hands over the JSON text as an rbuf (one reference, the caller's). NULL
+ * after an error; j is empty afterwards either way. */
+rbuf *jb_take(jbuf *j);
 void jb_free(jbuf *j);
 
 #endif

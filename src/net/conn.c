@@ -4,11 +4,8 @@
 #include <string.h>
 
 #include "base/err.h"
-#include "chat/guard.h"
 #include "codec/http.h"
 #include "base/log.h"
-#include "chat/proto.h"
-#include "chat/router.h"
 #include "net/tls.h"
 
 /* conn.flags */
@@ -23,11 +20,18 @@
 
 #define MAX_IOV 64
 
+/* One queued write: an optional framing header (a transport's few bytes,
+ * e.g. a WebSocket frame header) written ahead of a shared payload in the
+ * same writev, so a payload encoded once is never copied per recipient. */
 struct out_node {
     out_node *next;
-    rbuf *b;
-    uint32_t off; /* bytes of b already written */
+    rbuf *b;                   /* the payload (a reference), or NULL */
+    uint32_t off;              /* bytes of hdr, then of b, already written */
+    uint8_t hlen;              /* header bytes in hdr */
+    uint8_t hdr[WS_MAX_HEADER];
 };
+
+static size_t node_len(const out_node *n) { return n->hlen + (n->b ? n->b->len : 0); }
 
 typedef struct conn_wreq {
     uv_write_t req;
@@ -36,7 +40,7 @@ typedef struct conn_wreq {
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static const config *cfg_of(const conn *c) { return c->t->srv->cfg; }
+static const srv_options *opt_of(const conn *c) { return &c->t->srv->opt; }
 
 static void flush_link(conn *c)
 {
@@ -93,18 +97,21 @@ static void out_clear(conn *c)
     c->out_bytes = 0;
 }
 
-/* Queues b as is (taking a reference), without the --max-queue check. */
-static int enqueue_raw(conn *c, rbuf *b)
+/* Queues hdr[0..hlen) and b (taking a reference; may be NULL) as they
+ * are, without the max_queue check. */
+static int enqueue_raw(conn *c, const uint8_t *hdr, size_t hlen, rbuf *b)
 {
     out_node *n = node_get(c->t);
     if (!n) return ERR_NOMEM;
     n->next = NULL;
-    n->b = rbuf_ref(b);
+    n->b = b ? rbuf_ref(b) : NULL;
     n->off = 0;
+    n->hlen = (uint8_t)hlen;
+    if (hlen) memcpy(n->hdr, hdr, hlen);
     if (c->out_tail) c->out_tail->next = n;
     else c->out_head = n;
     c->out_tail = n;
-    c->out_bytes += b->len;
+    c->out_bytes += (uint32_t)node_len(n);
     flush_link(c);
     return ERR_OK;
 }
@@ -117,18 +124,38 @@ static int tls_drain(conn *c)
     rbuf *b = rbuf_new(n);
     if (!b) return ERR_NOMEM;
     b->len = (uint32_t)tls_take(c->tls, b->data, n);
-    int rc = enqueue_raw(c, b);
+    int rc = enqueue_raw(c, NULL, 0, b);
     rbuf_unref(b);
     return rc;
 }
 
-/* Queues b: as is, or encrypted into this connection's own records (the
- * frame is still encoded once; encryption is per connection by nature). */
-static int enqueue(conn *c, rbuf *b)
+/* Queues a header and a payload (either may be empty): as they are, or
+ * encrypted into this connection's own records (the payload is still
+ * encoded once; encryption is per connection by nature). */
+static int enqueue(conn *c, const uint8_t *hdr, size_t hlen, rbuf *b)
 {
-    if (!c->tls) return enqueue_raw(c, b);
-    if (tls_write(c->tls, b->data, b->len) < 0) return ERR_PROTOCOL;
+    if (!c->tls) return enqueue_raw(c, hdr, hlen, b);
+    if (hlen && tls_write(c->tls, hdr, hlen) < 0) return ERR_PROTOCOL;
+    if (b && b->len && tls_write(c->tls, b->data, b->len) < 0) return ERR_PROTOCOL;
     return tls_drain(c);
+}
+
+/* Queues a WebSocket frame: its header into the node, the payload shared. */
+static int enqueue_frame(conn *c, uint8_t opcode, rbuf *payload)
+{
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t h = ws_frame_header(hdr, opcode, true, payload ? payload->len : 0, NULL);
+    return enqueue(c, hdr, h, payload);
+}
+
+/* A control frame's payload (at most WS_MAX_CONTROL bytes), copied. */
+static int enqueue_control(conn *c, uint8_t opcode, const void *payload, size_t len)
+{
+    rbuf *b = len ? rbuf_copy(payload, len) : NULL;
+    if (len && !b) return ERR_NOMEM;
+    int rc = enqueue_frame(c, opcode, b);
+    rbuf_unref(b);
+    return rc;
 }
 
 /* ---- closing ------------------------------------------------------------ */
@@ -144,7 +171,7 @@ void conn_abort(conn *c)
     if (c->state == CONN_CLOSED) return;
     srv_thread *t = c->t;
     if (c->state == CONN_WS) metrics_inc(&t->m, M_WS_CLOSED);
-    if (c->user) proto_on_close(c);
+    if (c->user) c->t->srv->ws->on_close(c);
     if (!(c->flags & F_UPGRADED)) t->npending--;
     c->state = CONN_CLOSED;
     wheel_cancel(&t->wheel, &c->timer);
@@ -189,7 +216,7 @@ static void linger(conn *c)
 {
     if (c->state == CONN_LINGER || c->state == CONN_CLOSED) return;
     if (c->state == CONN_WS) metrics_inc(&c->t->m, M_WS_CLOSED);
-    if (c->user) proto_on_close(c);
+    if (c->user) c->t->srv->ws->on_close(c);
     c->state = CONN_LINGER;
     c->flags |= F_NO_INPUT;
     if (c->tls) {
@@ -211,10 +238,7 @@ void conn_close_ws(conn *c, uint16_t code, const char *reason)
     }
     uint8_t payload[WS_MAX_CONTROL];
     size_t n = ws_close_payload(payload, code, reason);
-    rbuf *b = ws_frame_rbuf(WS_OP_CLOSE, payload, n);
-    if (b) {
-        enqueue(c, b); /* a close frame may pass --max-queue */
-        rbuf_unref(b);
+    if (enqueue_control(c, WS_OP_CLOSE, payload, n) == ERR_OK) { /* may pass max_queue */
         metrics_close(&c->t->m, code);
         metrics_inc(&c->t->m, M_FRAMES_OUT);
     }
@@ -238,26 +262,35 @@ void conn_shutdown(conn *c)
 
 /* ---- output ------------------------------------------------------------- */
 
-rbuf *ws_frame_rbuf(uint8_t opcode, const void *payload, size_t len)
+int conn_send_frame(conn *c, uint8_t opcode, rbuf *payload)
 {
-    rbuf *b = rbuf_new(WS_MAX_HEADER + len);
-    if (!b) return NULL;
-    size_t h = ws_frame_header(b->data, opcode, true, len, NULL);
-    if (len) memcpy(b->data + h, payload, len);
-    b->len = (uint32_t)(h + len);
-    return b;
-}
-
-int conn_send(conn *c, rbuf *frame)
-{
-    if (c->state != CONN_WS && c->state != CONN_HTTP) return ERR_CLOSED;
-    if ((size_t)c->out_bytes + frame->len > cfg_of(c)->max_queue) {
+    if (c->state != CONN_WS) return ERR_CLOSED;
+    size_t len = payload ? payload->len : 0;
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t h = ws_frame_header(hdr, opcode, true, len, NULL);
+    if ((size_t)c->out_bytes + h + len > opt_of(c)->max_queue) {
         metrics_inc(&c->t->m, M_QUEUE_FULL);
         return ERR_FULL;
     }
-    int rc = enqueue(c, frame);
-    if (rc == ERR_OK && c->state == CONN_WS) metrics_inc(&c->t->m, M_FRAMES_OUT);
+    int rc = enqueue(c, hdr, h, payload);
+    if (rc == ERR_OK) metrics_inc(&c->t->m, M_FRAMES_OUT);
     return rc;
+}
+
+uint64_t conn_addr_key(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        return 0x100000000ull | a->sin_addr.s_addr;
+    }
+    if (ss->ss_family == AF_INET6) {
+        /* FNV-1a over the /64 prefix and interface id. */
+        const uint8_t *p = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (int i = 0; i < 16; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+        return h | 0x8000000000000000ull;
+    }
+    return 0;
 }
 
 uint64_t conn_peer_key(conn *c)
@@ -265,16 +298,17 @@ uint64_t conn_peer_key(conn *c)
     struct sockaddr_storage ss;
     int len = sizeof ss;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return 0;
-    return guard_addr_key(&ss);
+    return conn_addr_key(&ss);
 }
 
-void conn_send_lossy(conn *c, rbuf *frame)
+void conn_send_frame_lossy(conn *c, uint8_t opcode, rbuf *payload)
 {
-    if (c->state == CONN_WS && c->out_bytes + frame->len > cfg_of(c)->max_queue / 2) {
+    if (c->state != CONN_WS) return;
+    if (c->out_bytes + (payload ? payload->len : 0) > opt_of(c)->max_queue / 2) {
         metrics_inc(&c->t->m, M_LOSSY_DROPPED);
         return;
     }
-    if (conn_send(c, frame) == ERR_FULL)
+    if (conn_send_frame(c, opcode, payload) == ERR_FULL)
         conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
 }
 
@@ -298,7 +332,7 @@ static void consume(conn *c, size_t bytes)
     c->out_bytes -= (uint32_t)bytes;
     while (bytes && c->out_head) {
         out_node *n = c->out_head;
-        size_t left = n->b->len - n->off;
+        size_t left = node_len(n) - n->off;
         if (bytes < left) { n->off += (uint32_t)bytes; return; }
         bytes -= left;
         c->out_head = n->next;
@@ -312,10 +346,21 @@ static int fill_iov(conn *c, uv_buf_t *iov, size_t *total)
 {
     int n = 0;
     *total = 0;
-    for (out_node *o = c->out_head; o && n < MAX_IOV; o = o->next, n++) {
-        iov[n].base = (char *)o->b->data + o->off;
-        iov[n].len = o->b->len - o->off;
-        *total += iov[n].len;
+    for (out_node *o = c->out_head; o && n < MAX_IOV - 1; o = o->next) {
+        size_t off = o->off;
+        if (off < o->hlen) {
+            iov[n].base = (char *)o->hdr + off;
+            iov[n].len = o->hlen - off;
+            *total += iov[n++].len;
+            off = 0;
+        } else {
+            off -= o->hlen;
+        }
+        if (o->b && off < o->b->len) {
+            iov[n].base = (char *)o->b->data + off;
+            iov[n].len = o->b->len - off;
+            *total += iov[n++].len;
+        }
     }
     return n;
 }
@@ -392,7 +437,7 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
     memcpy(b->data, head, (size_t)h);
     if (blen) memcpy(b->data + h, body, blen);
     b->len = (uint32_t)(h + blen);
-    int rc = enqueue(c, b); /* a response is bounded by what we serve */
+    int rc = enqueue(c, NULL, 0, b); /* a response is bounded by what we serve */
     rbuf_unref(b);
     metrics_status(&c->t->m, status);
     if (!keep_alive) linger(c);
@@ -406,7 +451,7 @@ int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
     if (n < 0) return n;
     rbuf *b = rbuf_copy(resp, (size_t)n);
     if (!b) return ERR_NOMEM;
-    int rc = enqueue(c, b);
+    int rc = enqueue(c, NULL, 0, b);
     rbuf_unref(b);
     if (rc < 0) return rc;
     metrics_status(&c->t->m, 101);
@@ -417,9 +462,9 @@ int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
     c->flags &= (uint8_t)~F_REQ_TIMER;
     c->missed_pings = 0;
     memset(&c->wr, 0, sizeof c->wr);
-    wheel_schedule(&c->t->wheel, &c->timer, cfg_of(c)->ping_interval_ms);
+    wheel_schedule(&c->t->wheel, &c->timer, opt_of(c)->ping_interval_ms);
     c->user = user;
-    return proto_on_open(c);
+    return c->t->srv->ws->on_open(c);
 }
 
 static void http_fail(conn *c, int status)
@@ -450,7 +495,7 @@ static void deliver(conn *c, uint8_t op, const uint8_t *data, size_t len)
         ws_fail(c, WS_CLOSE_UNSUPPORTED, ERR_UNSUPPORTED);
         return;
     }
-    proto_on_text(c, (const char *)data, len);
+    c->t->srv->ws->on_message(c, data, len);
 }
 
 static int append_msg(conn *c, const uint8_t *p, size_t n)
@@ -479,7 +524,7 @@ static void on_frame(conn *c, ws_frame *f)
     uint16_t code = 0;
     int rc = ws_reader_check(&c->wr, f, &t->srv->ws_lim, &code);
     if (rc < 0) { ws_fail(c, code, rc); return; }
-    tlimit fl = {(float)cfg_of(c)->rate_frames, (float)cfg_of(c)->rate_frames * 5};
+    tlimit fl = {(float)opt_of(c)->rate_frames, (float)opt_of(c)->rate_frames * 5};
     uint32_t retry = 0;
     if (f->opcode != WS_OP_CLOSE && !tb_take(&c->frames, &fl, srv_now(t), 1, &retry)) {
         /* Over the frame rate: the frame is dropped. A whole message is
@@ -489,7 +534,7 @@ static void on_frame(conn *c, ws_frame *f)
         if (f->opcode == WS_OP_CONT || !f->fin || c->msg)
             ws_fail(c, WS_CLOSE_POLICY, ERR_RATE);
         else if (f->opcode == WS_OP_TEXT)
-            proto_rate_limited(c, retry, (const char *)f->payload, f->len);
+            c->t->srv->ws->on_refused(c, retry, f->payload, f->len);
         return;
     }
 
@@ -513,9 +558,10 @@ static void on_frame(conn *c, ws_frame *f)
         }
         return;
     case WS_OP_PING: {
-        rbuf *b = ws_frame_rbuf(WS_OP_PONG, f->payload, f->len);
-        if (!b) { conn_abort(c); return; }
-        if (conn_send(c, b) == ERR_FULL) conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full");
+        rbuf *b = f->len ? rbuf_copy(f->payload, f->len) : NULL;
+        if (f->len && !b) { conn_abort(c); return; }
+        if (conn_send_frame(c, WS_OP_PONG, b) == ERR_FULL)
+            conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full");
         rbuf_unref(b);
         return;
     }
@@ -548,8 +594,8 @@ static size_t process(conn *c, uint8_t *data, size_t len)
             off += (size_t)r;
             metrics_inc(&t->m, M_HTTP_REQUESTS);
             c->flags &= (uint8_t)~F_REQ_TIMER;
-            router_handle(c, &req);
-            if (c->state == CONN_HTTP && c->out_bytes > t->srv->cfg->max_queue)
+            t->srv->http->on_request(c, &req);
+            if (c->state == CONN_HTTP && c->out_bytes > t->srv->opt.max_queue)
                 conn_pause(c); /* a pipelining client that does not read */
             if (c->flags & F_PAUSED) break;
         } else if (c->state == CONN_WS) {
@@ -588,7 +634,7 @@ static void after_input(conn *c, size_t leftover, const uint8_t *src)
         c->in_cap = (uint32_t)cap;
     }
     if (c->state != CONN_HTTP) return;
-    const config *cfg = cfg_of(c);
+    const srv_options *cfg = opt_of(c);
     if (leftover && !(c->flags & F_REQ_TIMER)) {
         c->flags |= F_REQ_TIMER; /* from the first byte of a request */
         wheel_schedule(&c->t->wheel, &c->timer, cfg->request_timeout_ms);
@@ -738,7 +784,7 @@ void conn_resume(conn *c)
 void conn_expire(wheel_node *n, void *arg)
 {
     conn *c = (conn *)((char *)n - offsetof(conn, timer));
-    const config *cfg = cfg_of(c);
+    const srv_options *cfg = opt_of(c);
     switch (c->state) {
     case CONN_HTTP:
         metrics_inc(&c->t->m, M_TIMEOUTS);
@@ -750,7 +796,7 @@ void conn_expire(wheel_node *n, void *arg)
         }
         break;
     case CONN_WS:
-        if (!proto_on_tick(c)) break; /* e.g. its token expired */
+        if (!c->t->srv->ws->on_tick(c)) break; /* e.g. its token expired */
         if (c->flags & F_RX) {
             c->flags &= (uint8_t)~F_RX;
             c->missed_pings = 0;
@@ -759,12 +805,8 @@ void conn_expire(wheel_node *n, void *arg)
             conn_close_ws(c, WS_CLOSE_GOING_AWAY, "keepalive timeout");
             break;
         } else {
-            rbuf *b = ws_frame_rbuf(WS_OP_PING, NULL, 0);
-            if (b) {
-                enqueue(c, b);
-                rbuf_unref(b);
+            if (enqueue_control(c, WS_OP_PING, NULL, 0) == ERR_OK)
                 metrics_inc(&c->t->m, M_PINGS_SENT);
-            }
             c->missed_pings++;
         }
         wheel_schedule(&c->t->wheel, &c->timer, cfg->ping_interval_ms);
@@ -804,7 +846,7 @@ void conn_on_accept(uv_stream_t *listener, int status)
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    if (t->npending >= cfg_of(c)->max_pending) {
+    if (t->npending >= opt_of(c)->max_pending) {
         /* Too many connections that have not upgraded: shed at once. */
         metrics_inc(&t->m, M_PENDING_REFUSED);
         u64map_del(&t->by_id, c->id);
@@ -824,6 +866,6 @@ void conn_on_accept(uv_stream_t *listener, int status)
     t->nconns++;
     metrics_inc(&t->m, M_ACCEPTED);
     c->flags |= F_REQ_TIMER;
-    wheel_schedule(&t->wheel, &c->timer, cfg_of(c)->request_timeout_ms);
+    wheel_schedule(&t->wheel, &c->timer, opt_of(c)->request_timeout_ms);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) conn_abort(c);
 }

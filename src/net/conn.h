@@ -50,7 +50,7 @@ struct conn {
     uint32_t msg_len, msg_cap;
     ws_reader wr;
     struct conn_wreq *wreq;  /* the uv_write in flight, if any */
-    void *user;              /* the session layer's (proto) per-connection data */
+    void *user;              /* the layer above's per-connection data (a session) */
     struct tls_conn *tls;    /* TLS state (owned), or NULL for plain TCP */
     uint8_t state;           /* enum conn_state */
     uint8_t flags;
@@ -63,15 +63,18 @@ struct conn {
 /* libuv connection callback for a thread's listener. */
 void conn_on_accept(uv_stream_t *listener, int status);
 
-/* Queues a pre-encoded frame (takes a reference to it). Returns ERR_OK,
- * ERR_CLOSED if the connection is closing, or ERR_FULL if the queue would
- * pass --max-queue (the frame is not queued; the caller decides, usually
+/* Queues one WebSocket frame: the frame header goes into the output node
+ * and `payload` (may be NULL for none; a reference is taken, the bytes are
+ * never copied) follows it in the same writev, so one encoded payload
+ * serves every recipient. Returns ERR_OK, ERR_CLOSED if the connection is
+ * not an open WebSocket, ERR_NOMEM, or ERR_FULL if the queue would pass
+ * max_queue (nothing is queued; the caller decides, usually
  * conn_close_ws(c, 1013)). */
-int conn_send(conn *c, rbuf *frame);
+int conn_send_frame(conn *c, uint8_t opcode, rbuf *payload);
 
-/* Queues a frame of the lossy lane (typing, presence): dropped instead of
- * queued when the connection's queue is over half of --max-queue. */
-void conn_send_lossy(conn *c, rbuf *frame);
+/* A frame of the lossy lane (typing, presence): dropped instead of queued
+ * when the queue is over half of max_queue; closes 1013 if it is full. */
+void conn_send_frame_lossy(conn *c, uint8_t opcode, rbuf *payload);
 
 /* Counts a refusal by a rate limit; after CONN_MAX_STRIKES the connection
  * is closed with 1008. Returns true if it was closed. */
@@ -81,10 +84,6 @@ bool conn_strike(conn *c);
 /* An accepted request takes one strike off: refusals are forgiven by good
  * behaviour, so only persistent abuse reaches CONN_MAX_STRIKES. */
 void conn_forgive(conn *c);
-
-/* Encodes an unmasked server frame into a new rbuf (one reference for the
- * caller), or NULL when out of memory. */
-rbuf *ws_frame_rbuf(uint8_t opcode, const void *payload, size_t len);
 
 /* Starts the WebSocket close handshake with `code` (reason may be NULL),
  * then lingers. No-op if already closing. */
@@ -97,8 +96,8 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
                  size_t len, bool keep_alive, bool head_only, const char *extra);
 
 /* Switches an HTTP connection to WebSocket after queuing the 101, with
- * `user` (owned by proto from now on) as c->user, then calls
- * proto_on_open(). */
+ * `user` (owned by the server's WebSocket handler from now on, released in
+ * its on_close) as c->user, then calls its on_open(). */
 int conn_upgrade(conn *c, const ws_handshake *hs, void *user);
 
 /* Stops reading input (HTTP backpressure). conn_resume() restarts it and
@@ -109,7 +108,11 @@ void conn_pause(conn *c);
 void conn_hold(conn *c);
 void conn_resume(conn *c);
 
-/* The guard key of the peer's address (guard_addr_key), 0 if unknown. */
+/* A 64-bit key for an address, for per-address limits: IPv4 exactly, IPv6
+ * hashed; 0 for other families. */
+uint64_t conn_addr_key(const struct sockaddr_storage *ss);
+
+/* The key of the peer's address (conn_addr_key), 0 if unknown. */
 uint64_t conn_peer_key(conn *c);
 
 /* Closes the socket now (no close frame). Idempotent. */

@@ -195,31 +195,34 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     return ERR_OK;
 }
 
-int server_create(server **out, const config *cfg, uv_async_t *on_done)
+int server_create(server **out, const srv_options *opt, const conn_http_ops *http,
+                  const conn_ws_ops *ws, uv_async_t *on_done)
 {
     server *s = calloc(1, sizeof *s);
     if (!s) return ERR_NOMEM;
-    s->cfg = cfg;
+    s->opt = *opt;
+    s->http = http;
+    s->ws = ws;
     s->on_done = on_done;
     http_limits_default(&s->http_lim);
-    s->http_lim.max_body = cfg->max_body;
-    s->http_lim.max_header_bytes = cfg->max_header_bytes;
+    s->http_lim.max_body = opt->max_body;
+    s->http_lim.max_header_bytes = opt->max_header_bytes;
     ws_limits_default(&s->ws_lim);
-    s->ws_lim.max_message = cfg->max_message;
-    if (cfg->tls_cert[0] || cfg->tls_key[0]) {
-        if (!cfg->tls_cert[0] || !cfg->tls_key[0]) {
+    s->ws_lim.max_message = opt->max_message;
+    if (opt->tls_cert[0] || opt->tls_key[0]) {
+        if (!opt->tls_cert[0] || !opt->tls_key[0]) {
             log_error("TLS needs both --tls-cert and --tls-key", NULL);
             free(s);
             return ERR_INVALID;
         }
-        if (tls_ctx_new(&s->tls, cfg->tls_cert, cfg->tls_key) < 0) { free(s); return ERR_INVALID; }
+        if (tls_ctx_new(&s->tls, opt->tls_cert, opt->tls_key) < 0) { free(s); return ERR_INVALID; }
     }
-    s->nthreads = cfg->threads;
+    s->nthreads = opt->threads;
     s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
     if (!s->threads) { free(s); return ERR_NOMEM; }
-    int port = cfg->port;
+    int port = opt->port;
     for (int i = 0; i < s->nthreads; i++) {
-        int fd = bind_listener(cfg->listen, port, i == 0 ? &port : NULL);
+        int fd = bind_listener(opt->listen, port, i == 0 ? &port : NULL);
         if (fd < 0) {
             for (int j = 0; j < i; j++) close(s->threads[j].listen_fd);
             free(s->threads);

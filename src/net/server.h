@@ -20,7 +20,6 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "base/config.h"
 #include "codec/http.h"
 #include "net/metrics.h"
 #include "base/ratelimit.h"
@@ -33,6 +32,50 @@ typedef struct server server;
 typedef struct srv_thread srv_thread;
 typedef struct srv_msg srv_msg;
 typedef struct out_node out_node;
+
+/* What the layer above the server sets: limits and addresses (copied from
+ * its configuration; the strings must outlive the server). */
+typedef struct srv_options {
+    const char *listen;          /* address to bind */
+    int port;                    /* 0 picks a free one (server.port has it) */
+    int threads;                 /* I/O threads, each one loop and listener */
+    const char *tls_cert;        /* PEM chain and key: both or neither ("") */
+    const char *tls_key;
+    size_t max_message;          /* WebSocket message bytes (1009 beyond) */
+    size_t max_queue;            /* output bytes queued per connection */
+    size_t max_body;             /* HTTP request body bytes (413 beyond) */
+    size_t max_header_bytes;     /* HTTP request head bytes (431 beyond) */
+    uint32_t request_timeout_ms; /* a whole request or handshake (408) */
+    uint32_t idle_timeout_ms;    /* idle keep-alive HTTP connections */
+    uint32_t ping_interval_ms;   /* WebSocket keepalive ping */
+    uint32_t max_pending;        /* connections not upgraded, per thread */
+    uint32_t rate_frames;        /* WebSocket frames/s per connection (0: off) */
+} srv_options;
+
+/* How the layer above handles connections, one table per protocol (as
+ * libuv hands callbacks in): the server never calls that layer by name.
+ * Every callback runs on the connection's thread; pointers it is given are
+ * valid during the call only. The tables must outlive the server. */
+typedef struct conn_http_ops {
+    /* One parsed request. Answer with conn_respond(), or hold the
+     * connection (conn_hold) and answer later, or conn_upgrade(). */
+    void (*on_request)(conn *c, const http_request *req);
+} conn_http_ops;
+
+typedef struct conn_ws_ops {
+    /* The WebSocket is open (the 101 is queued); c->user is the value given
+     * to conn_upgrade(). ERR_OK, or an error: the connection is aborted. */
+    int (*on_open)(conn *c);
+    /* One complete, UTF-8-valid text message. */
+    void (*on_message)(conn *c, const uint8_t *data, size_t len);
+    /* A whole text message dropped by the frame rate limit; retry_ms: when
+     * a frame passes again. */
+    void (*on_refused)(conn *c, uint32_t retry_ms, const uint8_t *data, size_t len);
+    /* The keepalive tick (every ping interval): false after it closed c. */
+    bool (*on_tick)(conn *c);
+    /* c is closing (no more input): release c->user and set it to NULL. */
+    void (*on_close)(conn *c);
+} conn_ws_ops;
 
 #define SRV_READ_BUF (64 * 1024)
 #define SRV_TICK_MS 100
@@ -68,14 +111,16 @@ struct srv_thread {
 };
 
 struct server {
-    const config *cfg;
+    srv_options opt;         /* a copy of the caller's */
+    const conn_http_ops *http;
+    const conn_ws_ops *ws;
     http_limits http_lim;
     ws_limits ws_lim;
     int nthreads;
     srv_thread *threads;
     int port;                /* the bound port (useful with --port 0) */
     uv_async_t *on_done;     /* sent when a thread has ended (main loop's) */
-    void *app;               /* the application (chat), or NULL */
+    void *app;               /* the layer above's, set before server_run(), or NULL */
     struct tls_ctx *tls;     /* TLS on every listener (owned), or NULL */
 };
 
@@ -85,11 +130,14 @@ conn *srv_conn(srv_thread *t, uint64_t id);
 /* The thread a connection id belongs to. */
 static inline int srv_conn_thread(uint64_t id) { return (int)(id & 0xff); }
 
-/* Binds the listeners and prepares cfg->threads loops (not yet running).
- * cfg must outlive the server. on_done (may be NULL) is signalled as each
- * thread ends. Returns ERR_OK and *out, or ERR_IO after logging why (e.g.
- * the port is taken). */
-int server_create(server **out, const config *cfg, uv_async_t *on_done);
+/* Binds the listeners and prepares opt->threads loops (not yet running).
+ * opt is copied (its strings must outlive the server); http and ws are the
+ * protocol handlers (borrowed, must outlive it). on_done (may be NULL) is
+ * signalled as each thread ends. Returns ERR_OK and *out (the caller's:
+ * server_free), ERR_INVALID for bad TLS files, or ERR_IO after logging why
+ * (e.g. the port is taken). */
+int server_create(server **out, const srv_options *opt, const conn_http_ops *http,
+                  const conn_ws_ops *ws, uv_async_t *on_done);
 
 /* Starts the threads. */
 void server_run(server *s);

@@ -11,7 +11,7 @@
  * arrays iterate into elements that validate. The fields are rebuilt into a
  * new object with the builder and parsed back. Finally the input itself is
  * encoded with jb_str(), which must give valid JSON that unescapes back to
- * the input, and framed with jb_frame().
+ * the input, taken with jb_take() and framed as a transport frames it.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -503,9 +503,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     char *copy = malloc(jl);
     memcpy(copy, jd, jl);
-    rbuf *fr = jb_frame(&j);           /* jd is gone now */
-    REQUIRE(fr && fr->len >= jl + 2 && fr->refs == 1);
+    rbuf *pl = jb_take(&j);            /* jd is gone now */
+    REQUIRE(pl && pl->len == jl && pl->refs == 1);
     REQUIRE(j.b == NULL);
+    rbuf *fr = rbuf_new(WS_MAX_HEADER + jl);
+    REQUIRE(fr);
+    fr->len = (uint32_t)ws_frame_header(fr->data, WS_OP_TEXT, true, jl, NULL);
+    memcpy(fr->data + fr->len, pl->data, jl);
+    fr->len += (uint32_t)jl;
+    rbuf_unref(pl);
+    REQUIRE(fr->len >= jl + 2);
     ws_frame f;
     uint16_t code = 0;
     ws_limits lim = { .max_message = SIZE_MAX };

@@ -1,5 +1,5 @@
 /* Unit tests for src/json.c: the strict parser/indexer, the getters, the
- * unescaper, json_array_each, and the builder (jb_*) with jb_frame().
+ * unescaper, json_array_each, and the builder (jb_*) with jb_take(), framed.
  *
  * Every document is parsed from an exact-size heap copy, so a read past the
  * end shows up under ASan, and every strict prefix of a valid document must
@@ -1059,12 +1059,28 @@ TEST(builder_sticky_error)
     jb_u64(&j, 5);
     CHECK_EQ_INT(j.err, err); /* the first failure stays */
     CHECK(jb_data(&j, &len) == NULL);
-    CHECK(jb_frame(&j) == NULL);
+    CHECK(jb_take(&j) == NULL);
     CHECK(j.b == NULL);
     jb_free(&j); /* harmless on an empty jbuf */
 }
 
-/* ---- jb_frame --------------------------------------------------------------- */
+/* ---- jb_take, framed ------------------------------------------------------------ */
+
+/* The builder's text as a transport sends it: a frame header written ahead
+ * of the shared payload (conn_send_frame), here joined into one buffer. */
+static rbuf *frame_of(rbuf *payload)
+{
+    if (!payload) return NULL;
+    uint8_t h[WS_MAX_HEADER];
+    size_t hl = ws_frame_header(h, WS_OP_TEXT, true, payload->len, NULL);
+    rbuf *b = rbuf_new(hl + payload->len);
+    memcpy(b->data, h, hl);
+    memcpy(b->data + hl, payload->data, payload->len);
+    b->len = (uint32_t)(hl + payload->len);
+    CHECK_EQ_INT(payload->refs, 1);
+    rbuf_unref(payload);
+    return b;
+}
 
 TEST(builder_frames)
 {
@@ -1087,9 +1103,11 @@ TEST(builder_frames)
             jb_u64(&j, 7);
             want[0] = '7';
         }
-        rbuf *b = jb_frame(&j);
-        CHECK(b != NULL);
+        rbuf *p = jb_take(&j);
+        CHECK(p != NULL);
+        CHECK(!p || p->len == n);
         CHECK(j.b == NULL);
+        rbuf *b = frame_of(p);
         jb_free(&j); /* j is empty: nothing to free, b must survive */
         if (!b) { free(want); continue; }
         CHECK_EQ_INT(b->refs, 1);
@@ -1165,7 +1183,7 @@ TEST(round_trip_object)
     free(copy);
 
     /* And the same bytes through a frame. */
-    rbuf *b = jb_frame(&j);
+    rbuf *b = frame_of(jb_take(&j));
     CHECK(b != NULL);
     if (b) {
         ws_frame fr;
