@@ -22,7 +22,7 @@
 #include "chat/guard.h"
 #include "chat/hub.h"
 #include "codec/json.h"
-#include "net/server.h"
+#include "net/srv.h"
 #include "store/store.h"
 #include "store/writer.h"
 

@@ -29,7 +29,7 @@
 #include "base/ratelimit.h"
 #include "base/u64map.h"
 #include "chat/event.h"
-#include "net/server.h"
+#include "net/srv.h"
 
 typedef struct session session;
 

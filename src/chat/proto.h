@@ -15,7 +15,7 @@
 #include "codec/http.h"
 #include "codec/ws.h"
 
-#include "net/server.h"
+#include "net/srv.h"
 
 typedef struct conn conn;
 

@@ -11,7 +11,7 @@
 #ifndef PARLEY_ROUTER_H
 #define PARLEY_ROUTER_H
 
-#include "net/server.h"
+#include "net/srv.h"
 
 /* The HTTP handler for server_create(): answers each request on its
  * connection's thread. */

@@ -22,7 +22,7 @@
 #include <uv.h>
 
 #include "base/rbuf.h"
-#include "net/server.h"
+#include "net/srv.h"
 #include "net/wheel.h"
 #include "codec/ws.h"
 

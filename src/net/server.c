@@ -13,12 +13,6 @@
 #include "base/log.h"
 #include "net/tls.h"
 
-struct srv_msg {
-    srv_msg *next;
-    void (*fn)(srv_thread *t, void *arg);
-    void *arg;
-};
-
 /* ---- listeners ---------------------------------------------------------- */
 
 /* A non-blocking listening socket with SO_REUSEPORT, so every thread has its
@@ -73,25 +67,6 @@ static void on_flush(uv_prepare_t *h)
     while (t->flush_head) conn_flush(t->flush_head); /* unlinks itself */
 }
 
-static void close_handle(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
-conn *srv_conn(srv_thread *t, uint64_t id)
-{
-    return u64map_get(&t->by_id, id);
-}
-
-void srv_thread_idle(srv_thread *t)
-{
-    uv_mutex_lock(&t->mu);
-    t->closed = true; /* no uv_async_send after this */
-    uv_mutex_unlock(&t->mu);
-    /* Every handle left is the thread's own: closing them ends uv_run. */
-    uv_walk(&t->loop, close_handle, NULL);
-}
-
 static void thread_stop(srv_thread *t, void *arg)
 {
     if (t->stopping) return;
@@ -111,60 +86,11 @@ static void thread_force(srv_thread *t, void *arg)
     while (t->conns) conn_abort(t->conns);
 }
 
-static void on_wake(uv_async_t *h)
-{
-    srv_thread *t = h->data;
-    uv_mutex_lock(&t->mu);
-    srv_msg *p = t->posts;
-    t->posts = NULL;
-    uv_mutex_unlock(&t->mu);
-    /* Newest first in the list: reverse to run in posting order. */
-    srv_msg *fifo = NULL;
-    while (p) {
-        srv_msg *next = p->next;
-        p->next = fifo;
-        fifo = p;
-        p = next;
-    }
-    while (fifo) {
-        srv_msg *next = fifo->next;
-        fifo->fn(t, fifo->arg);
-        free(fifo);
-        fifo = next;
-    }
-}
-
-int srv_post(srv_thread *t, void (*fn)(srv_thread *t, void *arg), void *arg)
-{
-    srv_msg *p = malloc(sizeof *p);
-    if (!p) return ERR_NOMEM;
-    p->fn = fn;
-    p->arg = arg;
-    uv_mutex_lock(&t->mu);
-    if (t->closed) {
-        uv_mutex_unlock(&t->mu);
-        free(p);
-        return ERR_CLOSED;
-    }
-    p->next = t->posts;
-    t->posts = p;
-    uv_async_send(&t->wake); /* under mu: never after the handle closes */
-    uv_mutex_unlock(&t->mu);
-    return ERR_OK;
-}
-
 static void thread_main(void *arg)
 {
     srv_thread *t = arg;
     uv_run(&t->loop, UV_RUN_DEFAULT);
-    /* Posts that raced with the end are dropped with their memory. */
-    uv_mutex_lock(&t->mu);
-    while (t->posts) {
-        srv_msg *p = t->posts;
-        t->posts = p->next;
-        free(p);
-    }
-    uv_mutex_unlock(&t->mu);
+    srv_thread_drain(t); /* posts that raced with the end */
     conn_free_nodes(t);
     u64map_free(&t->by_id);
     if (t->srv->on_done) uv_async_send(t->srv->on_done);
@@ -175,8 +101,7 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     t->srv = s;
     t->id = id;
     t->listen_fd = fd;
-    if (uv_loop_init(&t->loop) != 0) return ERR_IO;
-    uv_mutex_init(&t->mu);
+    if (srv_thread_init(t) < 0) return ERR_IO;
     t->rbuf = malloc(SRV_READ_BUF);
     if (!t->rbuf) return ERR_NOMEM;
     wheel_init(&t->wheel, SRV_TICK_MS);
@@ -184,8 +109,6 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
     t->listener.data = t;
     if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
-    uv_async_init(&t->loop, &t->wake, on_wake);
-    t->wake.data = t;
     uv_timer_init(&t->loop, &t->tick);
     t->tick.data = t;
     uv_timer_start(&t->tick, on_tick, SRV_TICK_MS, SRV_TICK_MS);
