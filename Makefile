@@ -154,4 +154,4 @@ $(B)/bench/%: bench/%.c $(CLIENT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
--include $(wildcard $(B)/obj/*/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)
+-include $(wildcard $(B)/obj/*.d $(B)/obj/*/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)

@@ -14,7 +14,6 @@
 #include "chat/guard.h"
 #include "codec/json.h"
 #include "base/log.h"
-#include "chat/proto.h"
 #include "codec/utf8.h"
 
 #define JSON_TYPE "application/json"
@@ -26,22 +25,34 @@ static void respond_json(conn *c, int status, const char *body, size_t n, bool k
     conn_respond(c, status, JSON_TYPE, body, n, keep_alive, false, NULL);
 }
 
-static void api_error(conn *c, bool keep_alive, int status, const char *code, const char *message)
+void api_send_error(conn *c, bool keep_alive, bool head, int err, const char *message,
+                    const char *extra, long retry_ms)
 {
+    const err_info *e = err_info_of(err);
     jbuf j;
     jb_init(&j, 128);
     jb_lit(&j, "{\"error\":{\"code\":\"");
-    jb_lit(&j, code);
+    jb_lit(&j, e->code);
     jb_lit(&j, "\",\"message\":");
-    jb_cstr(&j, message);
+    jb_cstr(&j, message ? message : e->message);
+    if (retry_ms >= 0) {
+        jb_lit(&j, ",\"retry_after_ms\":");
+        jb_u64(&j, (uint64_t)retry_ms);
+    }
     jb_lit(&j, "}}");
     size_t n;
     const char *p = jb_data(&j, &n);
-    const char *extra = status == 401 ? "WWW-Authenticate: Bearer\r\n"
-                      : status == 503 ? "Retry-After: 1\r\n" : NULL;
-    if (p) conn_respond(c, status, JSON_TYPE, p, n, keep_alive, false, extra);
+    if (!extra) extra = e->status == 401 ? "WWW-Authenticate: Bearer\r\n"
+                      : e->status == 503 ? "Retry-After: 1\r\n" : NULL;
+    metrics_error(&c->t->m, err);
+    if (p) conn_respond(c, e->status, JSON_TYPE, p, n, keep_alive, head, extra);
     else conn_abort(c);
     jb_free(&j);
+}
+
+static void api_error(conn *c, bool keep_alive, int err, const char *message)
+{
+    api_send_error(c, keep_alive, false, err, message, NULL, -1);
 }
 
 static void respond_jbuf(conn *c, int status, jbuf *j, bool keep_alive)
@@ -49,26 +60,10 @@ static void respond_jbuf(conn *c, int status, jbuf *j, bool keep_alive)
     size_t n;
     const char *p = jb_data(j, &n);
     if (p) respond_json(c, status, p, n, keep_alive);
-    else api_error(c, keep_alive, 500, "internal", "out of memory");
+    else api_error(c, keep_alive, ERR_NOMEM, "out of memory");
     jb_free(j);
 }
 
-/* The HTTP answer for an operation's error. */
-static void op_error(conn *c, bool keep_alive, int rc, const char *conflict, const char *notfound)
-{
-    switch (rc) {
-    case ERR_FORBIDDEN: api_error(c, keep_alive, 403, "forbidden", "not allowed"); break;
-    case ERR_CONFLICT: api_error(c, keep_alive, 409, conflict, "already exists"); break;
-    case ERR_NOT_FOUND: api_error(c, keep_alive, 404, notfound, "not found"); break;
-    case ERR_INVALID: api_error(c, keep_alive, 400, "bad_request", "not possible here"); break;
-    case ERR_TOO_LARGE:
-        api_error(c, keep_alive, 400, "too_many_members",
-                  "the group is full, or a user is in too many conversations");
-        break;
-    case ERR_BUSY: api_error(c, keep_alive, 503, "busy", "server busy: retry later"); break;
-    default: api_error(c, keep_alive, 500, "internal", "storage error: retry"); break;
-    }
-}
 
 /* ---- request helpers ------------------------------------------------------------ */
 
@@ -95,8 +90,8 @@ static bool authenticate(req_ctx *x)
     if (h && h->n > 7 && strncasecmp(h->p, "Bearer ", 7) == 0)
         rc = chat_authenticate(x->ch, h->p + 7, h->n - 7, &x->who);
     if (rc == ERR_OK) return true;
-    if (rc == ERR_IO) api_error(x->c, x->ka, 500, "internal", "storage error");
-    else api_error(x->c, x->ka, 401, "unauthorized", "missing or invalid token");
+    if (rc == ERR_IO) api_error(x->c, x->ka, ERR_IO, "storage error");
+    else api_error(x->c, x->ka, ERR_AUTH, "missing or invalid token");
     return false;
 }
 
@@ -106,7 +101,7 @@ static bool parse_body(req_ctx *x)
     const http_str *b = &x->r->body;
     if (b->n == 0 || !utf8_valid((const uint8_t *)b->p, b->n) ||
         json_parse_object(b->p, b->n, &x->body) < 0) {
-        api_error(x->c, x->ka, 400, "bad_json", "the body must be a JSON object");
+        api_error(x->c, x->ka, ERR_BAD_JSON, "the body must be a JSON object");
         return false;
     }
     return true;
@@ -116,14 +111,14 @@ static bool parse_body(req_ctx *x)
 static int lookup_user(chat *ch, const char *name, uint64_t *uid)
 {
     char norm[AUTH_NAME_MAX + 1];
-    if (auth_username(name, strlen(name), norm) < 0) return ERR_NOT_FOUND;
+    if (auth_username(name, strlen(name), norm) < 0) return ERR_USER_NOT_FOUND;
     store_txn *txn;
     if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
     store_user u;
     int rc = store_user_by_name(txn, norm, &u);
     store_abort(txn);
     if (rc == ERR_OK) *uid = u.id;
-    return rc;
+    return rc == ERR_NOT_FOUND ? ERR_USER_NOT_FOUND : rc;
 }
 
 static bool query_u64(const http_request *r, const char *name, uint64_t *out, int *rc)
@@ -166,7 +161,7 @@ static void reply_session(srv_thread *t, void *arg)
             jb_raw(&j, "}", 1);
             respond_jbuf(c, op->kind == OP_REGISTER ? 201 : 200, &j, op->keep_alive);
         } else {
-            op_error(c, op->keep_alive, op->rc, "username_taken", "user_not_found");
+            api_error(c, op->keep_alive, op->rc, NULL);
         }
         conn_resume(c);
     }
@@ -180,7 +175,7 @@ static void reply_empty(srv_thread *t, void *arg)
     conn *c = reply_conn(t, op);
     if (c) {
         if (op->rc >= 0) conn_respond(c, 204, NULL, NULL, 0, op->keep_alive, false, NULL);
-        else op_error(c, op->keep_alive, op->rc, "conflict", "not_member");
+        else api_error(c, op->keep_alive, op->rc, NULL);
         conn_resume(c);
     }
     chat_op_free(op);
@@ -194,16 +189,16 @@ static void reply_conv(srv_thread *t, void *arg)
     if (c) {
         store_txn *txn;
         if (op->rc < 0) {
-            op_error(c, op->keep_alive, op->rc, "already_member", "user_not_found");
+            api_error(c, op->keep_alive, op->rc, NULL);
         } else if (store_begin(op->ch->st, false, &txn) == ERR_OK) {
             jbuf j;
             jb_init(&j, 512);
             int rc = chat_write_conv(op->ch, txn, op->conv, op->who.uid, &j);
             store_abort(txn);
-            if (rc < 0) { jb_free(&j); op_error(c, op->keep_alive, rc, "", ""); }
+            if (rc < 0) { jb_free(&j); api_error(c, op->keep_alive, rc, NULL); }
             else respond_jbuf(c, op->kind == OP_ADD || op->duplicate ? 200 : 201, &j, op->keep_alive);
         } else {
-            api_error(c, op->keep_alive, 500, "internal", "storage error");
+            api_error(c, op->keep_alive, ERR_IO, "storage error");
         }
         conn_resume(c);
     }
@@ -222,7 +217,7 @@ static void reply_send(srv_thread *t, void *arg)
                              op->duplicate ? ",\"duplicate\":true" : "");
             respond_json(c, op->duplicate ? 200 : 201, body, (size_t)n, op->keep_alive);
         } else {
-            op_error(c, op->keep_alive, op->rc, "conflict", "not_found");
+            api_error(c, op->keep_alive, op->rc, NULL);
         }
         conn_resume(c);
     }
@@ -236,7 +231,7 @@ static void submit(req_ctx *x, chat_op *op)
     int rc = chat_submit(op);
     if (rc < 0) {
         chat_op_free(op);
-        op_error(x->c, x->ka, rc, "", "");
+        api_error(x->c, x->ka, rc, NULL);
         return;
     }
     conn_hold(x->c);
@@ -245,7 +240,7 @@ static void submit(req_ctx *x, chat_op *op)
 static chat_op *new_op(req_ctx *x, enum chat_op_kind kind, void (*reply)(srv_thread *, void *))
 {
     chat_op *op = chat_op_new(x->ch, kind, x->c->id, reply);
-    if (!op) { api_error(x->c, x->ka, 500, "internal", "out of memory"); return NULL; }
+    if (!op) { api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return NULL; }
     op->who = x->who;
     return op;
 }
@@ -297,15 +292,15 @@ static void kdf_after(uv_work_t *w, int status)
     kdf_free(k);
     if (!c) { chat_op_free(op); return; }
     if (!ok) {
-        if (op->kind == OP_LOGIN) api_error(c, op->keep_alive, 401, "bad_credentials", "wrong username or password");
-        else api_error(c, op->keep_alive, 500, "internal", "password hashing failed");
+        if (op->kind == OP_LOGIN) api_error(c, op->keep_alive, ERR_BAD_CREDENTIALS, "wrong username or password");
+        else api_error(c, op->keep_alive, ERR_IO, "password hashing failed");
         chat_op_free(op);
         conn_resume(c);
         return;
     }
     int rc = chat_submit(op);
     if (rc < 0) {
-        op_error(c, op->keep_alive, rc, "", "");
+        api_error(c, op->keep_alive, rc, NULL);
         chat_op_free(op);
         conn_resume(c);
     }
@@ -314,7 +309,7 @@ static void kdf_after(uv_work_t *w, int status)
 static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool verify, bool known)
 {
     kdf_job *k = calloc(1, sizeof *k);
-    if (!k) { chat_op_free(op); api_error(x->c, x->ka, 500, "internal", "out of memory"); return; }
+    if (!k) { chat_op_free(op); api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return; }
     k->op = op;
     op->keep_alive = x->ka;
     memcpy(k->pass, pass, n);
@@ -325,7 +320,7 @@ static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool 
     if (uv_queue_work(&x->c->t->loop, &k->work, verify ? verify_work : hash_work, kdf_after) != 0) {
         kdf_free(k);
         chat_op_free(op);
-        api_error(x->c, x->ka, 503, "busy", "server busy: retry later");
+        api_error(x->c, x->ka, ERR_BUSY, "server busy: retry later");
         return;
     }
     conn_hold(x->c);
@@ -338,12 +333,12 @@ static bool credentials(req_ctx *x, char *name, char *pass, size_t *pass_len, bo
     int n = json_get_str(&x->body, "username", raw, sizeof raw);
     int p = json_get_str(&x->body, "password", pass, AUTH_PASS_MAX + 1);
     if (n == ERR_NOT_FOUND || p == ERR_NOT_FOUND || n == ERR_INVALID || p == ERR_INVALID) {
-        api_error(x->c, x->ka, 400, "bad_request", "'username' and 'password' strings are required");
+        api_error(x->c, x->ka, ERR_INVALID, "'username' and 'password' strings are required");
         return false;
     }
     if (n < 0 || auth_username(raw, (size_t)n, name) < 0) {
         if (strict) {
-            api_error(x->c, x->ka, 400, "bad_username",
+            api_error(x->c, x->ka, ERR_BAD_USERNAME,
                       "usernames are 3-32 characters of a-z 0-9 _ . - starting with a letter or digit");
             return false;
         }
@@ -351,7 +346,7 @@ static bool credentials(req_ctx *x, char *name, char *pass, size_t *pass_len, bo
     }
     if (p < 0 || !auth_password_ok((size_t)p)) {
         if (strict) {
-            api_error(x->c, x->ka, 400, "bad_password", "passwords are 8-256 bytes");
+            api_error(x->c, x->ka, ERR_BAD_PASSWORD, "passwords are 8-256 bytes");
             return false;
         }
         p = 0;
@@ -364,12 +359,8 @@ static void too_many(req_ctx *x, uint32_t retry_ms, const char *message)
 {
     char extra[48];
     snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_ms / 1000 + 1);
-    char body[192];
-    int n = snprintf(body, sizeof body,
-                     "{\"error\":{\"code\":\"rate_limited\",\"message\":\"%s\","
-                     "\"retry_after_ms\":%u}}", message, retry_ms);
     metrics_inc(&x->c->t->m, M_RATE_LIMITED);
-    conn_respond(x->c, 429, JSON_TYPE, body, (size_t)n, x->ka, false, extra);
+    api_send_error(x->c, x->ka, false, ERR_RATE, message, extra, (long)retry_ms);
 }
 
 /* Logins and registrations per source address. */
@@ -438,7 +429,7 @@ static int add_name(void *arg, const char *v, size_t len, uint8_t type)
     names_ctx *x = arg;
     char name[AUTH_NAME_MAX * 4 + 1];
     if (type != JSON_STRING || json_unescape(v, len, name, sizeof name) < 0) return x->rc = ERR_INVALID;
-    if (x->op->nuids + 1 >= x->ch->cfg->max_group_members) return x->rc = ERR_TOO_LARGE; /* + creator */
+    if (x->op->nuids + 1 >= x->ch->cfg->max_group_members) return x->rc = ERR_TOO_MANY_MEMBERS; /* + creator */
     uint64_t uid;
     int rc = lookup_user(x->ch, name, &uid);
     if (rc < 0) return x->rc = rc;
@@ -454,19 +445,19 @@ static void post_conversations(req_ctx *x)
     if (!parse_body(x)) return;
     char type[16], name[256];
     if (json_get_str(&x->body, "type", type, sizeof type) < 0) {
-        api_error(x->c, x->ka, 400, "bad_request", "'type' must be \"direct\" or \"group\"");
+        api_error(x->c, x->ka, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
         return;
     }
     if (strcmp(type, "direct") == 0) {
         uint64_t uid;
         if (json_get_str(&x->body, "with", name, sizeof name) < 0) {
-            api_error(x->c, x->ka, 400, "bad_request", "'with' must be a username");
+            api_error(x->c, x->ka, ERR_INVALID, "'with' must be a username");
             return;
         }
         int rc = lookup_user(x->ch, name, &uid);
-        if (rc < 0) { op_error(x->c, x->ka, rc, "", "user_not_found"); return; }
+        if (rc < 0) { api_error(x->c, x->ka, rc, NULL); return; }
         if (uid == x->who.uid) {
-            api_error(x->c, x->ka, 400, "bad_request", "a direct conversation needs another user");
+            api_error(x->c, x->ka, ERR_INVALID, "a direct conversation needs another user");
             return;
         }
         chat_op *op = new_op(x, OP_DIRECT, reply_conv);
@@ -477,11 +468,11 @@ static void post_conversations(req_ctx *x)
         int n = json_get_str(&x->body, "name", name, sizeof name);
         const json_field *members = json_get(&x->body, "members");
         if (n <= 0 || n > STORE_NAME_MAX) {
-            api_error(x->c, x->ka, 400, "bad_request", "'name' must be 1-64 bytes");
+            api_error(x->c, x->ka, ERR_INVALID, "'name' must be 1-64 bytes");
             return;
         }
         if (members && members->type != JSON_ARRAY) {
-            api_error(x->c, x->ka, 400, "bad_request", "'members' must be a list of usernames");
+            api_error(x->c, x->ka, ERR_INVALID, "'members' must be a list of usernames");
             return;
         }
         chat_op *op = new_op(x, OP_GROUP, reply_conv);
@@ -491,13 +482,13 @@ static void post_conversations(req_ctx *x)
         if (members) json_array_each(members->val, members->val_len, add_name, &nx);
         if (nx.rc < 0) {
             chat_op_free(op);
-            if (nx.rc == ERR_INVALID) api_error(x->c, x->ka, 400, "bad_request", "'members' must be a list of usernames");
-            else op_error(x->c, x->ka, nx.rc, "", "user_not_found");
+            if (nx.rc == ERR_INVALID) api_error(x->c, x->ka, ERR_INVALID, "'members' must be a list of usernames");
+            else api_error(x->c, x->ka, nx.rc, NULL);
             return;
         }
         submit(x, op);
     } else {
-        api_error(x->c, x->ka, 400, "bad_request", "'type' must be \"direct\" or \"group\"");
+        api_error(x->c, x->ka, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
     }
 }
 
@@ -506,12 +497,12 @@ static void get_inbox(req_ctx *x)
     uint64_t since = 0;
     int rc = 0;
     query_u64(x->r, "changed_since", &since, &rc);
-    if (rc < 0) { api_error(x->c, x->ka, 400, "bad_request", "'changed_since' must be a cursor"); return; }
+    if (rc < 0) { api_error(x->c, x->ka, ERR_INVALID, "'changed_since' must be a cursor"); return; }
     jbuf j;
     jb_init(&j, 4096);
     if ((rc = chat_write_inbox(x->ch, x->who.uid, since, &j)) < 0) {
         jb_free(&j);
-        op_error(x->c, x->ka, rc, "", "");
+        api_error(x->c, x->ka, rc, NULL);
         return;
     }
     respond_jbuf(x->c, 200, &j, x->ka);
@@ -520,12 +511,12 @@ static void get_inbox(req_ctx *x)
 static void get_conv(req_ctx *x, uint64_t conv)
 {
     store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { op_error(x->c, x->ka, ERR_IO, "", ""); return; }
+    if (store_begin(x->ch->st, false, &txn) < 0) { api_error(x->c, x->ka, ERR_IO, NULL); return; }
     jbuf j;
     jb_init(&j, 512);
     int rc = chat_write_conv(x->ch, txn, conv, x->who.uid, &j);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); op_error(x->c, x->ka, rc, "", ""); return; }
+    if (rc < 0) { jb_free(&j); api_error(x->c, x->ka, rc, NULL); return; }
     respond_jbuf(x->c, 200, &j, x->ka);
 }
 
@@ -537,16 +528,16 @@ static void get_messages(req_ctx *x, uint64_t conv)
     bool b = query_u64(x->r, "before", &before, &rc);
     bool l = query_u64(x->r, "limit", &limit, &rc);
     if (rc < 0 || (a && b) || (l && (limit == 0 || limit > 500)) || (b && before == 0)) {
-        api_error(x->c, x->ka, 400, "bad_request",
+        api_error(x->c, x->ka, ERR_INVALID,
                   "use after=S or before=S (not both) and limit=1..500");
         return;
     }
     store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { op_error(x->c, x->ka, ERR_IO, "", ""); return; }
+    if (store_begin(x->ch->st, false, &txn) < 0) { api_error(x->c, x->ka, ERR_IO, NULL); return; }
     store_member m;
     if (store_member_get(txn, conv, x->who.uid, &m) < 0) {
         store_abort(txn);
-        op_error(x->c, x->ka, ERR_FORBIDDEN, "", "");
+        api_error(x->c, x->ka, ERR_FORBIDDEN, NULL);
         return;
     }
     jbuf j;
@@ -556,7 +547,7 @@ static void get_messages(req_ctx *x, uint64_t conv)
                             (size_t)limit, &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); op_error(x->c, x->ka, rc, "", ""); return; }
+    if (rc < 0) { jb_free(&j); api_error(x->c, x->ka, rc, NULL); return; }
     respond_jbuf(x->c, 200, &j, x->ka);
 }
 
@@ -566,10 +557,10 @@ static void post_message(req_ctx *x, uint64_t conv)
     const json_field *body = json_get(&x->body, "body");
     char cmid[STORE_CMID_MAX + 1];
     int n = json_get_str(&x->body, "cmid", cmid, sizeof cmid);
-    if (n <= 0) { api_error(x->c, x->ka, 400, "bad_request", "'cmid' must be 1-64 characters"); return; }
-    if (!body || body->type == JSON_NULL) { api_error(x->c, x->ka, 400, "bad_request", "'body' is required"); return; }
+    if (n <= 0) { api_error(x->c, x->ka, ERR_INVALID, "'cmid' must be 1-64 characters"); return; }
+    if (!body || body->type == JSON_NULL) { api_error(x->c, x->ka, ERR_INVALID, "'body' is required"); return; }
     if (body->val_len > x->ch->cfg->max_text) {
-        api_error(x->c, x->ka, 413, "too_large", "message body too large");
+        api_error(x->c, x->ka, ERR_TOO_LARGE, "message body too large");
         return;
     }
     uint32_t retry = 0;
@@ -581,7 +572,7 @@ static void post_message(req_ctx *x, uint64_t conv)
     if (!op) return;
     if (!(op->body = malloc(body->val_len))) {
         chat_op_free(op);
-        api_error(x->c, x->ka, 500, "internal", "out of memory");
+        api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
         return;
     }
     memcpy(op->body, body->val, body->val_len);
@@ -598,11 +589,11 @@ static void post_member(req_ctx *x, uint64_t conv)
     char name[AUTH_NAME_MAX * 4 + 1];
     uint64_t uid;
     if (json_get_str(&x->body, "user", name, sizeof name) < 0) {
-        api_error(x->c, x->ka, 400, "bad_request", "'user' must be a username");
+        api_error(x->c, x->ka, ERR_INVALID, "'user' must be a username");
         return;
     }
     int rc = lookup_user(x->ch, name, &uid);
-    if (rc < 0) { op_error(x->c, x->ka, rc, "", "user_not_found"); return; }
+    if (rc < 0) { api_error(x->c, x->ka, rc, NULL); return; }
     chat_op *op = new_op(x, OP_ADD, reply_conv);
     if (!op) return;
     op->conv = conv;
@@ -615,13 +606,13 @@ static void delete_member(req_ctx *x, uint64_t conv, const char *user)
     uint64_t uid;
     char name[AUTH_NAME_MAX * 4 + 1];
     int n = http_percent_decode(user, strlen(user), name, sizeof name - 1);
-    if (n < 0) { api_error(x->c, x->ka, 404, "not_member", "not a member"); return; }
+    if (n < 0) { api_error(x->c, x->ka, ERR_NOT_MEMBER, "not a member"); return; }
     name[n] = 0;
     int rc = lookup_user(x->ch, name, &uid);
     if (rc < 0) {
         /* Do not tell non-members whether the user exists. */
-        if (chat_is_member(x->ch, conv, x->who.uid) < 0) op_error(x->c, x->ka, ERR_FORBIDDEN, "", "");
-        else op_error(x->c, x->ka, rc, "", "not_member");
+        if (chat_is_member(x->ch, conv, x->who.uid) < 0) api_error(x->c, x->ka, ERR_FORBIDDEN, NULL);
+        else api_error(x->c, x->ka, rc == ERR_USER_NOT_FOUND ? ERR_NOT_MEMBER : rc, NULL);
         return;
     }
     chat_op *op = new_op(x, OP_REMOVE, reply_empty);
@@ -636,14 +627,14 @@ static void get_receipts(req_ctx *x, uint64_t conv)
     uint64_t seq = 0;
     int rc = 0;
     query_u64(x->r, "seq", &seq, &rc);
-    if (rc < 0) { api_error(x->c, x->ka, 400, "bad_request", "'seq' must be a number"); return; }
+    if (rc < 0) { api_error(x->c, x->ka, ERR_INVALID, "'seq' must be a number"); return; }
     jbuf j;
     jb_init(&j, 1024);
     rc = chat_write_receipts(x->ch, conv, x->who.uid, seq, &j);
     if (rc < 0) {
         jb_free(&j);
-        if (rc == ERR_NOT_FOUND) api_error(x->c, x->ka, 404, "not_found", "no message at that seq");
-        else op_error(x->c, x->ka, rc, "", "");
+        if (rc == ERR_NOT_FOUND) api_error(x->c, x->ka, ERR_NOT_FOUND, "no message at that seq");
+        else api_error(x->c, x->ka, rc, NULL);
         return;
     }
     respond_jbuf(x->c, 200, &j, x->ka);
@@ -655,8 +646,7 @@ static void not_allowed(req_ctx *x, const char *allow)
 {
     char extra[64];
     snprintf(extra, sizeof extra, "Allow: %s\r\n", allow);
-    const char *body = "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"method not allowed\"}}";
-    conn_respond(x->c, 405, JSON_TYPE, body, strlen(body), x->ka, false, extra);
+    api_send_error(x->c, x->ka, false, ERR_METHOD, NULL, extra, -1);
 }
 
 /* Splits "/v1/conversations/{id}/{rest...}". Returns false if no id. */
@@ -723,10 +713,10 @@ bool api_handle(conn *c, const http_request *req)
             if (!method(&x, "GET")) not_allowed(&x, "GET");
             else if (authenticate(&x)) get_receipts(&x, conv);
         } else {
-            api_error(c, x.ka, 404, "not_found", "no such endpoint");
+            api_error(c, x.ka, ERR_NOT_FOUND, "no such endpoint");
         }
     } else {
-        api_error(c, x.ka, 404, "not_found", "no such endpoint");
+        api_error(c, x.ka, ERR_NOT_FOUND, "no such endpoint");
     }
     return true;
 }

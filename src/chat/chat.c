@@ -262,7 +262,7 @@ static int apply_register(store_txn *txn, chat_op *op)
 {
     uint64_t uid;
     int rc = store_user_create(txn, op->name, op->pwhash, chat_now_ms(), &uid);
-    if (rc < 0) return rc;
+    if (rc < 0) return rc == ERR_CONFLICT ? ERR_USERNAME_TAKEN : rc;
     store_user u;
     if ((rc = store_user_get(txn, uid, &u)) < 0) return rc;
     u.next_device = 2;
@@ -338,13 +338,13 @@ static int count_one(void *arg, uint64_t conv)
     return ++x->n >= x->cap; /* stop at the cap */
 }
 
-/* ERR_TOO_LARGE if uid is already in --max-user-convs conversations. */
+/* ERR_TOO_MANY_MEMBERS if uid is already in --max-user-convs conversations. */
 static int check_user_convs(store_txn *txn, const chat_op *op, uint64_t uid)
 {
     count_ctx x = {0, op->ch->cfg->max_user_convs};
     int rc = store_user_convs(txn, uid, count_one, &x);
     if (rc < 0) return rc;
-    return x.n >= x.cap ? ERR_TOO_LARGE : ERR_OK;
+    return x.n >= x.cap ? ERR_TOO_MANY_MEMBERS : ERR_OK;
 }
 
 static int add_member(store_txn *txn, uint64_t conv, uint64_t uid, uint8_t role, uint64_t version)
@@ -426,9 +426,9 @@ static int apply_add(store_txn *txn, chat_op *op)
     store_conv c;
     int rc = check_actor(txn, op, &c, true);
     if (rc < 0) return rc;
-    if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_LARGE;
+    if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_MANY_MEMBERS;
     store_member m;
-    if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_CONFLICT;
+    if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_ALREADY_MEMBER;
     if ((rc = check_user_convs(txn, op, op->target)) < 0) return rc;
     uint64_t v = store_tick(txn);
     if ((rc = add_member(txn, op->conv, op->target, STORE_MEMBER, v)) < 0) return rc;
@@ -442,7 +442,8 @@ static int apply_remove(store_txn *txn, chat_op *op)
     bool self = op->target == op->who.uid;
     int rc = check_actor(txn, op, &c, !self);
     if (rc < 0) return rc;
-    if ((rc = store_member_del(txn, op->conv, op->target)) < 0) return rc;
+    if ((rc = store_member_del(txn, op->conv, op->target)) < 0)
+        return rc == ERR_NOT_FOUND ? ERR_NOT_MEMBER : rc;
     uint64_t v = store_tick(txn);
     if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
     return load_members(txn, op);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "chat/api.h"
 #include "chat/chat.h"
 #include "net/conn.h"
 #include "chat/guard.h"
@@ -15,20 +16,6 @@
 #include "codec/msg.h"
 
 #define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
-
-const char *proto_error_code(int err)
-{
-    switch (err) {
-    case ERR_FORBIDDEN: return "forbidden";
-    case ERR_AUTH: return "unauthorized";
-    case ERR_BUSY: return "busy";
-    case ERR_TOO_LARGE: return "too_large";
-    case ERR_CONFLICT: return "conflict";
-    case ERR_NOT_FOUND: return "not_found";
-    case ERR_INVALID: return "bad_request";
-    default: return "internal";
-    }
-}
 
 /* ---- the WebSocket sink --------------------------------------------------- */
 
@@ -66,34 +53,35 @@ static void ws_sink_close(session *s, uint16_t code, const char *reason)
 
 static const sink_ops ws_sink = {ws_sink_send, ws_sink_send_lossy, ws_sink_close};
 
-/* {"type":"error","code":...,"message":...,"ref":...}; ref is raw JSON. */
-static void send_error(conn *c, const char *code, const char *message, const char *ref)
+/* {"type":"error","code":...,"message":...,"ref":...} for err (its row of
+ * the error table, err.h); message NULL: the row's; ref is raw JSON or "".
+ * retry_ms >= 0 adds "retry_after_ms" (busy always has one). */
+static void send_fail(conn *c, int err, const char *message, const char *ref, long retry_ms)
 {
+    const err_info *e = err_info_of(err);
     jbuf j;
     jb_init(&j, 160);
     jb_lit(&j, "{\"type\":\"error\",\"code\":\"");
-    jb_lit(&j, code);
+    jb_lit(&j, e->code);
     jb_lit(&j, "\",\"message\":");
-    jb_cstr(&j, message);
+    jb_cstr(&j, message ? message : e->message);
+    if (err == ERR_BUSY && retry_ms < 0) retry_ms = 1000;
+    if (retry_ms >= 0) {
+        jb_lit(&j, ",\"retry_after_ms\":");
+        jb_u64(&j, (uint64_t)retry_ms);
+    }
     if (ref && *ref) {
         jb_lit(&j, ",\"ref\":");
         jb_lit(&j, ref);
     }
-    if (strcmp(code, "busy") == 0) jb_lit(&j, ",\"retry_after_ms\":1000");
     jb_raw(&j, "}", 1);
-    metrics_error(&c->t->m, ERR_INVALID);
+    metrics_error(&c->t->m, err);
     send_json(c, &j);
 }
 
-static const char *error_message(int err)
+static void send_error(conn *c, int err, const char *message, const char *ref)
 {
-    switch (err) {
-    case ERR_FORBIDDEN: return "not a member of that conversation";
-    case ERR_BUSY: return "server busy: retry later";
-    case ERR_TOO_LARGE: return "too large";
-    case ERR_INVALID: return "invalid request";
-    default: return "internal error: retry";
-    }
+    send_fail(c, err, message, ref, -1);
 }
 
 /* ---- session lifecycle ------------------------------------------------------ */
@@ -154,19 +142,12 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
     int rc = n > 0 ? chat_authenticate(ch, token, (size_t)n, &id) : ERR_AUTH;
     if (rc == ERR_OK && hub_sessions(ch->hub, id.uid) >= (int)ch->cfg->max_user_conns) {
         metrics_inc(&c->t->m, M_RATE_LIMITED);
-        const char *body = "{\"error\":{\"code\":\"too_many_connections\","
-                           "\"message\":\"too many open connections for this user\"}}";
-        conn_respond(c, 429, "application/json", body, strlen(body), req->keep_alive, false,
-                     "Retry-After: 10\r\n");
+        api_send_error(c, req->keep_alive, false, ERR_TOO_MANY_CONNECTIONS, NULL,
+                       "Retry-After: 10\r\n", -1);
         return;
     }
     if (rc < 0) {
-        const char *body = rc == ERR_IO
-            ? "{\"error\":{\"code\":\"internal\",\"message\":\"storage error\"}}"
-            : "{\"error\":{\"code\":\"unauthorized\",\"message\":\"missing or invalid token\"}}";
-        conn_respond(c, rc == ERR_IO ? 500 : 401, "application/json", body, strlen(body),
-                     req->keep_alive, false,
-                     rc == ERR_IO ? NULL : "WWW-Authenticate: Bearer\r\n");
+        api_send_error(c, req->keep_alive, false, rc == ERR_IO ? ERR_IO : ERR_AUTH, NULL, NULL, -1);
         return;
     }
     session *s = calloc(1, sizeof *s);
@@ -223,16 +204,7 @@ static void on_close(conn *c)
 
 static void send_rate_limited(conn *c, uint32_t retry_ms, const char *ref)
 {
-    jbuf j;
-    jb_init(&j, 160);
-    jb_lit(&j, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\",\"retry_after_ms\":");
-    jb_u64(&j, retry_ms);
-    if (*ref) {
-        jb_lit(&j, ",\"ref\":");
-        jb_lit(&j, ref);
-    }
-    jb_raw(&j, "}", 1);
-    send_json(c, &j);
+    send_fail(c, ERR_RATE, "slow down", ref, (long)retry_ms);
 }
 
 static void on_refused(conn *c, uint32_t retry_ms, const uint8_t *bytes, size_t len)
@@ -286,7 +258,7 @@ static void reply_send(srv_thread *t, void *arg)
             jb_raw(&j, "}", 1);
             send_json(c, &j);
         } else {
-            send_error(c, proto_error_code(op->rc), error_message(op->rc), op->ref);
+            send_error(c, op->rc, NULL, op->ref);
         }
     }
     chat_op_free(op);
@@ -298,7 +270,7 @@ static void reply_cursor(srv_thread *t, void *arg)
     chat_op *op = arg;
     conn *c = t ? srv_conn(t, op->origin) : NULL;
     if (c && c->state == CONN_WS && op->rc < 0)
-        send_error(c, proto_error_code(op->rc), error_message(op->rc), op->ref);
+        send_error(c, op->rc, NULL, op->ref);
     chat_op_free(op);
 }
 
@@ -306,7 +278,7 @@ static void submit(frame_ctx *f, chat_op *op)
 {
     int rc = chat_submit(op);
     if (rc < 0) {
-        send_error(f->c, proto_error_code(rc), error_message(rc), op->ref);
+        send_error(f->c, rc, NULL, op->ref);
         chat_op_free(op);
     }
 }
@@ -327,7 +299,7 @@ static void on_send(frame_ctx *f)
     chat_op *op = chat_op_new(f->ch, OP_SEND, f->c->id, reply_send);
     if (!op || !(op->body = malloc(f->r.body_len))) {
         chat_op_free(op);
-        send_error(f->c, "internal", "out of memory", f->r.ref);
+        send_error(f->c, ERR_NOMEM, NULL, f->r.ref);
         return;
     }
     memcpy(op->cmid, f->r.cmid, f->r.cmid_len + 1);
@@ -344,7 +316,7 @@ static void on_send(frame_ctx *f)
 static void on_cursor(frame_ctx *f, bool read)
 {
     chat_op *op = chat_op_new(f->ch, OP_CURSOR, f->c->id, reply_cursor);
-    if (!op) { send_error(f->c, "internal", "out of memory", f->r.ref); return; }
+    if (!op) { send_error(f->c, ERR_NOMEM, NULL, f->r.ref); return; }
     op->conv = f->r.conv;
     op->delivered = f->r.seq;
     op->read = read ? f->r.seq : 0;
@@ -359,11 +331,11 @@ static void on_sync(frame_ctx *f)
     uint64_t conv = f->r.conv;
     const char *ref = f->r.ref;
     store_txn *txn;
-    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, "internal", "storage error", ref); return; }
+    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, ERR_IO, NULL, ref); return; }
     store_member m;
     if (store_member_get(txn, conv, f->s->uid, &m) < 0) {
         store_abort(txn);
-        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), ref);
+        send_error(f->c, ERR_FORBIDDEN, NULL, ref);
         return;
     }
     jbuf j;
@@ -375,7 +347,7 @@ static void on_sync(frame_ctx *f)
     int rc = chat_write_history(f->ch, txn, conv, f->r.after, f->r.before, (size_t)f->r.limit, &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); send_error(f->c, "internal", "storage error", ref); return; }
+    if (rc < 0) { jb_free(&j); send_error(f->c, ERR_IO, NULL, ref); return; }
     send_json(f->c, &j);
 }
 
@@ -388,7 +360,7 @@ static void on_inbox(frame_ctx *f)
     jb_lit(&j, "\"inbox\":");
     if (chat_write_inbox(f->ch, f->s->uid, f->r.changed_since, &j) < 0) {
         jb_free(&j);
-        send_error(f->c, "internal", "storage error", f->r.ref);
+        send_error(f->c, ERR_IO, NULL, f->r.ref);
         return;
     }
     jb_raw(&j, "}", 1);
@@ -419,7 +391,7 @@ static void on_typing(frame_ctx *f)
     store_conv cv;
     if (store_member_get(txn, conv, s->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
         store_abort(txn);
-        send_error(f->c, "forbidden", error_message(ERR_FORBIDDEN), f->r.ref);
+        send_error(f->c, ERR_FORBIDDEN, NULL, f->r.ref);
         return;
     }
     typing_ctx x = {s->uid, audience_new(cv.nmembers)};
@@ -448,8 +420,9 @@ static void on_message(conn *c, const uint8_t *bytes, size_t len)
     f.s = c->user;
     f.ch = chat_of(c->t);
     const char *code, *message;
-    if (msg_parse(data, len, f.ch->cfg->max_text, &f.r, &code, &message) < 0) {
-        send_error(c, code, message, f.r.ref);
+    int rc = msg_parse(data, len, f.ch->cfg->max_text, &f.r, &code, &message);
+    if (rc < 0) {
+        send_error(c, rc, message, f.r.ref);
         return;
     }
     if (f.r.type != MSG_SEND) conn_forgive(c); /* a send is forgiven once it passes its limits */

@@ -30,7 +30,5 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs);
  * (closes a session whose token expired), close (frees the session). */
 extern const conn_ws_ops proto_ws_ops;
 
-/* The protocol error code for an err code ("forbidden", "busy", ...). */
-const char *proto_error_code(int err);
 
 #endif

@@ -30,14 +30,10 @@ static bool method_is(const http_request *r, const char *m)
     return r->method.n == n && memcmp(r->method.p, m, n) == 0;
 }
 
-static void error_json(conn *c, const http_request *req, int status, const char *code,
-                       const char *message, const char *extra)
+static void error_json(conn *c, const http_request *req, int err, const char *message,
+                       const char *extra)
 {
-    char body[256];
-    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
-                     code, message);
-    conn_respond(c, status, JSON, body, (size_t)n, req->keep_alive,
-                 method_is(req, "HEAD"), extra);
+    api_send_error(c, req->keep_alive, method_is(req, "HEAD"), err, message, extra, -1);
 }
 
 static void healthz(conn *c, const http_request *req)
@@ -83,7 +79,7 @@ static void metrics_page(conn *c, const http_request *req)
     }
     if (n < 0) {
         free(buf);
-        error_json(c, req, 500, "internal", "metrics unavailable", NULL);
+        error_json(c, req, ERR_IO, "metrics unavailable", NULL);
         return;
     }
     conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", buf, (size_t)n,
@@ -112,25 +108,23 @@ static bool origin_allowed(const config *cfg, const http_str *origin)
 static void websocket(conn *c, const http_request *req)
 {
     if (!http_header_get(req, "Upgrade")) {
-        error_json(c, req, 426, "upgrade_required", "this endpoint speaks WebSocket",
+        error_json(c, req, ERR_UPGRADE_REQUIRED, "this endpoint speaks WebSocket",
                    "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
         return;
     }
     ws_handshake hs;
     int status = 400;
     if (ws_handshake_check(req, subprotocols, &hs, &status) < 0) {
-        error_json(c, req, status, status == 426 ? "bad_version" : "bad_handshake",
-                   status == 426 ? "WebSocket version 13 is required"
-                                 : "invalid WebSocket handshake",
+        error_json(c, req, status == 426 ? ERR_BAD_VERSION : ERR_BAD_HANDSHAKE, NULL,
                    status == 426 ? "Sec-WebSocket-Version: 13\r\n" : NULL);
         return;
     }
     if (c->t->stopping) {
-        error_json(c, req, 503, "stopping", "server is shutting down", "Retry-After: 1\r\n");
+        error_json(c, req, ERR_STOPPING, NULL, "Retry-After: 1\r\n");
         return;
     }
     if (!origin_allowed(chat_of(c->t)->cfg, http_header_get(req, "Origin"))) {
-        error_json(c, req, 403, "forbidden_origin", "this origin may not open WebSockets", NULL);
+        error_json(c, req, ERR_FORBIDDEN_ORIGIN, "this origin may not open WebSockets", NULL);
         return;
     }
     /* Admission control: a reconnect storm ramps instead of collapsing the
@@ -142,7 +136,7 @@ static void websocket(conn *c, const http_request *req)
         char extra[48];
         snprintf(extra, sizeof extra, "Retry-After: %u\r\n", 1 + (unsigned)(uv_hrtime() % 5));
         metrics_inc(&c->t->m, M_ADMIT_REFUSED);
-        error_json(c, req, 503, "busy", "too many connections at once: retry later", extra);
+        error_json(c, req, ERR_BUSY, "too many connections at once: retry later", extra);
         return;
     }
     uint32_t retry = 0;
@@ -150,7 +144,7 @@ static void websocket(conn *c, const http_request *req)
         char extra[48];
         snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry / 1000 + 1);
         metrics_inc(&c->t->m, M_RATE_LIMITED);
-        error_json(c, req, 429, "rate_limited", "too many handshakes from this address", extra);
+        error_json(c, req, ERR_RATE, "too many handshakes from this address", extra);
         return;
     }
     proto_upgrade(c, req, &hs);
@@ -161,7 +155,7 @@ static void static_file_page(conn *c, const http_request *req)
     const config *cfg = chat_of(c->t)->cfg;
     bool head = method_is(req, "HEAD");
     if (!head && !method_is(req, "GET")) {
-        error_json(c, req, 405, "method_not_allowed", "use GET or HEAD", "Allow: GET, HEAD\r\n");
+        error_json(c, req, ERR_METHOD, "use GET or HEAD", "Allow: GET, HEAD\r\n");
         return;
     }
     char full[1536];
@@ -169,11 +163,11 @@ static void static_file_page(conn *c, const http_request *req)
     int rc = static_join(cfg->web_dir, req->path.p, req->path.n, full, sizeof full);
     if (rc >= 0) rc = static_open(cfg->web_dir, full, &f);
     if (rc == ERR_TOO_LARGE) {
-        error_json(c, req, 500, "internal", "file too large to serve", NULL);
+        error_json(c, req, ERR_IO, "file too large to serve", NULL);
         return;
     }
     if (rc < 0) {
-        error_json(c, req, 404, "not_found", "no such file", NULL);
+        error_json(c, req, ERR_NOT_FOUND, "no such file", NULL);
         return;
     }
     char extra[160];
@@ -191,7 +185,7 @@ static void static_file_page(conn *c, const http_request *req)
     close(f.fd);
     if (got != (ssize_t)f.size) {
         free(body);
-        error_json(c, req, 500, "internal", "read failed", NULL);
+        error_json(c, req, ERR_IO, "read failed", NULL);
         return;
     }
     conn_respond(c, 200, static_content_type(full), body, f.size, req->keep_alive, head, extra);
@@ -202,7 +196,7 @@ static void router_handle(conn *c, const http_request *req)
 {
     if (path_is(req, "/v1/ws")) {
         if (!method_is(req, "GET")) {
-            error_json(c, req, 405, "method_not_allowed", "use GET", "Allow: GET\r\n");
+            error_json(c, req, ERR_METHOD, "use GET", "Allow: GET\r\n");
             return;
         }
         websocket(c, req);

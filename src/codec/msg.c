@@ -4,14 +4,15 @@
 
 #include "codec/json.h"
 
-static int fail(const char **code, const char **message, const char *c, const char *m, int rc)
+/* Refuses with err: its wire code from the error table, and message m. */
+static int fail(const char **code, const char **message, int err, const char *m)
 {
-    *code = c;
+    *code = err_info_of(err)->code;
     *message = m;
-    return rc;
+    return err;
 }
 
-#define BAD(m) fail(code, message, "bad_request", (m), ERR_INVALID)
+#define BAD(m) fail(code, message, ERR_INVALID, (m))
 
 static void set_ref(msg_req *r, const json_field *f)
 {
@@ -40,7 +41,7 @@ static int parse_send(const json_obj *o, size_t max_text, msg_req *r, const char
     const json_field *body = json_get(o, "body");
     if (!body || body->type == JSON_NULL) return BAD("'body' is required");
     if (body->val_len > max_text)
-        return fail(code, message, "too_large", "message body too large", ERR_TOO_LARGE);
+        return fail(code, message, ERR_TOO_LARGE, "message body too large");
     r->body = body->val;
     r->body_len = body->val_len;
     return ERR_OK;
@@ -69,9 +70,9 @@ int msg_parse(const char *data, size_t len, size_t max_text, msg_req *r, const c
     json_obj o;
     int rc = json_parse_object(data, len, &o);
     if (rc < 0)
-        return fail(code, message, "bad_json",
+        return fail(code, message, ERR_BAD_JSON,
                     rc == ERR_TOO_LARGE ? "too deeply nested or too many fields"
-                                        : "expected a JSON object", ERR_INVALID);
+                                        : "expected a JSON object");
     set_ref(r, json_get(&o, "id"));
     const json_field *t = json_get(&o, "type");
     if (!t || t->type != JSON_STRING) return BAD("missing string field 'type'");
@@ -82,7 +83,7 @@ int msg_parse(const char *data, size_t len, size_t max_text, msg_req *r, const c
     };
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (type_is(t, types[i].name)) r->type = types[i].type;
-    if (!r->type) return fail(code, message, "unknown_type", "unknown frame type", ERR_INVALID);
+    if (!r->type) return fail(code, message, ERR_UNKNOWN_TYPE, "unknown frame type");
     if (r->type == MSG_PING || r->type == MSG_ECHO) return ERR_OK;
     if (r->type == MSG_INBOX) {
         if (json_get_u64(&o, "changed_since", &r->changed_since) == ERR_INVALID)

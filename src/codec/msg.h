@@ -42,10 +42,11 @@ typedef struct msg_req {
 /* Parses data[0..len) (valid UTF-8, as WebSocket text frames are).
  * max_text: the largest body (as JSON) a send may carry.
  *
- * Returns ERR_OK with *r filled, or a negative code with *code and
- * *message set to static strings: "bad_json" (not a JSON object, too deep,
- * too many fields), "bad_request" (a missing or wrongly typed field),
- * "unknown_type", "too_large" (a send body over max_text). r->ref is set
+ * Returns ERR_OK with *r filled, or ERR_BAD_JSON (not a JSON object, too
+ * deep, too many fields), ERR_INVALID (a missing or wrongly typed field),
+ * ERR_UNKNOWN_TYPE or ERR_TOO_LARGE (a send body over max_text), with
+ * *code set to that error's wire code (err_info_of) and *message to a
+ * static string naming what is wrong. r->ref is set
  * whenever it could be read, so an error can echo it. r->body points into
  * data. */
 int msg_parse(const char *data, size_t len, size_t max_text, msg_req *r, const char **code,

@@ -319,8 +319,7 @@ void conn_forgive(conn *c)
 
 bool conn_strike(conn *c)
 {
-    metrics_inc(&c->t->m, M_RATE_LIMITED);
-    metrics_error(&c->t->m, ERR_RATE);
+    metrics_inc(&c->t->m, M_RATE_LIMITED); /* the refusal counts ERR_RATE */
     if (++c->strikes < CONN_MAX_STRIKES) return false;
     conn_close_ws(c, WS_CLOSE_POLICY, "rate limit: too many refused requests");
     return true;

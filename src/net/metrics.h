@@ -35,7 +35,7 @@ enum metric {
 
 #define METRICS_STATUS_SLOTS 600  /* HTTP status codes 0..599 */
 #define METRICS_CLOSE_SLOTS 16    /* WebSocket close codes 1000..1015 */
-#define METRICS_ERR_SLOTS 32      /* -err codes */
+#define METRICS_ERR_SLOTS 64      /* -err codes (ERR_LAST and beyond) */
 
 typedef struct metrics {
     uint64_t c[M_COUNT];
