@@ -49,6 +49,15 @@ CLIENT_SRC := $(wildcard lib/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:lib/%.c=$(B)/obj/lib/%.o) \
               $(patsubst src/%.c,$(B)/obj/%.o,$(wildcard src/base/*.c src/codec/*.c))
 CLIENT_LIB := $(B)/libparley.a
+# libparley.so: the same sources as PIC objects in $(B)/pic, hidden by
+# default; parley.h marks the API (PARLEY_API), so only parley_* is exported.
+CLIENT_PKGS   := libuv libcrypto
+CLIENT_LIBS    = $(shell pkg-config --libs $(CLIENT_PKGS) 2>/dev/null) -lpthread -lm
+CLIENT_SONAME := libparley.so.0
+CLIENT_PIC    := $(CLIENT_OBJ:$(B)/obj/%=$(B)/pic/%)
+CLIENT_SO     := $(B)/libparley.so
+CLIENT_PC     := $(B)/parley.pc
+SERVER_OBJ    := $(filter $(B)/obj/net/% $(B)/obj/store/% $(B)/obj/chat/%,$(CORE_OBJ))
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
@@ -60,9 +69,9 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup run test test-unit test-fuzz test-integration test-browser bench fuzz clean
+.PHONY: all setup run test test-unit test-lib test-fuzz test-integration test-browser bench fuzz clean
 
-all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB)
+all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC)
 
 setup:
 	@scripts/setup.sh
@@ -72,11 +81,18 @@ run: setup
 	./$(B)/parleyd --data-dir ./data --web-dir ./web
 
 test: setup
-	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN)
-	@$(MAKE) --no-print-directory test-unit test-fuzz test-integration test-browser
+	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN) $(SERVER_OBJ)
+	@$(MAKE) --no-print-directory test-unit test-lib test-fuzz test-integration test-browser
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do $$t; done
+
+# libparley as an application sees it: a program that includes only
+# <parley.h>, built as C11 and C++ with -Werror, linked against the archive and
+# the shared library; nm/readelf checks of what each one holds and exports.
+test-lib: $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC) $(SERVER_OBJ)
+	CC="$(CC)" CXX="$(CXX)" SAN_FLAGS="$(SAN_FLAGS)" CLIENT_LIBS="$(CLIENT_LIBS)" \
+	    $(PYTHON) tests/lib/check_lib.py --build $(B) $(SERVER_OBJ)
 
 test-fuzz: $(REPLAY_BIN)
 	@set -e; for n in $(FUZZ_NAMES); do $(B)/tests/replay_$$n tests/fuzz/corpus/$$n; done
@@ -127,6 +143,31 @@ $(CLIENT_LIB): $(CLIENT_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(B)/pic/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -c $< -o $@
+
+$(B)/pic/lib/%.o: lib/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -c $< -o $@
+
+# --no-undefined: the library names every library it needs (sanitizer builds
+# leave their runtime to the program).
+$(B)/$(CLIENT_SONAME): $(CLIENT_PIC)
+	$(CC) -shared -Wl,-soname,$(CLIENT_SONAME) $(if $(SANITIZE),,-Wl,--no-undefined) \
+	    $(LDFLAGS) $(filter %.o,$^) -o $@ $(CLIENT_LIBS)
+
+$(CLIENT_SO): $(B)/$(CLIENT_SONAME)
+	ln -sf $(CLIENT_SONAME) $@
+
+# pkg-config file for the build tree (PKG_CONFIG_PATH=build).
+$(CLIENT_PC): Makefile
+	@mkdir -p $(dir $@)
+	printf '%s\n' 'libdir=$(abspath $(B))' 'includedir=$(abspath include)' '' \
+	    'Name: parley' 'Description: the C client library of parley' 'Version: 0' \
+	    'Requires.private: $(CLIENT_PKGS)' 'Libs: -L$${libdir} -lparley' \
+	    'Libs.private: -lpthread -lm' 'Cflags: -I$${includedir}' > $@
+
 # Link rules name only sources and archives: the -MMD dependency files add
 # headers to the prerequisites, and those must not reach the compiler.
 SRCS_OF = $(filter %.c %.o %.a,$^)
@@ -154,4 +195,4 @@ $(B)/bench/%: bench/%.c $(CLIENT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(SRCS_OF) -o $@ $(LDLIBS)
 
--include $(wildcard $(B)/obj/*.d $(B)/obj/*/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)
+-include $(wildcard $(B)/obj/*.d $(B)/obj/*/*.d $(B)/pic/*/*.d $(B)/tests/*.d $(B)/bench/*.d $(B)/*.d)

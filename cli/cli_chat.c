@@ -473,7 +473,7 @@ static void send_line(chat *ch, const char *line)
             jb_lit(&j, ",\"message\":\"message not queued\"}");
             out_json(ch, &j);
         } else {
-            show_status(ch, "message not queued: %s", rc == ERR_UTF8 ? "not UTF-8" : parley_strerror(rc));
+            show_status(ch, "message not queued: %s", rc == PARLEY_EUTF8 ? "not UTF-8" : parley_strerror(rc));
         }
         return;
     }
@@ -604,7 +604,7 @@ static int refresh_receipts(chat *ch)
         if (r->members[i].read > m->read) m->read = r->members[i].read;
     }
     parley_receipts_free(ch->c, r);
-    return ERR_OK;
+    return PARLEY_OK;
 }
 
 static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay, void *ud)
@@ -636,7 +636,7 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
     } else if (st == PARLEY_CLOSED) {
         show_status(ch, "disconnected for good: %s", e->message[0] ? e->message : parley_strerror(err));
     }
-    if (st == PARLEY_CONNECTED && ch->connected_once && refresh_receipts(ch) == ERR_OK)
+    if (st == PARLEY_CONNECTED && ch->connected_once && refresh_receipts(ch) == PARLEY_OK)
         update_ticks(ch);
     if (st == PARLEY_CONNECTED) ch->connected_once = true;
     ch->up = st == PARLEY_CONNECTED;
@@ -838,7 +838,7 @@ static void cb_conv(parley_client *c, const parley_conv *cv, bool removed, void 
 static void cb_error(parley_client *c, const parley_error *e, void *ud)
 {
     chat *ch = ud;
-    if (e->cmid[0] || e->err == ERR_FORBIDDEN || e->err == ERR_AUTH) ch->exit_code = EXIT_SERVER;
+    if (e->cmid[0] || e->err == PARLEY_EFORBIDDEN || e->err == PARLEY_EAUTH) ch->exit_code = EXIT_SERVER;
     if (ch->json) {
         jbuf j;
         json_event(&j, "error");

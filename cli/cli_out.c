@@ -11,19 +11,19 @@
 int cli_exit_for(int rc, int status)
 {
     if (rc >= 0) return EXIT_OK;
-    if (rc == ERR_BUSY || rc == ERR_RATE) return EXIT_NETWORK; /* retry later */
+    if (rc == PARLEY_EBUSY || rc == PARLEY_ERATE) return EXIT_NETWORK; /* retry later */
     if (status > 0) return EXIT_SERVER; /* the server answered: it refused */
     switch (rc) {
-    case ERR_IO:
-    case ERR_TIMEOUT:
-    case ERR_CLOSED:
-    case ERR_PROTOCOL:
+    case PARLEY_EIO:
+    case PARLEY_ETIMEOUT:
+    case PARLEY_ECLOSED:
+    case PARLEY_EPROTOCOL:
         return EXIT_NETWORK;
-    case ERR_NOMEM:
+    case PARLEY_ENOMEM:
         return EXIT_LOCAL;
-    case ERR_INVALID:
-    case ERR_UTF8:
-    case ERR_TOO_LARGE:
+    case PARLEY_EINVALID:
+    case PARLEY_EUTF8:
+    case PARLEY_ETOO_LARGE:
         return EXIT_USAGE;
     default:
         return EXIT_SERVER; /* auth, forbidden, not found, conflict, busy... */
@@ -201,9 +201,9 @@ int cli_client(const cli_opts *o, const parley_callbacks *cb, void *ud, parley_c
     po.request_timeout_ms = (uint32_t)o->timeout_ms;
     po.connect_timeout_ms = (uint32_t)(o->timeout_ms < 10000 ? o->timeout_ms : 10000);
     int rc = parley_new(&po, out);
-    if (rc == ERR_UNSUPPORTED)
+    if (rc == PARLEY_EUNSUPPORTED)
         return cli_error(o, EXIT_USAGE, "%s: https is not supported yet (use http://)", o->server);
-    if (rc < 0) return cli_error(o, rc == ERR_NOMEM ? EXIT_LOCAL : EXIT_USAGE,
+    if (rc < 0) return cli_error(o, rc == PARLEY_ENOMEM ? EXIT_LOCAL : EXIT_USAGE,
                                  "bad server URL '%s' (expected http://host[:port])", o->server);
     return 0;
 }

@@ -273,7 +273,7 @@ static int cmd_logout(cli_opts *o, const args *a)
     parley_client *c;
     if ((rc = cli_client(o, NULL, NULL, &c))) return rc;
     rc = parley_logout(c);
-    bool was_invalid = rc == ERR_AUTH; /* the token was dead already: forget it too */
+    bool was_invalid = rc == PARLEY_EAUTH; /* the token was dead already: forget it too */
     if (rc < 0 && !was_invalid) {
         int code = cli_fail(o, c, rc, "logout");
         parley_free(c);
@@ -484,7 +484,7 @@ static void send_on_state(parley_client *c, parley_state st, int err, uint64_t d
     send_ctx *s = ud;
     if (st == PARLEY_BACKOFF || st == PARLEY_CLOSED) {
         s->done = 3;
-        s->state_err = err ? err : ERR_IO;
+        s->state_err = err ? err : PARLEY_EIO;
         parley_break(c);
     }
 }
@@ -539,8 +539,8 @@ static int cmd_send(cli_opts *o, const args *a)
     free(text);
     if (rc < 0) {
         parley_free(c);
-        return cli_error(o, rc == ERR_NOMEM ? EXIT_LOCAL : EXIT_USAGE, "cannot send: %s",
-                         rc == ERR_UTF8 ? "the text is not valid UTF-8" : parley_strerror(rc));
+        return cli_error(o, rc == PARLEY_ENOMEM ? EXIT_LOCAL : EXIT_USAGE, "cannot send: %s",
+                         rc == PARLEY_EUTF8 ? "the text is not valid UTF-8" : parley_strerror(rc));
     }
     if ((rc = parley_connect(c)) < 0) {
         int code = cli_fail(o, c, rc, "send");

@@ -32,8 +32,9 @@
  * thread in libuv mode). Different clients are independent.
  *
  * Errors: every fallible function returns >= 0 on success or a negative
- * code of enum err (err.h, the one error vocabulary; parley_strerror() names
- * it). Nothing aborts. A call that fails never fires a callback. After a
+ * code of enum parley_errcode (PARLEY_E*, below; parley_strerror() names
+ * it). They are the server's own error codes, with the same numbers and
+ * names. Nothing aborts. A call that fails never fires a callback. After a
  * failed REST call parley_last_error() has the HTTP status and the server's
  * error code and message.
  *
@@ -55,11 +56,42 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "base/err.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Marks the functions of the API: the shared library (libparley.so) is
+ * built with hidden visibility and exports these names only. */
+#if defined(__GNUC__) || defined(__clang__)
+#define PARLEY_API __attribute__((visibility("default")))
+#else
+#define PARLEY_API
+#endif
+
+/* Error codes: 0 or a count on success, one of these (negative) on failure.
+ * parley_strerror() gives the name in quotes, which is also the one the
+ * server uses in logs and metrics. */
+typedef enum parley_errcode {
+    PARLEY_OK           = 0,   /* "ok" */
+    PARLEY_EAGAIN       = -1,  /* "again": would block, need more input */
+    PARLEY_EINVALID     = -2,  /* "invalid": malformed input or bad argument */
+    PARLEY_EPROTOCOL    = -3,  /* "protocol": the server broke a protocol rule */
+    PARLEY_ETOO_LARGE   = -4,  /* "too_large": a size or count limit was exceeded */
+    PARLEY_EUTF8        = -5,  /* "utf8": text is not valid UTF-8 */
+    PARLEY_ENOMEM       = -6,  /* "nomem": allocation failed */
+    PARLEY_EIO          = -7,  /* "io": a system call failed (connect, read, ...) */
+    PARLEY_ECLOSED      = -8,  /* "closed": not connected, or closed by the peer */
+    PARLEY_ETIMEOUT     = -9,  /* "timeout": a deadline passed */
+    PARLEY_ENOT_FOUND   = -10, /* "not_found": no such object (404) */
+    PARLEY_EUNSUPPORTED = -11, /* "unsupported": valid but not supported */
+    PARLEY_EFULL        = -12, /* "full": a bounded queue is full */
+    PARLEY_EAUTH        = -13, /* "auth": missing or refused credentials (401) */
+    PARLEY_EFORBIDDEN   = -14, /* "forbidden": authenticated but not allowed (403) */
+    PARLEY_ECONFLICT    = -15, /* "conflict": already exists (409) */
+    PARLEY_EBUSY        = -16, /* "busy": the server is overloaded, retry later (503) */
+    PARLEY_ERATE        = -17, /* "rate_limited": slow down, retry later (429) */
+    PARLEY_EVERSION     = -18, /* "version": incompatible protocol version */
+} parley_errcode;
 
 #define PARLEY_CMID_MAX 65     /* cmid buffer: up to 64 characters + NUL */
 #define PARLEY_USER_MAX 33     /* username: up to 32 characters + NUL */
@@ -84,7 +116,7 @@ typedef enum parley_state {
     PARLEY_CONNECTING,     /* TCP connect / WebSocket handshake / waiting for hello */
     PARLEY_CONNECTED,      /* hello received: sending and receiving */
     PARLEY_BACKOFF,        /* lost or failed; reconnecting after delay_ms */
-    PARLEY_CLOSED,         /* stopped for good (e.g. the token was refused: ERR_AUTH) */
+    PARLEY_CLOSED,         /* stopped for good (e.g. the token was refused: PARLEY_EAUTH) */
 } parley_state;
 
 /* A message. All pointers valid during the callback / while the result that
@@ -138,7 +170,7 @@ typedef struct parley_conv {
 /* Details of a failure: the last failed REST call (parley_last_error), or
  * an asynchronous error (on_error). */
 typedef struct parley_error {
-    int err;                   /* enum err */
+    int err;                   /* a PARLEY_E* code */
     int status;                /* HTTP status, 0 if none (network error) */
     char code[48];             /* the server's error code ("forbidden"), or "" */
     char message[256];         /* human-readable */
@@ -150,11 +182,11 @@ typedef struct parley_error {
 
 typedef struct parley_callbacks {
     /* The live connection changed state. err: why it left CONNECTED or why
-     * a connect failed (ERR_IO, ERR_TIMEOUT, ERR_CLOSED for a close by the
-     * server (parley_last_error() has the close code), ERR_BUSY for a 503,
-     * ERR_RATE for a 429, ERR_AUTH for a refused token with PARLEY_CLOSED),
-     * 0 otherwise. delay_ms: for PARLEY_BACKOFF, the wait before the next
-     * attempt. */
+     * a connect failed (PARLEY_EIO, PARLEY_ETIMEOUT, PARLEY_ECLOSED for a
+     * close by the server (parley_last_error() has the close code),
+     * PARLEY_EBUSY for a 503, PARLEY_ERATE for a 429, PARLEY_EAUTH for a
+     * refused token with PARLEY_CLOSED), 0 otherwise. delay_ms: for
+     * PARLEY_BACKOFF, the wait before the next attempt. */
     void (*on_state)(parley_client *c, parley_state state, int err, uint64_t delay_ms,
                      void *ud);
     /* A message from someone else (or from another device of this user), in
@@ -192,7 +224,7 @@ typedef struct parley_options {
     uint32_t ack_timeout_ms;        /* resend an unacked message after: 15000 */
     uint32_t keepalive_ms;          /* ping after this much silence, drop after
                                        twice as much: 30000 */
-    uint32_t max_pending;           /* unacked messages kept: 10000 (then ERR_FULL) */
+    uint32_t max_pending;           /* unacked messages kept: 10000 (then PARLEY_EFULL) */
     uint32_t max_inflight;          /* unacked messages on the wire, at most: 256 */
     uint32_t max_message;           /* largest incoming WebSocket message: 32 MiB */
     bool manual_delivered;          /* false: send `delivered` for every message
@@ -207,32 +239,34 @@ typedef struct parley_options {
 } parley_options;
 
 /* Fills *o with the defaults (all zero means default too). */
-void parley_options_init(parley_options *o);
+PARLEY_API void parley_options_init(parley_options *o);
 
-/* Creates a client. ERR_INVALID for a bad server URL, ERR_UNSUPPORTED for
- * https (no TLS yet), ERR_NOMEM. *out is owned by the caller: parley_free. */
-int parley_new(const parley_options *o, parley_client **out);
+/* Creates a client. PARLEY_EINVALID for a bad server URL,
+ * PARLEY_EUNSUPPORTED for https (no TLS yet), PARLEY_ENOMEM. *out is owned
+ * by the caller: parley_free. */
+PARLEY_API int parley_new(const parley_options *o, parley_client **out);
 
 /* Closes the connection (no close handshake wait) and frees everything,
  * unacknowledged messages included. Not from inside a callback. In libuv
  * mode the handles are closed asynchronously: let the loop run once more. */
-void parley_free(parley_client *c);
+PARLEY_API void parley_free(parley_client *c);
 
-/* The stable name of an error code ("auth", "io", ...). Static string. */
-const char *parley_strerror(int err);
+/* The stable name of an error code ("auth", "io", ...; "unknown" for a
+ * value that is not a PARLEY_E* code). Static string, never freed. */
+PARLEY_API const char *parley_strerror(int err);
 
 /* Details of the last failed REST call (or of the last live-connection
  * failure). Owned by the client, valid until the next call. */
-const parley_error *parley_last_error(const parley_client *c);
+PARLEY_API const parley_error *parley_last_error(const parley_client *c);
 
 /* The username (from register/login or the server's hello; "" if not
  * known yet). Owned by the client. */
-const char *parley_user(const parley_client *c);
+PARLEY_API const char *parley_user(const parley_client *c);
 
 /* The token in use ("" if none). Owned by the client. */
-const char *parley_token(const parley_client *c);
-/* Sets (copies) the token; NULL or "" clears it. ERR_TOO_LARGE. */
-int parley_set_token(parley_client *c, const char *token);
+PARLEY_API const char *parley_token(const parley_client *c);
+/* Sets (copies) the token; NULL or "" clears it. PARLEY_ETOO_LARGE. */
+PARLEY_API int parley_set_token(parley_client *c, const char *token);
 
 /* ---- REST (blocking) ---------------------------------------------------- */
 
@@ -245,12 +279,12 @@ typedef struct parley_session {
 
 /* Register a new user / log in (a new device). On success the client uses
  * the new token and *out (caller's storage, may be NULL) is filled. */
-int parley_register(parley_client *c, const char *user, const char *password,
-                    parley_session *out);
-int parley_login(parley_client *c, const char *user, const char *password,
-                 parley_session *out);
+PARLEY_API int parley_register(parley_client *c, const char *user, const char *password,
+                               parley_session *out);
+PARLEY_API int parley_login(parley_client *c, const char *user, const char *password,
+                            parley_session *out);
 /* Revokes the current token on the server, then clears it. */
-int parley_logout(parley_client *c);
+PARLEY_API int parley_logout(parley_client *c);
 
 typedef struct parley_inbox {
     parley_conv *convs;        /* most recent activity first */
@@ -277,89 +311,93 @@ typedef struct parley_receipts {
 } parley_receipts;
 
 /* GET /v1/conversations[?changed_since=]; changed_since 0: all. */
-int parley_get_inbox(parley_client *c, uint64_t changed_since, parley_inbox **out);
-void parley_inbox_free(parley_client *c, parley_inbox *in);
+PARLEY_API int parley_get_inbox(parley_client *c, uint64_t changed_since, parley_inbox **out);
+PARLEY_API void parley_inbox_free(parley_client *c, parley_inbox *in);
 
 /* Which page of history: the latest messages, those after a seq (paging
  * forward; seq 0 = from the start), or those before a seq (paging back). */
 typedef enum parley_page { PARLEY_LATEST = 0, PARLEY_AFTER, PARLEY_BEFORE } parley_page;
 
 /* GET /v1/conversations/{conv}/messages. limit 0: the server's default (50);
- * at most 500. ERR_INVALID for PARLEY_BEFORE with seq 0. */
-int parley_get_history(parley_client *c, uint64_t conv, parley_page page, uint64_t seq,
-                       unsigned limit, parley_history **out);
-void parley_history_free(parley_client *c, parley_history *h);
+ * at most 500. PARLEY_EINVALID for PARLEY_BEFORE with seq 0. */
+PARLEY_API int parley_get_history(parley_client *c, uint64_t conv, parley_page page, uint64_t seq,
+                                  unsigned limit, parley_history **out);
+PARLEY_API void parley_history_free(parley_client *c, parley_history *h);
 
 /* Conversations. Each returns the conversation object (*out, caller frees
  * with parley_conv_free; out may be NULL). created (may be NULL) tells a new
  * direct conversation (201) from the existing one (200). */
-int parley_get_conv(parley_client *c, uint64_t conv, parley_conv **out);
-int parley_create_direct(parley_client *c, const char *with, parley_conv **out, bool *created);
-int parley_create_group(parley_client *c, const char *name, const char *const *members,
-                        size_t nmembers, parley_conv **out);
-int parley_add_member(parley_client *c, uint64_t conv, const char *user, parley_conv **out);
-int parley_remove_member(parley_client *c, uint64_t conv, const char *user);
-void parley_conv_free(parley_client *c, parley_conv *conv);
+PARLEY_API int parley_get_conv(parley_client *c, uint64_t conv, parley_conv **out);
+PARLEY_API int parley_create_direct(parley_client *c, const char *with, parley_conv **out,
+                                    bool *created);
+PARLEY_API int parley_create_group(parley_client *c, const char *name, const char *const *members,
+                                   size_t nmembers, parley_conv **out);
+PARLEY_API int parley_add_member(parley_client *c, uint64_t conv, const char *user,
+                                 parley_conv **out);
+PARLEY_API int parley_remove_member(parley_client *c, uint64_t conv, const char *user);
+PARLEY_API void parley_conv_free(parley_client *c, parley_conv *conv);
 
 /* GET /v1/conversations/{conv}/receipts[?seq=]. */
-int parley_get_receipts(parley_client *c, uint64_t conv, uint64_t seq, parley_receipts **out);
-void parley_receipts_free(parley_client *c, parley_receipts *r);
+PARLEY_API int parley_get_receipts(parley_client *c, uint64_t conv, uint64_t seq,
+                                   parley_receipts **out);
+PARLEY_API void parley_receipts_free(parley_client *c, parley_receipts *r);
 
 /* ---- live connection ---------------------------------------------------- */
 
 /* Starts the live connection (non-blocking; needs a token): from now on the
  * client connects and reconnects by itself until parley_close(). */
-int parley_connect(parley_client *c);
+PARLEY_API int parley_connect(parley_client *c);
 /* Stops: sends a close frame if connected, closes the socket, no more
  * reconnects. Unacknowledged messages stay queued (parley_connect resends
  * them). */
-int parley_close(parley_client *c);
-parley_state parley_get_state(const parley_client *c);
+PARLEY_API int parley_close(parley_client *c);
+PARLEY_API parley_state parley_get_state(const parley_client *c);
 
 /* Blocking mode: runs the client for up to timeout_ms (-1: until
  * parley_break or the client closes; 0: one pass over what is ready now,
- * without waiting). Returns ERR_OK when the time is up or
- * after parley_break(); ERR_CLOSED (or the error that closed it, e.g.
- * ERR_AUTH) once the client is IDLE/CLOSED; ERR_INVALID in libuv mode. */
-int parley_run(parley_client *c, int timeout_ms);
+ * without waiting). Returns PARLEY_OK when the time is up or
+ * after parley_break(); PARLEY_ECLOSED (or the error that closed it, e.g.
+ * PARLEY_EAUTH) once the client is IDLE/CLOSED; PARLEY_EINVALID in libuv mode. */
+PARLEY_API int parley_run(parley_client *c, int timeout_ms);
 /* Makes the running parley_run() return after the current callback. */
-void parley_break(parley_client *c);
+PARLEY_API void parley_break(parley_client *c);
 
 /* libuv mode: the client lives on loop (a uv_loop_t *, declared void * so
  * this header does not need uv.h). Call once, before parley_connect().
- * ERR_INVALID if already attached or the connection was started. */
-int parley_attach_uv(parley_client *c, void *loop);
+ * PARLEY_EINVALID if already attached or the connection was started. */
+PARLEY_API int parley_attach_uv(parley_client *c, void *loop);
 
 /* Queues a message with a text (string) body and a fresh random cmid (32
  * hex characters, copied into cmid_out if not NULL). It is written when
- * connected, kept until acked and resent with the same cmid. ERR_FULL,
- * ERR_INVALID (empty conv, text not UTF-8), ERR_NOMEM. */
-int parley_send(parley_client *c, uint64_t conv, const char *text, char *cmid_out);
+ * connected, kept until acked and resent with the same cmid. PARLEY_EFULL,
+ * PARLEY_EINVALID (conv 0, text NULL), PARLEY_EUTF8 (text not UTF-8),
+ * PARLEY_ENOMEM. */
+PARLEY_API int parley_send(parley_client *c, uint64_t conv, const char *text, char *cmid_out);
 /* The same with a raw JSON body (any JSON value but null, validated) and an
  * optional caller-chosen cmid (NULL: generated; 1-64 characters). */
-int parley_send_json(parley_client *c, uint64_t conv, const char *json, size_t len,
-                     const char *cmid, char *cmid_out);
+PARLEY_API int parley_send_json(parley_client *c, uint64_t conv, const char *json, size_t len,
+                                const char *cmid, char *cmid_out);
 /* Unacknowledged messages in the queue. */
-size_t parley_pending(const parley_client *c);
+PARLEY_API size_t parley_pending(const parley_client *c);
 
 /* Tracks a conversation from `highest` (the highest seq the app holds, 0 for
  * none): on connect and on a gap the client syncs what follows. Without it a
  * conversation is tracked from the first seq the client sees. */
-int parley_track(parley_client *c, uint64_t conv, uint64_t highest);
+PARLEY_API int parley_track(parley_client *c, uint64_t conv, uint64_t highest);
 /* The highest seq held in order for conv (0 if untracked). */
-uint64_t parley_highest(const parley_client *c, uint64_t conv);
+PARLEY_API uint64_t parley_highest(const parley_client *c, uint64_t conv);
 /* Fetches messages after the highest held now (on_message delivers them). */
-int parley_sync(parley_client *c, uint64_t conv);
+PARLEY_API int parley_sync(parley_client *c, uint64_t conv);
 
 /* Moves our cursors forward (lower values are ignored; returns 1 if it moved,
  * 0 if not). Sent now if connected, else on the next connect. */
-int parley_mark_delivered(parley_client *c, uint64_t conv, uint64_t seq);
-int parley_mark_read(parley_client *c, uint64_t conv, uint64_t seq);
+PARLEY_API int parley_mark_delivered(parley_client *c, uint64_t conv, uint64_t seq);
+PARLEY_API int parley_mark_read(parley_client *c, uint64_t conv, uint64_t seq);
 
 /* Tells the members we are typing. Lossy and coalesced: at most one frame
  * per conversation every 2.5 s. Returns 1 if sent, 0 if coalesced,
- * ERR_CLOSED when not connected. */
-int parley_typing(parley_client *c, uint64_t conv);
+ * PARLEY_ECLOSED when not connected. */
+PARLEY_API int parley_typing(parley_client *c, uint64_t conv);
 
 #ifdef __cplusplus
 }

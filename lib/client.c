@@ -36,6 +36,7 @@
 #include "client_http.h"
 #include "client_outbox.h"
 #include "client_seq.h"
+#include "base/err.h"
 #include "codec/json.h"
 #include "codec/utf8.h"
 #include "codec/ws.h"
@@ -243,6 +244,20 @@ static void set_error(parley_client *c, int err, int status, const char *code, c
     copy_str(c->lasterr.message, sizeof c->lasterr.message, msg ? msg : parley_strerror(err));
 }
 
+/* The public codes (parley.h) are the internal ones (base/err.h) under
+ * public names: the library returns what its helpers and the codecs return,
+ * unchanged. Each PARLEY_E<X> must equal ERR_<X>. */
+_Static_assert((int)PARLEY_OK == (int)ERR_OK, "PARLEY_OK differs from ERR_OK");
+#define SAME_CODE(x) \
+    _Static_assert((int)PARLEY_E##x == (int)ERR_##x, "PARLEY_E" #x " differs from ERR_" #x)
+SAME_CODE(AGAIN); SAME_CODE(INVALID); SAME_CODE(PROTOCOL);
+SAME_CODE(TOO_LARGE); SAME_CODE(UTF8); SAME_CODE(NOMEM); SAME_CODE(IO);
+SAME_CODE(CLOSED); SAME_CODE(TIMEOUT); SAME_CODE(NOT_FOUND);
+SAME_CODE(UNSUPPORTED); SAME_CODE(FULL); SAME_CODE(AUTH); SAME_CODE(FORBIDDEN);
+SAME_CODE(CONFLICT); SAME_CODE(BUSY); SAME_CODE(RATE); SAME_CODE(VERSION);
+#undef SAME_CODE
+
+/* err_name() is internal (hidden in libparley.so); this is its public name. */
 const char *parley_strerror(int err) { return err_name(err); }
 const parley_error *parley_last_error(const parley_client *c) { return &c->lasterr; }
 

@@ -126,7 +126,7 @@ static parley_client *new_client(int port, seen *x, bool fake_clock)
     if (fake_clock) o.clock_ms = clock_fn;
     parley_client *c = NULL;
     int rc = parley_new(&o, &c);
-    CHECK_EQ_INT(rc, ERR_OK);
+    CHECK_EQ_INT(rc, PARLEY_OK);
     return c;
 }
 
@@ -331,19 +331,19 @@ TEST(argument_errors)
     parley_options_init(&o);
     parley_client *c = NULL;
     o.server = "localhost:8080";
-    CHECK_EQ_INT(parley_new(&o, &c), ERR_INVALID);
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EINVALID);
     o.server = "https://example.com";
-    CHECK_EQ_INT(parley_new(&o, &c), ERR_UNSUPPORTED);
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED);
     o.server = NULL;
     char tok[300];
     memset(tok, 'a', sizeof tok - 1);
     tok[299] = 0;
     o.token = tok;
-    CHECK_EQ_INT(parley_new(&o, &c), ERR_TOO_LARGE);
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_ETOO_LARGE);
     o.token = NULL;
     parley_allocator bad = {NULL, NULL, NULL, NULL};
     o.allocator = &bad;
-    CHECK_EQ_INT(parley_new(&o, &c), ERR_INVALID);
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EINVALID);
     CHECK(c == NULL);
 
     seen x;
@@ -351,39 +351,39 @@ TEST(argument_errors)
     o.allocator = &counting;
     o.callbacks = &callbacks;
     o.userdata = &x;
-    CHECK_EQ_INT(parley_new(&o, &c), ERR_OK);
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
     /* a failed call never fires a callback */
-    CHECK_EQ_INT(parley_connect(c), ERR_AUTH);
+    CHECK_EQ_INT(parley_connect(c), PARLEY_EAUTH);
     CHECK_EQ_INT(x.nstates, 0);
-    CHECK_EQ_INT(parley_run(c, 0), ERR_CLOSED);
-    CHECK_EQ_INT(parley_send(c, 0, "x", NULL), ERR_INVALID);
-    CHECK_EQ_INT(parley_send(c, 1, "\xff\xfe", NULL), ERR_UTF8);
-    CHECK_EQ_INT(parley_send_json(c, 1, "{bad", 4, NULL, NULL), ERR_INVALID);
-    CHECK_EQ_INT(parley_send_json(c, 1, "null", 4, NULL, NULL), ERR_INVALID);
-    CHECK_EQ_INT(parley_send_json(c, 1, "1", 1, "", NULL), ERR_INVALID);
-    CHECK_EQ_INT(parley_send_json(c, 1, "{\"a\":1}", 7, "mine", NULL), ERR_OK);
-    CHECK_EQ_INT(parley_send_json(c, 1, "2", 1, "mine", NULL), ERR_CONFLICT);
+    CHECK_EQ_INT(parley_run(c, 0), PARLEY_ECLOSED);
+    CHECK_EQ_INT(parley_send(c, 0, "x", NULL), PARLEY_EINVALID);
+    CHECK_EQ_INT(parley_send(c, 1, "\xff\xfe", NULL), PARLEY_EUTF8);
+    CHECK_EQ_INT(parley_send_json(c, 1, "{bad", 4, NULL, NULL), PARLEY_EINVALID);
+    CHECK_EQ_INT(parley_send_json(c, 1, "null", 4, NULL, NULL), PARLEY_EINVALID);
+    CHECK_EQ_INT(parley_send_json(c, 1, "1", 1, "", NULL), PARLEY_EINVALID);
+    CHECK_EQ_INT(parley_send_json(c, 1, "{\"a\":1}", 7, "mine", NULL), PARLEY_OK);
+    CHECK_EQ_INT(parley_send_json(c, 1, "2", 1, "mine", NULL), PARLEY_ECONFLICT);
     CHECK_EQ_INT(parley_pending(c), 1);
-    CHECK_EQ_INT(parley_sync(c, 5), ERR_NOT_FOUND);
-    CHECK_EQ_INT(parley_typing(c, 5), ERR_CLOSED);
-    CHECK_EQ_INT(parley_get_history(c, 1, PARLEY_BEFORE, 0, 0, NULL), ERR_INVALID);
+    CHECK_EQ_INT(parley_sync(c, 5), PARLEY_ENOT_FOUND);
+    CHECK_EQ_INT(parley_typing(c, 5), PARLEY_ECLOSED);
+    CHECK_EQ_INT(parley_get_history(c, 1, PARLEY_BEFORE, 0, 0, NULL), PARLEY_EINVALID);
     /* REST without a token: refused locally, with details */
     parley_inbox *in;
-    CHECK_EQ_INT(parley_get_inbox(c, 0, &in), ERR_AUTH);
+    CHECK_EQ_INT(parley_get_inbox(c, 0, &in), PARLEY_EAUTH);
     CHECK(parley_last_error(c)->status == 0 && parley_last_error(c)->message[0]);
     /* cursors move forward only, offline too */
     CHECK_EQ_INT(parley_mark_read(c, 3, 10), 1);
     CHECK_EQ_INT(parley_mark_read(c, 3, 10), 0);
     CHECK_EQ_INT(parley_mark_read(c, 3, 4), 0);
     CHECK_EQ_INT(parley_mark_delivered(c, 3, 8), 0); /* read 10 implies delivered 10 */
-    CHECK_EQ_INT(parley_track(c, 3, 7), ERR_OK);
+    CHECK_EQ_INT(parley_track(c, 3, 7), PARLEY_OK);
     CHECK_EQ_INT(parley_highest(c, 3), 7);
     CHECK_EQ_INT(parley_highest(c, 4), 0);
     char cmid[PARLEY_CMID_MAX];
-    CHECK_EQ_INT(parley_send(c, 3, "héllo \"q\"\n", cmid), ERR_OK);
+    CHECK_EQ_INT(parley_send(c, 3, "héllo \"q\"\n", cmid), PARLEY_OK);
     CHECK_EQ_INT(strlen(cmid), 32);
     CHECK_EQ_INT(x.nstates, 0);
-    CHECK(strcmp(parley_strerror(ERR_AUTH), "auth") == 0);
+    CHECK(strcmp(parley_strerror(PARLEY_EAUTH), "auth") == 0);
     parley_free(c);
     CHECK_EQ_INT(live, 0);
 }
@@ -400,16 +400,16 @@ TEST(allocation_failures)
         o.token = "t";
         parley_client *c = NULL;
         int rc = parley_new(&o, &c);
-        if (rc == ERR_OK) {
+        if (rc == PARLEY_OK) {
             for (int i = 0; i < 20; i++) {
                 int r = parley_send(c, (uint64_t)(1 + i % 3), "hello", NULL);
-                CHECK(r == ERR_OK || r == ERR_NOMEM);
+                CHECK(r == PARLEY_OK || r == PARLEY_ENOMEM);
                 r = parley_track(c, (uint64_t)(10 + i), 5);
-                CHECK(r == ERR_OK || r == ERR_NOMEM);
+                CHECK(r == PARLEY_OK || r == PARLEY_ENOMEM);
             }
             parley_free(c);
         } else {
-            CHECK_EQ_INT(rc, ERR_NOMEM);
+            CHECK_EQ_INT(rc, PARLEY_ENOMEM);
         }
         CHECK_EQ_INT(live, 0);
     }
@@ -429,7 +429,7 @@ TEST(backoff_when_refused)
     rnd_const = 0x9e3779b97f4a7c15ull;
     parley_client *c = new_client(port, &x, true);
     p.c = c;
-    CHECK_EQ_INT(parley_connect(c), ERR_OK);
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
     CHECK_EQ_INT(x.states[0], PARLEY_CONNECTING);
     client_backoff model;
     client_backoff_init(&model, 1000, 60000);
@@ -439,7 +439,7 @@ TEST(backoff_when_refused)
         uint64_t got = x.delays[x.nstates - 1];
         CHECK_EQ_INT(got, want);
         CHECK(got <= (attempt < 6 ? 1000u << attempt : 60000u));
-        CHECK_EQ_INT(x.state_errs[x.nstates - 1], ERR_IO);
+        CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_EIO);
         /* not yet: nothing happens */
         int before = x.nstates;
         if (got > 0) {
@@ -452,11 +452,11 @@ TEST(backoff_when_refused)
         CHECK(x.nstates > before && x.states[before] == PARLEY_CONNECTING);
     }
     /* a pending message survives all of it */
-    CHECK_EQ_INT(parley_send(c, 1, "kept", NULL), ERR_OK);
-    CHECK_EQ_INT(parley_close(c), ERR_OK);
+    CHECK_EQ_INT(parley_send(c, 1, "kept", NULL), PARLEY_OK);
+    CHECK_EQ_INT(parley_close(c), PARLEY_OK);
     CHECK_EQ_INT(last_state(&x), PARLEY_IDLE);
     CHECK_EQ_INT(parley_pending(c), 1);
-    CHECK_EQ_INT(parley_run(c, 0), ERR_CLOSED);
+    CHECK_EQ_INT(parley_run(c, 0), PARLEY_ECLOSED);
     parley_free(c);
     rnd_fixed = false;
     CHECK_EQ_INT(live, 0);
@@ -471,13 +471,13 @@ TEST(resend_same_cmid_after_reconnect)
     parley_client *c = new_client(p.port, &x, true);
     p.c = c;
     char cm[3][PARLEY_CMID_MAX], f[4096], cmid[80];
-    CHECK_EQ_INT(parley_send(c, 7, "one", cm[0]), ERR_OK); /* queued before connecting */
-    CHECK_EQ_INT(parley_connect(c), ERR_OK);
+    CHECK_EQ_INT(parley_send(c, 7, "one", cm[0]), PARLEY_OK); /* queued before connecting */
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
     CHECK(peer_accept(&p));
     CHECK(peer_handshake(&p, 101, NULL));
     CHECK(wait_state(&p, &x, PARLEY_CONNECTED));
-    CHECK_EQ_INT(parley_send(c, 7, "two", cm[1]), ERR_OK);
-    CHECK_EQ_INT(parley_send(c, 7, "three", cm[2]), ERR_OK);
+    CHECK_EQ_INT(parley_send(c, 7, "two", cm[1]), PARLEY_OK);
+    CHECK_EQ_INT(parley_send(c, 7, "three", cm[2]), PARLEY_OK);
     CHECK(peer_expect(&p, "inbox", f, sizeof f)); /* resume first */
     for (int i = 0; i < 3; i++) {
         CHECK(peer_expect(&p, "send", f, sizeof f));
@@ -754,7 +754,7 @@ TEST(retry_after_and_auth)
     CHECK(peer_handshake(&p, 503, "Retry-After: 7\r\n"));
     CHECK(wait_state(&p, &x, PARLEY_BACKOFF));
     CHECK_EQ_INT(x.delays[x.nstates - 1], 7000);
-    CHECK_EQ_INT(x.state_errs[x.nstates - 1], ERR_BUSY);
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_EBUSY);
     CHECK_EQ_INT(parley_last_error(c)->status, 503);
     peer_close(&p);
     fake_now += 6999;
@@ -765,8 +765,8 @@ TEST(retry_after_and_auth)
     CHECK(peer_accept(&p));
     CHECK(peer_handshake(&p, 401, "WWW-Authenticate: Bearer\r\n"));
     CHECK(wait_state(&p, &x, PARLEY_CLOSED));
-    CHECK_EQ_INT(x.state_errs[x.nstates - 1], ERR_AUTH);
-    CHECK_EQ_INT(parley_run(c, 0), ERR_AUTH);
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_EAUTH);
+    CHECK_EQ_INT(parley_run(c, 0), PARLEY_EAUTH);
     peer_close(&p);
     fake_now += 3600000;
     struct pollfd q = {p.ls, POLLIN, 0};
@@ -809,7 +809,7 @@ TEST(control_frames_fragments_keepalive)
     CHECK(peer_expect(&p, "ping", f, sizeof f));
     fake_now += 30000;
     CHECK(wait_state(&p, &x, PARLEY_BACKOFF));
-    CHECK_EQ_INT(x.state_errs[x.nstates - 1], ERR_TIMEOUT);
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_ETIMEOUT);
     peer_close(&p);
     /* a close frame with 1008: reconnect (it may be a rate limit) ... */
     fake_now += x.delays[x.nstates - 1];
@@ -820,7 +820,7 @@ TEST(control_frames_fragments_keepalive)
     size_t cl = ws_close_payload(cp, WS_CLOSE_POLICY, "token revoked");
     peer_frame(&p, WS_OP_CLOSE, true, (const char *)cp, cl);
     CHECK(wait_state(&p, &x, PARLEY_BACKOFF));
-    CHECK_EQ_INT(x.state_errs[x.nstates - 1], ERR_CLOSED);
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_ECLOSED);
     CHECK_EQ_INT(parley_last_error(c)->close_code, WS_CLOSE_POLICY);
     CHECK(strstr(parley_last_error(c)->message, "token revoked") != NULL);
     /* the client echoed the close */
@@ -837,7 +837,7 @@ TEST(control_frames_fragments_keepalive)
     CHECK(peer_accept(&p));
     CHECK(peer_handshake(&p, 401, NULL));
     CHECK(wait_state(&p, &x, PARLEY_CLOSED));
-    CHECK_EQ_INT(x.state_errs[x.nstates - 1], ERR_AUTH);
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_EAUTH);
     parley_free(c);
     peer_close(&p);
     close(p.ls);
@@ -853,13 +853,13 @@ TEST(libuv_mode)
     seen x;
     memset(&x, 0, sizeof x);
     parley_client *c = new_client(p.port, &x, false); /* real clock: uv timers */
-    CHECK_EQ_INT(parley_attach_uv(c, &loop), ERR_OK);
-    CHECK_EQ_INT(parley_attach_uv(c, &loop), ERR_INVALID);
-    CHECK_EQ_INT(parley_run(c, 0), ERR_INVALID);
+    CHECK_EQ_INT(parley_attach_uv(c, &loop), PARLEY_OK);
+    CHECK_EQ_INT(parley_attach_uv(c, &loop), PARLEY_EINVALID);
+    CHECK_EQ_INT(parley_run(c, 0), PARLEY_EINVALID);
     p.loop = &loop;
     char cmid[PARLEY_CMID_MAX], f[4096], got[80];
-    CHECK_EQ_INT(parley_send(c, 3, "via uv", cmid), ERR_OK);
-    CHECK_EQ_INT(parley_connect(c), ERR_OK);
+    CHECK_EQ_INT(parley_send(c, 3, "via uv", cmid), PARLEY_OK);
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
     CHECK(peer_accept(&p));
     CHECK(peer_handshake(&p, 101, NULL));
     CHECK(wait_state(&p, &x, PARLEY_CONNECTED));
