@@ -5,6 +5,7 @@
 #   make bench   run the benchmarks (bench/)
 #   make fuzz    run every libFuzzer driver for FUZZ_SECONDS each (clang)
 #   make SANITIZE=address,undefined test   the same tests, instrumented
+#   make tsan    unit and integration tests on a ThreadSanitizer build
 #
 # Modules are discovered. src/<layer>/<module>.c form the server's core
 # library (layers: base, codec, net, store, chat; docs/architecture.md);
@@ -25,13 +26,30 @@ ifdef WERROR
 CFLAGS_BASE += -Werror
 endif
 
+# Each SANITIZE value builds into its own directory (build/san-thread,
+# build/san-address-undefined, ...): objects of different instrumentations
+# never mix. ThreadSanitizer excludes ASan/LSan/MSan, wants -O1, and stops on
+# a report through TSAN_OPTIONS (halt_on_error), not -fno-sanitize-recover.
+comma := ,
 ifeq ($(SANITIZE),)
 B := build
 SAN_FLAGS :=
 else
-B := build/san
+B := build/san-$(subst $(comma),-,$(SANITIZE))
+ifneq ($(filter thread,$(subst $(comma), ,$(SANITIZE))),)
+ifneq ($(filter address leak memory,$(subst $(comma), ,$(SANITIZE))),)
+$(error SANITIZE=thread cannot be combined with address, leak or memory)
+endif
+SAN_FLAGS := -fsanitize=$(SANITIZE) -O1 -g -fno-omit-frame-pointer
+else
 SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
 endif
+endif
+
+# `make tsan`: every race report fails the run (exit status 66), with the
+# suppressions (third-party internals only) in tests/tsan.supp.
+TSAN_OPTIONS ?= halt_on_error=1 exitcode=66 second_deadlock_stack=1 \
+                suppressions=$(abspath tests/tsan.supp)
 
 # pkg-config runs only for targets that compile (not for clean/setup).
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -69,7 +87,7 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup run test test-unit test-lib test-fuzz test-integration test-browser bench fuzz clean
+.PHONY: all setup run test test-unit test-lib test-fuzz test-integration test-browser tsan bench fuzz clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC)
 
@@ -106,6 +124,14 @@ test-browser: $(B)/parleyd
 	@if [ -n "$(BROWSER_TESTS)" ]; then \
 	    PARLEYD=$(abspath $(B)/parleyd) PARLEY_WEB=$(abspath web) \
 	    node --test --test-concurrency=1 $(BROWSER_TESTS); fi
+
+# ThreadSanitizer: the unit and integration tests on build/san-thread (the
+# browser tests are left out). Integration timeouts stretch by
+# PARLEY_TEST_SLOW (TSan slows the server 5-15x).
+tsan: setup
+	TSAN_OPTIONS="$(TSAN_OPTIONS)" $(MAKE) --no-print-directory SANITIZE=thread test-unit
+	TSAN_OPTIONS="$(TSAN_OPTIONS)" PARLEY_TEST_SLOW=$${PARLEY_TEST_SLOW:-10} \
+	    $(MAKE) --no-print-directory SANITIZE=thread test-integration
 
 bench: setup
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)

@@ -8,6 +8,8 @@ WebSocket frames).
 Environment:
   PARLEYD     path of the server binary (default: <repo>/build/parleyd)
   PARLEY_WEB  default static web root (default: <repo>/web)
+  PARLEY_TEST_SLOW  factor (default 1) stretching every timeout below, for a
+              slow server build (ThreadSanitizer: `make tsan` sets 10)
 
 Every server started through the `parley` factory is stopped by PID at
 teardown (SIGTERM, bounded wait, SIGKILL). Teardown also fails the test if the
@@ -39,9 +41,10 @@ PARLEYD = os.environ.get("PARLEYD", str(REPO / "build" / "parleyd"))
 PARLEY_WEB = os.environ.get("PARLEY_WEB", str(REPO / "web"))
 
 HOST = "127.0.0.1"
-START_TIMEOUT = 10.0  # s, bound on waiting for the "listening" line
-STOP_TIMEOUT = 15.0  # s, bound on a SIGTERM stop before SIGKILL
-IO_TIMEOUT = 10.0  # s, generous bound on any single network wait
+SLOW = max(1.0, float(os.environ.get("PARLEY_TEST_SLOW") or 1))
+START_TIMEOUT = 10.0 * SLOW  # s, bound on waiting for the "listening" line
+STOP_TIMEOUT = 15.0 * SLOW  # s, bound on a SIGTERM stop before SIGKILL
+IO_TIMEOUT = 10.0 * SLOW  # s, generous bound on any single network wait
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -67,7 +70,7 @@ def token_for(port):
         name = "t" + os.urandom(6).hex()
         r = requests.post(f"http://{HOST}:{port}/v1/users",
                           json={"username": name, "password": "password-" + name},
-                          timeout=30)
+                          timeout=30 * SLOW)
         assert r.status_code == 201, r.text
         TOKENS[port] = r.json()["token"]
     return TOKENS[port]
@@ -558,11 +561,11 @@ def poll_metric(port, name, want, timeout=IO_TIMEOUT):
 # websockets (asyncio) helpers
 # --------------------------------------------------------------------------
 
-T = 10  # generous bound on any single await
+T = 10 * SLOW  # generous bound on any single await
 
 
 def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+    return asyncio.run(asyncio.wait_for(coro, 60 * SLOW))
 
 
 async def connect(srv, subprotocols=("parley.v1.json",), hello=True, **kw):
