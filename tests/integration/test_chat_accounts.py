@@ -5,15 +5,15 @@ import asyncio
 import re
 import time
 
-from chat_helpers import (PASSWORD, Client, arun, assert_error, http, login, register, uname,
-                          ws_status)
+from parley_client import (PASSWORD, Client, arun, assert_error, login, register, rest, uname,
+                           ws_status)
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 def test_register_returns_user_token_device_expires(server):
     name = uname("reg")
-    r = http(server, "POST", "/v1/users", body={"username": name, "password": PASSWORD})
+    r = rest(server, "POST", "/v1/users", body={"username": name, "password": PASSWORD})
     assert r.status_code == 201, r.text
     j = r.json()
     assert j["user"] == name
@@ -21,7 +21,7 @@ def test_register_returns_user_token_device_expires(server):
     assert j["device"] == 1
     assert isinstance(j["expires"], int) and j["expires"] > time.time() * 1000, j
     # The token works.
-    r = http(server, "GET", "/v1/conversations", token=j["token"])
+    r = rest(server, "GET", "/v1/conversations", token=j["token"])
     assert r.status_code == 200, r.text
     assert r.json()["conversations"] == []
 
@@ -30,7 +30,7 @@ def test_username_rules(server):
     bad = ["ab", "a" * 33, "bad name", "bad!name", "_abc", ".abc", "-abc", "", "caf\u00e9x",
            "a/b/c"]
     for name in bad:
-        r = http(server, "POST", "/v1/users", body={"username": name, "password": PASSWORD})
+        r = rest(server, "POST", "/v1/users", body={"username": name, "password": PASSWORD})
         assert_error(r, 400, "bad_username")
     # The boundaries and every allowed character are accepted.
     for name in ["a" + uname("")[:2], "z" * 22 + uname("")[:10], "a.b-c_" + uname("")[:6]]:
@@ -43,9 +43,9 @@ def test_username_case_insensitive(server):
     base = uname("ci")
     u = register(server, base.upper().replace("CI", "Ci", 1))
     assert u.name == base, "usernames are stored lower case"
-    r = http(server, "POST", "/v1/users", body={"username": base, "password": PASSWORD})
+    r = rest(server, "POST", "/v1/users", body={"username": base, "password": PASSWORD})
     assert_error(r, 409, "username_taken")
-    r = http(server, "POST", "/v1/users", body={"username": base.upper(), "password": "other-pass-1"})
+    r = rest(server, "POST", "/v1/users", body={"username": base.upper(), "password": "other-pass-1"})
     assert_error(r, 409, "username_taken")
     # Login works with any case.
     s = login(server, base.upper())
@@ -54,7 +54,7 @@ def test_username_case_insensitive(server):
 
 def test_password_rules(server):
     for pw in ["", "1234567", "x" * 257]:
-        r = http(server, "POST", "/v1/users", body={"username": uname(), "password": pw})
+        r = rest(server, "POST", "/v1/users", body={"username": uname(), "password": pw})
         assert_error(r, 400, "bad_password")
     # 8 bytes is enough; 256 is the maximum.
     register(server, password="12345678")
@@ -66,10 +66,10 @@ def test_register_missing_or_wrongly_typed_fields(server):
                  {"username": 123, "password": PASSWORD},
                  {"username": uname(), "password": 12345678},
                  {"username": None, "password": PASSWORD}]:
-        r = http(server, "POST", "/v1/users", body=body)
+        r = rest(server, "POST", "/v1/users", body=body)
         assert_error(r, 400)
     for data in [b"", b"{", b"not json", b"[1,2]", b'"str"']:
-        r = http(server, "POST", "/v1/users", data=data)
+        r = rest(server, "POST", "/v1/users", data=data)
         assert_error(r, 400, "bad_json")
 
 
@@ -94,18 +94,18 @@ def test_login_gives_new_device_each_time(server):
 
 def test_bad_credentials_same_answer(server):
     u = register(server)
-    wrong = http(server, "POST", "/v1/sessions", body={"username": u.name, "password": "wrong-password"})
-    unknown = http(server, "POST", "/v1/sessions",
+    wrong = rest(server, "POST", "/v1/sessions", body={"username": u.name, "password": "wrong-password"})
+    unknown = rest(server, "POST", "/v1/sessions",
                    body={"username": uname("nobody"), "password": PASSWORD})
-    invalid_name = http(server, "POST", "/v1/sessions", body={"username": "x!", "password": PASSWORD})
-    short_pw = http(server, "POST", "/v1/sessions", body={"username": u.name, "password": "short"})
+    invalid_name = rest(server, "POST", "/v1/sessions", body={"username": "x!", "password": PASSWORD})
+    short_pw = rest(server, "POST", "/v1/sessions", body={"username": u.name, "password": "short"})
     for r in (wrong, unknown, invalid_name, short_pw):
         assert_error(r, 401, "bad_credentials")
         assert "token" not in r.text
     assert wrong.content == unknown.content, (wrong.text, unknown.text)
     # Missing fields and bad JSON are 400.
-    assert_error(http(server, "POST", "/v1/sessions", body={"username": u.name}), 400)
-    assert_error(http(server, "POST", "/v1/sessions", data=b"{nope"), 400, "bad_json")
+    assert_error(rest(server, "POST", "/v1/sessions", body={"username": u.name}), 400)
+    assert_error(rest(server, "POST", "/v1/sessions", data=b"{nope"), 400, "bad_json")
 
 
 def test_logout_revokes_token_rest_ws_and_open_sockets(server):
@@ -154,7 +154,7 @@ def test_missing_or_garbage_authorization(server):
         for method, path in [("GET", "/v1/conversations"), ("GET", "/v1/conversations/1"),
                              ("GET", "/v1/conversations/1/messages"),
                              ("DELETE", "/v1/sessions/current")]:
-            r = http(server, method, path, headers=h)
+            r = rest(server, method, path, headers=h)
             assert_error(r, 401, "unauthorized")
 
     async def go():

@@ -2,8 +2,8 @@
 mark read or get receipts, over REST or the WebSocket; the answer does not
 reveal whether the conversation exists; bad and revoked tokens get 401."""
 
-from chat_helpers import (Client, arun, assert_error, close_all, conv_get, direct, group,
-                          history_all, http, inbox, login, register, send_rest, users, ws_status)
+from parley_client import (Client, arun, assert_error, close_all, conv_get, direct, group,
+                           history, inbox, login, register, rest, send_rest, users, ws_status)
 
 
 def rest_attempts(user, conv):
@@ -36,7 +36,7 @@ def test_nonmember_rest_is_forbidden_and_same_for_missing(server):
     assert_error(eve.delete(f"/v1/conversations/{cid}/members/{a.name}"), 403, "forbidden")
     assert_error(eve.delete(f"/v1/conversations/{cid}/members/nosuchuser"), 403, "forbidden")
     # Nothing changed.
-    assert [(m["cmid"], m["body"]) for m in history_all(a, cid)] == [("m1", "secret")]
+    assert [(m["cmid"], m["body"]) for m in history(a, cid)] == [("m1", "secret")]
     assert sorted(conv_get(b, cid)["members"]) == sorted([a.name, b.name])
     assert inbox(eve)["conversations"] == []
 
@@ -71,7 +71,7 @@ def test_nonmember_ws_is_forbidden(server):
         finally:
             await close_all([ce, cb])
     arun(go())
-    assert [m["cmid"] for m in history_all(b, cid)] == ["real"]
+    assert [m["cmid"] for m in history(b, cid)] == ["real"]
     rec = b.get(f"/v1/conversations/{cid}/receipts").json()
     assert {m["user"] for m in rec["members"]} == {a.name, b.name}
 
@@ -89,7 +89,7 @@ def test_removed_member_loses_access(server):
     a, b, c = users(server, 3)
     gid = group(a, [b, c])
     assert send_rest(a, gid, "before", "visible to c").status_code == 201
-    assert history_all(c, gid)[0]["body"] == "visible to c"
+    assert history(c, gid)[0]["body"] == "visible to c"
     r = a.delete(f"/v1/conversations/{gid}/members/{c.name}")
     assert r.status_code == 204, r.text
     for label, resp in rest_attempts(c, gid):
@@ -108,7 +108,7 @@ def test_removed_member_loses_access(server):
         finally:
             await cc.close()
     arun(go())
-    assert [m["cmid"] for m in history_all(b, gid)] == ["before", "after"]
+    assert [m["cmid"] for m in history(b, gid)] == ["before", "after"]
 
 
 def test_tokens_bad_and_revoked_everywhere(server):
@@ -131,7 +131,7 @@ def test_tokens_bad_and_revoked_everywhere(server):
             ("DELETE", f"/v1/conversations/{cid}/members/{b.name}", None),
             ("DELETE", "/v1/sessions/current", None),
         ]:
-            resp = http(server, method, path, body=body, headers=h)
+            resp = rest(server, method, path, body=body, headers=h)
             assert_error(resp, 401, "unauthorized")
             assert "bearer" in resp.headers.get("WWW-Authenticate", "").lower(), resp.headers
 
@@ -140,4 +140,4 @@ def test_tokens_bad_and_revoked_everywhere(server):
             assert await ws_status(server, token=tok or "x") == 401
     arun(go())
     # None of it reached the conversation; A's first token still works.
-    assert history_all(a, cid) == []
+    assert history(a, cid) == []

@@ -5,8 +5,7 @@ keep-alive connection); afterwards the same connections still chat."""
 
 import json
 
-from conftest import RawHTTP
-from chat_helpers import (Client, arun, close_all, group, history_all, users)
+from parley_client import Client, RawHTTP, arun, close_all, group, history, users
 
 MAX_TEXT = 16384
 
@@ -96,7 +95,7 @@ def test_ws_bad_frames_get_errors_and_connection_survives(server):
         finally:
             await close_all([ca, cb])
     arun(go())
-    hist = history_all(b, gid)
+    hist = history(b, gid)
     assert [m["cmid"] for m in hist] == ["at-limit", "good", "reply"], "a refused frame was stored"
 
 

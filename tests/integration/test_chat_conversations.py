@@ -1,8 +1,8 @@
 """Conversations: direct (idempotent), groups, members (add, remove, leave,
 roles), the `conv` and `removed` frames, and the non-member answer."""
 
-from chat_helpers import (Client, arun, assert_error, conv_get, direct, group, inbox, register,
-                          uname, users)
+from parley_client import (Client, arun, assert_error, conv_get, direct, group, inbox, register,
+                           uname, users)
 
 PER_USER = ("read_seq", "delivered_seq", "unread")
 

@@ -6,22 +6,13 @@ one data directory."""
 
 import asyncio
 
-import pytest
-
-from chat_helpers import (T, Client, Spawner, arun, conv_get, group, history_all, users)
+from parley_client import T, Client, arun, conv_get, group, history, users
 
 ROUNDS = 3
 SENDERS = 3
 PER_SENDER = 200
 WINDOW = 8  # unacknowledged messages per sender
 KILL_AFTER_ACKS = [60, 250, 420]  # per round: acks seen (all clients) before the kill
-
-
-@pytest.fixture
-def spawner(tmp_path):
-    s = Spawner(tmp_path)
-    yield s
-    s.stop_all()
 
 
 def body_of(name, cmid):
@@ -95,7 +86,7 @@ async def stream_and_kill(srv, members, gid, rnd):
 def check_store(user, gid, expect_at, all_sent):
     """History: gapless, every acknowledged message at its seq once, every
     stored message one that was sent, no (from, cmid) twice."""
-    hist = history_all(user, gid)
+    hist = history(user, gid)
     seqs = [m["seq"] for m in hist]
     assert seqs == list(range(1, len(hist) + 1)), "seqs are not gapless 1..N"
     assert conv_get(user, gid)["last_seq"] == len(hist)
@@ -136,7 +127,7 @@ async def resend(members, gid, keys, known):
     return out
 
 
-def test_kill9_loses_no_acknowledged_message(parley, spawner):
+def test_kill9_loses_no_acknowledged_message(parley):
     first = parley()
     data_dir = first.data_dir
     members = users(first, SENDERS)
@@ -152,7 +143,7 @@ def test_kill9_loses_no_acknowledged_message(parley, spawner):
         assert len(acks) >= KILL_AFTER_ACKS[rnd - 1]
         assert len(acks) < SENDERS * PER_SENDER, "killed after the stream ended"
         # Restart on the same data directory; tokens survive too.
-        srv = spawner.start(data_dir)
+        srv = parley(data_dir=data_dir)
         for u in members:
             u.srv = srv
         stored = check_store(members[rnd % SENDERS], gid, acked, all_sent)
@@ -171,7 +162,7 @@ def test_kill9_loses_no_acknowledged_message(parley, spawner):
         assert set(stored) == {k for k in all_sent}, "a resent message is missing"
     # The last server stops cleanly and everything is still there after it.
     assert srv.kill() == 0, srv.log()
-    srv = spawner.start(data_dir)
+    srv = parley(data_dir=data_dir)
     for u in members:
         u.srv = srv
     final = check_store(members[1], gid, acked, all_sent)

@@ -4,8 +4,8 @@ same connection, after a reconnect and via REST."""
 
 import asyncio
 
-from chat_helpers import (T, Client, arun, assert_error, close_all, conv_get, group,
-                          history_all, send_rest, users)
+from parley_client import (T, Client, arun, assert_error, close_all, conv_get, group,
+                           history, send_rest, users)
 
 N_MEMBERS = 4
 PER_SENDER = 50
@@ -89,7 +89,7 @@ def test_concurrent_senders_exactly_once_same_order(server):
             assert (m["from"], m["cmid"], m["body"]) == truth[m["seq"]], m
             assert isinstance(m["ts"], int)
 
-    hist = history_all(members[2], gid)[:-1]  # without the barrier
+    hist = history(members[2], gid)[:-1]  # without the barrier
     assert [m["seq"] for m in hist] == list(range(1, total + 1))
     for m in hist:
         assert (m["from"], m["cmid"], m["body"]) == truth[m["seq"]], m
@@ -124,7 +124,7 @@ def test_resend_same_cmid_same_connection(server):
         assert m2["seq"] == 2
         await close_all([ca, cb])
     arun(go())
-    hist = history_all(b, gid)
+    hist = history(b, gid)
     assert [(m["seq"], m["cmid"], m["body"]) for m in hist] == [(1, "c-1", "hello"), (2, "c-2", "next")]
 
 
@@ -164,7 +164,7 @@ def test_resend_after_reconnect_and_via_rest(server):
         assert dup["type"] == "ack" and dup.get("duplicate") is True and dup["seq"] == 2, dup
         await ca.close()
     arun(ws_dup())
-    hist = history_all(b, gid)
+    hist = history(b, gid)
     assert [(m["seq"], m["from"], m["cmid"]) for m in hist] == [(1, a.name, "r-1"), (2, a.name, "rest-1")]
     assert conv_get(a, gid)["last_seq"] == 2
 
@@ -179,9 +179,9 @@ def test_cmid_scope_is_user_and_conversation(server):
     assert rb.status_code == 201 and rb.json()["seq"] == 2, rb.text
     r2 = send_rest(a, g2, "same", "a in g2")
     assert r2.status_code == 201 and r2.json()["seq"] == 1, r2.text
-    assert [(m["from"], m["body"]) for m in history_all(a, g1)] == [(a.name, "a in g1"),
+    assert [(m["from"], m["body"]) for m in history(a, g1)] == [(a.name, "a in g1"),
                                                                     (b.name, "b in g1")]
-    assert [m["body"] for m in history_all(a, g2)] == ["a in g2"]
+    assert [m["body"] for m in history(a, g2)] == ["a in g2"]
 
 
 def test_rest_send_bad_input(server):
@@ -196,5 +196,5 @@ def test_rest_send_bad_input(server):
     # At the limits: 64-character cmid, body of exactly 16 KiB as JSON.
     r = a.post(p, {"cmid": "c" * 64, "body": "y" * (16384 - 2)})
     assert r.status_code == 201, r.text
-    hist = history_all(a, gid)
+    hist = history(a, gid)
     assert [(m["cmid"], len(m["body"])) for m in hist] == [("c" * 64, 16382)]

@@ -1,7 +1,7 @@
 """Presence (online / offline with last_seen, per user across connections)
 and typing (relayed to the other members only, rate-limited, members only)."""
 
-from chat_helpers import (Client, arun, close_all, direct, group, register, users)
+from parley_client import (Client, arun, close_all, direct, group, register, users)
 
 
 def is_presence(user, online):

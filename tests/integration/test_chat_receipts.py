@@ -2,8 +2,8 @@
 delivered, clamped to last_seq, `receipt` frames live, exact "delivered to N /
 read by N" counts excluding the sender, and inbox unread."""
 
-from chat_helpers import (Client, arun, assert_error, close_all, cursors, group, inbox,
-                          receipts, register, users)
+from parley_client import (Client, arun, assert_error, close_all, cursors, group, inbox,
+                           receipts, register, users)
 
 NO_CONV = 987654321  # no such conversation
 

@@ -4,7 +4,7 @@ WebSocket `sync`; limit and cursor validation."""
 
 import pytest
 
-from chat_helpers import (T, Client, arun, assert_error, group, history_page, inbox, users)
+from parley_client import (T, Client, arun, assert_error, group, history_page, inbox, users)
 
 N = 1000
 

@@ -10,25 +10,16 @@ assertions: waits are upper bounds only.
 import json
 import os
 import pty
-import queue
 import select
 import signal
-import socket
 import stat
 import subprocess
-import threading
 import time
-from pathlib import Path
 
 import pytest
-import requests
 
-from conftest import HOST
-
-REPO = Path(__file__).resolve().parents[2]
-PARLEY_CLI = os.environ.get("PARLEY_CLI", str(REPO / "build" / "parley"))
-PASSWORD = "correct horse battery"
-WAIT = 30.0  # generous bound on one wait (sanitizer builds are slow)
+from parley_client import (HOST, PARLEY_CLI, PASSWORD, WAIT, Cli, cli_users, free_port, history,
+                           rest, uname)
 
 EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_NETWORK = 0, 1, 2, 3
 
@@ -39,219 +30,11 @@ def _cli_built():
         pytest.fail(f"CLI not found: {PARLEY_CLI} (build it with `make`, or set PARLEY_CLI)")
 
 
-# --------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------
-
-
-def uname(prefix="u"):
-    return prefix + os.urandom(4).hex()
-
-
-class Cli:
-    """One CLI user: its own config file, pointed at one server URL."""
-
-    def __init__(self, tmp_path, url, name=None):
-        self.name = name or uname()
-        self.url = url
-        self.config = Path(tmp_path) / f"cfg-{self.name}" / "parley" / "config"
-        self.password = PASSWORD
-
-    def env(self, **extra):
-        e = dict(os.environ)
-        e.pop("PARLEY_SERVER", None)
-        e.update(PARLEY_CONFIG=str(self.config), PARLEY_SERVER=self.url, LC_ALL="C.UTF-8")
-        e.update(extra)
-        return e
-
-    def run(self, *args, input=None, timeout=WAIT * 2, env=None):
-        return subprocess.run([PARLEY_CLI, *[str(a) for a in args]], input=input,
-                              capture_output=True, text=True, timeout=timeout,
-                              env=env or self.env())
-
-    def json(self, *args, input=None):
-        """Runs with --json; asserts success; returns the parsed stdout."""
-        r = self.run("--json", *args, input=input)
-        assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
-        return json.loads(r.stdout)
-
-    def register(self):
-        r = self.run("--json", "register", self.name, input=self.password + "\n")
-        assert r.returncode == 0, (r.stdout, r.stderr)
-        return json.loads(r.stdout)
-
-    def token(self):
-        for line in self.config.read_text().splitlines():
-            if line.startswith("token="):
-                return line[6:]
-        return ""
-
-
 def json_error(r):
     """The --json error object a failed command printed on stderr."""
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("{")]
     assert lines, f"no JSON error on stderr: {r.stderr!r}"
     return json.loads(lines[-1])["error"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class ChatProc:
-    """`parley --json chat CONV` on pipes; events are read by a thread."""
-
-    def __init__(self, cli, conv, *extra, env=None):
-        self.cli = cli
-        self.proc = subprocess.Popen([PARLEY_CLI, "--json", "chat", str(conv), *extra],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env or cli.env())
-        self.events = []      # every event, in order
-        self._q = queue.Queue()
-        self._cursor = 0      # events before this index were consumed by wait()
-        self.stderr = b""
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-        self._te = threading.Thread(target=self._read_err, daemon=True)
-        self._te.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            try:
-                self._q.put(json.loads(line))
-            except ValueError:
-                self._q.put({"event": "garbage", "line": line.decode(errors="replace")})
-        self._q.put(None)
-
-    def _read_err(self):
-        self.stderr = self.proc.stderr.read()
-
-    def _pump(self, timeout):
-        try:
-            ev = self._q.get(timeout=timeout)
-        except queue.Empty:
-            return False
-        if ev is None:
-            self._q.put(None)  # keep the EOF mark
-            return None
-        self.events.append(ev)
-        return True
-
-    def wait(self, pred, what="an event", timeout=WAIT):
-        """The first event after the previous wait's match that satisfies pred."""
-        deadline = time.monotonic() + timeout
-        for _ in range(1_000_000):
-            while self._cursor < len(self.events):
-                ev = self.events[self._cursor]
-                self._cursor += 1
-                if pred(ev):
-                    return ev
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            got = self._pump(min(left, 0.5))
-            if got is None:
-                break
-        raise AssertionError(f"{self.cli.name}: no {what}; events: {self.events[-15:]!r}; "
-                             f"stderr: {self.stderr[-2000:]!r}")
-
-    def find(self, pred):
-        """Any event so far (without consuming) that satisfies pred."""
-        while self._pump(0):
-            pass
-        return [e for e in self.events if pred(e)]
-
-    def seen(self, pred, what="an event", timeout=WAIT):
-        """Any event so far or to come that satisfies pred, whatever its
-        position (for the lossy lane: typing may overtake messages)."""
-        deadline = time.monotonic() + timeout
-        for _ in range(1_000_000):
-            hits = self.find(pred)
-            if hits:
-                return hits[0]
-            left = deadline - time.monotonic()
-            if left <= 0 or self._pump(min(left, 0.5)) is None:
-                break
-        raise AssertionError(f"{self.cli.name}: no {what}; events: {self.events[-15:]!r}")
-
-    def event(self, name, timeout=WAIT, **fields):
-        return self.wait(lambda e: e.get("event") == name and
-                         all(e.get(k) == v for k, v in fields.items()),
-                         f"{name} {fields}", timeout)
-
-    def msg(self, text, timeout=WAIT):
-        return self.wait(lambda e: e.get("event") == "msg" and
-                         e["message"].get("body") == text, f"msg {text!r}", timeout)
-
-    def drain(self, timeout=WAIT):
-        """After exit: every remaining event (up to the end of stdout)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._pump(0.5) is None:
-                break
-        return self.events
-
-    def line(self, text):
-        self.proc.stdin.write((text + "\n").encode())
-        self.proc.stdin.flush()
-
-    def close_stdin(self):
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-
-    def exit_code(self, timeout=WAIT * 2):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"{self.cli.name}: chat did not exit; events {self.events[-10:]!r}")
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def chats():
-    """Collects ChatProc objects and stops each by PID at teardown."""
-    started = []
-    yield started
-    for c in started:
-        c.kill()
-
-
-def open_chat(chats, cli, conv, *extra, env=None):
-    c = ChatProc(cli, conv, *extra, env=env)
-    chats.append(c)
-    return c
-
-
-def history(cli, conv, token=None, port=None):
-    """Every message of conv through REST (independent of the CLI)."""
-    url = cli.url if port is None else f"http://{HOST}:{port}"
-    out, after = [], 0
-    for _ in range(100):
-        r = requests.get(f"{url}/v1/conversations/{conv}/messages",
-                         params={"after": after, "limit": 500},
-                         headers={"Authorization": "Bearer " + (token or cli.token())}, timeout=30)
-        assert r.status_code == 200, r.text
-        j = r.json()
-        out += j["messages"]
-        if not j["more"]:
-            return out
-        after = j["messages"][-1]["seq"]
-    raise AssertionError("history paging did not end")
 
 
 # --------------------------------------------------------------------------
@@ -312,12 +95,10 @@ def test_register_login_logout(parley, tmp_path):
     assert j == {"user": alice.name, "logged_out": True, "token_was_valid": True}
     assert "token=\n" in alice.config.read_text()
     assert stat.S_IMODE(os.stat(alice.config).st_mode) == 0o600
-    r = requests.get(srv.url + "/v1/conversations", headers={"Authorization": "Bearer " + tok3},
-                     timeout=30)
+    r = rest(srv, "GET", "/v1/conversations", token=tok3)
     assert r.status_code == 401
     # the older device tokens still work (logout is per device)
-    r = requests.get(srv.url + "/v1/conversations", headers={"Authorization": "Bearer " + tok1},
-                     timeout=30)
+    r = rest(srv, "GET", "/v1/conversations", token=tok1)
     assert r.status_code == 200
     # logged out: commands that need a token say so, exit 2
     r = alice.run("logout")
@@ -327,8 +108,7 @@ def test_register_login_logout(parley, tmp_path):
 
     # a token revoked elsewhere: logout still forgets it (exit 0)
     alice.run("login", alice.name, input=PASSWORD + "\n")
-    requests.delete(srv.url + "/v1/sessions/current",
-                    headers={"Authorization": "Bearer " + alice.token()}, timeout=30)
+    rest(srv, "DELETE", "/v1/sessions/current", token=alice.token())
     j = alice.json("logout")
     assert j["token_was_valid"] is False
     # the server saved at login is the default afterwards (no PARLEY_SERVER)
@@ -346,9 +126,7 @@ def test_register_login_logout(parley, tmp_path):
 
 def test_direct_send_history_inbox(parley, tmp_path):
     srv = parley("--insecure-fast-kdf")
-    alice, bob, carol = (Cli(tmp_path, srv.url) for _ in range(3))
-    for u in (alice, bob, carol):
-        u.register()
+    alice, bob, carol = cli_users(tmp_path, srv.url, 3)
 
     conv = alice.json("direct", bob.name)
     assert conv["type"] == "direct" and sorted(conv["members"]) == sorted([alice.name, bob.name])
@@ -427,16 +205,14 @@ def test_direct_send_history_inbox(parley, tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_two_chats_exchange(parley, tmp_path, chats):
+def test_two_chats_exchange(parley, tmp_path, open_chat):
     srv = parley("--insecure-fast-kdf")
-    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
-    alice.register()
-    bob.register()
+    alice, bob = cli_users(tmp_path, srv.url, 2)
     cid = alice.json("direct", bob.name)["id"]
     first = alice.json("send", cid, "before the chat")
 
-    a = open_chat(chats, alice, cid)
-    b = open_chat(chats, bob, "@" + alice.name)
+    a = open_chat(alice, cid)
+    b = open_chat(bob, "@" + alice.name)
     for c in (a, b):
         opened = c.event("open")
         assert opened["conv"] == cid and opened["type"] == "direct"
@@ -484,9 +260,7 @@ def test_two_chats_exchange(parley, tmp_path, chats):
 def test_chat_plain_text_mode(parley, tmp_path):
     """Without --json and without a terminal: readable lines, scriptable."""
     srv = parley("--insecure-fast-kdf")
-    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
-    alice.register()
-    bob.register()
+    alice, bob = cli_users(tmp_path, srv.url, 2)
     cid = alice.json("direct", bob.name)["id"]
     bob.json("send", cid, "earlier from bob")
     r = alice.run("chat", cid, "--last", "5", input="one\ntwo\n/help\n")
@@ -510,9 +284,7 @@ def test_chat_in_a_terminal(parley, tmp_path):
     """`parley chat` on a pseudo-terminal: libedit line editing, a message
     typed and sent, a message received, Ctrl-D leaves with status 0."""
     srv = parley("--insecure-fast-kdf")
-    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
-    alice.register()
-    bob.register()
+    alice, bob = cli_users(tmp_path, srv.url, 2)
     cid = alice.json("direct", bob.name)["id"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec the CLI on the terminal
@@ -615,9 +387,7 @@ def test_server_down_exit_3(tmp_path):
 
 def test_refused_by_server_exit_2(parley, tmp_path):
     srv = parley("--insecure-fast-kdf")
-    alice, bob, eve = (Cli(tmp_path, srv.url) for _ in range(3))
-    for u in (alice, bob, eve):
-        u.register()
+    alice, bob, eve = cli_users(tmp_path, srv.url, 3)
     cid = alice.json("direct", bob.name)["id"]
     # sending to a conversation you are not in: the error is shown, exit 2
     r = eve.run("send", cid, "let me in")
@@ -639,8 +409,7 @@ def test_refused_by_server_exit_2(parley, tmp_path):
     # nothing reached the conversation
     assert history(alice, cid) == []
     # a revoked token: exit 2 for REST and for the live connection
-    requests.delete(srv.url + "/v1/sessions/current",
-                    headers={"Authorization": "Bearer " + eve.token()}, timeout=30)
+    rest(srv, "DELETE", "/v1/sessions/current", token=eve.token())
     r = eve.run("inbox")
     assert r.returncode == EXIT_SERVER and "unauthorized" in r.stderr
     r = eve.run("--json", "send", cid, "x")

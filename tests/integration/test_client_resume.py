@@ -7,88 +7,25 @@ Servers run on a fixed port so the clients can come back to them; every
 process is stopped by PID; waits are bounded; nothing is timed.
 """
 
-import os
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
-import pytest
-
-from conftest import HOST, PARLEYD, PARLEY_WEB, START_TIMEOUT, Server, _drain
-from test_client_cli import WAIT, Cli, ChatProc, chats, free_port, history  # noqa: F401
+from parley_client import HOST, WAIT, Cli, cli_users, free_port, history
 
 
-def spawn(data_dir, port, log_path):
-    """parleyd on a given port and data directory; returns a Server."""
-    argv = [PARLEYD, "--port", str(port), "--listen", HOST, "--data-dir", str(data_dir),
-            "--web-dir", PARLEY_WEB, "--threads", "2", "--insecure-fast-kdf"]
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=logf, close_fds=True)
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and b"\n" not in buf:
-        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    srv = Server(proc, port, log_path, data_dir, PARLEY_WEB)
-    dup = os.dup(fd)
-    proc.stdout.close()
-    t = threading.Thread(target=_drain, args=(dup,), daemon=True)
-    t.start()
-    srv._stdout_thread = t
-    if not buf.startswith(f"parleyd listening on http://{HOST}:{port}".encode()):
-        srv.kill()
-        raise AssertionError(f"parleyd did not start on port {port}: {buf!r}\n{srv.log()}")
-    return srv
-
-
-@pytest.fixture
-def servers():
-    started = []
-    yield started
-    for s in started:
-        if s.proc.poll() is None:
-            try:
-                s.proc.send_signal(signal.SIGCONT)
-            except OSError:
-                pass
-        s.kill()
-
-
-def start(servers, tmp_path, port):
-    for _ in range(50):  # the port may be in use for a moment after a kill
-        try:
-            srv = spawn(tmp_path / "data", port, tmp_path / "parleyd.log")
-            servers.append(srv)
-            return srv
-        except AssertionError:
-            time.sleep(0.2)
-    raise AssertionError("could not restart parleyd on its port")
-
-
-def test_server_restart_mid_conversation(servers, chats, tmp_path):
+def test_server_restart_mid_conversation(parley, open_chat, tmp_path):
     port = free_port()
-    srv = start(servers, tmp_path, port)
+    data_dir = tmp_path / "data"
+    srv = parley("--insecure-fast-kdf", port=port, data_dir=data_dir)
     url = f"http://{HOST}:{port}"
-    alice, bob = Cli(tmp_path, url), Cli(tmp_path, url)
-    alice.register()
-    bob.register()
+    alice, bob = cli_users(tmp_path, url, 2)
     cid = alice.json("direct", bob.name)["id"]
 
-    a = ChatProc(alice, cid, "--wait", "120")
-    chats.append(a)
-    b = ChatProc(bob, cid, "--last", "0")
-    chats.append(b)
+    a = open_chat(alice, cid, "--wait", "120")
+    b = open_chat(bob, cid, "--last", "0")
     a.event("state", state="connected")
     b.event("state", state="connected")
 
@@ -118,7 +55,7 @@ def test_server_restart_mid_conversation(servers, chats, tmp_path):
             cmids[text] = a.event("queued", text=text)["cmid"]
         assert not a.find(lambda e: e.get("event") == "ack" and e["cmid"] in
                           (cmids["m3"], cmids["m4"], cmids["m5"]))
-        srv = start(servers, tmp_path, port)  # same port, same data directory
+        srv = parley("--insecure-fast-kdf", port=port, data_dir=data_dir)  # same port and data
         # the library reconnects by itself and resends with the same cmids
         acks = {}
         for text in ("m3", "m4", "m5"):
@@ -225,7 +162,7 @@ class Proxy:
         self.t.join(timeout=5)
 
 
-def test_lost_ack_resend_is_a_duplicate(parley, chats, tmp_path):
+def test_lost_ack_resend_is_a_duplicate(parley, open_chat, tmp_path):
     srv = parley("--insecure-fast-kdf")
     proxy = Proxy(srv.port)
     try:
@@ -234,8 +171,7 @@ def test_lost_ack_resend_is_a_duplicate(parley, chats, tmp_path):
         alice.register()
         bob.register()
         cid = bob.json("direct", alice.name)["id"]
-        a = ChatProc(alice, cid)
-        chats.append(a)
+        a = open_chat(alice, cid)
         a.event("state", state="connected")
         a.line("before")
         a.event("ack", cmid=a.event("queued", text="before")["cmid"])
@@ -266,20 +202,17 @@ def test_lost_ack_resend_is_a_duplicate(parley, chats, tmp_path):
         proxy.stop()
 
 
-def test_bulk_send_through_rate_limits(parley, chats, tmp_path):
+def test_bulk_send_through_rate_limits(parley, open_chat, tmp_path):
     """1000 lines piped into `parley chat`: the server's frame rate limit
     refuses some (some without saying which, and it may close the connection
     for too many refusals); the library pauses, shrinks its window, resends
     with the same cmids and reconnects. Every message is stored exactly once
     and acked exactly once."""
     srv = parley("--insecure-fast-kdf", "--rate-msgs", "0", "--rate-user-msgs", "0")
-    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
-    alice.register()
-    bob.register()
+    alice, bob = cli_users(tmp_path, srv.url, 2)
     cid = alice.json("direct", bob.name)["id"]
     n = 1000
-    a = ChatProc(alice, cid, "--last", "0", "--wait", "120")
-    chats.append(a)
+    a = open_chat(alice, cid, "--last", "0", "--wait", "120")
     for i in range(n):
         a.line(f"bulk {i}")
     a.close_stdin()

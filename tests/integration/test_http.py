@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from conftest import RawHTTP, assert_error_closes, http_get
+from parley_client import RawHTTP, assert_error_closes, http_get
 
 H = b"Host: test\r\n"
 

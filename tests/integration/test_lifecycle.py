@@ -12,19 +12,11 @@ import time
 import pytest
 import requests
 
-from conftest import (HOST, PARLEYD, OP_PING, OP_TEXT, RawHTTP, RawWS, assert_ping_pong,
-                      connect, expect_close, get_metrics, http_get, make_frame, poll_metric,
-                      request, run)
+from parley_client import (HOST, OP_PING, OP_TEXT, PARLEYD, RawHTTP, RawWS, arun,
+                           assert_ping_pong, connect, expect_close, get_metrics, http_get,
+                           make_frame, poll_metric, request, run_parleyd)
 
 # ---- flags -------------------------------------------------------------------
-
-
-def run_parleyd(tmp_path, *args):
-    """Runs parleyd to completion (bounded); safe flags go first so that a
-    wrongly accepted flag cannot bind a public port."""
-    argv = [PARLEYD, "--port", "0", "--listen", HOST, "--data-dir", str(tmp_path / "d"),
-            *args]
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
 
 
 def test_help_exits_0_and_documents_flags(tmp_path):
@@ -115,7 +107,7 @@ def test_metrics_count_activity(server):
         assert reply["code"] == "bad_json"
         await ws.send(b"\x01\x02")  # binary: closed with 1003
         await expect_close(ws, 1003)
-    run(go())
+    arun(go())
 
     after = get_metrics(server.port)
 
@@ -185,7 +177,7 @@ def test_500_concurrent_websockets(server):
         val = await asyncio.to_thread(poll_metric, server.port,
                                       "parley_ws_connections_open", 0, 15)
         assert val == 0
-    run(go())
+    arun(go())
 
 
 # ---- graceful shutdown ---------------------------------------------------------
@@ -246,7 +238,7 @@ def test_signal_closes_websockets_with_1001_and_exits_0(parley, signum):
         srv.expect_exit = True
         srv.signal(signum)
         await asyncio.wait_for(asyncio.gather(*(expect_close(ws, 1001) for ws in clients)), 15)
-    run(go())
+    arun(go())
     assert srv.wait(15) == 0, srv.log()
 
 

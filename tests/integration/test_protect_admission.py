@@ -9,9 +9,8 @@ import random
 import selectors
 import time
 
-from conftest import HOST, RawHTTP, parse_metrics
-from protect_helpers import (T, Client, Control, arun, await_metrics, get_metrics, mval,
-                             register, raw_socket, upgrade_request)
+from parley_client import (HOST, T, Client, Control, RawHTTP, arun, await_metrics, get_metrics,
+                           mval, parse_metrics, raw_socket, register, upgrade_request)
 
 ADMIT = "parley_admission_refused_total"
 PENDING = "parley_pending_refused_total"

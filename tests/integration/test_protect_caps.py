@@ -6,11 +6,10 @@ answer; a control client keeps chatting."""
 
 import json
 
-from conftest import OP_CONT, OP_TEXT, RawHTTP, RawWS, assert_error_closes, make_frame
-from protect_helpers import (Client, Control, arun, assert_error, await_metrics, close_all,
-                             close_key, get_metrics, group, history, login_user, mval,
-                             register_many, rest, retry_after_header, status_key, ws_attempt,
-                             ws_close_frame)
+from parley_client import (OP_CONT, OP_TEXT, Client, Control, RawHTTP, RawWS, arun,
+                           assert_error, assert_error_closes, await_metrics, close_all, close_key,
+                           get_metrics, group, history, login, make_frame, mval, rest,
+                           retry_after_header, status_key, users, ws_close_frame, ws_handshake)
 
 RL = "parley_rate_limited_total"
 WS_OPEN = "parley_ws_connections_open"
@@ -24,14 +23,13 @@ def test_connections_per_user(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        u, v = register_many(srv, 2)
-        dev2 = login_user(srv, u)
+        u, v = users(srv, 2)
+        dev2 = login(srv, u.name, u.password)
         mine = [await Client.open(u), await Client.open(u, query=True),
                 await Client.open(dev2)]
         m0 = get_metrics(srv.port)
         for token in (u.token, dev2.token):
-            ws, resp = ws_attempt(srv.port, token)
-            ws.close()
+            resp = ws_handshake(srv.port, token)
             assert resp.status == 429, resp
             err = json.loads(resp.body)["error"]
             assert err["code"] == "too_many_connections", resp
@@ -63,7 +61,7 @@ def test_members_per_group(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        a, b, c, d = register_many(srv, 4)
+        a, b, c, d = users(srv, 4)
         g = group(a, [b, c])
         m0 = get_metrics(srv.port)
         assert_error(a.post(f"/v1/conversations/{g}/members", {"user": d.name}),
@@ -92,7 +90,7 @@ def test_members_per_group_counts_the_creator(parley):
     creating a group that lists 3 other users (4 members) gets 400
     too_many_members, like adding a 4th member does; nothing is created."""
     srv = parley("--max-group-members", "3")
-    a, b, c, d = register_many(srv, 4)
+    a, b, c, d = users(srv, 4)
     r = a.post("/v1/conversations", {"type": "group", "name": "four",
                                      "members": [b.name, c.name, d.name]})
     assert r.status == 400 and r.error_code() == "too_many_members", (
@@ -109,7 +107,7 @@ def test_conversations_per_user(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        a, b, c, d, e = register_many(srv, 5)
+        a, b, c, d, e = users(srv, 5)
         r = a.post("/v1/conversations", {"type": "direct", "with": b.name})
         assert r.status == 201, r
         dab = r.json()["id"]
@@ -154,7 +152,7 @@ def test_message_body_size(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        a, b = register_many(srv, 2)
+        a, b = users(srv, 2)
         g = group(a, [b])
         c = await Client.open(a)
         m0 = get_metrics(srv.port)

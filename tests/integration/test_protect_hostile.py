@@ -16,10 +16,9 @@ import socket
 import struct
 import time
 
-from conftest import HOST, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawHTTP, RawWS, \
-    make_frame
-from protect_helpers import (T, Control, arun, await_metrics, close_key, get_metrics, mval,
-                             rest, status_key, ws_close_frame)
+from parley_client import (HOST, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, T, Control,
+                           RawHTTP, RawWS, arun, await_metrics, close_key, get_metrics,
+                           make_frame, mval, rest, status_key, ws_close_frame)
 
 TIMEOUTS = "parley_timeouts_total"
 
@@ -41,11 +40,7 @@ async def with_control(ctl, blocking_fn, *args, max_rounds=1000, probe=None):
 def dribble(port, request, src=None):
     """Sends request one byte every 0.2 s until the server answers; returns
     (bytes sent, what the server sent until it closed)."""
-    c = RawHTTP.__new__(RawHTTP)
-    c.sock = socket.create_connection((HOST, port), timeout=T,
-                                      source_address=(src, 0) if src else None)
-    c.timeout = T
-    c.buf = b""
+    c = RawHTTP(port, src=src)
     sel = selectors.DefaultSelector()
     sel.register(c.sock, selectors.EVENT_READ)
     try:

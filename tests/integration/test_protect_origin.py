@@ -6,19 +6,14 @@ WebSockets opened with it (1008) and nothing else."""
 import json
 from pathlib import Path
 
-from protect_helpers import (PASSWORD, Client, Control, arun, assert_error, close_all,
-                             close_key, direct, get_metrics, login, login_user, mval, register,
-                             register_many, rest, status_key, ws_attempt, ws_close_frame,
-                             ws_status)
+from parley_client import (PASSWORD, Client, Control, arun, assert_error, close_all, close_key,
+                           direct, get_metrics, login, login_attempt, mval, register, rest,
+                           status_key, users, ws_handshake, ws_status)
 
 
 def attempt_origin(port, token, origin):
     extra = b"" if origin is None else b"Origin: " + origin.encode() + b"\r\n"
-    ws, resp = ws_attempt(port, token, extra=extra)
-    if resp.status == 101:
-        ws.send(ws_close_frame())
-    ws.close()
-    return resp
+    return ws_handshake(port, token, extra=extra)
 
 
 def test_allowed_origins(parley):
@@ -41,8 +36,8 @@ def test_allowed_origins(parley):
             r = attempt_origin(srv.port, u.token, origin)
             assert r.status == 101, (origin, r)
         # the same through a real client library
-        assert await ws_status(srv, u.token, origin="http://evil.example") == 403
-        assert await ws_status(srv, u.token, origin="http://good.example") == 101
+        assert await ws_status(srv, query_token=u.token, origin="http://evil.example") == 403
+        assert await ws_status(srv, query_token=u.token, origin="http://good.example") == 101
         await ctl.exchange()
         m1 = get_metrics(srv.port)
         assert mval(m1, status_key(403)) - mval(m0, status_key(403)) == len(bad) + 1
@@ -61,8 +56,8 @@ def test_tokens_never_in_the_log(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        a, b = register_many(srv, 2)
-        a2 = login_user(srv, a)
+        a, b = users(srv, 2)
+        a2 = login(srv, a.name, a.password)
         secrets = [a.token, b.token, a2.token, ctl.a.token, ctl.b.token]
         conv = direct(a, b)
         assert a.post(f"/v1/conversations/{conv}/messages",
@@ -74,10 +69,9 @@ def test_tokens_never_in_the_log(parley):
         c2 = await Client.open(b, query=True)  # ?token=
         await c1.ping()
         await c2.ping()
-        ws, resp = ws_attempt(srv.port, a.token[:-2] + "zz")
-        ws.close()
+        resp = ws_handshake(srv.port, a.token[:-2] + "zz")
         assert resp.status == 401, resp
-        assert login(srv, a.name, "not-the-password").status == 401
+        assert login_attempt(srv, a.name, "not-the-password").status == 401
         await ctl.exchange()
         assert a2.delete("/v1/sessions/current").status == 204
         assert rest(srv, "GET", "/v1/conversations", token=a2.token).status == 401
@@ -114,8 +108,7 @@ def test_expired_token_closes_open_websocket(parley):
         code = await victim.closed_with(timeout=20)
         assert code == 1008, (code, victim.ws.close_reason)
         assert_error(rest(srv, "GET", "/v1/conversations", token=v.token), 401, "unauthorized")
-        ws, resp = ws_attempt(srv.port, v.token)
-        ws.close()
+        resp = ws_handshake(srv.port, v.token)
         assert resp.status == 401, resp
         # the control's tokens expired as well: their sockets close the same way
         assert await ctl.ca.closed_with(timeout=20) == 1008
@@ -138,8 +131,8 @@ def test_revoked_token_closes_its_websockets(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        u, b = register_many(srv, 2)
-        u2 = login_user(srv, u)
+        u, b = users(srv, 2)
+        u2 = login(srv, u.name, u.password)
         conv = direct(b, u)
         ca1 = await Client.open(u)
         ca2 = await Client.open(u, query=True)
@@ -153,8 +146,7 @@ def test_revoked_token_closes_its_websockets(parley):
         m1 = get_metrics(srv.port)
         assert mval(m1, close_key(1008)) - mval(m0, close_key(1008)) == 2
         assert_error(u.get("/v1/conversations"), 401, "unauthorized")
-        ws, resp = ws_attempt(srv.port, u.token)
-        ws.close()
+        resp = ws_handshake(srv.port, u.token)
         assert resp.status == 401, resp
         # the other device is untouched
         for i in range(5):

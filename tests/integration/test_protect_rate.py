@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from websockets.exceptions import ConnectionClosed
 
-from conftest import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, get_metrics, make_frame
-from protect_helpers import (Client, Control, arun, assert_error, close_all,
-                             close_key, flood_sends, group, history, login, mval,
-                             register, register_many, rest, retry_after_header, status_key,
-                             ws_attempt, ws_close_frame)
+from parley_client import (OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Client, Control, RawWS,
+                           arun, assert_error, close_all, close_key, flood_sends, get_metrics,
+                           group, history, login_attempt, make_frame, mval, register, rest,
+                           retry_after_header, status_key, users, ws_close_frame, ws_handshake)
 
 RL = "parley_rate_limited_total"
 
@@ -46,7 +45,7 @@ def test_messages_per_connection_burst_then_refused(parley):
     async def body():
         ctl = await Control.open(srv)
         await ctl.exchange()
-        a, b = register_many(srv, 2)
+        a, b = users(srv, 2)
         g = group(a, [b])
         ca, cb = await Client.open(a), await Client.open(b)
         m0 = get_metrics(srv.port)
@@ -92,7 +91,7 @@ def test_default_limits_let_a_burst_of_100_pass(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        a, b = register_many(srv, 2)
+        a, b = users(srv, 2)
         g = group(a, [b])
         ca, cb = await Client.open(a), await Client.open(b)
         cmids = [f"c{i}" for i in range(100)]
@@ -120,10 +119,10 @@ def test_messages_per_user_across_devices(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        u, b = register_many(srv, 2)
+        u, b = users(srv, 2)
         g = group(u, [b])
         u2 = register(srv, u.name + "x")  # unrelated user, same rules
-        dev2 = login(srv, u.name, u.password)
+        dev2 = login_attempt(srv, u.name, u.password)
         assert dev2.status == 200, dev2
         tok2 = dev2.json()["token"]
         d1 = await Client.open(u)
@@ -180,7 +179,7 @@ def test_user_rate_applies_to_rest_sends(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        u, b = register_many(srv, 2)
+        u, b = users(srv, 2)
         g = group(u, [b])
         cu = await Client.open(u)
         cmids = [f"ws-{i}" for i in range(12)]
@@ -253,7 +252,7 @@ def test_frame_limit_refusal_of_send_carries_cmid(parley):
     srv = parley("--rate-frames", "2")  # burst 10
 
     async def body():
-        u, b = register_many(srv, 2)
+        u, b = users(srv, 2)
         g = group(u, [b])
         c = await Client.open(u)
         cmids = [f"f-{i}" for i in range(20)]
@@ -342,7 +341,7 @@ def test_persistent_message_abuse_closed_with_1008(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        u, b = register_many(srv, 2)
+        u, b = users(srv, 2)
         g = group(u, [b])
         c = await Client.open(u)
         m0 = get_metrics(srv.port)
@@ -421,46 +420,31 @@ def test_handshakes_per_address(parley):
         m0 = get_metrics(srv.port)
         statuses, refused = [], None
         for _ in range(40):
-            ws, resp = ws_attempt(srv.port, u.token, src="127.0.0.2")
+            resp = ws_handshake(srv.port, u.token, src="127.0.0.2")
             statuses.append(resp.status)
-            if resp.status == 101:
-                ws.send(ws_close_frame())
-            ws.close()
             if resp.status != 101:
                 refused = resp
                 break
         assert refused is not None, "40 handshakes from one address were never limited"
         assert statuses[:10] == [101] * 10, statuses
         assert refused.status == 429, refused
-        assert_resp_error(refused, "rate_limited")
+        assert_error(refused, 429, "rate_limited")
         wait_s = retry_after_header(refused)
         assert wait_s >= 1
         # another address is not limited, nor is the control
-        ws, resp = ws_attempt(srv.port, u.token, src="127.0.0.3")
+        resp = ws_handshake(srv.port, u.token, src="127.0.0.3")
         assert resp.status == 101, resp
-        ws.send(ws_close_frame())
-        ws.close()
         await ctl.exchange()
         m1 = get_metrics(srv.port)
         assert mval(m1, RL) - mval(m0, RL) == 1
         assert mval(m1, status_key(429)) - mval(m0, status_key(429)) == 1
         await asyncio.sleep(wait_s + 0.05)
-        ws, resp = ws_attempt(srv.port, u.token, src="127.0.0.2")
+        resp = ws_handshake(srv.port, u.token, src="127.0.0.2")
         assert resp.status == 101, f"after Retry-After: {resp!r}"
-        ws.send(ws_close_frame())
-        ws.close()
         await ctl.check()
         await ctl.close()
 
     arun(body())
-
-
-def assert_resp_error(resp, code):
-    """A conftest Response carrying a JSON error with this code."""
-    assert resp.header("content-type", "").startswith("application/json"), resp
-    err = json.loads(resp.body.decode())["error"]
-    assert err["code"] == code, resp
-    return err
 
 
 def test_logins_per_address(parley):
@@ -477,7 +461,7 @@ def test_logins_per_address(parley):
         u = register(srv, src="127.0.0.2")
         m0 = get_metrics(srv.port)
         with ThreadPoolExecutor(max_workers=8) as ex:
-            rs = list(ex.map(lambda _: login(srv, u.name, u.password, src="127.0.0.3"),
+            rs = list(ex.map(lambda _: login_attempt(srv, u.name, u.password, src="127.0.0.3"),
                              range(8)))
         ok = [r for r in rs if r.status == 200]
         limited = [r for r in rs if r.status == 429]
@@ -500,12 +484,12 @@ def test_logins_per_address(parley):
         assert_error(reg, 429, "rate_limited")
         assert retry_after_header(reg) >= 1
         # other addresses are not limited
-        assert login(srv, u.name, u.password, src="127.0.0.4").status == 200
+        assert login_attempt(srv, u.name, u.password, src="127.0.0.4").status == 200
         await ctl.exchange()
         m1 = get_metrics(srv.port)
         assert mval(m1, RL) - mval(m0, RL) == len(limited) + 1
         await asyncio.sleep(max(waits) / 1000 + 0.05)
-        r = login(srv, u.name, u.password, src="127.0.0.3")
+        r = login_attempt(srv, u.name, u.password, src="127.0.0.3")
         assert r.status == 200, r
         await ctl.check()
         await ctl.close()
@@ -522,34 +506,34 @@ def test_failed_logins_add_growing_delays(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        x, y = register_many(srv, 2)
+        x, y = users(srv, 2)
         m0 = get_metrics(srv.port)
         for _ in range(3):
-            assert_error(login(srv, x.name, "wrong-password"), 401, "bad_credentials")
-        r = login(srv, x.name, x.password)
+            assert_error(login_attempt(srv, x.name, "wrong-password"), 401, "bad_credentials")
+        r = login_attempt(srv, x.name, x.password)
         err = assert_error(r, 429, "rate_limited")
         assert retry_after_header(r) >= 1
         first = err["retry_after_ms"]
         assert isinstance(first, int) and 0 < first <= 1000, r
-        assert login(srv, y.name, y.password).status == 200, "another account was delayed"
+        assert login_attempt(srv, y.name, y.password).status == 200, "another account was delayed"
         await ctl.exchange()
         await asyncio.sleep(first / 1000 + 0.05)
-        assert login(srv, x.name, x.password).status == 200
+        assert login_attempt(srv, x.name, x.password).status == 200
         # growing: 3 failures -> 1 s; after it, a 4th failure -> 2 s
         for _ in range(3):
-            assert_error(login(srv, x.name, "wrong-password"), 401, "bad_credentials")
-        r = login(srv, x.name, x.password)
+            assert_error(login_attempt(srv, x.name, "wrong-password"), 401, "bad_credentials")
+        r = login_attempt(srv, x.name, x.password)
         wait1 = assert_error(r, 429, "rate_limited")["retry_after_ms"]
         await asyncio.sleep(wait1 / 1000 + 0.05)
-        assert_error(login(srv, x.name, "wrong-password"), 401, "bad_credentials")
-        r = login(srv, x.name, x.password)
+        assert_error(login_attempt(srv, x.name, "wrong-password"), 401, "bad_credentials")
+        r = login_attempt(srv, x.name, x.password)
         wait2 = assert_error(r, 429, "rate_limited")["retry_after_ms"]
         assert 1000 < wait2 <= 2000, f"the delay after the 4th failure is {wait2} ms"
         assert retry_after_header(r) >= 2
         m1 = get_metrics(srv.port)
         assert mval(m1, RL) - mval(m0, RL) == 3
         await asyncio.sleep(wait2 / 1000 + 0.05)
-        assert login(srv, x.name, x.password).status == 200
+        assert login_attempt(srv, x.name, x.password).status == 200
         await ctl.check()
         await ctl.close()
 
@@ -570,7 +554,7 @@ def test_simultaneous_wrong_passwords_do_not_bypass_the_delay(parley):
         x = register(srv)
         addrs = [f"127.0.0.{100 + i}" for i in range(12)]
         with ThreadPoolExecutor(max_workers=12) as ex:
-            rs = list(ex.map(lambda a: login(srv, x.name, "wrong-" + a, src=a), addrs))
+            rs = list(ex.map(lambda a: login_attempt(srv, x.name, "wrong-" + a, src=a), addrs))
         statuses = sorted(r.status for r in rs)
         for r in rs:
             assert r.status in (401, 429), r

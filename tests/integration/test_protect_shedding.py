@@ -7,30 +7,16 @@ one means the second write of a window finds the queue full."""
 import asyncio
 import json
 
-import requests
-import websockets
-
-from conftest import run
-
-T = 15
-
-
-def register(srv, name):
-    r = requests.post(srv.url + "/v1/users", json={"username": name, "password": "password-" + name},
-                      timeout=T)
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
+from parley_client import T, arun, connect, direct, register
 
 
 def test_full_writer_queue_answers_busy_and_loses_nothing(parley):
     srv = parley("--max-writer-queue", "1", "--commit-window", "300000")
-    ta, _ = register(srv, "shedann"), register(srv, "shedbob")
-    h = {"Authorization": "Bearer " + ta}
-    conv = requests.post(srv.url + "/v1/conversations", json={"type": "direct", "with": "shedbob"},
-                         headers=h, timeout=T).json()["id"]
+    a, b = register(srv, "shedann"), register(srv, "shedbob")
+    conv = direct(a, b)
 
     async def go():
-        ws = await connect_token(srv, ta)
+        ws = await connect(srv, token=a.token)
         try:
             for i in range(20):  # all inside one commit window
                 await ws.send(json.dumps({"type": "send", "conv": conv, "cmid": f"m{i}",
@@ -64,18 +50,17 @@ def test_full_writer_queue_answers_busy_and_loses_nothing(parley):
         finally:
             await ws.close()
 
-    acked = run(go())
+    acked = arun(go())
     # REST: a full queue is a 503 with Retry-After.
     codes = set()
     for i in range(6):
-        r = requests.post(srv.url + f"/v1/conversations/{conv}/messages",
-                          json={"cmid": f"r{i}", "body": "x"}, headers=h, timeout=T)
+        r = a.post(f"/v1/conversations/{conv}/messages", {"cmid": f"r{i}", "body": "x"})
         codes.add(r.status_code)
         if r.status_code == 503:
             assert r.json()["error"]["code"] == "busy" and int(r.headers["Retry-After"]) >= 1
     assert codes <= {201, 503}
     # Everything acknowledged is stored exactly once, at its seq, gapless.
-    r = requests.get(srv.url + f"/v1/conversations/{conv}/messages?limit=500", headers=h, timeout=T)
+    r = a.get(f"/v1/conversations/{conv}/messages?limit=500")
     msgs = r.json()["messages"]
     seqs = [m["seq"] for m in msgs]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -84,10 +69,3 @@ def test_full_writer_queue_answers_busy_and_loses_nothing(parley):
     for cmid, seq in acked.items():
         assert by_cmid[cmid] == seq
     assert len(acked) == 20
-
-
-async def connect_token(srv, token):
-    ws = await websockets.connect(f"ws://127.0.0.1:{srv.port}/v1/ws?token={token}",
-                                  ping_interval=None)
-    assert json.loads(await asyncio.wait_for(ws.recv(), T))["type"] == "hello"
-    return ws

@@ -7,9 +7,8 @@ slow member resumes by sync after reconnecting."""
 
 import json
 
-from conftest import OP_TEXT
-from protect_helpers import (Client, Control, arun, close_all, close_key, drain_until_end,
-                             get_metrics, group, history, mval, raw_ws, register_many, rss_kb)
+from parley_client import (OP_TEXT, Client, Control, RawWS, arun, close_all, close_key,
+                           drain_until_end, get_metrics, group, history, mval, rss_kb, users)
 
 MAX_QUEUE = 65536
 BODY = "m" * 8000  # ~8 KB frames: the queue passes its half in a few rounds
@@ -21,13 +20,13 @@ def test_slow_consumer_closed_with_1013(parley):
 
     async def body():
         ctl = await Control.open(srv)
-        f_user, s_user, c_user, t_user = register_many(srv, 4)
+        f_user, s_user, c_user, t_user = users(srv, 4)
         g = group(f_user, [s_user, c_user, t_user], name="flooded")
         g2 = group(t_user, [s_user, c_user], name="typing")
         flood = await Client.open(f_user)
         member = await Client.open(c_user)  # the control member of the flooded group
         typer = await Client.open(t_user)
-        slow = raw_ws(srv.port, s_user.token, src="127.0.0.30", rcvbuf=4096)
+        slow = RawWS(srv.port, token=s_user.token, src="127.0.0.30", rcvbuf=4096)
         try:
             await ctl.exchange()
             m0 = get_metrics(srv.port)

@@ -4,7 +4,7 @@ and path traversal (raw sockets, so that nothing normalises the path)."""
 import pytest
 import requests
 
-from conftest import RawHTTP, http_get
+from parley_client import RawHTTP, http_get
 
 H = b"Host: test\r\n"
 

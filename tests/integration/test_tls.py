@@ -9,9 +9,7 @@ import pytest
 import requests
 import websockets
 
-from conftest import HOST, PARLEYD, run
-
-T = 15
+from parley_client import HOST, T, arun, run_parleyd
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +95,7 @@ def test_wss_messaging_between_two_users(tls_server, cert):
                 acks += m["type"] == "ack"
             assert got == list(range(1, 21))
         assert wa.close_code == 1000
-    run(go())
+    arun(go())
 
 
 def test_old_tls_and_plaintext_refused_server_keeps_serving(tls_server, cert):
@@ -137,7 +135,6 @@ def test_bad_tls_config_exits_with_error(tmp_path, cert, which):
     flags = {"missing-cert": ["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", str(key)],
              "key-mismatch": ["--tls-cert", str(crt), "--tls-key", str(other)],
              "only-cert": ["--tls-cert", str(crt)]}[which]
-    p = subprocess.run([PARLEYD, "--port", "0", "--listen", HOST, "--data-dir",
-                        str(tmp_path / "d"), *flags], capture_output=True, timeout=30)
+    p = run_parleyd(tmp_path, *flags)
     assert p.returncode != 0
     assert b"TLS" in p.stderr or b"tls" in p.stderr

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from conftest import (OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, T, RawHTTP, RawWS,
-                      assert_ping_pong, assert_ws_works, close_payload, connect,
-                      expect_close, make_frame, request, run)
+from parley_client import (OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, T, RawHTTP, RawWS,
+                           arun, assert_ping_pong, assert_ws_works, close_payload, connect,
+                           expect_close, make_frame, request)
 
 def expect_raw_close(raw, code):
     """Reads to the server's close frame, checks the code, then EOF."""
@@ -31,7 +31,7 @@ def test_handshake_selects_subprotocol(server):
         assert ws.subprotocol == "parley.v1.json"
         await assert_ping_pong(ws)
         await ws.close()
-    run(go())
+    arun(go())
 
 
 def test_handshake_without_subprotocol(server):
@@ -40,7 +40,7 @@ def test_handshake_without_subprotocol(server):
         assert ws.subprotocol is None
         await assert_ping_pong(ws)
         await ws.close()
-    run(go())
+    arun(go())
 
 
 def test_handshake_unknown_subprotocol_not_selected(server):
@@ -130,7 +130,7 @@ def test_ping_pong(server):
         for _ in range(3):
             await assert_ping_pong(ws)
         await ws.close()
-    run(go())
+    arun(go())
 
 
 @pytest.mark.parametrize("text", [
@@ -146,7 +146,7 @@ def test_echo_returns_identical_text(server, text):
         reply = await request(ws, text)
         assert reply == text
         await ws.close()
-    run(go())
+    arun(go())
 
 
 @pytest.mark.parametrize("text,code", [
@@ -175,7 +175,7 @@ def test_bad_messages_get_error_and_connection_stays_open(server, text, code):
             await assert_ping_pong(ws)
         await ws.close()
         assert ws.close_code == 1000
-    run(go())
+    arun(go())
 
 
 def test_binary_message_closes_1003(server):
@@ -183,7 +183,7 @@ def test_binary_message_closes_1003(server):
         ws = await connect(server)
         await ws.send(b'{"type":"ping"}')
         await expect_close(ws, 1003)
-    run(go())
+    arun(go())
     assert_ws_works(server)
 
 
@@ -195,7 +195,7 @@ def test_websocket_ping_gets_pong_with_same_payload(server):
             await asyncio.wait_for(waiter, T)
         await assert_ping_pong(ws)
         await ws.close()
-    run(go())
+    arun(go())
 
 
 def test_raw_ping_pong_payload(server):
@@ -214,7 +214,7 @@ def test_client_close_1000_is_echoed(server):
         await assert_ping_pong(ws)
         await asyncio.wait_for(ws.close(1000, "bye"), T)
         assert ws.close_code == 1000
-    run(go())
+    arun(go())
 
 
 def test_raw_client_close_echoed_then_tcp_closed(server):
@@ -248,7 +248,7 @@ def test_fragmented_message_is_reassembled(server):
         await ws.send(iter(parts))
         assert await asyncio.wait_for(ws.recv(), T) == "".join(parts)
         await ws.close()
-    run(go())
+    arun(go())
 
 
 def test_fragmented_text_with_ping_interleaved(server):
@@ -288,7 +288,7 @@ def test_message_at_limit_is_accepted(parley):
         assert len(text.encode()) == 1000
         assert await request(ws, text) == text
         await ws.close()
-    run(go())
+    arun(go())
 
 
 def test_message_over_limit_closes_1009(parley):
@@ -298,7 +298,7 @@ def test_message_over_limit_closes_1009(parley):
         ws = await connect(srv)
         await ws.send(pad_echo(1001))
         await expect_close(ws, 1009)
-    run(go())
+    arun(go())
     assert_ws_works(srv)
 
 
@@ -310,7 +310,7 @@ def test_fragmented_message_over_limit_closes_1009(parley):
         text = pad_echo(1800)
         await ws.send(iter([text[:600], text[600:1200], text[1200:]]))
         await expect_close(ws, 1009)
-    run(go())
+    arun(go())
     assert_ws_works(srv)
 
 
@@ -321,7 +321,7 @@ def test_default_limit_is_64k(server):
         assert await request(ws, ok) == ok
         await ws.send(pad_echo(65537))
         await expect_close(ws, 1009)
-    run(go())
+    arun(go())
 
 
 def test_huge_frame_header_closes_1009_without_payload(server):
@@ -396,7 +396,7 @@ def test_protocol_error_closes_1002_and_others_keep_working(server, name):
         await assert_ping_pong(other)
         await other.close()
         assert other.close_code == 1000
-    run(go())
+    arun(go())
 
 
 def test_frames_after_protocol_error_are_ignored(server):
@@ -454,7 +454,7 @@ def test_slow_reader_is_closed_and_others_keep_working(parley):
             assert code in (1008, 1013), f"close code {code} after {sent} requests"
         await assert_ping_pong(other)
         await other.close()
-    run(go())
+    arun(go())
 
 
 # ---- keepalive ---------------------------------------------------------------
@@ -510,4 +510,4 @@ def test_websockets_client_stays_open_across_ping_intervals(parley):
         await assert_ping_pong(ws)
         await ws.close()
         assert ws.close_code == 1000
-    run(go())
+    arun(go())
