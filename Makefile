@@ -87,7 +87,7 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup run test test-unit test-lib test-fuzz test-integration test-browser tsan bench fuzz clean
+.PHONY: all setup run test test-layers test-unit test-lib test-fuzz test-integration test-browser tsan bench fuzz clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC)
 
@@ -100,7 +100,13 @@ run: setup
 
 test: setup
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN) $(SERVER_OBJ)
-	@$(MAKE) --no-print-directory test-unit test-lib test-fuzz test-integration test-browser
+	@$(MAKE) --no-print-directory test-layers test-unit test-lib test-fuzz test-integration test-browser
+
+# Imports run one way (docs/architecture.md); the checker also proves on a
+# copy of the tree that it refuses a planted upward include and a cycle.
+test-layers:
+	@$(PYTHON) tests/layers.py
+	@$(PYTHON) tests/layers.py --self-test
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do $$t; done
