@@ -258,7 +258,13 @@ SAME_CODE(CONFLICT); SAME_CODE(BUSY); SAME_CODE(RATE); SAME_CODE(VERSION);
 #undef SAME_CODE
 
 /* err_name() is internal (hidden in libparley.so); this is its public name. */
-const char *parley_strerror(int err) { return err_name(err); }
+/* The library's codes are the general ones (up to ERR_VERSION); the
+ * protocol's own (a server's wire codes) reach an app as strings in
+ * parley_last_error(), so they are "unknown" here. */
+const char *parley_strerror(int err)
+{
+    return err < PARLEY_EVERSION ? "unknown" : err_name(err);
+}
 const parley_error *parley_last_error(const parley_client *c) { return &c->lasterr; }
 
 /* Reads {"error":{"code":..,"message":..}} from an error response. */
