@@ -41,7 +41,8 @@ typedef struct opt {
 
 /* Each macro checks at compile time that the field has the storage type its
  * parser writes (a negative array size otherwise). */
-#define FIELD_(f, T) (offsetof(config, f) + 0 * sizeof(char[_Generic(((config *)0)->f, T: 1, default: -1)]))
+#define FIELD_(f, T) \
+    (offsetof(config, f) + 0 * sizeof(char[_Generic(((config *)0)->f, T: 1, default: -1)]))
 #define STR(f)      .type = T_STR, .off = FIELD_(f, char *), .cap = sizeof(((config *)0)->f)
 #define BOOL(f)     .type = T_BOOL, .off = FIELD_(f, int)
 #define ENUM(f, ch) .type = T_ENUM, .off = FIELD_(f, int), .choices = ch
@@ -212,15 +213,17 @@ static int parse_number(const opt *o, const char *s, long long *out, char *why, 
             for (size_t i = 0; i < sizeof byte_units / sizeof byte_units[0]; i++)
                 if (strcasecmp(p, byte_units[i].sfx) == 0) mul = byte_units[i].mul;
             if (!mul) {
-                snprintf(why, wn, "'%.64s' is not a size (bytes, or a number with K, M, G or T)", s);
+                snprintf(why, wn, "'%.64s' is not a size (bytes, or a number with K, M, G or T)",
+                         s);
                 return ERR_INVALID;
             }
         } else if (unit_us(o->unit)) {
             for (size_t i = 0; i < sizeof time_units / sizeof time_units[0]; i++)
                 if (strcmp(p, time_units[i].sfx) == 0) mul = time_units[i].mul;
             if (!mul) {
-                snprintf(why, wn, "'%.64s' is not a duration (%s, or a number with us, ms, s, m, h or d)",
-                         s, unit_name(o->unit) + 1);
+                snprintf(why, wn,
+                         "'%.64s' is not a duration (%s, or a number with us, ms, s, m, h or d)", s,
+                         unit_name(o->unit) + 1);
                 return ERR_INVALID;
             }
         } else {
@@ -269,7 +272,8 @@ static int set_value(config *c, const opt *o, const char *v, char *why, size_t w
         return 0;
     }
     case T_BOOL: {
-        static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+        static const char *const yes[] = {"true", "yes", "on", "1"};
+        static const char *const no[] = {"false", "no", "off", "0"};
         for (int i = 0; i < 4; i++) {
             if (strcasecmp(v, yes[i]) == 0) { store_num(c, o, 1); return 0; }
             if (strcasecmp(v, no[i]) == 0) { store_num(c, o, 0); return 0; }
@@ -443,7 +447,8 @@ static int load_file(config *c, const char *path, FILE *err)
             fprintf(err, "parleyd: %s:%d: config cannot be set in a config file\n", path, lineno);
         else if (!o)
             fprintf(err, "parleyd: %s:%d: unknown key '%.*s' (the keys are the flag names "
-                         "without --; see --help)\n", path, lineno, (int)(klen > 64 ? 64 : klen), p);
+                         "without --; see --help)\n",
+                    path, lineno, (int)(klen > 64 ? 64 : klen), p);
         else if (set_on[o - opts])
             fprintf(err, "parleyd: %s:%d: %s is already set on line %d\n", path, lineno, o->name,
                     set_on[o - opts]);
@@ -510,9 +515,13 @@ static int scan_argv(config *c, int argc, char **argv, bool apply, const char **
         const opt *o = find_opt(name, len);
         bool is_config = !o && len == 6 && memcmp(name, "config", 6) == 0;
         if (!o && !is_config) {
-            bool meta = (len == 4 && !memcmp(name, "help", 4)) || (len == 7 && !memcmp(name, "version", 7));
-            if (meta) fprintf(err, "parleyd: --%.*s takes no value\n", (int)len, name);
-            else fprintf(err, "parleyd: unknown flag '--%.*s' (see --help)\n", (int)(len > 64 ? 64 : len), name);
+            bool meta = (len == 4 && !memcmp(name, "help", 4)) ||
+                        (len == 7 && !memcmp(name, "version", 7));
+            if (meta)
+                fprintf(err, "parleyd: --%.*s takes no value\n", (int)len, name);
+            else
+                fprintf(err, "parleyd: unknown flag '--%.*s' (see --help)\n",
+                        (int)(len > 64 ? 64 : len), name);
             return ERR_INVALID;
         }
         if (!val && o && o->type == T_BOOL) val = "true";
