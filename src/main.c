@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "chat/api.h"
@@ -87,7 +88,7 @@ int main(int argc, char **argv)
 {
     static app a;
     config_defaults(&a.cfg);
-    int rc = config_parse(&a.cfg, argc, argv, stdout, stderr);
+    int rc = config_parse(&a.cfg, argc, argv, environ, stdout, stderr);
     if (rc == 1) return 0;
     if (rc < 0) return 2;
     log_set_level((enum log_level)a.cfg.log_level);

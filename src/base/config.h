@@ -1,7 +1,25 @@
-/* config: parleyd's settings, from command-line flags.
+/* config: parleyd's settings, from defaults, a config file, the environment
+ * and command-line flags.
  *
- * Every limit and timeout is here with its default; `parleyd --help` prints
- * them all. config_parse() never exits: the caller decides what to do.
+ * One table in config.c describes every setting (name, type, field, default,
+ * bounds, help); it drives the parsing of all three sources, the messages,
+ * config_defaults() and `parleyd --help`. Each setting is
+ *   a flag         --name VALUE or --name=VALUE (a bool also bare: --name)
+ *   a file key     name = VALUE, in the file given by --config FILE
+ *   a variable     PARLEY_NAME=VALUE (upper case, '-' as '_')
+ * and later sources win: defaults < config file < environment < flags.
+ *
+ * The file: one `key = value` a line; spaces around both are trimmed; blank
+ * lines and lines whose first non-blank is '#' are skipped (there are no
+ * comments after a value); a key may appear once; lines end in LF or CRLF
+ * and hold at most CONFIG_LINE_MAX bytes.
+ *
+ * Values: numbers in decimal; sizes may end in K, M, G or T (1024-based, also
+ * KiB..TiB); durations in us, ms, s, m, h or d (converted to the field's
+ * unit, exactly); bools are true/false, yes/no, on/off or 1/0.
+ *
+ * config_parse() never exits and reads no file but the config file: the
+ * caller decides what to do.
  */
 #ifndef PARLEY_CONFIG_H
 #define PARLEY_CONFIG_H
@@ -47,12 +65,18 @@ typedef struct config {
     char tls_key[512];           /* --tls-key, PEM private key */
 } config;
 
-/* Fills *c with the defaults. */
+#define CONFIG_LINE_MAX 4096
+
+/* Fills *c with the defaults (threads: the number of cores). */
 void config_defaults(config *c);
 
-/* Parses argv into *c (which holds the defaults or earlier values).
- * Returns 0 to run, 1 when --help or --version was printed to `out`, or
- * ERR_INVALID after printing what is wrong to `err`. */
-int config_parse(config *c, int argc, char **argv, FILE *out, FILE *err);
+/* Fills *c (which holds the defaults) from the file named by --config, then
+ * the PARLEY_* variables in envp (a NULL-terminated "NAME=VALUE" array, as
+ * environ; NULL reads none; other variables are ignored), then the flags in
+ * argv, each overriding the one before.
+ * Returns 0 to run, 1 when --help (-h) or --version was printed to `out`, or
+ * ERR_INVALID after printing one line to `err` that names the flag, the
+ * variable or the file and line (then *c is partly filled). */
+int config_parse(config *c, int argc, char **argv, char **envp, FILE *out, FILE *err);
 
 #endif
