@@ -1,7 +1,8 @@
 # parley: a real-time messaging server.
 #
-#   make run     install what is missing, build, start parleyd on :8080
-#   make test    install what is missing, build, run every test
+#   make run     install what running needs, build quietly, start parleyd on
+#                :8080 (ARGS="--port 9090" adds flags; V=1 shows commands)
+#   make test    install what the tests need, build, run every test
 #   make bench   run the benchmarks (bench/)
 #   make fuzz    run every libFuzzer driver for FUZZ_SECONDS each (clang)
 #   make SANITIZE=address,undefined test   the same tests, instrumented
@@ -60,16 +61,22 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup run test test-unit test-fuzz test-integration test-browser bench fuzz clean
+.PHONY: all setup setup-run run test test-unit test-fuzz test-integration test-browser bench \
+        fuzz clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB)
 
+# setup: what the tests need; setup-run: only what building and running need.
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh test
 
-run: setup
-	@$(MAKE) --no-print-directory all
-	./$(B)/parleyd --data-dir ./data --web-dir ./web
+setup-run:
+	@scripts/setup.sh run
+
+# make run ARGS="--port 9090 --log-level debug": ARGS come last, so they win.
+run: setup-run
+	@$(MAKE) --no-print-directory $(if $(filter 1,$(V)),,-s) all
+	@exec $(B)/parleyd --data-dir ./data --web-dir ./web $(ARGS)
 
 test: setup
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN)
@@ -91,7 +98,7 @@ test-browser: $(B)/parleyd
 	    PARLEYD=$(abspath $(B)/parleyd) PARLEY_WEB=$(abspath web) \
 	    node --test --test-concurrency=1 $(BROWSER_TESTS); fi
 
-bench: setup
+bench: setup-run
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@bench/run.sh $(B)
 
