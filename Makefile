@@ -4,7 +4,7 @@
 #                :8080 (ARGS="--port 9090" adds flags; V=1 shows commands)
 #   make test    install what the tests need, build, run every test
 #   make bench   run the benchmarks (bench/)
-#   make fuzz    run every libFuzzer driver for FUZZ_SECONDS each (clang)
+#   make fuzz    build every libFuzzer driver (clang), run each FUZZ_SECONDS
 #   make SANITIZE=address,undefined test   the same tests, instrumented
 #
 # Modules are discovered. src/<layer>/<module>.c form the server's core
@@ -62,7 +62,7 @@ CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
 .PHONY: all setup setup-run run test test-unit test-fuzz test-integration test-browser bench \
-        fuzz clean
+        fuzz fuzz-build clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB)
 
@@ -102,18 +102,49 @@ bench: setup-run
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@bench/run.sh $(B)
 
-fuzz:
-	@command -v clang >/dev/null || { echo "make fuzz needs clang"; exit 1; }
-	@set -e; mkdir -p build/fuzz; for n in $(FUZZ_NAMES); do \
-	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) \
-	        -fsanitize=fuzzer,address,undefined \
-	        -Ilib -Iinclude tests/fuzz/fuzz_$$n.c $(CORE_SRC) -o build/fuzz/fuzz_$$n $(PKG_LIBS) -lpthread -lm; \
-	    mkdir -p build/fuzz/corpus_$$n; \
+# libFuzzer drivers (clang): the core sources are compiled once into
+# build/fuzz/obj with coverage and ASan+UBSan, each driver links against
+# them. Every driver runs FUZZ_SECONDS; its log is build/fuzz/fuzz_NAME.log
+# and a crash is saved as build/fuzz/crash_NAME-*.
+FUZZ_CC     ?= clang
+FZ          := build/fuzz
+FUZZ_FLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+               -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_OBJ    := $(CORE_SRC:src/%.c=$(FZ)/obj/%.o)
+FUZZ_BIN    := $(FUZZ_NAMES:%=$(FZ)/fuzz_%)
+
+fuzz-build: setup-run
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang (apt-get install clang)" >&2; exit 1; }
+	@$(MAKE) --no-print-directory $(if $(filter 1,$(V)),,-s) $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	@set -e; for n in $(FUZZ_NAMES); do \
+	    mkdir -p $(FZ)/corpus_$$n; \
 	    dict=; [ -f tests/fuzz/$$n.dict ] && dict=-dict=tests/fuzz/$$n.dict; \
-	    echo "fuzz_$$n: $(FUZZ_SECONDS)s"; \
-	    build/fuzz/fuzz_$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	        -artifact_prefix=build/fuzz/crash_$$n- build/fuzz/corpus_$$n tests/fuzz/corpus/$$n; \
+	    printf 'fuzz_%s: %ss ... ' $$n $(FUZZ_SECONDS); \
+	    if $(FZ)/fuzz_$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=$(FZ)/crash_$$n- $(FZ)/corpus_$$n tests/fuzz/corpus/$$n \
+	        >$(FZ)/fuzz_$$n.log 2>&1; then \
+	        sed -n 's/^stat::number_of_executed_units: */ok, /p' $(FZ)/fuzz_$$n.log | tr -d '\n'; \
+	        echo " runs"; \
+	    else \
+	        echo "FAILED"; tail -n 60 $(FZ)/fuzz_$$n.log; exit 1; \
+	    fi; \
 	done
+
+$(FZ)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -Isrc -Ilib -Iinclude $(PKG_CFLAGS) -c $< -o $@
+
+$(FZ)/libparley_core.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FZ)/libparley_core.a
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -MMD -MP -Isrc -Ilib -Iinclude $(PKG_CFLAGS) \
+	    $(SRCS_OF) -o $@ $(PKG_LIBS) -lpthread -lm
+
+-include $(wildcard $(FZ)/obj/*/*.d $(FZ)/*.d)
 
 clean:
 	rm -rf build
