@@ -5,6 +5,8 @@
 #   make test    install what the tests need, build, run every test
 #   make bench   run the benchmarks (bench/)
 #   make fuzz    build every libFuzzer driver (clang), run each FUZZ_SECONDS
+#   make install PREFIX=/usr/local DESTDIR=   binaries, library, web client,
+#                man pages, example config, systemd unit
 #   make SANITIZE=address,undefined test   the same tests, instrumented
 #
 # Modules are discovered. src/<layer>/<module>.c form the server's core
@@ -62,7 +64,7 @@ CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
 .PHONY: all setup setup-run run test test-unit test-fuzz test-integration test-browser bench \
-        fuzz fuzz-build clean
+        fuzz fuzz-build install clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB)
 
@@ -145,6 +147,54 @@ $(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FZ)/libparley_core.a
 	    $(SRCS_OF) -o $@ $(PKG_LIBS) -lpthread -lm
 
 -include $(wildcard $(FZ)/obj/*/*.d $(FZ)/*.d)
+
+# make install: PREFIX (default /usr/local) and DESTDIR as usual. The
+# config file goes to SYSCONFDIR/parley only when none is there (an
+# operator's edits survive upgrades); the example is always in the docs.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+DATADIR     ?= $(PREFIX)/share
+MANDIR      ?= $(DATADIR)/man
+DOCDIR      ?= $(DATADIR)/doc/parley
+SYSCONFDIR  ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+STATEDIR    ?= /var/lib/parley
+# dist/ is written for PREFIX=/usr/local; paths are rewritten on install.
+DIST_SUBST  := sed -e 's|/usr/local/etc/parley|$(SYSCONFDIR)/parley|g' \
+                   -e 's|/usr/local/lib/systemd/system|$(UNITDIR)|g' \
+                   -e 's|/usr/local/lib/sysusers.d|$(SYSUSERSDIR)|g' \
+                   -e 's|/usr/local/share/parley|$(DATADIR)/parley|g' \
+                   -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/var/lib/parley|$(STATEDIR)|g'
+
+install: setup-run
+	@$(MAKE) --no-print-directory $(if $(filter 1,$(V)),,-s) all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	    $(DESTDIR)$(DATADIR)/parley/web $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/parley $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)$(SYSUSERSDIR)
+	install -m 0755 $(B)/parleyd $(B)/parley $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(B)/libparley.a $(DESTDIR)$(LIBDIR)/
+	install -m 0644 include/parley.h $(DESTDIR)$(INCLUDEDIR)/
+	@find web -type f | sed 's|^web/||' | while read -r f; do \
+	    install -D -m 0644 "web/$$f" "$(DESTDIR)$(DATADIR)/parley/web/$$f" || exit 1; done
+	$(DIST_SUBST) docs/man/parleyd.8 >$(DESTDIR)$(MANDIR)/man8/parleyd.8
+	$(DIST_SUBST) docs/man/parley.1 >$(DESTDIR)$(MANDIR)/man1/parley.1
+	$(DIST_SUBST) dist/parleyd.conf >$(DESTDIR)$(DOCDIR)/parleyd.conf.example
+	$(DIST_SUBST) dist/parleyd.service >$(DESTDIR)$(UNITDIR)/parleyd.service
+	$(DIST_SUBST) dist/parley.sysusers >$(DESTDIR)$(SYSUSERSDIR)/parley.conf
+	install -m 0644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+	chmod 0644 $(DESTDIR)$(MANDIR)/man8/parleyd.8 $(DESTDIR)$(MANDIR)/man1/parley.1 \
+	    $(DESTDIR)$(DOCDIR)/parleyd.conf.example $(DESTDIR)$(UNITDIR)/parleyd.service \
+	    $(DESTDIR)$(SYSUSERSDIR)/parley.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/parley/parleyd.conf ]; then \
+	    echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/parley/parleyd.conf (example: $(DOCDIR)/parleyd.conf.example)"; \
+	else \
+	    install -m 0644 $(DESTDIR)$(DOCDIR)/parleyd.conf.example $(DESTDIR)$(SYSCONFDIR)/parley/parleyd.conf; \
+	fi
 
 clean:
 	rm -rf build

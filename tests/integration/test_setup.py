@@ -110,6 +110,7 @@ def test_make_targets_pick_their_setup_mode():
         return [l for l in out.splitlines() if "scripts/setup.sh" in l]
 
     assert setup_lines("run") == ["scripts/setup.sh run"]
+    assert setup_lines("install") == ["scripts/setup.sh run"]
     assert setup_lines("test") == ["scripts/setup.sh test"]
 
 
