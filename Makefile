@@ -1,9 +1,12 @@
 # parley: a real-time messaging server.
 #
-#   make run     install what is missing, build, start parleyd on :8080
-#   make test    install what is missing, build, run every test
+#   make run     install what running needs, build quietly, start parleyd on
+#                :8080 (ARGS="--port 9090" adds flags; V=1 shows commands)
+#   make test    install what the tests need, build, run every test
 #   make bench   run the benchmarks (bench/)
-#   make fuzz    run every libFuzzer driver for FUZZ_SECONDS each (clang)
+#   make fuzz    build every libFuzzer driver (clang), run each FUZZ_SECONDS
+#   make install PREFIX=/usr/local DESTDIR=   binaries, library, web client,
+#                man pages, example config, systemd unit
 #   make SANITIZE=address,undefined test   the same tests, instrumented
 #   make tsan    unit and integration tests on a ThreadSanitizer build
 #
@@ -87,16 +90,22 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup run test test-layers test-unit test-lib test-fuzz test-integration test-browser tsan bench fuzz clean
+.PHONY: all setup setup-run run test test-layers test-unit test-lib test-fuzz test-integration \
+        test-browser tsan bench fuzz fuzz-build install clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC)
 
+# setup: what the tests need; setup-run: only what building and running need.
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh test
 
-run: setup
-	@$(MAKE) --no-print-directory all
-	./$(B)/parleyd --data-dir ./data --web-dir ./web
+setup-run:
+	@scripts/setup.sh run
+
+# make run ARGS="--port 9090 --log-level debug": ARGS come last, so they win.
+run: setup-run
+	@$(MAKE) --no-print-directory $(if $(filter 1,$(V)),,-s) all
+	@exec $(B)/parleyd --data-dir ./data --web-dir ./web $(ARGS)
 
 test: setup
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN) $(SERVER_OBJ)
@@ -139,22 +148,101 @@ tsan: setup
 	TSAN_OPTIONS="$(TSAN_OPTIONS)" PARLEY_TEST_SLOW=$${PARLEY_TEST_SLOW:-10} \
 	    $(MAKE) --no-print-directory SANITIZE=thread test-integration
 
-bench: setup
+bench: setup-run
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@bench/run.sh $(B)
 
-fuzz:
-	@command -v clang >/dev/null || { echo "make fuzz needs clang"; exit 1; }
-	@set -e; mkdir -p build/fuzz; for n in $(FUZZ_NAMES); do \
-	    clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) \
-	        -fsanitize=fuzzer,address,undefined \
-	        -Ilib -Iinclude tests/fuzz/fuzz_$$n.c $(CORE_SRC) -o build/fuzz/fuzz_$$n $(PKG_LIBS) -lpthread -lm; \
-	    mkdir -p build/fuzz/corpus_$$n; \
+# libFuzzer drivers (clang): the core sources are compiled once into
+# build/fuzz/obj with coverage and ASan+UBSan, each driver links against
+# them. Every driver runs FUZZ_SECONDS; its log is build/fuzz/fuzz_NAME.log
+# and a crash is saved as build/fuzz/crash_NAME-*.
+FUZZ_CC     ?= clang
+FZ          := build/fuzz
+FUZZ_FLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+               -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_OBJ    := $(CORE_SRC:src/%.c=$(FZ)/obj/%.o)
+FUZZ_BIN    := $(FUZZ_NAMES:%=$(FZ)/fuzz_%)
+
+fuzz-build: setup-run
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang (apt-get install clang)" >&2; exit 1; }
+	@$(MAKE) --no-print-directory $(if $(filter 1,$(V)),,-s) $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	@set -e; for n in $(FUZZ_NAMES); do \
+	    mkdir -p $(FZ)/corpus_$$n; \
 	    dict=; [ -f tests/fuzz/$$n.dict ] && dict=-dict=tests/fuzz/$$n.dict; \
-	    echo "fuzz_$$n: $(FUZZ_SECONDS)s"; \
-	    build/fuzz/fuzz_$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	        -artifact_prefix=build/fuzz/crash_$$n- build/fuzz/corpus_$$n tests/fuzz/corpus/$$n; \
+	    printf 'fuzz_%s: %ss ... ' $$n $(FUZZ_SECONDS); \
+	    if $(FZ)/fuzz_$$n $$dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=$(FZ)/crash_$$n- $(FZ)/corpus_$$n tests/fuzz/corpus/$$n \
+	        >$(FZ)/fuzz_$$n.log 2>&1; then \
+	        sed -n 's/^stat::number_of_executed_units: */ok, /p' $(FZ)/fuzz_$$n.log | tr -d '\n'; \
+	        echo " runs"; \
+	    else \
+	        echo "FAILED"; tail -n 60 $(FZ)/fuzz_$$n.log; exit 1; \
+	    fi; \
 	done
+
+$(FZ)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -Isrc -Ilib -Iinclude $(PKG_CFLAGS) -c $< -o $@
+
+$(FZ)/libparley_core.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FZ)/libparley_core.a
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -MMD -MP -Isrc -Ilib -Iinclude $(PKG_CFLAGS) \
+	    $(SRCS_OF) -o $@ $(PKG_LIBS) -lpthread -lm
+
+-include $(wildcard $(FZ)/obj/*/*.d $(FZ)/*.d)
+
+# make install: PREFIX (default /usr/local) and DESTDIR as usual. The
+# config file goes to SYSCONFDIR/parley only when none is there (an
+# operator's edits survive upgrades); the example is always in the docs.
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+DATADIR     ?= $(PREFIX)/share
+MANDIR      ?= $(DATADIR)/man
+DOCDIR      ?= $(DATADIR)/doc/parley
+SYSCONFDIR  ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+STATEDIR    ?= /var/lib/parley
+# dist/ is written for PREFIX=/usr/local; paths are rewritten on install.
+DIST_SUBST  := sed -e 's|/usr/local/etc/parley|$(SYSCONFDIR)/parley|g' \
+                   -e 's|/usr/local/lib/systemd/system|$(UNITDIR)|g' \
+                   -e 's|/usr/local/lib/sysusers.d|$(SYSUSERSDIR)|g' \
+                   -e 's|/usr/local/share/parley|$(DATADIR)/parley|g' \
+                   -e 's|/usr/local/bin|$(BINDIR)|g' -e 's|/var/lib/parley|$(STATEDIR)|g'
+
+install: setup-run
+	@$(MAKE) --no-print-directory $(if $(filter 1,$(V)),,-s) all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	    $(DESTDIR)$(DATADIR)/parley/web $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/parley $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)$(SYSUSERSDIR)
+	install -m 0755 $(B)/parleyd $(B)/parley $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(B)/libparley.a $(DESTDIR)$(LIBDIR)/
+	install -m 0644 include/parley.h $(DESTDIR)$(INCLUDEDIR)/
+	@find web -type f | sed 's|^web/||' | while read -r f; do \
+	    install -D -m 0644 "web/$$f" "$(DESTDIR)$(DATADIR)/parley/web/$$f" || exit 1; done
+	$(DIST_SUBST) docs/man/parleyd.8 >$(DESTDIR)$(MANDIR)/man8/parleyd.8
+	$(DIST_SUBST) docs/man/parley.1 >$(DESTDIR)$(MANDIR)/man1/parley.1
+	$(DIST_SUBST) dist/parleyd.conf >$(DESTDIR)$(DOCDIR)/parleyd.conf.example
+	$(DIST_SUBST) dist/parleyd.service >$(DESTDIR)$(UNITDIR)/parleyd.service
+	$(DIST_SUBST) dist/parley.sysusers >$(DESTDIR)$(SYSUSERSDIR)/parley.conf
+	install -m 0644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+	chmod 0644 $(DESTDIR)$(MANDIR)/man8/parleyd.8 $(DESTDIR)$(MANDIR)/man1/parley.1 \
+	    $(DESTDIR)$(DOCDIR)/parleyd.conf.example $(DESTDIR)$(UNITDIR)/parleyd.service \
+	    $(DESTDIR)$(SYSUSERSDIR)/parley.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/parley/parleyd.conf ]; then \
+	    echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/parley/parleyd.conf (example: $(DOCDIR)/parleyd.conf.example)"; \
+	else \
+	    install -m 0644 $(DESTDIR)$(DOCDIR)/parleyd.conf.example $(DESTDIR)$(SYSCONFDIR)/parley/parleyd.conf; \
+	fi
 
 clean:
 	rm -rf build

@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # Installs what parley needs and is missing, from Debian/Ubuntu packages.
-# Fast and silent when everything is there. Called by `make run` / `make test`.
+# Fast and silent when everything is there.
+#
+#   scripts/setup.sh run    what building and running needs: a C compiler,
+#                           make, pkg-config and the -dev libraries
+#                           (`make run`, `make bench`, `make fuzz`, `make install`)
+#   scripts/setup.sh test   that, and what the tests need: Python with pytest,
+#                           websockets and requests, openssl, mdb_copy, Node,
+#                           npm, Chromium and the npm packages (`make test`)
 set -euo pipefail
+
+mode=${1:-test}
+case "$mode" in
+  run|test) ;;
+  *) echo "usage: scripts/setup.sh run|test" >&2; exit 2 ;;
+esac
 
 # pkg-config module -> Debian package
 declare -A PKG=(
@@ -12,42 +25,41 @@ declare -A PKG=(
   [libsodium]=libsodium-dev
   [libedit]=libedit-dev
 )
-# Python module (for /usr/bin/python3) -> Debian package
-declare -A PYMOD=(
-  [pytest]=python3-pytest
-  [websockets]=python3-websockets
-  [requests]=python3-requests
-)
 # command -> Debian package
 declare -A CMD=(
   [cc]=gcc
   [make]=make
   [pkg-config]=pkg-config
-  [node]=nodejs
-  [npm]=npm
-  [chromium]=chromium
-  [openssl]=openssl
 )
+# Python module (for /usr/bin/python3) -> Debian package
+declare -A PYMOD=()
+if [ "$mode" = test ]; then
+  CMD+=([node]=nodejs [npm]=npm [chromium]=chromium [openssl]=openssl [mdb_copy]=lmdb-utils)
+  PYMOD=([pytest]=python3-pytest [websockets]=python3-websockets [requests]=python3-requests)
+fi
 
 missing=()
 for c in "${!CMD[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("${CMD[$c]}"); done
 for m in "${!PKG[@]}"; do
   command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "$m" 2>/dev/null || missing+=("${PKG[$m]}")
 done
-[ -x /usr/bin/python3 ] || missing+=(python3)
-for m in "${!PYMOD[@]}"; do
-  /usr/bin/python3 -c "import $m" >/dev/null 2>&1 || missing+=("${PYMOD[$m]}")
-done
+if [ "$mode" = test ]; then
+  [ -x /usr/bin/python3 ] || missing+=(python3)
+  for m in "${!PYMOD[@]}"; do
+    /usr/bin/python3 -c "import $m" >/dev/null 2>&1 || missing+=("${PYMOD[$m]}")
+  done
+fi
 
-# npm packages (browser tests): playwright-core drives Debian's Chromium.
-npm_missing() { [ ! -d node_modules/playwright-core ]; }
+# npm packages (browser tests only): playwright-core drives Debian's Chromium.
+npm_missing() { [ "$mode" = test ] && [ ! -d node_modules/playwright-core ]; }
+npm_install() {
+  echo "setup: npm install (playwright-core)" >&2
+  npm install --no-audit --no-fund --silent >/dev/null 2>&1 || {
+    echo "setup: npm install failed" >&2; exit 1; }
+}
 
 if [ ${#missing[@]} -eq 0 ]; then
-  if npm_missing; then
-    echo "setup: npm install (playwright-core)" >&2
-    npm install --no-audit --no-fund --silent >/dev/null 2>&1 || {
-      echo "setup: npm install failed" >&2; exit 1; }
-  fi
+  if npm_missing; then npm_install; fi
   exit 0
 fi
 
@@ -73,7 +85,4 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
     exit 1
   fi
 fi
-if npm_missing; then
-  npm install --no-audit --no-fund --silent >/dev/null 2>&1 || {
-    echo "setup: npm install failed" >&2; exit 1; }
-fi
+if npm_missing; then npm_install; fi
