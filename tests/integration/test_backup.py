@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chat_helpers import User, direct, history_all, register, send_rest
+from parley_client import User, direct, history, register, send_rest
 
 
 def test_mdb_copy_of_a_running_server_is_a_consistent_backup(parley, tmp_path):
@@ -63,13 +63,13 @@ def test_mdb_copy_of_a_running_server_is_a_consistent_backup(parley, tmp_path):
     assert (backup / "data.mdb").is_file()
 
     # The live server lost nothing and kept its order.
-    live = history_all(a, conv)
+    live = history(a, conv)
     assert [m["seq"] for m in live] == list(range(1, before + len(acked) + 1))
 
     # A new parleyd on the copy serves a consistent prefix of it.
     copy = parley("--data-dir", str(backup))
     a2 = User(copy, a.name, a.token, a.device, a.expires)  # tokens are in the store too
-    msgs = history_all(a2, conv)
+    msgs = history(a2, conv)
     n = len(msgs)
     assert before <= n <= before + len(acked)
     assert [m["seq"] for m in msgs] == list(range(1, n + 1))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import HOST, PARLEY_WEB, PARLEYD, REPO, START_TIMEOUT, Server, _drain
+from parley_client import HOST, PARLEY_WEB, PARLEYD, REPO, START_TIMEOUT, Server, _drain
 
 
 def clean_env(**extra):

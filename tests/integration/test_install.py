@@ -21,8 +21,8 @@ import pytest
 import requests
 import websockets
 
-from conftest import HOST, PARLEY_WEB, PARLEYD, REPO, START_TIMEOUT
-from ops_helpers import build_dir, help_flags, is_sanitized, make
+from parley_client import HOST, PARLEY_WEB, PARLEYD, REPO, START_TIMEOUT
+from parley_client import build_dir, help_flags, is_sanitized, make
 
 WEB_FILES = sorted(str(p.relative_to(REPO / "web")) for p in (REPO / "web").rglob("*")
                    if p.is_file())
@@ -138,7 +138,8 @@ def test_the_example_config_lists_every_flag_with_its_default():
     # The defaults written there are the ones --help states.
     for name in ("port", "max-message", "max-queue", "shutdown-timeout", "rate-msgs",
                  "max-user-convs", "token-ttl"):
-        m = re.search(r"--%s \S+ .*\(default (\d+)" % re.escape(name), helptext)
+        joined = re.sub(r"\n {20,}", " ", helptext)  # help wraps a flag's text
+        m = re.search(r"--%s \S+ .*\(default (\d+)" % re.escape(name), joined)
         assert m, name
         assert f"#{name} = {m.group(1)}\n" in conf, name
 

@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import PARLEYD, REPO
+from parley_client import PARLEYD, REPO
 
 FLAG = r"(-{1,2}[a-z][a-z0-9-]*)(?: ([A-Z]+))?"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from ops_helpers import build_dir, make
+from parley_client import REPO
+from parley_client import build_dir, make
 
 SETUP = REPO / "scripts/setup.sh"
 
@@ -146,4 +146,4 @@ def test_make_run_args_reach_parleyd(tmp_path):
     shutil.copy2(build_dir() / "parleyd", b / "parleyd")
     r = make("run", f"B={b}", "ARGS=--port 9090 --no-such-flag", check=False)
     assert r.returncode != 0
-    assert "parleyd: unknown or incomplete flag '--no-such-flag'" in r.stderr, r.stderr
+    assert "parleyd: unknown flag '--no-such-flag'" in r.stderr, r.stderr
