@@ -153,7 +153,7 @@ static int run(bench_run *r)
     if (w.nready < 1) die("catchup sender could not connect");
     metrics_writer m0 = metrics_scrape(&r->t);
     probe_sample s0 = probe_take(o->pid);
-    double b0 = scn_bench_cpu(NULL);
+    double b0 = pool_cpu_s(NULL);
     int64_t t0 = now_ns();
     end = t0 + 600 * NS_PER_S;
     uint64_t sent = 0;
@@ -171,7 +171,7 @@ static int run(bench_run *r)
     double fill_s = (double)(now_ns() - t0) / 1e9;
     metrics_writer m1 = metrics_scrape(&r->t);
     probe_sample s1 = probe_take(o->pid);
-    double bcpu = scn_bench_cpu(NULL) - b0;
+    double bcpu = pool_cpu_s(NULL) - b0;
     uint64_t acked = stats_get(S, ST_ACKED);
     hist ha = S->h[SH_ACK];
     worker_free(&w);

@@ -10,11 +10,6 @@ void scn_need_pid(const bench_run *r)
     if (r->o->pid <= 0) die("--pid is required for %s (server RSS and CPU)", r->o->scenario);
 }
 
-double scn_bench_cpu(const pool *p)
-{
-    return pool_cpu_s(p);
-}
-
 void scn_note_error(worker *w, const pf_frame *f, const char *p, size_t n)
 {
     char code[32];

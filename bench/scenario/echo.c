@@ -112,11 +112,11 @@ static int run(bench_run *r)
     if (!pool_cmd_all(&p, CMD_CONNECT, o->conns, 120)) die("connect timed out");
     uint64_t e0 = pool_sum(&p, ST_ECHO);
     probe_sample s0 = probe_take(o->pid);
-    double b0 = scn_bench_cpu(&p);
+    double b0 = pool_cpu_s(&p);
     pool_cmd_all(&p, CMD_RUN, 0, 10);
     sleep_ms((int64_t)o->seconds * 1000);
     probe_sample s1 = probe_take(o->pid);
-    double bcpu = scn_bench_cpu(&p) - b0;
+    double bcpu = pool_cpu_s(&p) - b0;
     uint64_t e1 = pool_sum(&p, ST_ECHO);
     pool_cmd_all(&p, CMD_STOP, 0, 10);
     double dt = (double)(s1.t - s0.t) / 1e9, cpu = s1.cpu_s - s0.cpu_s;

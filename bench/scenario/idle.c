@@ -55,7 +55,7 @@ static int run(bench_run *r)
     uint64_t open_half = pool_sum(&p, ST_READY);
     sleep_ms(2000);
     probe_sample s1 = probe_take(o->pid);
-    double b1 = scn_bench_cpu(&p);
+    double b1 = pool_cpu_s(&p);
     /* the second half */
     int64_t t2 = now_ns();
     if (!pool_cmd_all(&p, CMD_CONNECT, n, 180)) fprintf(stderr, "connect timed out\n");
@@ -63,7 +63,7 @@ static int run(bench_run *r)
     uint64_t open_all = pool_sum(&p, ST_READY);
     sleep_ms(2000);
     probe_sample s2 = probe_take(o->pid);
-    double bcpu = scn_bench_cpu(&p) - b1;
+    double bcpu = pool_cpu_s(&p) - b1;
 
     double ramp_s = (double)(t1 - t0 + t3 - t2) / 1e9;
     double dn = (double)(open_all - open_half);

@@ -14,6 +14,7 @@
 
 #include "lib/jw.h"
 #include "lib/opts.h"
+#include "lib/pf.h"
 #include "lib/pool.h"
 #include "lib/report.h"
 
@@ -35,13 +36,8 @@ extern const scenario scenario_fsync, scenario_idle, scenario_echo, scenario_dir
 /* Dies unless --pid was given (server CPU and memory come from /proc). */
 void scn_need_pid(const bench_run *r);
 
-/* CPU seconds of the load generator: the pool's workers and this process
- * (p may be NULL). */
-double scn_bench_cpu(const pool *p);
-
 /* An error frame f (raw text p[0..n)) from the server: counted in
  * ST_ERRORS (and ST_BUSY for code "busy"), the first three printed. */
-struct pf_frame;
-void scn_note_error(worker *w, const struct pf_frame *f, const char *p, size_t n);
+void scn_note_error(worker *w, const pf_frame *f, const char *p, size_t n);
 
 #endif

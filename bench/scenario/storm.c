@@ -546,7 +546,7 @@ static int run(bench_run *r)
     probe_sample s0 = probe_take(o->pid);
     uint64_t rej0 = pool_sum(&p, ST_REJ503), r429_0 = pool_sum(&p, ST_REJ429),
              fail0 = pool_sum(&p, ST_HS_FAIL), att0 = pool_sum(&p, ST_ATTEMPTS);
-    double b0 = scn_bench_cpu(&p);
+    double b0 = pool_cpu_s(&p);
     int64_t drop_at = now_ns();
     b->drop_at = drop_at;
     report_header(r, "reconnect storm");
@@ -578,7 +578,7 @@ static int run(bench_run *r)
     uint64_t nsynced = pool_sum(&p, ST_SYNCED), back = pool_sum(&p, ST_BACK);
     b->storm_end = now_ns();
     probe_sample s1 = probe_take(o->pid);
-    double bcpu = scn_bench_cpu(&p) - b0;
+    double bcpu = pool_cpu_s(&p) - b0;
     metrics_writer m1 = metrics_scrape(&r->t);
 
     /* a little steady state after, then the background stops and drains */

@@ -262,11 +262,11 @@ int traffic_run(bench_run *r, bool group)
     uint64_t a0 = pool_sum(&p, ST_ACKED), d0 = pool_sum(&p, ST_DLV), f0 = pool_sum(&p, ST_FAN_DONE);
     metrics_writer m0 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
     probe_sample s0 = probe_take(o->pid);
-    double b0 = scn_bench_cpu(&p);
+    double b0 = pool_cpu_s(&p);
     pool_cmd_all(&p, CMD_RUN, 0, 10);
     sleep_ms((int64_t)o->seconds * 1000);
     probe_sample s1 = probe_take(o->pid);
-    double bcpu = scn_bench_cpu(&p) - b0;
+    double bcpu = pool_cpu_s(&p) - b0;
     metrics_writer m1 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
     uint64_t a1 = pool_sum(&p, ST_ACKED), d1 = pool_sum(&p, ST_DLV), f1 = pool_sum(&p, ST_FAN_DONE);
     pool_cmd_all(&p, CMD_STOP, 0, 10);
