@@ -6,7 +6,8 @@
 # Starts a fresh parleyd (and a fresh bench/floor reference server) for every
 # scenario, so each memory figure starts from a clean process, runs the
 # scenario, stops the server by its PID, and finally merges the runs into
-# bench/results/latest.json with the targets of issue 5. Bounded in time:
+# bench/results/latest.json, judged by the targets in bench/targets.conf
+# (read at run time; each run also prints its own). Bounded in time:
 # every step runs under `timeout`; the whole suite takes about 2-3 minutes.
 #
 # Environment (all optional):

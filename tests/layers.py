@@ -42,6 +42,7 @@ ALLOWED = {
     "bench": {"base", "codec", "lib", "include", "bench"},
 }
 INCLUDE_DIRS = ["src", "lib", "include"]  # the compiler's -I, in order
+EXTRA_DIRS = {"bench": ["bench"]}  # bench/ builds with -Ibench first
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -51,6 +52,8 @@ def layer_of(rel):
         if len(parts) == 2:
             return "main"
         return parts[1] if parts[1] in ALLOWED else None
+    if parts[0] == "bench" and len(parts) > 1 and parts[1] == "tests":
+        return None  # the load generator's own unit tests
     if parts[0] in ("include", "lib", "cli", "bench"):
         return parts[0]
     return None  # tests, tools: not checked
@@ -67,7 +70,8 @@ def sources(root):
 def resolve(root, rel, name):
     """The file an include names, as the compiler finds it, or None."""
     here = os.path.join(os.path.dirname(rel), name)
-    candidates = [here] + [os.path.join(d, name) for d in INCLUDE_DIRS]
+    dirs = EXTRA_DIRS.get(rel.split("/")[0], []) + INCLUDE_DIRS
+    candidates = [here] + [os.path.join(d, name) for d in dirs]
     for c in candidates:
         c = os.path.normpath(c)
         if os.path.isfile(os.path.join(root, c)):

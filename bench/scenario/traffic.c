@@ -1,0 +1,334 @@
+#include "scenario/traffic.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/pf.h"
+#include "lib/prov.h"
+
+enum {
+    ST_SENT = STATS_SCENARIO, ST_ACKED, ST_DLV, ST_FAN_DONE, ST_LATE, ST_SKIPPED
+};
+enum { SH_ACK = STATS_HIST_SCENARIO, SH_DLV, SH_FAN };
+
+enum { K_SEND, K_RECV, K_MEMBER };
+
+#define FAN_RING 1024
+#define MAX_UNACKED_PACED 2000
+
+typedef struct tconn {
+    uint8_t kind;
+    uint32_t grp;            /* item (pair or group) in the worker */
+    uint32_t member;         /* index in the group; senders are 0 .. S-1 */
+    uint64_t conv;
+    uint64_t k;              /* next message number */
+} tconn;
+
+/* A message of one sender of one group, until all members have it. */
+typedef struct fan {
+    uint64_t k;
+    int64_t t;
+    uint32_t cnt;
+} fan;
+
+typedef struct tworker {
+    bool group;
+    int per;                 /* connections per item */
+    int *senders, nsenders, rr;
+    double rate;             /* this worker's share, msgs/s; 0: flat out */
+    int64_t pace_t0;
+    uint64_t pace_sent;
+    fan *fans;               /* group: items x senders x FAN_RING */
+} tworker;
+
+static tconn *tc(worker *w, const wsc *c)
+{
+    return worker_user(w, c);
+}
+
+static void setup_common(worker *w, int nitems, bool group)
+{
+    const bench_opts *o = w->o;
+    tworker *t = xcalloc(1, sizeof *t);
+    t->group = group;
+    t->per = group ? o->gsize : 2;
+    t->senders = xcalloc((size_t)(w->n ? w->n : 1), sizeof *t->senders);
+    for (int i = 0; i < w->n; i++) {
+        tconn *x = tc(w, &w->c[i]);
+        x->grp = (uint32_t)(i / t->per);
+        x->member = (uint32_t)(i % t->per);
+        if (group) {
+            x->kind = K_MEMBER;
+            if ((int)x->member < o->senders) t->senders[t->nsenders++] = i;
+        } else {
+            x->kind = i % 2 ? K_RECV : K_SEND;
+            x->member = 0;
+            if (x->kind == K_SEND) t->senders[t->nsenders++] = i;
+            if (o->floor) w->c[i].pair = (int64_t)w->id * 1000000 + (int64_t)x->grp;
+        }
+    }
+    if (group) t->fans = xcalloc((size_t)nitems * (size_t)o->senders * FAN_RING, sizeof *t->fans);
+    if (o->rate > 0 && t->nsenders) {
+        int total = group ? o->groups : o->pairs, active = 0;
+        for (int i = 0; i < o->workers; i++) active += pool_items_for(total, o->workers, i) > 0;
+        t->rate = o->rate / (active ? active : 1);
+    }
+    w->scn = t;
+}
+
+static void setup_direct(worker *w, int nitems)
+{
+    setup_common(w, nitems, false);
+}
+
+static void setup_group(worker *w, int nitems)
+{
+    setup_common(w, nitems, true);
+}
+
+static void cleanup(worker *w)
+{
+    tworker *t = w->scn;
+    if (t) {
+        free(t->senders);
+        free(t->fans);
+    }
+    free(t);
+    w->scn = NULL;
+}
+
+/* Users, then a direct conversation per pair or a group per group. */
+static bool provision(worker *w)
+{
+    tworker *t = w->scn;
+    const bench_opts *o = w->o;
+    if (!prov_users(w)) return false;
+    prov_conv *cv = xcalloc((size_t)w->n, sizeof *cv);
+    int nconv = 0;
+    for (int i = 0; i < w->n; i += t->per) {
+        size_t cap = 64 + (size_t)t->per * 48;
+        char *body = xcalloc(1, cap), name[64];
+        if (!t->group) {
+            worker_username(name, sizeof name, w->prefix, w->id, i + 1);
+            snprintf(body, cap, "{\"type\":\"direct\",\"with\":\"%s\"}", name);
+        } else {
+            size_t n = (size_t)snprintf(body, cap, "{\"type\":\"group\",\"name\":\"bench %d\",\"members\":[",
+                                        i / t->per);
+            for (int m = 1; m < o->gsize && n < cap; m++) {
+                worker_username(name, sizeof name, w->prefix, w->id, i + m);
+                n += (size_t)snprintf(body + n, cap - n, "%s\"%s\"", m > 1 ? "," : "", name);
+            }
+            if (n < cap) snprintf(body + n, cap - n, "]}");
+        }
+        cv[nconv].body = body;
+        cv[nconv++].owner = i;
+    }
+    bool ok = prov_convs(w, cv, nconv);
+    for (int j = 0; j < nconv; j++) {
+        for (int m = 0; m < t->per && cv[j].owner + m < w->n; m++)
+            tc(w, &w->c[cv[j].owner + m])->conv = cv[j].id;
+        free(cv[j].body);
+    }
+    free(cv);
+    return ok;
+}
+
+static void send_msg(worker *w, wsc *c, int64_t t)
+{
+    tconn *x = tc(w, c);
+    char p[17400];
+    size_t n = pf_send(p, sizeof p, x->conv, x->k++, t, x->member, w->o->size);
+    c->outstanding++;
+    stats_add(w->S, ST_SENT, 1);
+    worker_text(w, c, p, n);
+}
+
+static void start(worker *w)
+{
+    tworker *t = w->scn;
+    t->pace_t0 = now_ns();
+    t->pace_sent = 0;
+    if (t->rate > 0) return;
+    for (int s = 0; s < t->nsenders; s++) {
+        wsc *c = &w->c[t->senders[s]];
+        for (int k = 0; k < w->o->window && c->st == WSC_READY; k++) send_msg(w, c, now_ns());
+    }
+}
+
+/* Open loop: every message due by now goes out, stamped with the time it
+ * was due. */
+static int tick(worker *w)
+{
+    tworker *t = w->scn;
+    if (!w->running || w->stopping || t->rate <= 0 || !t->nsenders) return -1;
+    int64_t now = now_ns();
+    double due = (double)(now - t->pace_t0) / 1e9 * t->rate;
+    int guard = 0;
+    while ((double)t->pace_sent < due && guard++ < 100000) {
+        int64_t intended = t->pace_t0 + (int64_t)((double)t->pace_sent / t->rate * 1e9);
+        wsc *c = &w->c[t->senders[t->rr++ % t->nsenders]];
+        t->pace_sent++;
+        if (c->st != WSC_READY) {
+            stats_add(w->S, ST_SKIPPED, 1);
+            continue;
+        }
+        if (c->outstanding >= MAX_UNACKED_PACED) {
+            stats_add(w->S, ST_LATE, 1);
+            continue;
+        }
+        send_msg(w, c, intended);
+    }
+    return 1;
+}
+
+static void text(worker *w, wsc *c, const char *p, size_t n)
+{
+    int64_t now = now_ns();
+    tworker *t = w->scn;
+    tconn *x = tc(w, c);
+    const bench_opts *o = w->o;
+    pf_frame f;
+    if (pf_parse(p, n, &f) != ERR_OK) {
+        stats_add(w->S, ST_ERRORS, 1);
+        return;
+    }
+    /* the floor relays the send itself: to the sender as its ack, to the
+     * partner as its delivery */
+    bool is_ack = o->floor ? f.type == PF_SEND && x->kind == K_SEND : f.type == PF_ACK;
+    bool is_msg = o->floor ? f.type == PF_SEND : f.type == PF_MSG;
+    if (is_ack) {
+        int64_t ts = pf_cmid_time(&f);
+        if (ts > 0) hist_add(stats_hist(w->S, SH_ACK), now - ts);
+        stats_add(w->S, ST_ACKED, 1);
+        if (c->outstanding > 0) c->outstanding--;
+        if (w->running && !w->stopping && t->rate <= 0 && c->outstanding < o->window)
+            send_msg(w, c, now_ns());
+    } else if (is_msg) {
+        uint64_t k = 0;
+        uint32_t m = 0;
+        int64_t ts = pf_body_time(&f, &k, &m);
+        if (ts > 0) hist_add(stats_hist(w->S, SH_DLV), now - ts);
+        stats_add(w->S, ST_DLV, 1);
+        if (t->fans && ts > 0 && (int)m < o->senders) {
+            fan *g = &t->fans[((size_t)x->grp * (size_t)o->senders + m) * FAN_RING + k % FAN_RING];
+            if (g->k != k || g->t != ts) {
+                g->k = k;
+                g->t = ts;
+                g->cnt = 0;
+            }
+            if (++g->cnt == (uint32_t)(o->gsize - 1)) {
+                hist_add(stats_hist(w->S, SH_FAN), now - ts);
+                stats_add(w->S, ST_FAN_DONE, 1);
+            }
+        }
+    } else if (f.type == PF_ERROR) {
+        scn_note_error(w, &f, p, n);
+        if (c->outstanding > 0) c->outstanding--;
+    }
+}
+
+void traffic_params(const bench_opts *o, jw *j)
+{
+    jw_str(j, "mode", o->rate > 0 ? "paced" : "flat");
+    jw_num(j, "rate", o->rate);
+    jw_num(j, "window", o->window);
+    jw_num(j, "body_bytes", o->size);
+}
+
+int traffic_run(bench_run *r, bool group)
+{
+    const bench_opts *o = r->o;
+    scn_need_pid(r);
+    int items = group ? o->groups : o->pairs;
+    worker_ops ops = {.per_item = group ? o->gsize : 2,
+                      .user_size = sizeof(tconn),
+                      .setup = group ? setup_group : setup_direct,
+                      .cleanup = cleanup,
+                      .provision = provision,
+                      .start = start,
+                      .tick = tick,
+                      .text = text};
+    pool p;
+    pool_start(&p, o, &r->t, &ops, items, r->run_id);
+    if (!pool_cmd_all(&p, CMD_PROVISION, 0, 240)) die("provisioning timed out");
+    double prov = pool_prov_s(&p);
+    int nconn = group ? o->groups * o->gsize : 2 * o->pairs;
+    if (!pool_cmd_all(&p, CMD_CONNECT, nconn, 120)) die("connect timed out");
+    sleep_ms(1000); /* presence frames settle */
+    pool_reset_hists(&p);
+    uint64_t a0 = pool_sum(&p, ST_ACKED), d0 = pool_sum(&p, ST_DLV), f0 = pool_sum(&p, ST_FAN_DONE);
+    metrics_writer m0 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
+    probe_sample s0 = probe_take(o->pid);
+    double b0 = pool_cpu_s(&p);
+    pool_cmd_all(&p, CMD_RUN, 0, 10);
+    sleep_ms((int64_t)o->seconds * 1000);
+    probe_sample s1 = probe_take(o->pid);
+    double bcpu = pool_cpu_s(&p) - b0;
+    metrics_writer m1 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
+    uint64_t a1 = pool_sum(&p, ST_ACKED), d1 = pool_sum(&p, ST_DLV), f1 = pool_sum(&p, ST_FAN_DONE);
+    pool_cmd_all(&p, CMD_STOP, 0, 10);
+    double dt = (double)(s1.t - s0.t) / 1e9, cpu = s1.cpu_s - s0.cpu_s;
+    double msgs = (double)(a1 - a0), dl = (double)(d1 - d0);
+    hist ha, hd, hf;
+    pool_hist(&p, SH_ACK, &ha);
+    pool_hist(&p, SH_DLV, &hd);
+    pool_hist(&p, SH_FAN, &hf);
+    char what[160];
+    if (group)
+        snprintf(what, sizeof what, "%d groups of %d, %d sender(s) each, %s", o->groups, o->gsize,
+                 o->senders, o->rate > 0 ? "paced" : "flat out");
+    else snprintf(what, sizeof what, "%d pairs, %s", o->pairs, o->rate > 0 ? "paced" : "flat out");
+    report_header(r, what);
+    if (!o->floor) printf("  provisioning            %d users in %.1f s\n", nconn, prov);
+    if (o->rate > 0)
+        printf("  target rate             %.0f msgs/s (open loop; latency from the intended send time)\n",
+               o->rate);
+    else printf("  window                  %d unacknowledged per sender\n", o->window);
+    printf("  durable msgs/s          %.0f acked%s\n", msgs / dt,
+           o->floor ? " (floor: relayed, nothing stored)" : "");
+    printf("  deliveries/s            %.0f\n", dl / dt);
+    report_hist("send->ack", &ha);
+    report_hist("send->delivery", &hd);
+    if (group) report_hist("fan-out (last member)", &hf);
+    printf("  server CPU              %.2f s = %.2f us per message, %.3f us per delivery (%.0f%% of one "
+           "core)\n", cpu, msgs > 0 ? cpu * 1e6 / msgs : 0, dl > 0 ? cpu * 1e6 / dl : 0, cpu / dt * 100);
+    report_machine(r, &s0, &s1, bcpu);
+    report_writer(r, &m0, &m1, dt);
+    jw *j = &r->J;
+    double disk = s1.disk_w >= 0 && s0.disk_w >= 0 ? (double)(s1.disk_w - s0.disk_w) : NAN;
+    if (!o->floor && disk == disk && msgs > 0) {
+        printf("  disk writes             %.1f MB/s = %.0f bytes per message\n", disk / dt / 1e6,
+               disk / msgs);
+        jw_num(j, "disk_bytes_per_msg", disk / msgs);
+        jw_num(j, "disk_mb_per_s", disk / dt / 1e6);
+    }
+    uint64_t errs = pool_sum(&p, ST_ERRORS), closed = pool_sum(&p, ST_CLOSED),
+             late = pool_sum(&p, ST_LATE), busy = pool_sum(&p, ST_BUSY);
+    if (errs || closed || late)
+        printf("  problems                %" PRIu64 " error frames (%" PRIu64 " busy), %" PRIu64
+               " connections lost, %" PRIu64 " paced sends skipped (%d unacked)\n",
+               errs, busy, closed, late, MAX_UNACKED_PACED);
+    jw_num(j, "provision_s", prov);
+    jw_num(j, "msgs_per_s", msgs / dt);
+    jw_num(j, "deliveries_per_s", dl / dt);
+    jw_hist(j, "send_ack", &ha);
+    jw_hist(j, "send_delivery", &hd);
+    if (group) {
+        jw_hist(j, "fanout", &hf);
+        jw_num(j, "fanouts_complete", (double)(f1 - f0));
+    }
+    jw_num(j, "server_cpu_s", cpu);
+    jw_num(j, "server_cpu_us_per_msg", msgs > 0 ? cpu * 1e6 / msgs : 0);
+    jw_num(j, "server_cpu_us_per_delivery", dl > 0 ? cpu * 1e6 / dl : 0);
+    jw_num(j, "server_cores_busy", cpu / dt);
+    jw_num(j, "bench_cores_busy", bcpu / dt);
+    jw_num(j, "error_frames", (double)errs);
+    jw_num(j, "busy", (double)busy);
+    jw_num(j, "conns_lost", (double)closed);
+    jw_num(j, "paced_skipped", (double)late);
+    pool_stop(&p);
+    return 0;
+}

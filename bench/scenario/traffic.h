@@ -1,0 +1,22 @@
+/* traffic: the message traffic shared by the direct and group scenarios.
+ *
+ * Items are pairs (direct: the first sends, the second receives) or groups
+ * of G members (the first S send). Senders run flat out (--window W
+ * unacknowledged each) or paced (--rate R msgs/s in total, split over the
+ * workers, open loop: latency is measured from the intended send time, so
+ * a slow server cannot hide behind coordinated omission). Every ack gives
+ * send->ack, every msg send->delivery; in a group the delivery to the last
+ * of the G-1 members gives the fan-out latency.
+ */
+#ifndef BENCH_TRAFFIC_H
+#define BENCH_TRAFFIC_H
+
+#include "scenario/scenario.h"
+
+/* The parent's side of a direct (group false) or group run. */
+int traffic_run(bench_run *r, bool group);
+
+/* Parameters both write (mode, rate, window, body_bytes). */
+void traffic_params(const bench_opts *o, jw *j);
+
+#endif

@@ -1,0 +1,312 @@
+/* Unit tests of the load generator's library (bench/lib): the pure parts
+ * that decide what a figure says: histograms, the result reader, parley
+ * frames, the upgrade check, options and the targets file.
+ * Run from the repository root (make bench-test): it reads
+ * bench/targets.conf.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "codec/ws.h"
+#include "lib/hist.h"
+#include "lib/jr.h"
+#include "lib/jw.h"
+#include "lib/opts.h"
+#include "lib/pf.h"
+#include "lib/targets.h"
+#include "lib/wsc.h"
+#include "test.h"
+
+/* ---- hist ---------------------------------------------------------------------- */
+
+TEST(hist_percentiles_within_bucket_error)
+{
+    hist *h = calloc(1, sizeof *h);
+    for (int i = 1; i <= 1000; i++) hist_add(h, (int64_t)i * 1000000); /* 1..1000 ms */
+    CHECK_EQ_INT(h->count, 1000);
+    double p50 = hist_pct_us(h, 0.5), p99 = hist_pct_us(h, 0.99);
+    CHECK(p50 >= 500000 && p50 <= 500000 * (1 + 1.0 / 64));
+    CHECK(p99 >= 990000 && p99 <= 990000 * (1 + 1.0 / 64));
+    CHECK(hist_pct_us(h, 1.0) == 1000000); /* never above the exact max */
+    CHECK(hist_max_us(h) == 1000000);
+    CHECK(fabs(hist_mean_us(h) - 500500) < 1);
+    hist *g = calloc(1, sizeof *g);
+    hist_add(g, -5); /* negative counts as 0 */
+    hist_merge(g, h);
+    CHECK_EQ_INT(g->count, 1001);
+    CHECK(hist_pct_us(g, 0.0001) == 0);
+    hist_reset(g);
+    CHECK(hist_pct_us(g, 0.5) == 0 && g->count == 0);
+    free(h);
+    free(g);
+}
+
+/* ---- jw + jr ------------------------------------------------------------------- */
+
+TEST(jr_reads_objects_beyond_json_max_fields)
+{
+    jw j;
+    jw_init(&j);
+    jw_open(&j, NULL);
+    jw_str(&j, "label", "storm \"x\"");
+    jw_open(&j, "figures");
+    for (int i = 0; i < 40; i++) { /* more than JSON_MAX_FIELDS */
+        char k[16];
+        snprintf(k, sizeof k, "f%d", i);
+        jw_num(&j, k, i * 1.5);
+    }
+    jw_open(&j, "nested");
+    jw_num(&j, "p99_us", 1234);
+    jw_num(&j, "nan", NAN);
+    jw_close(&j);
+    jw_close(&j);
+    jw_close(&j);
+    CHECK(jr_num(j.p, j.n, "figures.f39") == 58.5);
+    CHECK(jr_num(j.p, j.n, "figures.f0") == 0);
+    CHECK(jr_num(j.p, j.n, "figures.nested.p99_us") == 1234);
+    CHECK(isnan(jr_num(j.p, j.n, "figures.nested.nan"))); /* null */
+    CHECK(isnan(jr_num(j.p, j.n, "figures.f40")));
+    CHECK(isnan(jr_num(j.p, j.n, "figures.f1.x")));
+    char s[32];
+    CHECK(jr_str(j.p, j.n, "label", s, sizeof s) == 9 && !strcmp(s, "storm \"x\""));
+    CHECK(jr_str(j.p, j.n, "figures.f1", s, sizeof s) == ERR_INVALID && !s[0]);
+    jw_free(&j);
+}
+
+TEST(jr_refuses_bad_input)
+{
+    const char *v;
+    size_t vl;
+    uint8_t t;
+    CHECK(jr_get("{\"a\":1", 6, "a", &v, &vl, &t) == ERR_INVALID);
+    CHECK(jr_get("[1,2]", 5, "a", &v, &vl, &t) == ERR_INVALID);
+    CHECK(jr_get("{\"a\":1}x", 8, "a", &v, &vl, &t) == ERR_INVALID);
+    CHECK(isnan(jr_num("{\"a\":\"1\"}", 9, "a"))); /* a string is not a number */
+    const char *ok = " { \"a\" : { \"b}\" : [1,{\"c\":2}] , \"c\" : 3 } } ";
+    CHECK(jr_num(ok, strlen(ok), "a.c") == 3);
+    CHECK(jr_get(ok, strlen(ok), "a.b}", &v, &vl, &t) == ERR_OK && t == JSON_ARRAY && vl == 11);
+}
+
+/* ---- pf ------------------------------------------------------------------------ */
+
+TEST(pf_send_frames_carry_their_timing)
+{
+    char buf[17400];
+    for (int size = 32; size <= 16000; size = size * 3 + 1) {
+        size_t n = pf_send(buf, sizeof buf, 7, 42, 123456789, 3, size);
+        pf_frame f;
+        CHECK(n > 0 && pf_parse(buf, n, &f) == ERR_OK && f.type == PF_SEND);
+        CHECK(pf_u64(&f, "conv", 0) == 7);
+        CHECK(pf_cmid_time(&f) == 123456789);
+        uint64_t k = 0;
+        uint32_t m = 0;
+        CHECK(pf_body_time(&f, &k, &m) == 123456789 && k == 42 && m == 3);
+        const json_field *b = json_get(&f.o, "body");
+        CHECK(b && (int)b->val_len - 2 >= size - 1);
+    }
+    CHECK(pf_send(buf, 64, 1, 1, 1, 0, 1000) == 0); /* does not fit */
+    CHECK(pf_echo(buf, sizeof buf, 200) == 200 && strlen(buf) == 200);
+    pf_frame f;
+    CHECK(pf_parse(buf, 200, &f) == ERR_OK && f.type == PF_ECHO);
+}
+
+TEST(pf_reads_server_frames)
+{
+    const char *ack = "{\"type\":\"ack\",\"cmid\":\"5.777\",\"conv\":9,\"seq\":43,\"ts\":1,\"duplicate\":true}";
+    pf_frame f;
+    CHECK(pf_parse(ack, strlen(ack), &f) == ERR_OK && f.type == PF_ACK);
+    CHECK(pf_u64(&f, "seq", 0) == 43 && pf_true(&f, "duplicate") && !pf_true(&f, "seq"));
+    CHECK(pf_cmid_time(&f) == 777);
+    const char *msg = "{\"type\":\"msg\",\"conv\":9,\"seq\":43,\"from\":\"a\",\"cmid\":\"c\",\"ts\":1,"
+                      "\"body\":\"99 4 1 xxxx\"}";
+    uint64_t k;
+    uint32_t m;
+    CHECK(pf_parse(msg, strlen(msg), &f) == ERR_OK && f.type == PF_MSG);
+    CHECK(pf_body_time(&f, &k, &m) == 99 && k == 4 && m == 1);
+    CHECK(pf_cmid_time(&f) == -1); /* "c" has no time */
+    const char *odd = "{\"type\":\"msg\",\"body\":{\"rich\":1}}";
+    CHECK(pf_parse(odd, strlen(odd), &f) == ERR_OK && pf_body_time(&f, NULL, NULL) == -1);
+    const char *other = "{\"type\":\"receipts2\"}";
+    CHECK(pf_parse(other, strlen(other), &f) == ERR_OK && f.type == PF_OTHER);
+    /* bad input: not JSON, no type, a type that is not a string */
+    CHECK(pf_parse("{\"type\":\"ack\"", 13, &f) == ERR_INVALID);
+    CHECK(pf_parse("{\"seq\":1}", 9, &f) == ERR_INVALID);
+    CHECK(pf_parse("{\"type\":1}", 10, &f) == ERR_INVALID);
+    CHECK(pf_parse("[]", 2, &f) == ERR_INVALID);
+}
+
+/* ---- wsc: the upgrade answer ------------------------------------------------------ */
+
+static int upgrade(const char *text, wsc_upgrade *u, uint32_t *left)
+{
+    wsc c;
+    wsc_init(&c, 0);
+    wsc_keep_input(&c, (const uint8_t *)text, strlen(text));
+    int rc = wsc_parse_upgrade(&c, u);
+    *left = c.in_len;
+    free(c.in);
+    return rc;
+}
+
+TEST(wsc_checks_the_upgrade_answer)
+{
+    char want[29];
+    CHECK(ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", 24, want) == ERR_OK);
+    char ok[512];
+    snprintf(ok, sizeof ok,
+             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Accept: %s\r\n\r\n\x81\x02hi", want);
+    wsc_upgrade u = {0};
+    uint32_t left = 0;
+    CHECK(upgrade(ok, &u, &left) == (int)strlen(ok) - 4 && u.status == 101 && left == 4);
+    /* one byte short of the head: need more */
+    char part[512];
+    snprintf(part, sizeof part, "%.*s", (int)strlen(ok) - 5, ok);
+    CHECK(upgrade(part, &u, &left) == ERR_AGAIN);
+    /* a wrong accept key is refused */
+    const char *bad = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
+    CHECK(upgrade(bad, &u, &left) == ERR_PROTOCOL && u.status == 101);
+    /* admission control: 503 with Retry-After */
+    const char *busy = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n";
+    CHECK(upgrade(busy, &u, &left) == ERR_PROTOCOL && u.status == 503 && u.retry_after_ms == 2000);
+    CHECK(upgrade("garbage\r\n\r\n", &u, &left) == ERR_PROTOCOL);
+}
+
+/* ---- opts ------------------------------------------------------------------------ */
+
+TEST(opts_refuses_bad_values)
+{
+    char *ok[] = {"pb", "direct", "--port", "9000", "--rate", "2.5", "--floor", "--label", "x", NULL};
+    bench_opts o = {0};
+    CHECK(opts_parse(&o, 9, ok) == 0 && o.port == 9000 && o.rate == 2.5 && o.floor);
+    CHECK(!strcmp(opts_label(&o), "x"));
+    char *bad1[] = {"pb", "idle", "--conns", "12x", NULL};
+    char *bad2[] = {"pb", "idle", "--conns", NULL};
+    char *bad3[] = {"pb", "idle", "--what", "1", NULL};
+    char *bad4[] = {"pb", "idle", "--rate", "-1", NULL};
+    bench_opts p = {0};
+    CHECK(opts_parse(&p, 4, bad1) == -1);
+    CHECK(opts_parse(&p, 3, bad2) == -1);
+    CHECK(opts_parse(&p, 4, bad3) == -1);
+    CHECK(opts_parse(&p, 4, bad4) == -1);
+}
+
+/* ---- targets --------------------------------------------------------------------- */
+
+static const char RUN_DIRECT[] =
+    "{\"scenario\":\"direct\",\"label\":\"direct\",\"params\":{\"rate\":0},\"figures\":"
+    "{\"msgs_per_s\":120000,\"server_cpu_us_per_msg\":5,\"send_delivery\":{\"p99_us\":7000}}}";
+static const char RUN_FLOOR[] =
+    "{\"scenario\":\"direct\",\"label\":\"direct-floor\",\"figures\":{\"server_cpu_us_per_msg\":2}}";
+static const char RUN_PACED[] =
+    "{\"scenario\":\"direct\",\"label\":\"direct-paced\",\"params\":{\"rate\":50000},\"figures\":"
+    "{\"msgs_per_s\":49000,\"send_delivery\":{\"p99_us\":4500.5}}}";
+
+TEST(targets_file_of_the_repo_judges_runs)
+{
+    char err[700];
+    targets *t = targets_load("bench/targets.conf", err, sizeof err);
+    CHECK(t != NULL);
+    if (!t) {
+        fprintf(stderr, "  %s\n", err);
+        return;
+    }
+    CHECK(targets_count(t) == 10);
+    runset rs = {0};
+    CHECK(runset_add(&rs, RUN_DIRECT, strlen(RUN_DIRECT)) == ERR_OK);
+    CHECK(runset_add(&rs, RUN_FLOOR, strlen(RUN_FLOOR)) == ERR_OK);
+    CHECK(runset_add(&rs, RUN_PACED, strlen(RUN_PACED)) == ERR_OK);
+    CHECK(runset_add(&rs, "{\"figures\":{}}", 14) == ERR_INVALID); /* no label */
+    CHECK(runset_figure(&rs, "direct:send_delivery.p99_us") == 7000);
+    CHECK(runset_figure(&rs, "direct-paced:params.rate") == 50000);
+    CHECK(isnan(runset_figure(&rs, "nosuch:msgs_per_s")));
+    jw j;
+    jw_init(&j);
+    jw_open(&j, NULL);
+    targets_table(t, &rs, &j);
+    targets_floor_ratios(t, &rs, &j);
+    jw_close(&j);
+    /* direct: met, with its floor ratio; paced: met at 4.5 ms; the half
+     * row is not shown (no direct-half run); idle unknown: n/a, not met */
+    const char *v;
+    size_t vl;
+    uint8_t ty;
+    CHECK(jr_get(j.p, j.n, "targets", &v, &vl, &ty) == ERR_OK && ty == JSON_ARRAY);
+    CHECK(strstr(j.p, "{\"target\":\"direct: durable msgs/s\",\"goal\":\">= 100,000\","
+                      "\"measured\":\"120000 msgs/s\",\"value\":120000,\"met\":true,"
+                      "\"floor\":\"CPU 5.0 us/msg vs floor 2.00 = 2.5x\",\"ratio_to_floor\":2.500}") != NULL);
+    CHECK(strstr(j.p, "\"measured\":\"4.50 ms at 50000/s (got 49000)\",\"value\":4500.500,\"met\":true") != NULL);
+    CHECK(strstr(j.p, "half of max") == NULL);
+    CHECK(strstr(j.p, "\"measured\":\"n/a\",\"value\":null,\"met\":false") != NULL);
+    CHECK(jr_num(j.p, j.n, "floor_ratios.direct_cpu_per_msg") == 2.5);
+    CHECK(isnan(jr_num(j.p, j.n, "floor_ratios.echo_cpu_per_echo")));
+    jw_free(&j);
+    targets_free(t);
+}
+
+static targets *load_text(const char *text, char *err, size_t cap)
+{
+    char path[] = "/tmp/test_benchlib.XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return NULL;
+    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+        close(fd);
+        return NULL;
+    }
+    close(fd);
+    targets *t = targets_load(path, err, cap);
+    unlink(path);
+    return t;
+}
+
+TEST(targets_file_errors_name_the_line)
+{
+    char err[700];
+    targets *t = load_text("target a\nfigure r:x\nmeasured {value}\nmet value < 3\n", err, sizeof err);
+    CHECK(t && targets_count(t) == 1);
+    targets_free(t);
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"target a\nfigure r:x\nmeasured {value\n", "bad measured template"},
+        {"target a\nfigure nocolon\nmeasured x\n", "figure must be RUN:PATH"},
+        {"target a\nfigure r:x\nmeasured x\nmet value 3\n", "bad met condition"},
+        {"target a\nfigure r:x\nmeasured x\nmet value < 3 4\n", "bad met condition"},
+        {"target a\nfigure r:x\nmeasured {value|9}\n", "bad measured template"},
+        {"target a\nfigure r:x\nmeasured x\nfloor {ratio}\n", "floor needs a ratio"},
+        {"target a\nfigure r:x\nmeasured x\ncolour red\n", ":4: unknown key colour"},
+        {"figure r:x\n", ":1: unknown key figure"},
+        {"target a\nmeasured x\ntarget b\n", ":3: the target before: a target needs a figure"},
+        {"target a\ngoal\n", ":2: goal needs a value"},
+        {"# nothing\n", "no targets"},
+        {"note {x:y / }\n", "bad note template"},
+        {"floor_ratio r\nvalue a:b ^ c:d\n", "bad value expression"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        t = load_text(bad[i].text, err, sizeof err);
+        CHECK(t == NULL);
+        if (!strstr(err, bad[i].want)) fprintf(stderr, "  case %zu: got \"%s\"\n", i, err);
+        CHECK(strstr(err, bad[i].want) != NULL);
+        targets_free(t);
+    }
+    CHECK(targets_load("/nonexistent/targets.conf", err, sizeof err) == NULL && strstr(err, "cannot read"));
+}
+
+int main(void)
+{
+    RUN(hist_percentiles_within_bucket_error);
+    RUN(jr_reads_objects_beyond_json_max_fields);
+    RUN(jr_refuses_bad_input);
+    RUN(pf_send_frames_carry_their_timing);
+    RUN(pf_reads_server_frames);
+    RUN(wsc_checks_the_upgrade_answer);
+    RUN(opts_refuses_bad_values);
+    RUN(targets_file_of_the_repo_judges_runs);
+    RUN(targets_file_errors_name_the_line);
+    return test_summary("bench lib");
+}
