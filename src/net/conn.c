@@ -18,7 +18,7 @@
 #define F_HELD      0x40 /* paused for an async request: conn_resume() only */
 #define F_UPGRADED  0x80 /* became a WebSocket (no longer pending) */
 
-#define MAX_IOV 64
+#define MAX_IOV 128 /* two per frame (header, payload): 64 frames per writev */
 
 /* One queued write: an optional framing header (a transport's few bytes,
  * e.g. a WebSocket frame header) written ahead of a shared payload in the
