@@ -435,7 +435,8 @@ static void post_sessions(req_ctx *x)
                 sodium_memzero(pass, sizeof pass);
                 too_many(x, retry, line.device
                              ? "too many failed logins on this device: wait and retry"
-                             : "too many failed logins for this account from here: wait and retry");
+                             : "too many failed logins: wait and retry, or log in with "
+                               "this device's device_key");
                 return;
             }
             known = true;

@@ -140,7 +140,8 @@ static uint64_t mix(uint64_t x)
 
 static uint64_t line_key(const guard_login *l)
 {
-    uint64_t k = l->device ? mix(0x6465766963650000ull ^ l->device) : mix(0x61646472ull ^ mix(l->addr));
+    uint64_t k = l->device ? mix(0x6465766963650000ull ^ l->device)
+                           : mix(0x61646472ull ^ mix(l->addr));
     return mix(k ^ l->uid * 0x9e3779b97f4a7c15ull);
 }
 

@@ -118,12 +118,14 @@ static bool other_listener(const struct sockaddr_storage *ss, int port, const se
         if (fstat(s->threads[i].listen_fd, &st) == 0) mine[i] = st.st_ino;
     }
     bool found = false, done = false;
-    static long buf[8192 / sizeof(long)];
+    long buf[8192 / sizeof(long)]; /* aligned for struct nlmsghdr */
     for (int rounds = 0; !done && rounds < 100000; rounds++) {
         ssize_t got = recv(nl, buf, sizeof buf, 0);
         if (got <= 0) break;
-        int len = (int)got;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+        for (size_t off = 0; !done && off + sizeof(struct nlmsghdr) <= (size_t)got;) {
+            const struct nlmsghdr *h = (const struct nlmsghdr *)((const char *)buf + off);
+            if (h->nlmsg_len < sizeof *h || h->nlmsg_len > (size_t)got - off) break;
+            off += NLMSG_ALIGN(h->nlmsg_len);
             if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) { done = true; break; }
             if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) continue;
             const struct inet_diag_msg *m = NLMSG_DATA(h);

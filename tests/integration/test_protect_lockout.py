@@ -105,7 +105,7 @@ def test_a_device_key_delays_only_that_device(parley):
                      "bad_credentials")
     r = login_key(srv, "stolenphone", PASSWORD, key, OWNER)
     err = assert_error(r, 429, "rate_limited")
-    assert "device" in err["message"], err
+    assert "on this device" in err["message"], err
     # ... the owner's new device elsewhere does not.
     r = login(srv, "stolenphone", PASSWORD, src=OWNER)
     assert r.status == 200, r
