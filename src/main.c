@@ -19,6 +19,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "net/server.h"
+#include "store/store.h"
 
 typedef struct app {
     config cfg;
@@ -126,11 +127,17 @@ int main(int argc, char **argv)
     if (server_create(&a.srv, &opt, &router_http_ops, &proto_ws_ops, &a.done) < 0) return 1;
     rc = chat_open(&a.chat, &a.cfg, a.srv);
     if (rc < 0) {
+        int e = errno;
         if (rc == ERR_VERSION)
             log_error("the data directory holds another storage format version: refusing to start",
                       "dir=%s", a.cfg.data_dir);
+        else if (rc == ERR_BUSY)
+            log_error("the data directory is in use by another process (another parleyd?): "
+                      "refusing to start", "dir=%s lock=%s/LOCK pid=%d err=\"%s\"", a.cfg.data_dir,
+                      a.cfg.data_dir, store_lock_pid(a.cfg.data_dir), strerror(e));
         else
-            log_error("cannot open the store", "dir=%s err=%s", a.cfg.data_dir, err_name(rc));
+            log_error("cannot open the store", "dir=%s err=%s reason=\"%s\"", a.cfg.data_dir,
+                      err_name(rc), e ? strerror(e) : "unknown");
         return 1;
     }
     server_run(a.srv);

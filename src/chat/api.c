@@ -158,6 +158,10 @@ static void reply_session(srv_thread *t, void *arg)
             jb_u64(&j, op->who.device);
             jb_lit(&j, ",\"expires\":");
             jb_i64(&j, op->expires);
+            char dkey[AUTH_DEVICE_KEY_LEN + 1];
+            auth_device_key(op->who.uid, op->who.device, op->pwhash, dkey);
+            jb_lit(&j, ",\"device_key\":");
+            jb_cstr(&j, dkey);
             jb_raw(&j, "}", 1);
             respond_jbuf(c, op->kind == OP_REGISTER ? 201 : 200, &j, op->keep_alive);
         } else {
@@ -253,8 +257,9 @@ typedef struct kdf_job {
     char pass[AUTH_PASS_MAX + 1];
     size_t pass_len;
     bool ok;           /* login: the password matched */
-    bool known;        /* login: the user exists */
+    bool known;        /* login: the user exists (then `line` is in flight in the guard) */
     bool fast;
+    guard_login line;  /* login: the guard's line of this attempt */
 } kdf_job;
 
 /* Verified against when the user does not exist, so both cases cost the same. */
@@ -288,7 +293,7 @@ static void kdf_after(uv_work_t *w, int status)
     conn *c = t ? srv_conn(t, op->origin) : NULL;
     bool ok = k->ok && status == 0;
     if (op->kind == OP_LOGIN && k->known)
-        guard_login_end(op->ch->guard, op->who.uid, ok, guard_now());
+        guard_login_end(op->ch->guard, &k->line, ok, guard_now());
     kdf_free(k);
     if (!c) { chat_op_free(op); return; }
     if (!ok) {
@@ -306,8 +311,10 @@ static void kdf_after(uv_work_t *w, int status)
     }
 }
 
-static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool verify, bool known)
+static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool verify,
+                      const guard_login *line)
 {
+    bool known = line != NULL;
     kdf_job *k = calloc(1, sizeof *k);
     if (!k) { chat_op_free(op); api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return; }
     k->op = op;
@@ -315,6 +322,7 @@ static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool 
     memcpy(k->pass, pass, n);
     k->pass_len = n;
     k->known = known;
+    if (line) k->line = *line;
     k->fast = x->ch->cfg->insecure_fast_kdf;
     k->work.data = k;
     if (uv_queue_work(&x->c->t->loop, &k->work, verify ? verify_work : hash_work, kdf_after) != 0) {
@@ -382,27 +390,44 @@ static void post_users(req_ctx *x)
     if (!op) return;
     memcpy(op->name, name, sizeof name);
     memcpy(op->who.name, name, sizeof name);
-    start_kdf(x, op, pass, plen, false, false);
+    start_kdf(x, op, pass, plen, false, NULL);
     sodium_memzero(pass, sizeof pass);
 }
 
+/* Logins are delayed per (account, source address) after failures, or per
+ * (account, device) for a device that presents its known-device key. */
 static void post_sessions(req_ctx *x)
 {
-    char name[AUTH_NAME_MAX + 1], pass[AUTH_PASS_MAX + 1];
+    char name[AUTH_NAME_MAX + 1], pass[AUTH_PASS_MAX + 1], dkey[AUTH_DEVICE_KEY_LEN + 2];
     size_t plen;
     if (!login_allowed(x) || !parse_body(x) || !credentials(x, name, pass, &plen, false)) return;
+    int dk = json_get_str(&x->body, "device_key", dkey, sizeof dkey);
+    if (dk == ERR_INVALID) {
+        sodium_memzero(pass, sizeof pass);
+        api_error(x->c, x->ka, ERR_INVALID, "'device_key' must be a string");
+        return;
+    }
     chat_op *op = new_op(x, OP_LOGIN, reply_session);
-    if (!op) return;
+    if (!op) { sodium_memzero(pass, sizeof pass); return; }
+    guard_login line = {0, conn_peer_key(x->c), 0};
     bool known = false;
     store_txn *txn;
     if (name[0] && plen && store_begin(x->ch->st, false, &txn) == ERR_OK) {
         store_user u;
         if (store_user_by_name(txn, name, &u) == ERR_OK) {
+            line.uid = u.id;
+            /* Not one of this account's keys (another's, forged, too long,
+             * or from before a password change): an unknown device. */
+            if (dk > 0) line.device = auth_device_key_check(u.id, u.pwhash, dkey, (size_t)dk);
             uint32_t retry = 0;
-            if (guard_login_begin(x->ch->guard, u.id, guard_now(), &retry) < 0) {
+            if (guard_login_begin(x->ch->guard, &line, guard_now(), &retry) < 0) {
                 store_abort(txn);
                 chat_op_free(op);
-                too_many(x, retry, "too many login attempts for this account: wait and retry");
+                sodium_memzero(pass, sizeof pass);
+                too_many(x, retry, line.device
+                             ? "too many failed logins on this device: wait and retry"
+                             : "too many failed logins: wait and retry, or log in with "
+                               "this device's device_key");
                 return;
             }
             known = true;
@@ -412,7 +437,7 @@ static void post_sessions(req_ctx *x)
         }
         store_abort(txn);
     }
-    start_kdf(x, op, pass, plen, true, known);
+    start_kdf(x, op, pass, plen, true, known ? &line : NULL);
     sodium_memzero(pass, sizeof pass);
 }
 

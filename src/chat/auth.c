@@ -67,3 +67,45 @@ int auth_token_hash(const char *token, size_t n, uint8_t hash[32])
     crypto_hash_sha256(hash, (const unsigned char *)token, n);
     return ERR_OK;
 }
+
+/* MAC over ("parley-device-key-v1", uid, device), keyed by the hash. */
+static void device_mac(uint64_t uid, uint32_t device, const char *pwhash, uint8_t mac[16])
+{
+    uint8_t msg[20 + 12], full[crypto_auth_hmacsha256_BYTES];
+    memcpy(msg, "parley-device-key-v1", 20);
+    for (int i = 0; i < 8; i++) msg[20 + i] = (uint8_t)(uid >> (56 - 8 * i));
+    for (int i = 0; i < 4; i++) msg[28 + i] = (uint8_t)(device >> (24 - 8 * i));
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, (const unsigned char *)pwhash, strlen(pwhash));
+    crypto_auth_hmacsha256_update(&st, msg, sizeof msg);
+    crypto_auth_hmacsha256_final(&st, full);
+    memcpy(mac, full, 16);
+    sodium_memzero(&st, sizeof st);
+    sodium_memzero(full, sizeof full);
+}
+
+void auth_device_key(uint64_t uid, uint32_t device, const char *pwhash,
+                     char out[AUTH_DEVICE_KEY_LEN + 1])
+{
+    uint8_t raw[20];
+    for (int i = 0; i < 4; i++) raw[i] = (uint8_t)(device >> (24 - 8 * i));
+    device_mac(uid, device, pwhash, raw + 4);
+    sodium_bin2base64(out, AUTH_DEVICE_KEY_LEN + 1, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
+uint32_t auth_device_key_check(uint64_t uid, const char *pwhash, const char *key, size_t n)
+{
+    uint8_t raw[20], mac[16];
+    size_t len = 0;
+    if (n != AUTH_DEVICE_KEY_LEN || !pwhash || !pwhash[0] ||
+        sodium_base642bin(raw, sizeof raw, key, n, NULL, &len, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 || len != sizeof raw)
+        return 0;
+    uint32_t device = (uint32_t)raw[0] << 24 | (uint32_t)raw[1] << 16 | (uint32_t)raw[2] << 8 | raw[3];
+    if (device == 0) return 0;
+    device_mac(uid, device, pwhash, mac);
+    bool ok = sodium_memcmp(mac, raw + 4, sizeof mac) == 0;
+    sodium_memzero(mac, sizeof mac);
+    return ok ? device : 0;
+}

@@ -49,4 +49,18 @@ void auth_new_token(char token[AUTH_TOKEN_LEN + 1], uint8_t hash[32]);
  * characters (then it cannot be one of ours). */
 int auth_token_hash(const char *token, size_t n, uint8_t hash[32]);
 
+/* Known-device keys. A login (or registration) hands the new device a key
+ * that it presents at its next login, so the login guard can tell the
+ * account's own devices from strangers (guard_login_begin). The key is
+ * the device number and a MAC of (uid, device) keyed by the user's stored
+ * password hash (HMAC-SHA-256, 16 bytes): nothing is stored, nobody without
+ * the hash can forge one, and every key dies when the password changes.
+ * base64url, AUTH_DEVICE_KEY_LEN characters. Fast: fine on the loop. */
+#define AUTH_DEVICE_KEY_LEN 27
+void auth_device_key(uint64_t uid, uint32_t device, const char *pwhash,
+                     char out[AUTH_DEVICE_KEY_LEN + 1]);
+/* The device number of a presented key, or 0 if it is not a key of uid's
+ * under this hash (wrong length or alphabet, forged, or an old password). */
+uint32_t auth_device_key_check(uint64_t uid, const char *pwhash, const char *key, size_t n);
+
 #endif

@@ -14,15 +14,16 @@ typedef struct table {
 } table;
 
 typedef struct entry {
-    tbucket a, b;      /* addresses: handshakes, logins; users: messages */
-    uint32_t failures; /* accounts: failed logins in a row */
-    uint32_t inflight; /* accounts: attempts being checked now */
-    uint64_t until;    /* accounts: no login before this */
+    tbucket a, b;      /* addresses: handshakes, logins; users: messages;
+                        * accounts: a = the failed-login ceiling */
+    uint32_t failures; /* lines: failed logins in a row */
+    uint32_t inflight; /* lines: attempts being checked now */
+    uint64_t until;    /* lines: no login before this */
 } entry;
 
 struct guard {
-    tlimit handshake, login, user_msg;
-    table addrs, accounts, users;
+    tlimit handshake, login, user_msg, account;
+    table addrs, accounts, lines, users;
 };
 
 static void table_init(table *t)
@@ -61,8 +62,10 @@ int guard_new(guard **out, const config *cfg)
     g->handshake = (tlimit){(float)cfg->rate_handshakes, (float)cfg->rate_handshakes * 5};
     g->login = (tlimit){(float)cfg->rate_logins, (float)cfg->rate_logins * 4};
     g->user_msg = (tlimit){(float)cfg->rate_user_msgs, (float)cfg->rate_user_msgs * 4};
+    g->account = (tlimit){GUARD_ACCOUNT_PER_MIN / 60.0f, GUARD_ACCOUNT_BURST};
     table_init(&g->addrs);
     table_init(&g->accounts);
+    table_init(&g->lines);
     table_init(&g->users);
     *out = g;
     return ERR_OK;
@@ -73,6 +76,7 @@ void guard_free(guard *g)
     if (!g) return;
     table_free(&g->addrs);
     table_free(&g->accounts);
+    table_free(&g->lines);
     table_free(&g->users);
     free(g);
 }
@@ -107,11 +111,30 @@ int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
     return take(&g->users, uid, &g->user_msg, false, now, retry_ms);
 }
 
-int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
+/* The line's key: (uid, address) or (uid, device), mixed (splitmix64
+ * finaliser) with a different seed for each kind so they never meet. */
+static uint64_t mix(uint64_t x)
 {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t line_key(const guard_login *l)
+{
+    uint64_t k = l->device ? mix(0x6465766963650000ull ^ l->device)
+                           : mix(0x61646472ull ^ mix(l->addr));
+    return mix(k ^ l->uid * 0x9e3779b97f4a7c15ull);
+}
+
+int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *retry_ms)
+{
+    uint64_t key = line_key(l);
     int rc = ERR_OK;
-    uv_mutex_lock(&g->accounts.mu);
-    entry *e = get(&g->accounts, uid);
+    uv_mutex_lock(&g->lines.mu);
+    entry *e = get(&g->lines, key);
     if (e && e->until > now) {
         rc = ERR_RATE;
         if (retry_ms) *retry_ms = (uint32_t)(e->until - now);
@@ -121,17 +144,30 @@ int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
     } else if (e) {
         e->inflight++;
     }
+    uv_mutex_unlock(&g->lines.mu);
+    if (rc < 0 || l->device) return rc;
+    /* An unknown device also needs a token of the account's ceiling. */
+    bool ok = true;
+    uv_mutex_lock(&g->accounts.mu);
+    entry *a = get(&g->accounts, l->uid);
+    if (a) ok = tb_take(&a->a, &g->account, now, 1, retry_ms);
     uv_mutex_unlock(&g->accounts.mu);
-    return rc;
+    if (ok) return ERR_OK;
+    uv_mutex_lock(&g->lines.mu);
+    e = u64map_get(&g->lines.map, key);
+    if (e && e->inflight) e->inflight--;
+    uv_mutex_unlock(&g->lines.mu);
+    return ERR_RATE;
 }
 
-void guard_login_end(guard *g, uint64_t uid, bool ok, uint64_t now)
+void guard_login_end(guard *g, const guard_login *l, bool ok, uint64_t now)
 {
-    uv_mutex_lock(&g->accounts.mu);
-    entry *e = u64map_get(&g->accounts.map, uid);
+    uint64_t key = line_key(l);
+    uv_mutex_lock(&g->lines.mu);
+    entry *e = u64map_get(&g->lines.map, key);
     if (e && e->inflight) e->inflight--;
     if (ok) {
-        if (e && !e->inflight) free(u64map_del(&g->accounts.map, uid));
+        if (e && !e->inflight) free(u64map_del(&g->lines.map, key));
         else if (e) { e->failures = 0; e->until = 0; }
     } else if (e) {
         e->failures++;
@@ -140,6 +176,15 @@ void guard_login_end(guard *g, uint64_t uid, bool ok, uint64_t now)
             uint64_t delay = 1000ull << shift;
             e->until = now + (delay > 60000 ? 60000 : delay);
         }
+    }
+    uv_mutex_unlock(&g->lines.mu);
+    if (!ok || l->device) return;
+    /* A success gives its token back: only failures use up the ceiling. */
+    uv_mutex_lock(&g->accounts.mu);
+    entry *a = u64map_get(&g->accounts.map, l->uid);
+    if (a) {
+        a->a.used = a->a.used > 1.0f ? a->a.used - 1.0f : 0.0f;
+        if (a->a.used <= 0.0f) free(u64map_del(&g->accounts.map, l->uid));
     }
     uv_mutex_unlock(&g->accounts.mu);
 }

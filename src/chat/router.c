@@ -150,6 +150,46 @@ static void websocket(conn *c, const http_request *req)
     proto_upgrade(c, req, &hs);
 }
 
+/* A static file load in flight: the connection is held until it ends. */
+typedef struct static_req {
+    static_load load;        /* first: done() gets it back */
+    srv_thread *t;
+    uint64_t conn;           /* by id: the connection may be gone by then */
+    bool keep_alive;
+} static_req;
+
+static void static_error(conn *c, const static_req *r, int err, const char *message)
+{
+    api_send_error(c, r->keep_alive, r->load.head, err, message, NULL, -1);
+}
+
+/* On the connection's thread, after the thread pool opened and read it. */
+static void static_loaded(static_load *l)
+{
+    static_req *r = (static_req *)l;
+    conn *c = srv_conn(r->t, r->conn);
+    if (c && c->state == CONN_HTTP) {
+        char extra[160];
+        snprintf(extra, sizeof extra,
+                 "ETag: %s\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n",
+                 l->file.etag);
+        if (l->rc == ERR_TOO_LARGE)
+            static_error(c, r, ERR_IO, "file too large to serve");
+        else if (l->rc == ERR_NOT_FOUND)
+            static_error(c, r, ERR_NOT_FOUND, "no such file");
+        else if (l->rc < 0)
+            static_error(c, r, ERR_IO, "read failed");
+        else if (l->not_modified) /* no body; Content-Length is the representation's (RFC 9110 8.6) */
+            conn_respond(c, 304, NULL, NULL, l->file.size, r->keep_alive, true, extra);
+        else
+            conn_respond(c, 200, static_content_type(l->full), l->body, l->file.size,
+                         r->keep_alive, l->head, extra);
+        conn_resume(c);
+    }
+    static_load_free(l);
+}
+
+/* Files are opened and read on libuv's thread pool, never on the loop. */
 static void static_file_page(conn *c, const http_request *req)
 {
     const config *cfg = chat_of(c->t)->cfg;
@@ -158,38 +198,35 @@ static void static_file_page(conn *c, const http_request *req)
         error_json(c, req, ERR_METHOD, "use GET or HEAD", "Allow: GET, HEAD\r\n");
         return;
     }
-    char full[1536];
-    static_file f;
-    int rc = static_join(cfg->web_dir, req->path.p, req->path.n, full, sizeof full);
-    if (rc >= 0) rc = static_open(cfg->web_dir, full, &f);
-    if (rc == ERR_TOO_LARGE) {
-        error_json(c, req, ERR_IO, "file too large to serve", NULL);
+    static_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        error_json(c, req, ERR_BUSY, NULL, NULL);
         return;
     }
+    int rc = static_join(cfg->web_dir, req->path.p, req->path.n, r->load.full, sizeof r->load.full);
     if (rc < 0) {
-        error_json(c, req, ERR_NOT_FOUND, "no such file", NULL);
+        free(r);
+        if (rc == ERR_TOO_LARGE) error_json(c, req, ERR_IO, "file too large to serve", NULL);
+        else error_json(c, req, ERR_NOT_FOUND, "no such file", NULL);
         return;
     }
-    char extra[160];
-    snprintf(extra, sizeof extra,
-             "ETag: %s\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n", f.etag);
     const http_str *inm = http_header_get(req, "If-None-Match");
-    if (inm && inm->n == strlen(f.etag) && memcmp(inm->p, f.etag, inm->n) == 0) {
-        close(f.fd);
-        /* No body; Content-Length is the representation's (RFC 9110 8.6). */
-        conn_respond(c, 304, NULL, NULL, f.size, req->keep_alive, true, extra);
+    if (inm && inm->n < sizeof r->load.inm && !memchr(inm->p, 0, inm->n)) {
+        memcpy(r->load.inm, inm->p, inm->n);
+        r->load.inm[inm->n] = 0;
+    }
+    r->load.root = cfg->web_dir;
+    r->load.head = head;
+    r->load.done = static_loaded;
+    r->t = c->t;
+    r->conn = c->id;
+    r->keep_alive = req->keep_alive;
+    if (static_load_start(&c->t->loop, &r->load) < 0) {
+        free(r);
+        error_json(c, req, ERR_BUSY, NULL, NULL);
         return;
     }
-    char *body = malloc(f.size ? f.size : 1);
-    ssize_t got = body ? pread(f.fd, body, f.size, 0) : -1;
-    close(f.fd);
-    if (got != (ssize_t)f.size) {
-        free(body);
-        error_json(c, req, ERR_IO, "read failed", NULL);
-        return;
-    }
-    conn_respond(c, 200, static_content_type(full), body, f.size, req->keep_alive, head, extra);
-    free(body);
+    conn_hold(c);
 }
 
 static void router_handle(conn *c, const http_request *req)

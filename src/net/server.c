@@ -5,7 +5,11 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "net/conn.h"
@@ -15,42 +19,176 @@
 
 /* ---- listeners ---------------------------------------------------------- */
 
+static int parse_listen(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *sl)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, addr, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        *sl = sizeof *s4;
+    } else if (inet_pton(AF_INET6, addr, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        *sl = sizeof *s6;
+    } else {
+        log_error("bad listen address", "addr=%s", addr);
+        return ERR_INVALID;
+    }
+    return ERR_OK;
+}
+
+static void log_in_use(const char *addr, int port)
+{
+    log_error("cannot listen: the port is already in use by another process "
+              "(another parleyd, or another program)",
+              "addr=%s port=%d err=\"%s\"", addr, port, strerror(EADDRINUSE));
+}
+
+/* Linux lets SO_REUSEPORT listeners of one user share a port and splits the
+ * connections between them, so a second parleyd on a busy port would start
+ * and take part of the clients. A probe bound without SO_REUSEPORT fails
+ * (EADDRINUSE) while any other socket listens on the port, whatever its
+ * options; SO_REUSEADDR still lets it pass old TIME_WAIT connections. */
+static int probe_port(const char *addr, int port, const struct sockaddr_storage *ss, socklen_t sl)
+{
+    if (port == 0) return ERR_OK; /* the kernel picks a free one */
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
+        return ERR_IO;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int rc = bind(fd, (const struct sockaddr *)ss, sl);
+    int e = errno;
+    close(fd);
+    if (rc == 0) return ERR_OK;
+    if (e == EADDRINUSE) log_in_use(addr, port);
+    else log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(e));
+    return ERR_IO;
+}
+
+/* Whether a listening TCP socket that is not one of ours (by inode) shares
+ * our port and overlaps our address (equal, or either is the wildcard).
+ * This closes the race the probe leaves (two servers starting at once: the
+ * later one to look sees the other and gives up). Asks the kernel through
+ * sock_diag; false when that is not available (the probe still ran). */
+static bool other_listener(const struct sockaddr_storage *ss, int port, const server *s)
+{
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return false;
+    struct timeval tv = {1, 0};
+    setsockopt(nl, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct {
+        struct nlmsghdr h;
+        struct inet_diag_req_v2 r;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = (uint8_t)ss->ss_family;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << 10; /* TCP_LISTEN */
+    struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+    if (sendto(nl, &req, sizeof req, 0, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(nl);
+        return false;
+    }
+    uint8_t ours[16] = {0}, any[16] = {0};
+    size_t alen = ss->ss_family == AF_INET ? 4 : 16;
+    if (ss->ss_family == AF_INET) memcpy(ours, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    else memcpy(ours, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    bool wild = memcmp(ours, any, alen) == 0;
+    ino_t *mine = calloc((size_t)s->nthreads, sizeof *mine);
+    if (!mine) {
+        close(nl);
+        return false;
+    }
+    for (int i = 0; i < s->nthreads; i++) {
+        struct stat st;
+        if (fstat(s->threads[i].listen_fd, &st) == 0) mine[i] = st.st_ino;
+    }
+    bool found = false, done = false;
+    long buf[8192 / sizeof(long)]; /* aligned for struct nlmsghdr */
+    for (int rounds = 0; !done && rounds < 100000; rounds++) {
+        ssize_t got = recv(nl, buf, sizeof buf, 0);
+        if (got <= 0) break;
+        for (size_t off = 0; !done && off + sizeof(struct nlmsghdr) <= (size_t)got;) {
+            const struct nlmsghdr *h = (const struct nlmsghdr *)((const char *)buf + off);
+            if (h->nlmsg_len < sizeof *h || h->nlmsg_len > (size_t)got - off) break;
+            off += NLMSG_ALIGN(h->nlmsg_len);
+            if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) { done = true; break; }
+            if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) continue;
+            const struct inet_diag_msg *m = NLMSG_DATA(h);
+            if (ntohs(m->id.idiag_sport) != port) continue;
+            const uint8_t *src = (const uint8_t *)m->id.idiag_src;
+            if (!wild && memcmp(src, any, alen) != 0 && memcmp(src, ours, alen) != 0) continue;
+            bool mine_too = false;
+            for (int i = 0; i < s->nthreads; i++) mine_too |= mine[i] == (ino_t)m->idiag_inode;
+            if (!mine_too) found = true;
+        }
+    }
+    free(mine);
+    close(nl);
+    return found;
+}
+
 /* A non-blocking listening socket with SO_REUSEPORT, so every thread has its
  * own accept queue and the kernel spreads connections over them. */
 static int bind_listener(const char *addr, int port, int *bound_port)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, addr, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)port);
-        sl = sizeof *s4;
-    } else if (inet_pton(AF_INET6, addr, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)port);
-        sl = sizeof *s6;
-    } else {
-        log_error("bad listen address", "addr=%s", addr);
-        return ERR_INVALID;
-    }
+    if (parse_listen(addr, port, &ss, &sl) < 0) return ERR_INVALID;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return ERR_IO;
+    if (fd < 0) {
+        log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
+        return ERR_IO;
+    }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
-        log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
+        if (errno == EADDRINUSE) log_in_use(addr, port);
+        else log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
         close(fd);
         return ERR_IO;
     }
     if (bound_port) {
         getsockname(fd, (struct sockaddr *)&ss, &sl);
-        *bound_port = ntohs(ss.ss_family == AF_INET ? s4->sin_port : s6->sin6_port);
+        *bound_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                    : ((struct sockaddr_in6 *)&ss)->sin6_port);
     }
     return fd;
+}
+
+/* Binds one listener per thread into s->threads[i].listen_fd, refusing a
+ * port that another process listens on. */
+static int bind_listeners(server *s, const srv_options *cfg)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    int port = cfg->port;
+    if (parse_listen(cfg->listen, port, &ss, &sl) < 0 || probe_port(cfg->listen, port, &ss, sl) < 0)
+        return ERR_IO;
+    for (int i = 0; i < s->nthreads; i++) {
+        int fd = bind_listener(cfg->listen, port, i == 0 ? &port : NULL);
+        if (fd < 0) {
+            for (int j = 0; j < i; j++) close(s->threads[j].listen_fd);
+            return ERR_IO;
+        }
+        s->threads[i].listen_fd = fd;
+    }
+    if (other_listener(&ss, port, s)) {
+        log_in_use(cfg->listen, port);
+        for (int j = 0; j < s->nthreads; j++) close(s->threads[j].listen_fd);
+        return ERR_IO;
+    }
+    s->port = port;
+    return ERR_OK;
 }
 
 /* ---- per-thread handles --------------------------------------------------- */
@@ -143,18 +281,11 @@ int server_create(server **out, const srv_options *opt, const conn_http_ops *htt
     s->nthreads = opt->threads;
     s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
     if (!s->threads) { free(s); return ERR_NOMEM; }
-    int port = opt->port;
-    for (int i = 0; i < s->nthreads; i++) {
-        int fd = bind_listener(opt->listen, port, i == 0 ? &port : NULL);
-        if (fd < 0) {
-            for (int j = 0; j < i; j++) close(s->threads[j].listen_fd);
-            free(s->threads);
-            free(s);
-            return ERR_IO;
-        }
-        s->threads[i].listen_fd = fd;
+    if (bind_listeners(s, opt) < 0) {
+        free(s->threads);
+        free(s);
+        return ERR_IO;
     }
-    s->port = port;
     for (int i = 0; i < s->nthreads; i++) {
         srv_thread *t = &s->threads[i];
         int rc = thread_init(s, t, i, t->listen_fd);

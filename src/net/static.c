@@ -1,5 +1,6 @@
 #include "net/static.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -81,9 +82,12 @@ int static_open(const char *root, const char *full, static_file *f)
     size_t rl = strlen(rroot);
     if (strncmp(rfull, rroot, rl) != 0 || (rfull[rl] != '/' && rfull[rl] != 0))
         return ERR_NOT_FOUND;
-    int fd = open(rfull, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return ERR_NOT_FOUND;
+    /* Never open what is not a regular file: a FIFO's open() waits for a
+     * writer, a device's may do anything. */
     struct stat st;
+    if (stat(rfull, &st) != 0 || !S_ISREG(st.st_mode)) return ERR_NOT_FOUND;
+    int fd = open(rfull, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return ERR_NOT_FOUND;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); return ERR_NOT_FOUND; }
     if ((uint64_t)st.st_size > STATIC_MAX_FILE) { close(fd); return ERR_TOO_LARGE; }
     f->fd = fd;
@@ -92,4 +96,56 @@ int static_open(const char *root, const char *full, static_file *f)
              (unsigned long long)st.st_mtim.tv_sec * 1000000000ull +
                  (unsigned long long)st.st_mtim.tv_nsec);
     return ERR_OK;
+}
+
+/* ---- loads on the thread pool ---------------------------------------------------- */
+
+static void load_work(uv_work_t *w)
+{
+    static_load *l = w->data;
+    l->rc = static_open(l->root, l->full, &l->file);
+    if (l->rc < 0) return;
+    if (l->inm[0] && strcmp(l->inm, l->file.etag) == 0) {
+        l->not_modified = true;
+    } else if (!l->head) {
+        l->body = malloc(l->file.size ? l->file.size : 1);
+        uint64_t got = 0;
+        while (l->body && got < l->file.size) {
+            ssize_t n = pread(l->file.fd, l->body + got, l->file.size - got, (off_t)got);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break; /* an error, or the file shrank meanwhile */
+            got += (uint64_t)n;
+        }
+        if (!l->body || got != l->file.size) {
+            l->rc = l->body ? ERR_IO : ERR_NOMEM;
+            free(l->body);
+            l->body = NULL;
+        }
+    }
+    close(l->file.fd);
+    l->file.fd = -1;
+}
+
+static void load_after(uv_work_t *w, int status)
+{
+    static_load *l = w->data;
+    if (status == UV_ECANCELED) l->rc = ERR_CLOSED;
+    l->done(l);
+}
+
+int static_load_start(uv_loop_t *loop, static_load *l)
+{
+    l->work.data = l;
+    l->rc = ERR_IO;
+    l->not_modified = false;
+    l->body = NULL;
+    l->file.fd = -1;
+    return uv_queue_work(loop, &l->work, load_work, load_after) == 0 ? ERR_OK : ERR_BUSY;
+}
+
+void static_load_free(static_load *l)
+{
+    if (!l) return;
+    free(l->body);
+    free(l);
 }

@@ -49,8 +49,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 enum {
     DB_META, DB_USERS, DB_NAMES, DB_SESSIONS, DB_CONVS, DB_DIRECTS,
@@ -77,6 +81,7 @@ static const char *const db_names[DB_COUNT] = {
 
 struct store {
     MDB_env *env;                   /* owned */
+    int lock_fd;                    /* DIR/LOCK, flock'd while open; owned */
     MDB_dbi dbi[DB_COUNT];
     pthread_mutex_t pool_mu;        /* guards pool, npool */
     store_txn *pool;                /* reset read transactions, owned */
@@ -384,6 +389,46 @@ static int make_dirs(const char *dir)
     return ERR_OK;
 }
 
+/* Takes the directory's lock: an exclusive flock on DIR/LOCK, held (and
+ * the fd kept) until store_close(); the kernel drops it when the process
+ * dies, however it dies. The file then holds our pid, for the message of
+ * the next one to try. Returns the fd, ERR_BUSY if another open store (of
+ * any process) holds the lock, or ERR_IO with errno set. */
+static int lock_dir(const char *dir)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/LOCK", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return ERR_IO;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return ERR_IO;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return e == EWOULDBLOCK ? ERR_BUSY : ERR_IO;
+    }
+    char pid[24];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) { /* only informative */ }
+    return fd;
+}
+
+int store_lock_pid(const char *dir)
+{
+    char path[4096], buf[24];
+    if (!dir || snprintf(path, sizeof path, "%s/LOCK", dir) >= (int)sizeof path) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    long pid = strtol(buf, NULL, 10);
+    return pid > 0 && pid < 1L << 30 ? (int)pid : 0;
+}
+
 /* Inside the opening write transaction: checks the format version, creates
  * the databases of a fresh environment and records its version. Nothing is
  * written unless the environment is empty. */
@@ -432,11 +477,15 @@ int store_open(store **out, const char *dir, size_t map_size)
     int rc = make_dirs(dir);
     if (rc) return rc;
 
+    int lock_fd = lock_dir(dir);
+    if (lock_fd < 0) return lock_fd;
     store *s = calloc(1, sizeof *s);
-    if (!s) return ERR_NOMEM;
-    if (pthread_mutex_init(&s->pool_mu, NULL) != 0) { free(s); return ERR_NOMEM; }
+    if (!s) { close(lock_fd); return ERR_NOMEM; }
+    s->lock_fd = lock_fd;
+    if (pthread_mutex_init(&s->pool_mu, NULL) != 0) { close(lock_fd); free(s); return ERR_NOMEM; }
 
     MDB_txn *txn = NULL;
+    int e = 0;
     if ((rc = mdb_env_create(&s->env)) != 0) { s->env = NULL; goto fail_mdb; }
     if ((rc = mdb_env_set_maxdbs(s->env, MAXDBS)) != 0 ||
         (rc = mdb_env_set_maxreaders(s->env, MAXREADERS)) != 0 ||
@@ -456,12 +505,15 @@ int store_open(store **out, const char *dir, size_t map_size)
     return ERR_OK;
 
 fail_mdb:
+    e = rc > 0 ? rc : 0;            /* LMDB reports system errors as errno values */
     rc = map_err(rc);
     if (rc == ERR_NOT_FOUND || rc == ERR_CONFLICT || rc == ERR_INVALID) rc = ERR_IO;
 fail:
     if (s->env) mdb_env_close(s->env);
     pthread_mutex_destroy(&s->pool_mu);
+    close(s->lock_fd);
     free(s);
+    errno = e;
     return rc;
 }
 
@@ -485,6 +537,7 @@ void store_close(store *s)
     }
     mdb_env_close(s->env);
     pthread_mutex_destroy(&s->pool_mu);
+    close(s->lock_fd);              /* releases the directory */
     free(s);
 }
 

@@ -103,10 +103,19 @@ typedef struct store_msg {
 
 /* Opens (creating if needed) the store in directory `dir`, whose map may
  * grow to map_size bytes. Returns ERR_OK and *out, ERR_VERSION if the
- * directory holds another format version (nothing is changed), ERR_IO. */
-/* The directory is created if missing; map_size 0 means 1 GiB. */
+ * directory holds another format version (nothing is changed), ERR_BUSY if
+ * another open store holds the directory, ERR_IO (errno then tells the
+ * system's reason, or is 0). The directory is created if missing; map_size
+ * 0 means 1 GiB.
+ *
+ * One store per directory: an open store holds an exclusive flock on
+ * DIR/LOCK until store_close() (or the death of its process), so a second
+ * server on the same data directory, in this process or another, cannot
+ * open it. The file holds the pid of the holder: store_lock_pid() reads it
+ * (0 if unknown), for the message of the refused one. */
 int store_open(store **out, const char *dir, size_t map_size);
 void store_close(store *s);
+int store_lock_pid(const char *dir);
 
 /* Begins a transaction; write = true for the (single) writer. */
 int store_begin(store *s, bool write, store_txn **out);

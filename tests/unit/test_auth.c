@@ -295,6 +295,56 @@ TEST(token_hash_rules)
     }
 }
 
+/* ---- known-device keys ------------------------------------------------------ */
+
+TEST(device_keys)
+{
+    char h1[AUTH_HASH_MAX + 1], h2[AUTH_HASH_MAX + 1], key[AUTH_DEVICE_KEY_LEN + 1];
+    CHECK_EQ_INT(auth_hash("password-one", 12, true, h1), ERR_OK);
+    CHECK_EQ_INT(auth_hash("password-one", 12, true, h2), ERR_OK); /* another salt */
+    auth_device_key(42, 7, h1, key);
+    CHECK_EQ_INT(strlen(key), AUTH_DEVICE_KEY_LEN);
+    for (size_t i = 0; i < AUTH_DEVICE_KEY_LEN; i++) CHECK(b64url(key[i]));
+    CHECK_EQ_INT(auth_device_key_check(42, h1, key, AUTH_DEVICE_KEY_LEN), 7);
+    /* Deterministic: the same device gets the same key again. */
+    char again[AUTH_DEVICE_KEY_LEN + 1];
+    auth_device_key(42, 7, h1, again);
+    CHECK(strcmp(key, again) == 0);
+    /* Another user, another hash (a new password): not a key. */
+    CHECK_EQ_INT(auth_device_key_check(43, h1, key, AUTH_DEVICE_KEY_LEN), 0);
+    CHECK_EQ_INT(auth_device_key_check(42, h2, key, AUTH_DEVICE_KEY_LEN), 0);
+    CHECK_EQ_INT(auth_device_key_check(42, "", key, AUTH_DEVICE_KEY_LEN), 0);
+    CHECK_EQ_INT(auth_device_key_check(42, NULL, key, AUTH_DEVICE_KEY_LEN), 0);
+    /* Any changed character, a wrong length or alphabet: not a key. */
+    int refused = 0;
+    for (size_t i = 0; i < AUTH_DEVICE_KEY_LEN; i++) {
+        char bad[AUTH_DEVICE_KEY_LEN + 1];
+        memcpy(bad, key, sizeof bad);
+        bad[i] = bad[i] == 'A' ? 'B' : 'A';
+        refused += auth_device_key_check(42, h1, bad, AUTH_DEVICE_KEY_LEN) == 0;
+    }
+    CHECK_EQ_INT(refused, AUTH_DEVICE_KEY_LEN);
+    for (size_t n = 0; n < AUTH_DEVICE_KEY_LEN; n++)
+        CHECK_EQ_INT(auth_device_key_check(42, h1, key, n), 0);
+    char longer[AUTH_DEVICE_KEY_LEN + 2];
+    memcpy(longer, key, AUTH_DEVICE_KEY_LEN);
+    longer[AUTH_DEVICE_KEY_LEN] = 'A';
+    longer[AUTH_DEVICE_KEY_LEN + 1] = 0;
+    CHECK_EQ_INT(auth_device_key_check(42, h1, longer, AUTH_DEVICE_KEY_LEN + 1), 0);
+    char odd[AUTH_DEVICE_KEY_LEN + 1];
+    memcpy(odd, key, sizeof odd);
+    odd[3] = '+';
+    CHECK_EQ_INT(auth_device_key_check(42, h1, odd, AUTH_DEVICE_KEY_LEN), 0);
+    memset(odd, 'A', AUTH_DEVICE_KEY_LEN); /* device 0 and a zero MAC */
+    CHECK_EQ_INT(auth_device_key_check(42, h1, odd, AUTH_DEVICE_KEY_LEN), 0);
+    /* Each device its own key. */
+    auth_device_key(42, 8, h1, again);
+    CHECK(strcmp(key, again) != 0);
+    CHECK_EQ_INT(auth_device_key_check(42, h1, again, AUTH_DEVICE_KEY_LEN), 8);
+    auth_device_key(42, 0xffffffffu, h1, again);
+    CHECK_EQ_INT(auth_device_key_check(42, h1, again, AUTH_DEVICE_KEY_LEN), 0xffffffffu);
+}
+
 int main(void)
 {
     test_seed();
@@ -310,5 +360,6 @@ int main(void)
     RUN(hash_verify_slow);
     RUN(new_token);
     RUN(token_hash_rules);
+    RUN(device_keys);
     return test_summary("auth");
 }

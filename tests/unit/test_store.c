@@ -235,6 +235,72 @@ TEST(foreign_and_corrupt_env)
     tmp_rm();
 }
 
+/* One store per directory: a second open, from this process or another,
+ * is refused while the first is open; the lock dies with its holder. */
+TEST(one_store_per_directory)
+{
+    char path[160];
+    CHECK_EQ_INT(store_lock_pid(NULL), 0);
+    store *s = fresh();
+    CHECK_EQ_INT(store_lock_pid(tmp_dir), (int)getpid());
+    store *s2 = (store *)1;
+    CHECK_EQ_INT(store_open(&s2, tmp_dir, MAP), ERR_BUSY);
+    CHECK(s2 == NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        store *c = NULL;
+        _exit(store_open(&c, tmp_dir, MAP) == ERR_BUSY ? 0 : 1);
+    }
+    int status = -1;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* The refused opens changed nothing: the first store still works. */
+    store_txn *t = wbegin(s);
+    mkuser(t, "alice");
+    CHECK_EQ_INT(store_commit(t), ERR_OK);
+    store_close(s);
+
+    /* Released by store_close(); a stale LOCK's content does not matter. */
+    snprintf(path, sizeof path, "%s/LOCK", tmp_dir);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs("garbage\n", f); fclose(f); }
+    CHECK_EQ_INT(store_lock_pid(tmp_dir), 0);
+    CHECK_EQ_INT(store_open(&s, tmp_dir, MAP), ERR_OK);
+    store_close(s);
+
+    /* Released when the holder dies, even by SIGKILL. */
+    int fds[2];
+    CHECK_EQ_INT(pipe(fds), 0);
+    pid = fork();
+    if (pid == 0) {
+        store *c = NULL;
+        close(fds[0]);
+        if (store_open(&c, tmp_dir, MAP) != ERR_OK) _exit(2);
+        if (write(fds[1], "o", 1) != 1) _exit(2);
+        for (;;) pause();
+    }
+    close(fds[1]);
+    char ok = 0;
+    CHECK(read(fds[0], &ok, 1) == 1 && ok == 'o');
+    close(fds[0]);
+    CHECK_EQ_INT(store_lock_pid(tmp_dir), (int)pid);
+    CHECK_EQ_INT(store_open(&s2, tmp_dir, MAP), ERR_BUSY);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    CHECK_EQ_INT(store_open(&s, tmp_dir, MAP), ERR_OK);
+    t = rbegin(s);
+    store_user u;
+    CHECK_EQ_INT(store_user_by_name(t, "alice", &u), ERR_OK);
+    store_abort(t);
+    store_close(s);
+
+    /* A LOCK that is a symlink is not followed: refused. */
+    remove(path);
+    CHECK_EQ_INT(symlink("/tmp/parley_store_elsewhere", path), 0);
+    CHECK_EQ_INT(store_open(&s, tmp_dir, MAP), ERR_IO);
+    tmp_rm();
+}
+
 /* ---- users and sessions ------------------------------------------------- */
 
 TEST(users)
@@ -1142,6 +1208,7 @@ int main(void)
     RUN(open_create_reopen);
     RUN(version_mismatch);
     RUN(foreign_and_corrupt_env);
+    RUN(one_store_per_directory);
     RUN(users);
     RUN(limits);
     RUN(sessions);
