@@ -407,10 +407,11 @@ class RawHTTP:
         return True
 
 
-def http_get(port, path, headers=b""):
-    """One raw GET on a fresh connection; returns the Response."""
+def http_get(port, path, headers=b"", method=b"GET"):
+    """One raw request (GET, or HEAD) on a fresh connection; returns the Response."""
     with RawHTTP(port) as c:
-        return c.request(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        req = method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+        return c.request(req, head_only=(method == b"HEAD"))
 
 
 def assert_error_closes(conn, resp, status):

@@ -142,11 +142,14 @@ def test_flags_beat_environment_beat_file(tmp_path, servers):
     assert srv.port == env_port  # environment over file
     assert_serves(srv)
     assert (tmp_path / "env-data").is_dir() and not (tmp_path / "file-data").exists()
-    # a flag before --config still wins over both
-    srv2 = launch(tmp_path, ["--port", "0", "--config", conf], env)
+    # a flag before --config still wins over both (its own data directory:
+    # one parleyd per data directory)
+    srv2 = launch(tmp_path, ["--port", "0", "--data-dir", str(tmp_path / "flag-data"),
+                             "--config", conf], env)
     servers.append(srv2)
     assert srv2.port not in (None, file_port, env_port)
     assert_serves(srv2)
+    assert (tmp_path / "flag-data").is_dir()
 
 
 def test_readme_example_config_file_is_valid(tmp_path, servers):
