@@ -194,7 +194,7 @@ async function openConv(id) {
     fetchReceipts(id);
   }
   markRead(id);
-  loadOlderIfUnderfilled(id);
+  loadOlderIfWanted(id);
 }
 
 // ---- sync --------------------------------------------------------------------------
@@ -257,6 +257,7 @@ async function loadLatest(id) {
     const h = store.held(id);
     store.addMessages(id, r.messages || []);
     h.loaded = true;
+    h.more = r.more !== false;
     store.emit();
   } catch { return; } finally {
     syncing.delete(id);
@@ -309,23 +310,26 @@ function scheduleGapFill(id) {
 
 async function loadOlder(id) {
   const h = store?.msgs.get(id);
-  if (!h || !h.loaded || h.min <= 1 || h.loadingOlder || !conn?.ready) return;
+  if (!h || !h.loaded || !store.hasOlder(id) || h.loadingOlder || !conn?.ready) return;
   h.loadingOlder = true;
   store.emit();
   try {
     const r = await syncRequest(id, { before: h.min, limit: PAGE });
     if (!store) return;
     store.addMessages(id, r.messages || []);
-  } catch { /* try again on the next scroll */ } finally {
+    if (store.msgs.get(id) === h) h.more = r.more !== false && (r.messages || []).length > 0;
+  } catch { return; /* try again on the next scroll */ } finally {
     h.loadingOlder = false;
     store?.emit();
   }
-  loadOlderIfUnderfilled(id);
+  // Still at the top (a short page, or a fling) with more above: go on.
+  loadOlderIfWanted(id);
 }
 
-function loadOlderIfUnderfilled(id) {
+/** Loads older messages while the view is not full, or shows its top, and older ones exist. */
+function loadOlderIfWanted(id) {
   requestAnimationFrame(() => requestAnimationFrame(() => {
-    if (id === openId && ui.messagesUnderfilled()) loadOlder(id);
+    if (id === openId && ui.messagesWantOlder()) loadOlder(id);
   }));
 }
 

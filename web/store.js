@@ -8,7 +8,7 @@ export class Store {
     this.me = me;
     this.outbox = outbox;
     this.convs = new Map();    // id -> conversation object (protocol shape)
-    this.msgs = new Map();     // id -> {bySeq: Map<seq, msg>, min, top, loaded, older}
+    this.msgs = new Map();     // id -> {bySeq: Map<seq, msg>, min, top, loaded, more (older exist), loadingOlder}
     this.receipts = new Map(); // id -> Map<user, {delivered, read}>
     this.presence = new Map(); // user -> {online, last_seen}
     this.typing = new Map();   // id -> Map<user, expiresAt>
@@ -86,6 +86,12 @@ export class Store {
       this.msgs.set(id, m);
     }
     return m;
+  }
+
+  /** Whether messages older than the oldest held exist (the server's `more` for a page of older ones). */
+  hasOlder(id) {
+    const h = this.msgs.get(id);
+    return !!h && h.min > 1 && h.more !== false;
   }
 
   /** Highest seq held with nothing missing below it (down to the oldest held). */
