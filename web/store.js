@@ -135,7 +135,7 @@ export class Store {
     const h = this.msgs.get(id);
     const list = h ? [...h.bySeq.values()].sort((a, b) => a.seq - b.seq) : [];
     const pending = this.outbox.forConv(id).sort((a, b) => a.ts - b.ts)
-      .map((p) => ({ cmid: p.cmid, from: this.me, ts: p.ts, body: p.body, pending: true, failed: p.failed }));
+      .map((p) => ({ cmid: p.cmid, from: this.me, ts: p.ts, body: p.body, pending: true, failed: p.failed, final: !!p.final }));
     return list.concat(pending);
   }
 
@@ -191,7 +191,7 @@ export class Store {
    * (delivered / read by every other member), with counts for groups.
    */
   tick(id, msg) {
-    if (msg.failed) return { state: 'failed', text: `Not sent: ${msg.failed}` };
+    if (msg.failed) return { state: 'failed', text: `Not sent: ${msg.failed}`, final: !!msg.final };
     if (msg.pending) return { state: 'pending', text: 'Sending…' };
     const c = this.convs.get(id);
     const others = (c?.members || []).filter((u) => u !== this.me);

@@ -456,19 +456,30 @@ function updateMessageNode(store, c, li, m, prev) {
     tick = fresh;
   }
   li.classList.toggle('failed', t.state === 'failed');
+  // Why it was not sent; Retry only when sending again can work.
   let actions = li.querySelector('.failed-actions');
-  if (t.state === 'failed' && !actions) {
+  const want = t.state === 'failed' ? `${t.text}\u0000${t.final ? 1 : 0}` : '';
+  if (actions && actions.dataset.key !== want) { actions.remove(); actions = null; }
+  if (want && !actions) {
     actions = el('div', 'failed-actions');
-    const retry = el('button', 'link', 'Retry');
-    retry.type = 'button';
-    retry.dataset.action = 'retry';
+    actions.dataset.key = want;
+    actions.dataset.testid = 'failed';
+    const why = el('span', null, `${t.text}.`);
+    why.dataset.testid = 'failed-reason';
+    actions.append(why);
+    if (!t.final) {
+      const retry = el('button', 'link', 'Retry');
+      retry.type = 'button';
+      retry.dataset.action = 'retry';
+      retry.dataset.testid = 'retry';
+      actions.append(retry);
+    }
     const del = el('button', 'link', 'Delete');
     del.type = 'button';
     del.dataset.action = 'delete';
-    actions.append(el('span', null, 'Not sent. '), retry, del);
+    del.dataset.testid = 'delete';
+    actions.append(del);
     li.querySelector('.bubble').append(actions);
-  } else if (t.state !== 'failed' && actions) {
-    actions.remove();
   }
 }
 
@@ -494,6 +505,32 @@ export function messagesWantOlder() {
 }
 
 function updateJump() { $('jump-btn').hidden = stuckToBottom; }
+
+const numFmt = new Intl.NumberFormat();
+
+/**
+ * The composer's size note: hidden while far from the limit, the bytes left
+ * when close, and a refusal over it. Returns true when the text may be sent.
+ */
+export function renderComposerLimit(used, max, tried = false) {
+  const note = $('composer-limit');
+  const input = $('composer-input');
+  const left = max - used;
+  const over = left < 0;
+  note.hidden = left >= Math.min(2048, max / 8) && !over;
+  note.dataset.state = over ? 'over' : 'near';
+  note.textContent = over
+    ? `Too long to send: ${numFmt.format(-left)} bytes over the limit of ${numFmt.format(max)}. Shorten it or split it.`
+    : `${numFmt.format(left)} bytes left`;
+  note.classList.remove('shake');
+  if (over && tried) {
+    void note.offsetWidth; // restart the animation
+    note.classList.add('shake');
+  }
+  input.setAttribute('aria-invalid', over ? 'true' : 'false');
+  $('send-btn').setAttribute('aria-disabled', over ? 'true' : 'false');
+  return !over;
+}
 
 export function autosize() {
   const t = $('composer-input');
