@@ -1,6 +1,7 @@
 """The `parley` CLI (and through it libparley) against a real parleyd:
-accounts and the config file, conversations, send/history/inbox, two
-`parley chat` sessions driven through pipes, chats in a pseudo-terminal (ticks, no typing for /commands), and bad
+accounts and the config file, conversations, send/history/inbox (and the
+delivered cursor they move), two `parley chat` sessions driven through
+pipes, chats in a pseudo-terminal (ticks, no typing for /commands), and bad
 input with its exit statuses.
 
 Every process is started with bounded waits and stopped by PID. No timing
@@ -723,6 +724,86 @@ def test_chat_commands_never_send_typing(parley, tmp_path, chats):
         assert t.wait_exit() == 0, t.screen[-1500:]
     finally:
         t.close()
+    b.close_stdin()
+    assert b.exit_code() == 0
+
+
+def test_history_and_inbox_mark_delivered(parley, tmp_path):
+    """What `history` and `inbox` show has reached the device: they move the
+    delivered cursor (never read), and the sender's ticks follow."""
+    srv = parley("--insecure-fast-kdf")
+    alice, bob, carol = (Cli(tmp_path, srv.url) for _ in range(3))
+    for u in (alice, bob, carol):
+        u.register()
+    cid = alice.json("direct", bob.name)["id"]
+    r = bob.run("history", cid)  # nothing to show, nothing to mark
+    assert r.returncode == 0 and r.stdout == "no messages\n" and r.stderr == ""
+    for i in range(3):
+        alice.json("send", cid, f"m{i}")
+    assert cursors(alice, cid, bob.name) == (0, 0)
+
+    h = bob.json("history", cid, "--after", "0", "--limit", "2")
+    assert [m["seq"] for m in h["messages"]] == [1, 2]
+    assert cursors(alice, cid, bob.name) == (2, 0)  # shown: delivered, not read
+    r = bob.run("history", cid)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert cursors(alice, cid, bob.name) == (3, 0)
+    r = bob.run("history", cid, "--before", "2")  # an older page moves nothing back
+    assert r.returncode == 0 and r.stderr == "" and "#1 [" in r.stdout
+    assert cursors(alice, cid, bob.name) == (3, 0)
+
+    for i in range(2):
+        alice.json("send", cid, f"n{i}")
+    r = bob.run("--json", "inbox")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    [c] = json.loads(r.stdout)["conversations"]
+    assert (c["last_seq"], c["delivered_seq"]) == (5, 3)  # as it was when listed
+    assert cursors(alice, cid, bob.name) == (5, 0)
+    # ...and what Alice's receipts say for her message 5: delivered to Bob, unread
+    rr = requests.get(f"{srv.url}/v1/conversations/{cid}/receipts", params={"seq": 5},
+                      headers={"Authorization": "Bearer " + alice.token()}, timeout=30).json()
+    assert (rr["delivered"], rr["read"]) == (1, 0)
+    r = bob.run("inbox")
+    assert r.returncode == 0 and r.stderr == "" and f"#{cid}" in r.stdout
+
+    # Groups: each member's own cursor; our own messages move nothing.
+    gid = alice.json("group", "create", "g", bob.name, carol.name)["id"]
+    alice.json("send", gid, "to both")
+    r = carol.run("inbox")
+    assert r.returncode == 0 and r.stderr == ""
+    assert cursors(alice, gid, carol.name) == (1, 0)
+    assert cursors(alice, gid, bob.name) == (0, 0)
+    r = alice.run("inbox")
+    assert r.returncode == 0 and r.stderr == ""
+    assert cursors(alice, gid, alice.name) == (1, 1)
+
+
+def test_history_not_marked_delivered_warns(parley, tmp_path, chats):
+    """Bad luck after showing: the live connection is refused (the user has
+    every WebSocket the server allows). The messages are shown, the command
+    succeeds, and a warning says they were not marked delivered."""
+    srv = parley("--insecure-fast-kdf", "--max-user-conns", "1")
+    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
+    alice.register()
+    bob.register()
+    cid = alice.json("direct", bob.name)["id"]
+    gid = alice.json("group", "create", "other", bob.name)["id"]
+    alice.json("send", cid, "are you there?")
+    b = open_chat(chats, bob, gid, "--last", "0")  # Bob's one connection, elsewhere
+    b.event("state", state="connected")
+
+    r = bob.run("--timeout", "10", "history", cid)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "are you there?" in r.stdout
+    assert f"parley: history: not marked delivered: #{cid}: no live connection" in r.stderr, r.stderr
+    assert cursors(alice, cid, bob.name) == (0, 0)
+    r = bob.run("--json", "--timeout", "10", "inbox")
+    assert r.returncode == 0, r.stderr
+    assert {c["id"] for c in json.loads(r.stdout)["conversations"]} == {cid, gid}
+    [w] = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{")]
+    assert w["warning"]["code"] == "not_delivered", w
+    assert w["warning"]["message"].startswith("inbox: not marked delivered: #"), w
+    assert cursors(alice, cid, bob.name) == (0, 0)
     b.close_stdin()
     assert b.exit_code() == 0
 
