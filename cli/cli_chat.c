@@ -506,6 +506,17 @@ static void send_line(chat *ch, const char *line)
     /* plain mode: the ack line ("✓ #seq ...") is the echo */
 }
 
+/* Whether a line being edited is a message being typed: not a command (a
+ * leading '/', unless it is the '//' of a message that starts with '/'), and
+ * not only blanks. Commands never tell the others we are typing. */
+static bool is_typing(const char *line)
+{
+    if (line[0] == '/' && line[1] != '/') return false;
+    for (const char *p = line; *p; p++)
+        if (*p != ' ' && *p != '\t') return true;
+    return false;
+}
+
 /* libedit calls this with a finished line (NULL at EOF), from inside
  * rl_callback_read_char(). */
 static void on_rl_line(char *line)
@@ -540,7 +551,7 @@ static void on_stdin(uv_poll_t *h, int status, int events)
         rl_callback_read_char();
         ch->in_rl = false;
         if (ch->quitting || ch->finished) rl_stop(ch);
-        else if (rl_line_buffer && rl_end > 0) parley_typing(ch->c, ch->conv);
+        else if (rl_line_buffer && rl_end > 0 && is_typing(rl_line_buffer)) parley_typing(ch->c, ch->conv);
         return;
     }
     for (int rounds = 0; rounds < 16; rounds++) {
@@ -669,6 +680,15 @@ static void cb_message(parley_client *c, const parley_message *m, void *ud)
     }
     show_message(ch, m, false);
     if (strcmp(m->from, ch->me) != 0) mark_read(ch, m->seq); /* it is on the screen */
+    /* A message from X at seq S says X has delivered and read up to S: the
+     * server moves the sender's cursors with the send and sends no receipt
+     * for that (docs/protocol.md, "Client rules"). */
+    member *mb = member_get(ch, m->from, true);
+    if (mb) {
+        if (m->seq > mb->delivered) mb->delivered = m->seq;
+        if (m->seq > mb->read) mb->read = m->seq;
+        update_ticks(ch);
+    }
 }
 
 static void cb_ack(parley_client *c, const parley_ack *a, void *ud)

@@ -198,6 +198,9 @@ int cli_client(const cli_opts *o, const parley_callbacks *cb, void *ud, parley_c
     po.token = o->cfg.token[0] ? o->cfg.token : NULL;
     po.callbacks = cb;
     po.userdata = ud;
+    /* Delivered means shown: a client that shows no messages (no on_message)
+     * never moves the cursor by itself. */
+    po.manual_delivered = !cb || !cb->on_message;
     po.request_timeout_ms = (uint32_t)o->timeout_ms;
     po.connect_timeout_ms = (uint32_t)(o->timeout_ms < 10000 ? o->timeout_ms : 10000);
     int rc = parley_new(&po, out);

@@ -43,17 +43,25 @@ static void usage(FILE *f)
 "                                terminal. Not a terminal: one line of stdin is one\n"
 "                                message; at EOF it waits up to --wait (30) seconds\n"
 "                                for the acks, then exits. Lines starting with '/':\n"
-"                                /quit, /typing, /help ('//' sends a leading '/')\n"
+"                                /quit, /typing, /help ('//' sends a leading '/');\n"
+"                                typing a /command never tells others you type\n"
 "\n"
 "CONV is a conversation id, or @USER for the direct conversation with USER.\n"
 "Passwords are read from the terminal without echo, or else from the first line\n"
 "of stdin.\n"
 "\n"
+"receipts: inbox and history mark the messages they show delivered (✓✓ for\n"
+"their senders), never read; chat marks what it shows of its conversation read,\n"
+"and the messages of other conversations it mentions delivered. Sending a\n"
+"message marks its conversation read up to it (the server does). No other\n"
+"command moves your cursors.\n"
+"\n"
 "options:\n"
 "  --server URL      the server (default: $PARLEY_SERVER, else the server of the\n"
 "                    last login, else " DEFAULT_SERVER ")\n"
 "  --json            machine-readable output: one JSON document on stdout (chat:\n"
-"                    one JSON object per line); errors as {\"error\":{...}} on stderr\n"
+"                    one JSON object per line); errors as {\"error\":{...}} and\n"
+"                    warnings as {\"warning\":{...}} on stderr\n"
 "  --timeout SECONDS bound on network waits of one-shot commands (default 30)\n"
 "  --help, --version\n"
 "\n"
@@ -342,13 +350,168 @@ static void print_body(const parley_message *m, char *out, size_t cap)
     else cli_put_clean(out, cap, m->body, m->body_len);
 }
 
+/* ---- delivered: what `history` and `inbox` showed has reached this device ------------ */
+
+enum { MARK_WAIT, MARK_DONE, MARK_REFUSED };
+
+typedef struct mark_ctx {
+    const char *me;
+    uint64_t *conv, *seq;  /* the delivered cursor moves wanted, n of them */
+    uint8_t *state;        /* MARK_WAIT, MARK_DONE (confirmed) or MARK_REFUSED */
+    size_t n, left;
+    bool down;             /* the live connection failed */
+    int err;               /* why (an error code, 0 if none was given) */
+    char why[256];         /* a refusal, for the warning */
+} mark_ctx;
+
+static void mark_confirm(parley_client *c, mark_ctx *m, uint64_t conv, uint64_t delivered)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        if (m->state[i] != MARK_WAIT || m->conv[i] != conv || delivered < m->seq[i]) continue;
+        m->state[i] = MARK_DONE;
+        m->left--;
+    }
+    if (m->left == 0) parley_break(c);
+}
+
+/* Our own cursor moved: the server sends the receipt to our connection too,
+ * once the move is stored. */
+static void mark_on_receipt(parley_client *c, const parley_receipt *r, void *ud)
+{
+    mark_ctx *m = ud;
+    if (m->n && strcmp(r->user, m->me) == 0) mark_confirm(c, m, r->conv, r->delivered);
+}
+
+static void mark_on_state(parley_client *c, parley_state st, int err, uint64_t delay, void *ud)
+{
+    mark_ctx *m = ud;
+    if (m->n && (st == PARLEY_BACKOFF || st == PARLEY_CLOSED)) {
+        m->down = true;
+        m->err = err;
+        parley_break(c);
+    }
+}
+
+/* A refused cursor move (the library retries only busy and rate_limited). */
+static void mark_on_error(parley_client *c, const parley_error *e, void *ud)
+{
+    mark_ctx *m = ud;
+    if (!m->n || !e->conv || strcmp(e->code, "busy") == 0 || strcmp(e->code, "rate_limited") == 0) return;
+    for (size_t i = 0; i < m->n; i++) {
+        if (m->state[i] != MARK_WAIT || m->conv[i] != e->conv) continue;
+        snprintf(m->why, sizeof m->why, "%.180s (%.60s)", e->message, e->code);
+        m->state[i] = MARK_REFUSED;
+        m->left--;
+    }
+    if (m->left == 0) parley_break(c);
+}
+
+static const parley_callbacks mark_callbacks = {
+    .on_state = mark_on_state, .on_receipt = mark_on_receipt, .on_error = mark_on_error,
+};
+
+/* Our delivered cursor in conv (0 if unknown). */
+static uint64_t my_delivered(parley_client *c, const char *me, uint64_t conv)
+{
+    parley_receipts *r;
+    uint64_t d = 0;
+    if (parley_get_receipts(c, conv, 0, &r) < 0) return 0;
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->members[i].user, me) == 0) d = r->members[i].delivered;
+    parley_receipts_free(c, r);
+    return d;
+}
+
+static void mark_warn(const cli_opts *o, const char *what, const char *why)
+{
+    if (o->json) {
+        jbuf j;
+        jb_init(&j, 256);
+        jb_lit(&j, "{\"warning\":{\"code\":\"not_delivered\",\"message\":");
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s: not marked delivered: %s", what, why);
+        jb_cstr(&j, msg);
+        jb_lit(&j, "}}");
+        size_t n;
+        const char *d = jb_data(&j, &n);
+        if (d) fprintf(stderr, "%.*s\n", (int)n, d);
+        jb_free(&j);
+    } else {
+        fprintf(stderr, "parley: %s: not marked delivered: %s\n", what, why);
+    }
+}
+
+/* After messages were shown: moves our delivered cursor of each m->conv[i]
+ * to m->seq[i] (never read: showing is not reading) over the live
+ * connection, and waits, bounded by --timeout, until the server confirms
+ * each. A failure is a warning on stderr: what was shown stays shown, and
+ * the exit status is that of the command. c was made with mark_callbacks
+ * and m as its userdata. */
+static void mark_delivered(const cli_opts *o, parley_client *c, mark_ctx *m, const char *what)
+{
+    if (m->n == 0) return;
+    m->left = m->n;
+    for (size_t i = 0; i < m->n; i++) parley_mark_delivered(c, m->conv[i], m->seq[i]); /* sent on connect */
+    int rc = parley_connect(c);
+    if (rc < 0) { m->down = true; m->err = rc; }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < 100000 && !m->down && m->left; i++) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long el = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (el >= o->timeout_ms) break;
+        if ((rc = parley_run(c, (int)(o->timeout_ms - el))) < 0) { m->down = true; m->err = rc; }
+    }
+    char why[512];
+    if (m->why[0]) {
+        snprintf(why, sizeof why, "refused: %s", m->why);
+    } else if (m->down) {
+        const parley_error *e = parley_last_error(c);
+        snprintf(why, sizeof why, "no live connection: %s",
+                 e->message[0] ? e->message : m->err ? parley_strerror(m->err) : "connection failed");
+    } else {
+        snprintf(why, sizeof why, "no confirmation from the server within %d s", o->timeout_ms / 1000);
+    }
+    parley_close(c);
+    /* No confirmation comes when the cursor was there already (another
+     * device moved it meanwhile), or when the connection went after the move:
+     * ask (for a few) before warning. */
+    size_t missing = 0, asked = 0;
+    uint64_t first = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (m->state[i] == MARK_DONE) continue;
+        if (m->state[i] == MARK_WAIT && asked++ < 20 && my_delivered(c, m->me, m->conv[i]) >= m->seq[i])
+            continue;
+        if (!missing++) first = m->conv[i];
+    }
+    if (!missing) return;
+    char full[700];
+    if (missing == 1) snprintf(full, sizeof full, "#%llu: %s", (unsigned long long)first, why);
+    else snprintf(full, sizeof full, "%zu conversations: %s", missing, why);
+    mark_warn(o, what, full);
+}
+
+/* Room for n cursor moves in m (one allocation; free m->conv). */
+static int mark_alloc(mark_ctx *m, size_t n)
+{
+    if (n == 0) return 0;
+    char *p = calloc(n, 2 * sizeof(uint64_t) + 1);
+    if (!p) return -1;
+    m->conv = (uint64_t *)p;
+    m->seq = m->conv + n;
+    m->state = (uint8_t *)(m->seq + n);
+    return 0;
+}
+
 static int cmd_inbox(cli_opts *o, const args *a)
 {
     if (a->npos != 1) return cli_error(o, EXIT_USAGE, "usage: parley inbox [--changed-since C]");
     int rc = need_login(o);
     if (rc) return rc;
     parley_client *c;
-    if ((rc = cli_client(o, NULL, NULL, &c))) return rc;
+    mark_ctx m = {.me = o->cfg.user};
+    if ((rc = cli_client(o, &mark_callbacks, &m, &c))) return rc;
     parley_inbox *in;
     rc = parley_get_inbox(c, a->changed_since, &in);
     if (rc < 0) {
@@ -388,6 +551,21 @@ static int cmd_inbox(cli_opts *o, const args *a)
                    unread, last);
         }
     }
+    fflush(stdout);
+    /* The messages the inbox told of have reached this device. */
+    size_t n = 0;
+    for (size_t i = 0; i < in->n; i++) n += in->convs[i].last_seq > in->convs[i].delivered_seq;
+    if (mark_alloc(&m, n) == 0) {
+        for (size_t i = 0; i < in->n; i++) {
+            if (in->convs[i].last_seq <= in->convs[i].delivered_seq) continue;
+            m.conv[m.n] = in->convs[i].id;
+            m.seq[m.n++] = in->convs[i].last_seq;
+        }
+        mark_delivered(o, c, &m, "inbox");
+        free(m.conv);
+    } else {
+        mark_warn(o, "inbox", "out of memory");
+    }
     parley_inbox_free(c, in);
     parley_free(c);
     return EXIT_OK;
@@ -406,7 +584,8 @@ static int cmd_history(cli_opts *o, const args *a)
     int rc = need_login(o);
     if (rc) return rc;
     parley_client *c;
-    if ((rc = cli_client(o, NULL, NULL, &c))) return rc;
+    mark_ctx mk = {.me = o->cfg.user};
+    if ((rc = cli_client(o, &mark_callbacks, &mk, &c))) return rc;
     uint64_t conv;
     if ((rc = cli_resolve_conv(o, c, a->pos[1], &conv))) { parley_free(c); return rc; }
     parley_history *h;
@@ -442,6 +621,21 @@ static int cmd_history(cli_opts *o, const args *a)
             printf("#%llu [%s] %s: %s\n", (unsigned long long)m->seq, when, m->from, body);
         }
         if (h->n == 0) printf("no messages\n");
+    }
+    fflush(stdout);
+    /* The messages shown have reached this device (an older page moves
+     * nothing: the cursor is past it). */
+    uint64_t top = h->n ? h->msgs[h->n - 1].seq : 0;
+    if (top && top > my_delivered(c, o->cfg.user, conv)) {
+        if (mark_alloc(&mk, 1) == 0) {
+            mk.conv[0] = conv;
+            mk.seq[0] = top;
+            mk.n = 1;
+            mark_delivered(o, c, &mk, "history");
+            free(mk.conv);
+        } else {
+            mark_warn(o, "history", "out of memory");
+        }
     }
     parley_history_free(c, h);
     parley_free(c);

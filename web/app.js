@@ -1,7 +1,7 @@
 // Wiring: session, connection, sync rules (docs/protocol.md "Client rules"), UI events.
 
 import * as api from './api.js';
-import { Connection, Outbox } from './conn.js';
+import { Connection, Outbox, MAX_TEXT_BYTES, TOO_LONG, bodyBytes } from './conn.js';
 import { Store } from './store.js';
 import * as ui from './ui.js';
 
@@ -178,6 +178,7 @@ function route() {
   openId = id;
   typingSentAt = 0;
   ui.showChat(store, id);
+  updateComposerLimit();
   ui.setView(id === null ? 'list' : 'chat');
   scheduleRender();
   if (id !== null) {
@@ -194,7 +195,7 @@ async function openConv(id) {
     fetchReceipts(id);
   }
   markRead(id);
-  loadOlderIfUnderfilled(id);
+  loadOlderIfWanted(id);
 }
 
 // ---- sync --------------------------------------------------------------------------
@@ -257,6 +258,7 @@ async function loadLatest(id) {
     const h = store.held(id);
     store.addMessages(id, r.messages || []);
     h.loaded = true;
+    h.more = r.more !== false;
     store.emit();
   } catch { return; } finally {
     syncing.delete(id);
@@ -309,23 +311,26 @@ function scheduleGapFill(id) {
 
 async function loadOlder(id) {
   const h = store?.msgs.get(id);
-  if (!h || !h.loaded || h.min <= 1 || h.loadingOlder || !conn?.ready) return;
+  if (!h || !h.loaded || !store.hasOlder(id) || h.loadingOlder || !conn?.ready) return;
   h.loadingOlder = true;
   store.emit();
   try {
     const r = await syncRequest(id, { before: h.min, limit: PAGE });
     if (!store) return;
     store.addMessages(id, r.messages || []);
-  } catch { /* try again on the next scroll */ } finally {
+    if (store.msgs.get(id) === h) h.more = r.more !== false && (r.messages || []).length > 0;
+  } catch { return; /* try again on the next scroll */ } finally {
     h.loadingOlder = false;
     store?.emit();
   }
-  loadOlderIfUnderfilled(id);
+  // Still at the top (a short page, or a fling) with more above: go on.
+  loadOlderIfWanted(id);
 }
 
-function loadOlderIfUnderfilled(id) {
+/** Loads older messages while the view is not full, or shows its top, and older ones exist. */
+function loadOlderIfWanted(id) {
   requestAnimationFrame(() => requestAnimationFrame(() => {
-    if (id === openId && ui.messagesUnderfilled()) loadOlder(id);
+    if (id === openId && ui.messagesWantOlder()) loadOlder(id);
   }));
 }
 
@@ -457,8 +462,9 @@ function onError(f) {
     if (f.code === 'busy' || f.code === 'internal' || f.code === 'rate_limited') {
       outbox.retryLater(item.cmid, f.retry_after_ms || 2000);
     } else {
-      const why = { too_large: 'message too long', forbidden: 'you are not in this chat' }[f.code] || f.message || f.code;
-      outbox.fail(item.cmid, why);
+      // These can never work by sending the same again: no Retry for them.
+      const final = { too_large: TOO_LONG, forbidden: 'you are not in this chat', bad_request: f.message || 'refused' };
+      outbox.fail(item.cmid, final[f.code] || f.message || f.code, { final: f.code in final });
       store.emit();
     }
     return;
@@ -470,10 +476,13 @@ function onError(f) {
 
 function sendMessage() {
   const input = $('composer-input');
-  const text = input.value.replace(/^\s*\n|\s+$/g, '');
+  const text = composerText();
   if (!text.trim() || openId === null) return;
+  // Over the limit it stays in the composer, with the reason under it.
+  if (!ui.renderComposerLimit(bodyBytes(text), MAX_TEXT_BYTES, true)) return;
   input.value = '';
   ui.autosize();
+  updateComposerLimit();
   outbox.add(openId, text);
   outbox.flush(conn);
   // The message ends this bout of typing (the other side hides "typing…" when it
@@ -483,8 +492,19 @@ function sendMessage() {
   requestAnimationFrame(ui.scrollToBottom);
 }
 
+/** What Enter would send: the composer's text without leading blank lines and trailing space. */
+function composerText() {
+  return $('composer-input').value.replace(/^\s*\n|\s+$/g, '');
+}
+
+function updateComposerLimit() {
+  const text = composerText();
+  ui.renderComposerLimit(text ? bodyBytes(text) : 0, MAX_TEXT_BYTES);
+}
+
 function onComposerInput() {
   ui.autosize();
+  updateComposerLimit();
   if (openId === null || !$('composer-input').value.trim()) return;
   const now = Date.now();
   if (now - typingSentAt < TYPING_EVERY_MS) return;
@@ -568,7 +588,7 @@ function bindApp() {
     const item = cmid && outbox.get(cmid);
     if (!item) return;
     if (btn.dataset.action === 'delete') outbox.remove(cmid);
-    else { delete item.failed; outbox.save(); outbox.flush(conn); }
+    else if (!item.final) { delete item.failed; outbox.save(); outbox.flush(conn); }
     store.emit();
   });
 

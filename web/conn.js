@@ -8,6 +8,20 @@ const PING_AFTER_MS = 25000;   // silence before we ping
 const PONG_TIMEOUT_MS = 10000; // no answer by then: the socket is dead
 const RESEND_AFTER_MS = 10000; // no ack by then: send again, same cmid
 
+/**
+ * The largest message body the server takes: its --max-text, in bytes of the
+ * body as JSON (docs/protocol.md, `send`). The server does not announce it, so
+ * this is its default; a server with a lower one answers `too_large`.
+ */
+export const MAX_TEXT_BYTES = 16384;
+
+const utf8 = new TextEncoder();
+
+/** The size a body counts for against MAX_TEXT_BYTES: its JSON, in UTF-8 bytes. */
+export function bodyBytes(body) {
+  return utf8.encode(JSON.stringify(body)).length;
+}
+
 /** Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)). */
 export function backoffDelay(attempt, base = BACKOFF_BASE_MS, cap = BACKOFF_CAP_MS) {
   return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
@@ -249,6 +263,9 @@ export class Connection {
   }
 }
 
+/** Why a message over the limit was not sent. */
+export const TOO_LONG = 'the message is too long for the server';
+
 /**
  * Messages sent but not yet acknowledged, kept in localStorage so that they
  * survive a reload, and sent again with the same cmid until acked.
@@ -256,7 +273,7 @@ export class Connection {
 export class Outbox {
   constructor(storageKey) {
     this.key = storageKey;
-    this.items = new Map(); // cmid -> {cmid, conv, body, ts, failed?}
+    this.items = new Map(); // cmid -> {cmid, conv, body, ts, failed?, final?}
     this.sentAt = new Map(); // cmid -> time of last send (not persisted)
     this.done = new Set();   // cmids acked or dropped here (so a save never brings them back)
     for (const it of this.read()) this.items.set(it.cmid, it);
@@ -298,10 +315,12 @@ export class Outbox {
     return had;
   }
 
-  fail(cmid, reason) {
+  /** It was refused: `reason` says why; `final` when sending it again can never work (no Retry). */
+  fail(cmid, reason, { final = false } = {}) {
     const it = this.items.get(cmid);
     if (!it) return;
     it.failed = reason;
+    if (final) it.final = true; else delete it.final;
     this.save();
   }
 
@@ -312,6 +331,12 @@ export class Outbox {
     const now = Date.now();
     for (const it of this.items.values()) {
       if (it.failed) continue;
+      if (bodyBytes(it.body) > MAX_TEXT_BYTES) {
+        // Kept from elsewhere (another tab, an older page): the server would
+        // refuse it (or close the socket, over its frame limit) every time.
+        this.fail(it.cmid, TOO_LONG, { final: true });
+        continue;
+      }
       const last = this.sentAt.get(it.cmid) || 0;
       if (!all && now - last < RESEND_AFTER_MS) continue;
       if (conn.send({ type: 'send', conv: it.conv, cmid: it.cmid, body: it.body })) this.sentAt.set(it.cmid, now);

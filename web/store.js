@@ -8,7 +8,7 @@ export class Store {
     this.me = me;
     this.outbox = outbox;
     this.convs = new Map();    // id -> conversation object (protocol shape)
-    this.msgs = new Map();     // id -> {bySeq: Map<seq, msg>, min, top, loaded, older}
+    this.msgs = new Map();     // id -> {bySeq: Map<seq, msg>, min, top, loaded, more (older exist), loadingOlder}
     this.receipts = new Map(); // id -> Map<user, {delivered, read}>
     this.presence = new Map(); // user -> {online, last_seen}
     this.typing = new Map();   // id -> Map<user, expiresAt>
@@ -88,6 +88,12 @@ export class Store {
     return m;
   }
 
+  /** Whether messages older than the oldest held exist (the server's `more` for a page of older ones). */
+  hasOlder(id) {
+    const h = this.msgs.get(id);
+    return !!h && h.min > 1 && h.more !== false;
+  }
+
   /** Highest seq held with nothing missing below it (down to the oldest held). */
   top(id) { return this.msgs.get(id)?.top || 0; }
 
@@ -129,7 +135,7 @@ export class Store {
     const h = this.msgs.get(id);
     const list = h ? [...h.bySeq.values()].sort((a, b) => a.seq - b.seq) : [];
     const pending = this.outbox.forConv(id).sort((a, b) => a.ts - b.ts)
-      .map((p) => ({ cmid: p.cmid, from: this.me, ts: p.ts, body: p.body, pending: true, failed: p.failed }));
+      .map((p) => ({ cmid: p.cmid, from: this.me, ts: p.ts, body: p.body, pending: true, failed: p.failed, final: !!p.final }));
     return list.concat(pending);
   }
 
@@ -185,7 +191,7 @@ export class Store {
    * (delivered / read by every other member), with counts for groups.
    */
   tick(id, msg) {
-    if (msg.failed) return { state: 'failed', text: `Not sent: ${msg.failed}` };
+    if (msg.failed) return { state: 'failed', text: `Not sent: ${msg.failed}`, final: !!msg.final };
     if (msg.pending) return { state: 'pending', text: 'Sending…' };
     const c = this.convs.get(id);
     const others = (c?.members || []).filter((u) => u !== this.me);

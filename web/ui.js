@@ -335,9 +335,10 @@ function renderMessages(store, c) {
   const list = $('msg-list');
   const msgs = store.messageList(c.id);
   const group = c.type === 'group';
-  const before = list.firstElementChild;
-  const fromBottom = box.scrollHeight - box.scrollTop;
   const wasStuck = stuckToBottom;
+  // Unless we follow the bottom, the message at the top of the view stays
+  // where it is, whatever comes in above or below it (a page of older ones).
+  const anchor = wasStuck ? null : topMessage(box);
 
   const wanted = [];
   let prevDay = 0, prev = null;
@@ -374,17 +375,33 @@ function renderMessages(store, c) {
     list.insertBefore(node, cursor);
   }
 
-  // Scroll: stay at the bottom if we were there; keep the view still when older ones came in on top.
-  if (wasStuck) box.scrollTop = box.scrollHeight;
-  else if (before && list.firstElementChild !== before) box.scrollTop = box.scrollHeight - fromBottom;
-
   const h = store.msgs.get(c.id);
   const older = $('older');
   older.textContent = !h || !h.loaded ? (msgs.length ? '' : 'Loading…')
-    : h.min > 1 ? (h.loadingOlder ? 'Loading older messages…' : '')
+    : store.hasOlder(c.id) ? (h.loadingOlder ? 'Loading older messages…' : '')
       : msgs.length ? 'This is the beginning of the chat.' : 'No messages yet. Say hello!';
   older.dataset.state = h && h.loadingOlder ? 'loading' : '';
+
+  // Scroll: stay at the bottom if we were there; else keep the anchor still.
+  if (wasStuck) box.scrollTop = box.scrollHeight;
+  else if (anchor && anchor.node.isConnected) box.scrollTop += offsetIn(box, anchor.node) - anchor.offset;
   updateJump();
+}
+
+/** The node's distance from the top edge of the scrolling box, in px. */
+function offsetIn(box, node) {
+  return node.getBoundingClientRect().top - box.getBoundingClientRect().top;
+}
+
+/** The first message (not a day line) not wholly above the view, and its offset; null if none. */
+function topMessage(box) {
+  const top = box.getBoundingClientRect().top;
+  for (const li of $('msg-list').children) {
+    if (!li.classList.contains('msg')) continue;
+    const r = li.getBoundingClientRect();
+    if (r.bottom > top) return { node: li, offset: r.top - top };
+  }
+  return null;
 }
 
 function messageNode(m, group, me) {
@@ -439,19 +456,30 @@ function updateMessageNode(store, c, li, m, prev) {
     tick = fresh;
   }
   li.classList.toggle('failed', t.state === 'failed');
+  // Why it was not sent; Retry only when sending again can work.
   let actions = li.querySelector('.failed-actions');
-  if (t.state === 'failed' && !actions) {
+  const want = t.state === 'failed' ? `${t.text}\u0000${t.final ? 1 : 0}` : '';
+  if (actions && actions.dataset.key !== want) { actions.remove(); actions = null; }
+  if (want && !actions) {
     actions = el('div', 'failed-actions');
-    const retry = el('button', 'link', 'Retry');
-    retry.type = 'button';
-    retry.dataset.action = 'retry';
+    actions.dataset.key = want;
+    actions.dataset.testid = 'failed';
+    const why = el('span', null, `${t.text}.`);
+    why.dataset.testid = 'failed-reason';
+    actions.append(why);
+    if (!t.final) {
+      const retry = el('button', 'link', 'Retry');
+      retry.type = 'button';
+      retry.dataset.action = 'retry';
+      retry.dataset.testid = 'retry';
+      actions.append(retry);
+    }
     const del = el('button', 'link', 'Delete');
     del.type = 'button';
     del.dataset.action = 'delete';
-    actions.append(el('span', null, 'Not sent. '), retry, del);
+    del.dataset.testid = 'delete';
+    actions.append(del);
     li.querySelector('.bubble').append(actions);
-  } else if (t.state !== 'failed' && actions) {
-    actions.remove();
   }
 }
 
@@ -470,13 +498,39 @@ export function onMessagesScroll() {
   return box.scrollTop < 200;
 }
 
-/** True when the message area does not fill the screen (so older ones should load). */
-export function messagesUnderfilled() {
+/** True when the message area does not fill the screen, or shows its top (so older ones should load). */
+export function messagesWantOlder() {
   const box = $('messages');
-  return box.scrollHeight <= box.clientHeight + 10;
+  return box.scrollHeight <= box.clientHeight + 10 || box.scrollTop < 200;
 }
 
 function updateJump() { $('jump-btn').hidden = stuckToBottom; }
+
+const numFmt = new Intl.NumberFormat();
+
+/**
+ * The composer's size note: hidden while far from the limit, the bytes left
+ * when close, and a refusal over it. Returns true when the text may be sent.
+ */
+export function renderComposerLimit(used, max, tried = false) {
+  const note = $('composer-limit');
+  const input = $('composer-input');
+  const left = max - used;
+  const over = left < 0;
+  note.hidden = left >= Math.min(2048, max / 8) && !over;
+  note.dataset.state = over ? 'over' : 'near';
+  note.textContent = over
+    ? `Too long to send: ${numFmt.format(-left)} bytes over the limit of ${numFmt.format(max)}. Shorten it or split it.`
+    : `${numFmt.format(left)} bytes left`;
+  note.classList.remove('shake');
+  if (over && tried) {
+    void note.offsetWidth; // restart the animation
+    note.classList.add('shake');
+  }
+  input.setAttribute('aria-invalid', over ? 'true' : 'false');
+  $('send-btn').setAttribute('aria-disabled', over ? 'true' : 'false');
+  return !over;
+}
 
 export function autosize() {
   const t = $('composer-input');

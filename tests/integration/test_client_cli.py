@@ -1,7 +1,8 @@
 """The `parley` CLI (and through it libparley) against a real parleyd:
-accounts and the config file, conversations, send/history/inbox, two
-`parley chat` sessions driven through pipes, a chat in a pseudo-terminal,
-and bad input with its exit statuses.
+accounts and the config file, conversations, send/history/inbox (and the
+delivered cursor they move), two `parley chat` sessions driven through
+pipes, chats in a pseudo-terminal (ticks, no typing for /commands), and bad
+input with its exit statuses.
 
 Every process is started with bounded waits and stopped by PID. No timing
 assertions: waits are upper bounds only.
@@ -17,6 +18,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from parley_client import (HOST, PARLEY_CLI, PASSWORD, WAIT, Cli, cli_users, free_port, history,
                            rest, uname)
@@ -35,6 +37,70 @@ def json_error(r):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("{")]
     assert lines, f"no JSON error on stderr: {r.stderr!r}"
     return json.loads(lines[-1])["error"]
+
+
+def cursors(cli, conv, user):
+    """(delivered, read) of user in conv, read through REST by cli."""
+    r = requests.get(f"{cli.url}/v1/conversations/{conv}/receipts",
+                     headers={"Authorization": "Bearer " + cli.token()}, timeout=30)
+    assert r.status_code == 200, r.text
+    [m] = [m for m in r.json()["members"] if m["user"] == user]
+    return m["delivered"], m["read"]
+
+
+class Tty:
+    """`parley chat ...` on a pseudo-terminal; everything it writes is kept in
+    self.screen (raw bytes, escapes included)."""
+
+    def __init__(self, cli, *args):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: exec the CLI on the terminal
+            try:
+                os.execve(PARLEY_CLI, [PARLEY_CLI, "chat", *[str(a) for a in args]],
+                          cli.env(TERM="xterm"))
+            finally:
+                os._exit(127)
+        self.screen = b""
+
+    def read_until(self, token, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while token not in self.screen and time.monotonic() < deadline:
+            r, _, _ = select.select([self.fd], [], [], 0.2)
+            if r:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self.screen += data
+        return token in self.screen
+
+    def type(self, text):
+        """Types text a key at a time, as people do: each key is echoed (so
+        handled) before the next."""
+        for i in range(len(text)):
+            os.write(self.fd, text[i].encode())
+            assert self.read_until(text[:i + 1].encode()), self.screen[-500:]
+
+    def wait_exit(self, timeout=WAIT):
+        """The exit status once the chat ended (None if it did not in time)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            wpid, st = os.waitpid(self.pid, os.WNOHANG)
+            if wpid:
+                self.pid = 0
+                return os.WEXITSTATUS(st) if os.WIFEXITED(st) else -1
+            self.read_until(b"\x00", timeout=0.05)  # keep draining the terminal
+            time.sleep(0.05)
+        return None
+
+    def close(self):
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        os.close(self.fd)
 
 
 # --------------------------------------------------------------------------
@@ -324,6 +390,9 @@ def test_chat_in_a_terminal(parley, tmp_path):
         assert [m["body"] for m in msgs] == ["hello world"]
         bob.json("send", cid, "answer from bob")
         assert read_until(b"answer from bob"), screen[-2000:]
+        # Bob answered (with `send`, which marks nothing itself): his answer
+        # says he read "hello world", and its tick turns blue in place.
+        assert read_until("\x1b[1;34m✓✓ read".encode()), screen[-2000:]
         os.write(fd, b"\x04")  # Ctrl-D on an empty line
         status = None
         deadline = time.monotonic() + WAIT
@@ -342,6 +411,174 @@ def test_chat_in_a_terminal(parley, tmp_path):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_chat_ticks_follow_replies(parley, tmp_path, open_chat):
+    """A reply from X at seq S says X has delivered and read up to S (no
+    receipt frame tells it): the ticks of what came before follow."""
+    srv = parley("--insecure-fast-kdf")
+    alice, bob, carol = (Cli(tmp_path, srv.url) for _ in range(3))
+    for u in (alice, bob, carol):
+        u.register()
+    cid = alice.json("direct", bob.name)["id"]
+    a = open_chat(alice, cid)
+    a.event("state", state="connected")
+    a.line("are you there?")
+    q = a.event("queued")
+    a.event("ack", cmid=q["cmid"])
+    # Bob answers from a script: `parley send` never marks anything itself.
+    assert bob.json("send", cid, "yes")["seq"] == 2
+    a.msg("yes")
+    a.wait(lambda e: e.get("event") == "tick" and e["cmid"] == q["cmid"] and e["state"] == "read",
+           "read tick from the reply")
+    assert cursors(alice, cid, bob.name) == (2, 2)
+
+    # In a group, one member's reply is not everyone's read.
+    gid = alice.json("group", "create", "trio", bob.name, carol.name)["id"]
+    g = open_chat(alice, gid)
+    g.event("state", state="connected")
+    g.line("hello both")
+    q = g.event("queued")
+    g.event("ack", cmid=q["cmid"])
+    bob.json("send", gid, "hi from bob")
+    g.msg("hi from bob")
+    carol.json("send", gid, "hi from carol")
+    g.msg("hi from carol")
+    g.wait(lambda e: e.get("event") == "tick" and e["cmid"] == q["cmid"], "a tick once both answered")
+    ticks = [e["state"] for e in g.find(lambda e: e.get("event") == "tick" and e["cmid"] == q["cmid"])]
+    assert ticks == ["read"], ticks  # not before
+    for c in (a, g):
+        c.close_stdin()
+        assert c.exit_code() == 0
+
+
+def test_chat_commands_never_send_typing(parley, tmp_path, open_chat):
+    """Typing /quit (or any /command) on a terminal tells nobody you type;
+    typing a message does."""
+    srv = parley("--insecure-fast-kdf")
+    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
+    alice.register()
+    bob.register()
+    cid = alice.json("direct", bob.name)["id"]
+    b = open_chat(bob, cid)
+    b.event("state", state="connected")
+
+    def alice_typing():
+        return b.find(lambda e: e.get("event") == "typing" and e["user"] == alice.name)
+
+    t = Tty(alice, cid)
+    try:
+        assert t.read_until(b"connected as"), t.screen[-2000:]
+        b.wait(lambda e: e.get("event") == "presence" and e["user"] == alice.name and e["online"],
+               "alice online")
+        t.type("/help")
+        os.write(t.fd, b"\r")
+        assert t.read_until(b"/quit leaves"), t.screen[-2000:]
+        t.type("/quit")
+        os.write(t.fd, b"\r")
+        assert t.wait_exit() == 0, t.screen[-1500:]
+    finally:
+        t.close()
+    # Presence and typing reach Bob in the order Alice's session made them:
+    # once he sees her go offline, any typing of hers has come before.
+    b.wait(lambda e: e.get("event") == "presence" and e["user"] == alice.name and not e["online"],
+           "alice offline")
+    assert alice_typing() == []
+
+    # The same terminal typing a message: Bob sees it (so the check above can see it).
+    t = Tty(alice, cid)
+    try:
+        assert t.read_until(b"connected as"), t.screen[-2000:]
+        t.type("hi")
+        b.seen(lambda e: e.get("event") == "typing" and e["user"] == alice.name, "typing")
+        os.write(t.fd, b"\r")
+        b.msg("hi")
+        os.write(t.fd, b"\x04")
+        assert t.wait_exit() == 0, t.screen[-1500:]
+    finally:
+        t.close()
+    b.close_stdin()
+    assert b.exit_code() == 0
+
+
+def test_history_and_inbox_mark_delivered(parley, tmp_path):
+    """What `history` and `inbox` show has reached the device: they move the
+    delivered cursor (never read), and the sender's ticks follow."""
+    srv = parley("--insecure-fast-kdf")
+    alice, bob, carol = (Cli(tmp_path, srv.url) for _ in range(3))
+    for u in (alice, bob, carol):
+        u.register()
+    cid = alice.json("direct", bob.name)["id"]
+    r = bob.run("history", cid)  # nothing to show, nothing to mark
+    assert r.returncode == 0 and r.stdout == "no messages\n" and r.stderr == ""
+    for i in range(3):
+        alice.json("send", cid, f"m{i}")
+    assert cursors(alice, cid, bob.name) == (0, 0)
+
+    h = bob.json("history", cid, "--after", "0", "--limit", "2")
+    assert [m["seq"] for m in h["messages"]] == [1, 2]
+    assert cursors(alice, cid, bob.name) == (2, 0)  # shown: delivered, not read
+    r = bob.run("history", cid)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert cursors(alice, cid, bob.name) == (3, 0)
+    r = bob.run("history", cid, "--before", "2")  # an older page moves nothing back
+    assert r.returncode == 0 and r.stderr == "" and "#1 [" in r.stdout
+    assert cursors(alice, cid, bob.name) == (3, 0)
+
+    for i in range(2):
+        alice.json("send", cid, f"n{i}")
+    r = bob.run("--json", "inbox")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    [c] = json.loads(r.stdout)["conversations"]
+    assert (c["last_seq"], c["delivered_seq"]) == (5, 3)  # as it was when listed
+    assert cursors(alice, cid, bob.name) == (5, 0)
+    # ...and what Alice's receipts say for her message 5: delivered to Bob, unread
+    rr = requests.get(f"{srv.url}/v1/conversations/{cid}/receipts", params={"seq": 5},
+                      headers={"Authorization": "Bearer " + alice.token()}, timeout=30).json()
+    assert (rr["delivered"], rr["read"]) == (1, 0)
+    r = bob.run("inbox")
+    assert r.returncode == 0 and r.stderr == "" and f"#{cid}" in r.stdout
+
+    # Groups: each member's own cursor; our own messages move nothing.
+    gid = alice.json("group", "create", "g", bob.name, carol.name)["id"]
+    alice.json("send", gid, "to both")
+    r = carol.run("inbox")
+    assert r.returncode == 0 and r.stderr == ""
+    assert cursors(alice, gid, carol.name) == (1, 0)
+    assert cursors(alice, gid, bob.name) == (0, 0)
+    r = alice.run("inbox")
+    assert r.returncode == 0 and r.stderr == ""
+    assert cursors(alice, gid, alice.name) == (1, 1)
+
+
+def test_history_not_marked_delivered_warns(parley, tmp_path, open_chat):
+    """Bad luck after showing: the live connection is refused (the user has
+    every WebSocket the server allows). The messages are shown, the command
+    succeeds, and a warning says they were not marked delivered."""
+    srv = parley("--insecure-fast-kdf", "--max-user-conns", "1")
+    alice, bob = Cli(tmp_path, srv.url), Cli(tmp_path, srv.url)
+    alice.register()
+    bob.register()
+    cid = alice.json("direct", bob.name)["id"]
+    gid = alice.json("group", "create", "other", bob.name)["id"]
+    alice.json("send", cid, "are you there?")
+    b = open_chat(bob, gid, "--last", "0")  # Bob's one connection, elsewhere
+    b.event("state", state="connected")
+
+    r = bob.run("--timeout", "10", "history", cid)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "are you there?" in r.stdout
+    assert f"parley: history: not marked delivered: #{cid}: no live connection" in r.stderr, r.stderr
+    assert cursors(alice, cid, bob.name) == (0, 0)
+    r = bob.run("--json", "--timeout", "10", "inbox")
+    assert r.returncode == 0, r.stderr
+    assert {c["id"] for c in json.loads(r.stdout)["conversations"]} == {cid, gid}
+    [w] = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{")]
+    assert w["warning"]["code"] == "not_delivered", w
+    assert w["warning"]["message"].startswith("inbox: not marked delivered: #"), w
+    assert cursors(alice, cid, bob.name) == (0, 0)
+    b.close_stdin()
+    assert b.exit_code() == 0
 
 
 # --------------------------------------------------------------------------
