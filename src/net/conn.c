@@ -341,24 +341,54 @@ static void consume(conn *c, size_t bytes)
     if (!c->out_head) c->out_tail = NULL;
 }
 
-static int fill_iov(conn *c, uv_buf_t *iov, size_t *total)
+/* Pieces up to this size are copied into the write scratch rather than
+ * given their own iovec: a frame header is 2-10 bytes, and a writev of many
+ * small segments costs the kernel more than one copy of their bytes. */
+#define COALESCE_MAX 1024
+
+/* Adds one piece to iov[n]: copied into the thread's scratch (appended to
+ * the previous iovec when that one ends there) or referenced in place.
+ * Returns the new count. */
+static int add_piece(srv_thread *t, uv_buf_t *iov, int n, size_t *used, const uint8_t *p,
+                     size_t len, bool coalesce)
+{
+    if (coalesce && len <= COALESCE_MAX && *used + len <= SRV_WRITE_BUF) {
+        uint8_t *dst = t->wbuf + *used;
+        if (n == 0 || (uint8_t *)iov[n - 1].base + iov[n - 1].len != dst) {
+            iov[n].base = (char *)dst;
+            iov[n++].len = 0;
+        }
+        memcpy(dst, p, len);
+        iov[n - 1].len += len;
+        *used += len;
+        return n;
+    }
+    iov[n].base = (char *)p;
+    iov[n++].len = len;
+    return n;
+}
+
+/* The queued output as iovecs: each node's header, then its shared payload.
+ * coalesce: small pieces go through the thread's write scratch, valid only
+ * until the next flush, so only for a write that completes in the call
+ * (uv_try_write); a uv_write that outlives it gets references only. */
+static int fill_iov(conn *c, uv_buf_t *iov, size_t *total, bool coalesce)
 {
     int n = 0;
+    size_t used = 0;
     *total = 0;
     for (out_node *o = c->out_head; o && n < MAX_IOV - 1; o = o->next) {
         size_t off = o->off;
         if (off < o->hlen) {
-            iov[n].base = (char *)o->hdr + off;
-            iov[n].len = o->hlen - off;
-            *total += iov[n++].len;
+            n = add_piece(c->t, iov, n, &used, o->hdr + off, o->hlen - off, coalesce);
+            *total += o->hlen - off;
             off = 0;
         } else {
             off -= o->hlen;
         }
         if (o->b && off < o->b->len) {
-            iov[n].base = (char *)o->b->data + off;
-            iov[n].len = o->b->len - off;
-            *total += iov[n++].len;
+            n = add_piece(c->t, iov, n, &used, o->b->data + off, o->b->len - off, coalesce);
+            *total += o->b->len - off;
         }
     }
     return n;
@@ -394,7 +424,7 @@ void conn_flush(conn *c)
     uv_buf_t iov[MAX_IOV];
     while (c->out_head) {
         size_t total;
-        int n = fill_iov(c, iov, &total);
+        int n = fill_iov(c, iov, &total, true);
         int r = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned)n);
         metrics_inc(&c->t->m, M_WRITES);
         if (r == UV_EAGAIN) r = 0;
@@ -403,7 +433,7 @@ void conn_flush(conn *c)
         consume(c, (size_t)r);
         if ((size_t)r == total) continue; /* more nodes than MAX_IOV, or done */
         /* The kernel buffer is full: let libuv write the rest when it can. */
-        n = fill_iov(c, iov, &total);
+        n = fill_iov(c, iov, &total, false);
         conn_wreq *w = malloc(sizeof *w);
         if (!w) { conn_abort(c); return; }
         w->bytes = total;

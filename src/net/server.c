@@ -241,7 +241,8 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     t->listen_fd = fd;
     if (srv_thread_init(t) < 0) return ERR_IO;
     t->rbuf = malloc(SRV_READ_BUF);
-    if (!t->rbuf) return ERR_NOMEM;
+    t->wbuf = malloc(SRV_WRITE_BUF);
+    if (!t->rbuf || !t->wbuf) return ERR_NOMEM;
     wheel_init(&t->wheel, SRV_TICK_MS);
     uv_tcp_init(&t->loop, &t->listener);
     if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
@@ -321,6 +322,7 @@ void server_wait(server *s)
         uv_thread_join(&t->tid);
         uv_loop_close(&t->loop);
         free(t->rbuf);
+        free(t->wbuf);
     }
 }
 

@@ -74,6 +74,7 @@ typedef struct conn_ws_ops {
 } conn_ws_ops;
 
 #define SRV_READ_BUF (64 * 1024)
+#define SRV_WRITE_BUF (64 * 1024)
 #define SRV_TICK_MS 100
 
 /* One I/O thread. Fields are owned by the thread itself, except `posts`
@@ -93,6 +94,8 @@ struct srv_thread {
     uv_prepare_t flush;      /* writes queued output once per loop turn */
     wheel wheel;
     uint8_t *rbuf;           /* shared read buffer, SRV_READ_BUF bytes */
+    uint8_t *wbuf;           /* write scratch, SRV_WRITE_BUF bytes: small pieces
+                              * of one writev are gathered here (conn_flush) */
     conn *conns;             /* every connection of this thread */
     uint32_t nconns;
     conn *flush_head;        /* connections with output to write */
