@@ -71,7 +71,7 @@ static void thread_stop(srv_thread *t, void *arg)
 {
     if (t->stopping) return;
     t->stopping = true;
-    if (!uv_is_closing((uv_handle_t *)&t->listener))
+    if (t->listen_fd >= 0 && !uv_is_closing((uv_handle_t *)&t->listener))
         uv_close((uv_handle_t *)&t->listener, NULL);
     for (conn *c = t->conns, *next; c; c = next) {
         next = c->next;
@@ -105,10 +105,12 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     t->rbuf = malloc(SRV_READ_BUF);
     if (!t->rbuf) return ERR_NOMEM;
     wheel_init(&t->wheel, SRV_TICK_MS);
-    uv_tcp_init(&t->loop, &t->listener);
-    if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
-    t->listener.data = t;
-    if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
+    if (fd >= 0) {
+        uv_tcp_init(&t->loop, &t->listener);
+        if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
+        t->listener.data = t;
+        if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
+    }
     uv_timer_init(&t->loop, &t->tick);
     t->tick.data = t;
     uv_timer_start(&t->tick, on_tick, SRV_TICK_MS, SRV_TICK_MS);
@@ -145,8 +147,8 @@ int server_create(server **out, const srv_options *opt, const conn_http_ops *htt
     if (!s->threads) { free(s); return ERR_NOMEM; }
     int port = opt->port;
     for (int i = 0; i < s->nthreads; i++) {
-        int fd = bind_listener(opt->listen, port, i == 0 ? &port : NULL);
-        if (fd < 0) {
+        int fd = port == SRV_NO_LISTEN ? -1 : bind_listener(opt->listen, port, i == 0 ? &port : NULL);
+        if (fd < 0 && port != SRV_NO_LISTEN) {
             for (int j = 0; j < i; j++) close(s->threads[j].listen_fd);
             free(s->threads);
             free(s);
