@@ -142,8 +142,11 @@ int srv_post(srv_thread *t, void (*fn)(srv_thread *t, void *arg), void *arg);
  * thread's loop. Thread t only. */
 void srv_thread_idle(srv_thread *t);
 
-/* For server.c: initialises t's loop, lock and wakeup (ERR_IO), and frees
- * posts left after the loop ended (they are dropped). */
+/* For server.c: initialises t's loop, lock and wakeup (ERR_IO), and runs
+ * the posts left after the loop ended (accepted before the thread began to
+ * end, not yet run): in posting order, on the ended thread, so that each fn
+ * releases its arg (no connection is left by then); later posts are
+ * refused with ERR_CLOSED. */
 int srv_thread_init(srv_thread *t);
 void srv_thread_drain(srv_thread *t);
 
