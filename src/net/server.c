@@ -172,6 +172,11 @@ static int bind_listeners(server *s, const srv_options *cfg)
     struct sockaddr_storage ss;
     socklen_t sl;
     int port = cfg->port;
+    if (port == SRV_NO_LISTEN) { /* loops only (tests): nothing to bind */
+        for (int i = 0; i < s->nthreads; i++) s->threads[i].listen_fd = -1;
+        s->port = -1;
+        return ERR_OK;
+    }
     if (parse_listen(cfg->listen, port, &ss, &sl) < 0 || probe_port(cfg->listen, port, &ss, sl) < 0)
         return ERR_IO;
     for (int i = 0; i < s->nthreads; i++) {
@@ -209,7 +214,7 @@ static void thread_stop(srv_thread *t, void *arg)
 {
     if (t->stopping) return;
     t->stopping = true;
-    if (!uv_is_closing((uv_handle_t *)&t->listener))
+    if (t->listen_fd >= 0 && !uv_is_closing((uv_handle_t *)&t->listener))
         uv_close((uv_handle_t *)&t->listener, NULL);
     for (conn *c = t->conns, *next; c; c = next) {
         next = c->next;
@@ -244,10 +249,12 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     t->wbuf = malloc(SRV_WRITE_BUF);
     if (!t->rbuf || !t->wbuf) return ERR_NOMEM;
     wheel_init(&t->wheel, SRV_TICK_MS);
-    uv_tcp_init(&t->loop, &t->listener);
-    if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
-    t->listener.data = t;
-    if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
+    if (fd >= 0) {
+        uv_tcp_init(&t->loop, &t->listener);
+        if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
+        t->listener.data = t;
+        if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
+    }
     uv_timer_init(&t->loop, &t->tick);
     t->tick.data = t;
     uv_timer_start(&t->tick, on_tick, SRV_TICK_MS, SRV_TICK_MS);

@@ -13,7 +13,8 @@
 
 #include "net/srv.h"
 
-/* Binds the listeners and prepares opt->threads loops (not yet running).
+/* Binds the listeners and prepares opt->threads loops (not yet running);
+ * with opt->port SRV_NO_LISTEN it binds nothing and s->port is -1.
  * opt is copied (its strings must outlive the server); http and ws are the
  * protocol handlers (borrowed, must outlive it). on_done (may be NULL) is
  * signalled as each thread ends. Returns ERR_OK and *out (the caller's:

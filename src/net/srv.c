@@ -29,14 +29,9 @@ void srv_thread_idle(srv_thread *t)
     uv_walk(&t->loop, close_handle, NULL);
 }
 
-static void on_wake(uv_async_t *h)
+/* Runs a list of posts (newest first) in posting order. */
+static void run_posts(srv_thread *t, srv_msg *p)
 {
-    srv_thread *t = h->data;
-    uv_mutex_lock(&t->mu);
-    srv_msg *p = t->posts;
-    t->posts = NULL;
-    uv_mutex_unlock(&t->mu);
-    /* Newest first in the list: reverse to run in posting order. */
     srv_msg *fifo = NULL;
     while (p) {
         srv_msg *next = p->next;
@@ -50,6 +45,16 @@ static void on_wake(uv_async_t *h)
         free(fifo);
         fifo = next;
     }
+}
+
+static void on_wake(uv_async_t *h)
+{
+    srv_thread *t = h->data;
+    uv_mutex_lock(&t->mu);
+    srv_msg *p = t->posts;
+    t->posts = NULL;
+    uv_mutex_unlock(&t->mu);
+    run_posts(t, p);
 }
 
 int srv_post(srv_thread *t, void (*fn)(srv_thread *t, void *arg), void *arg)
@@ -83,10 +88,9 @@ int srv_thread_init(srv_thread *t)
 void srv_thread_drain(srv_thread *t)
 {
     uv_mutex_lock(&t->mu);
-    while (t->posts) {
-        srv_msg *p = t->posts;
-        t->posts = p->next;
-        free(p);
-    }
+    t->closed = true; /* nothing more comes in */
+    srv_msg *p = t->posts;
+    t->posts = NULL;
     uv_mutex_unlock(&t->mu);
+    run_posts(t, p);
 }

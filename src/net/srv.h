@@ -33,7 +33,8 @@ typedef struct out_node out_node;
  * its configuration; the strings must outlive the server). */
 typedef struct srv_options {
     const char *listen;          /* address to bind */
-    int port;                    /* 0 picks a free one (server.port has it) */
+    int port;                    /* 0 picks a free one (server.port has it);
+                                  * SRV_NO_LISTEN binds nothing */
     int threads;                 /* I/O threads, each one loop and listener */
     const char *tls_cert;        /* PEM chain and key: both or neither ("") */
     const char *tls_key;
@@ -47,6 +48,12 @@ typedef struct srv_options {
     uint32_t max_pending;        /* connections not upgraded, per thread */
     uint32_t rate_frames;        /* WebSocket frames/s per connection (0: off) */
 } srv_options;
+
+/* srv_options.port for loops without listeners: the threads run, post and
+ * flush as usual but accept nothing (listen is not read). For tests that
+ * drive the layers above over real loops, and for connections attached by
+ * other means (a listener added on a thread's loop with conn_on_accept). */
+#define SRV_NO_LISTEN (-1)
 
 /* How the layer above handles connections, one table per protocol (as
  * libuv hands callbacks in): the server never calls that layer by name.
@@ -84,7 +91,7 @@ struct srv_thread {
     server *srv;
     int id;
     uv_thread_t tid;
-    int listen_fd;           /* bound before the thread starts */
+    int listen_fd;           /* bound before the thread starts; -1: none */
     uv_tcp_t listener;
     uv_async_t wake;         /* srv_post() wakeup */
     uv_mutex_t mu;
@@ -138,8 +145,11 @@ int srv_post(srv_thread *t, void (*fn)(srv_thread *t, void *arg), void *arg);
  * thread's loop. Thread t only. */
 void srv_thread_idle(srv_thread *t);
 
-/* For server.c: initialises t's loop, lock and wakeup (ERR_IO), and frees
- * posts left after the loop ended (they are dropped). */
+/* For server.c: initialises t's loop, lock and wakeup (ERR_IO), and runs
+ * the posts left after the loop ended (accepted before the thread began to
+ * end, not yet run): in posting order, on the ended thread, so that each fn
+ * releases its arg (no connection is left by then); later posts are
+ * refused with ERR_CLOSED. */
 int srv_thread_init(srv_thread *t);
 void srv_thread_drain(srv_thread *t);
 
