@@ -47,11 +47,12 @@ static void table_free(table *t)
 /* The entry for key, created if needed (under t->mu). NULL on OOM. */
 static entry *get(table *t, uint64_t key)
 {
+    if (!key) key = 1; /* an unknown address (u64map keys are never 0): one shared entry */
     entry *e = u64map_get(&t->map, key);
     if (e) return e;
     if (t->map.count >= GUARD_MAX_ENTRIES) table_clear(t);
     e = calloc(1, sizeof *e);
-    if (e && u64map_put(&t->map, key ? key : 1, e) < 0) { free(e); return NULL; }
+    if (e && u64map_put(&t->map, key, e) < 0) { free(e); return NULL; }
     return e;
 }
 

@@ -141,6 +141,16 @@ TEST(many_threads_never_pass_the_burst)
     guard_free(g);
 }
 
+/* An unknown peer address (key 0) is limited like any address, in one
+ * entry: it neither passes unlimited nor grows the table per call. */
+TEST(an_unknown_address_is_limited_too)
+{
+    cfg.rate_handshakes = 1;   /* burst 5 */
+    guard *g = fresh();
+    CHECK_EQ_INT(passes(guard_handshake, g, 0, T0, 100), 5);
+    guard_free(g);
+}
+
 TEST(bad_calls_are_harmless)
 {
     cfg.rate_handshakes = 1;
@@ -163,6 +173,7 @@ int main(void)
     RUN(a_zero_rate_disables_the_limit);
     RUN(tables_stay_bounded);
     RUN(many_threads_never_pass_the_burst);
+    RUN(an_unknown_address_is_limited_too);
     RUN(bad_calls_are_harmless);
     return test_summary("guard_limits");
 }
