@@ -10,6 +10,7 @@ ignores the pause is still closed with 1008."""
 
 import asyncio
 import json
+import signal
 import time
 
 from websockets.exceptions import ConnectionClosed
@@ -283,3 +284,34 @@ def test_cli_paste_500_lines_with_default_limits(parley, open_chat, tmp_path):
     assert mval(m1, UPGRADES) - mval(m0, UPGRADES) == 1
     assert mval(m1, close_key(1008)) == mval(m0, close_key(1008))
     assert mval(m1, RL) > mval(m0, RL), "500 lines at once were never paced"
+
+
+def test_cli_waits_while_the_server_paces(parley, open_chat, tmp_path):
+    """`parley chat` at end of input waits for the acks while they come:
+    --wait bounds the wait without an acknowledgement, not the whole drain.
+    --rate-msgs 10 (burst 40) paces 100 lines over several seconds, longer
+    than --wait 3; all are acked and the exit status is 0. Bad input: a
+    server that stops answering still ends the wait (exit 3, unsent)."""
+    srv = parley("--rate-msgs", "10")
+    alice, bob = cli_users(tmp_path, srv.url, 2)
+    cid = alice.json("direct", bob.name)["id"]
+    a = open_chat(alice, cid, "--last", "0", "--wait", "3")
+    a.event("state", state="connected")
+    lines = [f"paced {i}" for i in range(100)]
+    for t in lines:
+        a.line(t)
+    a.close_stdin()
+    assert a.exit_code(timeout=120) == 0, a.events[-5:]
+    assert a.drain()[-1] == {"event": "exit", "code": 0, "unsent": 0}
+    assert [m["body"] for m in history(bob, cid)] == lines
+    # the server stops (SIGSTOP): no ack comes, the CLI gives up after --wait
+    b = open_chat(bob, cid, "--last", "0", "--wait", "2")
+    b.event("state", state="connected")
+    srv.signal(signal.SIGSTOP)
+    try:
+        b.line("into the void")
+        b.close_stdin()
+        assert b.exit_code(timeout=60) == 3
+    finally:
+        srv.signal(signal.SIGCONT)
+    assert b.drain()[-1] == {"event": "exit", "code": 3, "unsent": 1}
