@@ -418,12 +418,14 @@ static void on_drain_timeout(uv_timer_t *t)
 {
     chat *ch = t->data;
     size_t n = parley_pending(ch->c);
-    if (!ch->json) show_status(ch, "%zu message%s not sent (gave up after %d s)", n, n == 1 ? "" : "s",
-                               ch->a->wait_ms / 1000);
+    if (!ch->json) show_status(ch, "%zu message%s not sent (gave up: no acknowledgement for %d s)", n,
+                               n == 1 ? "" : "s", ch->a->wait_ms / 1000);
     finish(ch, n ? EXIT_NETWORK : EXIT_OK);
 }
 
-/* Stop reading input; leave once everything queued is acked (bounded). */
+/* Stop reading input; leave once everything queued is acked, or after
+ * --wait without an ack (pasted lines drain at the server's pace however
+ * many there are). */
 static void quit(chat *ch)
 {
     if (ch->quitting) return;
@@ -726,6 +728,8 @@ static void cb_ack(parley_client *c, const parley_ack *a, void *ud)
         out_line(ch, "✓ #%llu", (unsigned long long)a->seq);
     }
     if (ch->quitting && parley_pending(c) == 0) finish(ch, EXIT_OK);
+    else if (ch->quitting) /* progress: wait --wait again from this ack */
+        uv_timer_start(&ch->drain_timer, on_drain_timeout, (uint64_t)ch->a->wait_ms, 0);
 }
 
 static void cb_receipt(parley_client *c, const parley_receipt *r, void *ud)

@@ -12,10 +12,15 @@
  *     after a reconnect or an ack timeout, tracks the highest seq of every
  *     conversation, fills gaps with `sync` (messages reach on_message in seq
  *     order, each once), and moves the delivered/read cursors forward only.
- *     A `busy` / `rate_limited` answer pauses sending for retry_after_ms and
- *     halves the window of unacked messages on the wire (it grows back by
- *     one per ack); a refusal that names no message makes the client resend
- *     what was in flight after the pause (same cmids: stored once). Every
+ *     Backpressure (docs/protocol.md): a `busy` / `rate_limited` answer
+ *     pauses the whole connection for retry_after_ms (no messages, cursors,
+ *     gap syncs or typing; refusals of what was already on its way name
+ *     the same end) and halves the window of unacked messages on the wire
+ *     once per pause (it grows back by one per ack, up to max_inflight).
+ *     After the pause the refused messages go again first, oldest first,
+ *     with the same cmids, so they are stored once and in the order of
+ *     parley_send(); a refusal that names no message makes the client
+ *     resend what was in flight after the pause. Every
  *     close of the connection leads to a reconnect, 1008 included; only a
  *     401 on the upgrade (a revoked or expired token) stops it for good.
  *
@@ -96,6 +101,9 @@ typedef enum parley_errcode {
 #define PARLEY_CMID_MAX 65     /* cmid buffer: up to 64 characters + NUL */
 #define PARLEY_USER_MAX 33     /* username: up to 32 characters + NUL */
 #define PARLEY_TOKEN_MAX 128   /* token buffer (tokens are 43 characters) */
+/* Unacked messages on the wire, at most: the server's free refusals per
+ * pause (docs/protocol.md "Backpressure") are 64. */
+#define PARLEY_MAX_INFLIGHT 64
 
 typedef struct parley_client parley_client;
 
@@ -225,7 +233,8 @@ typedef struct parley_options {
     uint32_t keepalive_ms;          /* ping after this much silence, drop after
                                        twice as much: 30000 */
     uint32_t max_pending;           /* unacked messages kept: 10000 (then PARLEY_EFULL) */
-    uint32_t max_inflight;          /* unacked messages on the wire, at most: 256 */
+    uint32_t max_inflight;          /* unacked messages on the wire, at most: 32
+                                       (PARLEY_MAX_INFLIGHT at most) */
     uint32_t max_message;           /* largest incoming WebSocket message: 32 MiB */
     bool manual_delivered;          /* false: send `delivered` for every message
                                        handed to on_message; true: the app calls

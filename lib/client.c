@@ -866,7 +866,7 @@ void parley_options_init(parley_options *o)
     o->ack_timeout_ms = 15000;
     o->keepalive_ms = 30000;
     o->max_pending = 10000;
-    o->max_inflight = 256;
+    o->max_inflight = 32;
     o->max_message = 32u << 20;
 }
 
@@ -882,6 +882,7 @@ int parley_new(const parley_options *opts, parley_client **out)
         DFLT(request_timeout_ms); DFLT(ack_timeout_ms); DFLT(keepalive_ms);
         DFLT(max_pending); DFLT(max_inflight); DFLT(max_message);
 #undef DFLT
+        if (o.max_inflight > PARLEY_MAX_INFLIGHT) o.max_inflight = PARLEY_MAX_INFLIGHT;
     }
     const parley_allocator *a = o.allocator ? o.allocator : &libc_alloc;
     if (!a->malloc_fn || !a->realloc_fn || !a->free_fn) return ERR_INVALID;
@@ -1043,6 +1044,13 @@ static int ws_write_json(parley_client *c, jbuf *j)
     return rc;
 }
 
+/* The server told this connection to pause (docs/protocol.md
+ * "Backpressure"): no data frames until it ends. */
+static bool paused(const parley_client *c, uint64_t now)
+{
+    return now < c->ob.paused_until;
+}
+
 static bool connected(const parley_client *c)
 {
     return c->phase == PH_OPEN && c->hello && !c->dead && !c->close_sent;
@@ -1101,7 +1109,7 @@ static void pump(parley_client *c)
         if (ws_write_json(c, &j) < 0) break;
         client_outbox_mark_sent(&c->ob, m, now);
     }
-    if (c->dirty) {
+    if (c->dirty && !paused(c, now)) { /* a pause holds back cursors and syncs too */
         c->dirty = false;
         for (size_t i = 0; i < c->nconvs && connected(c); i++) {
             conv_state *cs = c->convs[i];
@@ -1456,9 +1464,11 @@ static void on_error_frame(parley_client *c, const json_obj *o)
     bool slow = e.err == ERR_BUSY || e.err == ERR_RATE;
     uint64_t now = now_ms(c), retry = e.retry_after_ms ? e.retry_after_ms : 1000;
     if (slow) {
-        /* Back off as a sender: nothing for retry_after_ms, half the window. */
+        /* Backpressure: the whole connection pauses for retry_after_ms
+         * (refusals of what was already on its way name the same end), and
+         * the window halves once per pause. */
+        if (!paused(c, now)) c->window = c->window > 1 ? c->window / 2 : 1;
         client_outbox_pause(&c->ob, now + retry);
-        c->window = c->window > 1 ? c->window / 2 : 1;
     }
     if (m) {
         e.conv = m->conv;
@@ -1769,7 +1779,9 @@ static uint64_t next_deadline(parley_client *c)
         if (!c->hello) return c->phase_deadline;
         uint64_t ka = c->o.keepalive_ms;
         uint64_t d = c->ping_at ? c->last_rx + 2 * ka : c->last_rx + ka;
-        uint64_t ob = client_outbox_deadline(&c->ob, now_ms(c), c->o.ack_timeout_ms);
+        uint64_t now = now_ms(c);
+        uint64_t ob = client_outbox_deadline(&c->ob, now, c->o.ack_timeout_ms);
+        if (c->dirty && paused(c, now) && c->ob.paused_until < ob) ob = c->ob.paused_until;
         return ob < d ? ob : d;
     }
     default: return UINT64_MAX;
@@ -1948,6 +1960,7 @@ int parley_typing(parley_client *c, uint64_t conv)
     if (!cs) return ERR_NOMEM;
     uint64_t now = now_ms(c);
     if (cs->typing_at && now - cs->typing_at < TYPING_EVERY_MS) return 0;
+    if (paused(c, now)) return 0; /* lossy: not during a pause */
     jbuf j;
     jb_init(&j, 64);
     jb_lit(&j, "{\"type\":\"typing\",\"conv\":");

@@ -7,6 +7,11 @@ const REQUEST_TIMEOUT_MS = 15000;
 const PING_AFTER_MS = 25000;   // silence before we ping
 const PONG_TIMEOUT_MS = 10000; // no answer by then: the socket is dead
 const RESEND_AFTER_MS = 10000; // no ack by then: send again, same cmid
+// Sends on the wire without their ack, at most (docs/protocol.md
+// "Backpressure": the server forgives 64 refusals of frames already on their
+// way per pause).
+export const MAX_INFLIGHT = 32;
+const MAX_HELD = 1000;         // frames held back during a pause, at most
 
 /**
  * The largest message body the server takes: its --max-text, in bytes of the
@@ -50,6 +55,10 @@ export class Connection {
     this.nextId = 1;
     this.pending = new Map(); // request id -> {resolve, reject, timer}
     this.recent = [];           // [{at, frame}] sent in the last moments (see rateLimited)
+    this.pausedUntil = 0;       // backpressure: no frames before (Date.now() ms)
+    this.pauseTimer = null;
+    this.held = [];             // frames sent during the pause, written when it ends
+    this.resumeFns = new Set(); // called when the pause ends (the outbox)
     this.lastRx = 0;
     this.pingAt = 0;
     this.ticker = null;
@@ -113,6 +122,13 @@ export class Connection {
     ws.onmessage = ws.onclose = ws.onerror = null;
     this.ws = null;
     this.ready = false;
+    // A pause is the connection's: a new one starts unpaused (onReady
+    // sends everything again).
+    clearTimeout(this.pauseTimer);
+    this.pauseTimer = null;
+    this.pausedUntil = 0;
+    this.held = [];
+    this.resumeFns.clear();
   }
 
   /** Give up on the current socket at once (dead, or the browser went offline). */
@@ -183,9 +199,18 @@ export class Connection {
       return;
     }
     if (f.type === 'pong') return;
-    if (f.type === 'error' && f.code === 'rate_limited' && f.ref === undefined) {
-      this.rateLimited(f.retry_after_ms);
-      return;
+    if (f.type === 'error' && f.code === 'rate_limited') {
+      this.pause(f.retry_after_ms);
+      if (f.ref === undefined) {
+        this.rateLimited();
+        return;
+      }
+      // A refused request goes again after the pause, same id.
+      const p = this.pending.get(String(f.ref));
+      if (p) {
+        this.afterPause(() => { if (this.pending.get(String(f.ref)) === p) this.send(p.frame); });
+        return;
+      }
     }
     const key = f.type === 'error' ? f.ref : f.id;
     if (key !== undefined && this.pending.has(String(key))) {
@@ -199,9 +224,60 @@ export class Connection {
     this.onFrame?.(f);
   }
 
-  /** Send a frame; false when not connected (the caller retries on onReady). */
+  /**
+   * Backpressure (docs/protocol.md): a `rate_limited` refusal pauses the
+   * whole connection for retry_after_ms. Refusals that arrive during the
+   * pause answer frames that were on their way and name the same end.
+   */
+  pause(retryMs) {
+    const ms = Number(retryMs) > 0 ? Number(retryMs) : 1000;
+    const until = Date.now() + ms;
+    if (until <= this.pausedUntil) return;
+    this.pausedUntil = until;
+    clearTimeout(this.pauseTimer);
+    this.pauseTimer = setTimeout(() => this.resume(), ms);
+  }
+
+  paused() { return Date.now() < this.pausedUntil; }
+
+  /** fn() once the pause ends (at once if there is none). */
+  afterPause(fn) {
+    if (!this.paused()) fn();
+    else this.resumeFns.add(fn);
+  }
+
+  resume() {
+    this.pauseTimer = null;
+    if (this.paused()) { // the clock said otherwise: wait for the rest
+      this.pauseTimer = setTimeout(() => this.resume(), this.pausedUntil - Date.now());
+      return;
+    }
+    this.pausedUntil = 0;
+    // What was refused goes first (the outbox resends in order), then the
+    // frames held back meanwhile.
+    const fns = [...this.resumeFns];
+    this.resumeFns.clear();
+    for (const fn of fns) fn();
+    const held = this.held;
+    this.held = [];
+    for (const frame of held) {
+      if (frame.id && !this.pending.has(frame.id)) continue; // a request that timed out meanwhile
+      if (!this.send(frame)) break;
+    }
+  }
+
+  /**
+   * Send a frame; false when not connected (the caller retries on onReady).
+   * During a pause a frame is held back and written when it ends (typing,
+   * which is lossy, is dropped: false).
+   */
   send(frame) {
     if (!this.ws || !this.ready) return false;
+    if (this.paused()) {
+      if (frame.type === 'typing' || this.held.length >= MAX_HELD) return false;
+      this.held.push(frame);
+      return true;
+    }
     this.ws.send(JSON.stringify(frame));
     if (frame.type !== 'ping' && frame.type !== 'typing' && frame.type !== 'send') {
       const now = Date.now();
@@ -213,34 +289,33 @@ export class Connection {
 
   /**
    * The server dropped a frame over its rate limit, without saying which
-   * (only `send` refusals carry a ref). Send again, after the wait, what may
-   * have been lost: unanswered requests (same id) and cursor moves (forward
-   * only, so a repeat is harmless).
+   * (only `send` refusals carry a ref). Send again, after the pause, what
+   * may have been lost: unanswered requests (same id) and cursor moves
+   * (forward only, so a repeat is harmless).
    */
-  rateLimited(retryMs) {
+  rateLimited() {
     const again = this.recent.filter(({ frame }) =>
       frame.type === 'read' || frame.type === 'delivered' || (frame.id && this.pending.has(frame.id)));
     this.recent = [];
-    const ws = this.ws;
-    setTimeout(() => {
-      if (this.ws !== ws) return; // reconnected meanwhile: onReady starts over
+    this.afterPause(() => {
       for (const { frame } of again) {
         if (frame.id && !this.pending.has(frame.id)) continue;
         this.send(frame);
       }
-    }, Math.max(100, Number(retryMs) || 1000));
+    });
   }
 
   /** Send a frame with an id and wait for the frame that answers it. */
   request(frame) {
     return new Promise((resolve, reject) => {
       const id = `r${this.nextId++}`;
-      if (!this.send({ ...frame, id })) { reject(new Error('not connected')); return; }
+      const sent = { ...frame, id };
+      if (!this.send(sent)) { reject(new Error('not connected')); return; }
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new Error('timeout'));
       }, REQUEST_TIMEOUT_MS);
-      this.pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { resolve, reject, timer, frame: sent });
     });
   }
 
@@ -275,7 +350,13 @@ export class Outbox {
     this.key = storageKey;
     this.items = new Map(); // cmid -> {cmid, conv, body, ts, failed?, final?}
     this.sentAt = new Map(); // cmid -> time of last send (not persisted)
+    this.inflight = new Set(); // cmids sent on this connection, no ack or refusal yet
+    this.notBefore = new Map(); // cmid -> not before (busy, internal): holds back the rest
     this.done = new Set();   // cmids acked or dropped here (so a save never brings them back)
+    this.conn = null;        // the connection of the last flush
+    this.timer = null;
+    this.timerAt = 0;
+    this.resumed = () => { if (this.conn) this.flush(this.conn); };
     for (const it of this.read()) this.items.set(it.cmid, it);
   }
 
@@ -308,6 +389,8 @@ export class Outbox {
   remove(cmid) {
     const had = this.items.delete(cmid);
     this.sentAt.delete(cmid);
+    this.notBefore.delete(cmid);
+    if (this.inflight.delete(cmid)) this.kick(0); // room in the window
     if (had) {
       this.done.add(cmid);
       this.save();
@@ -321,13 +404,26 @@ export class Outbox {
     if (!it) return;
     it.failed = reason;
     if (final) it.final = true; else delete it.final;
+    if (this.inflight.delete(cmid)) this.kick(0);
     this.save();
   }
 
   forConv(conv) { return [...this.items.values()].filter((it) => it.conv === conv); }
 
-  /** Send whatever has no ack yet: all of it after a (re)connect, or the ones sent too long ago. */
+  /**
+   * Send what has no ack yet, in the order written, with at most
+   * MAX_INFLIGHT on the wire: after a (re)connect (all: nothing is in
+   * flight any more) everything from the start; else what is new, refused
+   * or sent too long ago. Nothing during a pause (it flushes when the pause
+   * ends); a message deferred by the server holds back the ones behind it.
+   */
   flush(conn, { all = false } = {}) {
+    this.conn = conn;
+    if (all) this.inflight.clear();
+    if (conn.paused()) {
+      conn.afterPause(this.resumed);
+      return;
+    }
     const now = Date.now();
     for (const it of this.items.values()) {
       if (it.failed) continue;
@@ -337,21 +433,53 @@ export class Outbox {
         this.fail(it.cmid, TOO_LONG, { final: true });
         continue;
       }
-      const last = this.sentAt.get(it.cmid) || 0;
-      if (!all && now - last < RESEND_AFTER_MS) continue;
-      if (conn.send({ type: 'send', conv: it.conv, cmid: it.cmid, body: it.body })) this.sentAt.set(it.cmid, now);
+      const frame = { type: 'send', conv: it.conv, cmid: it.cmid, body: it.body };
+      if (this.inflight.has(it.cmid)) {
+        if (now - (this.sentAt.get(it.cmid) || 0) >= RESEND_AFTER_MS && conn.send(frame)) this.sentAt.set(it.cmid, now);
+        continue;
+      }
+      const nb = this.notBefore.get(it.cmid) || 0;
+      if (nb > now) { this.kick(nb - now); break; }
+      if (this.inflight.size >= MAX_INFLIGHT || !conn.send(frame)) break;
+      this.inflight.add(it.cmid);
+      this.notBefore.delete(it.cmid);
+      this.sentAt.set(it.cmid, now);
     }
   }
 
-  /** Send one again soon (after `busy` or `internal`). */
+  /** Flush again in ms (an ack made room, a deferral ends). */
+  kick(ms) {
+    const at = Date.now() + ms;
+    if (!this.conn || (this.timer && this.timerAt <= at)) return;
+    clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.conn) this.flush(this.conn);
+    }, ms);
+  }
+
+  /**
+   * The server refused one for now (`busy`, `internal`, `rate_limited`):
+   * send it again, same cmid, after ms, before the ones behind it (a
+   * `rate_limited` also paused the connection: the flush waits for that).
+   */
   retryLater(cmid, ms) {
-    this.sentAt.set(cmid, Date.now() - RESEND_AFTER_MS + ms);
+    if (!this.items.has(cmid)) return;
+    this.inflight.delete(cmid);
+    this.notBefore.set(cmid, Date.now() + ms);
+    this.kick(ms);
   }
 
   clear() {
     for (const cmid of this.items.keys()) this.done.add(cmid);
     this.items.clear();
     this.sentAt.clear();
+    this.inflight.clear();
+    this.notBefore.clear();
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.conn = null;
     localStorage.removeItem(this.key);
   }
 }

@@ -285,13 +285,14 @@ static void submit(frame_ctx *f, chat_op *op)
 
 static void on_send(frame_ctx *f)
 {
-    /* Per connection, then per user over all devices. */
+    /* A paused connection's sends are all refused (none overtakes a refused
+     * one); else per connection, then per user over all devices. */
     const config *cfg = f->ch->cfg;
     tlimit l = {(float)cfg->rate_msgs, (float)cfg->rate_msgs * 4};
     uint32_t retry = 0;
-    if (!tb_take(&f->s->msgs, &l, srv_now(f->c->t), 1, &retry) ||
+    if (conn_paused(f->c) || !tb_take(&f->s->msgs, &l, srv_now(f->c->t), 1, &retry) ||
         guard_user_msg(f->ch->guard, f->s->uid, guard_now(), &retry) < 0) {
-        if (conn_strike(f->c)) return;
+        if (conn_strike(f->c, &retry)) return;
         send_rate_limited(f->c, retry, f->r.ref);
         return;
     }

@@ -317,9 +317,26 @@ void conn_forgive(conn *c)
     if (c->strikes) c->strikes--;
 }
 
-bool conn_strike(conn *c)
+bool conn_paused(conn *c)
+{
+    return srv_now(c->t) < c->pause_until;
+}
+
+bool conn_strike(conn *c, uint32_t *retry_ms)
 {
     metrics_inc(&c->t->m, M_RATE_LIMITED); /* the refusal counts ERR_RATE */
+    uint64_t now = srv_now(c->t);
+    if (now < c->pause_until) {
+        *retry_ms = (uint32_t)(c->pause_until - now);
+        if (c->pause_free) {
+            c->pause_free--;
+            return false; /* it was on its way before the pause was told */
+        }
+    } else {
+        *retry_ms += CONN_RESUME_MS;
+        c->pause_until = now + *retry_ms;
+        c->pause_free = CONN_PAUSE_FREE;
+    }
     if (++c->strikes < CONN_MAX_STRIKES) return false;
     conn_close_ws(c, WS_CLOSE_POLICY, "rate limit: too many refused requests");
     return true;
@@ -559,7 +576,7 @@ static void on_frame(conn *c, ws_frame *f)
         /* Over the frame rate: the frame is dropped. A whole message is
          * told (with its ref); a fragment cannot be dropped without
          * corrupting its message, so that closes. */
-        if (conn_strike(c)) return;
+        if (conn_strike(c, &retry)) return;
         if (f->opcode == WS_OP_CONT || !f->fin || c->msg)
             ws_fail(c, WS_CLOSE_POLICY, ERR_RATE);
         else if (f->opcode == WS_OP_TEXT)

@@ -57,7 +57,9 @@ struct conn {
     uint8_t missed_pings;
     uint8_t msg_op;          /* opcode of the fragmented message */
     uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
+    uint8_t pause_free;      /* refusals left in this pause that cost no strike */
     tbucket frames;          /* WebSocket frames rate limit */
+    uint64_t pause_until;    /* ms (srv_now): the client was told to pause until then */
 };
 
 /* libuv connection callback for a thread's listener. */
@@ -76,10 +78,26 @@ int conn_send_frame(conn *c, uint8_t opcode, rbuf *payload);
  * when the queue is over half of max_queue; closes 1013 if it is full. */
 void conn_send_frame_lossy(conn *c, uint8_t opcode, rbuf *payload);
 
-/* Counts a refusal by a rate limit; after CONN_MAX_STRIKES the connection
- * is closed with 1008. Returns true if it was closed. */
-bool conn_strike(conn *c);
+/* Backpressure (docs/protocol.md "Backpressure"). A refusal by a rate
+ * limit tells the client to pause the whole connection. conn_strike()
+ * counts one: *retry_ms comes in as the limit's wait for one more frame
+ * and goes out as what to tell the client, the rest of the pause.
+ *   - Outside a pause the refusal is a strike and starts a pause of
+ *     *retry_ms + CONN_RESUME_MS (so a quarter second's worth of the rate is
+ *     back when it ends) with CONN_PAUSE_FREE free refusals.
+ *   - During a pause it is free while free refusals are left (the frame was
+ *     on its way before the client was told), a strike after that.
+ * After CONN_MAX_STRIKES strikes the connection is closed with 1008 (the
+ * refusal is not answered). Returns true if it was closed. */
+bool conn_strike(conn *c, uint32_t *retry_ms);
 #define CONN_MAX_STRIKES 50
+#define CONN_PAUSE_FREE 64
+#define CONN_RESUME_MS 250
+
+/* True while the connection is paused: the layer above refuses what the
+ * pause covers (sends) with conn_strike(), without taking from its limits,
+ * so that no send overtakes a refused one. */
+bool conn_paused(conn *c);
 
 /* An accepted request takes one strike off: refusals are forgiven by good
  * behaviour, so only persistent abuse reaches CONN_MAX_STRIKES. */

@@ -238,7 +238,9 @@ def test_ping_flood_answered_when_unlimited(parley):
 def test_ping_flood_rate_limited_by_default(parley):
     """10,000 pings with the default frame limit (200/s, burst 1000): the
     burst is answered in order, pings over it are dropped silently, and the
-    connection is closed with 1008 after 50 refusals. The server lives on."""
+    connection is closed with 1008 after 50 strikes (refusals beyond the 64
+    free ones of each pause, docs/protocol.md "Backpressure"). The server
+    lives on."""
     srv = parley("--rate-frames", "200")
 
     async def body():
@@ -249,7 +251,7 @@ def test_ping_flood_rate_limited_by_default(parley):
         assert texts == [], f"pings over the limit must be dropped silently: {texts[:3]}"
         assert len(pongs) >= 1000 and pongs == list(range(len(pongs))), len(pongs)
         m1 = get_metrics(srv.port)
-        assert mval(m1, "parley_rate_limited_total") - mval(m0, "parley_rate_limited_total") == 50
+        assert mval(m1, "parley_rate_limited_total") - mval(m0, "parley_rate_limited_total") >= 50 + 64
         assert mval(m1, close_key(1008)) - mval(m0, close_key(1008)) == 1
         await ctl.check()
         await ctl.close()

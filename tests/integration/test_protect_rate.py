@@ -1,6 +1,6 @@
 """Rate limits (docs/protocol.md "Error codes", README "Protection"):
 messages per connection and per user, frames per connection, persistent
-abuse (1008 after 50 refusals), handshakes and logins per source address,
+abuse (1008 after 50 strikes), handshakes and logins per source address,
 growing delays after failed logins. Every refusal is the documented answer
 plus its /metrics counter, and a control client on the same server keeps
 getting its messages in order."""
@@ -334,9 +334,11 @@ async def flood_until_closed(client, frames):
 
 
 def test_persistent_message_abuse_closed_with_1008(parley):
-    """--rate-msgs 1 (burst 4): 100 pipelined sends -> rate_limited for
-    each refusal, and after 50 refusals the connection is closed with 1008;
-    only the accepted prefix is stored."""
+    """--rate-msgs 1 (burst 4): 200 pipelined sends -> rate_limited for
+    each refusal; the first starts a pause whose next 64 refusals are free
+    (docs/protocol.md "Backpressure"), the rest count, and after 50
+    strikes the connection is closed with 1008; only the accepted prefix is
+    stored."""
     srv = parley("--rate-msgs", "1")
 
     async def body():
@@ -345,7 +347,7 @@ def test_persistent_message_abuse_closed_with_1008(parley):
         g = group(u, [b])
         c = await Client.open(u)
         m0 = get_metrics(srv.port)
-        cmids = [f"abuse-{i}" for i in range(100)]
+        cmids = [f"abuse-{i}" for i in range(200)]
         await flood_until_closed(c, [json.dumps({"type": "send", "conv": g, "cmid": cm,
                                                  "body": "spam"}) for cm in cmids])
         code = await c.closed_with()
@@ -354,9 +356,9 @@ def test_persistent_message_abuse_closed_with_1008(parley):
         for e in errors:
             check_rate_limited_frame(e)
             assert e["ref"] in cmids, e
-        assert 49 <= len(errors) <= 50, f"{len(errors)} rate_limited errors before the 1008"
+        assert 64 + 48 <= len(errors) <= 64 + 49, f"{len(errors)} rate_limited errors before the 1008"
         m1 = get_metrics(srv.port)
-        assert mval(m1, RL) - mval(m0, RL) == 50
+        assert mval(m1, RL) - mval(m0, RL) == 64 + 50
         assert mval(m1, close_key(1008)) - mval(m0, close_key(1008)) == 1
         # the acks of the accepted prefix may have been cut by the close: a
         # later acknowledged send is a barrier (the writer commits in order)
@@ -380,7 +382,8 @@ def test_persistent_message_abuse_closed_with_1008(parley):
 
 def test_persistent_frame_abuse_closed_with_1008(parley):
     """--rate-frames 10 (burst 50): a flood of 500 echo frames -> 50
-    echoes, rate_limited errors, then close 1008 after 50 refusals."""
+    echoes, rate_limited errors (64 of them free in the pause the first
+    one starts), then close 1008 after 50 strikes."""
     srv = parley("--rate-frames", "10")
 
     async def body():
@@ -395,11 +398,11 @@ def test_persistent_frame_abuse_closed_with_1008(parley):
         echoes = [f["n"] for f in c.pending if f.get("type") == "echo"]
         errors = [f for f in c.pending if f.get("type") == "error"]
         assert echoes[:50] == list(range(50)) and echoes == sorted(echoes), echoes[:60]
-        assert 49 <= len(errors) <= 50, len(errors)
+        assert 64 + 48 <= len(errors) <= 64 + 49, len(errors)
         for e in errors:
             check_rate_limited_frame(e)
         m1 = get_metrics(srv.port)
-        assert mval(m1, RL) - mval(m0, RL) == 50
+        assert mval(m1, RL) - mval(m0, RL) == 64 + 50
         assert mval(m1, close_key(1008)) - mval(m0, close_key(1008)) == 1
         await ctl.check()
         await ctl.close()

@@ -739,6 +739,126 @@ TEST(rate_limited_without_ref)
     CHECK_EQ_INT(live, 0);
 }
 
+/* Every complete client frame that arrives while the client runs a moment
+ * (never waits for one): the number of sends, their cmids in order (up to
+ * 64) and the number of other text frames of type `other` (may be NULL). */
+static int peer_sends(peer *p, char cmids[][PARLEY_CMID_MAX], const char *other, int *nother)
+{
+    for (int i = 0; i < 30; i++) { drive(p); peer_fill(p); }
+    ws_limits lim;
+    ws_limits_default(&lim);
+    char want[64];
+    snprintf(want, sizeof want, "\"type\":\"%s\"", other ? other : "-");
+    int n = 0;
+    for (int guard = 0; guard < 10000; guard++) {
+        ws_frame f;
+        uint16_t cc;
+        if (ws_parse_frame(p->buf, p->len, WS_SERVER, &lim, &f, &cc) <= 0) break;
+        char out[4096];
+        size_t l = f.len < sizeof out - 1 ? (size_t)f.len : sizeof out - 1;
+        memcpy(out, f.payload, l);
+        out[l] = 0;
+        size_t used = (size_t)(f.payload + f.len - p->buf);
+        memmove(p->buf, p->buf + used, p->len - used);
+        p->len -= used;
+        if (strstr(out, "\"type\":\"send\"")) {
+            if (cmids && n < 64) str_field(out, "cmid", cmids[n], PARLEY_CMID_MAX);
+            n++;
+        } else if (nother && strstr(out, want)) {
+            (*nother)++;
+        }
+    }
+    return n;
+}
+
+TEST(rate_limited_pauses_the_connection)
+{
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, true);
+    p.c = c;
+    char cm[7][PARLEY_CMID_MAX], got[64][PARLEY_CMID_MAX], frame[256];
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(wait_state(&p, &x, PARLEY_CONNECTED));
+    for (int i = 0; i < 7; i++) parley_send(c, 4, "paste", cm[i]);
+    CHECK_EQ_INT(peer_sends(&p, got, NULL, NULL), 7);
+    /* two pass; the third starts a pause, the four behind it were on
+     * their way and are refused too, naming the same end */
+    for (int i = 0; i < 2; i++) {
+        snprintf(frame, sizeof frame, "{\"type\":\"ack\",\"cmid\":\"%s\",\"conv\":4,\"seq\":%d,\"ts\":5}", cm[i], i + 1);
+        peer_text(&p, frame);
+    }
+    for (int i = 2; i < 7; i++) {
+        snprintf(frame, sizeof frame, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"slow down\","
+                 "\"retry_after_ms\":%d,\"ref\":\"%s\"}", 300 - 10 * (i - 2), cm[i]);
+        peer_text(&p, frame);
+    }
+    for (int i = 0; i < 50 && x.nacks < 2; i++) drive(&p);
+    CHECK_EQ_INT(x.nacks, 2);
+    for (int i = 0; i < 20; i++) drive(&p);
+    CHECK_EQ_INT(x.nerrs, 0); /* handled: kept and resent, not the app's business */
+    CHECK_EQ_INT(parley_pending(c), 5);
+    /* during the pause nothing is written: no new message, no cursor, no typing */
+    for (int i = 0; i < 40; i++) CHECK_EQ_INT(parley_send(c, 4, "more", NULL), PARLEY_OK);
+    CHECK_EQ_INT(parley_mark_read(c, 4, 2), 1);
+    CHECK_EQ_INT(parley_typing(c, 4), 0);
+    fake_now += 299;
+    int nread = 0;
+    CHECK_EQ_INT(peer_sends(&p, NULL, "read", &nread), 0);
+    CHECK_EQ_INT(nread, 0);
+    CHECK_EQ_INT(p.len, 0);
+    /* after it: the refused ones first, oldest first, same cmids; the
+     * window halved once for the pause (32 -> 16), not once per refusal */
+    fake_now += 1;
+    CHECK_EQ_INT(peer_sends(&p, got, "read", &nread), 16);
+    for (int i = 2; i < 7; i++) CHECK(strcmp(got[i - 2], cm[i]) == 0);
+    CHECK_EQ_INT(nread, 1);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(max_inflight_is_capped_by_the_protocol)
+{
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", p.port);
+    parley_options o;
+    parley_options_init(&o);
+    CHECK_EQ_INT(o.max_inflight, 32);
+    o.server = url;
+    o.token = "tok-123";
+    o.allocator = &counting;
+    o.callbacks = &callbacks;
+    o.userdata = &x;
+    o.random = rnd_fn;
+    o.clock_ms = clock_fn;
+    o.max_inflight = 1000; /* more than the server forgives in one pause */
+    parley_client *c = NULL;
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
+    p.c = c;
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(wait_state(&p, &x, PARLEY_CONNECTED));
+    for (int i = 0; i < 100; i++) parley_send(c, 4, "x", NULL);
+    CHECK_EQ_INT(peer_sends(&p, NULL, NULL, NULL), PARLEY_MAX_INFLIGHT);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
 TEST(retry_after_and_auth)
 {
     peer p;
@@ -905,6 +1025,8 @@ int main(void)
     RUN(lost_ack_found_by_sync);
     RUN(refused_send_is_dropped_and_reported);
     RUN(rate_limited_without_ref);
+    RUN(rate_limited_pauses_the_connection);
+    RUN(max_inflight_is_capped_by_the_protocol);
     RUN(retry_after_and_auth);
     RUN(control_frames_fragments_keepalive);
     RUN(libuv_mode);
