@@ -14,6 +14,7 @@
 #include "chat/guard.h"
 #include "codec/json.h"
 #include "base/log.h"
+#include "codec/msg.h"
 #include "codec/utf8.h"
 
 #define JSON_TYPE "application/json"
@@ -121,14 +122,21 @@ static int lookup_user(chat *ch, const char *name, uint64_t *uid)
     return rc == ERR_NOT_FOUND ? ERR_USER_NOT_FOUND : rc;
 }
 
+/* A number in the query: decimal digits, 0 .. 2^53 (as in JSON frames,
+ * what a JavaScript client holds exactly). Anything else sets *rc to
+ * ERR_INVALID: never saturated, never wrapped. Returns whether present. */
 static bool query_u64(const http_request *r, const char *name, uint64_t *out, int *rc)
 {
     char v[32];
     int n = http_query_get(r->query, name, v, sizeof v);
     if (n == ERR_NOT_FOUND) return false;
-    char *end;
-    unsigned long long x = n > 0 ? strtoull(v, &end, 10) : 0;
-    if (n <= 0 || *end || v[0] == '-') { *rc = ERR_INVALID; return true; }
+    uint64_t x = 0;
+    bool ok = n > 0 && n <= 16;
+    for (int i = 0; ok && i < n; i++) {
+        ok = v[i] >= '0' && v[i] <= '9';
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (!ok || x > (1ull << 53)) { *rc = ERR_INVALID; return true; }
     *out = x;
     return true;
 }
@@ -558,11 +566,10 @@ static void post_message(req_ctx *x, uint64_t conv)
     char cmid[STORE_CMID_MAX + 1];
     int n = json_get_str(&x->body, "cmid", cmid, sizeof cmid);
     if (n <= 0) { api_error(x->c, x->ka, ERR_INVALID, "'cmid' must be 1-64 characters"); return; }
-    if (!body || body->type == JSON_NULL) { api_error(x->c, x->ka, ERR_INVALID, "'body' is required"); return; }
-    if (body->val_len > x->ch->cfg->max_text) {
-        api_error(x->c, x->ka, ERR_TOO_LARGE, "message body too large");
-        return;
-    }
+    const char *why;
+    int rc = msg_check_body(body ? body->val : NULL, body ? body->val_len : 0,
+                            x->ch->cfg->max_text, &why);
+    if (rc < 0) { api_error(x->c, x->ka, rc, why); return; }
     uint32_t retry = 0;
     if (guard_user_msg(x->ch->guard, x->who.uid, guard_now(), &retry) < 0) {
         too_many(x, retry, "too many messages: slow down");
@@ -626,14 +633,17 @@ static void get_receipts(req_ctx *x, uint64_t conv)
 {
     uint64_t seq = 0;
     int rc = 0;
-    query_u64(x->r, "seq", &seq, &rc);
-    if (rc < 0) { api_error(x->c, x->ka, ERR_INVALID, "'seq' must be a number"); return; }
+    bool given = query_u64(x->r, "seq", &seq, &rc);
+    if (rc < 0 || (given && seq == 0)) {
+        api_error(x->c, x->ka, ERR_INVALID, "'seq' must be a message seq (1 or more)");
+        return;
+    }
     jbuf j;
     jb_init(&j, 1024);
     rc = chat_write_receipts(x->ch, conv, x->who.uid, seq, &j);
     if (rc < 0) {
         jb_free(&j);
-        if (rc == ERR_NOT_FOUND) api_error(x->c, x->ka, ERR_NOT_FOUND, "no message at that seq");
+        if (rc == ERR_INVALID) api_error(x->c, x->ka, ERR_INVALID, "'seq' is beyond the conversation's last_seq");
         else api_error(x->c, x->ka, rc, NULL);
         return;
     }

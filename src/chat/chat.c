@@ -458,10 +458,15 @@ static int apply_send(store_txn *txn, chat_op *op)
     uint64_t seq;
     int rc = store_cmid_get(txn, op->conv, op->who.uid, op->cmid, op->cmid_len, &seq);
     if (rc == ERR_OK) {
+        /* A resend carries the same body, byte for byte; another body under
+         * a used cmid is a client bug that must not pass for an ack. */
         store_msg old;
+        bool found = store_msg_get(txn, op->conv, seq, &old) == ERR_OK;
+        if (found && (old.body_len != op->body_len || memcmp(old.body, op->body, op->body_len) != 0))
+            return ERR_CMID_REUSED;
         op->duplicate = true;
         op->seq = seq;
-        op->ts = store_msg_get(txn, op->conv, seq, &old) == ERR_OK ? old.ts : 0;
+        op->ts = found ? old.ts : 0;
         return ERR_OK;
     }
     if (rc != ERR_NOT_FOUND) return rc;
@@ -499,9 +504,11 @@ static int apply_cursor(store_txn *txn, chat_op *op)
     if (store_conv_get(txn, op->conv, &c) < 0 ||
         store_member_get(txn, op->conv, op->who.uid, &me) < 0)
         return ERR_FORBIDDEN;
-    uint64_t rd = op->read < c.last_seq ? op->read : c.last_seq;
+    /* A client only learns of a seq once it is stored: beyond last_seq is
+     * a mistake, refused rather than clamped. */
+    if (op->read > c.last_seq || op->delivered > c.last_seq) return ERR_INVALID;
+    uint64_t rd = op->read;
     uint64_t dl = op->delivered > rd ? op->delivered : rd;
-    if (dl > c.last_seq) dl = c.last_seq;
     op->changed = dl > me.delivered || rd > me.read;
     if (dl > me.delivered) me.delivered = dl;
     if (rd > me.read) me.read = rd;
@@ -813,7 +820,7 @@ int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbu
     store_msg m;
     if (rc == ERR_OK && seq) {
         if (store_msg_get(txn, conv, seq, &m) == ERR_OK) x.from = m.from;
-        else rc = ERR_NOT_FOUND;
+        else rc = ERR_INVALID; /* beyond last_seq */
     }
     if (rc == ERR_OK) {
         jb_lit(j, "{\"members\":[");

@@ -131,7 +131,9 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j);
 int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
                        uint64_t before, size_t limit, jbuf *j);
 
-/* Appends {"members":[...]} receipts, and counts for seq when seq > 0. */
+/* Appends {"members":[...]} receipts, and counts for seq when seq > 0.
+ * ERR_FORBIDDEN for a non-member, ERR_INVALID when there is no message at
+ * seq (beyond last_seq). */
 int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j);
 
 /* A member check in its own read transaction: ERR_OK or ERR_FORBIDDEN. */

@@ -270,7 +270,8 @@ static void reply_cursor(srv_thread *t, void *arg)
     chat_op *op = arg;
     conn *c = t ? srv_conn(t, op->origin) : NULL;
     if (c && c->state == CONN_WS && op->rc < 0)
-        send_error(c, op->rc, NULL, op->ref);
+        send_error(c, op->rc, op->rc == ERR_INVALID ? "'seq' is beyond the conversation's last_seq"
+                                                    : NULL, op->ref);
     chat_op_free(op);
 }
 
