@@ -594,6 +594,89 @@ static void removed_event(chat_op *op)
     event_unref(ev);
 }
 
+event *chat_presence_event(const char *name, bool online, int64_t last_seen)
+{
+    jbuf j;
+    jb_init(&j, 96);
+    jb_lit(&j, "{\"type\":\"presence\",\"user\":");
+    jb_cstr(&j, name);
+    jb_lit(&j, online ? ",\"online\":true,\"last_seen\":" : ",\"online\":false,\"last_seen\":");
+    jb_i64(&j, last_seen);
+    jb_raw(&j, "}", 1);
+    return event_new(EV_PRESENCE, 0, 0, jb_take(&j));
+}
+
+/* Members who now share a conversation learn each other's presence on the
+ * lossy lane, as a connecting session learns its contacts' (proto.c).
+ * Each member's presence is one event, encoded once; a call on every I/O
+ * thread, queued after the conv frame, hands each local session of a
+ * member the events of the others. */
+typedef struct intro {
+    int refs;           /* atomic: threads still to run */
+    bool one;           /* only the pairs with uids[only] (a member added) */
+    uint32_t only;
+    uint32_t n;
+    uint64_t *uids;     /* n members (points into this allocation) */
+    event *ev[];        /* n: uids[i]'s presence, or NULL (not needed, or no memory) */
+} intro;
+
+static void intro_free(intro *x)
+{
+    for (uint32_t i = 0; i < x->n; i++) event_unref(x->ev[i]);
+    free(x);
+}
+
+static void intro_run(srv_thread *t, void *arg)
+{
+    intro *x = arg;
+    for (uint32_t i = 0; t && i < x->n; i++) {
+        bool added = x->one && i == x->only;
+        if (x->one && !added && !x->ev[x->only]) continue;
+        for (session *s = hub_local(t, x->uids[i]), *next; s; s = next) {
+            next = s->next_local;
+            if (x->one && !added) { s->sink->send_lossy(s, x->ev[x->only]); continue; }
+            for (uint32_t j = 0; j < x->n; j++)
+                if (j != i && x->ev[j]) s->sink->send_lossy(s, x->ev[j]);
+        }
+    }
+    if (__atomic_sub_fetch(&x->refs, 1, __ATOMIC_ACQ_REL) == 0) intro_free(x);
+}
+
+/* After op's conversation was created (added 0) or `added` joined it. */
+static void introduce(chat_op *op, uint64_t added)
+{
+    audience *a = op->aud;
+    if (!a || a->n < 2) return;
+    intro *x = calloc(1, sizeof *x + a->n * (sizeof x->ev[0] + sizeof x->uids[0]));
+    if (!x) return;
+    x->n = a->n;
+    x->uids = (uint64_t *)(x->ev + a->n);
+    memcpy(x->uids, a->uids, a->n * sizeof a->uids[0]);
+    bool any = false, added_on = false;
+    for (uint32_t i = 0; i < a->n; i++) {
+        bool on = hub_online(op->ch->hub, a->uids[i]);
+        any |= on;
+        if (added && a->uids[i] == added) { x->one = true; x->only = i; added_on = on; }
+    }
+    store_txn *txn;
+    if (!any || (added && !x->one) || store_begin(op->ch->st, false, &txn) < 0) {
+        free(x);
+        return;
+    }
+    int64_t now = chat_now_ms();
+    for (uint32_t i = 0; i < a->n; i++) {
+        if (x->one && i != x->only && !added_on) continue; /* nobody to tell of them */
+        store_user u;
+        if (store_user_get(txn, a->uids[i], &u) < 0) continue;
+        bool on = hub_online(op->ch->hub, u.id);
+        x->ev[i] = chat_presence_event(u.name, on, on ? now : u.last_seen);
+    }
+    store_abort(txn);
+    int n = op->ch->srv->nthreads;
+    x->refs = n;
+    for (int i = 0; i < n; i++) hub_queue_call(op->ch->hub, i, intro_run, x);
+}
+
 static void done(writer_op *wop, int rc)
 {
     chat_op *op = (chat_op *)wop;
@@ -607,11 +690,17 @@ static void done(writer_op *wop, int rc)
         if (ok && op->changed) fan_out(op, receipt_event(op), 0);
         break;
     case OP_DIRECT:
-        if (ok && !op->duplicate) conv_event(op);
-        break;
     case OP_GROUP:
+        if (ok && !op->duplicate) {
+            conv_event(op);
+            introduce(op, 0);
+        }
+        break;
     case OP_ADD:
-        if (ok) conv_event(op);
+        if (ok) {
+            conv_event(op);
+            introduce(op, op->target);
+        }
         break;
     case OP_REMOVE:
         if (ok) {

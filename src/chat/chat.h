@@ -142,6 +142,10 @@ int chat_is_member(chat *ch, uint64_t conv, uint64_t uid);
 /* A user's name into out (STORE_NAME_MAX + 1); ERR_NOT_FOUND. */
 int chat_user_name(store_txn *txn, uint64_t uid, char *out);
 
+/* {"type":"presence","user":name,"online":B,"last_seen":T} as an event
+ * (one ref), or NULL. */
+event *chat_presence_event(const char *name, bool online, int64_t last_seen);
+
 /* The uids of everyone who shares a conversation with uid (uid excluded),
  * as a new audience (one ref), or NULL. */
 audience *chat_contacts(chat *ch, uint64_t uid);
