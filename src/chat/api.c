@@ -232,6 +232,42 @@ static void reply_send(srv_thread *t, void *arg)
     chat_op_free(op);
 }
 
+/* {"left":[ids],"failed":[{"conv":id,"code":"..."}]} for a batch leave. */
+static void reply_leave(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = reply_conn(t, op);
+    if (c) {
+        if (op->rc >= 0) {
+            jbuf j;
+            jb_init(&j, 64 + op->nuids * 40);
+            jb_lit(&j, "{\"left\":[");
+            int n = 0;
+            for (size_t i = 0; i < op->nuids; i++) {
+                if (op->rcs[i] != ERR_OK) continue;
+                if (n++) jb_raw(&j, ",", 1);
+                jb_u64(&j, op->uids[i]);
+            }
+            jb_lit(&j, "],\"failed\":[");
+            n = 0;
+            for (size_t i = 0; i < op->nuids; i++) {
+                if (op->rcs[i] == ERR_OK) continue;
+                jb_lit(&j, n++ ? ",{\"conv\":" : "{\"conv\":");
+                jb_u64(&j, op->uids[i]);
+                jb_lit(&j, ",\"code\":\"");
+                jb_lit(&j, err_info_of(op->rcs[i])->code);
+                jb_lit(&j, "\"}");
+            }
+            jb_lit(&j, "]}");
+            respond_jbuf(c, 200, &j, op->keep_alive);
+        } else {
+            api_error(c, op->keep_alive, op->rc, NULL);
+        }
+        conn_resume(c);
+    }
+    chat_op_free(op);
+}
+
 /* Queues op for the writer and holds the connection until its reply. */
 static void submit(req_ctx *x, chat_op *op)
 {
@@ -448,6 +484,15 @@ static int add_name(void *arg, const char *v, size_t len, uint8_t type)
     return 0;
 }
 
+/* Groups created and members added, per user (--rate-groups). */
+static bool group_change_allowed(req_ctx *x)
+{
+    uint32_t retry = 0;
+    if (guard_user_group(x->ch->guard, x->who.uid, guard_now(), &retry) == ERR_OK) return true;
+    too_many(x, retry, "too many groups created or members added: slow down");
+    return false;
+}
+
 static void post_conversations(req_ctx *x)
 {
     if (!parse_body(x)) return;
@@ -494,6 +539,7 @@ static void post_conversations(req_ctx *x)
             else api_error(x->c, x->ka, nx.rc, NULL);
             return;
         }
+        if (!group_change_allowed(x)) { chat_op_free(op); return; }
         submit(x, op);
     } else {
         api_error(x->c, x->ka, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
@@ -601,6 +647,7 @@ static void post_member(req_ctx *x, uint64_t conv)
     }
     int rc = lookup_user(x->ch, name, &uid);
     if (rc < 0) { api_error(x->c, x->ka, rc, NULL); return; }
+    if (uid != x->who.uid && !group_change_allowed(x)) return;
     chat_op *op = new_op(x, OP_ADD, reply_conv);
     if (!op) return;
     op->conv = conv;
@@ -626,6 +673,56 @@ static void delete_member(req_ctx *x, uint64_t conv, const char *user)
     if (!op) return;
     op->conv = conv;
     op->target = uid;
+    submit(x, op);
+}
+
+typedef struct convs_ctx {
+    chat_op *op;
+    int rc;
+} convs_ctx;
+
+static int add_conv_id(void *arg, const char *v, size_t len, uint8_t type)
+{
+    convs_ctx *x = arg;
+    uint64_t id = 0;
+    if (type != JSON_NUMBER || len > 16) return x->rc = ERR_INVALID;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9') return x->rc = ERR_INVALID; /* sign, fraction, exponent */
+        id = id * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (id == 0 || id > (1ull << 53)) return x->rc = ERR_INVALID;
+    for (size_t i = 0; i < x->op->nuids; i++)
+        if (x->op->uids[i] == id) return 0; /* listed twice: once */
+    if (x->op->nuids == CHAT_LEAVE_MAX) return x->rc = ERR_INVALID;
+    x->op->uids[x->op->nuids++] = id;
+    return 0;
+}
+
+/* POST /v1/conversations/leave {"convs":[ids]}: leaves many groups at once. */
+static void post_leave(req_ctx *x)
+{
+    if (!parse_body(x)) return;
+    const json_field *convs = json_get(&x->body, "convs");
+    chat_op *op = NULL;
+    convs_ctx cx = {NULL, ERR_INVALID};
+    if (convs && convs->type == JSON_ARRAY) {
+        if (!(op = new_op(x, OP_LEAVE, reply_leave))) return;
+        op->uids = malloc(CHAT_LEAVE_MAX * sizeof *op->uids);
+        op->rcs = malloc(CHAT_LEAVE_MAX * sizeof *op->rcs);
+        if (!op->uids || !op->rcs) {
+            chat_op_free(op);
+            api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
+            return;
+        }
+        cx = (convs_ctx){op, 0};
+        json_array_each(convs->val, convs->val_len, add_conv_id, &cx);
+        if (cx.rc == 0 && op->nuids == 0) cx.rc = ERR_INVALID;
+    }
+    if (cx.rc < 0) {
+        chat_op_free(op);
+        api_error(x->c, x->ka, ERR_INVALID, "'convs' must list 1-500 conversation ids");
+        return;
+    }
     submit(x, op);
 }
 
@@ -703,6 +800,9 @@ bool api_handle(conn *c, const http_request *req)
             if (method(&x, "GET")) get_inbox(&x);
             else post_conversations(&x);
         }
+    } else if (strcmp(path, "/v1/conversations/leave") == 0) {
+        if (!method(&x, "POST")) not_allowed(&x, "POST");
+        else if (authenticate(&x)) post_leave(&x);
     } else if (conv_path(path, &conv, &rest)) {
         if (strcmp(rest, "") == 0) {
             if (!method(&x, "GET")) not_allowed(&x, "GET");

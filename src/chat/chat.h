@@ -69,10 +69,11 @@ int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id);
 
 enum chat_op_kind {
     OP_REGISTER, OP_LOGIN, OP_LOGOUT, OP_DIRECT, OP_GROUP, OP_ADD, OP_REMOVE,
-    OP_SEND, OP_CURSOR, OP_LAST_SEEN,
+    OP_SEND, OP_CURSOR, OP_LAST_SEEN, OP_LEAVE,
 };
 
 #define CHAT_MAX_GROUP_NAMES 1000
+#define CHAT_LEAVE_MAX 500                /* conversations one OP_LEAVE leaves */
 
 typedef struct chat_op chat_op;
 struct chat_op {
@@ -97,13 +98,18 @@ struct chat_op {
     size_t cmid_len;
     char *body;                       /* OP_SEND: JSON text (owned) */
     size_t body_len;
-    uint64_t *uids;                   /* OP_GROUP members to add (owned) */
+    uint64_t *uids;                   /* OP_GROUP members to add, OP_LEAVE conversation
+                                         ids, no id twice (owned) */
     size_t nuids;
+    int *rcs;                         /* OP_LEAVE: nuids results, ERR_OK (left),
+                                         ERR_FORBIDDEN (not a member) or ERR_INVALID
+                                         (a direct conversation) (owned) */
     audience *aud;                    /* the members after apply (owned ref) */
     /* results */
     uint64_t seq;                     /* OP_SEND */
     bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
     bool changed;                     /* OP_CURSOR: moved forward, not superseded */
+    bool accept;                      /* OP_CURSOR: a read, which accepts an invitation */
     int64_t expires;                  /* OP_REGISTER/OP_LOGIN */
 };
 

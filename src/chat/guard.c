@@ -14,14 +14,14 @@ typedef struct table {
 } table;
 
 typedef struct entry {
-    tbucket a, b;      /* addresses: handshakes, logins; users: messages */
+    tbucket a, b;      /* addresses: handshakes, logins; users: messages, group changes */
     uint32_t failures; /* accounts: failed logins in a row */
     uint32_t inflight; /* accounts: attempts being checked now */
     uint64_t until;    /* accounts: no login before this */
 } entry;
 
 struct guard {
-    tlimit handshake, login, user_msg;
+    tlimit handshake, login, user_msg, user_group;
     table addrs, accounts, users;
 };
 
@@ -61,6 +61,7 @@ int guard_new(guard **out, const config *cfg)
     g->handshake = (tlimit){(float)cfg->rate_handshakes, (float)cfg->rate_handshakes * 5};
     g->login = (tlimit){(float)cfg->rate_logins, (float)cfg->rate_logins * 4};
     g->user_msg = (tlimit){(float)cfg->rate_user_msgs, (float)cfg->rate_user_msgs * 4};
+    g->user_group = (tlimit){(float)cfg->rate_groups / 60.0f, (float)cfg->rate_groups};
     table_init(&g->addrs);
     table_init(&g->accounts);
     table_init(&g->users);
@@ -105,6 +106,11 @@ int guard_login_addr(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms)
 int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
 {
     return take(&g->users, uid, &g->user_msg, false, now, retry_ms);
+}
+
+int guard_user_group(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
+{
+    return take(&g->users, uid, &g->user_group, true, now, retry_ms);
 }
 
 int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)

@@ -2,7 +2,8 @@
  *
  *   per source address   WebSocket handshakes, and logins/registrations
  *   per account          growing delays after failed logins
- *   per user             messages across all of the user's devices
+ *   per user             messages across all of the user's devices; groups
+ *                        created and members added (--rate-groups, a minute)
  *
  * Per-connection limits live in the session (ratelimit.h buckets, no lock).
  * Each table here is a hash map under its own mutex, touched only on a
@@ -44,5 +45,7 @@ int guard_login_begin(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
  * the third in a row); a success clears it. */
 void guard_login_end(guard *g, uint64_t uid, bool ok, uint64_t now);
 int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
+/* A group created or a member added by uid: ERR_OK or ERR_RATE. */
+int guard_user_group(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
 
 #endif

@@ -309,6 +309,7 @@ static void on_cursor(frame_ctx *f, bool read)
     op->conv = f->r.conv;
     op->delivered = f->r.seq;
     op->read = read ? f->r.seq : 0;
+    op->accept = read;
     op->who.uid = f->s->uid;
     memcpy(op->who.name, f->s->name, sizeof op->who.name);
     memcpy(op->ref, f->r.ref, sizeof op->ref);
