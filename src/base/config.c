@@ -122,6 +122,8 @@ static const opt opts[] = {
      .help = "messages/s per connection; burst x4"},
     {"rate-user-msgs", U32(rate_user_msgs, U_NONE), .def = 100, .min = 0, .max = RATE_MAX,
      .arg = "N", .help = "messages/s per user over all devices; burst x4"},
+    {"rate-groups", U32(rate_groups, U_NONE), .def = 60, .min = 0, .max = RATE_MAX, .arg = "N",
+     .help = "groups created plus members added per minute per user, then 429; burst N"},
     {"rate-handshakes", U32(rate_handshakes, U_NONE), .def = 50, .min = 0, .max = RATE_MAX,
      .arg = "N", .help = "WebSocket handshakes/s per source address, then 429; burst x5"},
     {"rate-logins", U32(rate_logins, U_NONE), .def = 5, .min = 0, .max = RATE_MAX, .arg = "N",

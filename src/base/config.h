@@ -54,6 +54,7 @@ typedef struct config {
     uint32_t rate_frames;        /* --rate-frames, WebSocket frames/s per connection, 200 (burst x5) */
     uint32_t rate_msgs;          /* --rate-msgs, sends/s per connection, 50 (burst x4) */
     uint32_t rate_user_msgs;     /* --rate-user-msgs, sends/s per user, all devices, 100 (burst x4) */
+    uint32_t rate_groups;        /* --rate-groups, groups created + members added per minute per user, 60 (burst x1) */
     uint32_t rate_handshakes;    /* --rate-handshakes, WebSocket handshakes/s per address, 50 (burst x5) */
     uint32_t rate_logins;        /* --rate-logins, logins+registrations/s per address, 5 (burst x4) */
     uint32_t admit_rate;         /* --admit-rate, handshakes/s per I/O thread, 5000 (burst x1) */

@@ -45,6 +45,8 @@ static const err_info table[] = {
     {ERR_BAD_HANDSHAKE, "bad_handshake", 400, "bad_handshake", "invalid WebSocket handshake"},
     {ERR_BAD_VERSION, "bad_version", 426, "bad_version", "WebSocket version 13 is required"},
     {ERR_UPGRADE_REQUIRED, "upgrade_required", 426, "upgrade_required", "this endpoint speaks WebSocket"},
+    {ERR_CMID_REUSED, "cmid_reused", 409, "cmid_reused",
+     "that cmid was already used for a message with another body: use a fresh cmid"},
 };
 
 _Static_assert(sizeof table / sizeof table[0] == 1 - ERR_LAST, "one row per code");

@@ -50,7 +50,8 @@ enum err {
     ERR_BAD_HANDSHAKE = -33, /* an invalid WebSocket handshake */
     ERR_BAD_VERSION = -34, /* a WebSocket version other than 13 */
     ERR_UPGRADE_REQUIRED = -35, /* a plain request to the WebSocket endpoint */
-    ERR_LAST        = -35
+    ERR_CMID_REUSED = -36, /* a cmid already used for a different body */
+    ERR_LAST        = -36
 };
 
 typedef struct err_info {

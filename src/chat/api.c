@@ -14,6 +14,7 @@
 #include "chat/guard.h"
 #include "codec/json.h"
 #include "base/log.h"
+#include "codec/msg.h"
 #include "codec/utf8.h"
 
 #define JSON_TYPE "application/json"
@@ -121,14 +122,21 @@ static int lookup_user(chat *ch, const char *name, uint64_t *uid)
     return rc == ERR_NOT_FOUND ? ERR_USER_NOT_FOUND : rc;
 }
 
+/* A number in the query: decimal digits, 0 .. 2^53 (as in JSON frames,
+ * what a JavaScript client holds exactly). Anything else sets *rc to
+ * ERR_INVALID: never saturated, never wrapped. Returns whether present. */
 static bool query_u64(const http_request *r, const char *name, uint64_t *out, int *rc)
 {
     char v[32];
     int n = http_query_get(r->query, name, v, sizeof v);
     if (n == ERR_NOT_FOUND) return false;
-    char *end;
-    unsigned long long x = n > 0 ? strtoull(v, &end, 10) : 0;
-    if (n <= 0 || *end || v[0] == '-') { *rc = ERR_INVALID; return true; }
+    uint64_t x = 0;
+    bool ok = n > 0 && n <= 16;
+    for (int i = 0; ok && i < n; i++) {
+        ok = v[i] >= '0' && v[i] <= '9';
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (!ok || x > (1ull << 53)) { *rc = ERR_INVALID; return true; }
     *out = x;
     return true;
 }
@@ -220,6 +228,42 @@ static void reply_send(srv_thread *t, void *arg)
                              (unsigned long long)op->seq, (long long)op->ts,
                              op->duplicate ? ",\"duplicate\":true" : "");
             respond_json(c, op->duplicate ? 200 : 201, body, (size_t)n, op->keep_alive);
+        } else {
+            api_error(c, op->keep_alive, op->rc, NULL);
+        }
+        conn_resume(c);
+    }
+    chat_op_free(op);
+}
+
+/* {"left":[ids],"failed":[{"conv":id,"code":"..."}]} for a batch leave. */
+static void reply_leave(srv_thread *t, void *arg)
+{
+    chat_op *op = arg;
+    conn *c = reply_conn(t, op);
+    if (c) {
+        if (op->rc >= 0) {
+            jbuf j;
+            jb_init(&j, 64 + op->nuids * 40);
+            jb_lit(&j, "{\"left\":[");
+            int n = 0;
+            for (size_t i = 0; i < op->nuids; i++) {
+                if (op->rcs[i] != ERR_OK) continue;
+                if (n++) jb_raw(&j, ",", 1);
+                jb_u64(&j, op->uids[i]);
+            }
+            jb_lit(&j, "],\"failed\":[");
+            n = 0;
+            for (size_t i = 0; i < op->nuids; i++) {
+                if (op->rcs[i] == ERR_OK) continue;
+                jb_lit(&j, n++ ? ",{\"conv\":" : "{\"conv\":");
+                jb_u64(&j, op->uids[i]);
+                jb_lit(&j, ",\"code\":\"");
+                jb_lit(&j, err_info_of(op->rcs[i])->code);
+                jb_lit(&j, "\"}");
+            }
+            jb_lit(&j, "]}");
+            respond_jbuf(c, 200, &j, op->keep_alive);
         } else {
             api_error(c, op->keep_alive, op->rc, NULL);
         }
@@ -465,6 +509,15 @@ static int add_name(void *arg, const char *v, size_t len, uint8_t type)
     return 0;
 }
 
+/* Groups created and members added, per user (--rate-groups). */
+static bool group_change_allowed(req_ctx *x)
+{
+    uint32_t retry = 0;
+    if (guard_user_group(x->ch->guard, x->who.uid, guard_now(), &retry) == ERR_OK) return true;
+    too_many(x, retry, "too many groups created or members added: slow down");
+    return false;
+}
+
 static void post_conversations(req_ctx *x)
 {
     if (!parse_body(x)) return;
@@ -511,6 +564,7 @@ static void post_conversations(req_ctx *x)
             else api_error(x->c, x->ka, nx.rc, NULL);
             return;
         }
+        if (!group_change_allowed(x)) { chat_op_free(op); return; }
         submit(x, op);
     } else {
         api_error(x->c, x->ka, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
@@ -583,11 +637,10 @@ static void post_message(req_ctx *x, uint64_t conv)
     char cmid[STORE_CMID_MAX + 1];
     int n = json_get_str(&x->body, "cmid", cmid, sizeof cmid);
     if (n <= 0) { api_error(x->c, x->ka, ERR_INVALID, "'cmid' must be 1-64 characters"); return; }
-    if (!body || body->type == JSON_NULL) { api_error(x->c, x->ka, ERR_INVALID, "'body' is required"); return; }
-    if (body->val_len > x->ch->cfg->max_text) {
-        api_error(x->c, x->ka, ERR_TOO_LARGE, "message body too large");
-        return;
-    }
+    const char *why;
+    int rc = msg_check_body(body ? body->val : NULL, body ? body->val_len : 0,
+                            x->ch->cfg->max_text, &why);
+    if (rc < 0) { api_error(x->c, x->ka, rc, why); return; }
     uint32_t retry = 0;
     if (guard_user_msg(x->ch->guard, x->who.uid, guard_now(), &retry) < 0) {
         too_many(x, retry, "too many messages: slow down");
@@ -619,6 +672,7 @@ static void post_member(req_ctx *x, uint64_t conv)
     }
     int rc = lookup_user(x->ch, name, &uid);
     if (rc < 0) { api_error(x->c, x->ka, rc, NULL); return; }
+    if (uid != x->who.uid && !group_change_allowed(x)) return;
     chat_op *op = new_op(x, OP_ADD, reply_conv);
     if (!op) return;
     op->conv = conv;
@@ -647,18 +701,71 @@ static void delete_member(req_ctx *x, uint64_t conv, const char *user)
     submit(x, op);
 }
 
+typedef struct convs_ctx {
+    chat_op *op;
+    int rc;
+} convs_ctx;
+
+static int add_conv_id(void *arg, const char *v, size_t len, uint8_t type)
+{
+    convs_ctx *x = arg;
+    uint64_t id = 0;
+    if (type != JSON_NUMBER || len > 16) return x->rc = ERR_INVALID;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9') return x->rc = ERR_INVALID; /* sign, fraction, exponent */
+        id = id * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (id == 0 || id > (1ull << 53)) return x->rc = ERR_INVALID;
+    for (size_t i = 0; i < x->op->nuids; i++)
+        if (x->op->uids[i] == id) return 0; /* listed twice: once */
+    if (x->op->nuids == CHAT_LEAVE_MAX) return x->rc = ERR_INVALID;
+    x->op->uids[x->op->nuids++] = id;
+    return 0;
+}
+
+/* POST /v1/conversations/leave {"convs":[ids]}: leaves many groups at once. */
+static void post_leave(req_ctx *x)
+{
+    if (!parse_body(x)) return;
+    const json_field *convs = json_get(&x->body, "convs");
+    chat_op *op = NULL;
+    convs_ctx cx = {NULL, ERR_INVALID};
+    if (convs && convs->type == JSON_ARRAY) {
+        if (!(op = new_op(x, OP_LEAVE, reply_leave))) return;
+        op->uids = malloc(CHAT_LEAVE_MAX * sizeof *op->uids);
+        op->rcs = malloc(CHAT_LEAVE_MAX * sizeof *op->rcs);
+        if (!op->uids || !op->rcs) {
+            chat_op_free(op);
+            api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
+            return;
+        }
+        cx = (convs_ctx){op, 0};
+        json_array_each(convs->val, convs->val_len, add_conv_id, &cx);
+        if (cx.rc == 0 && op->nuids == 0) cx.rc = ERR_INVALID;
+    }
+    if (cx.rc < 0) {
+        chat_op_free(op);
+        api_error(x->c, x->ka, ERR_INVALID, "'convs' must list 1-500 conversation ids");
+        return;
+    }
+    submit(x, op);
+}
+
 static void get_receipts(req_ctx *x, uint64_t conv)
 {
     uint64_t seq = 0;
     int rc = 0;
-    query_u64(x->r, "seq", &seq, &rc);
-    if (rc < 0) { api_error(x->c, x->ka, ERR_INVALID, "'seq' must be a number"); return; }
+    bool given = query_u64(x->r, "seq", &seq, &rc);
+    if (rc < 0 || (given && seq == 0)) {
+        api_error(x->c, x->ka, ERR_INVALID, "'seq' must be a message seq (1 or more)");
+        return;
+    }
     jbuf j;
     jb_init(&j, 1024);
     rc = chat_write_receipts(x->ch, conv, x->who.uid, seq, &j);
     if (rc < 0) {
         jb_free(&j);
-        if (rc == ERR_NOT_FOUND) api_error(x->c, x->ka, ERR_NOT_FOUND, "no message at that seq");
+        if (rc == ERR_INVALID) api_error(x->c, x->ka, ERR_INVALID, "'seq' is beyond the conversation's last_seq");
         else api_error(x->c, x->ka, rc, NULL);
         return;
     }
@@ -718,6 +825,9 @@ bool api_handle(conn *c, const http_request *req)
             if (method(&x, "GET")) get_inbox(&x);
             else post_conversations(&x);
         }
+    } else if (strcmp(path, "/v1/conversations/leave") == 0) {
+        if (!method(&x, "POST")) not_allowed(&x, "POST");
+        else if (authenticate(&x)) post_leave(&x);
     } else if (conv_path(path, &conv, &rest)) {
         if (strcmp(rest, "") == 0) {
             if (!method(&x, "GET")) not_allowed(&x, "GET");

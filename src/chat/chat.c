@@ -169,6 +169,7 @@ int chat_write_conv(chat *ch, store_txn *txn, uint64_t id, uint64_t viewer, jbuf
         jb_u64(j, me.delivered);
         jb_lit(j, ",\"unread\":");
         jb_u64(j, c.last_seq > me.read ? c.last_seq - me.read : 0);
+        jb_lit(j, me.invited ? ",\"invited\":true" : ",\"invited\":false");
     }
     jb_lit(j, ",\"last_message\":");
     store_msg m;
@@ -202,6 +203,7 @@ void chat_op_free(chat_op *op)
     if (!op) return;
     free(op->body);
     free(op->uids);
+    free(op->rcs);
     audience_unref(op->aud);
     free(op);
 }
@@ -328,28 +330,46 @@ static void revoke_everywhere(chat_op *op)
 
 /* ---- conversations ------------------------------------------------------------ */
 
-typedef struct count_ctx {
-    uint32_t n, cap;
-} count_ctx;
-
-static int count_one(void *arg, uint64_t conv)
+/* Invitations. A user added to a conversation by someone who is not their
+ * contact is a member "invited": they see it and get its messages, but it
+ * does not count against their --max-user-convs until they accept it by
+ * sending, reading (a `read` frame) or opening the direct conversation
+ * themselves; they may also just leave it. Invitations have a cap of their
+ * own (the same number), so strangers cannot fill a user's cap, nor grow
+ * their inbox without bound. A contact, cheaply checked, is a user with
+ * whom `uid` has a direct conversation that `uid` has accepted. */
+static bool is_contact(store_txn *txn, uint64_t actor, uint64_t uid)
 {
-    count_ctx *x = arg;
-    return ++x->n >= x->cap; /* stop at the cap */
+    uint64_t conv;
+    store_member m;
+    return store_direct_get(txn, actor, uid, &conv) == ERR_OK &&
+           store_member_get(txn, conv, uid, &m) == ERR_OK && !m.invited;
 }
 
-/* ERR_TOO_MANY_MEMBERS if uid is already in --max-user-convs conversations. */
-static int check_user_convs(store_txn *txn, const chat_op *op, uint64_t uid)
+/* ERR_TOO_MANY_MEMBERS if uid already has --max-user-convs memberships of
+ * that kind (accepted ones, or invitations). */
+static int check_user_convs(store_txn *txn, const chat_op *op, uint64_t uid, bool invited)
 {
-    count_ctx x = {0, op->ch->cfg->max_user_convs};
-    int rc = store_user_convs(txn, uid, count_one, &x);
+    uint32_t n, cap = op->ch->cfg->max_user_convs;
+    int rc = store_user_convs_count(txn, uid, invited, cap, &n);
     if (rc < 0) return rc;
-    return x.n >= x.cap ? ERR_TOO_MANY_MEMBERS : ERR_OK;
+    return n >= cap ? ERR_TOO_MANY_MEMBERS : ERR_OK;
 }
 
-static int add_member(store_txn *txn, uint64_t conv, uint64_t uid, uint8_t role, uint64_t version)
+/* The acting user accepts an invitation (me, theirs): it now counts. */
+static int accept_invitation(store_txn *txn, const chat_op *op, store_member *me)
 {
-    store_member m = {uid, role, 0, 0, version};
+    if (!me->invited) return ERR_OK;
+    int rc = check_user_convs(txn, op, op->who.uid, false);
+    if (rc < 0) return rc;
+    me->invited = false;
+    return ERR_OK;
+}
+
+static int add_member(store_txn *txn, uint64_t conv, uint64_t uid, uint8_t role, uint64_t version,
+                      bool invited)
+{
+    store_member m = {uid, role, 0, 0, version, invited};
     return store_member_put(txn, conv, &m);
 }
 
@@ -368,9 +388,20 @@ static int apply_direct(store_txn *txn, chat_op *op)
 {
     uint64_t a = op->who.uid, b = op->target;
     int rc = store_direct_get(txn, a, b, &op->conv);
-    if (rc == ERR_OK) { op->duplicate = true; return load_members(txn, op); }
+    if (rc == ERR_OK) {
+        /* Opening the direct conversation someone started with you accepts it. */
+        store_member me;
+        op->duplicate = true;
+        if (store_member_get(txn, op->conv, a, &me) == ERR_OK && me.invited) {
+            if ((rc = accept_invitation(txn, op, &me)) < 0) return rc;
+            me.version = store_tick(txn);
+            if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
+        }
+        return load_members(txn, op);
+    }
     if (rc != ERR_NOT_FOUND) return rc;
-    if ((rc = check_user_convs(txn, op, a)) < 0 || (rc = check_user_convs(txn, op, b)) < 0)
+    /* b has no direct conversation with a: b is invited. */
+    if ((rc = check_user_convs(txn, op, a, false)) < 0 || (rc = check_user_convs(txn, op, b, true)) < 0)
         return rc;
     uint64_t v = store_tick(txn);
     store_conv c = {0};
@@ -379,16 +410,18 @@ static int apply_direct(store_txn *txn, chat_op *op)
     c.version = v;
     if ((rc = store_conv_create(txn, &c)) < 0) return rc;
     op->conv = c.id;
-    if ((rc = add_member(txn, c.id, a, STORE_MEMBER, v)) < 0) return rc;
-    if ((rc = add_member(txn, c.id, b, STORE_MEMBER, v)) < 0) return rc;
+    if ((rc = add_member(txn, c.id, a, STORE_MEMBER, v, false)) < 0) return rc;
+    if ((rc = add_member(txn, c.id, b, STORE_MEMBER, v, true)) < 0) return rc;
     if ((rc = store_direct_put(txn, a, b, c.id)) < 0) return rc;
     return load_members(txn, op);
 }
 
 static int apply_group(store_txn *txn, chat_op *op)
 {
-    int rc = check_user_convs(txn, op, op->who.uid);
-    for (size_t i = 0; rc == ERR_OK && i < op->nuids; i++) rc = check_user_convs(txn, op, op->uids[i]);
+    int rc = check_user_convs(txn, op, op->who.uid, false);
+    for (size_t i = 0; rc == ERR_OK && i < op->nuids; i++)
+        if (op->uids[i] != op->who.uid)
+            rc = check_user_convs(txn, op, op->uids[i], !is_contact(txn, op->who.uid, op->uids[i]));
     if (rc < 0) return rc;
     uint64_t v = store_tick(txn);
     store_conv c = {0};
@@ -399,12 +432,14 @@ static int apply_group(store_txn *txn, chat_op *op)
     rc = store_conv_create(txn, &c);
     if (rc < 0) return rc;
     op->conv = c.id;
-    if ((rc = add_member(txn, c.id, op->who.uid, STORE_ADMIN, v)) < 0) return rc;
+    if ((rc = add_member(txn, c.id, op->who.uid, STORE_ADMIN, v, false)) < 0) return rc;
     for (size_t i = 0; i < op->nuids; i++) {
-        if (op->uids[i] == op->who.uid) continue;
+        uint64_t uid = op->uids[i];
+        if (uid == op->who.uid) continue;
         store_member m;
-        if (store_member_get(txn, c.id, op->uids[i], &m) == ERR_OK) continue; /* listed twice */
-        if ((rc = add_member(txn, c.id, op->uids[i], STORE_MEMBER, v)) < 0) return rc;
+        if (store_member_get(txn, c.id, uid, &m) == ERR_OK) continue; /* listed twice */
+        bool invited = !is_contact(txn, op->who.uid, uid);
+        if ((rc = add_member(txn, c.id, uid, STORE_MEMBER, v, invited)) < 0) return rc;
     }
     return load_members(txn, op);
 }
@@ -429,9 +464,10 @@ static int apply_add(store_txn *txn, chat_op *op)
     if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_MANY_MEMBERS;
     store_member m;
     if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_ALREADY_MEMBER;
-    if ((rc = check_user_convs(txn, op, op->target)) < 0) return rc;
+    bool invited = !is_contact(txn, op->who.uid, op->target);
+    if ((rc = check_user_convs(txn, op, op->target, invited)) < 0) return rc;
     uint64_t v = store_tick(txn);
-    if ((rc = add_member(txn, op->conv, op->target, STORE_MEMBER, v)) < 0) return rc;
+    if ((rc = add_member(txn, op->conv, op->target, STORE_MEMBER, v, invited)) < 0) return rc;
     if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
     return load_members(txn, op);
 }
@@ -449,6 +485,29 @@ static int apply_remove(store_txn *txn, chat_op *op)
     return load_members(txn, op);
 }
 
+/* Leaves up to CHAT_LEAVE_MAX groups in one write: each one left, or why
+ * not in op->rcs; the op itself fails only on a storage error. */
+static int apply_leave(store_txn *txn, chat_op *op)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < op->nuids; i++) {
+        uint64_t conv = op->uids[i];
+        store_conv c;
+        store_member me;
+        op->rcs[i] = ERR_FORBIDDEN;
+        if (store_conv_get(txn, conv, &c) < 0 || store_member_get(txn, conv, op->who.uid, &me) < 0)
+            continue;
+        op->rcs[i] = ERR_INVALID;
+        if (c.type != STORE_GROUP) continue; /* a direct conversation is for good */
+        if (!v) v = store_tick(txn);
+        int rc = store_member_del(txn, conv, op->who.uid);
+        if (rc == ERR_OK) rc = touch_conv(txn, conv, v);
+        if (rc < 0) return rc;
+        op->rcs[i] = ERR_OK;
+    }
+    return ERR_OK;
+}
+
 /* ---- messages and cursors ------------------------------------------------------ */
 
 static int apply_send(store_txn *txn, chat_op *op)
@@ -458,13 +517,19 @@ static int apply_send(store_txn *txn, chat_op *op)
     uint64_t seq;
     int rc = store_cmid_get(txn, op->conv, op->who.uid, op->cmid, op->cmid_len, &seq);
     if (rc == ERR_OK) {
+        /* A resend carries the same body, byte for byte; another body under
+         * a used cmid is a client bug that must not pass for an ack. */
         store_msg old;
+        bool found = store_msg_get(txn, op->conv, seq, &old) == ERR_OK;
+        if (found && (old.body_len != op->body_len || memcmp(old.body, op->body, op->body_len) != 0))
+            return ERR_CMID_REUSED;
         op->duplicate = true;
         op->seq = seq;
-        op->ts = store_msg_get(txn, op->conv, seq, &old) == ERR_OK ? old.ts : 0;
+        op->ts = found ? old.ts : 0;
         return ERR_OK;
     }
     if (rc != ERR_NOT_FOUND) return rc;
+    if ((rc = accept_invitation(txn, op, &me)) < 0) return rc; /* replying accepts */
     store_conv c;
     if ((rc = store_conv_get(txn, op->conv, &c)) < 0) return rc;
     int64_t now = chat_now_ms();
@@ -499,18 +564,23 @@ static int apply_cursor(store_txn *txn, chat_op *op)
     if (store_conv_get(txn, op->conv, &c) < 0 ||
         store_member_get(txn, op->conv, op->who.uid, &me) < 0)
         return ERR_FORBIDDEN;
-    uint64_t rd = op->read < c.last_seq ? op->read : c.last_seq;
+    /* A client only learns of a seq once it is stored: beyond last_seq is
+     * a mistake, refused rather than clamped. */
+    if (op->read > c.last_seq || op->delivered > c.last_seq) return ERR_INVALID;
+    uint64_t rd = op->read;
     uint64_t dl = op->delivered > rd ? op->delivered : rd;
-    if (dl > c.last_seq) dl = c.last_seq;
+    bool accepted = op->accept && me.invited; /* a read accepts an invitation */
+    int rc;
+    if (accepted && (rc = accept_invitation(txn, op, &me)) < 0) return rc;
     op->changed = dl > me.delivered || rd > me.read;
     if (dl > me.delivered) me.delivered = dl;
     if (rd > me.read) me.read = rd;
     op->delivered = me.delivered;
     op->read = me.read;
-    if (!op->changed) return ERR_OK;
+    if (!op->changed && !accepted) return ERR_OK;
     me.version = store_tick(txn);
-    int rc = store_member_put(txn, op->conv, &me);
-    if (rc < 0) return rc;
+    if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
+    if (!op->changed) return ERR_OK;
     chat_op *prev = u64map_get(&latest_cursor, cursor_key(op));
     if (prev) prev->changed = false; /* superseded within this batch: not told */
     u64map_put(&latest_cursor, cursor_key(op), op);
@@ -587,6 +657,105 @@ static void removed_event(chat_op *op)
     event_unref(ev);
 }
 
+event *chat_presence_event(const char *name, bool online, int64_t last_seen)
+{
+    jbuf j;
+    jb_init(&j, 96);
+    jb_lit(&j, "{\"type\":\"presence\",\"user\":");
+    jb_cstr(&j, name);
+    jb_lit(&j, online ? ",\"online\":true,\"last_seen\":" : ",\"online\":false,\"last_seen\":");
+    jb_i64(&j, last_seen);
+    jb_raw(&j, "}", 1);
+    return event_new(EV_PRESENCE, 0, 0, jb_take(&j));
+}
+
+/* Members who now share a conversation learn each other's presence on the
+ * lossy lane, as a connecting session learns its contacts' (proto.c).
+ * Each member's presence is one event, encoded once; a call on every I/O
+ * thread, queued after the conv frame, hands each local session of a
+ * member the events of the others. */
+typedef struct intro {
+    int refs;           /* atomic: threads still to run */
+    bool one;           /* only the pairs with uids[only] (a member added) */
+    uint32_t only;
+    uint32_t n;
+    uint64_t *uids;     /* n members (points into this allocation) */
+    event *ev[];        /* n: uids[i]'s presence, or NULL (not needed, or no memory) */
+} intro;
+
+static void intro_free(intro *x)
+{
+    for (uint32_t i = 0; i < x->n; i++) event_unref(x->ev[i]);
+    free(x);
+}
+
+static void intro_run(srv_thread *t, void *arg)
+{
+    intro *x = arg;
+    for (uint32_t i = 0; t && i < x->n; i++) {
+        bool added = x->one && i == x->only;
+        if (x->one && !added && !x->ev[x->only]) continue;
+        for (session *s = hub_local(t, x->uids[i]), *next; s; s = next) {
+            next = s->next_local;
+            if (x->one && !added) { s->sink->send_lossy(s, x->ev[x->only]); continue; }
+            for (uint32_t j = 0; j < x->n; j++)
+                if (j != i && x->ev[j]) s->sink->send_lossy(s, x->ev[j]);
+        }
+    }
+    if (__atomic_sub_fetch(&x->refs, 1, __ATOMIC_ACQ_REL) == 0) intro_free(x);
+}
+
+/* After op's conversation was created (added 0) or `added` joined it. */
+static void introduce(chat_op *op, uint64_t added)
+{
+    audience *a = op->aud;
+    if (!a || a->n < 2) return;
+    intro *x = calloc(1, sizeof *x + a->n * (sizeof x->ev[0] + sizeof x->uids[0]));
+    if (!x) return;
+    x->n = a->n;
+    x->uids = (uint64_t *)(x->ev + a->n);
+    memcpy(x->uids, a->uids, a->n * sizeof a->uids[0]);
+    bool any = false, added_on = false;
+    for (uint32_t i = 0; i < a->n; i++) {
+        bool on = hub_online(op->ch->hub, a->uids[i]);
+        any |= on;
+        if (added && a->uids[i] == added) { x->one = true; x->only = i; added_on = on; }
+    }
+    store_txn *txn;
+    if (!any || (added && !x->one) || store_begin(op->ch->st, false, &txn) < 0) {
+        free(x);
+        return;
+    }
+    int64_t now = chat_now_ms();
+    for (uint32_t i = 0; i < a->n; i++) {
+        if (x->one && i != x->only && !added_on) continue; /* nobody to tell of them */
+        store_user u;
+        if (store_user_get(txn, a->uids[i], &u) < 0) continue;
+        bool on = hub_online(op->ch->hub, u.id);
+        x->ev[i] = chat_presence_event(u.name, on, on ? now : u.last_seen);
+    }
+    store_abort(txn);
+    int n = op->ch->srv->nthreads;
+    x->refs = n;
+    for (int i = 0; i < n; i++) hub_queue_call(op->ch->hub, i, intro_run, x);
+}
+
+/* Each group left: `removed` to the leaver, `conv` to those who stay. */
+static void leave_events(chat_op *op)
+{
+    op->target = op->who.uid;
+    for (size_t i = 0; i < op->nuids; i++) {
+        if (op->rcs[i] != ERR_OK) continue;
+        op->conv = op->uids[i];
+        removed_event(op);
+        store_txn *txn;
+        if (store_begin(op->ch->st, false, &txn) < 0) continue;
+        int rc = load_members(txn, op);
+        store_abort(txn);
+        if (rc >= 0 && op->aud->n) conv_event(op);
+    }
+}
+
 static void done(writer_op *wop, int rc)
 {
     chat_op *op = (chat_op *)wop;
@@ -600,11 +769,17 @@ static void done(writer_op *wop, int rc)
         if (ok && op->changed) fan_out(op, receipt_event(op), 0);
         break;
     case OP_DIRECT:
-        if (ok && !op->duplicate) conv_event(op);
-        break;
     case OP_GROUP:
+        if (ok && !op->duplicate) {
+            conv_event(op);
+            introduce(op, 0);
+        }
+        break;
     case OP_ADD:
-        if (ok) conv_event(op);
+        if (ok) {
+            conv_event(op);
+            introduce(op, op->target);
+        }
         break;
     case OP_REMOVE:
         if (ok) {
@@ -614,6 +789,9 @@ static void done(writer_op *wop, int rc)
         break;
     case OP_LOGOUT:
         if (ok) revoke_everywhere(op);
+        break;
+    case OP_LEAVE:
+        if (ok) leave_events(op);
         break;
     default:
         break;
@@ -635,6 +813,7 @@ static int apply(writer_op *wop, store_txn *txn)
     case OP_SEND: return apply_send(txn, op);
     case OP_CURSOR: return apply_cursor(txn, op);
     case OP_LAST_SEEN: return apply_last_seen(txn, op);
+    case OP_LEAVE: return apply_leave(txn, op);
     }
     return ERR_INVALID;
 }
@@ -813,7 +992,7 @@ int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbu
     store_msg m;
     if (rc == ERR_OK && seq) {
         if (store_msg_get(txn, conv, seq, &m) == ERR_OK) x.from = m.from;
-        else rc = ERR_NOT_FOUND;
+        else rc = ERR_INVALID; /* beyond last_seq */
     }
     if (rc == ERR_OK) {
         jb_lit(j, "{\"members\":[");

@@ -69,10 +69,11 @@ int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id);
 
 enum chat_op_kind {
     OP_REGISTER, OP_LOGIN, OP_LOGOUT, OP_DIRECT, OP_GROUP, OP_ADD, OP_REMOVE,
-    OP_SEND, OP_CURSOR, OP_LAST_SEEN,
+    OP_SEND, OP_CURSOR, OP_LAST_SEEN, OP_LEAVE,
 };
 
 #define CHAT_MAX_GROUP_NAMES 1000
+#define CHAT_LEAVE_MAX 500                /* conversations one OP_LEAVE leaves */
 
 typedef struct chat_op chat_op;
 struct chat_op {
@@ -97,13 +98,18 @@ struct chat_op {
     size_t cmid_len;
     char *body;                       /* OP_SEND: JSON text (owned) */
     size_t body_len;
-    uint64_t *uids;                   /* OP_GROUP members to add (owned) */
+    uint64_t *uids;                   /* OP_GROUP members to add, OP_LEAVE conversation
+                                         ids, no id twice (owned) */
     size_t nuids;
+    int *rcs;                         /* OP_LEAVE: nuids results, ERR_OK (left),
+                                         ERR_FORBIDDEN (not a member) or ERR_INVALID
+                                         (a direct conversation) (owned) */
     audience *aud;                    /* the members after apply (owned ref) */
     /* results */
     uint64_t seq;                     /* OP_SEND */
     bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
     bool changed;                     /* OP_CURSOR: moved forward, not superseded */
+    bool accept;                      /* OP_CURSOR: a read, which accepts an invitation */
     int64_t expires;                  /* OP_REGISTER/OP_LOGIN */
 };
 
@@ -131,7 +137,9 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j);
 int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
                        uint64_t before, size_t limit, jbuf *j);
 
-/* Appends {"members":[...]} receipts, and counts for seq when seq > 0. */
+/* Appends {"members":[...]} receipts, and counts for seq when seq > 0.
+ * ERR_FORBIDDEN for a non-member, ERR_INVALID when there is no message at
+ * seq (beyond last_seq). */
 int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j);
 
 /* A member check in its own read transaction: ERR_OK or ERR_FORBIDDEN. */
@@ -139,6 +147,10 @@ int chat_is_member(chat *ch, uint64_t conv, uint64_t uid);
 
 /* A user's name into out (STORE_NAME_MAX + 1); ERR_NOT_FOUND. */
 int chat_user_name(store_txn *txn, uint64_t uid, char *out);
+
+/* {"type":"presence","user":name,"online":B,"last_seen":T} as an event
+ * (one ref), or NULL. */
+event *chat_presence_event(const char *name, bool online, int64_t last_seen);
 
 /* The uids of everyone who shares a conversation with uid (uid excluded),
  * as a new audience (one ref), or NULL. */

@@ -14,7 +14,7 @@ typedef struct table {
 } table;
 
 typedef struct entry {
-    tbucket a, b;      /* addresses: handshakes, logins; users: messages;
+    tbucket a, b;      /* addresses: handshakes, logins; users: messages, group changes;
                         * accounts: a = the failed-login ceiling */
     uint32_t failures; /* lines: failed logins in a row */
     uint32_t inflight; /* lines: attempts being checked now */
@@ -22,7 +22,7 @@ typedef struct entry {
 } entry;
 
 struct guard {
-    tlimit handshake, login, user_msg, account;
+    tlimit handshake, login, user_msg, user_group, account;
     table addrs, accounts, lines, users;
 };
 
@@ -64,6 +64,7 @@ int guard_new(guard **out, const config *cfg)
     g->login = (tlimit){(float)cfg->rate_logins, (float)cfg->rate_logins * 4};
     g->user_msg = (tlimit){(float)cfg->rate_user_msgs, (float)cfg->rate_user_msgs * 4};
     g->account = (tlimit){GUARD_ACCOUNT_PER_MIN / 60.0f, GUARD_ACCOUNT_BURST};
+    g->user_group = (tlimit){(float)cfg->rate_groups / 60.0f, (float)cfg->rate_groups};
     table_init(&g->addrs);
     table_init(&g->accounts);
     table_init(&g->lines);
@@ -110,6 +111,11 @@ int guard_login_addr(guard *g, uint64_t addr, uint64_t now, uint32_t *retry_ms)
 int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
 {
     return take(&g->users, uid, &g->user_msg, false, now, retry_ms);
+}
+
+int guard_user_group(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms)
+{
+    return take(&g->users, uid, &g->user_group, true, now, retry_ms);
 }
 
 /* The line's key: (uid, address) or (uid, device), mixed (splitmix64

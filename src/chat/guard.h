@@ -6,7 +6,8 @@
  *   per account          a much higher ceiling on failed logins over all
  *                        addresses (a spread-out guesser), which never
  *                        holds back the account's known devices
- *   per user             messages across all of the user's devices
+ *   per user             messages across all of the user's devices; groups
+ *                        created and members added (--rate-groups, a minute)
  *
  * Per-connection limits live in the session (ratelimit.h buckets, no lock).
  * Each table here is a hash map under its own mutex, touched only on a
@@ -67,5 +68,7 @@ int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *re
 /* After checking it: ok clears the line, a failure grows its delay. */
 void guard_login_end(guard *g, const guard_login *l, bool ok, uint64_t now);
 int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
+/* A group created or a member added by uid: ERR_OK or ERR_RATE. */
+int guard_user_group(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
 
 #endif

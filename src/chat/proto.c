@@ -86,23 +86,11 @@ static void send_error(conn *c, int err, const char *message, const char *ref)
 
 /* ---- session lifecycle ------------------------------------------------------ */
 
-static event *presence_event(const char *name, bool online, int64_t last_seen)
-{
-    jbuf j;
-    jb_init(&j, 96);
-    jb_lit(&j, "{\"type\":\"presence\",\"user\":");
-    jb_cstr(&j, name);
-    jb_lit(&j, online ? ",\"online\":true,\"last_seen\":" : ",\"online\":false,\"last_seen\":");
-    jb_i64(&j, last_seen);
-    jb_raw(&j, "}", 1);
-    return event_new(EV_PRESENCE, 0, 0, jb_take(&j));
-}
-
 /* Tells every contact of the session's user that they went on/offline. */
 static void announce(chat *ch, session *s, bool online, int64_t ts)
 {
     audience *to = chat_contacts(ch, s->uid);
-    event *ev = to && to->n ? presence_event(s->name, online, ts) : NULL;
+    event *ev = to && to->n ? chat_presence_event(s->name, online, ts) : NULL;
     if (ev) hub_send_lossy(ch->hub, to, ev, 0);
     event_unref(ev);
     audience_unref(to);
@@ -118,7 +106,7 @@ static void tell_contacts(chat *ch, conn *c, session *s)
         store_user u;
         if (store_user_get(txn, to->uids[i], &u) < 0) continue;
         bool on = hub_online(ch->hub, u.id);
-        event *ev = presence_event(u.name, on, on ? chat_now_ms() : u.last_seen);
+        event *ev = chat_presence_event(u.name, on, on ? chat_now_ms() : u.last_seen);
         if (ev) s->sink->send_lossy(s, ev);
         event_unref(ev);
     }
@@ -270,7 +258,8 @@ static void reply_cursor(srv_thread *t, void *arg)
     chat_op *op = arg;
     conn *c = t ? srv_conn(t, op->origin) : NULL;
     if (c && c->state == CONN_WS && op->rc < 0)
-        send_error(c, op->rc, NULL, op->ref);
+        send_error(c, op->rc, op->rc == ERR_INVALID ? "'seq' is beyond the conversation's last_seq"
+                                                    : NULL, op->ref);
     chat_op_free(op);
 }
 
@@ -321,6 +310,7 @@ static void on_cursor(frame_ctx *f, bool read)
     op->conv = f->r.conv;
     op->delivered = f->r.seq;
     op->read = read ? f->r.seq : 0;
+    op->accept = read;
     op->who.uid = f->s->uid;
     memcpy(op->who.name, f->s->name, sizeof op->who.name);
     memcpy(op->ref, f->r.ref, sizeof op->ref);

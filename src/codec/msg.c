@@ -28,6 +28,23 @@ static bool type_is(const json_field *t, const char *name)
     return t->val_len == n + 2 && memcmp(t->val + 1, name, n) == 0;
 }
 
+int msg_check_body(const char *body, size_t len, size_t max_text, const char **message)
+{
+    if (!body || (len == 4 && memcmp(body, "null", 4) == 0)) {
+        *message = "'body' is required";
+        return ERR_INVALID;
+    }
+    if (len == 2 && memcmp(body, "\"\"", 2) == 0) {
+        *message = "'body' must not be empty";
+        return ERR_INVALID;
+    }
+    if (len > max_text) {
+        *message = "message body too large";
+        return ERR_TOO_LARGE;
+    }
+    return ERR_OK;
+}
+
 static int parse_send(const json_obj *o, size_t max_text, msg_req *r, const char **code,
                       const char **message)
 {
@@ -39,9 +56,9 @@ static int parse_send(const json_obj *o, size_t max_text, msg_req *r, const char
     r->ref[0] = 0; /* from here on, the ref of a send is its (valid) cmid */
     set_ref(r, cmid);
     const json_field *body = json_get(o, "body");
-    if (!body || body->type == JSON_NULL) return BAD("'body' is required");
-    if (body->val_len > max_text)
-        return fail(code, message, ERR_TOO_LARGE, "message body too large");
+    const char *why;
+    int rc = msg_check_body(body ? body->val : NULL, body ? body->val_len : 0, max_text, &why);
+    if (rc < 0) return fail(code, message, rc, why);
     r->body = body->val;
     r->body_len = body->val_len;
     return ERR_OK;

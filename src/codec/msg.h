@@ -39,12 +39,19 @@ typedef struct msg_req {
     size_t body_len;
 } msg_req;
 
+/* The rules of a message body, the same for every transport: raw JSON
+ * text of one value (body[0..len)), neither null nor the empty string "",
+ * at most max_text bytes. Returns ERR_OK, ERR_INVALID or ERR_TOO_LARGE,
+ * with *message (static) naming what is wrong. */
+int msg_check_body(const char *body, size_t len, size_t max_text, const char **message);
+
 /* Parses data[0..len) (valid UTF-8, as WebSocket text frames are).
  * max_text: the largest body (as JSON) a send may carry.
  *
  * Returns ERR_OK with *r filled, or ERR_BAD_JSON (not a JSON object, too
  * deep, too many fields), ERR_INVALID (a missing or wrongly typed field),
- * ERR_UNKNOWN_TYPE or ERR_TOO_LARGE (a send body over max_text), with
+ * ERR_UNKNOWN_TYPE or ERR_TOO_LARGE (a send body over max_text; the body
+ * rules are msg_check_body's), with
  * *code set to that error's wire code (err_info_of) and *message to a
  * static string naming what is wrong. r->ref is set
  * whenever it could be read, so an error can echo it. r->body points into

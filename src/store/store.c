@@ -24,8 +24,14 @@
  *   convs     [fmt][type u8][last_seq u64][last_ts i64][version u64]
  *             [nmembers u32][created i64][name_len u8][name]
  *   members   [fmt][role u8][delivered u64][read u64][version u64]
+ *             [state u8: 1 invited], the state only for an invitation
  *   msgs      [fmt][from u64][ts i64][cmid_len u8][cmid][body ...]
- *   user_convs  empty value
+ *   user_convs  empty value, or [1] for an invitation
+ *
+ * The invited state came after format 1 without changing it, compatibly
+ * both ways: a record or user_convs value without it (every one written
+ * before) is a joined membership, and an older build reading a newer store
+ * ignores the trailing byte (it counts invitations as joined).
  *
  * Read transactions are cheap: a finished read transaction is not freed but
  * reset (mdb_txn_reset) and kept, with its cursors, in a small pool owned by
@@ -76,7 +82,7 @@ static const char *const db_names[DB_COUNT] = {
 #define USER_FIXED (1 + 8 + 8 + 4)
 #define SESSION_LEN (1 + 8 + 4 + 8)
 #define CONV_FIXED (1 + 1 + 8 + 8 + 8 + 4 + 8)
-#define MEMBER_LEN (1 + 1 + 8 + 8 + 8)
+#define MEMBER_LEN (1 + 1 + 8 + 8 + 8)  /* + 1 state byte for an invitation */
 #define MSG_FIXED (1 + 8 + 8 + 1)
 
 struct store {
@@ -325,13 +331,21 @@ static uint32_t conv_nmembers(const MDB_val *v)
     return get32((const uint8_t *)v->mv_data + 26);
 }
 
-static void member_encode(uint8_t b[MEMBER_LEN], const store_member *m)
+/* Returns the record's length: MEMBER_LEN, one more for an invitation. */
+static size_t member_encode(uint8_t b[MEMBER_LEN + 1], const store_member *m)
 {
     b[0] = REC_V1;
     b[1] = m->role;
     put64(b + 2, m->delivered);
     put64(b + 10, m->read);
     put64(b + 18, m->version);
+    b[MEMBER_LEN] = 1;
+    return MEMBER_LEN + (m->invited ? 1 : 0);
+}
+
+static bool member_invited(const MDB_val *v)
+{
+    return v->mv_size > MEMBER_LEN && ((const uint8_t *)v->mv_data)[MEMBER_LEN] == 1;
 }
 
 static int member_decode(const MDB_val *v, uint64_t uid, store_member *m)
@@ -344,6 +358,7 @@ static int member_decode(const MDB_val *v, uint64_t uid, store_member *m)
     m->delivered = get64(b + 2);
     m->read = get64(b + 10);
     m->version = get64(b + 18);
+    m->invited = member_invited(v);
     return ERR_OK;
 }
 
@@ -878,17 +893,27 @@ int store_member_put(store_txn *t, uint64_t conv, const store_member *m)
     if (!m) return ERR_INVALID;
     MDB_cursor *cur;
     if ((rc = cursor(t, DB_MEMBERS, &cur))) return rc;
-    uint8_t kb[16], rb[MEMBER_LEN];
+    uint8_t kb[16], rb[MEMBER_LEN + 1], ub[16], one = 1;
     MDB_val k = key2(kb, conv, m->uid), v;
-    member_encode(rb, m);
+    size_t len = member_encode(rb, m);
+    MDB_val uk = key2(ub, m->uid, conv);
+    MDB_val state = m->invited ? (MDB_val){ 1, &one } : (MDB_val){ 0, NULL };
 
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
     if (rc == 0) {
-        /* Existing member (the hot path of a send): rewrite in place. */
+        bool was = member_invited(&v);
         k = (MDB_val){ 16, kb };
-        v = (MDB_val){ MEMBER_LEN, rb };
-        rc = mdb_cursor_put(cur, &k, &v, MDB_CURRENT);
-        return rc ? wfail(t, rc) : ERR_OK;
+        if (v.mv_size == len) {
+            /* Same shape (the hot path of a send): rewrite in place. */
+            v = (MDB_val){ len, rb };
+            rc = mdb_cursor_put(cur, &k, &v, MDB_CURRENT);
+            if (rc) return wfail(t, rc);
+        } else {
+            v = (MDB_val){ len, rb };
+            if ((rc = wput(t, DB_MEMBERS, &k, &v, 0))) return rc;
+        }
+        /* An invitation accepted (or made again): user_convs follows. */
+        return was == m->invited ? ERR_OK : wput(t, DB_USER_CONVS, &uk, &state, 0);
     }
     if (rc != MDB_NOTFOUND) return map_err(rc);
 
@@ -898,11 +923,9 @@ int store_member_put(store_txn *t, uint64_t conv, const store_member *m)
     uint8_t ckb[8];
     if ((rc = conv_seek(t, conv, ckb, &ccur, &cv))) return rc;
     k = (MDB_val){ 16, kb };
-    v = (MDB_val){ MEMBER_LEN, rb };
+    v = (MDB_val){ len, rb };
     if ((rc = wput(t, DB_MEMBERS, &k, &v, 0))) return rc;
-    uint8_t ub[16];
-    MDB_val uk = key2(ub, m->uid, conv), empty = { 0, NULL };
-    if ((rc = wput(t, DB_USER_CONVS, &uk, &empty, 0))) return rc;
+    if ((rc = wput(t, DB_USER_CONVS, &uk, &state, 0))) return rc;
     return conv_add_members(t, conv, +1);
 }
 
@@ -968,6 +991,23 @@ int store_user_convs(store_txn *t, uint64_t uid,
          rc = prefix_next(cur, uid, &k, &v, MDB_NEXT)) {
         int r = fn(arg, get64((const uint8_t *)k.mv_data + 8));
         if (r) return r;
+    }
+    return rc < 0 ? rc : ERR_OK;
+}
+
+int store_user_convs_count(store_txn *t, uint64_t uid, bool invited, uint32_t cap,
+                           uint32_t *n)
+{
+    if (!t || !n) return ERR_INVALID;
+    *n = 0;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = cursor(t, DB_USER_CONVS, &cur);
+    if (rc) return rc;
+    for (rc = prefix_first(cur, uid, 0, &k, &v); rc == 1 && *n < cap;
+         rc = prefix_next(cur, uid, &k, &v, MDB_NEXT)) {
+        bool inv = v.mv_size == 1 && ((const uint8_t *)v.mv_data)[0] == 1;
+        if (inv == invited) ++*n;
     }
     return rc < 0 ? rc : ERR_OK;
 }

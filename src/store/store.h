@@ -28,8 +28,10 @@
  *   sessions    sha256(token) -> uid, device, expires
  *   convs       conv id -> conversation record
  *   directs     (low uid, high uid) -> conv id
- *   members     (conv, uid) -> member record (role, cursors, version)
- *   user_convs  (uid, conv) -> nothing (a user's conversations)
+ *   members     (conv, uid) -> member record (role, cursors, version,
+ *               invited)
+ *   user_convs  (uid, conv) -> whether the membership is an invitation
+ *               (a user's conversations, and what counts against a cap)
  *   msgs        (conv, seq) -> message record: a page of history is one
  *               cursor range read
  *   cmids       (conv, uid, cmid) -> seq (idempotent sends)
@@ -86,6 +88,7 @@ typedef struct store_member {
     uint64_t delivered;        /* highest seq delivered to any device */
     uint64_t read;             /* highest seq read */
     uint64_t version;          /* store clock value of the last change */
+    bool invited;              /* added by a non-contact and not yet accepted */
 } store_member;
 
 typedef struct store_msg {
@@ -163,8 +166,8 @@ int store_direct_put(store_txn *t, uint64_t a, uint64_t b, uint64_t conv);
 
 /* ERR_NOT_FOUND if uid is not a member. */
 int store_member_get(store_txn *t, uint64_t conv, uint64_t uid, store_member *m);
-/* Adds or rewrites a member; keeps user_convs and the conversation's
- * nmembers in step. */
+/* Adds or rewrites a member; keeps user_convs (with the invited state)
+ * and the conversation's nmembers in step. */
 int store_member_put(store_txn *t, uint64_t conv, const store_member *m);
 /* Removes a member (ERR_NOT_FOUND if absent); keeps the indexes in step. */
 int store_member_del(store_txn *t, uint64_t conv, uint64_t uid);
@@ -177,6 +180,12 @@ int store_members(store_txn *t, uint64_t conv,
 /* Calls fn for each conversation id of uid in id order (as store_members). */
 int store_user_convs(store_txn *t, uint64_t uid,
                      int (*fn)(void *arg, uint64_t conv), void *arg);
+
+/* Counts uid's memberships that are invitations (invited) or not, stopping
+ * at cap: *n = min(count, cap). One walk of uid's user_convs, no member
+ * records read. */
+int store_user_convs_count(store_txn *t, uint64_t uid, bool invited, uint32_t cap,
+                           uint32_t *n);
 
 /* ---- messages ------------------------------------------------------------ */
 

@@ -112,9 +112,9 @@ def test_resend_same_cmid_same_connection(server):
         assert again["type"] == "ack", again
         assert again["duplicate"] is True
         assert (again["seq"], again["ts"], again["conv"]) == (first["seq"], first["ts"], gid)
-        # A different body under the same cmid is still the original message.
+        # A different body under the same cmid is refused (test_chat_contract.py).
         third = await ca.send_msg(gid, "c-1", "changed body")
-        assert third["duplicate"] is True and third["seq"] == 1
+        assert third["type"] == "error" and third["code"] == "cmid_reused", third
         nxt = await ca.send_msg(gid, "c-2", "next")
         assert nxt["seq"] == 2 and not nxt.get("duplicate")
         # B got c-1 exactly once, then c-2 (the barrier).

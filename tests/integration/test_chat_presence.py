@@ -134,3 +134,44 @@ def test_typing_nonmember_forbidden(server):
         finally:
             await close_all([co, cb])
     arun(go())
+
+
+def test_new_contacts_get_each_others_presence(server):
+    """Creating a direct chat or a group, or adding a member, tells members
+    who now share a conversation each other's presence, right after the
+    conv frame: online ones as online, others with last_seen (0: never)."""
+    a, b, c, d, e = users(server, 5)
+
+    async def go():
+        ca, cb, cc, cd = [await Client.open(u) for u in (a, b, c, d)]
+        try:
+            await ca.ping()
+            assert not [f for f in ca.pending if f["type"] == "presence"], ca.pending
+            dab = direct(a, b)
+            for cl, other in ((ca, b), (cb, a)):
+                await cl.until(lambda f: f["type"] == "conv" and f["conv"]["id"] == dab,
+                               what="the direct's conv frame")
+                await cl.wait(is_presence(other, True), what=f"{other.name} online, after conv")
+            gid = group(a, [c, e])
+            await ca.until(lambda f: f["type"] == "conv" and f["conv"]["id"] == gid)
+            await ca.wait(is_presence(c, True), what="C online, to A")
+            f = await ca.wait(is_presence(e, False), what="E (never connected) offline, to A")
+            assert f["last_seen"] == 0, f
+            await cc.until(lambda f: f["type"] == "conv" and f["conv"]["id"] == gid)
+            await cc.wait(is_presence(a, True), what="A online, to C")
+            await cc.wait(is_presence(e, False), what="E offline, to C")
+            # Adding D: D learns A, C and E; A and C learn D; B (not a member) nothing.
+            r = a.post(f"/v1/conversations/{gid}/members", {"user": d.name})
+            assert r.status == 200, r
+            await cd.until(lambda f: f["type"] == "conv" and f["conv"]["id"] == gid)
+            for u, on in ((a, True), (c, True), (e, False)):
+                await cd.wait(is_presence(u, on), what=f"{u.name} to the added D")
+            for cl in (ca, cc):
+                await cl.wait(is_presence(d, True), what="the added D online")
+            ack = await ca.send_msg(dab, "barrier", "x")
+            before, _ = await cb.until(lambda f: f["type"] == "msg" and f["cmid"] == "barrier")
+            assert not [f for f in before if f["type"] == "presence"], before
+            assert ack["type"] == "ack"
+        finally:
+            await close_all([ca, cb, cc, cd])
+    arun(go())

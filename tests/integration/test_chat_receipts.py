@@ -1,5 +1,5 @@
 """Receipts: delivered/read cursors move only forward, read implies
-delivered, clamped to last_seq, `receipt` frames live, exact "delivered to N /
+delivered, never beyond last_seq, `receipt` frames live, exact "delivered to N /
 read by N" counts excluding the sender, and inbox unread."""
 
 from parley_client import (Client, arun, assert_error, close_all, cursors, group, inbox,
@@ -67,9 +67,12 @@ def test_receipts_cursors_and_counts(server):
             assert f["delivered"] == 2, f"delivered cursor moved back: {f}"
             assert cursors(receipts(a, gid))[b.name] == (2, 1)
 
-            # D: read beyond the end is clamped to last_seq.
-            await cd.send({"type": "read", "conv": gid, "seq": 99})
-            await ca.wait(rcpt(d, 3, 3), what="receipt D clamped 3/3")
+            # D: read beyond the end is refused (the cursor stays), then up to it.
+            r = await cd.request({"type": "read", "conv": gid, "seq": 99}, "never")
+            assert r["type"] == "error" and r["code"] == "bad_request", r
+            assert cursors(receipts(a, gid))[d.name] == (0, 0)
+            await cd.send({"type": "read", "conv": gid, "seq": 3})
+            await ca.wait(rcpt(d, 3, 3), what="receipt D 3/3")
             assert cursors(receipts(a, gid))[d.name] == (3, 3)
 
             # C: lower read and delivered are ignored.

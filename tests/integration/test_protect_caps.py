@@ -100,9 +100,12 @@ def test_members_per_group_counts_the_creator(parley):
 
 
 def test_conversations_per_user(parley):
-    """--max-user-convs 2: a user in 2 conversations cannot get a third
-    (direct, group, or being added): 400 too_many_members; the existing
-    direct conversation is still returned; after leaving one there is room."""
+    """--max-user-convs 2: a user in 2 conversations cannot make a third
+    (direct or group): 400 too_many_members; the existing direct
+    conversation is still returned. Others may still invite the user (an
+    invitation does not count until accepted) up to 2 invitations; accepting
+    one with a full cap is too_many_members; after leaving one there is
+    room (test_protect_invites.py has the rest of the rule)."""
     srv = parley("--max-user-convs", "2")
 
     async def body():
@@ -118,26 +121,38 @@ def test_conversations_per_user(parley):
         assert_error(a.post("/v1/conversations", {"type": "group", "name": "third",
                                                   "members": [d.name]}),
                      400, "too_many_members")
-        # others cannot pull a into a third one either
-        assert_error(e.post("/v1/conversations", {"type": "direct", "with": a.name}),
+        # others invite a: not counted, but invitations have a cap of their own
+        r = e.post("/v1/conversations", {"type": "direct", "with": a.name})
+        assert r.status == 201, r
+        dea = r.json()["id"]
+        ge = group(e, [a, d], name="x")
+        gc = group(c, [d], name="without-a")
+        assert_error(c.post(f"/v1/conversations/{gc}/members", {"user": a.name}),
                      400, "too_many_members")
-        assert_error(e.post("/v1/conversations", {"type": "group", "name": "x",
-                                                  "members": [a.name, d.name]}),
-                     400, "too_many_members")
-        ge = group(e, [d], name="without-a")
-        assert_error(e.post(f"/v1/conversations/{ge}/members", {"user": a.name}),
-                     400, "too_many_members")
+        assert [a.get(f"/v1/conversations/{k}").json()["invited"] for k in (dab, g, dea, ge)] \
+            == [False, False, True, True]
         # the existing direct conversation is not a new one
         r = a.post("/v1/conversations", {"type": "direct", "with": b.name})
         assert r.status == 200 and r.json()["id"] == dab, r
         ids = sorted(x["id"] for x in a.get("/v1/conversations").json()["conversations"])
-        assert ids == sorted([dab, g]), ids
+        assert ids == sorted([dab, g, dea, ge]), ids
         m1 = get_metrics(srv.port)
-        assert mval(m1, status_key(400)) - mval(m0, status_key(400)) == 5
+        assert mval(m1, status_key(400)) - mval(m0, status_key(400)) == 3
+        # accepting with a full cap is refused, by read and by send
+        ca = await Client.open(a)
+        r = await ca.request({"type": "read", "conv": dea, "seq": 0}, "never")
+        assert r["type"] == "error" and r["code"] == "too_many_members", r
+        err = await ca.send_msg(ge, "hi", "hello")
+        assert err["type"] == "error" and err["code"] == "too_many_members", err
+        assert history(a, ge) == []
         await ctl.exchange()
         assert a.delete(f"/v1/conversations/{g}/members/{a.name}").status == 204
-        r = a.post("/v1/conversations", {"type": "direct", "with": d.name})
-        assert r.status == 201, r
+        ack = await ca.send_msg(ge, "hi", "hello")
+        assert ack["type"] == "ack", ack
+        assert a.get(f"/v1/conversations/{ge}").json()["invited"] is False
+        assert_error(a.post("/v1/conversations", {"type": "direct", "with": d.name}),
+                     400, "too_many_members")
+        await ca.close()
         await ctl.check()
         await ctl.close()
 

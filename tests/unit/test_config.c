@@ -118,6 +118,7 @@ TEST(defaults)
     CHECK_EQ_INT(c.rate_frames, 200);
     CHECK_EQ_INT(c.rate_msgs, 50);
     CHECK_EQ_INT(c.rate_user_msgs, 100);
+    CHECK_EQ_INT(c.rate_groups, 60);
     CHECK_EQ_INT(c.rate_handshakes, 50);
     CHECK_EQ_INT(c.rate_logins, 5);
     CHECK_EQ_INT(c.admit_rate, 5000);

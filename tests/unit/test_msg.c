@@ -54,6 +54,8 @@ TEST(errors_and_codes)
         {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"\",\"body\":1,\"id\":2}", "bad_request", "2"},
         {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"id\":3}", "bad_request", "\"a\""},
         {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"body\":null}", "bad_request", "\"a\""},
+        {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"body\":\"\"}", "bad_request", "\"a\""},
+        {"{\"type\":\"read\",\"conv\":1,\"seq\":9007199254740993,\"id\":5}", "bad_request", "5"},
         {"{\"type\":\"send\",\"conv\":1,\"cmid\":\"a\",\"body\":\"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789\"}",
          "too_large", "\"a\""},
         {"{\"type\":\"sync\",\"conv\":1,\"limit\":0}", "bad_request", ""},
@@ -86,10 +88,27 @@ TEST(long_id_is_not_echoed)
     CHECK(r.ref[0] == 0);
 }
 
+/* The body rules, shared by the WebSocket send and the REST send. */
+TEST(body_rules)
+{
+    const char *why = NULL;
+    CHECK_EQ_INT(msg_check_body("\"hi\"", 4, 100, &why), ERR_OK);
+    CHECK_EQ_INT(msg_check_body("\" \"", 3, 100, &why), ERR_OK);      /* a space is a message */
+    CHECK_EQ_INT(msg_check_body("{}", 2, 100, &why), ERR_OK);
+    CHECK_EQ_INT(msg_check_body("0", 1, 100, &why), ERR_OK);
+    CHECK_EQ_INT(msg_check_body("\"\"", 2, 100, &why), ERR_INVALID);
+    CHECK(why && strstr(why, "empty"));
+    CHECK_EQ_INT(msg_check_body("null", 4, 100, &why), ERR_INVALID);
+    CHECK_EQ_INT(msg_check_body(NULL, 0, 100, &why), ERR_INVALID);
+    CHECK_EQ_INT(msg_check_body("\"abc\"", 5, 4, &why), ERR_TOO_LARGE);
+    CHECK_EQ_INT(msg_check_body("\"ab\"", 4, 4, &why), ERR_OK);       /* at the limit */
+}
+
 int main(void)
 {
     RUN(valid_frames);
     RUN(errors_and_codes);
     RUN(long_id_is_not_echoed);
+    RUN(body_rules);
     return test_summary("msg");
 }

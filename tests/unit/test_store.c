@@ -598,6 +598,114 @@ TEST(members)
     done(s);
 }
 
+/* The value stored under a 16-byte key (a, b) of database db, read raw:
+ * its size into *len and first or last byte into *byte. */
+static int raw_value(const char *dir, const char *db, uint64_t a, uint64_t b, size_t *len,
+                     uint8_t *last)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    uint8_t kb[16];
+    for (int i = 0; i < 8; i++) {
+        kb[i] = (uint8_t)(a >> (56 - 8 * i));
+        kb[8 + i] = (uint8_t)(b >> (56 - 8 * i));
+    }
+    MDB_val k = { 16, kb }, v;
+    int rc = mdb_env_create(&env);
+    if (rc) return rc;
+    mdb_env_set_maxdbs(env, 16);
+    if ((rc = mdb_env_open(env, dir, MDB_RDONLY, 0600))) goto out;
+    if ((rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))) goto out;
+    if (!(rc = mdb_dbi_open(txn, db, 0, &dbi)) && !(rc = mdb_get(txn, dbi, &k, &v))) {
+        *len = v.mv_size;
+        *last = v.mv_size ? ((uint8_t *)v.mv_data)[v.mv_size - 1] : 0;
+    }
+    mdb_txn_abort(txn);
+out:
+    mdb_env_close(env);
+    return rc;
+}
+
+static uint32_t count(store_txn *t, uint64_t uid, bool invited, uint32_t cap)
+{
+    uint32_t n = 9999;
+    CHECK_EQ_INT(store_user_convs_count(t, uid, invited, cap, &n), ERR_OK);
+    return n;
+}
+
+/* Invitations: the member state and the counts kept in user_convs; joined
+ * members are stored exactly as format 1 stored every member. */
+TEST(invitations)
+{
+    store *s = fresh();
+    store_txn *t = wbegin(s);
+    uint64_t c1 = mkconv(t, STORE_GROUP, "one");
+    uint64_t c2 = mkconv(t, STORE_GROUP, "two");
+    uint64_t c3 = mkconv(t, STORE_GROUP, "three");
+    store_member joined = { .uid = 5, .version = 1 };
+    store_member inv = { .uid = 5, .delivered = 3, .read = 2, .version = 1, .invited = true };
+    CHECK_EQ_INT(store_member_put(t, c1, &joined), ERR_OK);
+    CHECK_EQ_INT(store_member_put(t, c2, &inv), ERR_OK);
+    CHECK_EQ_INT(store_member_put(t, c3, &inv), ERR_OK);
+    CHECK_EQ_INT(count(t, 5, false, 100), 1);
+    CHECK_EQ_INT(count(t, 5, true, 100), 2);
+    CHECK_EQ_INT(count(t, 5, true, 1), 1);              /* stops at the cap */
+    CHECK_EQ_INT(count(t, 6, true, 100), 0);
+    CHECK_EQ_INT(store_commit(t), ERR_OK);
+
+    /* Read raw with the store closed (one LMDB env per process at a time). */
+    char dir[64];
+    memcpy(dir, tmp_dir, sizeof dir);
+    store_close(s);
+    size_t len = 0;
+    uint8_t last = 0;
+    CHECK_EQ_INT(raw_value(dir, "members", c1, 5, &len, &last), 0);
+    CHECK_EQ_INT(len, 26);                              /* format 1, unchanged */
+    CHECK_EQ_INT(raw_value(dir, "user_convs", 5, c1, &len, &last), 0);
+    CHECK_EQ_INT(len, 0);
+    CHECK_EQ_INT(raw_value(dir, "members", c2, 5, &len, &last), 0);
+    CHECK(len == 27 && last == 1);
+    CHECK_EQ_INT(raw_value(dir, "user_convs", 5, c2, &len, &last), 0);
+    CHECK(len == 1 && last == 1);
+
+    CHECK_EQ_INT(store_open(&s, dir, MAP), ERR_OK);
+    t = wbegin(s);
+    store_member g;
+    CHECK_EQ_INT(store_member_get(t, c1, 5, &g), ERR_OK);
+    CHECK(!g.invited);
+    CHECK_EQ_INT(store_member_get(t, c2, 5, &g), ERR_OK);
+    CHECK(g.invited && g.delivered == 3 && g.read == 2);
+    /* A cursor moved while invited stays invited (rewritten in place). */
+    g.delivered = 4;
+    CHECK_EQ_INT(store_member_put(t, c2, &g), ERR_OK);
+    CHECK_EQ_INT(store_member_get(t, c2, 5, &g), ERR_OK);
+    CHECK(g.invited && g.delivered == 4);
+    CHECK_EQ_INT(count(t, 5, true, 100), 2);
+    /* Accepted: counted as joined, the record back to the format-1 shape. */
+    g.invited = false;
+    g.read = 4;
+    CHECK_EQ_INT(store_member_put(t, c2, &g), ERR_OK);
+    CHECK_EQ_INT(count(t, 5, false, 100), 2);
+    CHECK_EQ_INT(count(t, 5, true, 100), 1);
+    CHECK_EQ_INT(nmembers(t, c2), 1);
+    CHECK_EQ_INT(store_member_get(t, c2, 5, &g), ERR_OK);
+    CHECK(!g.invited && g.delivered == 4 && g.read == 4);
+    /* Leaving an invitation drops it from the count. */
+    CHECK_EQ_INT(store_member_del(t, c3, 5), ERR_OK);
+    CHECK_EQ_INT(count(t, 5, true, 100), 0);
+    collect uc = {0};
+    CHECK_EQ_INT(store_user_convs(t, 5, collect_conv, &uc), ERR_OK);
+    CHECK(uc.n == 2 && uc.ids[0] == c1 && uc.ids[1] == c2);
+    CHECK_EQ_INT(store_commit(t), ERR_OK);
+    store_close(s);
+    CHECK_EQ_INT(raw_value(dir, "members", c2, 5, &len, &last), 0);
+    CHECK_EQ_INT(len, 26);
+    CHECK_EQ_INT(raw_value(dir, "user_convs", 5, c2, &len, &last), 0);
+    CHECK_EQ_INT(len, 0);
+    tmp_rm();
+}
+
 TEST(iteration_order_and_stop)
 {
     store *s = fresh();
@@ -1215,6 +1323,7 @@ int main(void)
     RUN(convs);
     RUN(directs);
     RUN(members);
+    RUN(invitations);
     RUN(iteration_order_and_stop);
     RUN(messages);
     RUN(cmids);
