@@ -331,7 +331,10 @@ TEST(messages)
     CHECK_EQ_INT(u64_of(&r, "seq"), 1);
     uint64_t ts = u64_of(&r, "ts");
     wire_resp_free(&r);
-    r = api("POST", path, a.token, "{\"cmid\":\"c1\",\"body\":\"changed\"}");  /* a resend */
+    /* The same cmid with another body is refused (cmid_reused), nothing stored. */
+    CHECK(refused(api("POST", path, a.token, "{\"cmid\":\"c1\",\"body\":\"changed\"}"), 409,
+                  "cmid_reused"));
+    r = api("POST", path, a.token, "{\"cmid\":\"c1\",\"body\":{\"text\":\"hi\"}}");  /* a resend */
     CHECK_EQ_INT(r.status, 200);
     CHECK_EQ_INT(u64_of(&r, "seq"), 1);
     CHECK_EQ_INT(u64_of(&r, "ts"), ts);
@@ -402,7 +405,7 @@ TEST(messages)
     CHECK_EQ_INT(u64_of(&r, "delivered"), 0);
     wire_resp_free(&r);
     snprintf(q, sizeof q, "/v1/conversations/%llu/receipts?seq=99", (unsigned long long)d);
-    CHECK(refused(api("GET", q, a.token, NULL), 404, "not_found"));
+    CHECK(refused(api("GET", q, a.token, NULL), 400, "bad_request"));  /* beyond last_seq */
     snprintf(q, sizeof q, "/v1/conversations/%llu/receipts?seq=two", (unsigned long long)d);
     CHECK(refused(api("GET", q, a.token, NULL), 400, "bad_request"));
     snprintf(q, sizeof q, "/v1/conversations/%llu/receipts", (unsigned long long)d);
