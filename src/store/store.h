@@ -104,7 +104,8 @@ typedef struct store_msg {
 /* Opens (creating if needed) the store in directory `dir`, whose map may
  * grow to map_size bytes. Returns ERR_OK and *out, ERR_VERSION if the
  * directory holds another format version (nothing is changed), ERR_IO. */
-/* The directory is created if missing; map_size 0 means 1 GiB. */
+/* The directory is created if missing; map_size 0 means 1 GiB. A failure
+ * is logged with the system's reason ("Permission denied"). */
 int store_open(store **out, const char *dir, size_t map_size);
 void store_close(store *s);
 
@@ -116,6 +117,11 @@ int store_commit(store_txn *t);
 
 /* Discards and frees the transaction. */
 void store_abort(store_txn *t);
+
+/* The numbers of users and conversations as of the last commit: counted
+ * when the store opens and kept at each commit (LMDB keeps entry counts
+ * per database), so reading them costs two loads. Any thread. */
+void store_counts(store *s, uint64_t *users, uint64_t *convs);
 
 /* The store clock: a counter that orders every change. store_tick()
  * advances it (write txn) and returns the new value; store_clock() reads. */
