@@ -97,6 +97,7 @@ struct chat_op {
     size_t cmid_len;
     char *body;                       /* OP_SEND: JSON text (owned) */
     size_t body_len;
+    uint64_t arrived_ns;              /* OP_SEND (WebSocket): uv_hrtime() at the frame's arrival */
     uint64_t *uids;                   /* OP_GROUP members to add (owned) */
     size_t nuids;
     audience *aud;                    /* the members after apply (owned ref) */
