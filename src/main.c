@@ -113,14 +113,22 @@ int main(int argc, char **argv)
     }
     check_web_dir(a.cfg.web_dir);
     uv_loop_t *loop = uv_default_loop();
-    uv_async_init(loop, &a.done, on_thread_done);
-    a.done.data = &a;
+    if (!loop) {
+        log_error("cannot create the main event loop", "err=\"%s\"", strerror(errno));
+        return 1;
+    }
     /* Signals first: a stop requested right after start must be graceful. */
-    uv_signal_init(loop, &a.sigterm);
-    uv_signal_init(loop, &a.sigint);
+    int uv = uv_async_init(loop, &a.done, on_thread_done);
+    a.done.data = &a;
+    if (uv == 0) uv = uv_signal_init(loop, &a.sigterm);
+    if (uv == 0) uv = uv_signal_init(loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    if (uv == 0) uv = uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    if (uv == 0) uv = uv_signal_start(&a.sigint, on_signal, SIGINT);
+    if (uv != 0) {
+        log_error("cannot set up signal handling", "err=\"%s\"", uv_strerror(uv));
+        return 1;
+    }
     if (auth_init() < 0 || api_init() < 0) {
         log_error("crypto init failed", NULL);
         return 1;

@@ -122,9 +122,15 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     t->srv = s;
     t->id = id;
     t->listen_fd = fd;
-    if (srv_thread_init(t) < 0) return ERR_IO;
+    if (srv_thread_init(t) < 0) {
+        log_error("cannot create an event loop", "thread=%d err=\"%s\"", id, strerror(errno));
+        return ERR_IO;
+    }
     t->rbuf = malloc(SRV_READ_BUF);
-    if (!t->rbuf) return ERR_NOMEM;
+    if (!t->rbuf) {
+        log_error("cannot start an I/O thread", "thread=%d err=\"out of memory\"", id);
+        return ERR_NOMEM;
+    }
     wheel_init(&t->wheel, SRV_TICK_MS);
     uv_tcp_init(&t->loop, &t->listener);
     int rc = uv_tcp_open(&t->listener, fd);
@@ -186,12 +192,8 @@ int server_create(server **out, const srv_options *opt, const conn_http_ops *htt
     s->port = port;
     for (int i = 0; i < s->nthreads; i++) {
         srv_thread *t = &s->threads[i];
-        int rc = thread_init(s, t, i, t->listen_fd);
-        if (rc < 0) {
-            log_error("thread init failed", "thread=%d err=%s", i,
-                      rc == ERR_NOMEM ? "\"out of memory\"" : err_name(rc));
-            exit(1); /* at startup only: nothing to lose */
-        }
+        if (thread_init(s, t, i, t->listen_fd) < 0)
+            exit(1); /* at startup only, after logging why: nothing to lose */
     }
     *out = s;
     return ERR_OK;

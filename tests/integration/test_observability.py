@@ -12,6 +12,7 @@ before the response leaves."""
 import asyncio
 import os
 import re
+import resource
 import shutil
 import socket
 import struct
@@ -262,6 +263,41 @@ def test_port_taken_by_another_process_names_the_reason(tmp_path):
     err = p.stderr.decode(errors="replace")
     assert p.returncode == 1, err
     assert "address already in use" in err.lower(), err
+
+
+def test_out_of_file_descriptors_at_any_step_is_explained(tmp_path):
+    """Whichever startup step runs out of descriptors (the main loop, a
+    socket, an I/O thread's loop, the store) says so and exits 1: never a
+    crash, never a failure without its reason."""
+    def limit(n):
+        return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    reasons = set()
+    started = False
+    for n in range(6, 129):
+        p = subprocess.Popen([PARLEYD, "--port", "0", "--listen", HOST, "--data-dir",
+                              str(tmp_path / "d"), "--threads", "2", "--metrics-listen",
+                              f"{HOST}:0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, preexec_fn=limit(n))
+        try:
+            line = p.stdout.readline()  # the listening line, or EOF when it fails
+            if line.startswith(b"parleyd listening"):
+                started = True
+                p.terminate()
+            out, err = p.communicate(timeout=START_TIMEOUT)
+        except BaseException:
+            p.kill()
+            p.communicate(timeout=10)
+            raise
+        err = err.decode(errors="replace")
+        if started:
+            assert p.returncode == 0, (n, err)
+            break
+        assert p.returncode == 1, (n, p.returncode, err)
+        errors = [logfmt(l) for l in err.splitlines() if "level=error" in l]
+        assert errors and "too many open files" in errors[0].get("err", "").lower(), (n, err)
+        reasons.add(errors[0]["msg"])
+    assert started, "parleyd never started, even with 128 descriptors"
+    assert len(reasons) >= 3, reasons  # several different steps were reached
 
 
 def test_missing_web_dir_warns(parley, tmp_path):
