@@ -71,18 +71,31 @@ static void on_thread_done(uv_async_t *h)
     uv_close((uv_handle_t *)&a->done, NULL);
 }
 
-static int make_dir(const char *path)
+/* mkdir -p; on failure errno says why and `failed` names the directory. */
+static int make_dir(const char *path, char *failed, size_t n)
 {
     char tmp[512];
     snprintf(tmp, sizeof tmp, "%s", path);
     for (char *p = tmp + 1; *p; p++) {
         if (*p != '/') continue;
         *p = 0;
-        if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return ERR_IO;
+        if (mkdir(tmp, 0700) != 0 && errno != EEXIST) { snprintf(failed, n, "%s", tmp); return ERR_IO; }
         *p = '/';
     }
-    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return ERR_IO;
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) { snprintf(failed, n, "%s", tmp); return ERR_IO; }
     return ERR_OK;
+}
+
+/* A missing web root is not fatal (REST and WebSocket work without it),
+ * but every static file would answer 404: say so at startup. */
+static void check_web_dir(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        log_warn("web dir not found: static files will answer 404", "dir=%s err=\"%s\"", dir,
+                 strerror(errno));
+    else if (!S_ISDIR(st.st_mode))
+        log_warn("web dir is not a directory: static files will answer 404", "dir=%s", dir);
 }
 
 int main(int argc, char **argv)
@@ -94,19 +107,29 @@ int main(int argc, char **argv)
     if (rc < 0) return 2;
     log_set_level((enum log_level)a.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
-    if (make_dir(a.cfg.data_dir) < 0) {
-        log_error("cannot create data dir", "dir=%s err=\"%s\"", a.cfg.data_dir, strerror(errno));
+    char failed[512];
+    if (make_dir(a.cfg.data_dir, failed, sizeof failed) < 0) {
+        log_error("cannot create the data directory", "dir=%s err=\"%s\"", failed, strerror(errno));
         return 1;
     }
+    check_web_dir(a.cfg.web_dir);
     uv_loop_t *loop = uv_default_loop();
-    uv_async_init(loop, &a.done, on_thread_done);
-    a.done.data = &a;
+    if (!loop) {
+        log_error("cannot create the main event loop", "err=\"%s\"", strerror(errno));
+        return 1;
+    }
     /* Signals first: a stop requested right after start must be graceful. */
-    uv_signal_init(loop, &a.sigterm);
-    uv_signal_init(loop, &a.sigint);
+    int uv = uv_async_init(loop, &a.done, on_thread_done);
+    a.done.data = &a;
+    if (uv == 0) uv = uv_signal_init(loop, &a.sigterm);
+    if (uv == 0) uv = uv_signal_init(loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    if (uv == 0) uv = uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    if (uv == 0) uv = uv_signal_start(&a.sigint, on_signal, SIGINT);
+    if (uv != 0) {
+        log_error("cannot set up signal handling", "err=\"%s\"", uv_strerror(uv));
+        return 1;
+    }
     if (auth_init() < 0 || api_init() < 0) {
         log_error("crypto init failed", NULL);
         return 1;
@@ -122,11 +145,19 @@ int main(int argc, char **argv)
         .max_body = c->max_body, .max_header_bytes = c->max_header_bytes,
         .request_timeout_ms = c->request_timeout_ms, .idle_timeout_ms = c->idle_timeout_ms,
         .ping_interval_ms = c->ping_interval_ms, .max_pending = c->max_pending,
-        .rate_frames = c->rate_frames,
+        .rate_frames = c->rate_frames, .access_log = c->access_log,
     };
     if (server_create(&a.srv, &opt, &router_http_ops, &proto_ws_ops, &a.done) < 0) return 1;
+    if (c->metrics_listen[0]) {
+        char host[64];
+        int port = 0;
+        config_hostport(c->metrics_listen, host, sizeof host, &port); /* checked by config */
+        if (server_listen_internal(a.srv, host, port, &router_metrics_ops) < 0) return 1;
+        log_info("metrics listening", "addr=%s port=%d", host, a.srv->internal_port);
+    }
     rc = chat_open(&a.chat, &a.cfg, a.srv);
     if (rc < 0) {
+        /* The store (or the writer) logged the system's reason. */
         int e = errno;
         if (rc == ERR_VERSION)
             log_error("the data directory holds another storage format version: refusing to start",
@@ -135,14 +166,16 @@ int main(int argc, char **argv)
             log_error("the data directory is in use by another process (another parleyd?): "
                       "refusing to start", "dir=%s lock=%s/LOCK pid=%d err=\"%s\"", a.cfg.data_dir,
                       a.cfg.data_dir, store_lock_pid(a.cfg.data_dir), strerror(e));
+        else if (rc == ERR_NOMEM)
+            log_error("cannot start", "err=\"out of memory\"");
         else
-            log_error("cannot open the store", "dir=%s err=%s reason=\"%s\"", a.cfg.data_dir,
-                      err_name(rc), e ? strerror(e) : "unknown");
+            log_error("cannot start (the reason is logged above)", "dir=%s", a.cfg.data_dir);
         return 1;
     }
     server_run(a.srv);
-    log_info("listening", "addr=%s port=%d threads=%d tls=%s data_dir=%s web_dir=%s", a.cfg.listen,
-             a.srv->port, a.cfg.threads, a.srv->tls ? "on" : "off", a.cfg.data_dir, a.cfg.web_dir);
+    log_info("listening", "addr=%s port=%d threads=%d tls=%s data_dir=%s web_dir=%s access_log=%s",
+             a.cfg.listen, a.srv->port, a.cfg.threads, a.srv->tls ? "on" : "off", a.cfg.data_dir,
+             a.cfg.web_dir, a.cfg.access_log ? "on" : "off");
     printf("parleyd listening on %s://%s:%d\n", a.srv->tls ? "https" : "http", a.cfg.listen,
            a.srv->port);
     fflush(stdout);

@@ -10,8 +10,6 @@
 #include "base/err.h"
 #include "base/log.h"
 
-#define PARLEY_VERSION "0.1.0"
-
 /* ---- the table ------------------------------------------------------------
  *
  * One entry per setting. It alone gives the flag (--name), the config file
@@ -37,6 +35,8 @@ typedef struct opt {
     const char *arg;            /* --help: what the value is */
     const char *help;
     const char *section;        /* --help: a heading printed before this entry */
+    bool (*check)(const char *v); /* T_STR: a non-empty value must pass */
+    const char *check_what;     /* ... what it must be, for the message */
 } opt;
 
 /* Each macro checks at compile time that the field has the storage type its
@@ -66,11 +66,22 @@ static long long cores(void)
     return n > 0 ? (n > 256 ? 256 : n) : 1;
 }
 
+static bool is_hostport(const char *v)
+{
+    char host[64];
+    int port;
+    return config_hostport(v, host, sizeof host, &port) == 0;
+}
+
 static const opt opts[] = {
     {"listen", STR(listen), .def_str = "0.0.0.0", .arg = "ADDR",
      .help = "address to listen on, IPv4 or IPv6"},
     {"port", INT(port), .def = 8080, .min = 0, .max = 65535, .arg = "N",
      .help = "TCP port; 0 picks a free one, printed on stdout"},
+    {"metrics-listen", STR(metrics_listen), .def_str = "", .shown = "off", .arg = "ADDR",
+     .help = "also serve /metrics, and nothing else, on this internal HOST:PORT, e.g. "
+             "127.0.0.1:9100 or [::1]:9100",
+     .check = is_hostport, .check_what = "HOST:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)"},
     {"data-dir", STR(data_dir), .def_str = "./data", .arg = "DIR",
      .help = "where data is stored, created if missing"},
     {"web-dir", STR(web_dir), .def_str = "./web", .arg = "DIR",
@@ -79,6 +90,9 @@ static const opt opts[] = {
      .help = "I/O threads, each one event loop with its own listener"},
     {"log-level", ENUM(log_level, log_levels), .def = LOG_INFO, .arg = "LEVEL",
      .help = "error, warn, info or debug; logs are logfmt on stderr"},
+    {"access-log", BOOL(access_log), .def = 0,
+     .help = "log one line per HTTP request (method, path, status, bytes, duration, address) "
+             "at info"},
     {"max-message", SIZE(max_message, U_BYTES), .def = 64 * KiB, .min = 125, .max = GiB,
      .arg = "BYTES", .help = "largest WebSocket message; larger closes with 1009"},
     {"max-queue", SIZE(max_queue, U_BYTES), .def = MiB, .min = 4096, .max = GiB, .arg = "BYTES",
@@ -270,6 +284,10 @@ static int set_value(config *c, const opt *o, const char *v, char *why, size_t w
             snprintf(why, wn, "the value is %zu bytes long; at most %zu fit", n, o->cap - 1);
             return ERR_INVALID;
         }
+        if (n && o->check && !o->check(v)) {
+            snprintf(why, wn, "'%.64s' is not %s", v, o->check_what);
+            return ERR_INVALID;
+        }
         memcpy((char *)c + o->off, v, n + 1);
         return 0;
     }
@@ -299,6 +317,34 @@ static int set_value(config *c, const opt *o, const char *v, char *why, size_t w
         return 0;
     }
     return ERR_INVALID;
+}
+
+int config_hostport(const char *v, char *host, size_t n, int *port)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon) return ERR_INVALID;
+    const char *h = v;
+    size_t hl = (size_t)(colon - v);
+    if (hl && *h == '[') {
+        if (hl < 3 || h[hl - 1] != ']') return ERR_INVALID;
+        h++;
+        hl -= 2;
+    } else if (memchr(h, ':', hl)) {
+        return ERR_INVALID; /* IPv6 needs brackets */
+    }
+    if (hl == 0 || hl >= n) return ERR_INVALID;
+    const char *p = colon + 1;
+    long val = 0;
+    if (!*p) return ERR_INVALID;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9') return ERR_INVALID;
+        val = val * 10 + (*p - '0');
+        if (val > 65535) return ERR_INVALID;
+    }
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    *port = (int)val;
+    return 0;
 }
 
 void config_defaults(config *c)

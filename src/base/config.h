@@ -35,6 +35,7 @@ typedef struct config {
     char web_dir[512];           /* --web-dir, default ./web */
     int threads;                 /* --threads, default: number of cores */
     int log_level;               /* --log-level, default info */
+    int access_log;              /* --access-log: a line per HTTP request, default off */
     size_t max_message;          /* --max-message, WebSocket message bytes, 65536 */
     size_t max_queue;            /* --max-queue, output bytes per connection, 1 MiB */
     size_t max_body;             /* --max-body, HTTP request body bytes, 1 MiB */
@@ -64,9 +65,17 @@ typedef struct config {
     char allowed_origins[1024];  /* --allowed-origins, comma-separated; empty: any */
     char tls_cert[512];          /* --tls-cert, PEM certificate chain; empty: plain TCP */
     char tls_key[512];           /* --tls-key, PEM private key */
+    char metrics_listen[80];     /* --metrics-listen HOST:PORT serving only /metrics; empty: off */
 } config;
 
 #define CONFIG_LINE_MAX 4096
+
+#define PARLEY_VERSION "0.1.0"  /* --version, --help, /metrics' parley_build_info */
+
+/* Splits "HOST:PORT" or "[IPV6]:PORT" (port 0..65535; 0: any free one)
+ * into host (n bytes, without brackets) and *port. 0, or ERR_INVALID. The
+ * host is not resolved (the server binds numeric addresses). */
+int config_hostport(const char *v, char *host, size_t n, int *port);
 
 /* Fills *c with the defaults (threads: the number of cores). */
 void config_defaults(config *c);

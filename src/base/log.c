@@ -1,6 +1,7 @@
 #include "base/log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -52,4 +53,45 @@ void log_write(enum log_level level, const char *msg, const char *fmt, ...)
     if (n < 0) return;
     if ((size_t)n >= sizeof line) n = sizeof line - 1;
     fprintf(stderr, "%.*s\n", n, line);
+}
+
+static bool bare(const char *s, size_t len)
+{
+    if (len == 0) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= ' ' || ch == '"' || ch == '=' || ch == '\\' || ch == 0x7f) return false;
+    }
+    return true;
+}
+
+const char *log_value(char *buf, size_t cap, const char *s, size_t len)
+{
+    if (cap == 0) return buf;
+    if (!s) len = 0;
+    if (bare(s, len) && len < cap) {
+        memcpy(buf, s, len);
+        buf[len] = 0;
+        return buf;
+    }
+    if (cap < 3) { buf[0] = 0; return buf; }
+    size_t o = 0, end = cap - 2; /* room for the closing quote and NUL */
+    buf[o++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        char esc[5];
+        size_t k;
+        if (ch == '"' || ch == '\\') { esc[0] = '\\'; esc[1] = (char)ch; k = 2; }
+        else if (ch == '\n') { memcpy(esc, "\\n", 2); k = 2; }
+        else if (ch == '\r') { memcpy(esc, "\\r", 2); k = 2; }
+        else if (ch == '\t') { memcpy(esc, "\\t", 2); k = 2; }
+        else if (ch < ' ' || ch == 0x7f) { snprintf(esc, sizeof esc, "\\x%02x", ch); k = 4; }
+        else { esc[0] = (char)ch; k = 1; }
+        if (o + k > end) break;
+        memcpy(buf + o, esc, k);
+        o += k;
+    }
+    buf[o++] = '"';
+    buf[o] = 0;
+    return buf;
 }

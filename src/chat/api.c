@@ -221,6 +221,7 @@ static void reply_send(srv_thread *t, void *arg)
 {
     chat_op *op = arg;
     conn *c = reply_conn(t, op);
+    if (t && op->rc >= 0 && !op->duplicate) metrics_inc(&t->m, M_MSGS_SENT);
     if (c) {
         if (op->rc >= 0) {
             char body[128];

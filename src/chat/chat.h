@@ -98,6 +98,7 @@ struct chat_op {
     size_t cmid_len;
     char *body;                       /* OP_SEND: JSON text (owned) */
     size_t body_len;
+    uint64_t arrived_ns;              /* OP_SEND (WebSocket): uv_hrtime() at the frame's arrival */
     uint64_t *uids;                   /* OP_GROUP members to add, OP_LEAVE conversation
                                          ids, no id twice (owned) */
     size_t nuids;

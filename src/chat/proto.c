@@ -1,9 +1,11 @@
 #include "chat/proto.h"
 
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "chat/api.h"
 #include "chat/chat.h"
@@ -16,6 +18,51 @@
 #include "codec/msg.h"
 
 #define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
+
+/* A WebSocket session: the hub's session, and the peer's address kept for
+ * the close log line (a peer that reset the connection has none by then). */
+typedef struct ws_session {
+    session s;               /* first: c->user is both */
+    uint8_t ip[16];          /* IPv4 in the first 4 bytes */
+    uint16_t port;
+    uint8_t family;          /* AF_INET, AF_INET6, or 0: unknown */
+} ws_session;
+
+static void keep_addr(ws_session *w, conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        memcpy(w->ip, &a->sin_addr, 4);
+        w->port = a->sin_port;
+        w->family = AF_INET;
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        memcpy(w->ip, &a->sin6_addr, 16);
+        w->port = a->sin6_port;
+        w->family = AF_INET6;
+    }
+}
+
+static const char *addr_name(const ws_session *w, char *buf, size_t n)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (w->family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        memcpy(&a->sin_addr, w->ip, 4);
+        a->sin_port = w->port;
+    } else if (w->family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        memcpy(&a->sin6_addr, w->ip, 16);
+        a->sin6_port = w->port;
+    }
+    return conn_addr_name(&ss, buf, n);
+}
 
 /* ---- the WebSocket sink --------------------------------------------------- */
 
@@ -38,6 +85,7 @@ static int ws_sink_send(session *s, event *ev)
     conn *c = s->sink_ctx;
     int rc = conn_send_frame(c, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
     if (rc == ERR_FULL) conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
+    else if (rc == ERR_OK && ev->kind == EV_MSG) metrics_inc(&c->t->m, M_MSGS_DELIVERED);
     return rc;
 }
 
@@ -138,15 +186,20 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
         api_send_error(c, req->keep_alive, false, rc == ERR_IO ? ERR_IO : ERR_AUTH, NULL, NULL, -1);
         return;
     }
-    session *s = calloc(1, sizeof *s);
-    if (!s) { conn_abort(c); return; }
+    ws_session *w = calloc(1, sizeof *w);
+    if (!w) { conn_abort(c); return; }
+    keep_addr(w, c);
+    session *s = &w->s;
     s->uid = id.uid;
     s->device = id.device;
     s->expires = id.expires;
     s->msgs.at = (uint32_t)srv_now(c->t);
     memcpy(&s->token_key, id.token_hash, sizeof s->token_key);
     memcpy(s->name, id.name, sizeof s->name);
-    if (conn_upgrade(c, hs, s) < 0) conn_abort(c);
+    if (conn_upgrade(c, hs, s) < 0) {
+        if (c->user != s) free(w); /* not taken: on_close will not free it */
+        conn_abort(c);
+    }
 }
 
 static int on_open(conn *c)
@@ -156,6 +209,13 @@ static int on_open(conn *c)
     s->sink = &ws_sink;
     s->sink_ctx = c;
     s->id = c->id;
+    metrics_inc(&c->t->m, M_SESSIONS_OPENED);
+    if (log_enabled(LOG_DEBUG)) {
+        char addr[64];
+        log_write(LOG_DEBUG, "ws open", "conn=%llu user=%s device=%u addr=%s",
+                  (unsigned long long)c->id, s->name, (unsigned)s->device,
+                  addr_name((ws_session *)s, addr, sizeof addr));
+    }
     jbuf j;
     jb_init(&j, 96);
     jb_lit(&j, "{\"type\":\"hello\",\"user\":");
@@ -171,11 +231,31 @@ static int on_open(conn *c)
     return ERR_OK;
 }
 
-static void on_close(conn *c)
+/* One line per WebSocket close. Normal ends (1000; 1001 from the client
+ * or at the server's own stop) are debug; everything else (policy 1008,
+ * try-again 1013, protocol errors, keepalive timeouts, 1006: gone without
+ * a close frame) is info, so the default level shows what went wrong
+ * without a line per ordinary disconnect. */
+static void log_close(conn *c, const ws_session *w, uint16_t code, const char *reason, bool by_peer)
+{
+    bool normal = code == WS_CLOSE_NORMAL ||
+                  (code == WS_CLOSE_GOING_AWAY && (by_peer || c->t->stopping));
+    enum log_level level = normal ? LOG_DEBUG : LOG_INFO;
+    if (!log_enabled(level)) return;
+    char addr[64], why[200];
+    log_write(level, "ws close", "conn=%llu user=%s device=%u addr=%s code=%u reason=%s by=%s",
+              (unsigned long long)c->id, w->s.name, (unsigned)w->s.device,
+              addr_name(w, addr, sizeof addr), (unsigned)code,
+              log_value(why, sizeof why, reason, strlen(reason)), by_peer ? "client" : "server");
+}
+
+static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
 {
     session *s = c->user;
     c->user = NULL;
     if (!s) return;
+    log_close(c, (ws_session *)s, code, reason, by_peer); /* before it is counted */
+    metrics_inc(&c->t->m, M_SESSIONS_CLOSED);
     chat *ch = chat_of(c->t);
     if (hub_session_remove(ch->hub, c->t, s)) {
         int64_t now = chat_now_ms();
@@ -187,7 +267,7 @@ static void on_close(conn *c)
             if (chat_submit(op) < 0) chat_op_free(op); /* lossy */
         }
     }
-    free(s);
+    free((ws_session *)s);
 }
 
 static void send_rate_limited(conn *c, uint32_t retry_ms, const char *ref)
@@ -222,6 +302,7 @@ typedef struct frame_ctx {
     conn *c;
     session *s;
     chat *ch;
+    uint64_t arrived;  /* uv_hrtime() when the frame was handed to us */
     msg_req r;   /* the parsed frame */
 } frame_ctx;
 
@@ -230,6 +311,7 @@ static void reply_send(srv_thread *t, void *arg)
 {
     chat_op *op = arg;
     conn *c = t ? srv_conn(t, op->origin) : NULL;
+    if (t && op->rc >= 0 && !op->duplicate) metrics_inc(&t->m, M_MSGS_SENT);
     if (c && c->state == CONN_WS) {
         if (op->rc >= 0) {
             jbuf j;
@@ -245,6 +327,7 @@ static void reply_send(srv_thread *t, void *arg)
             if (op->duplicate) jb_lit(&j, ",\"duplicate\":true");
             jb_raw(&j, "}", 1);
             send_json(c, &j);
+            hist_observe(&t->m.send_ack, &hist_seconds, uv_hrtime() - op->arrived_ns);
         } else {
             send_error(c, op->rc, NULL, op->ref);
         }
@@ -300,6 +383,7 @@ static void on_send(frame_ctx *f)
     op->who.uid = f->s->uid;
     memcpy(op->who.name, f->s->name, sizeof op->who.name);
     memcpy(op->ref, f->r.ref, sizeof op->ref);
+    op->arrived_ns = f->arrived;
     submit(f, op);
 }
 
@@ -407,6 +491,7 @@ static void on_message(conn *c, const uint8_t *bytes, size_t len)
 {
     const char *data = (const char *)bytes;
     frame_ctx f;
+    f.arrived = uv_hrtime();
     f.c = c;
     f.s = c->user;
     f.ch = chat_of(c->t);

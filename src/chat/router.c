@@ -44,12 +44,47 @@ static void healthz(conn *c, const http_request *req)
                  method_is(req, "HEAD"), "Cache-Control: no-store\r\n");
 }
 
+/* n + k, or the first error of the two. */
+static int grow(int n, int k)
+{
+    return n < 0 ? n : k < 0 ? k : n + k;
+}
+
+/* The writer's histograms and the store's gauges, into buf[0..cap). */
+static int chat_metrics(chat *ch, const writer_stats *ws, char *buf, size_t cap)
+{
+    const hist *h[1];
+    h[0] = &ws->batch_ns;
+    int n = metrics_render_hist(buf, cap, "parley_commit_batch_seconds",
+                                "Group commits: from the first write applied to durable", &hist_seconds,
+                                h, 1);
+    h[0] = &ws->fsync_ns;
+    if (n >= 0)
+        n = grow(n, metrics_render_hist(buf + n, cap - (size_t)n, "parley_commit_fsync_seconds",
+                                        "Group commits: the durable commit (LMDB writes the pages "
+                                        "and fsyncs them)", &hist_seconds, h, 1));
+    h[0] = &ws->batch_ops;
+    if (n >= 0)
+        n = grow(n, metrics_render_hist(buf + n, cap - (size_t)n, "parley_commit_batch_size",
+                                        "Group commits: writes per batch", &hist_sizes, h, 1));
+    if (n < 0) return n;
+    uint64_t users, convs;
+    store_counts(ch->st, &users, &convs);
+    int k = snprintf(buf + n, cap - (size_t)n,
+                     "# HELP parley_users Registered users\n# TYPE parley_users gauge\n"
+                     "parley_users %llu\n"
+                     "# HELP parley_conversations Conversations (direct and groups)\n"
+                     "# TYPE parley_conversations gauge\nparley_conversations %llu\n",
+                     (unsigned long long)users, (unsigned long long)convs);
+    return k >= 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
+}
+
 static void metrics_page(conn *c, const http_request *req)
 {
     server *s = c->t->srv;
     metrics *per[256];
     for (int i = 0; i < s->nthreads && i < 256; i++) per[i] = &s->threads[i].m;
-    size_t cap = 64 * 1024;
+    size_t cap = 128 * 1024;
     char *buf = malloc(cap);
     int n = buf ? metrics_render(per, s->nthreads, buf, cap) : ERR_NOMEM;
     if (n >= 0 && s->app) {
@@ -76,7 +111,9 @@ static void metrics_page(conn *c, const http_request *req)
             (unsigned long long)ws.max_batch, ws.apply_ns / 1e9, ws.commit_ns / 1e9,
             ws.done_ns / 1e9);
         n = k > 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
+        if (n >= 0) n = grow(n, chat_metrics((chat *)s->app, &ws, buf + n, cap - (size_t)n));
     }
+    if (n >= 0) n = grow(n, metrics_render_process(buf + n, cap - (size_t)n, PARLEY_VERSION));
     if (n < 0) {
         free(buf);
         error_json(c, req, ERR_IO, "metrics unavailable", NULL);
@@ -252,3 +289,19 @@ static void router_handle(conn *c, const http_request *req)
 }
 
 const conn_http_ops router_http_ops = {.on_request = router_handle};
+
+/* The internal listener (--metrics-listen): /metrics and nothing else. */
+static void router_metrics_handle(conn *c, const http_request *req)
+{
+    if (!path_is(req, "/metrics")) {
+        error_json(c, req, ERR_NOT_FOUND, "this address serves only /metrics", NULL);
+        return;
+    }
+    if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+        error_json(c, req, ERR_METHOD, "use GET or HEAD", "Allow: GET, HEAD\r\n");
+        return;
+    }
+    metrics_page(c, req);
+}
+
+const conn_http_ops router_metrics_ops = {.on_request = router_metrics_handle};

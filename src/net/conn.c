@@ -1,5 +1,8 @@
 #include "net/conn.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,6 +161,51 @@ static int enqueue_control(conn *c, uint8_t opcode, const void *payload, size_t 
     return rc;
 }
 
+/* ---- access log (--access-log) ------------------------------------------ */
+
+/* A parsed request waiting for its response, in t->alog by conn id (a
+ * connection has at most one: a held request stops its input). */
+typedef struct alog_req {
+    uint64_t t0;           /* uv_hrtime() when it was parsed */
+    uint16_t method_len, path_len;
+    char method[16];
+    char path[256];        /* without the query; cut to fit */
+} alog_req;
+
+static void alog_begin(conn *c, const http_request *req)
+{
+    srv_thread *t = c->t;
+    alog_req *r = u64map_get(&t->alog, c->id);
+    if (!r) {
+        if (!(r = malloc(sizeof *r))) return;
+        if (u64map_put(&t->alog, c->id, r) < 0) { free(r); return; }
+    }
+    r->t0 = uv_hrtime();
+    r->method_len = (uint16_t)(req->method.n < sizeof r->method ? req->method.n : sizeof r->method);
+    memcpy(r->method, req->method.p, r->method_len);
+    r->path_len = (uint16_t)(req->path.n < sizeof r->path ? req->path.n : sizeof r->path);
+    memcpy(r->path, req->path.p, r->path_len);
+}
+
+/* One logfmt line for the response just queued; a response to no parsed
+ * request (a malformed one, a timeout) shows "-" for what is unknown. */
+static void alog_end(conn *c, int status, size_t bytes)
+{
+    alog_req *r = u64map_del(&c->t->alog, c->id);
+    char method[40], path[600], addr[64], dur[32] = "-";
+    if (r) snprintf(dur, sizeof dur, "%.3f", (double)(uv_hrtime() - r->t0) / 1e6);
+    log_info("access", "method=%s path=%s status=%d bytes=%zu duration_ms=%s addr=%s",
+             r ? log_value(method, sizeof method, r->method, r->method_len) : "-",
+             r ? log_value(path, sizeof path, r->path, r->path_len) : "-", status, bytes, dur,
+             conn_peer_name(c, addr, sizeof addr));
+    free(r);
+}
+
+static void alog_drop(conn *c)
+{
+    if (opt_of(c)->access_log) free(u64map_del(&c->t->alog, c->id));
+}
+
 /* ---- closing ------------------------------------------------------------ */
 
 static void on_close(uv_handle_t *h)
@@ -166,12 +214,20 @@ static void on_close(uv_handle_t *h)
     free(c);
 }
 
-void conn_abort(conn *c)
+/* Tells the WebSocket handler its session ends (once: it clears c->user). */
+static void ws_closed(conn *c, uint16_t code, const char *reason, bool by_peer)
+{
+    if (c->user) c->t->srv->ws->on_close(c, code, reason ? reason : "", by_peer);
+}
+
+/* conn_abort, saying why to the WebSocket handler (close code 1006). */
+static void abort_why(conn *c, const char *why, bool by_peer)
 {
     if (c->state == CONN_CLOSED) return;
     srv_thread *t = c->t;
     if (c->state == CONN_WS) metrics_inc(&t->m, M_WS_CLOSED);
-    if (c->user) c->t->srv->ws->on_close(c);
+    ws_closed(c, WS_CLOSE_ABNORMAL, why, by_peer);
+    alog_drop(c);
     if (!(c->flags & F_UPGRADED)) t->npending--;
     c->state = CONN_CLOSED;
     wheel_cancel(&t->wheel, &c->timer);
@@ -193,6 +249,11 @@ void conn_abort(conn *c)
     if (t->stopping && t->nconns == 0) srv_thread_idle(t);
 }
 
+void conn_abort(conn *c)
+{
+    abort_why(c, "aborted", false);
+}
+
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     free(req);
@@ -211,12 +272,13 @@ static void linger_fin(conn *c)
 }
 
 /* Enters the lingering state: no more input is processed; once the queue is
- * written we half-close and wait for EOF, at most CONN_LINGER_MS. */
-static void linger(conn *c)
+ * written we half-close and wait for EOF, at most CONN_LINGER_MS. A
+ * WebSocket's handler is told the close code and reason. */
+static void linger(conn *c, uint16_t code, const char *reason, bool by_peer)
 {
     if (c->state == CONN_LINGER || c->state == CONN_CLOSED) return;
     if (c->state == CONN_WS) metrics_inc(&c->t->m, M_WS_CLOSED);
-    if (c->user) c->t->srv->ws->on_close(c);
+    ws_closed(c, code, reason, by_peer);
     c->state = CONN_LINGER;
     c->flags |= F_NO_INPUT;
     if (c->tls) {
@@ -230,10 +292,12 @@ static void linger(conn *c)
     if (!c->out_head && !c->wreq) linger_fin(c);
 }
 
-void conn_close_ws(conn *c, uint16_t code, const char *reason)
+/* Sends a close frame with code and reason (may be NULL), then lingers;
+ * why: the reason the handler is told; by_peer: this echoes the peer's. */
+static void close_ws(conn *c, uint16_t code, const char *reason, const char *why, bool by_peer)
 {
     if (c->state != CONN_WS) {
-        if (c->state == CONN_HTTP) linger(c);
+        if (c->state == CONN_HTTP) linger(c, 0, NULL, false);
         return;
     }
     uint8_t payload[WS_MAX_CONTROL];
@@ -242,7 +306,12 @@ void conn_close_ws(conn *c, uint16_t code, const char *reason)
         metrics_close(&c->t->m, code);
         metrics_inc(&c->t->m, M_FRAMES_OUT);
     }
-    linger(c);
+    linger(c, code, why, by_peer);
+}
+
+void conn_close_ws(conn *c, uint16_t code, const char *reason)
+{
+    close_ws(c, code, reason, reason, false);
 }
 
 void conn_shutdown(conn *c)
@@ -253,7 +322,7 @@ void conn_shutdown(conn *c)
         break;
     case CONN_HTTP:
         if (c->in_len == 0 && !c->out_head && !c->wreq) conn_abort(c);
-        else linger(c);
+        else linger(c, 0, NULL, false);
         break;
     default:
         break;
@@ -299,6 +368,31 @@ uint64_t conn_peer_key(conn *c)
     int len = sizeof ss;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) return 0;
     return conn_addr_key(&ss);
+}
+
+const char *conn_addr_name(const struct sockaddr_storage *ss, char *buf, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, ip, sizeof ip);
+        snprintf(buf, n, "%s:%u", ip, (unsigned)ntohs(a->sin_port));
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, ip, sizeof ip);
+        snprintf(buf, n, "[%s]:%u", ip, (unsigned)ntohs(a->sin6_port));
+    } else {
+        snprintf(buf, n, "-");
+    }
+    return buf;
+}
+
+const char *conn_peer_name(conn *c, char *buf, size_t n)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) ss.ss_family = AF_UNSPEC;
+    return conn_addr_name(&ss, buf, n);
 }
 
 void conn_send_frame_lossy(conn *c, uint8_t opcode, rbuf *payload)
@@ -427,7 +521,7 @@ static void on_write(uv_write_t *req, int status)
     free(w);
     if (c->state == CONN_CLOSED) return; /* the queue was cleared */
     c->wreq = NULL;
-    if (status < 0) { conn_abort(c); return; }
+    if (status < 0) { abort_why(c, uv_strerror(status), false); return; }
     metrics_add(&c->t->m, M_BYTES_OUT, bytes);
     consume(c, bytes);
     if (c->out_head) conn_flush(c);
@@ -445,7 +539,7 @@ void conn_flush(conn *c)
         int r = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned)n);
         metrics_inc(&c->t->m, M_WRITES);
         if (r == UV_EAGAIN) r = 0;
-        if (r < 0) { conn_abort(c); return; }
+        if (r < 0) { abort_why(c, uv_strerror(r), false); return; }
         metrics_add(&c->t->m, M_BYTES_OUT, (uint64_t)r);
         consume(c, (size_t)r);
         if ((size_t)r == total) continue; /* more nodes than MAX_IOV, or done */
@@ -486,7 +580,8 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
     int rc = enqueue(c, NULL, 0, b); /* a response is bounded by what we serve */
     rbuf_unref(b);
     metrics_status(&c->t->m, status);
-    if (!keep_alive) linger(c);
+    if (opt_of(c)->access_log) alog_end(c, status, blen);
+    if (!keep_alive) linger(c, 0, NULL, false);
     return rc;
 }
 
@@ -501,6 +596,7 @@ int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
     rbuf_unref(b);
     if (rc < 0) return rc;
     metrics_status(&c->t->m, 101);
+    if (opt_of(c)->access_log) alog_end(c, 101, 0);
     metrics_inc(&c->t->m, M_WS_UPGRADES);
     c->t->npending--;
     c->flags |= F_UPGRADED;
@@ -616,7 +712,11 @@ static void on_frame(conn *c, ws_frame *f)
     case WS_OP_CLOSE: {
         uint16_t peer = f->len >= 2 ? (uint16_t)(f->payload[0] << 8 | f->payload[1])
                                     : WS_CLOSE_NORMAL;
-        conn_close_ws(c, peer, NULL); /* echo the peer's code */
+        char why[WS_MAX_CONTROL + 1];
+        size_t n = f->len > 2 ? f->len - 2 : 0;
+        if (n) memcpy(why, f->payload + 2, n);
+        why[n] = 0;
+        close_ws(c, peer, NULL, why, true); /* echo the peer's code */
         return;
     }
     }
@@ -640,7 +740,8 @@ static size_t process(conn *c, uint8_t *data, size_t len)
             off += (size_t)r;
             metrics_inc(&t->m, M_HTTP_REQUESTS);
             c->flags &= (uint8_t)~F_REQ_TIMER;
-            t->srv->http->on_request(c, &req);
+            if (t->srv->opt.access_log) alog_begin(c, &req);
+            (c->internal ? t->srv->internal_http : t->srv->http)->on_request(c, &req);
             if (c->state == CONN_HTTP && c->out_bytes > t->srv->opt.max_queue)
                 conn_pause(c); /* a pipelining client that does not read */
             if (c->flags & F_PAUSED) break;
@@ -765,7 +866,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (nread != UV_EOF && nread != UV_ECONNRESET)
             log_debug("read error", "err=%s", uv_err_name((int)nread));
-        conn_abort(c);
+        abort_why(c, nread == UV_EOF ? "the peer closed the connection without a close frame"
+                                     : uv_strerror((int)nread), true);
         return;
     }
     metrics_add(&c->t->m, M_BYTES_IN, (uint64_t)nread);
@@ -887,6 +989,7 @@ void conn_on_accept(uv_stream_t *listener, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    c->internal = listener == (uv_stream_t *)&t->internal;
     c->id = (++t->next_id << 8) | (uint64_t)t->id;
     if (u64map_put(&t->by_id, c->id, c) < 0) {
         uv_close((uv_handle_t *)&c->tcp, on_close);

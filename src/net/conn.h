@@ -58,6 +58,7 @@ struct conn {
     uint8_t msg_op;          /* opcode of the fragmented message */
     uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
     uint8_t pause_free;      /* refusals left in this pause that cost no strike */
+    uint8_t internal;        /* accepted on the internal listener: its own HTTP handler */
     tbucket frames;          /* WebSocket frames rate limit */
     uint64_t pause_until;    /* ms (srv_now): the client was told to pause until then */
 };
@@ -133,7 +134,16 @@ uint64_t conn_addr_key(const struct sockaddr_storage *ss);
 /* The key of the peer's address (conn_addr_key), 0 if unknown. */
 uint64_t conn_peer_key(conn *c);
 
-/* Closes the socket now (no close frame). Idempotent. */
+/* An address as "ip:port" ("[ip]:port" for IPv6), "-" for another
+ * family, into buf (n >= 48 holds any); returns buf. */
+const char *conn_addr_name(const struct sockaddr_storage *ss, char *buf, size_t n);
+
+/* The peer's address (conn_addr_name), "-" if unknown (e.g. the peer has
+ * reset the connection). Returns buf. */
+const char *conn_peer_name(conn *c, char *buf, size_t n);
+
+/* Closes the socket now (no close frame; a WebSocket's on_close is told
+ * 1006, "aborted"). Idempotent. */
 void conn_abort(conn *c);
 
 /* Graceful stop: WebSockets get 1001, idle HTTP connections close. */

@@ -1,7 +1,11 @@
 #include "net/metrics.h"
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "base/err.h"
 
@@ -46,6 +50,10 @@ static const struct {
     [M_ADMIT_REFUSED] = {"parley_admission_refused_total", "counter", "WebSocket handshakes refused with 503 by admission control"},
     [M_PENDING_REFUSED] = {"parley_pending_refused_total", "counter", "Connections closed at accept: too many not yet upgraded"},
     [M_LOSSY_DROPPED] = {"parley_lossy_dropped_total", "counter", "Typing and presence frames dropped for slow readers"},
+    [M_MSGS_SENT] = {"parley_messages_sent_total", "counter", "Messages stored and acknowledged (resends of a cmid excluded)"},
+    [M_MSGS_DELIVERED] = {"parley_messages_delivered_total", "counter", "Messages queued live to a recipient's connection"},
+    [M_SESSIONS_OPENED] = {"parley_sessions_opened_total", "counter", "Authenticated sessions opened"},
+    [M_SESSIONS_CLOSED] = {"parley_sessions_closed_total", "counter", "Authenticated sessions closed"},
 };
 
 typedef struct out {
@@ -87,6 +95,9 @@ int metrics_render(metrics *const *per_thread, int n, char *buf, size_t cap)
     put(&o, "# HELP parley_ws_connections_open Open WebSocket connections\n"
             "# TYPE parley_ws_connections_open gauge\nparley_ws_connections_open %llu\n",
         (unsigned long long)(up - wclo));
+    put(&o, "# HELP parley_sessions Authenticated sessions (WebSocket connections of a user)\n"
+            "# TYPE parley_sessions gauge\nparley_sessions %llu\n",
+        (unsigned long long)(SUM(c[M_SESSIONS_OPENED]) - SUM(c[M_SESSIONS_CLOSED])));
     put(&o, "# HELP parley_threads I/O threads\n# TYPE parley_threads gauge\n"
             "parley_threads %d\n", n);
     for (int k = 0; k < M_COUNT; k++)
@@ -113,5 +124,134 @@ int metrics_render(metrics *const *per_thread, int n, char *buf, size_t cap)
         if (v) put(&o, "parley_errors_total{kind=\"%s\"} %llu\n", err_name(-s),
                    (unsigned long long)v);
     }
+    if (o.overflow) return ERR_TOO_LARGE;
+    const hist *h[256];
+    int k = n < 256 ? n : 256;
+    for (int i = 0; i < k; i++) h[i] = &per_thread[i]->send_ack;
+    int r = metrics_render_hist(buf + o.n, cap - o.n, "parley_send_ack_seconds",
+                                "WebSocket sends: from the frame's arrival to its ack queued "
+                                "(durably stored)", &hist_seconds, h, k);
+    return r < 0 ? r : (int)o.n + r;
+}
+
+/* A bucket bound or sum in its rendered unit, without trailing zeros. */
+static const char *num(char *b, size_t n, double v)
+{
+    snprintf(b, n, "%.9f", v);
+    char *dot = strchr(b, '.');
+    if (dot) {
+        char *e = b + strlen(b) - 1;
+        while (e > dot && *e == '0') *e-- = 0;
+        if (e == dot) *e = 0;
+    }
+    return b;
+}
+
+int metrics_render_hist(char *buf, size_t cap, const char *name, const char *help,
+                        const hist_spec *s, const hist *const *h, int n)
+{
+    out o = {buf, 0, cap, 0};
+    hist acc = {{0}, 0};
+    for (int i = 0; i < n; i++) hist_add(&acc, h[i], s);
+    put(&o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    char b[48];
+    for (int i = 0; i < s->n; i++) {
+        cum += acc.b[i];
+        put(&o, "%s_bucket{le=\"%s\"} %llu\n", name, num(b, sizeof b, (double)s->le[i] * s->scale),
+            (unsigned long long)cum);
+    }
+    cum += acc.b[s->n];
+    put(&o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %s\n%s_count %llu\n", name,
+        (unsigned long long)cum, name, num(b, sizeof b, (double)acc.sum * s->scale), name,
+        (unsigned long long)cum);
+    return o.overflow ? ERR_TOO_LARGE : (int)o.n;
+}
+
+/* ---- process ------------------------------------------------------------ */
+
+/* The fields of /proc/self/statm: total and resident pages. */
+static int read_statm(unsigned long long *vm, unsigned long long *rss)
+{
+    FILE *f = fopen("/proc/self/statm", "re");
+    if (!f) return ERR_IO;
+    int k = fscanf(f, "%llu %llu", vm, rss);
+    fclose(f);
+    return k == 2 ? ERR_OK : ERR_IO;
+}
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1; /* the directory's own */
+}
+
+/* Seconds since the epoch when the process started: its start in clock
+ * ticks after boot (/proc/self/stat, field 22) plus the boot time. */
+static double start_time(void)
+{
+    char line[1024];
+    unsigned long long ticks = 0, btime = 0;
+    FILE *f = fopen("/proc/self/stat", "re");
+    if (!f) return 0;
+    size_t len = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[len] = 0;
+    char *p = strrchr(line, ')'); /* the command name may hold spaces and parentheses */
+    if (!p) return 0;
+    /* After ") ": field 3 (state) onwards; starttime is field 22. */
+    p++;
+    for (int field = 3; field < 22 && p; field++) p = strchr(p + 1, ' ');
+    if (!p || sscanf(p, " %llu", &ticks) != 1) return 0;
+    f = fopen("/proc/stat", "re");
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "btime %llu", &btime) == 1) break;
+    fclose(f);
+    long hz = sysconf(_SC_CLK_TCK);
+    return btime ? (double)btime + (double)ticks / (double)(hz > 0 ? hz : 100) : 0;
+}
+
+int metrics_render_process(char *buf, size_t cap, const char *version)
+{
+    out o = {buf, 0, cap, 0};
+    struct rusage ru;
+    double cpu = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+              (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    put(&o, "# HELP process_cpu_seconds_total User and system CPU time spent in seconds\n"
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n", cpu);
+    unsigned long long vm, rss;
+    long page = sysconf(_SC_PAGESIZE);
+    if (read_statm(&vm, &rss) == ERR_OK) {
+        put(&o, "# HELP process_resident_memory_bytes Resident memory size in bytes\n"
+                "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %llu\n",
+            rss * (unsigned long long)page);
+        put(&o, "# HELP process_virtual_memory_bytes Virtual memory size in bytes\n"
+                "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes %llu\n",
+            vm * (unsigned long long)page);
+    }
+    int fds = count_fds();
+    if (fds >= 0)
+        put(&o, "# HELP process_open_fds Open file descriptors\n"
+                "# TYPE process_open_fds gauge\nprocess_open_fds %d\n", fds);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        put(&o, "# HELP process_max_fds Maximum number of open file descriptors\n"
+                "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n",
+            (unsigned long long)rl.rlim_cur);
+    double st = start_time();
+    if (st > 0)
+        put(&o, "# HELP process_start_time_seconds Start time of the process since the epoch "
+                "in seconds\n# TYPE process_start_time_seconds gauge\n"
+                "process_start_time_seconds %.2f\n", st);
+    put(&o, "# HELP parley_build_info The running build (always 1)\n"
+            "# TYPE parley_build_info gauge\nparley_build_info{version=\"%s\"} 1\n", version);
     return o.overflow ? ERR_TOO_LARGE : (int)o.n;
 }

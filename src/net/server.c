@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +35,7 @@ static int parse_listen(const char *addr, int port, struct sockaddr_storage *ss,
         s6->sin6_port = htons((uint16_t)port);
         *sl = sizeof *s6;
     } else {
-        log_error("bad listen address", "addr=%s", addr);
+        log_error("bad listen address", "addr=%s err=\"not an IPv4 or IPv6 address\"", addr);
         return ERR_INVALID;
     }
     return ERR_OK;
@@ -138,19 +140,19 @@ static bool other_listener(const struct sockaddr_storage *ss, int port, const se
 
 /* A non-blocking listening socket with SO_REUSEPORT, so every thread has its
  * own accept queue and the kernel spreads connections over them. */
-static int bind_listener(const char *addr, int port, int *bound_port)
+static int bind_listener(const char *addr, int port, bool shared, int *bound_port)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
     if (parse_listen(addr, port, &ss, &sl) < 0) return ERR_INVALID;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
+        log_error("cannot create a socket", "addr=%s err=\"%s\"", addr, strerror(errno));
         return ERR_IO;
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (shared) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 4096) != 0) {
         if (errno == EADDRINUSE) log_in_use(addr, port);
         else log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, strerror(errno));
@@ -180,7 +182,7 @@ static int bind_listeners(server *s, const srv_options *cfg)
     if (parse_listen(cfg->listen, port, &ss, &sl) < 0 || probe_port(cfg->listen, port, &ss, sl) < 0)
         return ERR_IO;
     for (int i = 0; i < s->nthreads; i++) {
-        int fd = bind_listener(cfg->listen, port, i == 0 ? &port : NULL);
+        int fd = bind_listener(cfg->listen, port, true, i == 0 ? &port : NULL);
         if (fd < 0) {
             for (int j = 0; j < i; j++) close(s->threads[j].listen_fd);
             return ERR_IO;
@@ -194,6 +196,18 @@ static int bind_listeners(server *s, const srv_options *cfg)
     }
     s->port = port;
     return ERR_OK;
+}
+
+/* A file the server must read at startup: false after logging why not. */
+static bool readable(const char *what, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        log_error("cannot read file", "what=\"%s\" file=%s err=\"%s\"", what, path, strerror(errno));
+        return false;
+    }
+    close(fd);
+    return true;
 }
 
 /* ---- per-thread handles --------------------------------------------------- */
@@ -216,6 +230,8 @@ static void thread_stop(srv_thread *t, void *arg)
     t->stopping = true;
     if (t->listen_fd >= 0 && !uv_is_closing((uv_handle_t *)&t->listener))
         uv_close((uv_handle_t *)&t->listener, NULL);
+    if (t->has_internal && !uv_is_closing((uv_handle_t *)&t->internal))
+        uv_close((uv_handle_t *)&t->internal, NULL);
     for (conn *c = t->conns, *next; c; c = next) {
         next = c->next;
         conn_shutdown(c);
@@ -236,6 +252,7 @@ static void thread_main(void *arg)
     srv_thread_drain(t); /* posts that raced with the end */
     conn_free_nodes(t);
     u64map_free(&t->by_id);
+    u64map_free(&t->alog);
     if (t->srv->on_done) uv_async_send(t->srv->on_done);
 }
 
@@ -244,16 +261,26 @@ static int thread_init(server *s, srv_thread *t, int id, int fd)
     t->srv = s;
     t->id = id;
     t->listen_fd = fd;
-    if (srv_thread_init(t) < 0) return ERR_IO;
+    if (srv_thread_init(t) < 0) {
+        log_error("cannot create an event loop", "thread=%d err=\"%s\"", id, strerror(errno));
+        return ERR_IO;
+    }
     t->rbuf = malloc(SRV_READ_BUF);
     t->wbuf = malloc(SRV_WRITE_BUF);
-    if (!t->rbuf || !t->wbuf) return ERR_NOMEM;
+    if (!t->rbuf || !t->wbuf) {
+        log_error("cannot start an I/O thread", "thread=%d err=\"out of memory\"", id);
+        return ERR_NOMEM;
+    }
     wheel_init(&t->wheel, SRV_TICK_MS);
     if (fd >= 0) {
         uv_tcp_init(&t->loop, &t->listener);
-        if (uv_tcp_open(&t->listener, fd) != 0) return ERR_IO;
+        int rc = uv_tcp_open(&t->listener, fd);
         t->listener.data = t;
-        if (uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept) != 0) return ERR_IO;
+        if (rc == 0) rc = uv_listen((uv_stream_t *)&t->listener, 4096, conn_on_accept);
+        if (rc != 0) {
+            log_error("cannot listen", "thread=%d err=\"%s\"", id, uv_strerror(rc));
+            return ERR_IO;
+        }
     }
     uv_timer_init(&t->loop, &t->tick);
     t->tick.data = t;
@@ -284,7 +311,11 @@ int server_create(server **out, const srv_options *opt, const conn_http_ops *htt
             free(s);
             return ERR_INVALID;
         }
-        if (tls_ctx_new(&s->tls, opt->tls_cert, opt->tls_key) < 0) { free(s); return ERR_INVALID; }
+        if (!readable("TLS certificate", opt->tls_cert) || !readable("TLS key", opt->tls_key) ||
+            tls_ctx_new(&s->tls, opt->tls_cert, opt->tls_key) < 0) {
+            free(s);
+            return ERR_INVALID;
+        }
     }
     s->nthreads = opt->threads;
     s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
@@ -296,13 +327,31 @@ int server_create(server **out, const srv_options *opt, const conn_http_ops *htt
     }
     for (int i = 0; i < s->nthreads; i++) {
         srv_thread *t = &s->threads[i];
-        int rc = thread_init(s, t, i, t->listen_fd);
-        if (rc < 0) {
-            log_error("thread init failed", "thread=%d err=%s", i, err_name(rc));
-            exit(1); /* at startup only: nothing to lose */
-        }
+        if (thread_init(s, t, i, t->listen_fd) < 0)
+            exit(1); /* at startup only, after logging why: nothing to lose */
     }
     *out = s;
+    return ERR_OK;
+}
+
+int server_listen_internal(server *s, const char *addr, int port, const conn_http_ops *http)
+{
+    srv_thread *t = &s->threads[0];
+    if (t->has_internal) return ERR_INVALID;
+    int fd = bind_listener(addr, port, false, &s->internal_port);
+    if (fd < 0) return fd;
+    /* Thread 0 has not started: its loop is still ours to set up. */
+    uv_tcp_init(&t->loop, &t->internal);
+    int rc = uv_tcp_open(&t->internal, fd);
+    t->internal.data = t;
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&t->internal, 128, conn_on_accept);
+    if (rc != 0) {
+        log_error("cannot listen", "addr=%s port=%d err=\"%s\"", addr, port, uv_strerror(rc));
+        uv_close((uv_handle_t *)&t->internal, NULL);
+        return ERR_IO;
+    }
+    t->has_internal = true;
+    s->internal_http = http;
     return ERR_OK;
 }
 

@@ -23,6 +23,14 @@
 int server_create(server **out, const srv_options *opt, const conn_http_ops *http,
                   const conn_ws_ops *ws, uv_async_t *on_done);
 
+/* Adds an internal listener on addr:port (0: a free one, then in
+ * s->internal_port), served by thread 0 with its own HTTP handler (e.g.
+ * only /metrics), without SO_REUSEPORT: it shares nothing with the public
+ * port, and a port already taken is an error. Before server_run() only.
+ * http is borrowed (must outlive the server). Returns ERR_OK, or
+ * ERR_INVALID / ERR_IO after logging why. */
+int server_listen_internal(server *s, const char *addr, int port, const conn_http_ops *http);
+
 /* Starts the threads. */
 void server_run(server *s);
 

@@ -6,7 +6,9 @@
  * uv_async wakeup). Per loop: one 64 KiB read buffer shared by all its
  * connections, one timing wheel for every per-connection deadline, and one
  * flush pass per loop turn (uv_prepare) that writes each connection's queued
- * frames with a single writev. server.h starts and stops the threads;
+ * frames with a single writev. Thread 0 may also own an internal listener
+ * (server_listen_internal: /metrics only), whose connections use their own
+ * HTTP handler. server.h starts and stops the threads;
  * conn.h is one connection. This module calls neither.
  */
 #ifndef PARLEY_SRV_H
@@ -47,6 +49,7 @@ typedef struct srv_options {
     uint32_t ping_interval_ms;   /* WebSocket keepalive ping */
     uint32_t max_pending;        /* connections not upgraded, per thread */
     uint32_t rate_frames;        /* WebSocket frames/s per connection (0: off) */
+    bool access_log;             /* one log line per HTTP request */
 } srv_options;
 
 /* srv_options.port for loops without listeners: the threads run, post and
@@ -76,8 +79,11 @@ typedef struct conn_ws_ops {
     void (*on_refused)(conn *c, uint32_t retry_ms, const uint8_t *data, size_t len);
     /* The keepalive tick (every ping interval): false after it closed c. */
     bool (*on_tick)(conn *c);
-    /* c is closing (no more input): release c->user and set it to NULL. */
-    void (*on_close)(conn *c);
+    /* c is closing (no more input): release c->user and set it to NULL.
+     * code and reason (never NULL) say why: the close frame sent or echoed,
+     * or 1006 when the connection ended without one; by_peer: the client
+     * closed (its close frame or the end of the connection). */
+    void (*on_close)(conn *c, uint16_t code, const char *reason, bool by_peer);
 } conn_ws_ops;
 
 #define SRV_READ_BUF (64 * 1024)
@@ -93,6 +99,8 @@ struct srv_thread {
     uv_thread_t tid;
     int listen_fd;           /* bound before the thread starts; -1: none */
     uv_tcp_t listener;
+    uv_tcp_t internal;       /* thread 0 only: the internal listener (server_listen_internal) */
+    bool has_internal;
     uv_async_t wake;         /* srv_post() wakeup */
     uv_mutex_t mu;
     srv_msg *posts;          /* pending posts, newest first; under mu */
@@ -108,6 +116,7 @@ struct srv_thread {
     conn *flush_head;        /* connections with output to write */
     out_node *free_nodes;    /* recycled output-queue nodes */
     u64map by_id;            /* conn id -> conn, for async completions */
+    u64map alog;             /* --access-log: conn id -> its request awaiting a response */
     uint32_t npending;       /* connections not (yet) upgraded to WebSocket */
     tbucket admit;           /* admission control: handshakes per second */
     uint64_t next_id;        /* conn ids: (next_id << 8) | thread id */
@@ -120,6 +129,8 @@ struct server {
     srv_options opt;         /* a copy of the caller's */
     const conn_http_ops *http;
     const conn_ws_ops *ws;
+    const conn_http_ops *internal_http; /* connections of the internal listener, or NULL */
+    int internal_port;       /* its bound port */
     http_limits http_lim;
     ws_limits ws_lim;
     int nthreads;

@@ -62,6 +62,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "base/log.h"
+
 enum {
     DB_META, DB_USERS, DB_NAMES, DB_SESSIONS, DB_CONVS, DB_DIRECTS,
     DB_MEMBERS, DB_USER_CONVS, DB_MSGS, DB_CMIDS, DB_COUNT
@@ -92,6 +94,7 @@ struct store {
     pthread_mutex_t pool_mu;        /* guards pool, npool */
     store_txn *pool;                /* reset read transactions, owned */
     unsigned npool;
+    uint64_t nusers, nconvs;        /* as of the last commit (atomic: read by any thread) */
 };
 
 struct store_txn {
@@ -395,12 +398,21 @@ static int make_dirs(const char *dir)
         if (p[i] != '/' && p[i] != '\0') continue;
         char c = p[i];
         p[i] = '\0';
-        if (mkdir(p, 0700) != 0 && errno != EEXIST) { free(p); return ERR_IO; }
+        if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+            log_error("cannot create the data directory", "dir=%s err=\"%s\"", p, strerror(errno));
+            free(p);
+            return ERR_IO;
+        }
         p[i] = c;
     }
     free(p);
     struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return ERR_IO;
+    int e = stat(dir, &st) != 0 ? errno : 0;
+    if (e || !S_ISDIR(st.st_mode)) {
+        log_error("cannot use the data directory", "dir=%s err=\"%s\"", dir,
+                  e ? strerror(e) : "not a directory");
+        return ERR_IO;
+    }
     return ERR_OK;
 }
 
@@ -417,11 +429,17 @@ static int lock_dir(const char *dir)
         return ERR_IO;
     }
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) return ERR_IO;
+    if (fd < 0) {
+        log_error("cannot open the data directory's lock", "file=%s err=\"%s\"", path,
+                  strerror(errno));
+        return ERR_IO;
+    }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
         close(fd);
         errno = e;
+        if (e != EWOULDBLOCK)
+            log_error("cannot lock the data directory", "file=%s err=\"%s\"", path, strerror(e));
         return e == EWOULDBLOCK ? ERR_BUSY : ERR_IO;
     }
     char pid[24];
@@ -513,7 +531,14 @@ int store_open(store **out, const char *dir, size_t map_size)
     if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0) goto fail_mdb;
     if ((rc = open_dbs(s, txn)) != 0) {
         mdb_txn_abort(txn);             /* nothing is changed */
+        if (rc != ERR_VERSION)
+            log_error("cannot open the store", "dir=%s err=%s", dir, err_name(rc));
         goto fail;
+    }
+    MDB_stat su, sc;
+    if (mdb_stat(txn, s->dbi[DB_USERS], &su) == 0 && mdb_stat(txn, s->dbi[DB_CONVS], &sc) == 0) {
+        s->nusers = su.ms_entries;
+        s->nconvs = sc.ms_entries;
     }
     if ((rc = mdb_txn_commit(txn)) != 0) goto fail_mdb;
     *out = s;
@@ -521,6 +546,8 @@ int store_open(store **out, const char *dir, size_t map_size)
 
 fail_mdb:
     e = rc > 0 ? rc : 0;            /* LMDB reports system errors as errno values */
+    /* LMDB's errors are errno values (EACCES: "Permission denied") or its own. */
+    log_error("cannot open the store", "dir=%s err=\"%s\"", dir, mdb_strerror(rc));
     rc = map_err(rc);
     if (rc == ERR_NOT_FOUND || rc == ERR_CONFLICT || rc == ERR_INVALID) rc = ERR_IO;
 fail:
@@ -613,12 +640,28 @@ int store_commit(store_txn *t)
     if (rc) {
         mdb_txn_abort(t->txn);
     } else {
+        /* The gauges: entry counts are in the transaction's own database
+         * records (no page is read), kept once the commit is durable. */
+        MDB_stat su, sc;
+        bool counted = mdb_stat(t->txn, t->s->dbi[DB_USERS], &su) == 0 &&
+                       mdb_stat(t->txn, t->s->dbi[DB_CONVS], &sc) == 0;
+        store *s = t->s;
         rc = mdb_txn_commit(t->txn);    /* frees the txn even on failure */
         if (rc) rc = map_err(rc);
         if (rc == ERR_NOT_FOUND || rc == ERR_CONFLICT || rc == ERR_INVALID) rc = ERR_IO;
+        if (rc == ERR_OK && counted) {
+            __atomic_store_n(&s->nusers, (uint64_t)su.ms_entries, __ATOMIC_RELAXED);
+            __atomic_store_n(&s->nconvs, (uint64_t)sc.ms_entries, __ATOMIC_RELAXED);
+        }
     }
     free(t);                            /* LMDB freed the write cursors */
     return rc;
+}
+
+void store_counts(store *s, uint64_t *users, uint64_t *convs)
+{
+    *users = __atomic_load_n(&s->nusers, __ATOMIC_RELAXED);
+    *convs = __atomic_load_n(&s->nconvs, __ATOMIC_RELAXED);
 }
 
 void store_abort(store_txn *t)

@@ -115,7 +115,8 @@ typedef struct store_msg {
  * DIR/LOCK until store_close() (or the death of its process), so a second
  * server on the same data directory, in this process or another, cannot
  * open it. The file holds the pid of the holder: store_lock_pid() reads it
- * (0 if unknown), for the message of the refused one. */
+ * (0 if unknown), for the message of the refused one. A failure is logged
+ * with the system's reason ("Permission denied"). */
 int store_open(store **out, const char *dir, size_t map_size);
 void store_close(store *s);
 int store_lock_pid(const char *dir);
@@ -128,6 +129,11 @@ int store_commit(store_txn *t);
 
 /* Discards and frees the transaction. */
 void store_abort(store_txn *t);
+
+/* The numbers of users and conversations as of the last commit: counted
+ * when the store opens and kept at each commit (LMDB keeps entry counts
+ * per database), so reading them costs two loads. Any thread. */
+void store_counts(store *s, uint64_t *users, uint64_t *convs);
 
 /* The store clock: a counter that orders every change. store_tick()
  * advances it (write txn) and returns the new value; store_clock() reads. */

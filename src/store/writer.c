@@ -61,6 +61,7 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
     store_txn *txn = NULL;
     int rc = b && rcs ? store_begin(w->s, true, &txn) : ERR_NOMEM;
     uint64_t t0 = uv_hrtime(), t1 = t0;
+    bool committed = false; /* store_commit() ran: t2 - t1 is its time */
     if (rc == ERR_OK) {
         size_t i = 0;
         for (writer_op *op = ops; op; op = op->next, i++) {
@@ -69,7 +70,7 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
         }
         if (w->batch_applied) w->batch_applied(w->ctx);
         t1 = uv_hrtime();
-        if (rc == ERR_OK) rc = store_commit(txn);
+        if (rc == ERR_OK) { rc = store_commit(txn); committed = true; }
         else store_abort(txn);
     }
     uint64_t t2 = uv_hrtime();
@@ -96,6 +97,11 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
     w->st.ops += n;
     if (n > w->st.max_batch) w->st.max_batch = n;
     if (rc != ERR_OK) w->st.failed_batches++;
+    hist_observe(&w->st.batch_ops, &hist_sizes, n);
+    if (committed) {
+        hist_observe(&w->st.batch_ns, &hist_seconds, t2 - t0);
+        hist_observe(&w->st.fsync_ns, &hist_seconds, t2 - t1);
+    }
     if (w->btail) w->btail->next = b;
     else w->bhead = b;
     w->btail = b;
@@ -175,8 +181,13 @@ int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, s
     uv_mutex_init(&w->mu);
     uv_cond_init(&w->cond);
     uv_cond_init(&w->done_cond);
-    if (uv_thread_create(&w->done_tid, completer_main, w) != 0) goto fail;
-    if (uv_thread_create(&w->tid, writer_main, w) != 0) {
+    int rc = uv_thread_create(&w->done_tid, completer_main, w);
+    if (rc != 0) {
+        log_error("cannot start the completer thread", "err=\"%s\"", uv_strerror(rc));
+        goto fail;
+    }
+    if ((rc = uv_thread_create(&w->tid, writer_main, w)) != 0) {
+        log_error("cannot start the writer thread", "err=\"%s\"", uv_strerror(rc));
         uv_mutex_lock(&w->mu);
         w->writer_ended = true;
         uv_cond_signal(&w->done_cond);

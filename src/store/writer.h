@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/hist.h"
 #include "store/store.h"
 
 typedef struct writer writer;
@@ -44,6 +45,12 @@ typedef struct writer_stats {
     uint64_t apply_ns;    /* time in apply() */
     uint64_t commit_ns;   /* writer: time committing (the fsync) */
     uint64_t done_ns;     /* completer: time in done() and batch_end() */
+    /* Histograms (base/hist.h), one observation per batch, counted by the
+     * writer thread in the per-batch update it already makes under the
+     * writer's lock (no lock of their own, none per operation): */
+    hist batch_ns;        /* a committed batch, first apply() to durable (hist_seconds) */
+    hist fsync_ns;        /* its store_commit(): LMDB writes the pages and fsyncs (hist_seconds) */
+    hist batch_ops;       /* operations per batch (hist_sizes) */
 } writer_stats;
 
 /* Starts the writer thread. window_us: how long to gather a batch after its

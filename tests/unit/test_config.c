@@ -197,9 +197,11 @@ TEST(help_defaults_parse_back_to_the_defaults)
         char *end = strrchr(def, ')');
         CHECK(end != NULL && end[1] == 0);
         if (end) *end = 0;
-        /* names of defaults that are not values: cores, no origin list, no TLS */
+        /* names of defaults that are not values: cores, no origin list, no
+         * TLS, no metrics listener */
         if (strcmp(def, "cores") == 0 || strcmp(def, "any") == 0 ||
-            (strcmp(def, "off") == 0 && strncmp(names[i], "tls-", 4) == 0))
+            (strcmp(def, "off") == 0 && (strncmp(names[i], "tls-", 4) == 0 ||
+                                         strcmp(names[i], "metrics-listen") == 0)))
             continue;
         char flag[600];
         snprintf(flag, sizeof flag, "--%.63s=%.500s", names[i], def);
@@ -282,6 +284,45 @@ TEST(strings)
     CHECK_EQ_INT(parse(&c, NULL, ARGS("--listen", l)), ERR_INVALID);
     CHECK_STR(g_err, "parleyd: --listen: the value is 64 bytes long; at most 63 fit\n");
     CHECK_STR(c.listen, "0.0.0.0"); /* a value that does not fit is not cut */
+}
+
+TEST(host_and_port)
+{
+    char host[64];
+    int port = -1;
+    CHECK_EQ_INT(config_hostport("127.0.0.1:9100", host, sizeof host, &port), 0);
+    CHECK_STR(host, "127.0.0.1");
+    CHECK_EQ_INT(port, 9100);
+    CHECK_EQ_INT(config_hostport("[::1]:0", host, sizeof host, &port), 0);
+    CHECK_STR(host, "::1");
+    CHECK_EQ_INT(port, 0);
+    CHECK_EQ_INT(config_hostport("0.0.0.0:65535", host, sizeof host, &port), 0);
+    CHECK_EQ_INT(port, 65535);
+    static const char *const bad[] = {"", "9100", "127.0.0.1", "127.0.0.1:", ":9100",
+                                      "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:9x",
+                                      "::1:9100", "[::1]9100", "[::1", "[]:80", "[::1]:",
+                                      "127.0.0.1:99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_EQ_INT(config_hostport(bad[i], host, sizeof host, &port), ERR_INVALID);
+    CHECK_EQ_INT(config_hostport("127.0.0.1:80", host, 9, &port), ERR_INVALID); /* host too long */
+
+    config c;
+    CHECK_EQ_INT(parse(&c, NULL, ARGS("--metrics-listen", "127.0.0.1:9100")), 0);
+    CHECK_STR(c.metrics_listen, "127.0.0.1:9100");
+    CHECK_EQ_INT(parse(&c, NULL, ARGS("--metrics-listen", "")), 0); /* off */
+    CHECK_STR(c.metrics_listen, "");
+    CHECK_EQ_INT(parse(&c, NULL, ARGS("--metrics-listen", "localhost")), ERR_INVALID);
+    CHECK_STR(g_err, "parleyd: --metrics-listen: 'localhost' is not HOST:PORT (e.g. "
+                     "127.0.0.1:9100 or [::1]:9100)\n");
+    CHECK_EQ_INT(parse(&c, ENV("PARLEY_METRICS_LISTEN=1.2.3.4"), NOARGS), ERR_INVALID);
+    CHECK(strstr(g_err, "PARLEY_METRICS_LISTEN") != NULL);
+    CHECK_FILE_ERR("metrics-listen = :80\n",
+                   "F:1: metrics-listen: ':80' is not HOST:PORT (e.g. 127.0.0.1:9100 or "
+                   "[::1]:9100)\n");
+    CHECK_EQ_INT(parse(&c, NULL, NOARGS), 0);
+    CHECK_EQ_INT(c.access_log, 0);
+    CHECK_EQ_INT(parse(&c, NULL, ARGS("--access-log")), 0);
+    CHECK_EQ_INT(c.access_log, 1);
 }
 
 TEST(integers)
@@ -596,6 +637,7 @@ int main(void)
     RUN(flag_forms_and_order);
     RUN(syntax_errors);
     RUN(strings);
+    RUN(host_and_port);
     RUN(integers);
     RUN(bounds_errors);
     RUN(not_numbers);

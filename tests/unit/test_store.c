@@ -979,6 +979,35 @@ TEST(clock_tick_persist)
     done(s);
 }
 
+TEST(counts_kept_at_commit)
+{
+    store *s = fresh();
+    uint64_t users = 9, convs = 9;
+    store_counts(s, &users, &convs);
+    CHECK(users == 0 && convs == 0);
+    store_txn *t = wbegin(s);
+    mkuser(t, "cnt_a");
+    mkuser(t, "cnt_b");
+    mkconv(t, STORE_GROUP, "g");
+    store_counts(s, &users, &convs);
+    CHECK(users == 0 && convs == 0);      /* not before the commit */
+    CHECK_EQ_INT(store_commit(t), ERR_OK);
+    store_counts(s, &users, &convs);
+    CHECK(users == 2 && convs == 1);
+    t = wbegin(s);
+    mkuser(t, "cnt_c");
+    store_abort(t);                       /* an aborted write counts nothing */
+    store_counts(s, &users, &convs);
+    CHECK(users == 2 && convs == 1);
+    char dir[64];
+    snprintf(dir, sizeof dir, "%s", tmp_dir);
+    store_close(s);
+    CHECK_EQ_INT(store_open(&s, dir, MAP), ERR_OK); /* counted again at open */
+    store_counts(s, &users, &convs);
+    CHECK(users == 2 && convs == 1);
+    done(s);
+}
+
 TEST(abort_leaves_nothing)
 {
     store *s = fresh();
@@ -1328,6 +1357,7 @@ int main(void)
     RUN(messages);
     RUN(cmids);
     RUN(clock_tick_persist);
+    RUN(counts_kept_at_commit);
     RUN(abort_leaves_nothing);
     RUN(map_full);
     RUN(read_snapshot_and_reuse);

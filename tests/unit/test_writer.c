@@ -253,6 +253,13 @@ static void block_writer(writer *w, top *o, result *r)
     CHECK(wait_entered());
 }
 
+static uint64_t hist_count(const hist *h, const hist_spec *spec)
+{
+    uint64_t n = 0;
+    for (int i = 0; i <= spec->n; i++) n += h->b[i];
+    return n;
+}
+
 /* ---- tests ---------------------------------------------------------------- */
 
 #define THREADS 4
@@ -563,6 +570,43 @@ TEST(storage_error_aborts_whole_batch)
     CHECK(st.failed_batches == 3);
     CHECK(st.batches == 9);
     CHECK_EQ_INT(ends, 9);
+    /* Every batch has its size; only the committed ones have timings. */
+    CHECK_EQ_INT(hist_count(&st.batch_ops, &hist_sizes), 9);
+    CHECK_EQ_INT(hist_count(&st.batch_ns, &hist_seconds), 6);
+    CHECK_EQ_INT(hist_count(&st.fsync_ns, &hist_seconds), 6);
+    close_store(s);
+}
+
+TEST(histograms_count_each_batch)
+{
+    reset();
+    store *s = fresh_store();
+    writer *w = NULL;
+    CHECK_EQ_INT(writer_start(&w, s, 500, 16, 100, on_batch_applied,
+                              on_batch_end, &ctx_marker), ERR_OK);
+    if (!w) { close_store(s); return; }
+    top gate, o[5];
+    result rg, r[5];
+    block_writer(w, &gate, &rg);          /* batch 1: the gate alone */
+    for (int i = 0; i < 5; i++) {         /* batch 2: these five */
+        char name[32];
+        snprintf(name, sizeof name, "h%d", i);
+        op_init(&o[i], &r[i], name, 0);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+    }
+    open_gate();
+    CHECK(wait_for(&ends, 2));
+    writer_stats st = stats_after(w, 6);
+    writer_stop(w);
+    CHECK(st.batches == 2);
+    CHECK_EQ_INT(st.batch_ops.b[0], 1);   /* le 1 */
+    CHECK_EQ_INT(st.batch_ops.b[3], 1);   /* le 8: five */
+    CHECK_EQ_INT(st.batch_ops.sum, 6);
+    CHECK_EQ_INT(hist_count(&st.batch_ops, &hist_sizes), 2);
+    CHECK_EQ_INT(hist_count(&st.batch_ns, &hist_seconds), 2);
+    CHECK_EQ_INT(hist_count(&st.fsync_ns, &hist_seconds), 2);
+    /* A batch includes its commit: never shorter in total. */
+    CHECK(st.batch_ns.sum >= st.fsync_ns.sum && st.fsync_ns.sum > 0);
     close_store(s);
 }
 
@@ -718,6 +762,7 @@ int main(void)
     RUN(window_gathers_a_batch);
     RUN(validation_errors_affect_only_their_op);
     RUN(storage_error_aborts_whole_batch);
+    RUN(histograms_count_each_batch);
     RUN(queue_limit_busy);
     RUN(stop_applies_everything_queued);
     RUN(stop_while_busy_then_closed);
