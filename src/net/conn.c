@@ -411,24 +411,32 @@ void conn_forgive(conn *c)
     if (c->strikes) c->strikes--;
 }
 
+/* Milliseconds of the pause still to run (<= 0: none). */
+static int32_t pause_left(const conn *c, uint64_t now)
+{
+    return c->pause_until ? (int32_t)(c->pause_until - (uint32_t)now) : 0;
+}
+
 bool conn_paused(conn *c)
 {
-    return srv_now(c->t) < c->pause_until;
+    return pause_left(c, srv_now(c->t)) > 0;
 }
 
 bool conn_strike(conn *c, uint32_t *retry_ms)
 {
     metrics_inc(&c->t->m, M_RATE_LIMITED); /* the refusal counts ERR_RATE */
     uint64_t now = srv_now(c->t);
-    if (now < c->pause_until) {
-        *retry_ms = (uint32_t)(c->pause_until - now);
+    int32_t left = pause_left(c, now);
+    if (left > 0) {
+        *retry_ms = (uint32_t)left;
         if (c->pause_free) {
             c->pause_free--;
             return false; /* it was on its way before the pause was told */
         }
     } else {
         *retry_ms += CONN_RESUME_MS;
-        c->pause_until = now + *retry_ms;
+        c->pause_until = (uint32_t)(now + *retry_ms);
+        if (!c->pause_until) c->pause_until = 1;
         c->pause_free = CONN_PAUSE_FREE;
     }
     if (++c->strikes < CONN_MAX_STRIKES) return false;
@@ -944,6 +952,7 @@ void conn_expire(wheel_node *n, void *arg)
         }
         break;
     case CONN_WS:
+        if (c->pause_until && pause_left(c, srv_now(c->t)) <= 0) c->pause_until = 0;
         if (!c->t->srv->ws->on_tick(c)) break; /* e.g. its token expired */
         if (c->flags & F_RX) {
             c->flags &= (uint8_t)~F_RX;

@@ -45,6 +45,9 @@ struct conn {
     out_node *out_head, *out_tail;
     uint32_t out_bytes;      /* queued, not yet written */
     uint32_t in_len, in_cap;
+    uint32_t pause_until;    /* loop ms, truncated: the client was told to pause until
+                              * then (0: no pause; the keepalive tick clears one that
+                              * is over, so the 32-bit clock never wraps into it) */
     uint8_t *in;             /* incomplete input; NULL while idle */
     uint8_t *msg;            /* fragmented message so far; NULL normally */
     uint32_t msg_len, msg_cap;
@@ -60,7 +63,6 @@ struct conn {
     uint8_t pause_free;      /* refusals left in this pause that cost no strike */
     uint8_t internal;        /* accepted on the internal listener: its own HTTP handler */
     tbucket frames;          /* WebSocket frames rate limit */
-    uint64_t pause_until;    /* ms (srv_now): the client was told to pause until then */
 };
 
 /* libuv connection callback for a thread's listener. */

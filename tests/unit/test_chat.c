@@ -519,8 +519,10 @@ TEST(send_orders_by_seq_and_cmid_is_idempotent)
     CHECK(m.json && strstr(m.json, "\"from\":\"alice\"") && strstr(m.json, "\"cmid\":\"c3\""));
     CHECK_EQ_INT(u64_of(m.json, strlen(m.json), "conv"), conv);
 
+    /* The same cmid with another body is refused, nothing stored. */
+    CHECK_EQ_INT(msg_send(&f, &a, conv, "c2", "\"two again\"", origin).op.rc, ERR_CMID_REUSED);
     /* A resend: the original seq and ts, and nothing fans out. */
-    op_result dup = msg_send(&f, &a, conv, "c2", "\"two again\"", origin);
+    op_result dup = msg_send(&f, &a, conv, "c2", "\"two\"", origin);
     CHECK_EQ_INT(dup.op.rc, ERR_OK);
     CHECK(dup.op.duplicate);
     CHECK_EQ_INT(dup.op.seq, 2);
@@ -658,11 +660,14 @@ TEST(cursors_only_move_forward)
     CHECK(r.op.changed);
     CHECK_EQ_INT(r.op.delivered, 3);
     CHECK_EQ_INT(r.op.read, 2);
-    r = cursor(&f, &b, conv, 100, 100);                     /* past the end: clamped */
+    r = cursor(&f, &b, conv, 100, 100);                     /* past the end: refused */
+    CHECK_EQ_INT(r.op.rc, ERR_INVALID);
+    r = cursor(&f, &b, conv, 3, 3);                         /* read up to the end */
     CHECK_EQ_INT(r.op.rc, ERR_OK);
+    CHECK(r.op.changed);
     CHECK_EQ_INT(r.op.read, 3);
     CHECK_EQ_INT(r.op.delivered, 3);
-    r = cursor(&f, &b, conv, 100, 100);                     /* and then not changed */
+    r = cursor(&f, &b, conv, 3, 3);                         /* and then not changed */
     CHECK(!r.op.changed);
     op_settle(&f);
     CHECK_EQ_INT(fake_count(sa, EV_RECEIPT, false), 3);     /* one per change */
@@ -679,8 +684,8 @@ TEST(cursors_only_move_forward)
     CHECK_EQ_INT(u64_of(buf, n, "read"), 1);                /* bob (the sender is not counted) */
     CHECK_EQ_INT(u64_of(buf, n, "delivered"), 1);
     CHECK_EQ_INT(numbers_of(buf, n, "members", "read").n, 2);
-    receipts_json(&f, conv, a.uid, 99, buf, sizeof buf, &rc);
-    CHECK_EQ_INT(rc, ERR_NOT_FOUND);
+    receipts_json(&f, conv, a.uid, 99, buf, sizeof buf, &rc);  /* no message there */
+    CHECK_EQ_INT(rc, ERR_INVALID);
     receipts_json(&f, conv, c.uid, 0, buf, sizeof buf, &rc);
     CHECK_EQ_INT(rc, ERR_FORBIDDEN);
     fake_remove(sa); fake_remove(sb);
