@@ -430,8 +430,8 @@ static int lock_dir(const char *dir)
     }
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        log_error("cannot open the data directory's lock", "file=%s err=\"%s\"", path,
-                  strerror(errno));
+        log_error("cannot open the data directory's lock file", "dir=%s file=LOCK err=\"%s\"",
+                  dir, strerror(errno));
         return ERR_IO;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -439,7 +439,8 @@ static int lock_dir(const char *dir)
         close(fd);
         errno = e;
         if (e != EWOULDBLOCK)
-            log_error("cannot lock the data directory", "file=%s err=\"%s\"", path, strerror(e));
+            log_error("cannot lock the data directory", "dir=%s file=LOCK err=\"%s\"", dir,
+                      strerror(e));
         return e == EWOULDBLOCK ? ERR_BUSY : ERR_IO;
     }
     char pid[24];
