@@ -33,6 +33,16 @@ static void send_json(conn *c, jbuf *j)
     send_frame(c, jb_take(j));
 }
 
+/* A page (history, inbox) answers a request: once the output queue is over
+ * half full, the connection stops reading requests until it has drained, so
+ * a client that asks for many pages at once is paced by TCP instead of
+ * passing --max-queue (each page is at most a quarter of it). */
+static void send_page(conn *c, jbuf *j)
+{
+    send_json(c, j);
+    if (c->state == CONN_WS && c->out_bytes > chat_of(c->t)->cfg->max_queue / 2) conn_pause(c);
+}
+
 static int ws_sink_send(session *s, event *ev)
 {
     conn *c = s->sink_ctx;
@@ -349,7 +359,7 @@ static void on_sync(frame_ctx *f)
     jb_raw(&j, "}", 1);
     store_abort(txn);
     if (rc < 0) { jb_free(&j); send_error(f->c, ERR_IO, NULL, ref); return; }
-    send_json(f->c, &j);
+    send_page(f->c, &j);
 }
 
 static void on_inbox(frame_ctx *f)
@@ -371,7 +381,7 @@ static void on_inbox(frame_ctx *f)
         return;
     }
     jb_raw(&j, "}", 1);
-    send_json(f->c, &j);
+    send_page(f->c, &j);
 }
 
 typedef struct typing_ctx {

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from parley_client import (HOST, T, Client, arun, assert_error, close_key, get_metrics, group,
-                           history_page, inbox_pages, mval, users)
+from parley_client import (HOST, OP_CLOSE, OP_TEXT, T, Client, RawWS, arun, assert_error,
+                           close_key, get_metrics, group, history_page, inbox_pages, make_frame,
+                           mval, users)
 
 BIG = "x" * (16 * 1024 - 2)  # a 16 KiB body as JSON: the largest --max-text allows
 N_BIG = 64
@@ -108,6 +109,35 @@ def test_rest_history_pages_are_trimmed_by_bytes(big_conv):
     j = history_page(b, gid, before=N_BIG + 1, limit=500)
     seqs = [m["seq"] for m in j["messages"]]
     assert j["more"] is True and seqs == list(range(N_BIG - len(seqs) + 1, N_BIG + 1))
+
+
+def pipelined_syncs(gid, n):
+    return b"".join(make_frame(OP_TEXT, json.dumps(
+        {"type": "sync", "conv": gid, "after": 0, "limit": 500, "id": f"p{i}"}).encode())
+        for i in range(n))
+
+
+def test_pipelined_syncs_are_paced_not_closed(big_conv):
+    """A client that writes 20 syncs at once (libparley syncs every changed
+    conversation after a reconnect) asks for 20 pages of 256 KiB: the
+    server stops reading its frames while its queue is over half full and
+    goes on as it drains, instead of closing it with 1013."""
+    srv, a, b, gid = big_conv
+    n = 20
+    with RawWS(srv.port, token=b.token, timeout=T) as raw:
+        raw.send(pipelined_syncs(gid, n))
+        got = []
+        for _ in range(n + 50):
+            fin, op, payload = raw.recv_frame()
+            assert op != OP_CLOSE, payload
+            f = json.loads(payload)
+            if f.get("type") == "history":
+                assert f["messages"][0]["seq"] == 1 and f["more"] is True
+                got.append(f["id"])
+            if len(got) == n:
+                break
+        assert got == [f"p{i}" for i in range(n)]
+    assert mval(get_metrics(srv.port), close_key(1013)) == 0
 
 
 def test_one_message_larger_than_the_budget_is_still_one_page(parley):
