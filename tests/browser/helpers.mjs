@@ -14,11 +14,11 @@ export const WEB = process.env.PARLEY_WEB || join(ROOT, 'web');
 export const ARTIFACTS = join(ROOT, 'tests', 'artifacts');
 export const WAIT = 10000; // default bound for every wait
 
-/** Starts parleyd on a free loopback port with a fresh data dir. */
-export async function startServer() {
+/** Starts parleyd on a free loopback port with a fresh data dir (and extra flags). */
+export async function startServer(extra = []) {
   const dataDir = mkdtempSync(join(tmpdir(), 'parley-browser-'));
   const proc = spawn(PARLEYD, ['--port', '0', '--listen', '127.0.0.1', '--data-dir', dataDir, '--web-dir', WEB,
-    '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--log-level', 'warn', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stderr.on('data', (d) => { stderr += d; });
   const url = await new Promise((resolveUrl, reject) => {
