@@ -173,6 +173,7 @@ typedef struct parley_conv {
     size_t nadmins;
     uint64_t last_seq, read_seq, delivered_seq, unread;
     const parley_message *last_message; /* NULL in an empty conversation */
+    int64_t last_ts;           /* the last message's time (or creation), ms */
 } parley_conv;
 
 /* Details of a failure: the last failed REST call (parley_last_error), or
@@ -299,6 +300,8 @@ typedef struct parley_inbox {
     parley_conv *convs;        /* most recent activity first */
     size_t n;
     uint64_t cursor;           /* for changed_since */
+    bool more;                 /* parley_get_inbox_page: the walk goes on */
+    const char *next;          /* then the page token for the next page, else NULL */
 } parley_inbox;
 
 typedef struct parley_history {
@@ -319,16 +322,31 @@ typedef struct parley_receipts {
                                       sender that have it delivered / read */
 } parley_receipts;
 
-/* GET /v1/conversations[?changed_since=]; changed_since 0: all. */
+/* The whole inbox (GET /v1/conversations[?changed_since=]; changed_since
+ * 0: all): every page of a walk, then what changed during it (changed_since
+ * = the walk's cursor, a few rounds at most), each conversation once (its
+ * newest copy), most recent activity first; cursor: for the next call. */
 PARLEY_API int parley_get_inbox(parley_client *c, uint64_t changed_since, parley_inbox **out);
+/* One page of the inbox (docs/protocol.md "Pages"): page NULL for the first
+ * page of a walk, else the `next` of the previous page (changed_since is
+ * then taken from it: pass 0 or the walk's own); limit 0: the server's
+ * default (100), at most 1000. While in->more, ask again with in->next;
+ * keep in->cursor once a page has more = false. PARLEY_EINVALID for a page
+ * token that is not one. */
+PARLEY_API int parley_get_inbox_page(parley_client *c, uint64_t changed_since, const char *page,
+                                     unsigned limit, parley_inbox **out);
 PARLEY_API void parley_inbox_free(parley_client *c, parley_inbox *in);
 
 /* Which page of history: the latest messages, those after a seq (paging
  * forward; seq 0 = from the start), or those before a seq (paging back). */
 typedef enum parley_page { PARLEY_LATEST = 0, PARLEY_AFTER, PARLEY_BEFORE } parley_page;
 
-/* GET /v1/conversations/{conv}/messages. limit 0: the server's default (50);
- * at most 500. PARLEY_EINVALID for PARLEY_BEFORE with seq 0. */
+/* GET /v1/conversations/{conv}/messages: up to limit messages (0: 50; at
+ * most 500), ascending. The server trims a page to its byte budget
+ * (docs/protocol.md "Pages"); this call asks for the following pages in the
+ * same direction until it has limit messages or there are no more.
+ * h->more: further messages exist beyond those returned, in the direction
+ * of paging. PARLEY_EINVALID for PARLEY_BEFORE with seq 0. */
 PARLEY_API int parley_get_history(parley_client *c, uint64_t conv, parley_page page, uint64_t seq,
                                   unsigned limit, parley_history **out);
 PARLEY_API void parley_history_free(parley_client *c, parley_history *h);

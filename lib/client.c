@@ -467,6 +467,7 @@ static int parse_conv(arena *ar, const char *s, size_t n, parley_conv *cv)
     cv->read_seq = jnum(&o, "read_seq");
     cv->delivered_seq = jnum(&o, "delivered_seq");
     cv->unread = jnum(&o, "unread");
+    cv->last_ts = jts(&o, "last_ts");
     const json_field *lm = json_get(&o, "last_message");
     if (lm && lm->type == JSON_OBJECT) {
         parley_message *m = ar_alloc(ar, sizeof *m);
@@ -668,65 +669,200 @@ int parley_logout(parley_client *c)
     return ERR_OK;
 }
 
-int parley_get_inbox(parley_client *c, uint64_t changed_since, parley_inbox **out)
+/* One inbox page into *in, its objects in ar. */
+static int inbox_page(parley_client *c, uint64_t since, const char *page, unsigned limit,
+                      arena *ar, parley_inbox *in)
 {
-    char path[64];
-    if (changed_since)
-        snprintf(path, sizeof path, "/v1/conversations?changed_since=%llu",
-                 (unsigned long long)changed_since);
-    else
-        snprintf(path, sizeof path, "/v1/conversations");
+    char path[256];
+    int n = snprintf(path, sizeof path, "/v1/conversations");
+    const char *sep = "?";
+    if (since) {
+        n += snprintf(path + n, sizeof path - (size_t)n, "%schanged_since=%llu", sep,
+                      (unsigned long long)since);
+        sep = "&";
+    }
+    if (limit) {
+        n += snprintf(path + n, sizeof path - (size_t)n, "%slimit=%u", sep, limit);
+        sep = "&";
+    }
+    if (page) snprintf(path + n, sizeof path - (size_t)n, "%spage=%s", sep, page);
     rest_reply rep;
     int rc = rest(c, "GET", path, NULL, true, &rep);
     if (rc < 0) return rc;
-    arena *ar;
-    parley_inbox *in = result_new(c, sizeof *in, &ar);
-    if (!in) { rest_done(c, &rep); set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
     void *v;
     rc = ar_objects(ar, json_get(&rep.o, "conversations"), 0, sizeof(parley_conv), 0, &v, &in->n);
     in->convs = v;
     in->cursor = jnum(&rep.o, "cursor");
+    in->more = jbool(&rep.o, "more");
+    in->next = in->more ? ar_jstr(ar, &rep.o, "next", NULL) : NULL;
     rest_done(c, &rep);
-    if (rc < 0) {
-        result_free(in);
-        set_error(c, rc, 0, "", "cannot read the inbox answer");
-        return rc;
+    if (rc == ERR_OK && in->more && !in->next) rc = ERR_PROTOCOL; /* or out of memory */
+    if (rc < 0) set_error(c, rc, 0, "", "cannot read the inbox answer");
+    return rc;
+}
+
+/* A page token is digits, '.' and '-' (it goes into the query as is). */
+static bool page_token_ok(const char *p)
+{
+    size_t n = strlen(p);
+    if (n == 0 || n > 90) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || p[i] == '.' || p[i] == '-')) return false;
+    return true;
+}
+
+int parley_get_inbox_page(parley_client *c, uint64_t changed_since, const char *page,
+                          unsigned limit, parley_inbox **out)
+{
+    if (!out || (page && !page_token_ok(page))) return ERR_INVALID;
+    arena *ar;
+    parley_inbox *in = result_new(c, sizeof *in, &ar);
+    if (!in) { set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
+    int rc = inbox_page(c, changed_since, page, limit, ar, in);
+    if (rc < 0) { result_free(in); return rc; }
+    *out = in;
+    return ERR_OK;
+}
+
+typedef struct inbox_entry {
+    parley_conv cv;
+    size_t order;              /* when it arrived: the later copy is the newer */
+} inbox_entry;
+
+static int by_id_newest(const void *a, const void *b)
+{
+    const inbox_entry *x = a, *y = b;
+    if (x->cv.id != y->cv.id) return x->cv.id < y->cv.id ? -1 : 1;
+    return x->order > y->order ? -1 : x->order < y->order;
+}
+
+static int by_recency(const void *a, const void *b)
+{
+    const inbox_entry *x = a, *y = b;
+    if (x->cv.last_ts != y->cv.last_ts) return x->cv.last_ts > y->cv.last_ts ? -1 : 1;
+    return x->cv.id > y->cv.id ? -1 : x->cv.id < y->cv.id;
+}
+
+#define INBOX_MAX_PAGES 100000 /* 10,000 conversations are 100 pages of 100 */
+#define INBOX_ROUNDS 4         /* walks: the first, then what changed during the last */
+
+int parley_get_inbox(parley_client *c, uint64_t changed_since, parley_inbox **out)
+{
+    if (!out) return ERR_INVALID;
+    arena *ar;
+    parley_inbox *in = result_new(c, sizeof *in, &ar);
+    if (!in) { set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
+    inbox_entry *all = NULL;
+    size_t n = 0, cap = 0, order = 0;
+    int rc = ERR_OK;
+    uint64_t since = changed_since;
+    for (int round = 0; rc == ERR_OK && round < INBOX_ROUNDS; round++) {
+        const char *page = NULL;
+        size_t got = 0;
+        parley_inbox pg;
+        for (size_t k = 0; k < INBOX_MAX_PAGES; k++) {
+            memset(&pg, 0, sizeof pg);
+            if ((rc = inbox_page(c, since, page, 0, ar, &pg)) < 0) break;
+            if (n + pg.n > cap) {
+                size_t ncap = cap ? cap * 2 : 128;
+                while (ncap < n + pg.n) ncap *= 2;
+                inbox_entry *p = c->A.realloc_fn(c->A.ctx, all, ncap * sizeof *p);
+                if (!p) { rc = ERR_NOMEM; set_error(c, rc, 0, "", NULL); break; }
+                all = p;
+                cap = ncap;
+            }
+            for (size_t i = 0; i < pg.n; i++) all[n++] = (inbox_entry){pg.convs[i], order++};
+            got += pg.n;
+            if (!pg.more) break;
+            page = pg.next;
+        }
+        if (rc < 0) break;
+        if (pg.more) { rc = ERR_PROTOCOL; set_error(c, rc, 0, "", "the inbox did not end"); break; }
+        in->cursor = pg.cursor;
+        /* Conversations that changed during the walk come with
+         * changed_since = its cursor; nothing came: the list is whole. */
+        if (round > 0 && got == 0) break;
+        since = pg.cursor;
     }
+    if (rc == ERR_OK) {
+        if (n) qsort(all, n, sizeof *all, by_id_newest);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (k == 0 || all[k - 1].cv.id != all[i].cv.id) all[k++] = all[i];
+        n = k;
+        if (n) qsort(all, n, sizeof *all, by_recency);
+        in->convs = ar_alloc(ar, (n ? n : 1) * sizeof *in->convs);
+        if (!in->convs) { rc = ERR_NOMEM; set_error(c, rc, 0, "", NULL); }
+        else for (size_t i = 0; i < n; i++) in->convs[i] = all[i].cv;
+    }
+    c->A.free_fn(c->A.ctx, all);
+    if (rc < 0) { result_free(in); return rc; }
+    in->n = n;
     *out = in;
     return ERR_OK;
 }
 
 void parley_inbox_free(parley_client *c, parley_inbox *in) { (void)c; result_free(in); }
 
+#define HISTORY_DEFAULT 50
+
 int parley_get_history(parley_client *c, uint64_t conv, parley_page page, uint64_t seq,
                        unsigned limit, parley_history **out)
 {
     if (!conv || (page == PARLEY_BEFORE && seq == 0) || page > PARLEY_BEFORE) return ERR_INVALID;
-    char path[160];
-    int n = snprintf(path, sizeof path, "/v1/conversations/%llu/messages", (unsigned long long)conv);
-    const char *sep = "?";
-    if (page != PARLEY_LATEST) {
-        n += snprintf(path + n, sizeof path - (size_t)n, "%s%s=%llu", sep,
-                      page == PARLEY_AFTER ? "after" : "before", (unsigned long long)seq);
-        sep = "&";
-    }
-    if (limit) snprintf(path + n, sizeof path - (size_t)n, "%slimit=%u", sep, limit);
-    rest_reply rep;
-    int rc = rest(c, "GET", path, NULL, true, &rep);
-    if (rc < 0) return rc;
     arena *ar;
     parley_history *h = result_new(c, sizeof *h, &ar);
-    if (!h) { rest_done(c, &rep); set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
-    void *v;
-    rc = ar_objects(ar, json_get(&rep.o, "messages"), 1, sizeof(parley_message), conv, &v, &h->n);
-    h->msgs = v;
-    h->more = jbool(&rep.o, "more");
-    rest_done(c, &rep);
-    if (rc < 0) {
-        result_free(h);
-        set_error(c, rc, 0, "", "cannot read the history answer");
-        return rc;
+    if (!h) { set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
+    size_t want = limit ? limit : HISTORY_DEFAULT, n = 0;
+    parley_message *all = NULL;
+    bool more = false;
+    int rc = ERR_OK;
+    /* Each page but the last holds at least one message: at most want pages. */
+    for (size_t round = 0; round <= want; round++) {
+        char path[160];
+        int k = snprintf(path, sizeof path, "/v1/conversations/%llu/messages", (unsigned long long)conv);
+        const char *sep = "?";
+        if (page != PARLEY_LATEST) {
+            k += snprintf(path + k, sizeof path - (size_t)k, "%s%s=%llu", sep,
+                          page == PARLEY_AFTER ? "after" : "before", (unsigned long long)seq);
+            sep = "&";
+        }
+        if (limit || round) snprintf(path + k, sizeof path - (size_t)k, "%slimit=%zu", sep, want - n);
+        rest_reply rep;
+        if ((rc = rest(c, "GET", path, NULL, true, &rep)) < 0) break;
+        void *v;
+        size_t got;
+        rc = ar_objects(ar, json_get(&rep.o, "messages"), 1, sizeof(parley_message), conv, &v, &got);
+        more = jbool(&rep.o, "more");
+        rest_done(c, &rep);
+        if (rc < 0) { set_error(c, rc, 0, "", "cannot read the history answer"); break; }
+        parley_message *msgs = v;
+        if (!all) {
+            all = msgs;
+        } else if (got) {
+            parley_message *joined = ar_alloc(ar, (n + got) * sizeof *joined);
+            if (!joined) { rc = ERR_NOMEM; set_error(c, rc, 0, "", NULL); break; }
+            /* forward pages follow what we have; backward pages precede it */
+            parley_message *first = page == PARLEY_AFTER ? all : msgs;
+            parley_message *second = page == PARLEY_AFTER ? msgs : all;
+            size_t nf = page == PARLEY_AFTER ? n : got, ns = page == PARLEY_AFTER ? got : n;
+            memcpy(joined, first, nf * sizeof *joined);
+            memcpy(joined + nf, second, ns * sizeof *joined);
+            all = joined;
+        }
+        n += got;
+        if (!more || got == 0 || n >= want) break;
+        if (page == PARLEY_AFTER) {
+            seq = all[n - 1].seq;
+        } else {
+            page = PARLEY_BEFORE;
+            seq = all[0].seq;
+        }
     }
+    if (rc < 0) { result_free(h); return rc; }
+    h->msgs = all;
+    h->n = n;
+    h->more = more;
     *out = h;
     return ERR_OK;
 }
@@ -1389,6 +1525,20 @@ static void on_inbox(parley_client *c, const json_obj *o)
     if (!f || f->type != JSON_OBJECT || json_parse_object(f->val, f->val_len, &in) < 0) return;
     const json_field *convs = json_get(&in, "conversations");
     if (convs && convs->type == JSON_ARRAY) json_array_each(convs->val, convs->val_len, inbox_conv, c);
+    if (!connected(c)) return;
+    if (jbool(&in, "more")) {
+        /* The next page of the walk; the cursor is kept only after the last
+         * (a walk broken off starts again from the old one). */
+        char next[128];
+        if (get_str(&in, "next", next, sizeof next) <= 0) return;
+        jbuf j;
+        jb_init(&j, 160);
+        jb_lit(&j, "{\"type\":\"inbox\",\"id\":\"resume\",\"page\":");
+        jb_cstr(&j, next);
+        jb_lit(&j, "}");
+        ws_write_json(c, &j);
+        return;
+    }
     uint64_t cur;
     if (json_get_u64(&in, "cursor", &cur) == ERR_OK) {
         c->inbox_cursor = cur;

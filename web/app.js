@@ -10,6 +10,7 @@ const PAGE = 50;            // messages per page (first screen, older pages)
 const SYNC_LIMIT = 500;     // per gap-fill request
 const MAX_GAP = 1000;       // more missing than this: start again from the latest page
 const PREFETCH = 20;        // conversations whose latest page is fetched on connect
+const MAX_INBOX_PAGES = 1000; // bound on one inbox walk (pages of up to 100)
 const TYPING_EVERY_MS = 2500;
 // `sync` without after/before starts at the oldest message: the latest page is
 // the one before a seq higher than any there is.
@@ -200,16 +201,37 @@ async function openConv(id) {
 
 // ---- sync --------------------------------------------------------------------------
 
+/**
+ * One walk of the inbox (docs/protocol.md "Pages"): every page, applied as
+ * it comes, `page` = the previous `next` while `more`; the cursor is kept
+ * only with the last page. afterFirst runs once the first page is in.
+ * Returns the ids listed, or null if the store changed meanwhile.
+ */
+async function walkInbox(s, since, afterFirst = () => {}) {
+  const ids = [];
+  let frame = { type: 'inbox', ...(since ? { changed_since: since } : {}) };
+  for (let n = 0; n < MAX_INBOX_PAGES; n++) {
+    const { inbox } = await conn.request(frame);
+    if (s !== store) return null;
+    const more = !!(inbox.more && inbox.next);
+    store.applyInbox({ conversations: inbox.conversations, cursor: more ? 0 : inbox.cursor });
+    for (const c of inbox.conversations || []) ids.push(c.id);
+    if (n === 0) afterFirst();
+    if (!more) break;
+    frame = { type: 'inbox', page: inbox.next };
+  }
+  return ids;
+}
+
 async function onReady() {
   const s = store;
   try {
     const first = !s.cursor;
-    const r = await conn.request({ type: 'inbox', ...(s.cursor ? { changed_since: s.cursor } : {}) });
-    if (s !== store) return;
-    store.applyInbox(r.inbox);
-    outbox.flush(conn, { all: true });
-    if (first) route(); // a #c<id> from before the reload
-    const changed = (r.inbox.conversations || []).map((c) => c.id);
+    const changed = await walkInbox(s, s.cursor, () => {
+      outbox.flush(conn, { all: true });
+      if (first) route(); // a #c<id> from before the reload
+    });
+    if (changed === null) return;
     // The open one first, then the most recent ones.
     const order = [...new Set([openId, ...changed].filter((x) => x !== null && store.convs.has(x)))];
     let prefetched = 0;
@@ -275,11 +297,12 @@ async function fillGap(id, { reset = true } = {}) {
   const job = { again: false };
   syncing.set(id, job);
   try {
+    let more = false; // the last page said there is more after it
     for (let round = 0; round < 100; round++) {
       const c = store.convs.get(id);
       const top = store.top(id);
       const highest = Math.max(c ? c.last_seq : 0, ...store.held(id).bySeq.keys());
-      if (top >= highest && !job.again) break;
+      if (top >= highest && !job.again && !more) break;
       job.again = false;
       if (reset && highest - top > MAX_GAP) {
         // Too far behind for one screen: show the latest page; older ones load on scroll.
@@ -290,6 +313,7 @@ async function fillGap(id, { reset = true } = {}) {
       const r = await syncRequest(id, { after: top, limit: SYNC_LIMIT });
       if (!store) return;
       store.addMessages(id, r.messages || []);
+      more = !!r.more && (r.messages || []).length > 0; // pages are trimmed to fit: follow `more`
       if (!(r.messages || []).length && !job.again) break;
     }
   } catch { /* disconnected: onReady resumes */ } finally {
@@ -346,8 +370,7 @@ async function fetchReceipts(id) {
 async function refreshInbox() {
   if (!conn?.ready) return;
   try {
-    const r = await conn.request({ type: 'inbox', changed_since: store.cursor });
-    store?.applyInbox(r.inbox);
+    await walkInbox(store, store.cursor);
   } catch { /* next reconnect */ }
 }
 

@@ -574,15 +574,34 @@ static void post_conversations(req_ctx *x)
 
 static void get_inbox(req_ctx *x)
 {
-    uint64_t since = 0;
+    static const char bad_page[] = "'page' must be the 'next' of an earlier inbox page";
+    uint64_t since = 0, limit = MSG_INBOX_LIMIT_DEFAULT;
     int rc = 0;
-    query_u64(x->r, "changed_since", &since, &rc);
+    bool s = query_u64(x->r, "changed_since", &since, &rc);
     if (rc < 0) { api_error(x->c, x->ka, ERR_INVALID, "'changed_since' must be a cursor"); return; }
+    bool l = query_u64(x->r, "limit", &limit, &rc);
+    if (rc < 0 || (l && (limit == 0 || limit > MSG_INBOX_LIMIT_MAX))) {
+        api_error(x->c, x->ka, ERR_INVALID, "'limit' must be 1..1000");
+        return;
+    }
+    char tok[MSG_PAGE_MAX];
+    msg_page page;
+    int n = http_query_get(x->r->query, "page", tok, sizeof tok);
+    bool p = n != ERR_NOT_FOUND;
+    if (p && (n <= 0 || msg_page_parse(tok, (size_t)n, &page) < 0)) {
+        api_error(x->c, x->ka, ERR_INVALID, bad_page);
+        return;
+    }
+    if (p && s && since != page.since) {
+        api_error(x->c, x->ka, ERR_INVALID, "'changed_since' differs from the walk of 'page'");
+        return;
+    }
     jbuf j;
     jb_init(&j, 4096);
-    if ((rc = chat_write_inbox(x->ch, x->who.uid, since, &j)) < 0) {
+    if ((rc = chat_write_inbox(x->ch, x->who.uid, since, p ? &page : NULL, (size_t)limit,
+                               chat_page_bytes(x->ch), &j)) < 0) {
         jb_free(&j);
-        api_error(x->c, x->ka, rc, NULL);
+        api_error(x->c, x->ka, rc, rc == ERR_INVALID ? bad_page : NULL);
         return;
     }
     respond_jbuf(x->c, 200, &j, x->ka);
@@ -624,7 +643,7 @@ static void get_messages(req_ctx *x, uint64_t conv)
     jb_init(&j, 4096);
     jb_raw(&j, "{", 1);
     rc = chat_write_history(x->ch, txn, conv, after, a ? 0 : b ? before : UINT64_MAX,
-                            (size_t)limit, &j);
+                            (size_t)limit, chat_page_bytes(x->ch), &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
     if (rc < 0) { jb_free(&j); api_error(x->c, x->ka, rc, NULL); return; }

@@ -845,9 +845,16 @@ typedef struct inbox_item {
 typedef struct inbox_ctx {
     store_txn *txn;
     uint64_t uid, since;
+    const msg_page *page;
     inbox_item *items;
     size_t n, cap;
 } inbox_ctx;
+
+/* Inbox order: last_ts descending, then id descending. */
+static bool comes_before(int64_t ts_a, uint64_t a, int64_t ts_b, uint64_t b)
+{
+    return ts_a != ts_b ? ts_a > ts_b : a > b;
+}
 
 static int inbox_collect(void *arg, uint64_t conv)
 {
@@ -857,6 +864,13 @@ static int inbox_collect(void *arg, uint64_t conv)
     if (store_conv_get(x->txn, conv, &c) < 0 || store_member_get(x->txn, conv, x->uid, &m) < 0)
         return 0;
     if (x->since && c.version <= x->since && m.version <= x->since) return 0;
+    if (x->page) {
+        /* A later page of a walk: what changed since the walk began may
+         * have moved in the order (it is listed by changed_since = the
+         * walk's cursor); the rest comes after the last one listed. */
+        if (c.version > x->page->snapshot) return 0;
+        if (!comes_before(x->page->ts, x->page->conv, c.last_ts, conv)) return 0;
+    }
     if (x->n == x->cap) {
         size_t cap = x->cap ? x->cap * 2 : 32;
         inbox_item *it = realloc(x->items, cap * sizeof *it);
@@ -871,31 +885,65 @@ static int inbox_collect(void *arg, uint64_t conv)
 static int by_recent(const void *a, const void *b)
 {
     const inbox_item *x = a, *y = b;
-    if (x->last_ts != y->last_ts) return x->last_ts < y->last_ts ? 1 : -1;
-    return x->conv < y->conv ? 1 : x->conv > y->conv ? -1 : 0;
+    if (x->conv == y->conv) return 0;
+    return comes_before(x->last_ts, x->conv, y->last_ts, y->conv) ? -1 : 1;
 }
 
-int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j)
+int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *page,
+                     size_t limit, size_t max_bytes, jbuf *j)
 {
+    if (limit == 0) limit = MSG_INBOX_LIMIT_DEFAULT;
+    if (limit > MSG_INBOX_LIMIT_MAX) limit = MSG_INBOX_LIMIT_MAX;
     store_txn *txn;
     if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
-    inbox_ctx x = {txn, uid, since, NULL, 0, 0};
     uint64_t cursor = store_clock(txn);
+    if (page) {
+        if (page->snapshot > cursor || page->since > page->snapshot) {
+            store_abort(txn);
+            return ERR_INVALID;
+        }
+        since = page->since;
+        cursor = page->snapshot;
+    }
+    inbox_ctx x = {txn, uid, since, page, NULL, 0, 0};
     int rc = store_user_convs(txn, uid, inbox_collect, &x);
     if (rc >= 0) {
         if (x.n) qsort(x.items, x.n, sizeof *x.items, by_recent);
         jb_lit(j, "{\"conversations\":[");
+        size_t start = jb_len(j), listed = 0;
+        inbox_item last = {0, 0};
+        bool more = false;
         for (size_t i = 0; i < x.n; i++) {
-            if (i) jb_raw(j, ",", 1);
-            chat_write_conv(ch, txn, x.items[i].conv, uid, j);
+            if (listed == limit) { more = true; break; }
+            size_t mark = jb_len(j);
+            if (listed) jb_raw(j, ",", 1);
+            if (chat_write_conv(ch, txn, x.items[i].conv, uid, j) < 0) {
+                jb_truncate(j, mark);
+                continue;
+            }
+            if (listed && jb_len(j) - start > max_bytes) { /* over the budget: stop before it */
+                jb_truncate(j, mark);
+                more = true;
+                break;
+            }
+            last = x.items[i];
+            listed++;
         }
         jb_lit(j, "],\"cursor\":");
         jb_u64(j, cursor);
+        jb_lit(j, more ? ",\"more\":true" : ",\"more\":false");
+        if (more) {
+            msg_page next = {since, cursor, last.last_ts, last.conv};
+            char tok[MSG_PAGE_MAX];
+            size_t n = msg_page_format(&next, tok);
+            jb_lit(j, ",\"next\":");
+            jb_str(j, tok, n);
+        }
         jb_raw(j, "}", 1);
     }
     store_abort(txn);
     free(x.items);
-    return rc < 0 ? rc : ERR_OK;
+    return rc < 0 ? rc : j->err ? j->err : ERR_OK;
 }
 
 typedef struct history_ctx {
@@ -903,56 +951,90 @@ typedef struct history_ctx {
     jbuf *j;
     name_cache nc;
     size_t n;
+    size_t start, max_bytes;  /* where the messages begin; the budget */
+    bool trimmed;             /* stopped by the budget */
 } history_ctx;
 
+/* Forward: write each message as it comes, until the budget is passed. */
 static int history_one(void *arg, const store_msg *m)
 {
     history_ctx *x = arg;
-    if (x->n++) jb_raw(x->j, ",", 1);
+    size_t mark = jb_len(x->j);
+    if (x->n) jb_raw(x->j, ",", 1);
     jb_raw(x->j, "{", 1);
     write_msg_fields(x->j, m, cached_name(&x->nc, x->txn, m->from));
     jb_raw(x->j, "}", 1);
+    if (x->n && jb_len(x->j) - x->start > x->max_bytes) {
+        jb_truncate(x->j, mark);
+        x->trimmed = true;
+        return 1;
+    }
+    x->n++;
     return 0;
 }
 
-/* Backward: remember the seqs, then write them ascending. */
-typedef struct seq_list {
-    uint64_t *seq;
-    size_t n;
-} seq_list;
+/* Backward: the messages arrive newest first; each is encoded into a
+ * scratch buffer (its offset kept) until the budget is passed, then they
+ * are copied out oldest first. */
+typedef struct back_ctx {
+    store_txn *txn;
+    jbuf tmp;
+    name_cache nc;
+    size_t *off;
+    size_t n, max_bytes;
+    bool trimmed;
+} back_ctx;
 
-static int collect_seq(void *arg, const store_msg *m)
+static int back_one(void *arg, const store_msg *m)
 {
-    seq_list *l = arg;
-    l->seq[l->n++] = m->seq;
+    back_ctx *x = arg;
+    size_t mark = jb_len(&x->tmp);
+    jb_raw(&x->tmp, "{", 1);
+    write_msg_fields(&x->tmp, m, cached_name(&x->nc, x->txn, m->from));
+    jb_raw(&x->tmp, "}", 1);
+    if (x->n && jb_len(&x->tmp) + x->n > x->max_bytes) { /* + the commas */
+        jb_truncate(&x->tmp, mark);
+        x->trimmed = true;
+        return 1;
+    }
+    x->off[x->n++] = mark;
     return 0;
 }
 
 int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
-                       uint64_t before, size_t limit, jbuf *j)
+                       uint64_t before, size_t limit, size_t max_bytes, jbuf *j)
 {
     if (limit == 0) limit = 50;
-    if (limit > 500) limit = 500;
-    history_ctx x = {txn, j, {{0}, {{0}}, 0}, 0};
+    if (limit > MSG_LIMIT_MAX) limit = MSG_LIMIT_MAX;
     bool more = false;
     int rc;
     jb_lit(j, "\"messages\":[");
     if (before == 0) {
+        history_ctx x = {txn, j, {{0}, {{0}}, 0}, 0, jb_len(j), max_bytes, false};
         rc = store_msgs(txn, conv, after + 1, true, limit, history_one, &x, &more);
+        more = more || x.trimmed;
     } else {
-        seq_list l = {malloc(limit * sizeof(uint64_t)), 0};
-        if (!l.seq) return ERR_NOMEM;
+        back_ctx x = {txn, {0}, {{0}, {{0}}, 0}, malloc(limit * sizeof(size_t)), 0, max_bytes,
+                      false};
+        jb_init(&x.tmp, 4096);
+        if (!x.off || x.tmp.err) { free(x.off); jb_free(&x.tmp); return ERR_NOMEM; }
         rc = before <= 1 ? ERR_OK
                          : store_msgs(txn, conv, before == UINT64_MAX ? UINT64_MAX : before - 1,
-                                      false, limit, collect_seq, &l, &more);
-        for (size_t i = l.n; rc >= 0 && i-- > 0;) {
-            store_msg m;
-            if (store_msg_get(txn, conv, l.seq[i], &m) == ERR_OK) history_one(&x, &m);
+                                      false, limit, back_one, &x, &more);
+        more = more || x.trimmed;
+        size_t len;
+        const char *d = jb_data(&x.tmp, &len);
+        if (!d) rc = ERR_NOMEM;
+        for (size_t i = x.n; rc >= 0 && i-- > 0;) {
+            size_t end = i + 1 < x.n ? x.off[i + 1] : len;
+            if (i + 1 < x.n) jb_raw(j, ",", 1);
+            jb_raw(j, d + x.off[i], end - x.off[i]);
         }
-        free(l.seq);
+        free(x.off);
+        jb_free(&x.tmp);
     }
     jb_lit(j, more ? "],\"more\":true" : "],\"more\":false");
-    return rc < 0 ? rc : ERR_OK;
+    return rc < 0 ? rc : j->err ? j->err : ERR_OK;
 }
 
 typedef struct receipts_ctx {

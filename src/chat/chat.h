@@ -22,6 +22,7 @@
 #include "chat/guard.h"
 #include "chat/hub.h"
 #include "codec/json.h"
+#include "codec/msg.h"
 #include "net/srv.h"
 #include "store/store.h"
 #include "store/writer.h"
@@ -129,14 +130,31 @@ int chat_submit(chat_op *op);
  * not a member (or no such conversation). */
 int chat_write_conv(chat *ch, store_txn *txn, uint64_t conv, uint64_t uid, jbuf *j);
 
-/* Appends {"conversations":[...],"cursor":C} for uid: all, or only those
- * changed after `since` (0: all). */
-int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, jbuf *j);
+/* The page budget: the most bytes of messages (or conversations) one
+ * history or inbox page holds, a quarter of --max-queue, so that every
+ * answer fits the output queue. A page always holds at least one. */
+static inline size_t chat_page_bytes(const chat *ch) { return ch->cfg->max_queue / 4; }
+
+/* Appends one page of uid's inbox, most recent activity first (last_ts
+ * descending, then id descending):
+ *   {"conversations":[...],"cursor":C,"more":B[,"next":"TOKEN"]}
+ * at most `limit` conversations (1..MSG_INBOX_LIMIT_MAX) whose objects
+ * total at most max_bytes (but always one); all, or only those changed
+ * after `since` (0: all). page NULL: the first page of a walk, whose
+ * cursor C is the store clock now. page (a `next` token, msg.h): the page
+ * after it, of the same walk (since and cursor come from the token);
+ * conversations that changed after the walk began are left out (they come
+ * with changed_since = C). ERR_INVALID for a token from the future. */
+int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *page,
+                     size_t limit, size_t max_bytes, jbuf *j);
 
 /* Appends "messages":[...],"more":B (no braces) for a member: after `after`
- * ascending, or before `before` (UINT64_MAX: the latest), limit <= 500. */
+ * ascending, or before `before` (UINT64_MAX: the latest), limit <= 500,
+ * trimmed to max_bytes of messages (at least one) at the end away from the
+ * anchor: forward, the last ones; backward, the oldest. more: further
+ * messages exist in the direction of paging. */
 int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
-                       uint64_t before, size_t limit, jbuf *j);
+                       uint64_t before, size_t limit, size_t max_bytes, jbuf *j);
 
 /* Appends {"members":[...]} receipts, and counts for seq when seq > 0.
  * ERR_FORBIDDEN for a non-member, ERR_INVALID when there is no message at

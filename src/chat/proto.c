@@ -80,6 +80,16 @@ static void send_json(conn *c, jbuf *j)
     send_frame(c, jb_take(j));
 }
 
+/* A page (history, inbox) answers a request: once the output queue is over
+ * half full, the connection stops reading requests until it has drained, so
+ * a client that asks for many pages at once is paced by TCP instead of
+ * passing --max-queue (each page is at most a quarter of it). */
+static void send_page(conn *c, jbuf *j)
+{
+    send_json(c, j);
+    if (c->state == CONN_WS && c->out_bytes > chat_of(c->t)->cfg->max_queue / 2) conn_pause(c);
+}
+
 static int ws_sink_send(session *s, event *ev)
 {
     conn *c = s->sink_ctx;
@@ -419,11 +429,12 @@ static void on_sync(frame_ctx *f)
     jb_u64(&j, conv);
     if (*ref) { jb_lit(&j, ",\"id\":"); jb_lit(&j, ref); }
     jb_raw(&j, ",", 1);
-    int rc = chat_write_history(f->ch, txn, conv, f->r.after, f->r.before, (size_t)f->r.limit, &j);
+    int rc = chat_write_history(f->ch, txn, conv, f->r.after, f->r.before, (size_t)f->r.limit,
+                                chat_page_bytes(f->ch), &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
     if (rc < 0) { jb_free(&j); send_error(f->c, ERR_IO, NULL, ref); return; }
-    send_json(f->c, &j);
+    send_page(f->c, &j);
 }
 
 static void on_inbox(frame_ctx *f)
@@ -433,13 +444,19 @@ static void on_inbox(frame_ctx *f)
     jb_lit(&j, "{\"type\":\"inbox\",");
     if (*f->r.ref) { jb_lit(&j, "\"id\":"); jb_lit(&j, f->r.ref); jb_raw(&j, ",", 1); }
     jb_lit(&j, "\"inbox\":");
-    if (chat_write_inbox(f->ch, f->s->uid, f->r.changed_since, &j) < 0) {
+    int rc = chat_write_inbox(f->ch, f->s->uid, f->r.changed_since,
+                              f->r.has_page ? &f->r.page : NULL, (size_t)f->r.limit,
+                              chat_page_bytes(f->ch), &j);
+    if (rc < 0) {
         jb_free(&j);
-        send_error(f->c, ERR_IO, NULL, f->r.ref);
+        if (rc == ERR_INVALID)
+            send_error(f->c, rc, "'page' must be the 'next' of an earlier inbox page", f->r.ref);
+        else
+            send_error(f->c, rc == ERR_NOMEM ? rc : ERR_IO, NULL, f->r.ref);
         return;
     }
     jb_raw(&j, "}", 1);
-    send_json(f->c, &j);
+    send_page(f->c, &j);
 }
 
 typedef struct typing_ctx {

@@ -402,6 +402,13 @@ const char *jb_data(const jbuf *j, size_t *len)
     return (const char *)j->b->data;
 }
 
+size_t jb_len(const jbuf *j) { return j->err || !j->b ? 0 : j->b->len; }
+
+void jb_truncate(jbuf *j, size_t len)
+{
+    if (!j->err && j->b && len < j->b->len) j->b->len = (uint32_t)len;
+}
+
 rbuf *jb_take(jbuf *j)
 {
     if (j->err) { jb_free(j); return NULL; }

@@ -95,6 +95,11 @@ void jb_i64(jbuf *j, int64_t v);
 /* The JSON so far (not NUL-terminated) and its length; valid until the
  * next call on j. NULL after an error. */
 const char *jb_data(const jbuf *j, size_t *len);
+/* The length so far (0 after an error). */
+size_t jb_len(const jbuf *j);
+/* Cuts the text back to its first len bytes (a mark taken with jb_len), to
+ * drop what was written since; len beyond the text is ignored. */
+void jb_truncate(jbuf *j, size_t len);
 /* Hands over the JSON text as an rbuf (one reference, the caller's). NULL
  * after an error; j is empty afterwards either way. */
 rbuf *jb_take(jbuf *j);

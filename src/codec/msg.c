@@ -1,5 +1,6 @@
 #include "codec/msg.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "codec/json.h"
@@ -80,6 +81,75 @@ static int parse_sync(const json_obj *o, msg_req *r, const char **code, const ch
     return ERR_OK;
 }
 
+/* One decimal field of a page token at s[*i..n), up to '.' or the end. */
+static bool page_field(const char *s, size_t n, size_t *i, uint64_t *out)
+{
+    size_t start = *i;
+    uint64_t v = 0;
+    while (*i < n && s[*i] >= '0' && s[*i] <= '9') {
+        unsigned d = (unsigned)(s[*i] - '0');
+        if (v > (UINT64_MAX - d) / 10) return false;
+        v = v * 10 + d;
+        (*i)++;
+    }
+    size_t len = *i - start;
+    if (len == 0 || (len > 1 && s[start] == '0')) return false;
+    *out = v;
+    return true;
+}
+
+int msg_page_parse(const char *s, size_t n, msg_page *p)
+{
+    uint64_t f[4];
+    bool neg = false;
+    size_t i = 0;
+    for (int k = 0; k < 4; k++) {
+        if (k) {
+            if (i >= n || s[i] != '.') return ERR_INVALID;
+            i++;
+        }
+        if (k == 2 && i < n && s[i] == '-') { neg = true; i++; }
+        if (!page_field(s, n, &i, &f[k])) return ERR_INVALID;
+    }
+    if (i != n || f[1] < f[0] || f[3] == 0) return ERR_INVALID;
+    if (neg ? f[2] == 0 || f[2] > (uint64_t)INT64_MAX + 1 : f[2] > (uint64_t)INT64_MAX)
+        return ERR_INVALID;
+    p->since = f[0];
+    p->snapshot = f[1];
+    p->ts = neg ? (int64_t)(0 - f[2]) : (int64_t)f[2];
+    p->conv = f[3];
+    return ERR_OK;
+}
+
+size_t msg_page_format(const msg_page *p, char *out)
+{
+    int n = snprintf(out, MSG_PAGE_MAX, "%llu.%llu.%lld.%llu", (unsigned long long)p->since,
+                     (unsigned long long)p->snapshot, (long long)p->ts,
+                     (unsigned long long)p->conv);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static int parse_inbox(const json_obj *o, msg_req *r, const char **code, const char **message)
+{
+    int rs = json_get_u64(o, "changed_since", &r->changed_since);
+    if (rs == ERR_INVALID) return BAD("'changed_since' must be a cursor");
+    int rl = json_get_u64(o, "limit", &r->limit);
+    if (rl == ERR_INVALID || (rl == ERR_OK && (r->limit == 0 || r->limit > MSG_INBOX_LIMIT_MAX)))
+        return BAD("'limit' must be 1..1000");
+    if (rl != ERR_OK) r->limit = MSG_INBOX_LIMIT_DEFAULT;
+    const json_field *pg = json_get(o, "page");
+    if (!pg) return ERR_OK;
+    char tok[MSG_PAGE_MAX];
+    int n = pg->type == JSON_STRING ? json_unescape(pg->val, pg->val_len, tok, sizeof tok) : -1;
+    if (n <= 0 || msg_page_parse(tok, (size_t)n, &r->page) < 0)
+        return BAD("'page' must be the 'next' of an earlier inbox page");
+    if (rs == ERR_OK && r->changed_since != r->page.since)
+        return BAD("'changed_since' differs from the walk of 'page'");
+    r->has_page = true;
+    r->changed_since = r->page.since;
+    return ERR_OK;
+}
+
 int msg_parse(const char *data, size_t len, size_t max_text, msg_req *r, const char **code,
               const char **message)
 {
@@ -102,11 +172,7 @@ int msg_parse(const char *data, size_t len, size_t max_text, msg_req *r, const c
         if (type_is(t, types[i].name)) r->type = types[i].type;
     if (!r->type) return fail(code, message, ERR_UNKNOWN_TYPE, "unknown frame type");
     if (r->type == MSG_PING || r->type == MSG_ECHO) return ERR_OK;
-    if (r->type == MSG_INBOX) {
-        if (json_get_u64(&o, "changed_since", &r->changed_since) == ERR_INVALID)
-            return BAD("'changed_since' must be a cursor");
-        return ERR_OK;
-    }
+    if (r->type == MSG_INBOX) return parse_inbox(&o, r, code, message);
     if (json_get_u64(&o, "conv", &r->conv) < 0 || r->conv == 0)
         return BAD("'conv' must be a conversation id");
     switch (r->type) {

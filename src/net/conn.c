@@ -761,6 +761,7 @@ static size_t process(conn *c, uint8_t *data, size_t len)
             if (r < 0) { ws_fail(c, code, r); return len; }
             off += (size_t)r;
             on_frame(c, &f);
+            if (c->flags & F_PAUSED) break; /* the layer above paused input (conn_pause) */
         } else {
             return len; /* lingering or closed: discard */
         }
@@ -909,13 +910,14 @@ void conn_resume(conn *c)
 {
     if (c->state == CONN_CLOSED || !(c->flags & F_PAUSED)) return;
     c->flags &= (uint8_t)~(F_PAUSED | F_HELD);
-    if (c->tls && c->state == CONN_HTTP) {
-        /* Requests already decrypted inside the TLS engine. */
+    if (c->tls && (c->state == CONN_HTTP || c->state == CONN_WS)) {
+        /* Requests or frames already decrypted inside the TLS engine. */
         if (c->in_len) {
             size_t used = process(c, c->in, c->in_len);
             after_input(c, c->in_len - used, c->in + used);
         }
-        if (c->state == CONN_HTTP && !(c->flags & F_PAUSED)) on_tls_read(c, NULL, 0);
+        if ((c->state == CONN_HTTP || c->state == CONN_WS) && !(c->flags & F_PAUSED))
+            on_tls_read(c, NULL, 0);
         if (c->state != CONN_CLOSED && !(c->flags & F_PAUSED) &&
             uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
             conn_abort(c);

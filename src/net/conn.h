@@ -121,8 +121,10 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
  * its on_close) as c->user, then calls its on_open(). */
 int conn_upgrade(conn *c, const ws_handshake *hs, void *user);
 
-/* Stops reading input (HTTP backpressure). conn_resume() restarts it and
- * processes any request already buffered. */
+/* Stops reading input (backpressure: HTTP pipelining, WebSocket pages);
+ * processing stops after the current request or frame. conn_resume()
+ * restarts it and processes what is already buffered; a paused connection
+ * (not held) resumes by itself once its output queue has drained. */
 void conn_pause(conn *c);
 /* Pauses for an asynchronous request: input stays stopped until the
  * handler's conn_resume(), even if output drains meanwhile. */

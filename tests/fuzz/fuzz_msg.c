@@ -40,6 +40,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             REQUIRE(r.limit >= 1 && r.limit <= MSG_LIMIT_MAX);
             REQUIRE(!(r.after && r.before));
         }
+        if (r.type == MSG_INBOX) {
+            REQUIRE(r.limit >= 1 && r.limit <= MSG_INBOX_LIMIT_MAX);
+            if (r.has_page) {
+                /* a token read is one msg_page_format writes back the same */
+                REQUIRE(r.changed_since == r.page.since && r.page.snapshot >= r.page.since);
+                REQUIRE(r.page.conv >= 1);
+                char tok[MSG_PAGE_MAX];
+                msg_page q;
+                size_t n = msg_page_format(&r.page, tok);
+                REQUIRE(msg_page_parse(tok, n, &q) == ERR_OK && !memcmp(&q, &r.page, sizeof q));
+            }
+        }
     }
     free(s);
     return 0;

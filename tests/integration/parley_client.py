@@ -564,11 +564,31 @@ def conv_get(user, conv):
     return r.json()
 
 
-def inbox(user, changed_since=None):
+def inbox_pages(user, changed_since=None, limit=None, max_pages=10000):
+    """Every page of one walk of user's inbox (GET /v1/conversations, then
+    page = the previous page's next while more), in order."""
     params = {} if changed_since is None else {"changed_since": changed_since}
-    r = user.get("/v1/conversations", params=params)
-    assert r.status == 200, r
-    return r.json()
+    if limit is not None:
+        params["limit"] = limit
+    pages = []
+    for _ in range(max_pages):
+        r = user.get("/v1/conversations", params=params)
+        assert r.status == 200, (params, r)
+        j = r.json()
+        pages.append(j)
+        if not j["more"]:
+            return pages
+        assert j["conversations"] and j["next"], "more=true with an empty page"
+        params = {"page": j["next"]} if limit is None else {"page": j["next"], "limit": limit}
+    raise AssertionError("inbox paging did not end")
+
+
+def inbox(user, changed_since=None):
+    """The whole inbox (every page of one walk):
+    {"conversations": [...], "cursor": C}."""
+    pages = inbox_pages(user, changed_since)
+    return {"conversations": [c for p in pages for c in p["conversations"]],
+            "cursor": pages[-1]["cursor"]}
 
 
 def history_page(user, conv, **params):

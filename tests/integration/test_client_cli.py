@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from parley_client import (HOST, PARLEY_CLI, PASSWORD, WAIT, Cli, cli_users, free_port, history,
-                           rest, uname)
+                           history_page, rest, uname)
 
 EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_NETWORK = 0, 1, 2, 3
 
@@ -270,6 +270,48 @@ def test_direct_send_history_inbox(parley, tmp_path):
 # two chat sessions through pipes
 # --------------------------------------------------------------------------
 
+
+
+def test_history_and_inbox_follow_more(parley, tmp_path):
+    """The server trims pages by bytes (a quarter of --max-queue) and pages
+    the inbox; `history --limit N` still prints N messages and `inbox`
+    every conversation: libparley asks for the following pages."""
+    srv = parley("--insecure-fast-kdf", "--max-queue", "65536")  # pages of 16 KiB
+    alice, bob = cli_users(tmp_path, srv.url, 2)
+    cid = alice.json("direct", bob.name)["id"]
+    pad = "x" * 4000
+    for k in range(1, 41):  # about 4 KiB each: 4 to a page
+        r = rest(srv, "POST", f"/v1/conversations/{cid}/messages",
+                 {"cmid": f"c{k}", "body": f"{k}:{pad}"}, token=alice.token())
+        assert r.status == 201, r
+    page = history_page(bob, cid, after=0, limit=500)
+    assert 1 < len(page["messages"]) < 10 and page["more"] is True  # the server trims
+    h = bob.json("history", cid, "--after", "0", "--limit", "40")
+    assert [m["seq"] for m in h["messages"]] == list(range(1, 41)) and h["more"] is False
+    assert all(m["body"] == f"{m['seq']}:{pad}" for m in h["messages"])
+    h = bob.json("history", cid, "--after", "5", "--limit", "20")
+    assert [m["seq"] for m in h["messages"]] == list(range(6, 26)) and h["more"] is True
+    h = bob.json("history", cid)  # the latest 50 (of 40)
+    assert [m["seq"] for m in h["messages"]] == list(range(1, 41)) and h["more"] is False
+    h = bob.json("history", cid, "--limit", "30")  # the latest 30: paged backward
+    assert [m["seq"] for m in h["messages"]] == list(range(11, 41)) and h["more"] is True
+    h = bob.json("history", cid, "--before", "20", "--limit", "12")
+    assert [m["seq"] for m in h["messages"]] == list(range(8, 20))
+    assert h["more"] is True
+    r = bob.run("history", cid, "--limit", "40")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 40
+
+    # 150 groups: pages of at most 16 KiB (about 60 of them), so 3 pages
+    groups = [alice.json("group", "create", f"g{i}", bob.name)["id"] for i in range(150)]
+    first = bob.get("/v1/conversations").json()
+    assert first["more"] is True and len(first["conversations"]) < 151
+    inbox = bob.json("inbox")
+    ids = [c["id"] for c in inbox["conversations"]]
+    assert sorted(ids) == sorted(groups + [cid]) and len(ids) == len(set(ids))
+    assert ids[0] == groups[-1]  # most recent activity first
+    assert bob.json("inbox", "--changed-since", inbox["cursor"])["conversations"] == []
+    r = bob.run("inbox")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 151
 
 def test_two_chats_exchange(parley, tmp_path, open_chat):
     srv = parley("--insecure-fast-kdf")

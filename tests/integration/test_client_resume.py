@@ -13,7 +13,8 @@ import socket
 import threading
 import time
 
-from parley_client import HOST, WAIT, Cli, cli_users, free_port, history
+from parley_client import (HOST, WAIT, Cli, cli_users, close_key, free_port, get_metrics, history,
+                           mval, rest)
 
 
 def test_server_restart_mid_conversation(parley, open_chat, tmp_path):
@@ -230,3 +231,37 @@ def test_bulk_send_through_rate_limits(parley, open_chat, tmp_path):
     assert sorted(m["cmid"] for m in msgs) == sorted(queued)
     assert sorted(m["body"] for m in msgs) == sorted(f"bulk {i}" for i in range(n))
     assert [m["seq"] for m in msgs] == list(range(1, n + 1))
+
+
+def test_gap_fill_of_64_large_messages_completes(parley, open_chat, tmp_path):
+    """The issue's loop: 64 messages of 16 KiB posted while a member is
+    away; its libparley syncs with limit 500 on reconnect. The answer used
+    to be one frame over --max-queue (1013, reconnect, the same sync, 1013
+    ...); now the pages fit and the client follows `more` to the end."""
+    port = free_port()
+    data_dir = tmp_path / "data"
+    srv = parley("--insecure-fast-kdf", port=port, data_dir=data_dir)
+    url = f"http://{HOST}:{port}"
+    alice, bob = cli_users(tmp_path, url, 2)
+    cid = alice.json("direct", bob.name)["id"]
+    b = open_chat(bob, cid, "--last", "0")
+    b.event("state", state="connected")
+    srv.kill()
+    b.event("state", state="backoff")
+    # The messages go to the same data through another port, which bob's
+    # client does not know: it comes back only to find them all missing.
+    other = parley("--insecure-fast-kdf", data_dir=data_dir)
+    big = "x" * (16 * 1024 - 2)
+    for k in range(1, 65):
+        r = rest(other, "POST", f"/v1/conversations/{cid}/messages",
+                 {"cmid": f"big{k}", "body": f"{k:02d}" + big[2:]}, token=alice.token())
+        assert r.status == 201, r
+    other.kill()
+    srv = parley("--insecure-fast-kdf", port=port, data_dir=data_dir)
+    for k in range(1, 65):
+        m = b.wait(lambda e: e.get("event") == "msg", f"message {k}", timeout=WAIT * 3)
+        assert m["message"]["seq"] == k and m["message"]["body"].startswith(f"{k:02d}x"), k
+    b.close_stdin()
+    assert b.exit_code() == 0
+    assert not [e for e in b.drain() if e.get("event") == "msg" and e["message"]["seq"] > 64]
+    assert mval(get_metrics(srv.port), close_key(1013)) == 0

@@ -98,6 +98,45 @@ def test_wss_messaging_between_two_users(tls_server, cert):
     arun(go())
 
 
+def test_wss_pipelined_syncs_are_paced_not_closed(tls_server, cert):
+    """20 syncs written at once, each answered by a page of about 256 KiB:
+    over TLS too the server stops reading while its queue is over half full
+    and resumes (frames already decrypted included) once it drains."""
+    crt, _ = cert
+    ta, tb = register(tls_server, crt, "tlspia"), register(tls_server, crt, "tlspib")
+    r = requests.post(tls_server.url + "/v1/conversations", json={"type": "direct", "with": "tlspib"},
+                      headers={"Authorization": "Bearer " + ta}, verify=str(crt), timeout=T)
+    conv = r.json()["id"]
+    ws_url = f"wss://{HOST}:{tls_server.port}/v1/ws?token="
+    n = 20
+
+    async def go():
+        ctx = client_ctx(crt)
+        async with websockets.connect(ws_url + ta, ssl=ctx, max_size=2 ** 24) as wa, \
+                websockets.connect(ws_url + tb, ssl=ctx, max_size=2 ** 24) as wb:
+            for ws in (wa, wb):
+                assert json.loads(await asyncio.wait_for(ws.recv(), T))["type"] == "hello"
+            for i in range(64):
+                await wa.send(json.dumps({"type": "send", "conv": conv, "cmid": f"p{i}",
+                                          "body": "y" * 16000}))
+            acks = 0
+            while acks < 64:
+                m = json.loads(await asyncio.wait_for(wa.recv(), T))
+                acks += m["type"] == "ack"
+            for i in range(n):  # written back to back, before reading any answer
+                await wb.send(json.dumps(
+                    {"type": "sync", "conv": conv, "after": 0, "limit": 500, "id": f"s{i}"}))
+            got = []
+            while len(got) < n:
+                m = json.loads(await asyncio.wait_for(wb.recv(), T))
+                if m["type"] == "history":
+                    assert m["messages"][0]["seq"] == 1 and m["more"] is True
+                    got.append(m["id"])
+            assert got == [f"s{i}" for i in range(n)]
+        assert wb.close_code == 1000
+    arun(go())
+
+
 def test_old_tls_and_plaintext_refused_server_keeps_serving(tls_server, cert):
     crt, _ = cert
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -191,6 +191,10 @@ static void offline_client(void)
     parley_inbox *in = NULL;
     CHECK_RC(parley_get_inbox(c, 0, &in), PARLEY_EAUTH);
     CHECK(parley_last_error(c)->err == PARLEY_EAUTH);
+    CHECK_RC(parley_get_inbox_page(c, 0, "0.1.2.3&x=y", 0, &in), PARLEY_EINVALID);
+    CHECK_RC(parley_get_inbox_page(c, 0, "", 0, &in), PARLEY_EINVALID);
+    CHECK_RC(parley_get_inbox_page(c, 0, NULL, 10, NULL), PARLEY_EINVALID);
+    CHECK_RC(parley_get_inbox_page(c, 0, "0.1.2.3", 10, &in), PARLEY_EAUTH);
     CHECK_RC(parley_set_token(c, "t0ken"), PARLEY_OK);
     CHECK(strcmp(parley_token(c), "t0ken") == 0);
     int rc = parley_get_inbox(c, 0, &in);

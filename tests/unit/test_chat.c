@@ -116,7 +116,7 @@ static size_t history_json(fx *f, uint64_t conv, uint64_t after, uint64_t before
     jbuf j;
     jb_init(&j, 4096);
     jb_raw(&j, "{", 1);
-    *rc = chat_write_history(f->ch, txn, conv, after, before, limit, &j);
+    *rc = chat_write_history(f->ch, txn, conv, after, before, limit, chat_page_bytes(f->ch), &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
     size_t n = 0;
@@ -132,7 +132,7 @@ static size_t inbox_json(fx *f, uint64_t uid, uint64_t since, char *buf, size_t 
 {
     jbuf j;
     jb_init(&j, 4096);
-    int rc = chat_write_inbox(f->ch, uid, since, &j);
+    int rc = chat_write_inbox(f->ch, uid, since, NULL, 1000, chat_page_bytes(f->ch), &j);
     size_t n = 0;
     const char *p = jb_data(&j, &n);
     if (rc < 0 || !p || n >= cap) n = 0;

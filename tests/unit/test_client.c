@@ -603,6 +603,110 @@ TEST(gap_fill_and_dedupe)
     CHECK_EQ_INT(live, 0);
 }
 
+/* A history frame of conv with seqs from..to (and more). */
+static void peer_history(peer *p, uint64_t conv, uint64_t from, uint64_t to, bool more)
+{
+    static char buf[1 << 15];
+    int n = snprintf(buf, sizeof buf, "{\"type\":\"history\",\"conv\":%llu,\"messages\":[",
+                     (unsigned long long)conv);
+    for (uint64_t s = from; s <= to; s++)
+        n += snprintf(buf + n, sizeof buf - (size_t)n,
+                      "%s{\"seq\":%llu,\"from\":\"bob\",\"cmid\":\"b%llu\",\"ts\":1,\"body\":\"m%llu\"}",
+                      s == from ? "" : ",", (unsigned long long)s, (unsigned long long)s,
+                      (unsigned long long)s);
+    snprintf(buf + n, sizeof buf - (size_t)n, "],\"more\":%s}", more ? "true" : "false");
+    peer_text(p, buf);
+}
+
+TEST(inbox_pages_and_trimmed_sync_pages)
+{
+    /* The server answers the resume inbox in pages and trims each sync
+     * page to its byte budget (more: true): the client asks for the next
+     * inbox page with `page` = `next`, syncs every conversation listed on
+     * any page and follows `more` until the gap is filled; it keeps the
+     * inbox cursor only once the last page arrived. */
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, true);
+    p.c = c;
+    char f[4096], tok[64];
+    parley_track(c, 9, 0);
+    parley_track(c, 10, 0);
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK(strstr(f, "changed_since") == NULL && strstr(f, "page") == NULL);
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":9,\"type\":\"group\",\"last_seq\":40}],\"cursor\":77,\"more\":true,"
+                  "\"next\":\"0.77.1763800000000.9\"}}");
+    CHECK(peer_expect(&p, "sync", f, sizeof f));
+    CHECK(num_field(f, "conv") == 9 && num_field(f, "after") == 0 && num_field(f, "limit") == 500);
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    str_field(f, "page", tok, sizeof tok);
+    CHECK(strcmp(tok, "0.77.1763800000000.9") == 0);
+    CHECK(strstr(f, "changed_since") == NULL);
+    /* the sync answer comes in trimmed pages */
+    peer_history(&p, 9, 1, 15, true);
+    CHECK(peer_expect(&p, "sync", f, sizeof f));
+    CHECK(num_field(f, "conv") == 9 && num_field(f, "after") == 15);
+    peer_history(&p, 9, 16, 30, true);
+    CHECK(peer_expect(&p, "sync", f, sizeof f));
+    CHECK(num_field(f, "after") == 30);
+    /* the second (last) inbox page lists conv 10 */
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":10,\"type\":\"group\",\"last_seq\":3}],\"cursor\":77,\"more\":false}}");
+    peer_history(&p, 9, 31, 40, false);
+    CHECK(peer_expect(&p, "sync", f, sizeof f));
+    CHECK(num_field(f, "conv") == 10 && num_field(f, "after") == 0);
+    peer_history(&p, 10, 1, 3, false);
+    for (int i = 0; i < 500 && x.nmsgs < 43; i++) drive(&p);
+    CHECK_EQ_INT(x.nmsgs, 43);
+    CHECK_EQ_INT(parley_highest(c, 9), 40);
+    CHECK_EQ_INT(parley_highest(c, 10), 3);
+    for (int i = 0; i < 40; i++) CHECK_EQ_INT(x.msgs[i], (uint64_t)(i + 1));
+    /* reconnect: changed_since the walk's cursor; this walk breaks off
+     * after its first page ... */
+    peer_close(&p);
+    CHECK(wait_state(&p, &x, PARLEY_BACKOFF));
+    fake_now += x.delays[x.nstates - 1];
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 77);
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":11,\"last_seq\":1}],\"cursor\":90,\"more\":true,\"next\":\"77.90.5.11\"}}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    str_field(f, "page", tok, sizeof tok);
+    CHECK(strcmp(tok, "77.90.5.11") == 0);
+    peer_close(&p);
+    /* ... so the next one starts again from 77, not 90 */
+    CHECK(wait_state(&p, &x, PARLEY_BACKOFF));
+    fake_now += x.delays[x.nstates - 1];
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 77);
+    /* more without a next: a broken answer, the cursor stays */
+    peer_text(&p, "{\"type\":\"inbox\",\"inbox\":{\"conversations\":[],\"cursor\":95,\"more\":true}}");
+    peer_text(&p, "{\"type\":\"pong\"}");
+    for (int i = 0; i < 30; i++) drive(&p);
+    peer_close(&p);
+    CHECK(wait_state(&p, &x, PARLEY_BACKOFF));
+    fake_now += x.delays[x.nstates - 1];
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 77);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
 TEST(lost_ack_found_by_sync)
 {
     /* The ack of "mine" is lost with the connection; after the reconnect the
@@ -1022,6 +1126,7 @@ int main(void)
     RUN(backoff_when_refused);
     RUN(resend_same_cmid_after_reconnect);
     RUN(gap_fill_and_dedupe);
+    RUN(inbox_pages_and_trimmed_sync_pages);
     RUN(lost_ack_found_by_sync);
     RUN(refused_send_is_dropped_and_reported);
     RUN(rate_limited_without_ref);

@@ -1064,6 +1064,33 @@ TEST(builder_sticky_error)
     jb_free(&j); /* harmless on an empty jbuf */
 }
 
+TEST(builder_truncate)
+{
+    jbuf j;
+    jb_init(&j, 0);
+    jb_lit(&j, "[1");
+    size_t mark = jb_len(&j);
+    CHECK_EQ_INT(mark, 2);
+    jb_lit(&j, ",{\"a\":2}");
+    CHECK_EQ_INT(jb_len(&j), 10);
+    jb_truncate(&j, 99); /* beyond the text: ignored */
+    CHECK_EQ_INT(jb_len(&j), 10);
+    jb_truncate(&j, mark);
+    jb_lit(&j, "]");
+    size_t len;
+    const char *d = jb_data(&j, &len);
+    CHECK(d && len == 3 && memcmp(d, "[1]", 3) == 0);
+    rbuf *b = jb_take(&j);
+    CHECK_EQ_INT(jb_len(&j), 0); /* taken: empty */
+    jb_truncate(&j, 0);          /* harmless */
+    rbuf_unref(b);
+    jb_init(&j, 0);
+    jb_raw(&j, "x", (size_t)1 << 33);
+    CHECK_EQ_INT(jb_len(&j), 0); /* after an error */
+    jb_truncate(&j, 0);
+    jb_free(&j);
+}
+
 /* ---- jb_take, framed ------------------------------------------------------------ */
 
 /* The builder's text as a transport sends it: a frame header written ahead
@@ -1222,6 +1249,7 @@ int main(void)
     RUN(builder_numbers);
     RUN(builder_growth);
     RUN(builder_sticky_error);
+    RUN(builder_truncate);
     RUN(builder_frames);
     RUN(round_trip_object);
     return test_summary("json");
