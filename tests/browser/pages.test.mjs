@@ -11,7 +11,7 @@ import * as h from './helpers.mjs';
 let server, browser, alice, bob;
 
 before(async () => {
-  server = await h.startServer(['--max-queue', '65536']); // pages of 16 KiB
+  server = await h.startServer(['--max-queue', '65536', '--rate-groups', '0']); // pages of 16 KiB
   browser = await h.launch();
   alice = await h.openPage(browser, server.url);
   bob = await h.openPage(browser, server.url);

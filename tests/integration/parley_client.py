@@ -78,7 +78,7 @@ CONTROL_SRC = "127.0.0.200"  # the control client's own "machine"
 # protection tests) passes its own values, which come later and win.
 NO_LIMITS = ["--rate-frames", "0", "--rate-msgs", "0", "--rate-user-msgs", "0",
              "--rate-handshakes", "0", "--rate-logins", "0", "--admit-rate", "0",
-             "--max-user-conns", "100000"]
+             "--max-user-conns", "100000", "--rate-groups", "0"]
 
 
 def arun(coro, timeout=150):
