@@ -106,6 +106,15 @@ int main(int argc, char **argv)
     if (rc == 1) return 0;
     if (rc < 0) return 2;
     log_set_level((enum log_level)a.cfg.log_level);
+    /* A message must fit an output queue with room to spare, or a member
+     * could never receive it (live or by sync: pages hold at least one). */
+    size_t fit = a.cfg.max_queue / 2 > 1024 ? a.cfg.max_queue / 2 - 1024 : 256;
+    if (a.cfg.max_text > fit) {
+        log_warn("--max-text lowered to fit --max-queue: a message must fit a connection's "
+                 "output queue", "max_text=%zu now=%zu max_queue=%zu", a.cfg.max_text, fit,
+                 a.cfg.max_queue);
+        a.cfg.max_text = fit;
+    }
     signal(SIGPIPE, SIG_IGN);
     char failed[512];
     if (make_dir(a.cfg.data_dir, failed, sizeof failed) < 0) {

@@ -335,7 +335,7 @@ static void kdf_after(uv_work_t *w, int status)
     srv_thread *t = NULL;
     for (int i = 0; i < op->ch->srv->nthreads; i++)
         if (&op->ch->srv->threads[i].loop == w->loop) t = &op->ch->srv->threads[i];
-    conn *c = t ? srv_conn(t, op->origin) : NULL;
+    conn *c = reply_conn(t, op); /* NULL once it closed, timed out or lingers */
     bool ok = k->ok && status == 0;
     if (op->kind == OP_LOGIN && k->known)
         guard_login_end(op->ch->guard, &k->line, ok, guard_now());
@@ -361,7 +361,12 @@ static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool 
 {
     bool known = line != NULL;
     kdf_job *k = calloc(1, sizeof *k);
-    if (!k) { chat_op_free(op); api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return; }
+    if (!k) {
+        if (line) guard_login_cancel(x->ch->guard, line);
+        chat_op_free(op);
+        api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
+        return;
+    }
     k->op = op;
     op->keep_alive = x->ka;
     memcpy(k->pass, pass, n);
@@ -371,6 +376,7 @@ static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool 
     k->fast = x->ch->cfg->insecure_fast_kdf;
     k->work.data = k;
     if (uv_queue_work(&x->c->t->loop, &k->work, verify ? verify_work : hash_work, kdf_after) != 0) {
+        if (line) guard_login_cancel(x->ch->guard, line);
         kdf_free(k);
         chat_op_free(op);
         api_error(x->c, x->ka, ERR_BUSY, "server busy: retry later");

@@ -582,7 +582,9 @@ static int apply_cursor(store_txn *txn, chat_op *op)
     if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
     if (!op->changed) return ERR_OK;
     chat_op *prev = u64map_get(&latest_cursor, cursor_key(op));
-    if (prev) prev->changed = false; /* superseded within this batch: not told */
+    /* superseded within this batch: not told (a key shared by another member
+     * is not a supersession: both are told) */
+    if (prev && prev->conv == op->conv && prev->who.uid == op->who.uid) prev->changed = false;
     u64map_put(&latest_cursor, cursor_key(op), op);
     return load_members(txn, op);
 }

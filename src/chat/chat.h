@@ -9,8 +9,8 @@
  * chat_op_free(). If the origin connection has closed, reply still runs
  * (with srv_conn() returning NULL) so it can free the op.
  *
- * Reads run on the I/O threads in read transactions (chat_read_*), encoding
- * JSON straight into a jbuf.
+ * Reads run on the I/O threads in read transactions (chat_write_*: they
+ * write JSON straight into a jbuf).
  */
 #ifndef PARLEY_CHAT_H
 #define PARLEY_CHAT_H
@@ -73,7 +73,6 @@ enum chat_op_kind {
     OP_SEND, OP_CURSOR, OP_LAST_SEEN, OP_LEAVE,
 };
 
-#define CHAT_MAX_GROUP_NAMES 1000
 #define CHAT_LEAVE_MAX 500                /* conversations one OP_LEAVE leaves */
 
 typedef struct chat_op chat_op;

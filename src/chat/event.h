@@ -30,7 +30,7 @@ enum event_kind {
 
 enum event_encoding {
     EV_ENC_JSON,     /* JSON text, docs/protocol.md: made with the event */
-    EV_ENC_COUNT     /* room for MessagePack and deflated JSON */
+    EV_ENC_COUNT     /* MessagePack and deflated JSON go before this when they come */
 };
 
 typedef struct event {

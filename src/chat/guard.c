@@ -167,6 +167,20 @@ int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *re
     return ERR_RATE;
 }
 
+void guard_login_cancel(guard *g, const guard_login *l)
+{
+    uint64_t key = line_key(l);
+    uv_mutex_lock(&g->lines.mu);
+    entry *e = u64map_get(&g->lines.map, key);
+    if (e && e->inflight) e->inflight--; /* its failures and delay stay */
+    uv_mutex_unlock(&g->lines.mu);
+    if (l->device) return;
+    uv_mutex_lock(&g->accounts.mu);
+    entry *a = u64map_get(&g->accounts.map, l->uid);
+    if (a) a->a.used = a->a.used > 1.0f ? a->a.used - 1.0f : 0.0f;
+    uv_mutex_unlock(&g->accounts.mu);
+}
+
 void guard_login_end(guard *g, const guard_login *l, bool ok, uint64_t now)
 {
     uint64_t key = line_key(l);

@@ -67,6 +67,9 @@ typedef struct guard_login {
 int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *retry_ms);
 /* After checking it: ok clears the line, a failure grows its delay. */
 void guard_login_end(guard *g, const guard_login *l, bool ok, uint64_t now);
+/* The check never ran (the server could not start it): the attempt is no
+ * longer in flight, nothing is counted, and the ceiling gets its token back. */
+void guard_login_cancel(guard *g, const guard_login *l);
 int guard_user_msg(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);
 /* A group created or a member added by uid: ERR_OK or ERR_RATE. */
 int guard_user_group(guard *g, uint64_t uid, uint64_t now, uint32_t *retry_ms);

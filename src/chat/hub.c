@@ -24,7 +24,7 @@ struct hub {
     server *srv;
     uv_mutex_t mu;
     u64map online;               /* uid -> (void *)(uintptr_t)session count; under mu */
-    outbox *pending;             /* per thread; the writer thread's */
+    outbox *pending;             /* per thread; the completer thread's */
     u64map *local;               /* per thread: uid -> first session */
 };
 

@@ -9,8 +9,8 @@
  * the thread (no lock: only the thread touches it). A delivery is a
  * "parcel": one event (event.h, encoded once, shared by every recipient)
  * and an audience (user ids, shared by every thread).
- * Parcels reach a thread through srv_post(); the storage writer queues
- * parcels per thread while it completes a batch and posts each thread's
+ * Parcels reach a thread through srv_post(); the completer (writer.h)
+ * queues parcels per thread while it completes a batch and posts each thread's
  * list once per batch (hub_flush), so a batch of N messages costs one
  * wakeup per thread, not N.
  *

@@ -17,6 +17,9 @@
 #include "base/log.h"
 #include "codec/msg.h"
 
+/* A client's cmid is copied from the frame (msg.h) into the op (store.h). */
+_Static_assert(MSG_CMID_MAX == STORE_CMID_MAX, "cmid limits of the codec and the store differ");
+
 #define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
 
 /* A WebSocket session: the hub's session, and the peer's address kept for
@@ -235,8 +238,12 @@ static int on_open(conn *c)
     jb_lit(&j, ",\"ts\":");
     jb_i64(&j, chat_now_ms());
     jb_raw(&j, "}", 1);
+    /* Registered before the hello: if saying hello closes the connection
+     * (out of memory), on_close removes and frees the session as usual. */
+    bool first = hub_session_add(ch->hub, c->t, s);
     send_json(c, &j);
-    if (hub_session_add(ch->hub, c->t, s)) announce(ch, s, true, chat_now_ms());
+    if (c->user != s) return ERR_OK; /* closed while saying hello: s is gone */
+    if (first) announce(ch, s, true, chat_now_ms());
     tell_contacts(ch, c, s);
     return ERR_OK;
 }
@@ -462,12 +469,15 @@ static void on_inbox(frame_ctx *f)
 typedef struct typing_ctx {
     uint64_t self;
     audience *a;
+    uint32_t cap;            /* the audience's room (nmembers may be stale) */
 } typing_ctx;
 
 static int typing_member(void *arg, const store_member *m)
 {
     typing_ctx *x = arg;
-    if (m->uid != x->self) x->a->uids[x->a->n++] = m->uid;
+    if (m->uid == x->self) return 0;
+    if (x->a->n == x->cap) return 1; /* more members than counted: the rest miss one typing */
+    x->a->uids[x->a->n++] = m->uid;
     return 0;
 }
 
@@ -486,7 +496,7 @@ static void on_typing(frame_ctx *f)
         send_error(f->c, ERR_FORBIDDEN, NULL, f->r.ref);
         return;
     }
-    typing_ctx x = {s->uid, audience_new(cv.nmembers)};
+    typing_ctx x = {s->uid, audience_new(cv.nmembers), cv.nmembers};
     if (x.a) {
         x.a->n = 0;
         store_members(txn, conv, typing_member, &x);

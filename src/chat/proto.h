@@ -2,7 +2,8 @@
  *
  * One JSON object per text frame. Every frame is answered or acted on;
  * application errors come back as {"type":"error",...} and never close the
- * connection. The session (hub.h) is c->user from the upgrade on; it
+ * connection (only a client that keeps sending through the pauses that
+ * rate-limit refusals ask for is closed, 1008: protocol.md, Backpressure). The session (hub.h) is c->user from the upgrade on; it
  * reaches the client through the WebSocket sink defined here.
  */
 #ifndef PARLEY_PROTO_H

@@ -321,6 +321,9 @@ void conn_shutdown(conn *c)
         conn_close_ws(c, WS_CLOSE_GOING_AWAY, "server shutting down");
         break;
     case CONN_HTTP:
+        /* A held request (REST write, login, static file) is answered first:
+         * its reply closes the connection (no keep-alive while stopping). */
+        if (c->flags & F_HELD) break;
         if (c->in_len == 0 && !c->out_head && !c->wreq) conn_abort(c);
         else linger(c, 0, NULL, false);
         break;
@@ -353,10 +356,17 @@ uint64_t conn_addr_key(const struct sockaddr_storage *ss)
         return 0x100000000ull | a->sin_addr.s_addr;
     }
     if (ss->ss_family == AF_INET6) {
-        /* FNV-1a over the /64 prefix and interface id. */
-        const uint8_t *p = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        const uint8_t *p = a6->s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) { /* an IPv4 client on a [::] listener */
+            uint32_t v4;
+            memcpy(&v4, p + 12, 4);
+            return 0x100000000ull | v4;
+        }
+        /* FNV-1a over the /64 prefix only: one subscriber holds a whole /64,
+         * so its interface ids are one address for the limits. */
         uint64_t h = 0xcbf29ce484222325ull;
-        for (int i = 0; i < 16; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+        for (int i = 0; i < 8; i++) h = (h ^ p[i]) * 0x100000001b3ull;
         return h | 0x8000000000000000ull;
     }
     return 0;

@@ -131,8 +131,8 @@ void conn_pause(conn *c);
 void conn_hold(conn *c);
 void conn_resume(conn *c);
 
-/* A 64-bit key for an address, for per-address limits: IPv4 exactly, IPv6
- * hashed; 0 for other families. */
+/* A 64-bit key for an address, for per-address limits: IPv4 exactly (also
+ * IPv4-mapped IPv6), IPv6 by its /64 prefix, hashed; 0 for other families. */
 uint64_t conn_addr_key(const struct sockaddr_storage *ss);
 
 /* The key of the peer's address (conn_addr_key), 0 if unknown. */

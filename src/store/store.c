@@ -1,4 +1,4 @@
-/* store: the embedded LMDB backend of src/store.h.
+/* store: the embedded LMDB backend of store.h.
  *
  * One MDB_env in the data directory, opened with MDB_NOTLS (read
  * transactions are not tied to a thread's TLS reader slot, so libuv threads

@@ -10,9 +10,9 @@
 typedef struct batch {
     struct batch *next;
     writer_op *ops;
-    int *rcs;      /* apply() results, one per op (NULL when rc != OK) */
     size_t n;
     int rc;        /* the batch's own result: begin/commit/storage error */
+    int rcs[];     /* apply() results, one per op */
 } batch;
 
 struct writer {
@@ -56,10 +56,17 @@ static writer_op *take(writer *w, size_t *n)
 /* Applies and commits one batch, then hands it to the completer. */
 static void run_batch(writer *w, writer_op *ops, size_t n)
 {
-    batch *b = calloc(1, sizeof *b);
-    int *rcs = malloc(n * sizeof *rcs);
+    /* The batch goes to the completer, which alone completes operations (done()
+     * and batch_end must never run on two threads at once): out of memory for
+     * it, wait for some rather than complete here. */
+    batch *b;
+    for (int tries = 0; !(b = calloc(1, sizeof *b + n * sizeof b->rcs[0])); tries++) {
+        if (tries == 0) log_error("out of memory for a storage batch: waiting", "ops=%zu", n);
+        uv_sleep(10);
+    }
+    int *rcs = b->rcs;
     store_txn *txn = NULL;
-    int rc = b && rcs ? store_begin(w->s, true, &txn) : ERR_NOMEM;
+    int rc = store_begin(w->s, true, &txn);
     uint64_t t0 = uv_hrtime(), t1 = t0;
     bool committed = false; /* store_commit() ran: t2 - t1 is its time */
     if (rc == ERR_OK) {
@@ -75,19 +82,7 @@ static void run_batch(writer *w, writer_op *ops, size_t n)
     }
     uint64_t t2 = uv_hrtime();
     if (rc != ERR_OK) log_error("storage batch failed", "ops=%zu err=%s", n, err_name(rc));
-    if (!b) {
-        /* Out of memory for the hand-off: complete here, failed. */
-        for (writer_op *op = ops, *next; op; op = next) {
-            next = op->next;
-            op->next = NULL;
-            op->done(op, ERR_NOMEM);
-        }
-        free(rcs);
-        if (w->batch_end) w->batch_end(w->ctx);
-        return;
-    }
     b->ops = ops;
-    b->rcs = rcs;
     b->n = n;
     b->rc = rc;
     uv_mutex_lock(&w->mu);
@@ -156,7 +151,6 @@ static void completer_main(void *arg)
                 op->done(op, rc);
             }
             if (w->batch_end) w->batch_end(w->ctx);
-            free(b->rcs);
             free(b);
         }
         uint64_t t2 = uv_hrtime();

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from parley_client import (HOST, OP_CLOSE, OP_TEXT, T, Client, RawWS, arun, assert_error,
+from parley_client import (HOST, OP_CLOSE, OP_TEXT, T, Client, RawWS, arun, assert_error, rest,
                            close_key, get_metrics, group, history_page, inbox_pages, make_frame,
                            mval, users)
 
@@ -159,6 +159,30 @@ def test_one_message_larger_than_the_budget_is_still_one_page(parley):
                 break
             after = seqs[-1]
         assert seqs == [1, 2, 3, 4, 5]
+        await cb.close()
+    arun(go())
+
+
+def test_max_text_is_lowered_to_fit_the_output_queue(parley):
+    """A message must fit a connection's output queue with room to spare, or
+    no member could ever receive it, live or by sync (a page holds at least
+    one): with --max-queue 8192 the default --max-text (16 KiB) is lowered to
+    8192 / 2 - 1024 = 3072 with a warning, a larger body is too_large (never
+    acknowledged), and one that fits reaches the other member."""
+    srv = parley("--max-queue", "8192")
+    assert "max-text lowered" in srv.log() and "now=3072" in srv.log(), srv.log()
+    a, b = users(srv, 2)
+    gid = group(a, [b])
+    path = f"/v1/conversations/{gid}/messages"
+    assert_error(rest(srv, "POST", path, {"cmid": "big", "body": "x" * 3100}, token=a.token),
+                 413, "too_large")
+    r = rest(srv, "POST", path, {"cmid": "fits", "body": "y" * 3000}, token=a.token)
+    assert r.status == 201, r
+
+    async def go():
+        cb = await Client.open(b)
+        h = await cb.request({"type": "sync", "conv": gid, "after": 0}, "history")
+        assert [m["cmid"] for m in h["messages"]] == ["fits"], h
         await cb.close()
     arun(go())
 

@@ -198,6 +198,26 @@ TEST(refused_by_the_ceiling_leaves_the_line_alone)
     guard_free(g);
 }
 
+/* A check the server could not start (out of memory, a full thread pool)
+ * is cancelled: no longer in flight, and no failure counted or cleared. */
+TEST(a_cancelled_check_frees_its_place)
+{
+    guard *g = fresh();
+    guard_login a = line(9, ADDR(4), 0);
+    uint32_t retry = 0;
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(guard_login_begin(g, &a, T0, &retry), ERR_OK);
+    CHECK_EQ_INT(guard_login_begin(g, &a, T0, &retry), ERR_RATE);   /* 3 in flight */
+    for (int i = 0; i < 3; i++) guard_login_cancel(g, &a);
+    for (int i = 0; i < 3; i++) CHECK_EQ_INT(guard_login_begin(g, &a, T0, &retry), ERR_OK);
+    for (int i = 0; i < 3; i++) guard_login_end(g, &a, false, T0);   /* three failures */
+    CHECK_EQ_INT(guard_login_begin(g, &a, T0, &retry), ERR_RATE);   /* the delay */
+    CHECK_EQ_INT(guard_login_begin(g, &a, T0 + 1000, &retry), ERR_OK);
+    guard_login_cancel(g, &a);                                        /* keeps the failures */
+    CHECK_EQ_INT(attempt(g, a, false, T0 + 1000, &retry), ERR_OK);
+    CHECK_EQ_INT(guard_login_begin(g, &a, T0 + 2000, &retry), ERR_RATE); /* grown: 2 s */
+    guard_free(g);
+}
+
 TEST(bad_calls_are_harmless)
 {
     guard *g = fresh();
@@ -227,6 +247,7 @@ int main(void)
     RUN(account_ceiling_over_many_addresses);
     RUN(checks_in_flight_hold_the_ceiling);
     RUN(refused_by_the_ceiling_leaves_the_line_alone);
+    RUN(a_cancelled_check_frees_its_place);
     RUN(bad_calls_are_harmless);
     return test_summary("guard");
 }
