@@ -234,6 +234,8 @@ static int on_open(conn *c)
     jb_u64(&j, s->device);
     jb_lit(&j, ",\"ts\":");
     jb_i64(&j, chat_now_ms());
+    jb_lit(&j, ",\"max_text\":");
+    jb_u64(&j, ch->cfg->max_text);
     jb_raw(&j, "}", 1);
     send_json(c, &j);
     if (hub_session_add(ch->hub, c->t, s)) announce(ch, s, true, chat_now_ms());
