@@ -22,11 +22,23 @@ enum {
 
 /* ---- config (cli/cli_config.c) ---- */
 
+#define CLI_MAX_DEVICE_KEYS 32
+
+/* The device key of one server and user (docs/protocol.md "Failed logins
+ * and known devices"), kept across logins and logouts. */
+typedef struct cli_device_key {
+    char server[512];
+    char user[PARLEY_USER_MAX];
+    char key[PARLEY_DEVICE_KEY_MAX];
+} cli_device_key;
+
 typedef struct cli_config {
     char path[4096];
     char server[512];
     char user[PARLEY_USER_MAX];
     char token[PARLEY_TOKEN_MAX];
+    cli_device_key keys[CLI_MAX_DEVICE_KEYS]; /* oldest first */
+    size_t nkeys;
 } cli_config;
 
 /* Finds the path ($PARLEY_CONFIG or ~/.config/parley/config) and reads it
@@ -35,6 +47,15 @@ int cli_config_load(cli_config *cfg);
 /* Writes the file atomically with mode 0600 (its directory 0700 when
  * created). Returns 0 or -1 with a message on stderr. */
 int cli_config_save(const cli_config *cfg);
+/* The device key kept for server and user (a trailing '/' of the server
+ * and the case of the user do not matter), or NULL. Owned by cfg. */
+const char *cli_config_device_key(const cli_config *cfg, const char *server, const char *user);
+/* Keeps key for server and user, replacing the one they had; the oldest
+ * is forgotten when CLI_MAX_DEVICE_KEYS are kept. Values that do not fit
+ * the file's format (too long, a space, a key outside base64url) are not
+ * kept. */
+void cli_config_set_device_key(cli_config *cfg, const char *server, const char *user,
+                               const char *key);
 
 /* ---- global options and output (cli/parley.c, cli/cli_out.c) ---- */
 

@@ -1,4 +1,7 @@
-/* The CLI's config file: "key=value" lines (server, user, token), mode 0600. */
+/* The CLI's config file: "key=value" lines, mode 0600: server, user and
+ * token of the last login, and one "device_key=SERVER USER KEY" line per
+ * server and user that logged in (docs/protocol.md "Failed logins and known
+ * devices"). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pwd.h>
@@ -16,6 +19,93 @@ static void set_field(char *dst, size_t cap, const char *v)
     if (n >= cap) n = cap - 1;
     memcpy(dst, v, n);
     dst[n] = 0;
+}
+
+/* Servers compare without trailing '/', users in lowercase (as the server
+ * keeps them). Both false if either does not fit. */
+static bool norm_server(char *out, size_t cap, const char *server)
+{
+    size_t n = strlen(server);
+    while (n > 1 && server[n - 1] == '/') n--;
+    if (n == 0 || n >= cap || memchr(server, ' ', n)) return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)server[i] < 0x21 || server[i] == 0x7f) return false;
+    memcpy(out, server, n);
+    out[n] = 0;
+    return true;
+}
+
+static bool norm_user(char *out, size_t cap, const char *user)
+{
+    size_t n = strlen(user);
+    if (n == 0 || n >= cap) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = user[i];
+        if ((unsigned char)ch < 0x21 || (unsigned char)ch >= 0x7f) return false;
+        out[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
+    }
+    out[n] = 0;
+    return true;
+}
+
+static bool key_ok(const char *key)
+{
+    size_t n = strlen(key);
+    if (n == 0 || n >= PARLEY_DEVICE_KEY_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = key[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return false;
+    }
+    return true;
+}
+
+static cli_device_key *find_key(cli_config *cfg, const char *server, const char *user)
+{
+    for (size_t i = 0; i < cfg->nkeys; i++)
+        if (strcmp(cfg->keys[i].server, server) == 0 && strcmp(cfg->keys[i].user, user) == 0)
+            return &cfg->keys[i];
+    return NULL;
+}
+
+const char *cli_config_device_key(const cli_config *cfg, const char *server, const char *user)
+{
+    char sv[sizeof cfg->keys[0].server], us[PARLEY_USER_MAX];
+    if (!norm_server(sv, sizeof sv, server) || !norm_user(us, sizeof us, user)) return NULL;
+    const cli_device_key *k = find_key((cli_config *)cfg, sv, us);
+    return k ? k->key : NULL;
+}
+
+void cli_config_set_device_key(cli_config *cfg, const char *server, const char *user,
+                               const char *key)
+{
+    cli_device_key nk;
+    if (!norm_server(nk.server, sizeof nk.server, server) ||
+        !norm_user(nk.user, sizeof nk.user, user) || !key_ok(key))
+        return;
+    set_field(nk.key, sizeof nk.key, key);
+    /* The newest goes last: drop the old entry (or the oldest when full). */
+    cli_device_key *old = find_key(cfg, nk.server, nk.user);
+    size_t drop = old ? (size_t)(old - cfg->keys) : cfg->nkeys == CLI_MAX_DEVICE_KEYS ? 0 : SIZE_MAX;
+    if (drop != SIZE_MAX) {
+        memmove(&cfg->keys[drop], &cfg->keys[drop + 1],
+                (cfg->nkeys - drop - 1) * sizeof cfg->keys[0]);
+        cfg->nkeys--;
+    }
+    cfg->keys[cfg->nkeys++] = nk;
+}
+
+/* "SERVER USER KEY" (split at the last two spaces). */
+static void load_device_key(cli_config *cfg, char *v)
+{
+    char *sp2 = strrchr(v, ' ');
+    if (!sp2) return;
+    *sp2 = 0;
+    char *sp1 = strrchr(v, ' ');
+    if (!sp1) return;
+    *sp1 = 0;
+    cli_config_set_device_key(cfg, v, sp1 + 1, sp2 + 1);
 }
 
 int cli_config_load(cli_config *cfg)
@@ -62,6 +152,7 @@ int cli_config_load(cli_config *cfg)
         if (strcmp(k, "server") == 0) set_field(cfg->server, sizeof cfg->server, v);
         else if (strcmp(k, "user") == 0) set_field(cfg->user, sizeof cfg->user, v);
         else if (strcmp(k, "token") == 0) set_field(cfg->token, sizeof cfg->token, v);
+        else if (strcmp(k, "device_key") == 0) load_device_key(cfg, eq + 1);
     }
     fclose(f);
     return 0;
@@ -95,11 +186,14 @@ int cli_config_save(const cli_config *cfg)
         return -1;
     }
     fchmod(fd, 0600); /* whatever the umask */
-    char buf[2048];
+    static char buf[2048 + CLI_MAX_DEVICE_KEYS * sizeof(cli_device_key)];
     int n = snprintf(buf, sizeof buf,
                      "# parley CLI configuration (written by parley login; keep it private)\n"
                      "server=%s\nuser=%s\ntoken=%s\n",
                      cfg->server, cfg->user, cfg->token);
+    for (size_t i = 0; i < cfg->nkeys && n > 0 && (size_t)n < sizeof buf; i++)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, "device_key=%s %s %s\n",
+                      cfg->keys[i].server, cfg->keys[i].user, cfg->keys[i].key);
     bool ok = n > 0 && (size_t)n < sizeof buf && write(fd, buf, (size_t)n) == n && fsync(fd) == 0;
     if (close(fd) < 0) ok = false;
     if (!ok || rename(tmp, cfg->path) < 0) {

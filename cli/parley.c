@@ -237,6 +237,10 @@ static int cmd_auth(cli_opts *o, const args *a, bool reg)
     parley_client *c;
     int rc = cli_client(o, NULL, NULL, &c);
     if (rc) return rc;
+    /* This machine logged in before: its key keeps strangers' failed
+     * logins from delaying it (docs/protocol.md). */
+    const char *known = reg ? NULL : cli_config_device_key(&o->cfg, o->server, user);
+    if (known) parley_set_device_key(c, known);
     parley_session s;
     rc = reg ? parley_register(c, user, pw, &s) : parley_login(c, user, pw, &s);
     memset(pw, 0, sizeof pw);
@@ -245,6 +249,8 @@ static int cmd_auth(cli_opts *o, const args *a, bool reg)
         parley_free(c);
         return code;
     }
+    if (parley_device_key(c)[0])
+        cli_config_set_device_key(&o->cfg, o->server, s.user, parley_device_key(c));
     parley_free(c);
     snprintf(o->cfg.server, sizeof o->cfg.server, "%s", o->server);
     memcpy(o->cfg.user, s.user, sizeof o->cfg.user);

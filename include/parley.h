@@ -101,6 +101,7 @@ typedef enum parley_errcode {
 #define PARLEY_CMID_MAX 65     /* cmid buffer: up to 64 characters + NUL */
 #define PARLEY_USER_MAX 33     /* username: up to 32 characters + NUL */
 #define PARLEY_TOKEN_MAX 128   /* token buffer (tokens are 43 characters) */
+#define PARLEY_DEVICE_KEY_MAX 64 /* device key buffer (keys are 27 characters) */
 /* Unacked messages on the wire, at most: the server's free refusals per
  * pause (docs/protocol.md "Backpressure") are 64. */
 #define PARLEY_MAX_INFLIGHT 64
@@ -278,6 +279,18 @@ PARLEY_API const char *parley_token(const parley_client *c);
 /* Sets (copies) the token; NULL or "" clears it. PARLEY_ETOO_LARGE. */
 PARLEY_API int parley_set_token(parley_client *c, const char *token);
 
+/* This device's key (docs/protocol.md "Failed logins and known devices"):
+ * the `device_key` of the last register or login on this client ("" if
+ * none). parley_login() presents it, so that a device that logged in before
+ * is not delayed by strangers' failed logins. Keep it next to the token
+ * (it outlives the token: keep it after a logout) and give it back with
+ * parley_set_device_key() in the next process. Owned by the client. */
+PARLEY_API const char *parley_device_key(const parley_client *c);
+/* Sets (copies) the key; NULL or "" clears it. PARLEY_ETOO_LARGE for
+ * PARLEY_DEVICE_KEY_MAX characters or more, PARLEY_EINVALID for a
+ * character outside base64url (A-Z a-z 0-9 - _); the key stays then. */
+PARLEY_API int parley_set_device_key(parley_client *c, const char *key);
+
 /* ---- REST (blocking) ---------------------------------------------------- */
 
 typedef struct parley_session {
@@ -285,10 +298,15 @@ typedef struct parley_session {
     char token[PARLEY_TOKEN_MAX];
     uint64_t device;
     int64_t expires;               /* ms since the epoch */
+    char device_key[PARLEY_DEVICE_KEY_MAX]; /* the new device's key ("" if none) */
 } parley_session;
 
 /* Register a new user / log in (a new device). On success the client uses
- * the new token and *out (caller's storage, may be NULL) is filled. */
+ * the new token and the new device's key (parley_device_key), and *out
+ * (caller's storage, may be NULL) is filled. parley_login() sends the
+ * client's device key, if it has one (a key the server does not know is
+ * ignored: the login is then a new device's, delayed by its address's
+ * failures). */
 PARLEY_API int parley_register(parley_client *c, const char *user, const char *password,
                                parley_session *out);
 PARLEY_API int parley_login(parley_client *c, const char *user, const char *password,

@@ -81,6 +81,7 @@ struct parley_client {
     client_url url;
     char token[PARLEY_TOKEN_MAX];
     char user[PARLEY_USER_MAX];
+    char device_key[PARLEY_DEVICE_KEY_MAX]; /* this device's, from register/login */
     parley_error lasterr;
 
     uint8_t pool[256];           /* getrandom pool */
@@ -616,16 +617,33 @@ static int path_seg(char *out, size_t cap, size_t *pos, const char *s)
     return ERR_OK;
 }
 
+/* A device key: 1 .. PARLEY_DEVICE_KEY_MAX - 1 base64url characters. */
+static int check_device_key(const char *key, size_t n)
+{
+    if (n >= PARLEY_DEVICE_KEY_MAX) return ERR_TOO_LARGE;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)key[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return ERR_INVALID;
+    }
+    return ERR_OK;
+}
+
 static int auth_call(parley_client *c, const char *path, const char *user, const char *password,
-                     int want_status, parley_session *out)
+                     bool login, parley_session *out)
 {
     if (!user || !password) return ERR_INVALID;
     jbuf j;
-    jb_init(&j, 128);
+    jb_init(&j, 160);
     jb_lit(&j, "{\"username\":");
     jb_cstr(&j, user);
     jb_lit(&j, ",\"password\":");
     jb_cstr(&j, password);
+    if (login && c->device_key[0]) {
+        jb_lit(&j, ",\"device_key\":");
+        jb_cstr(&j, c->device_key);
+    }
     jb_lit(&j, "}");
     rest_reply rep;
     int rc = rest(c, "POST", path, &j, false, &rep);
@@ -636,26 +654,29 @@ static int auth_call(parley_client *c, const char *path, const char *user, const
     int n2 = json_get_str(&rep.o, "token", s.token, sizeof s.token);
     s.device = jnum(&rep.o, "device");
     s.expires = jts(&rep.o, "expires");
-    (void)want_status;
+    /* An older server sends none: the key we have stays. */
+    int n3 = json_get_str(&rep.o, "device_key", s.device_key, sizeof s.device_key);
     rest_done(c, &rep);
     if (n1 <= 0 || n2 <= 0) {
         set_error(c, ERR_PROTOCOL, 0, "", "the server's answer has no user or token");
         return ERR_PROTOCOL;
     }
+    if (n3 <= 0 || check_device_key(s.device_key, (size_t)n3) < 0) s.device_key[0] = 0;
     memcpy(c->token, s.token, sizeof c->token);
     memcpy(c->user, s.user, sizeof c->user);
+    if (s.device_key[0]) memcpy(c->device_key, s.device_key, sizeof c->device_key);
     if (out) *out = s;
     return ERR_OK;
 }
 
 int parley_register(parley_client *c, const char *user, const char *password, parley_session *out)
 {
-    return auth_call(c, "/v1/users", user, password, 201, out);
+    return auth_call(c, "/v1/users", user, password, false, out);
 }
 
 int parley_login(parley_client *c, const char *user, const char *password, parley_session *out)
 {
-    return auth_call(c, "/v1/sessions", user, password, 200, out);
+    return auth_call(c, "/v1/sessions", user, password, true, out);
 }
 
 int parley_logout(parley_client *c)
@@ -1055,6 +1076,17 @@ int parley_set_token(parley_client *c, const char *token)
 {
     if (token && strlen(token) >= PARLEY_TOKEN_MAX) return ERR_TOO_LARGE;
     copy_str(c->token, sizeof c->token, token ? token : "");
+    return ERR_OK;
+}
+
+const char *parley_device_key(const parley_client *c) { return c->device_key; }
+
+int parley_set_device_key(parley_client *c, const char *key)
+{
+    if (!key) key = "";
+    int rc = check_device_key(key, strnlen(key, PARLEY_DEVICE_KEY_MAX));
+    if (rc < 0) return rc;
+    copy_str(c->device_key, sizeof c->device_key, key);
     return ERR_OK;
 }
 

@@ -46,8 +46,10 @@ async function request(method, path, body, { auth = true } = {}) {
 export const register = (username, password) =>
   request('POST', '/v1/users', { username, password }, { auth: false });
 
-export const login = (username, password) =>
-  request('POST', '/v1/sessions', { username, password }, { auth: false });
+/** deviceKey: this browser's key from an earlier login of the user, or null. */
+export const login = (username, password, deviceKey) =>
+  request('POST', '/v1/sessions', deviceKey ? { username, password, device_key: deviceKey } : { username, password },
+    { auth: false });
 
 export const logout = () => request('DELETE', '/v1/sessions/current');
 

@@ -2,7 +2,7 @@
 
 import * as api from './api.js';
 import { Connection, Outbox, MAX_TEXT_BYTES, TOO_LONG, bodyBytes } from './conn.js';
-import { Store } from './store.js';
+import { Store, loadDeviceKey, saveDeviceKey } from './store.js';
 import * as ui from './ui.js';
 
 const SESSION_KEY = 'parley.session';
@@ -131,7 +131,9 @@ function bindLogin() {
     const btn = $('login-submit');
     btn.disabled = true;
     try {
-      const r = registerMode ? await api.register(username, password) : await api.login(username, password);
+      const r = registerMode ? await api.register(username, password)
+        : await api.login(username, password, loadDeviceKey(username));
+      saveDeviceKey(r.user, r.device_key);
       session = { user: r.user, token: r.token, device: r.device };
       localStorage.setItem(SESSION_KEY, JSON.stringify(session));
       $('login-password').value = '';
@@ -225,6 +227,7 @@ async function walkInbox(s, since, afterFirst = () => {}) {
 
 async function onReady() {
   const s = store;
+  updateComposerLimit(); // the hello may have brought another limit
   try {
     const first = !s.cursor;
     const changed = await walkInbox(s, s.cursor, () => {
@@ -502,7 +505,7 @@ function sendMessage() {
   const text = composerText();
   if (!text.trim() || openId === null) return;
   // Over the limit it stays in the composer, with the reason under it.
-  if (!ui.renderComposerLimit(bodyBytes(text), MAX_TEXT_BYTES, true)) return;
+  if (!ui.renderComposerLimit(bodyBytes(text), maxText(), true)) return;
   input.value = '';
   ui.autosize();
   updateComposerLimit();
@@ -520,9 +523,12 @@ function composerText() {
   return $('composer-input').value.replace(/^\s*\n|\s+$/g, '');
 }
 
+/** The server's limit on a message body, as its hello announced it. */
+function maxText() { return conn ? conn.maxText : MAX_TEXT_BYTES; }
+
 function updateComposerLimit() {
   const text = composerText();
-  ui.renderComposerLimit(text ? bodyBytes(text) : 0, MAX_TEXT_BYTES);
+  ui.renderComposerLimit(text ? bodyBytes(text) : 0, maxText());
 }
 
 function onComposerInput() {

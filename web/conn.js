@@ -14,15 +14,16 @@ export const MAX_INFLIGHT = 32;
 const MAX_HELD = 1000;         // frames held back during a pause, at most
 
 /**
- * The largest message body the server takes: its --max-text, in bytes of the
- * body as JSON (docs/protocol.md, `send`). The server does not announce it, so
- * this is its default; a server with a lower one answers `too_large`.
+ * The largest message body the server takes by default: its --max-text, in
+ * bytes of the body as JSON (docs/protocol.md, `send`). The server announces
+ * its own in `hello` (`max_text`: Connection.maxText); this is for a server
+ * that does not, and until the first hello.
  */
 export const MAX_TEXT_BYTES = 16384;
 
 const utf8 = new TextEncoder();
 
-/** The size a body counts for against MAX_TEXT_BYTES: its JSON, in UTF-8 bytes. */
+/** The size a body counts for against the limit: its JSON, in UTF-8 bytes. */
 export function bodyBytes(body) {
   return utf8.encode(JSON.stringify(body)).length;
 }
@@ -48,6 +49,7 @@ export class Connection {
     this.checkAuth = checkAuth; // async () => false when the token is no longer valid
     this.ws = null;
     this.ready = false;
+    this.maxText = MAX_TEXT_BYTES; // the server's limit on a body (its last hello)
     this.stopped = true;
     this.attempt = 0;
     this.retryTimer = null;
@@ -191,6 +193,7 @@ export class Connection {
     try { f = JSON.parse(text); } catch { return; }
     if (!f || typeof f !== 'object') return;
     if (f.type === 'hello') {
+      this.maxText = Number.isSafeInteger(f.max_text) && f.max_text > 0 ? f.max_text : MAX_TEXT_BYTES;
       this.ready = true;
       this.attempt = 0;
       this.retryAt = 0;
@@ -427,7 +430,7 @@ export class Outbox {
     const now = Date.now();
     for (const it of this.items.values()) {
       if (it.failed) continue;
-      if (bodyBytes(it.body) > MAX_TEXT_BYTES) {
+      if (conn.ready && bodyBytes(it.body) > conn.maxText) {
         // Kept from elsewhere (another tab, an older page): the server would
         // refuse it (or close the socket, over its frame limit) every time.
         this.fail(it.cmid, TOO_LONG, { final: true });

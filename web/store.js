@@ -249,3 +249,25 @@ export class Store {
     return next;
   }
 }
+
+// ---- device keys ------------------------------------------------------------
+// The `device_key` of each user's last login in this browser (docs/protocol.md
+// "Failed logins and known devices"), presented at the next login so that
+// strangers' failed logins do not delay it. Kept after a logout.
+
+const DEVICE_KEY_PREFIX = 'parley.device_key.';
+const DEVICE_KEY_RE = /^[A-Za-z0-9_-]{1,63}$/;
+
+/** The key kept for user, or null (none, or not a key). */
+export function loadDeviceKey(user) {
+  try {
+    const k = localStorage.getItem(DEVICE_KEY_PREFIX + user);
+    return typeof k === 'string' && DEVICE_KEY_RE.test(k) ? k : null;
+  } catch { return null; }
+}
+
+/** Keeps the key of user's new device (ignored unless it is a key). */
+export function saveDeviceKey(user, key) {
+  if (typeof user !== 'string' || !user || typeof key !== 'string' || !DEVICE_KEY_RE.test(key)) return;
+  try { localStorage.setItem(DEVICE_KEY_PREFIX + user, key); } catch { /* storage full: next time without */ }
+}

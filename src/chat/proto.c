@@ -237,6 +237,8 @@ static int on_open(conn *c)
     jb_u64(&j, s->device);
     jb_lit(&j, ",\"ts\":");
     jb_i64(&j, chat_now_ms());
+    jb_lit(&j, ",\"max_text\":");
+    jb_u64(&j, ch->cfg->max_text);
     jb_raw(&j, "}", 1);
     /* Registered before the hello: if saying hello closes the connection
      * (out of memory), on_close removes and frees the session as usual. */

@@ -1,7 +1,7 @@
-// The composer knows the server's message limit (the body as JSON, 16384
-// bytes by default): it shows what is left when close, refuses to send over
-// it with the reason, and a message the server refuses as too large says why
-// and offers no Retry that could never work.
+// The composer knows the server's message limit (the body as JSON, announced
+// as max_text in hello, 16384 bytes by default): it shows what is left when
+// close, refuses to send over it with the reason, and a message the server
+// refuses as too large says why and offers no Retry that could never work.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -88,8 +88,7 @@ test('a kept message over the limit is not sent again and again: it says why, wi
   assert.deepEqual(p.errors, []);
 });
 
-test('a message the server refuses as too large shows the reason and no Retry', async () => {
-  // A server with a lower limit than the composer's default.
+test('the composer follows the limit the server announces (--max-text 1000)', async () => {
   const small = await h.startServer(['--max-text', '1000']);
   const ctx = [];
   try {
@@ -99,25 +98,105 @@ test('a message the server refuses as too large shows the reason and no Retry', 
     await h.register(a.page, 'alice');
     await h.register(b.page, 'bob');
     await h.startDirect(a.page, 'bob');
+    const p = a.page;
+    const input = p.getByTestId('composer-input');
+    // Near and over 1000, not 16384: the hello's max_text.
+    await input.fill('z'.repeat(950)); // 952 bytes as JSON
+    await note(p).filter({ hasText: '48 bytes left' }).waitFor();
+    await input.fill('z'.repeat(2000));
+    await note(p).filter({ hasText: 'Too long to send: 1,002 bytes over the limit of 1,000' }).waitFor();
+    await input.press('Enter');
+    assert.equal(await input.inputValue(), 'z'.repeat(2000), 'not sent: still in the composer');
+    assert.deepEqual(await p.evaluate(() => JSON.parse(localStorage.getItem('parley.outbox.alice') || '[]')), []);
+    // Exactly the limit goes through.
+    await input.fill('z'.repeat(998));
+    await note(p).filter({ hasText: '0 bytes left' }).waitFor();
+    await input.press('Enter');
+    await h.waitTick(p, 'z'.repeat(998), 'delivered');
+    // A kept message over the announced limit (another tab, an older page)
+    // is not sent: it says why, with no Retry.
+    const conv = Number(await p.locator('[data-testid=conv-item][data-name=bob]').getAttribute('data-conv'));
+    await p.evaluate((c) => localStorage.setItem('parley.outbox.alice', JSON.stringify(
+      [{ cmid: 'kept-2', conv: c, body: 'w'.repeat(2000), ts: Date.now() }])), conv);
+    await p.reload();
+    await h.waitOnline(p);
+    const msg = p.locator('[data-testid=message][data-cmid=kept-2]');
+    await msg.getByTestId('failed-reason').filter({ hasText: 'Not sent: the message is too long for the server.' })
+      .waitFor();
+    assert.equal(await msg.getByTestId('retry').count(), 0, 'no Retry');
+    await h.send(p, 'short one');
+    await h.openConv(b.page, 'alice');
+    await h.eventually(async () => (await h.messageTexts(b.page)).includes('short one'), { message: 'Bob gets the short one' });
+    assert.deepEqual(await h.messageTexts(b.page), ['z'.repeat(998), 'short one']);
+    assert.deepEqual(p.errors, []);
+  } finally {
+    for (const c of ctx) await c.close().catch(() => {});
+    await small.stop();
+  }
+});
+
+test('without a usable max_text in hello (an older server) the default holds, and a refusal says why', async () => {
+  // The same --max-text 1000 server behind a proxy that takes max_text out of
+  // hello, or puts something that is not a limit in its place.
+  const small = await h.startServer(['--max-text', '1000']);
+  let replace = { drop: true };
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+  ctx.setDefaultTimeout(h.WAIT);
+  await ctx.routeWebSocket(/\/v1\/ws/, (ws) => {
+    const srv = ws.connectToServer();
+    ws.onMessage((text) => srv.send(text));
+    srv.onMessage((text) => {
+      const f = JSON.parse(text);
+      if (f.type === 'hello') {
+        if (replace.drop) delete f.max_text; else f.max_text = replace.value;
+        text = JSON.stringify(f);
+      }
+      ws.send(text);
+    });
+  });
+  const b = await h.openPage(browser, small.url);
+  try {
+    const page = await ctx.newPage();
+    h.watchErrors(page);
+    await page.goto(small.url);
+    await h.register(page, 'alice');
+    await h.register(b.page, 'bob');
+    await h.startDirect(page, 'bob');
+    const input = page.getByTestId('composer-input');
+    for (const value of [undefined, '1000', -1, 0, 1.5, null, 1e300, [1000], { n: 1000 }]) {
+      if (value !== undefined) {
+        replace = { value };
+        await page.reload();
+        await h.waitOnline(page);
+        await page.getByTestId('chat-name').filter({ hasText: 'bob' }).waitFor();
+      }
+      await input.fill('x'.repeat(17000));
+      await note(page).filter({ hasText: 'bytes over the limit of 16,384' }).waitFor();
+      await input.fill('x'.repeat(2000));
+      assert.equal(await note(page).isVisible(), false, `max_text ${JSON.stringify(value)}: the default`);
+    }
+    // The server refuses what the default lets through: the reason, no Retry.
     const long = 'z'.repeat(2000);
-    await h.send(a.page, long);
-    const msg = a.page.locator('[data-testid=message]', { has: a.page.getByText(long) });
+    await input.fill(long);
+    await input.press('Enter');
+    const msg = page.locator('[data-testid=message]', { has: page.getByText(long) });
     await msg.getByTestId('failed-reason').filter({ hasText: 'Not sent: the message is too long for the server.' })
       .waitFor();
     assert.equal(await msg.getByTestId('retry').count(), 0, 'no Retry');
     assert.equal(await msg.getByTestId('tick').getAttribute('data-state'), 'failed');
     // It stays refused across a reload (kept as failed, not sent again).
-    await a.page.reload();
-    await h.waitOnline(a.page);
+    await page.reload();
+    await h.waitOnline(page);
     await msg.getByTestId('failed-reason').waitFor();
     assert.equal(await msg.getByTestId('retry').count(), 0);
-    await h.send(a.page, 'short one');
+    await h.send(page, 'short one');
     await h.openConv(b.page, 'alice');
     await h.eventually(async () => (await h.messageTexts(b.page)).includes('short one'), { message: 'Bob gets the short one' });
     assert.deepEqual(await h.messageTexts(b.page), ['short one']);
-    assert.deepEqual(a.page.errors, []);
+    assert.deepEqual(page.errors, []);
   } finally {
-    for (const c of ctx) await c.close().catch(() => {});
+    await ctx.close().catch(() => {});
+    await b.context.close().catch(() => {});
     await small.stop();
   }
 });

@@ -88,6 +88,8 @@ def test_login_gives_new_device_each_time(server):
     async def go():
         c = await Client.open(s3)
         assert c.hello["device"] == 3
+        # the server's limits: the default --max-text (docs/protocol.md, hello)
+        assert c.hello["max_text"] == 16384, c.hello
         await c.close()
     arun(go())
 

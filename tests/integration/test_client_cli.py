@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from parley_client import (HOST, PARLEY_CLI, PASSWORD, WAIT, Cli, cli_users, free_port, history,
-                           history_page, rest, uname)
+                           history_page, login_attempt, rest, uname)
 
 EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_NETWORK = 0, 1, 2, 3
 
@@ -183,6 +183,83 @@ def test_register_login_logout(parley, tmp_path):
     del env["PARLEY_SERVER"]
     r = alice.run("--json", "whoami", env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["server"] == srv.url
+
+
+def device_keys(cli):
+    """[(server, user, key)] of the config file's device_key lines."""
+    return [tuple(ln[len("device_key="):].split(" ")) for ln in cli.config.read_text().splitlines()
+            if ln.startswith("device_key=")]
+
+
+def test_login_from_a_known_machine_is_not_delayed_by_strangers(parley, tmp_path):
+    """Issue 12, bug 4: the CLI keeps the device_key of its last register
+    or login per server and user in its config file and presents it at the
+    next login. A stranger spreading wrong passwords over many source
+    addresses runs the account into its ceiling (docs/protocol.md, "Failed
+    logins and known devices"): a new device waits (429), while `parley
+    login` from the machine that logged in before succeeds at once."""
+    srv = parley("--insecure-fast-kdf")
+    alice = Cli(tmp_path, srv.url)
+    alice.register()
+    [(server, user, key1)] = device_keys(alice)
+    assert (server, user, len(key1)) == (srv.url, alice.name, 27)
+    # The stranger: three wrong passwords from each of many addresses,
+    # until a new device (no key, the right password) is delayed too.
+    for i in range(2, 120):
+        got = [login_attempt(srv, alice.name, "wrong-password", src=f"127.0.0.{i}").status
+               for _ in range(3)]
+        assert set(got) <= {401, 429}, got
+        if got[0] == 429:  # a fresh address refused: the account's ceiling
+            r = login_attempt(srv, alice.name, PASSWORD, src=HOST)
+            if r.status == 429:
+                assert "device_key" in r.json()["error"]["message"], r
+                break
+    else:
+        pytest.fail("the account never reached its ceiling of failed logins")
+    # The machine that logged in before: at once, and it keeps the new key.
+    j = alice.json("login", alice.name, input=PASSWORD + "\n")
+    assert j["user"] == alice.name and j["registered"] is False
+    [(server, user, key2)] = device_keys(alice)
+    assert (server, user) == (srv.url, alice.name) and len(key2) == 27 and key2 != key1
+    assert stat.S_IMODE(os.stat(alice.config).st_mode) == 0o600
+    # The key outlives a logout (it is no credential by itself), and the
+    # next login presents it: the stranger still cannot delay it.
+    alice.json("logout")
+    assert device_keys(alice) == [(srv.url, alice.name, key2)]
+    r = alice.run("login", alice.name.upper(), input=PASSWORD + "\n")
+    assert r.returncode == EXIT_OK, r.stderr
+    [(_, _, key3)] = device_keys(alice)
+    assert key3 != key2
+
+
+def test_device_keys_per_server_and_bad_lines(parley, tmp_path):
+    """Keys are kept per server and user; config lines that are not
+    `device_key=SERVER USER KEY` with a base64url KEY are dropped, never
+    sent, and do not stop the CLI."""
+    a, b = parley("--insecure-fast-kdf"), parley("--insecure-fast-kdf")
+    u = Cli(tmp_path, a.url)
+    u.register()
+    on_b = u.run("--json", "--server", b.url, "register", u.name, input=PASSWORD + "\n")
+    assert on_b.returncode == EXIT_OK, on_b.stderr
+    keys = device_keys(u)
+    assert [(s, n) for s, n, _ in keys] == [(a.url, u.name), (b.url, u.name)], keys
+    text = u.config.read_text()
+    bad = ["device_key=", "device_key=onlyone", "device_key=two parts",
+           f"device_key={a.url} {u.name} not*base64", f"device_key={a.url} {u.name} " + "A" * 200,
+           f"device_key=http://x y {u.name} AAAA", "device_key " + "x" * 3000,
+           f"device_key={a.url}  AAAA", "device_key=\x01 \x02 \x03"]
+    u.config.write_text(text + "\n".join(bad) + "\n")
+    r = u.run("--json", "login", u.name, input=PASSWORD + "\n")
+    assert r.returncode == EXIT_OK, r.stderr
+    after = device_keys(u)
+    assert [(s, n) for s, n, _ in after] == [(b.url, u.name), (a.url, u.name)], after
+    assert after[0] == keys[1] and after[1][2] != keys[0][2]
+    assert all(len(k) == 27 for _, _, k in after)
+    assert "not*base64" not in u.config.read_text()
+    # A wrong password changes no key.
+    r = u.run("login", u.name, input="wrong password\n")
+    assert r.returncode == EXIT_SERVER
+    assert device_keys(u) == after
 
 
 # --------------------------------------------------------------------------

@@ -160,9 +160,9 @@ def test_conversations_per_user(parley):
 
 
 def test_message_body_size(parley):
-    """--max-text 1024: a body of 1024 bytes as JSON passes, 1025 gets
-    too_large (WebSocket: error frame with ref = cmid, connection open;
-    REST: 413), and is not stored."""
+    """--max-text 1024: the hello announces it (max_text), a body of 1024
+    bytes as JSON passes, 1025 gets too_large (WebSocket: error frame with
+    ref = cmid, connection open; REST: 413), and is not stored."""
     srv = parley("--max-text", "1024")
 
     async def body():
@@ -170,6 +170,7 @@ def test_message_body_size(parley):
         a, b = users(srv, 2)
         g = group(a, [b])
         c = await Client.open(a)
+        assert c.hello["max_text"] == 1024, c.hello
         m0 = get_metrics(srv.port)
         ok = await c.send_msg(g, "fits", "x" * 1022)  # "xx…x" = 1024 bytes
         assert ok["type"] == "ack", ok

@@ -2,13 +2,15 @@
  * the allocator, and the live connection driven by parley_run() and by
  * libuv against a scripted peer in this process, built from the server's
  * own codecs (http.h, ws.h). Time and randomness are injected, so backoff
- * delays are exact; everything is single-threaded and every wait bounded.
+ * delays are exact; everything is single-threaded (but the peer of the
+ * blocking REST calls, one thread per answer) and every wait bounded.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -323,6 +325,66 @@ static bool wait_state(peer *p, seen *x, int st)
     return last_state(x) == st;
 }
 
+/* ---- a REST peer: the REST calls block, so it answers on a thread ------------------ */
+
+typedef struct rest_peer {
+    int ls;
+    int status;          /* the answer */
+    const char *reply;
+    bool got;            /* what it was asked (read after rest_peer_join) */
+    char method[8], path[64], body[1024];
+    pthread_t th;
+} rest_peer;
+
+/* Accepts one connection, reads one request, answers, closes. */
+static void *rest_peer_run(void *arg)
+{
+    rest_peer *r = arg;
+    struct pollfd q = {r->ls, POLLIN, 0};
+    if (poll(&q, 1, 10000) <= 0) return NULL;
+    int fd = accept(r->ls, NULL, NULL);
+    if (fd < 0) return NULL;
+    static char buf[8192];
+    size_t len = 0;
+    http_limits lim;
+    http_limits_default(&lim);
+    http_request req;
+    int st, n = ERR_AGAIN;
+    for (int i = 0; i < 100 && n == ERR_AGAIN && len < sizeof buf; i++) {
+        struct pollfd w = {fd, POLLIN, 0};
+        if (poll(&w, 1, 10000) <= 0) break;
+        ssize_t got = recv(fd, buf + len, sizeof buf - len, 0);
+        if (got <= 0) break;
+        len += (size_t)got;
+        n = http_parse_request(buf, len, &lim, &req, &st);
+    }
+    if (n > 0 && req.method.n < sizeof r->method && req.path.n < sizeof r->path &&
+        req.body.n < sizeof r->body) {
+        memcpy(r->method, req.method.p, req.method.n);
+        memcpy(r->path, req.path.p, req.path.n);
+        memcpy(r->body, req.body.p, req.body.n);
+        r->got = true;
+    }
+    char out[2048];
+    int ol = snprintf(out, sizeof out, "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                      r->status, strlen(r->reply), r->reply);
+    send(fd, out, (size_t)ol, MSG_NOSIGNAL);
+    close(fd);
+    return NULL;
+}
+
+static void rest_peer_start(rest_peer *r, int ls, int status, const char *reply)
+{
+    memset(r, 0, sizeof *r);
+    r->ls = ls;
+    r->status = status;
+    r->reply = reply;
+    pthread_create(&r->th, NULL, rest_peer_run, r);
+}
+
+static void rest_peer_join(rest_peer *r) { pthread_join(r->th, NULL); }
+
 /* ---- tests ------------------------------------------------------------------------- */
 
 TEST(argument_errors)
@@ -414,6 +476,102 @@ TEST(allocation_failures)
         CHECK_EQ_INT(live, 0);
     }
     fail_after = -1;
+}
+
+TEST(device_key_kept_and_sent_at_login)
+{
+    /* The key of the last register/login is kept and presented at the
+     * next login (docs/protocol.md "Failed logins and known devices"); an
+     * app persists it with parley_device_key / parley_set_device_key. */
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, false);
+    rest_peer r;
+    parley_session s;
+    char key[PARLEY_DEVICE_KEY_MAX];
+    CHECK(strcmp(parley_device_key(c), "") == 0);
+    /* register: nothing to present, the new key kept */
+    rest_peer_start(&r, p.ls, 201, "{\"user\":\"alice\",\"token\":\"tok-1\",\"device\":1,"
+                    "\"expires\":5,\"device_key\":\"AAAAAQ-key_of_device_1\"}");
+    CHECK_EQ_INT(parley_register(c, "alice", "password123", &s), PARLEY_OK);
+    rest_peer_join(&r);
+    CHECK(r.got && strcmp(r.path, "/v1/users") == 0);
+    CHECK(strstr(r.body, "device_key") == NULL);
+    CHECK(strcmp(s.device_key, "AAAAAQ-key_of_device_1") == 0);
+    CHECK(strcmp(parley_device_key(c), "AAAAAQ-key_of_device_1") == 0);
+    /* login: sends it, keeps the new device's */
+    rest_peer_start(&r, p.ls, 200, "{\"user\":\"alice\",\"token\":\"tok-2\",\"device\":2,"
+                    "\"expires\":5,\"device_key\":\"AAAAAg-key_of_device_2\"}");
+    CHECK_EQ_INT(parley_login(c, "alice", "password123", &s), PARLEY_OK);
+    rest_peer_join(&r);
+    CHECK(r.got && strcmp(r.method, "POST") == 0 && strcmp(r.path, "/v1/sessions") == 0);
+    str_field(r.body, "device_key", key, sizeof key);
+    CHECK(strcmp(key, "AAAAAQ-key_of_device_1") == 0);
+    str_field(r.body, "username", key, sizeof key);
+    CHECK(strcmp(key, "alice") == 0);
+    CHECK(strcmp(parley_device_key(c), "AAAAAg-key_of_device_2") == 0);
+    CHECK(strcmp(parley_token(c), "tok-2") == 0 && s.device == 2);
+    /* a refused login and answers without a (usable) key keep it */
+    const char *keep[] = {
+        "{\"user\":\"alice\",\"token\":\"tok-3\",\"device\":3,\"expires\":5}",
+        "{\"user\":\"alice\",\"token\":\"tok-4\",\"device\":4,\"expires\":5,\"device_key\":7}",
+        "{\"user\":\"alice\",\"token\":\"tok-5\",\"device\":5,\"expires\":5,"
+        "\"device_key\":\"not base64url!\"}",
+        "{\"user\":\"alice\",\"token\":\"tok-6\",\"device\":6,\"expires\":5,\"device_key\":"
+        "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}",
+    };
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        rest_peer_start(&r, p.ls, 200, keep[i]);
+        CHECK_EQ_INT(parley_login(c, "alice", "password123", &s), PARLEY_OK);
+        rest_peer_join(&r);
+        str_field(r.body, "device_key", key, sizeof key);
+        CHECK(strcmp(key, "AAAAAg-key_of_device_2") == 0);
+        CHECK(s.device_key[0] == 0);
+        CHECK(strcmp(parley_device_key(c), "AAAAAg-key_of_device_2") == 0);
+    }
+    rest_peer_start(&r, p.ls, 429, "{\"error\":{\"code\":\"rate_limited\",\"message\":\"wait\"}}");
+    CHECK_EQ_INT(parley_login(c, "alice", "password123", &s), PARLEY_ERATE);
+    rest_peer_join(&r);
+    CHECK(strcmp(parley_device_key(c), "AAAAAg-key_of_device_2") == 0);
+    /* the setter: bad keys refused (the key stays), NULL / "" clear it */
+    char longkey[PARLEY_DEVICE_KEY_MAX + 1];
+    memset(longkey, 'A', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = 0;
+    CHECK_EQ_INT(parley_set_device_key(c, longkey), PARLEY_ETOO_LARGE);
+    const char *bad[] = {"a b", "a\"b", "key=1", "\xc3\xa9t\xc3\xa9", "a\nb", "a/b+c"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_EQ_INT(parley_set_device_key(c, bad[i]), PARLEY_EINVALID);
+    CHECK(strcmp(parley_device_key(c), "AAAAAg-key_of_device_2") == 0);
+    longkey[PARLEY_DEVICE_KEY_MAX - 1] = 0; /* the longest that fits */
+    CHECK_EQ_INT(parley_set_device_key(c, longkey), PARLEY_OK);
+    CHECK(strcmp(parley_device_key(c), longkey) == 0);
+    CHECK_EQ_INT(parley_set_device_key(c, NULL), PARLEY_OK);
+    CHECK(strcmp(parley_device_key(c), "") == 0);
+    /* no key: none sent */
+    rest_peer_start(&r, p.ls, 401, "{\"error\":{\"code\":\"bad_credentials\",\"message\":\"no\"}}");
+    CHECK_EQ_INT(parley_login(c, "alice", "wrong-password", &s), PARLEY_EAUTH);
+    rest_peer_join(&r);
+    CHECK(r.got && strstr(r.body, "device_key") == NULL);
+    CHECK(strcmp(parley_device_key(c), "") == 0);
+    parley_free(c);
+    /* a new process: the app gives back the key it kept */
+    c = new_client(p.port, &x, false);
+    CHECK_EQ_INT(parley_set_device_key(c, "AAAAAg-key_of_device_2"), PARLEY_OK);
+    CHECK_EQ_INT(parley_set_device_key(c, ""), PARLEY_OK);
+    CHECK(strcmp(parley_device_key(c), "") == 0);
+    CHECK_EQ_INT(parley_set_device_key(c, "AAAAAg-key_of_device_2"), PARLEY_OK);
+    rest_peer_start(&r, p.ls, 200, "{\"user\":\"alice\",\"token\":\"tok-7\",\"device\":7,"
+                    "\"expires\":5,\"device_key\":\"AAAABw-key_of_device_7\"}");
+    CHECK_EQ_INT(parley_login(c, "alice", "password123", NULL), PARLEY_OK);
+    rest_peer_join(&r);
+    str_field(r.body, "device_key", key, sizeof key);
+    CHECK(strcmp(key, "AAAAAg-key_of_device_2") == 0);
+    CHECK(strcmp(parley_device_key(c), "AAAABw-key_of_device_7") == 0);
+    parley_free(c);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
 }
 
 TEST(backoff_when_refused)
@@ -1123,6 +1281,7 @@ int main(void)
     test_seed();
     RUN(argument_errors);
     RUN(allocation_failures);
+    RUN(device_key_kept_and_sent_at_login);
     RUN(backoff_when_refused);
     RUN(resend_same_cmid_after_reconnect);
     RUN(gap_fill_and_dedupe);
