@@ -177,12 +177,11 @@ def _drain(fd):
             pass
 
 
-def _spawn(argv, log_path, data_dir, port):
-    """Starts argv; returns a Server once it printed its listening line (on
-    `port` if not 0), or raises AssertionError (the process is stopped)."""
-    with open(log_path, "ab") as logf:  # the child holds its own copy
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=logf, close_fds=True)
+def read_listening_line(proc):
+    """The first line a starting parleyd prints on stdout (its listening
+    line, or "" if none came within START_TIMEOUT), with all it printed so
+    far; from then on stdout is drained in the background by the returned
+    thread (nothing else is expected there)."""
     fd = proc.stdout.fileno()
     buf = b""
     deadline = time.monotonic() + START_TIMEOUT
@@ -195,18 +194,27 @@ def _spawn(argv, log_path, data_dir, port):
             break
         buf += chunk
     line = buf.split(b"\n", 1)[0].decode(errors="replace")
+    dup = os.dup(fd)
+    proc.stdout.close()
+    t = threading.Thread(target=_drain, args=(dup,), daemon=True)
+    t.start()
+    return buf, line, t
+
+
+def _spawn(argv, log_path, data_dir, port):
+    """Starts argv; returns a Server once it printed its listening line (on
+    `port` if not 0), or raises AssertionError (the process is stopped)."""
+    with open(log_path, "ab") as logf:  # the child holds its own copy
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=logf, close_fds=True)
+    buf, line, drainer = read_listening_line(proc)
     got, scheme = None, "http"
     for sch in ("http", "https"):
         prefix = f"parleyd listening on {sch}://{HOST}:"
         if line.startswith(prefix) and line[len(prefix):].isdigit():
             got, scheme = int(line[len(prefix):]), sch
     srv = Server(proc, got, log_path, data_dir, scheme)
-    # Keep draining stdout (nothing else is expected there) in the background.
-    dup = os.dup(fd)
-    proc.stdout.close()
-    t = threading.Thread(target=_drain, args=(dup,), daemon=True)
-    t.start()
-    srv._stdout_thread = t
+    srv._stdout_thread = drainer
     if got is None or (port and got != port):
         srv.kill()
         raise AssertionError(f"parleyd did not print its listening line (port {port or 'any'}) "

@@ -5,17 +5,15 @@ variable). Precedence and every value rule are in tests/unit/test_config.c."""
 
 import os
 import re
-import select
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from parley_client import HOST, PARLEY_WEB, PARLEYD, REPO, START_TIMEOUT, Server, _drain
+from parley_client import HOST, PARLEY_WEB, PARLEYD, REPO, Server, read_listening_line
 
 
 def clean_env(**extra):
@@ -41,26 +39,11 @@ def launch(tmp_path, args, env):
                                 stdout=subprocess.PIPE, stderr=logf, close_fds=True, env=env)
     finally:
         logf.close()
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and b"\n" not in buf:
-        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not r:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    line = buf.split(b"\n", 1)[0].decode(errors="replace")
+    buf, line, drainer = read_listening_line(proc)
     m = re.fullmatch(r"parleyd listening on http://([^ ]+):(\d+)", line)
     srv = Server(proc, int(m.group(2)) if m else None, log_path, None, None)
     srv.listen = m.group(1) if m else None
-    dup = os.dup(fd)
-    proc.stdout.close()
-    t = threading.Thread(target=_drain, args=(dup,), daemon=True)
-    t.start()
-    srv._stdout_thread = t
+    srv._stdout_thread = drainer
     if m is None:
         srv.kill()
         pytest.fail(f"parleyd did not start: stdout={buf!r}\nlog:\n{srv.log()}")
