@@ -47,6 +47,8 @@ static const err_info table[] = {
     {ERR_UPGRADE_REQUIRED, "upgrade_required", 426, "upgrade_required", "this endpoint speaks WebSocket"},
     {ERR_CMID_REUSED, "cmid_reused", 409, "cmid_reused",
      "that cmid was already used for a message with another body: use a fresh cmid"},
+    {ERR_CORRUPT,     "corrupt",     500, "internal",    "internal error: corrupt stored data"},
+    {ERR_DISK_FULL,   "disk_full",   507, "disk_full",   "the server's disk is full: retry later"},
 };
 
 _Static_assert(sizeof table / sizeof table[0] == 1 - ERR_LAST, "one row per code");

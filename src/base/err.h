@@ -7,7 +7,8 @@
  * that REST and WebSocket answers carry, and a default message. Codes from
  * ERR_BAD_JSON on name what a client did wrong in the terms of the
  * protocol (docs/protocol.md, "Error codes", which a test holds against
- * this table); the ones before are general. Strings are static.
+ * this table); the ones before are general, and so are the storage codes
+ * after them. Strings are static.
  */
 #ifndef PARLEY_ERR_H
 #define PARLEY_ERR_H
@@ -51,7 +52,10 @@ enum err {
     ERR_BAD_VERSION = -34, /* a WebSocket version other than 13 */
     ERR_UPGRADE_REQUIRED = -35, /* a plain request to the WebSocket endpoint */
     ERR_CMID_REUSED = -36, /* a cmid already used for a different body */
-    ERR_LAST        = -36
+    /* storage (the message log) */
+    ERR_CORRUPT     = -37, /* corrupt data found at startup (file and offset logged) */
+    ERR_DISK_FULL   = -38, /* no space left on the device: retry later */
+    ERR_LAST        = -38
 };
 
 typedef struct err_info {
