@@ -1293,7 +1293,17 @@ static int write_corpus(const char *out)
     nb += 8;
     corpus_entry(out, "valid_two", APPEND | TWO, 0, a, na, b, nb);
     corpus_entry(out, "valid_two_from_second", APPEND | TWO | FROM, MIN, a, na, b, nb);
-    corpus_entry(out, "gap_two", APPEND | TWO | GAP, 0, a, na, b, nb);
+    /* a missing segment: the second file's records are valid where it
+     * is, two segments on, but the first one's end header names the next */
+    uint8_t g[2048] = {0};
+    size_t ng = 0;
+    for (int i = 0; i < 3; i++) {
+        uint8_t *pl = payload(700 + (uint64_t)i, 70);
+        ng += enc_record(g + ng, 2 * MIN + ng, pl, 70);
+        free(pl);
+    }
+    corpus_entry(out, "gap_two", APPEND | TWO | GAP, 0, a, na, g, ng + 8);
+    corpus_entry(out, "misnamed_two", APPEND | TWO | GAP, 0, a, na, b, nb);
     a[last_a + 8 + 20] ^= 4;
     corpus_entry(out, "corrupt_two", APPEND | TWO, 0, a, na, b, nb);
     a[last_a + 8 + 20] ^= 4;
