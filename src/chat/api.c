@@ -615,6 +615,7 @@ static void get_inbox(req_ctx *x)
 
 static void get_conv(req_ctx *x, uint64_t conv)
 {
+    chat_settle(x->ch, conv);
     store_txn *txn;
     if (store_begin(x->ch->st, false, &txn) < 0) { api_error(x->c, x->ka, ERR_IO, NULL); return; }
     jbuf j;
@@ -637,6 +638,7 @@ static void get_messages(req_ctx *x, uint64_t conv)
                   "use after=S or before=S (not both) and limit=1..500");
         return;
     }
+    chat_settle(x->ch, conv);
     store_txn *txn;
     if (store_begin(x->ch->st, false, &txn) < 0) { api_error(x->c, x->ka, ERR_IO, NULL); return; }
     store_member m;

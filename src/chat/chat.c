@@ -21,8 +21,14 @@ static u64map latest_cursor;
 
 static void batch_applied(void *ctx)
 {
+    (void)ctx;
     if (latest_cursor.count) u64map_free(&latest_cursor);
 }
+
+/* The same for the log path, on the sequencer thread: the cursor ops of
+ * the sequencer's batch number seq_latest_batch. */
+static u64map seq_latest;
+static uint64_t seq_latest_batch;
 
 int chat_open(chat **out, const config *cfg, server *srv)
 {
@@ -34,8 +40,14 @@ int chat_open(chat **out, const config *cfg, server *srv)
     if (rc < 0) { free(ch); return rc; }
     if ((rc = guard_new(&ch->guard, cfg)) < 0) goto fail_store;
     if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_guard;
-    rc = writer_start(&ch->w, ch->st, cfg->commit_window_us, 4096, cfg->max_writer_queue,
-                      batch_applied, batch_end, ch);
+    char log_dir[4096];
+    if ((size_t)snprintf(log_dir, sizeof log_dir, "%s/log", cfg->data_dir) >= sizeof log_dir) {
+        rc = ERR_TOO_LARGE;
+        goto fail_hub;
+    }
+    writer_options wo = {cfg->commit_window_us, 4096, cfg->max_writer_queue, log_dir,
+                         cfg->log_segment_bytes, cfg->apply_delay_ms, NULL};
+    rc = writer_start_log(&ch->w, ch->st, &wo, batch_applied, batch_end, ch);
     if (rc < 0) goto fail_hub;
     srv->app = ch;
     *out = ch;
@@ -801,6 +813,55 @@ static void done(writer_op *wop, int rc)
     finish(op);
 }
 
+/* The log path (writer.h): a send, a cursor move or a last_seen decided
+ * by the sequencer's memory of the conversation; SEQ_SLOW sends it down
+ * the slow path (apply_send / apply_cursor accept an invitation there). */
+static void mark_pending(uint64_t conv, uint64_t batch);
+
+static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *out)
+{
+    chat_op *op = (chat_op *)wop;
+    if (op->conv) mark_pending(op->conv, batch);
+    seq_result r;
+    int rc;
+    switch (op->kind) {
+    case OP_SEND:
+        rc = seq_send(q, batch, op->conv, op->who.uid, op->cmid, op->cmid_len, op->body,
+                      op->body_len, chat_now_ms(), out, &r);
+        if (rc != ERR_OK) return rc;
+        op->seq = r.seq;
+        op->ts = r.ts;
+        op->duplicate = r.duplicate;
+        audience_unref(op->aud);
+        op->aud = r.aud;
+        op->members_version = r.members_version;
+        return ERR_OK;
+    case OP_CURSOR:
+        rc = seq_cursor(q, batch, op->conv, op->who.uid, op->delivered, op->read, op->accept,
+                        out, &r);
+        if (rc != ERR_OK) return rc;
+        op->changed = r.changed;
+        op->delivered = r.delivered;
+        op->read = r.read;
+        audience_unref(op->aud);
+        op->aud = r.aud;
+        op->members_version = r.members_version;
+        if (!op->changed) return ERR_OK;
+        if (batch != seq_latest_batch) {
+            if (seq_latest.count) u64map_free(&seq_latest);
+            seq_latest_batch = batch;
+        }
+        chat_op *prev = u64map_get(&seq_latest, cursor_key(op));
+        /* superseded within this batch: not told */
+        if (prev && prev->conv == op->conv && prev->who.uid == op->who.uid) prev->changed = false;
+        u64map_put(&seq_latest, cursor_key(op), op);
+        return ERR_OK;
+    case OP_LAST_SEEN:
+        return seq_seen(q, batch, op->who.uid, op->ts, out);
+    }
+    return SEQ_SLOW;
+}
+
 static int apply(writer_op *wop, store_txn *txn)
 {
     chat_op *op = (chat_op *)wop;
@@ -824,10 +885,30 @@ int chat_submit(chat_op *op)
 {
     op->wop.apply = apply;
     op->wop.done = done;
+    op->wop.sequence =
+        op->kind == OP_SEND || op->kind == OP_CURSOR || op->kind == OP_LAST_SEEN ? sequence : NULL;
     return writer_submit(op->ch->w, &op->wop);
 }
 
 /* ---- reads ---------------------------------------------------------------------- */
+
+/* The last log batch with an entry of a conversation, by conversation id
+ * modulo the table (a shared slot only makes a read wait needlessly).
+ * Written by the sequencer, read by any thread (relaxed atomics). */
+#define PENDING_SLOTS 4096
+static uint64_t pending_batch[PENDING_SLOTS];
+
+static void mark_pending(uint64_t conv, uint64_t batch)
+{
+    __atomic_store_n(&pending_batch[conv % PENDING_SLOTS], batch, __ATOMIC_RELAXED);
+}
+
+void chat_settle(chat *ch, uint64_t conv)
+{
+    uint64_t need = conv ? __atomic_load_n(&pending_batch[conv % PENDING_SLOTS], __ATOMIC_RELAXED)
+                         : writer_acked(ch->w);
+    if (need && !writer_is_applied(ch->w, need)) writer_wait_applied(ch->w, need, 5000);
+}
 
 int chat_is_member(chat *ch, uint64_t conv, uint64_t uid)
 {
@@ -896,6 +977,7 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *pag
 {
     if (limit == 0) limit = MSG_INBOX_LIMIT_DEFAULT;
     if (limit > MSG_INBOX_LIMIT_MAX) limit = MSG_INBOX_LIMIT_MAX;
+    chat_settle(ch, 0);
     store_txn *txn;
     if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
     uint64_t cursor = store_clock(txn);
@@ -1068,6 +1150,7 @@ static int receipt_one(void *arg, const store_member *m)
 
 int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j)
 {
+    chat_settle(ch, conv);
     store_txn *txn;
     if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
     store_member me;

@@ -106,6 +106,7 @@ struct chat_op {
                                          ERR_FORBIDDEN (not a member) or ERR_INVALID
                                          (a direct conversation) (owned) */
     audience *aud;                    /* the members after apply (owned ref) */
+    uint64_t members_version;         /* of aud, when the sequencer gave it (0: unknown) */
     /* results */
     uint64_t seq;                     /* OP_SEND */
     bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
@@ -124,6 +125,14 @@ void chat_op_free(chat_op *op);
 int chat_submit(chat_op *op);
 
 /* ---- reads (I/O threads) ------------------------------------------------- */
+
+/* Read-your-writes. A message or cursor is acked once it is in the log,
+ * before the store holds it (writer.h): a read of conv (0: of anything)
+ * first waits until the store holds what was acked of it. Returns at once
+ * when nothing of conv is pending (the usual case); otherwise it asks the
+ * applier not to gather and waits for its commit (bounded; a read pool
+ * will take this wait off the I/O loops). */
+void chat_settle(chat *ch, uint64_t conv);
 
 /* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is
  * not a member (or no such conversation). */

@@ -28,20 +28,6 @@ struct hub {
     u64map *local;               /* per thread: uid -> first session */
 };
 
-audience *audience_new(size_t n)
-{
-    audience *a = malloc(sizeof *a + n * sizeof a->uids[0]);
-    if (!a) return NULL;
-    a->refs = 1;
-    a->n = (uint32_t)n;
-    return a;
-}
-
-void audience_unref(audience *a)
-{
-    if (a && __atomic_sub_fetch(&a->refs, 1, __ATOMIC_ACQ_REL) == 0) free(a);
-}
-
 int hub_new(hub **out, server *srv)
 {
     hub *h = calloc(1, sizeof *h);

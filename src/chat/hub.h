@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/audience.h"
 #include "base/ratelimit.h"
 #include "base/u64map.h"
 #include "chat/event.h"
@@ -65,16 +66,6 @@ struct session {
     tbucket msgs;            /* sends per connection */
 };
 
-/* Shared, immutable list of recipients (atomic refcount). */
-typedef struct audience {
-    uint32_t refs;
-    uint32_t n;
-    uint64_t uids[];
-} audience;
-
-/* A new audience with room for n uids (n set, uids to fill), one ref. */
-audience *audience_new(size_t n);
-void audience_unref(audience *a);
 
 typedef struct hub hub;
 

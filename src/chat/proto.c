@@ -424,6 +424,7 @@ static void on_sync(frame_ctx *f)
 {
     uint64_t conv = f->r.conv;
     const char *ref = f->r.ref;
+    chat_settle(f->ch, conv);
     store_txn *txn;
     if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, ERR_IO, NULL, ref); return; }
     store_member m;

@@ -104,6 +104,8 @@ struct store_txn {
     int err;                        /* write: first error that poisoned txn */
     bool clock_loaded, clock_dirty; /* write: clock cache state */
     uint64_t clock;
+    uint64_t *touched;              /* write: conversations changed (owned) */
+    size_t ntouched, touched_cap;
     unsigned cur_live;              /* bit i: cur[i] is bound to txn */
     /* Cursors opened on demand. Read: owned, renewed on reuse, closed when
      * the handle is discarded. Write: LMDB frees them at commit/abort. */
@@ -228,6 +230,51 @@ static int check_write(store_txn *t)
 {
     if (!t) return ERR_INVALID;
     return t->write ? ERR_OK : ERR_INVALID;
+}
+
+static int meta_get_u64(store_txn *t, const char *name, uint64_t *v);
+static int meta_put_u64(store_txn *t, const char *name, uint64_t v);
+static int clock_load(store_txn *t);
+
+/* Remembers that conversation conv (or its members) changed in t. */
+static int touch(store_txn *t, uint64_t conv)
+{
+    if (t->ntouched && t->touched[t->ntouched - 1] == conv) return ERR_OK;
+    if (t->ntouched == t->touched_cap) {
+        size_t cap = t->touched_cap ? t->touched_cap * 2 : 8;
+        uint64_t *n = realloc(t->touched, cap * sizeof *n);
+        if (!n) { if (!t->err) t->err = ERR_NOMEM; return ERR_NOMEM; }
+        t->touched = n;
+        t->touched_cap = cap;
+    }
+    t->touched[t->ntouched++] = conv;
+    return ERR_OK;
+}
+
+const uint64_t *store_touched(store_txn *t, size_t *n)
+{
+    *n = t && t->write ? t->ntouched : 0;
+    return *n ? t->touched : NULL;
+}
+
+int store_meta_get(store_txn *t, const char *name, uint64_t *v)
+{
+    if (!t || !name || !v) return ERR_INVALID;
+    return meta_get_u64(t, name, v);
+}
+
+int store_meta_put(store_txn *t, const char *name, uint64_t v)
+{
+    int rc = check_write(t);
+    return rc ? rc : meta_put_u64(t, name, v);
+}
+
+void store_clock_raise(store_txn *t, uint64_t v)
+{
+    if (check_write(t)) return;
+    int rc = clock_load(t);
+    if (rc) { if (!t->err) t->err = rc; return; }
+    if (v > t->clock) { t->clock = v; t->clock_dirty = true; }
 }
 
 static int meta_get_u64(store_txn *t, const char *name, uint64_t *v)
@@ -655,6 +702,7 @@ int store_commit(store_txn *t)
             __atomic_store_n(&s->nconvs, (uint64_t)sc.ms_entries, __ATOMIC_RELAXED);
         }
     }
+    free(t->touched);
     free(t);                            /* LMDB freed the write cursors */
     return rc;
 }
@@ -670,6 +718,7 @@ void store_abort(store_txn *t)
     if (!t) return;
     if (!t->write) { read_end(t); return; }
     mdb_txn_abort(t->txn);
+    free(t->touched);
     free(t);
 }
 
@@ -831,6 +880,7 @@ int store_conv_create(store_txn *t, store_conv *c)
     MDB_val k = key1(kb, id), v = { conv_encode(rb, c, 0, nlen), rb };
     if ((rc = wput(t, DB_CONVS, &k, &v, MDB_NOOVERWRITE))) return rc == ERR_CONFLICT ? ERR_IO : rc;
     if ((rc = meta_put_u64(t, "next_conv", id + 1))) return rc;
+    if ((rc = touch(t, id))) return rc;
     c->id = id;
     c->nmembers = 0;                    /* as stored: no members yet */
     return ERR_OK;
@@ -876,6 +926,7 @@ int store_conv_put(store_txn *t, const store_conv *c)
     MDB_cursor *cur;
     MDB_val v;
     if ((rc = conv_seek(t, c->id, kb, &cur, &v))) return rc;
+    if ((rc = touch(t, c->id))) return rc;
     /* nmembers belongs to member_put/member_del: keep the stored count. */
     return conv_write(t, cur, kb, c, conv_nmembers(&v), nlen);
 }
@@ -935,6 +986,7 @@ int store_member_put(store_txn *t, uint64_t conv, const store_member *m)
     int rc;
     if ((rc = check_write(t))) return rc;
     if (!m) return ERR_INVALID;
+    if ((rc = touch(t, conv))) return rc;
     MDB_cursor *cur;
     if ((rc = cursor(t, DB_MEMBERS, &cur))) return rc;
     uint8_t kb[16], rb[MEMBER_LEN + 1], ub[16], one = 1;
@@ -977,6 +1029,7 @@ int store_member_del(store_txn *t, uint64_t conv, uint64_t uid)
 {
     int rc;
     if ((rc = check_write(t))) return rc;
+    if ((rc = touch(t, conv))) return rc;
     uint8_t kb[16], ub[16];
     MDB_val k = key2(kb, conv, uid), uk = key2(ub, uid, conv);
     if ((rc = wdel(t, DB_MEMBERS, &k))) return rc;

@@ -140,6 +140,20 @@ void store_counts(store *s, uint64_t *users, uint64_t *convs);
 /* store_tick() returns 0 if it fails (read transaction, I/O error). */
 uint64_t store_tick(store_txn *t);
 uint64_t store_clock(store_txn *t);
+/* Raises the clock to at least v (write txn): versions assigned outside
+ * the store (the sequencer's, writer.h) are never handed out again. */
+void store_clock_raise(store_txn *t, uint64_t v);
+
+/* Named counters in the meta table ("log_applied": the log position the
+ * store holds, writer.h). A missing name reads as 0. */
+int store_meta_get(store_txn *t, const char *name, uint64_t *v);
+int store_meta_put(store_txn *t, const char *name, uint64_t v);
+
+/* The conversations whose record or members a write transaction changed
+ * so far (in order, a conversation possibly more than once), valid until
+ * the next write call or the end of the transaction: the sequencer drops
+ * its copies of them (writer.h). */
+const uint64_t *store_touched(store_txn *t, size_t *n);
 
 /* ---- users and sessions ---------------------------------------------------- */
 

@@ -2,41 +2,143 @@
 
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #include <uv.h>
 
 #include "base/log.h"
 
-/* A committed batch on its way to the completer. */
-typedef struct batch {
-    struct batch *next;
-    writer_op *ops;
+/* Most logged batches not yet applied: the sequencer waits beyond it (the
+ * applier bounds the memory the log path holds). */
+#define MAX_UNAPPLIED 4096
+#define MAX_UNAPPLIED_BYTES (256u << 20)
+/* A log batch's entries: one log record each, cut below the log's limit. */
+#define BATCH_BYTES (4u << 20)
+
+enum { ITEM_LOG, ITEM_SLOW };
+
+/* A batch on its way: sequencer -> logger -> completer (and, logged,
+ * applier); a slow batch: sequencer -> logger -> applier -> completer. */
+typedef struct item {
+    struct item *next;         /* in the queue it is in */
+    struct item *cnext;        /* in the completer's queue */
+    int refs;                  /* atomic: completer, and applier or sequencer */
+    uint8_t kind;
+    uint64_t bno;              /* log: the batch number (seq.h) */
+    uint64_t gen;              /* the sequencer's generation when built */
+    writer_op *ops, *tail;
     size_t n;
-    int rc;        /* the batch's own result: begin/commit/storage error */
-    int rcs[];     /* apply() results, one per op */
-} batch;
+    int *rcs;                  /* n results */
+    size_t rcs_cap;
+    int rc;                    /* the whole batch's error, or ERR_OK */
+    logrec_buf buf;            /* log: the entries */
+    uint64_t lsn_end;          /* log: the log position past it (the last of a group), or 0 */
+    uint64_t t0;               /* uv_hrtime() when sequencing began */
+    /* slow results, for the sequencer */
+    bool done;
+    uint64_t *touched;
+    size_t ntouched;
+    uint64_t clock;
+} item;
+
+typedef struct queue { item *head, *tail; } queue;
 
 struct writer {
     store *s;
-    uint32_t window_us;
+    wal *log;                  /* NULL: no log, every op takes the slow path */
+    sequencer *seq;                  /* the sequencer's (sequencer thread only) */
+    uint32_t window_us, apply_delay_ms;
     size_t max_batch, max_queue;
     void (*batch_applied)(void *ctx);
     void (*batch_end)(void *ctx);
     void *ctx;
-    uv_thread_t tid, done_tid;
+    uv_thread_t seq_tid, log_tid, app_tid, done_tid;
     uv_mutex_t mu;
-    uv_cond_t cond;          /* writer: operations queued, or stopping */
-    uv_cond_t done_cond;     /* completer: batches committed, or stopping */
-    writer_op *head, *tail;  /* under mu */
-    size_t depth;            /* under mu */
-    batch *bhead, *btail;    /* committed, not completed; under mu */
-    bool stopping;           /* under mu: no more submits */
-    bool writer_ended;       /* under mu: the completer may end when drained */
-    writer_stats st;         /* under mu */
+    uv_cond_t cond;            /* sequencer: ops queued, slow batch done, room, stopping */
+    uv_cond_t log_cond;        /* logger: batches queued */
+    uv_cond_t app_cond;        /* applier: batches logged, a read waits */
+    uv_cond_t done_cond;       /* completer: batches to complete */
+    uv_cond_t applied_cond;    /* readers waiting for the applied position */
+    /* all under mu: */
+    writer_op *head, *tail;
+    size_t depth;
+    queue lq, aq;              /* logger's, applier's */
+    item *chead, *ctail;       /* completer's */
+    uint64_t next_bno, acked, applied;
+    uint64_t gen, failed_gen;  /* batches of failed_gen fail without a write */
+    bool reset_needed;         /* a log append failed: the sequencer starts over */
+    int last_log_error;        /* why */
+    int apply_rc;              /* the applier's last error (ERR_FULL: the LMDB map is
+                                * full): new log-path ops are refused with it */
+    size_t unapplied;          /* log batches handed to the logger, not applied or failed */
+    size_t unapplied_bytes;
+    unsigned urgent;           /* readers waiting: the applier does not gather */
+    bool stopping, seq_ended, log_ended, app_ended;
+    writer_stats st;
 };
 
 static bool storage_error(int rc)
 {
-    return rc == ERR_IO || rc == ERR_FULL || rc == ERR_NOMEM;
+    return rc == ERR_IO || rc == ERR_FULL || rc == ERR_NOMEM || rc == ERR_DISK_FULL;
+}
+
+static void qpush(queue *q, item *it)
+{
+    it->next = NULL;
+    if (q->tail) q->tail->next = it;
+    else q->head = it;
+    q->tail = it;
+}
+
+static item *item_new(uint8_t kind)
+{
+    item *it;
+    for (int tries = 0; !(it = calloc(1, sizeof *it)); tries++) {
+        if (tries == 0) log_error("out of memory for a storage batch: waiting", "n=%d", tries);
+        uv_sleep(10);
+    }
+    it->kind = kind;
+    it->refs = 1;
+    it->t0 = uv_hrtime();
+    return it;
+}
+
+static void item_unref(item *it)
+{
+    if (__atomic_sub_fetch(&it->refs, 1, __ATOMIC_ACQ_REL)) return;
+    logrec_buf_free(&it->buf);
+    free(it->rcs);
+    free(it->touched);
+    free(it);
+}
+
+/* Adds op with its result (sequence()'s, or 0 for a slow op to run). */
+static void item_add(item *it, writer_op *op, int rc)
+{
+    if (it->n == it->rcs_cap) {
+        size_t cap = it->rcs_cap ? it->rcs_cap * 2 : 16;
+        int *r;
+        for (int tries = 0; !(r = realloc(it->rcs, cap * sizeof *r)); tries++) {
+            if (tries == 0) log_error("out of memory for a storage batch: waiting", "n=%d", tries);
+            uv_sleep(10);
+        }
+        it->rcs = r;
+        it->rcs_cap = cap;
+    }
+    it->rcs[it->n++] = rc;
+    op->next = NULL;
+    if (it->tail) it->tail->next = op;
+    else it->ops = op;
+    it->tail = op;
+}
+
+/* Hands it to the completer (under mu). */
+static void complete_later(writer *w, item *it)
+{
+    it->cnext = NULL;
+    if (w->ctail) w->ctail->cnext = it;
+    else w->chead = it;
+    w->ctail = it;
+    uv_cond_signal(&w->done_cond);
 }
 
 /* Takes up to max_batch operations off the queue (under mu). */
@@ -53,58 +155,99 @@ static writer_op *take(writer *w, size_t *n)
     return first;
 }
 
-/* Applies and commits one batch, then hands it to the completer. */
-static void run_batch(writer *w, writer_op *ops, size_t n)
+/* ---- sequencer ------------------------------------------------------------------ */
+
+/* Sends a log batch to the logger (under mu). */
+static void send_log(writer *w, item *it)
 {
-    /* The batch goes to the completer, which alone completes operations (done()
-     * and batch_end must never run on two threads at once): out of memory for
-     * it, wait for some rather than complete here. */
-    batch *b;
-    for (int tries = 0; !(b = calloc(1, sizeof *b + n * sizeof b->rcs[0])); tries++) {
-        if (tries == 0) log_error("out of memory for a storage batch: waiting", "ops=%zu", n);
-        uv_sleep(10);
-    }
-    int *rcs = b->rcs;
-    store_txn *txn = NULL;
-    int rc = store_begin(w->s, true, &txn);
-    uint64_t t0 = uv_hrtime(), t1 = t0;
-    bool committed = false; /* store_commit() ran: t2 - t1 is its time */
-    if (rc == ERR_OK) {
-        size_t i = 0;
-        for (writer_op *op = ops; op; op = op->next, i++) {
-            rcs[i] = op->apply(op, txn);
-            if (storage_error(rcs[i])) { rc = rcs[i]; break; }
-        }
-        if (w->batch_applied) w->batch_applied(w->ctx);
-        t1 = uv_hrtime();
-        if (rc == ERR_OK) { rc = store_commit(txn); committed = true; }
-        else store_abort(txn);
-    }
-    uint64_t t2 = uv_hrtime();
-    if (rc != ERR_OK) log_error("storage batch failed", "ops=%zu err=%s", n, err_name(rc));
-    b->ops = ops;
-    b->n = n;
-    b->rc = rc;
-    uv_mutex_lock(&w->mu);
-    w->st.apply_ns += t1 - t0;
-    w->st.commit_ns += t2 - t1;
-    w->st.batches++;
-    w->st.ops += n;
-    if (n > w->st.max_batch) w->st.max_batch = n;
-    if (rc != ERR_OK) w->st.failed_batches++;
-    hist_observe(&w->st.batch_ops, &hist_sizes, n);
-    if (committed) {
-        hist_observe(&w->st.batch_ns, &hist_seconds, t2 - t0);
-        hist_observe(&w->st.fsync_ns, &hist_seconds, t2 - t1);
-    }
-    if (w->btail) w->btail->next = b;
-    else w->bhead = b;
-    w->btail = b;
-    uv_cond_signal(&w->done_cond);
-    uv_mutex_unlock(&w->mu);
+    w->unapplied++;
+    w->unapplied_bytes += it->buf.len;
+    qpush(&w->lq, it);
+    uv_cond_signal(&w->log_cond);
 }
 
-static void writer_main(void *arg)
+/* Runs a slow batch through the logger and the applier and waits for it
+ * (unlocked on entry and exit). */
+static void run_slow(writer *w, item *it)
+{
+    uv_mutex_lock(&w->mu);
+    it->refs = 2; /* completer, and this thread */
+    qpush(&w->lq, it);
+    uv_cond_signal(&w->log_cond);
+    while (!it->done) uv_cond_wait(&w->cond, &w->mu);
+    uv_mutex_unlock(&w->mu);
+    if (w->seq) {
+        for (size_t i = 0; i < it->ntouched; i++) seq_forget(w->seq, it->touched[i]);
+        if (it->clock) seq_set_clock(w->seq, it->clock);
+    }
+    item_unref(it);
+}
+
+/* After a failed append: wait until every logged batch is applied, then
+ * forget everything and start from the store (under mu). */
+static void start_over(writer *w)
+{
+    while (w->unapplied) uv_cond_wait(&w->cond, &w->mu);
+    seq_reset(w->seq);
+    seq_applied(w->seq, w->applied);
+    store_txn *txn;
+    if (store_begin(w->s, false, &txn) == ERR_OK) {
+        seq_set_clock(w->seq, store_clock(txn));
+        store_abort(txn);
+    }
+    w->gen++;
+    w->reset_needed = false;
+}
+
+static void sequence_ops(writer *w, writer_op *ops, int refuse)
+{
+    item *cur = NULL, *slow = NULL;
+    for (writer_op *op = ops, *next; op; op = next) {
+        next = op->next;
+        if (w->log && op->sequence) {
+            /* A slow batch before it runs first: the op is decided on the
+             * state the slow one leaves. */
+            if (slow) { run_slow(w, slow); slow = NULL; }
+            if (!cur) {
+                cur = item_new(ITEM_LOG);
+                uv_mutex_lock(&w->mu);
+                cur->bno = ++w->next_bno;
+                cur->gen = w->gen;
+                uv_mutex_unlock(&w->mu);
+            }
+            /* The store cannot take more: what is logged waits for room;
+             * nothing new is acked meanwhile. */
+            int rc = refuse ? refuse : op->sequence(op, w->seq, cur->bno, &cur->buf);
+            if (rc != SEQ_SLOW) {
+                item_add(cur, op, rc);
+                if (cur->buf.len >= BATCH_BYTES) {
+                    uv_mutex_lock(&w->mu);
+                    send_log(w, cur);
+                    uv_mutex_unlock(&w->mu);
+                    cur = NULL;
+                }
+                continue;
+            }
+        }
+        if (cur) {
+            uv_mutex_lock(&w->mu);
+            if (cur->n) send_log(w, cur);
+            uv_mutex_unlock(&w->mu);
+            if (!cur->n) item_unref(cur);
+            cur = NULL;
+        }
+        if (!slow) slow = item_new(ITEM_SLOW);
+        item_add(slow, op, 0);
+    }
+    if (slow) run_slow(w, slow);
+    if (cur) {
+        uv_mutex_lock(&w->mu);
+        send_log(w, cur);
+        uv_mutex_unlock(&w->mu);
+    }
+}
+
+static void sequencer_main(void *arg)
 {
     writer *w = arg;
     uv_mutex_lock(&w->mu);
@@ -118,40 +261,453 @@ static void writer_main(void *arg)
                  now = uv_hrtime())
                 uv_cond_timedwait(&w->cond, &w->mu, until - now);
         }
+        /* Bounded memory: wait for the applier. */
+        while (w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES)
+            uv_cond_wait(&w->cond, &w->mu);
+        if (w->seq) {
+            if (w->reset_needed) start_over(w);
+            seq_applied(w->seq, w->applied);
+        }
         size_t n;
         writer_op *ops = take(w, &n);
+        int refuse = w->apply_rc;
         uv_mutex_unlock(&w->mu);
-        run_batch(w, ops, n);
+        sequence_ops(w, ops, refuse);
         uv_mutex_lock(&w->mu);
     }
-    w->writer_ended = true;
+    w->seq_ended = true;
+    uv_cond_signal(&w->log_cond);
+    uv_mutex_unlock(&w->mu);
+}
+
+/* ---- logger -------------------------------------------------------------------- */
+
+/* Appends the log batches of list (in order, up to a slow one) with one
+ * write; returns the first item not handled. Unlocked. */
+static void log_group(writer *w, item **its, size_t n)
+{
+    struct iovec iov[64];
+    size_t k = 0;
+    int rc = ERR_OK;
+    uint64_t end = 0, t1 = uv_hrtime(), bytes = 0;
+    uv_mutex_lock(&w->mu);
+    bool failed = its[0]->gen == w->failed_gen && w->reset_needed;
+    uv_mutex_unlock(&w->mu);
+    for (size_t i = 0; i < n && !failed; i++)
+        if (its[i]->buf.len) {
+            iov[k++] = (struct iovec){its[i]->buf.p, its[i]->buf.len};
+            bytes += its[i]->buf.len;
+        }
+    if (!failed && k) rc = wal_append(w->log, iov, k, &end);
+    uint64_t t2 = uv_hrtime();
+    uv_mutex_lock(&w->mu);
+    if (!failed && rc == ERR_OK) {
+        w->st.log_batches += k ? 1 : 0;
+        w->st.log_bytes += bytes;
+        if (k) hist_observe(&w->st.fsync_ns, &hist_seconds, t2 - t1);
+        its[n - 1]->lsn_end = end;
+        w->acked = its[n - 1]->bno;
+    } else {
+        if (!failed) {
+            log_error("log append failed: the batch is refused", "batches=%zu err=%s", n,
+                      err_name(rc));
+            w->failed_gen = its[0]->gen;
+            w->reset_needed = true;
+            w->last_log_error = rc;
+        }
+        rc = w->last_log_error;
+    }
+    for (size_t i = 0; i < n; i++) {
+        item *it = its[i];
+        w->st.batches++;
+        w->st.ops += it->n;
+        if (it->n > w->st.max_batch) w->st.max_batch = it->n;
+        hist_observe(&w->st.batch_ops, &hist_sizes, it->n);
+        if (rc == ERR_OK) {
+            hist_observe(&w->st.batch_ns, &hist_seconds, t2 - it->t0);
+            it->refs = 2; /* completer and applier */
+            complete_later(w, it);
+            qpush(&w->aq, it);
+        } else {
+            w->st.failed_batches++;
+            it->rc = rc;
+            w->unapplied--;
+            w->unapplied_bytes -= it->buf.len;
+            complete_later(w, it);
+        }
+    }
+    uv_cond_signal(&w->app_cond);
+    uv_cond_broadcast(&w->cond); /* a sequencer starting over waits for unapplied */
+    uv_mutex_unlock(&w->mu);
+}
+
+static void logger_main(void *arg)
+{
+    writer *w = arg;
+    uv_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->lq.head && !w->seq_ended) uv_cond_wait(&w->log_cond, &w->mu);
+        if (!w->lq.head) break;
+        item *list = w->lq.head;
+        w->lq.head = w->lq.tail = NULL;
+        uv_mutex_unlock(&w->mu);
+        while (list) {
+            if (list->kind == ITEM_SLOW) {
+                item *it = list;
+                list = list->next;
+                uv_mutex_lock(&w->mu);
+                qpush(&w->aq, it);
+                uv_cond_signal(&w->app_cond);
+                uv_mutex_unlock(&w->mu);
+                continue;
+            }
+            item *group[64];
+            size_t n = 0;
+            while (list && list->kind == ITEM_LOG && n < 64) {
+                group[n++] = list;
+                list = list->next;
+            }
+            log_group(w, group, n);
+        }
+        uv_mutex_lock(&w->mu);
+    }
+    w->log_ended = true;
+    uv_cond_signal(&w->app_cond);
+    uv_mutex_unlock(&w->mu);
+}
+
+/* ---- applier ------------------------------------------------------------------- */
+
+typedef struct conv_upd { uint64_t conv, last_seq, version; int64_t last_ts; } conv_upd;
+typedef struct member_upd { uint64_t conv, uid, delivered, read, version; } member_upd;
+typedef struct seen_upd { uint64_t uid; int64_t ts; } seen_upd;
+
+/* What one applier transaction changes, coalesced. */
+typedef struct apply_set {
+    conv_upd *c;
+    member_upd *m;
+    seen_upd *u;
+    size_t nc, nm, nu, cc, cm, cu;
+    uint64_t clock;
+    int err;
+} apply_set;
+
+static void *grow(void *p, size_t *cap, size_t n, size_t size, int *err)
+{
+    if (n < *cap) return p;
+    size_t c = *cap ? *cap * 2 : 256;
+    void *q = realloc(p, c * size);
+    if (!q) { *err = ERR_NOMEM; return p; }
+    *cap = c;
+    return q;
+}
+
+static int by_conv(const void *a, const void *b)
+{
+    const conv_upd *x = a, *y = b;
+    return x->conv < y->conv ? -1 : x->conv > y->conv;
+}
+
+static int by_member(const void *a, const void *b)
+{
+    const member_upd *x = a, *y = b;
+    if (x->conv != y->conv) return x->conv < y->conv ? -1 : 1;
+    return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+static int by_user(const void *a, const void *b)
+{
+    const seen_upd *x = a, *y = b;
+    return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+/* Writes one batch's messages and gathers its other changes into set. */
+static int apply_entries(store_txn *txn, const uint8_t *p, size_t len, apply_set *set)
+{
+    size_t off = 0;
+    logrec r;
+    int rc;
+    while ((rc = logrec_next(p, len, &off, &r)) == ERR_OK) {
+        if (r.version > set->clock) set->clock = r.version;
+        switch (r.kind) {
+        case LOGREC_MSG: {
+            store_msg m = {r.conv, r.seq, r.uid, r.ts, r.cmid, r.cmid_len, r.body, r.body_len};
+            if ((rc = store_msg_put(txn, &m)) < 0) return rc;
+            if ((rc = store_cmid_put(txn, r.conv, r.uid, r.cmid, r.cmid_len, r.seq)) < 0) return rc;
+            set->c = grow(set->c, &set->cc, set->nc, sizeof *set->c, &set->err);
+            set->m = grow(set->m, &set->cm, set->nm, sizeof *set->m, &set->err);
+            if (set->err) return set->err;
+            set->c[set->nc++] = (conv_upd){r.conv, r.seq, r.version, r.ts};
+            set->m[set->nm++] = (member_upd){r.conv, r.uid, r.seq, r.seq, r.version};
+            break;
+        }
+        case LOGREC_CURSOR:
+            set->m = grow(set->m, &set->cm, set->nm, sizeof *set->m, &set->err);
+            if (set->err) return set->err;
+            set->m[set->nm++] = (member_upd){r.conv, r.uid, r.delivered, r.read, r.version};
+            break;
+        case LOGREC_SEEN:
+            set->u = grow(set->u, &set->cu, set->nu, sizeof *set->u, &set->err);
+            if (set->err) return set->err;
+            set->u[set->nu++] = (seen_upd){r.uid, r.ts};
+            break;
+        }
+    }
+    return rc == ERR_NOT_FOUND ? ERR_OK : ERR_CORRUPT;
+}
+
+#define MAXU(a, b) ((a) > (b) ? (a) : (b))
+
+/* Writes the coalesced changes: each conversation record and each member
+ * once, whatever number of entries moved them; cursors only grow. */
+static int apply_set_write(store_txn *txn, apply_set *set)
+{
+    int rc;
+    qsort(set->c, set->nc, sizeof *set->c, by_conv);
+    for (size_t i = 0; i < set->nc;) {
+        conv_upd u = set->c[i];
+        for (i++; i < set->nc && set->c[i].conv == u.conv; i++) {
+            u.last_seq = MAXU(u.last_seq, set->c[i].last_seq);
+            u.last_ts = MAXU(u.last_ts, set->c[i].last_ts);
+            u.version = MAXU(u.version, set->c[i].version);
+        }
+        store_conv c;
+        if ((rc = store_conv_get(txn, u.conv, &c)) == ERR_NOT_FOUND) continue;
+        if (rc < 0) return rc;
+        c.last_seq = MAXU(c.last_seq, u.last_seq);
+        c.last_ts = MAXU(c.last_ts, u.last_ts);
+        c.version = MAXU(c.version, u.version);
+        if ((rc = store_conv_put(txn, &c)) < 0) return rc;
+    }
+    qsort(set->m, set->nm, sizeof *set->m, by_member);
+    for (size_t i = 0; i < set->nm;) {
+        member_upd u = set->m[i];
+        for (i++; i < set->nm && set->m[i].conv == u.conv && set->m[i].uid == u.uid; i++) {
+            u.delivered = MAXU(u.delivered, set->m[i].delivered);
+            u.read = MAXU(u.read, set->m[i].read);
+            u.version = MAXU(u.version, set->m[i].version);
+        }
+        store_member m;
+        if ((rc = store_member_get(txn, u.conv, u.uid, &m)) == ERR_NOT_FOUND) continue;
+        if (rc < 0) return rc;
+        if (u.delivered <= m.delivered && u.read <= m.read && u.version <= m.version) continue;
+        m.delivered = MAXU(m.delivered, u.delivered);
+        m.read = MAXU(m.read, u.read);
+        m.version = MAXU(m.version, u.version);
+        if ((rc = store_member_put(txn, u.conv, &m)) < 0) return rc;
+    }
+    qsort(set->u, set->nu, sizeof *set->u, by_user);
+    for (size_t i = 0; i < set->nu;) {
+        seen_upd u = set->u[i];
+        for (i++; i < set->nu && set->u[i].uid == u.uid; i++) u.ts = MAXU(u.ts, set->u[i].ts);
+        store_user usr;
+        if ((rc = store_user_get(txn, u.uid, &usr)) == ERR_NOT_FOUND) continue;
+        if (rc < 0) return rc;
+        if (u.ts <= usr.last_seen) continue;
+        usr.last_seen = u.ts;
+        if ((rc = store_user_put(txn, &usr)) < 0) return rc;
+    }
+    store_clock_raise(txn, set->clock);
+    return ERR_OK;
+}
+
+static void apply_set_free(apply_set *set)
+{
+    free(set->c);
+    free(set->m);
+    free(set->u);
+    memset(set, 0, sizeof *set);
+}
+
+/* Writes logged batches its[0..n) into the store in one transaction and
+ * publishes the position. Retries (the log holds them) until it works or
+ * the writer stops. Unlocked. */
+static void apply_logged(writer *w, item **its, size_t n)
+{
+    uint64_t lsn = 0;
+    for (size_t i = 0; i < n; i++)
+        if (its[i]->lsn_end) lsn = its[i]->lsn_end;
+    for (int attempt = 0;; attempt++) {
+        uint64_t t0 = uv_hrtime();
+        apply_set set = {0};
+        store_txn *txn;
+        int rc = store_begin(w->s, true, &txn);
+        for (size_t i = 0; rc == ERR_OK && i < n; i++)
+            rc = apply_entries(txn, its[i]->buf.p, its[i]->buf.len, &set);
+        if (rc == ERR_OK) rc = apply_set_write(txn, &set);
+        if (rc == ERR_OK && lsn) rc = store_meta_put(txn, "log_applied", lsn);
+        apply_set_free(&set);
+        if (rc == ERR_OK) rc = store_commit(txn);
+        else store_abort(txn);
+        uint64_t t1 = uv_hrtime();
+        if (rc == ERR_OK) {
+            if (lsn) wal_release(w->log, lsn);
+            uv_mutex_lock(&w->mu);
+            if (w->apply_rc) log_info("the store takes the log again", "err=%s", err_name(w->apply_rc));
+            w->apply_rc = ERR_OK;
+            w->st.applies++;
+            w->st.apply_ns += t1 - t0;
+            for (size_t i = 0; i < n; i++) {
+                w->unapplied--;
+                w->unapplied_bytes -= its[i]->buf.len;
+                if (its[i]->bno > w->applied) w->applied = its[i]->bno;
+            }
+            uv_cond_broadcast(&w->applied_cond);
+            uv_cond_broadcast(&w->cond);
+            uv_mutex_unlock(&w->mu);
+            for (size_t i = 0; i < n; i++) item_unref(its[i]);
+            return;
+        }
+        if (attempt == 0)
+            log_error("applying the log to the store failed: retrying", "batches=%zu err=%s", n,
+                      err_name(rc));
+        uv_mutex_lock(&w->mu);
+        w->apply_rc = rc == ERR_FULL || rc == ERR_DISK_FULL ? rc : ERR_IO;
+        bool stopping = w->stopping;
+        uv_mutex_unlock(&w->mu);
+        if (stopping && attempt >= 10) {
+            /* They stay in the log: the next start replays them. */
+            log_error("stopping with logged batches not in the store: the next start applies them",
+                      "batches=%zu err=%s", n, err_name(rc));
+            uv_mutex_lock(&w->mu);
+            for (size_t i = 0; i < n; i++) {
+                w->unapplied--;
+                w->unapplied_bytes -= its[i]->buf.len;
+            }
+            uv_cond_broadcast(&w->cond);
+            uv_mutex_unlock(&w->mu);
+            for (size_t i = 0; i < n; i++) item_unref(its[i]);
+            return;
+        }
+        uv_sleep(attempt < 10 ? 10 : 200);
+    }
+}
+
+/* Runs a slow batch in its own transaction (after what was logged before
+ * it is applied) and hands it to the completer and the sequencer. */
+static void apply_slow(writer *w, item *it)
+{
+    store_txn *txn = NULL;
+    int rc = store_begin(w->s, true, &txn);
+    uint64_t t0 = uv_hrtime(), t1 = t0;
+    bool committed = false;
+    if (rc == ERR_OK) {
+        size_t i = 0;
+        for (writer_op *op = it->ops; op; op = op->next, i++) {
+            it->rcs[i] = op->apply(op, txn);
+            if (storage_error(it->rcs[i])) { rc = it->rcs[i]; break; }
+        }
+        if (w->batch_applied) w->batch_applied(w->ctx);
+        size_t nt;
+        const uint64_t *t = store_touched(txn, &nt);
+        if (rc == ERR_OK && nt && (it->touched = malloc(nt * sizeof *t))) {
+            memcpy(it->touched, t, nt * sizeof *t);
+            it->ntouched = nt;
+        } else if (rc == ERR_OK && nt) {
+            rc = ERR_NOMEM;
+        }
+        it->clock = store_clock(txn);
+        t1 = uv_hrtime();
+        if (rc == ERR_OK) { rc = store_commit(txn); committed = true; }
+        else store_abort(txn);
+    }
+    uint64_t t2 = uv_hrtime();
+    if (rc != ERR_OK) {
+        log_error("storage batch failed", "ops=%zu err=%s", it->n, err_name(rc));
+        it->clock = 0;
+        free(it->touched);
+        it->touched = NULL;
+        it->ntouched = 0;
+    }
+    it->rc = rc;
+    uv_mutex_lock(&w->mu);
+    w->st.apply_ns += t1 - t0;
+    w->st.commit_ns += t2 - t1;
+    w->st.batches++;
+    w->st.ops += it->n;
+    if (it->n > w->st.max_batch) w->st.max_batch = it->n;
+    if (rc != ERR_OK) w->st.failed_batches++;
+    hist_observe(&w->st.batch_ops, &hist_sizes, it->n);
+    if (committed) {
+        hist_observe(&w->st.batch_ns, &hist_seconds, t2 - it->t0);
+        hist_observe(&w->st.fsync_ns, &hist_seconds, t2 - t1);
+    }
+    complete_later(w, it);
+    it->done = true;
+    uv_cond_broadcast(&w->cond);
+    uv_mutex_unlock(&w->mu);
+}
+
+static void applier_main(void *arg)
+{
+    writer *w = arg;
+    uv_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->aq.head && !w->log_ended) uv_cond_wait(&w->app_cond, &w->mu);
+        if (!w->aq.head) break;
+        if (w->apply_delay_ms && w->aq.head->kind == ITEM_LOG) {
+            /* Gather logged batches: fewer, larger commits, fewer pages
+             * written per message. A slow batch, a waiting read or a stop
+             * cuts the wait short. */
+            uint64_t until = uv_hrtime() + (uint64_t)w->apply_delay_ms * 1000000;
+            for (uint64_t now = uv_hrtime(); now < until && !w->urgent && !w->log_ended &&
+                                             !w->stopping && w->unapplied < MAX_UNAPPLIED / 2;
+                 now = uv_hrtime()) {
+                bool slow = false;
+                for (item *it = w->aq.head; it; it = it->next) slow |= it->kind == ITEM_SLOW;
+                if (slow) break;
+                uv_cond_timedwait(&w->app_cond, &w->mu, until - now);
+            }
+        }
+        item *list = w->aq.head;
+        w->aq.head = w->aq.tail = NULL;
+        uv_mutex_unlock(&w->mu);
+        while (list) {
+            if (list->kind == ITEM_SLOW) {
+                item *it = list;
+                list = list->next;
+                apply_slow(w, it);
+                continue;
+            }
+            item *group[256];
+            size_t n = 0;
+            while (list && list->kind == ITEM_LOG && n < 256) {
+                group[n++] = list;
+                list = list->next;
+            }
+            apply_logged(w, group, n);
+        }
+        uv_mutex_lock(&w->mu);
+    }
+    w->app_ended = true;
     uv_cond_signal(&w->done_cond);
     uv_mutex_unlock(&w->mu);
 }
 
-/* The completer: the completions of committed batches, in order. */
+/* ---- completer ------------------------------------------------------------------ */
+
 static void completer_main(void *arg)
 {
     writer *w = arg;
     uv_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->bhead && !w->writer_ended) uv_cond_wait(&w->done_cond, &w->mu);
-        if (!w->bhead) break;
-        batch *list = w->bhead;
-        w->bhead = w->btail = NULL;
+        while (!w->chead && !(w->app_ended && w->log_ended)) uv_cond_wait(&w->done_cond, &w->mu);
+        if (!w->chead) break;
+        item *list = w->chead;
+        w->chead = w->ctail = NULL;
         uv_mutex_unlock(&w->mu);
         uint64_t t1 = uv_hrtime();
-        for (batch *b = list, *bn; b; b = bn) {
-            bn = b->next;
+        for (item *it = list, *in; it; it = in) {
+            in = it->cnext;
             size_t i = 0;
-            for (writer_op *op = b->ops, *next; op; op = next, i++) {
+            for (writer_op *op = it->ops, *next; op; op = next, i++) {
                 next = op->next; /* done() may free op */
                 op->next = NULL;
-                int rc = b->rc != ERR_OK ? b->rc : b->rcs[i];
-                op->done(op, rc);
+                op->done(op, it->rc != ERR_OK ? it->rc : it->rcs[i]);
             }
+            it->ops = it->tail = NULL;
             if (w->batch_end) w->batch_end(w->ctx);
-            free(b);
+            item_unref(it);
         }
         uint64_t t2 = uv_hrtime();
         uv_mutex_lock(&w->mu);
@@ -160,8 +716,49 @@ static void completer_main(void *arg)
     uv_mutex_unlock(&w->mu);
 }
 
-int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
-                 void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx)
+/* ---- start, replay, stop ------------------------------------------------------------ */
+
+typedef struct replay_ctx {
+    store *s;
+    store_txn *txn;
+    apply_set set;
+    uint64_t lsn, records, bytes;
+    int rc;
+} replay_ctx;
+
+static int replay_flush(replay_ctx *x)
+{
+    if (!x->txn) return ERR_OK;
+    int rc = apply_set_write(x->txn, &x->set);
+    if (rc == ERR_OK) rc = store_meta_put(x->txn, "log_applied", x->lsn);
+    apply_set_free(&x->set);
+    if (rc == ERR_OK) rc = store_commit(x->txn);
+    else store_abort(x->txn);
+    x->txn = NULL;
+    x->bytes = 0;
+    return rc;
+}
+
+static int replay_one(void *arg, uint64_t lsn, const void *p, size_t len)
+{
+    replay_ctx *x = arg;
+    int rc;
+    if (!x->txn && (rc = store_begin(x->s, true, &x->txn)) < 0) return rc;
+    if ((rc = apply_entries(x->txn, p, len, &x->set)) < 0) {
+        log_error("a log record does not decode", "lsn=%llu err=%s", (unsigned long long)lsn,
+                  err_name(rc));
+        return rc;
+    }
+    /* The position past this record: the log's framing (wal.h). */
+    x->lsn = lsn + 8 + ((len + 7) & ~(size_t)7);
+    x->records++;
+    x->bytes += len;
+    return x->bytes >= (64u << 20) ? replay_flush(x) : ERR_OK;
+}
+
+static int writer_init(writer **out, store *s, uint32_t window_us, size_t max_batch,
+                       size_t max_queue, void (*batch_applied)(void *ctx),
+                       void (*batch_end)(void *ctx), void *ctx)
 {
     writer *w = calloc(1, sizeof *w);
     if (!w) return ERR_NOMEM;
@@ -172,31 +769,111 @@ int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, s
     w->batch_applied = batch_applied;
     w->batch_end = batch_end;
     w->ctx = ctx;
+    *out = w;
+    return ERR_OK;
+}
+
+static int threads_start(writer *w)
+{
     uv_mutex_init(&w->mu);
     uv_cond_init(&w->cond);
+    uv_cond_init(&w->log_cond);
+    uv_cond_init(&w->app_cond);
     uv_cond_init(&w->done_cond);
-    int rc = uv_thread_create(&w->done_tid, completer_main, w);
-    if (rc != 0) {
-        log_error("cannot start the completer thread", "err=\"%s\"", uv_strerror(rc));
-        goto fail;
+    uv_cond_init(&w->applied_cond);
+    int rc;
+    if ((rc = uv_thread_create(&w->done_tid, completer_main, w)) != 0) goto fail0;
+    if ((rc = uv_thread_create(&w->app_tid, applier_main, w)) != 0) goto fail1;
+    if ((rc = uv_thread_create(&w->log_tid, logger_main, w)) != 0) goto fail2;
+    if ((rc = uv_thread_create(&w->seq_tid, sequencer_main, w)) != 0) goto fail3;
+    return ERR_OK;
+fail3:
+    uv_mutex_lock(&w->mu);
+    w->seq_ended = true;
+    uv_cond_signal(&w->log_cond);
+    uv_mutex_unlock(&w->mu);
+    uv_thread_join(&w->log_tid);
+    goto joined2;
+fail2:
+    uv_mutex_lock(&w->mu);
+    w->log_ended = true;
+    uv_cond_signal(&w->app_cond);
+    uv_mutex_unlock(&w->mu);
+joined2:
+    uv_thread_join(&w->app_tid);
+    goto joined1;
+fail1:
+    uv_mutex_lock(&w->mu);
+    w->app_ended = w->log_ended = true;
+    uv_cond_signal(&w->done_cond);
+    uv_mutex_unlock(&w->mu);
+joined1:
+    uv_thread_join(&w->done_tid);
+fail0:
+    log_error("cannot start the writer's threads", "err=\"%s\"", uv_strerror(rc));
+    uv_cond_destroy(&w->applied_cond);
+    uv_cond_destroy(&w->done_cond);
+    uv_cond_destroy(&w->app_cond);
+    uv_cond_destroy(&w->log_cond);
+    uv_cond_destroy(&w->cond);
+    uv_mutex_destroy(&w->mu);
+    return ERR_IO;
+}
+
+int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
+                 void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx)
+{
+    writer *w;
+    int rc = writer_init(&w, s, window_us, max_batch, max_queue, batch_applied, batch_end, ctx);
+    if (rc < 0) return rc;
+    if ((rc = threads_start(w)) < 0) { free(w); return rc; }
+    *out = w;
+    return ERR_OK;
+}
+
+int writer_start_log(writer **out, store *s, const writer_options *o,
+                     void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx)
+{
+    writer *w;
+    int rc = writer_init(&w, s, o->window_us, o->max_batch, o->max_queue, batch_applied,
+                         batch_end, ctx);
+    if (rc < 0) return rc;
+    w->apply_delay_ms = o->apply_delay_ms;
+    uint64_t from = 0;
+    store_txn *txn;
+    if ((rc = store_begin(s, false, &txn)) == ERR_OK) {
+        rc = store_meta_get(txn, "log_applied", &from);
+        store_abort(txn);
     }
-    if ((rc = uv_thread_create(&w->tid, writer_main, w)) != 0) {
-        log_error("cannot start the writer thread", "err=\"%s\"", uv_strerror(rc));
-        uv_mutex_lock(&w->mu);
-        w->writer_ended = true;
-        uv_cond_signal(&w->done_cond);
-        uv_mutex_unlock(&w->mu);
-        uv_thread_join(&w->done_tid);
-        goto fail;
+    replay_ctx x = {s, NULL, {0}, from, 0, 0, ERR_OK};
+    wal_options wo = {o->log_dir, o->segment_bytes, o->io};
+    if (rc == ERR_OK) rc = wal_open(&w->log, &wo, from, replay_one, &x);
+    if (rc == ERR_OK) rc = replay_flush(&x);
+    else if (x.txn) { store_abort(x.txn); apply_set_free(&x.set); }
+    if (rc == ERR_OK && x.records)
+        log_info("replayed the log into the store", "records=%llu from=%llu to=%llu",
+                 (unsigned long long)x.records, (unsigned long long)from,
+                 (unsigned long long)x.lsn);
+    if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
+    if (rc == ERR_OK && (rc = store_begin(s, true, &txn)) == ERR_OK) {
+        /* Everything logged is applied now: the log may start afresh there. */
+        rc = store_meta_put(txn, "log_applied", wal_end(w->log));
+        rc = rc == ERR_OK ? store_commit(txn) : (store_abort(txn), rc);
+    }
+    if (rc == ERR_OK) rc = seq_new(&w->seq, s);
+    if (rc == ERR_OK && (rc = store_begin(s, false, &txn)) == ERR_OK) {
+        seq_set_clock(w->seq, store_clock(txn));
+        store_abort(txn);
+    }
+    if (rc == ERR_OK) rc = threads_start(w);
+    if (rc < 0) {
+        if (w->log) wal_close(w->log);
+        seq_free(w->seq);
+        free(w);
+        return rc;
     }
     *out = w;
     return ERR_OK;
-fail:
-    uv_cond_destroy(&w->done_cond);
-    uv_cond_destroy(&w->cond);
-    uv_mutex_destroy(&w->mu);
-    free(w);
-    return ERR_IO;
 }
 
 int writer_submit(writer *w, writer_op *op)
@@ -209,21 +886,62 @@ int writer_submit(writer *w, writer_op *op)
     else w->head = op;
     w->tail = op;
     w->depth++;
-    /* Wake the writer for the first op, or when a batch is full. */
+    /* Wake the sequencer for the first op, or when a batch is full. */
     if (w->depth == 1 || w->depth >= w->max_batch) uv_cond_signal(&w->cond);
     uv_mutex_unlock(&w->mu);
     return ERR_OK;
+}
+
+uint64_t writer_acked(writer *w)
+{
+    uv_mutex_lock(&w->mu);
+    uint64_t a = w->acked;
+    uv_mutex_unlock(&w->mu);
+    return a;
+}
+
+bool writer_is_applied(writer *w, uint64_t batch)
+{
+    uv_mutex_lock(&w->mu);
+    bool yes = w->applied >= batch || !w->log;
+    uv_mutex_unlock(&w->mu);
+    return yes;
+}
+
+int writer_wait_applied(writer *w, uint64_t batch, uint32_t timeout_ms)
+{
+    if (!w->log) return ERR_OK;
+    uint64_t until = uv_hrtime() + (uint64_t)timeout_ms * 1000000;
+    uv_mutex_lock(&w->mu);
+    w->urgent++;
+    uv_cond_signal(&w->app_cond);
+    int rc = ERR_OK;
+    for (uint64_t now = uv_hrtime(); w->applied < batch && !w->app_ended; now = uv_hrtime()) {
+        if (now >= until) { rc = ERR_TIMEOUT; break; }
+        uv_cond_timedwait(&w->applied_cond, &w->mu, until - now);
+    }
+    w->urgent--;
+    uv_mutex_unlock(&w->mu);
+    return rc;
 }
 
 void writer_stop(writer *w)
 {
     uv_mutex_lock(&w->mu);
     w->stopping = true;
-    uv_cond_signal(&w->cond);
+    uv_cond_broadcast(&w->cond);
+    uv_cond_signal(&w->app_cond);
     uv_mutex_unlock(&w->mu);
-    uv_thread_join(&w->tid);      /* applies and commits what is queued */
+    uv_thread_join(&w->seq_tid);  /* sequences what is queued */
+    uv_thread_join(&w->log_tid);  /* logs it */
+    uv_thread_join(&w->app_tid);  /* applies it */
     uv_thread_join(&w->done_tid); /* completes it */
+    if (w->log) wal_close(w->log);
+    seq_free(w->seq);
+    uv_cond_destroy(&w->applied_cond);
     uv_cond_destroy(&w->done_cond);
+    uv_cond_destroy(&w->app_cond);
+    uv_cond_destroy(&w->log_cond);
     uv_cond_destroy(&w->cond);
     uv_mutex_destroy(&w->mu);
     free(w);
@@ -234,5 +952,6 @@ void writer_get_stats(writer *w, writer_stats *st)
     uv_mutex_lock(&w->mu);
     *st = w->st;
     st->queued = w->depth;
+    st->unapplied = w->unapplied;
     uv_mutex_unlock(&w->mu);
 }

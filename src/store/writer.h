@@ -1,24 +1,48 @@
-/* writer: the one storage writer thread, with group commit.
+/* writer: the durable path. Every change to the store goes through it.
  *
- * Any thread submits operations; the writer gathers what arrives within the
- * commit window (or up to max_batch operations), applies them all in one
- * write transaction and commits it durably: one fsync for the whole batch,
- * which is what makes a durable ack cheap. A second thread, the completer,
- * then completes the batch's operations in submission order (acks and
- * fan-out), while the writer already applies the next batch.
+ * Any thread submits operations. The sequencer thread takes what arrived
+ * within the commit window (up to max_batch) and handles each in order:
+ *
+ *   - The log path (an op with sequence(), when the writer has a log):
+ *     sequence() decides the op against the sequencer's memory (seq.h:
+ *     messages, cursors, last_seen) and appends its log entries to the
+ *     batch being built. The logger thread appends the batch to the log
+ *     (wal.h: one write, one fdatasync, together with whatever other
+ *     batches are waiting) and that is where the ops are durable: the
+ *     completer acks them. While a batch is synced the sequencer already
+ *     builds the next one. The applier thread writes logged batches into
+ *     LMDB later, off the ack path, coalescing cursor and conversation
+ *     updates (a conversation's record and a member's cursors are written
+ *     once per applied group, however many messages moved them), and
+ *     records the log position it holds ("log_applied"), after which the
+ *     log recycles those segments.
+ *   - The slow path (every other op, and one whose sequence() answers
+ *     SEQ_SLOW): a barrier. Everything logged before it is applied first,
+ *     then apply() runs in a store write transaction on the applier
+ *     thread, committed durably; the sequencer waits for it and drops its
+ *     memory of the conversations the transaction changed.
+ *
+ * The completer completes every op in submission order, with done() and,
+ * after each batch, batch_end(ctx). On start the log's records past
+ * "log_applied" are replayed into LMDB (a torn tail is cut; a bad record
+ * before the tail fails the start: wal.h).
+ *
+ * A failed log append (disk full: ERR_DISK_FULL; ERR_IO) fails its batch
+ * and every batch sequenced after it; the sequencer then waits for the
+ * applier to catch up and starts again from the store, so nothing that
+ * was not acked counts and nothing acked is lost.
  *
  * An operation is embedded in the caller's struct (intrusive) and owned by
- * the caller; the writer only links it. apply() runs on the writer thread
- * inside the batch's transaction: it returns >= 0 on success or a negative
- * code; a validation error (forbidden, conflict, ...) must be returned
- * before apply() writes anything. A storage error (ERR_IO, ERR_FULL,
- * ERR_NOMEM) aborts the whole batch: every operation then completes with
- * that error and nothing of the batch is stored. done() runs on the
- * completer thread once the batch is durable, with apply()'s result (or the
- * batch's error); it must not block. After
- * each batch, batch_end(ctx) runs there too (to flush what done() queued
- * for the I/O threads). batch_applied(ctx), if set, runs on the writer
- * thread after a batch's last apply(), before its commit.
+ * the caller; the writer only links it. apply() returns >= 0 on success or
+ * a negative code; a validation error (forbidden, conflict, ...) must be
+ * returned before apply() writes anything. A storage error (ERR_IO,
+ * ERR_FULL, ERR_NOMEM) aborts the whole transaction: every op of it then
+ * completes with that error. batch_applied(ctx), if set, runs on the
+ * thread that ran apply(), after a slow batch's last apply(), before its
+ * commit.
+ *
+ * Without a log (writer_start()), every op takes the slow path: that is
+ * plain group commit.
  */
 #ifndef PARLEY_WRITER_H
 #define PARLEY_WRITER_H
@@ -27,14 +51,21 @@
 #include <stdint.h>
 
 #include "base/hist.h"
+#include "store/seq.h"
 #include "store/store.h"
+#include "store/wal.h"
 
 typedef struct writer writer;
 typedef struct writer_op writer_op;
 
 struct writer_op {
     writer_op *next;
+    /* The slow path, on the applier thread (required). */
     int (*apply)(writer_op *op, store_txn *txn);
+    /* The log path, on the sequencer thread (optional): decide the op with
+     * seq.h's calls, passing batch and out. Returns >= 0, a negative code
+     * (the op fails, nothing appended), or SEQ_SLOW (take the slow path). */
+    int (*sequence)(writer_op *op, sequencer *q, uint64_t batch, logrec_buf *out);
     void (*done)(writer_op *op, int rc);
 };
 
@@ -45,11 +76,16 @@ typedef struct writer_stats {
     uint64_t apply_ns;    /* time in apply() */
     uint64_t commit_ns;   /* writer: time committing (the fsync) */
     uint64_t done_ns;     /* completer: time in done() and batch_end() */
+    uint64_t log_batches; /* log appends (each one write + fdatasync) */
+    uint64_t log_bytes;   /* entry bytes appended */
+    uint64_t applies;     /* applier transactions of logged batches */
+    uint64_t unapplied;   /* now: logged batches not yet in LMDB */
     /* Histograms (base/hist.h), one observation per batch, counted by the
      * writer thread in the per-batch update it already makes under the
      * writer's lock (no lock of their own, none per operation): */
     hist batch_ns;        /* a committed batch, first apply() to durable (hist_seconds) */
-    hist fsync_ns;        /* its store_commit(): LMDB writes the pages and fsyncs (hist_seconds) */
+    hist fsync_ns;        /* its durable write: the log append + fdatasync, or a slow
+                             batch's store_commit() (hist_seconds) */
     hist batch_ops;       /* operations per batch (hist_sizes) */
 } writer_stats;
 
@@ -58,6 +94,31 @@ typedef struct writer_stats {
  * max_queue: writer_submit() refuses with ERR_BUSY beyond this depth. */
 int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
                  void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx);
+
+typedef struct writer_options {
+    uint32_t window_us;          /* gather a batch this long after its first op */
+    size_t max_batch;            /* ops per batch */
+    size_t max_queue;            /* writer_submit() refuses beyond this depth */
+    const char *log_dir;         /* the log's directory (created if missing) */
+    uint64_t segment_bytes;      /* 0: the log's default */
+    uint32_t apply_delay_ms;     /* the applier gathers logged batches this long
+                                  * (fewer, larger LMDB commits) unless a read waits */
+    const wal_io *io;            /* NULL: the real system calls (wal.h) */
+} writer_options;
+
+/* Starts the writer with a log: replays the log's tail into the store,
+ * then starts the threads. ERR_CORRUPT (a bad record before the log's
+ * tail, logged with file and offset), ERR_IO, ERR_NOMEM. */
+int writer_start_log(writer **out, store *s, const writer_options *o,
+                     void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx);
+
+/* Read-your-writes. writer_acked() is the number of the last batch
+ * acknowledged (durable); writer_wait_applied() blocks until the store
+ * holds every batch up to `batch` (asking the applier not to wait), or
+ * timeout_ms passes: ERR_OK or ERR_TIMEOUT. Any thread. */
+uint64_t writer_acked(writer *w);
+int writer_wait_applied(writer *w, uint64_t batch, uint32_t timeout_ms);
+bool writer_is_applied(writer *w, uint64_t batch);
 
 /* Queues op. Any thread. ERR_BUSY (queue full) or ERR_CLOSED (stopping):
  * op is not queued and its callbacks will not run. */
