@@ -96,7 +96,7 @@ int summary_main(int argc, char **argv)
     jw_open(&j, NULL);
     jw_num(&j, "generated", (double)time(NULL));
     copy_machine(&j, &rs);
-    printf("\n== parley-bench summary: targets of issue 5 (%s) ==\n", path);
+    printf("\n== parley-bench summary: targets (%s) ==\n", path);
     targets_table(tg, &rs, &j);
     conditions(&rs);
     targets_notes(tg, &rs);

@@ -110,6 +110,26 @@ size_t pf_send(char *out, size_t cap, uint64_t conv, uint64_t k, int64_t t, uint
     return (size_t)n + 2;
 }
 
+static size_t ndigits(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+size_t pf_send_payload(uint64_t k, int64_t t, uint32_t m, int body_bytes)
+{
+    if (t < 0) return 0;
+    if (body_bytes > 16000) body_bytes = 16000;
+    size_t tk = ndigits((uint64_t)t) + ndigits(k);
+    size_t head = tk + ndigits(m) + 3; /* "<t> <k> <m> " */
+    size_t body = (size_t)(body_bytes > 0 ? body_bytes : 0);
+    return tk + 1 + (head > body ? head : body); /* cmid "<k>.<t>" */
+}
+
 size_t pf_echo(char *out, size_t cap, size_t n)
 {
     static const char head[] = "{\"type\":\"echo\",\"d\":\"";

@@ -51,6 +51,10 @@ int64_t pf_body_time(const pf_frame *f, uint64_t *k, uint32_t *m);
 size_t pf_send(char *out, size_t cap, uint64_t conv, uint64_t k, int64_t t, uint32_t m,
                int body_bytes);
 
+/* The bytes of the cmid plus the body (as stored: unescaped) of the frame
+ * pf_send(.., k, t, m, body_bytes) writes; 0 when t < 0. */
+size_t pf_send_payload(uint64_t k, int64_t t, uint32_t m, int body_bytes);
+
 /* An echo frame of exactly n bytes ({"type":"echo","d":"xxx..."}, n >= 24)
  * into out (cap > n). Returns n. */
 size_t pf_echo(char *out, size_t cap, size_t n);

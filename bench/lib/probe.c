@@ -1,11 +1,15 @@
 #include "lib/probe.h"
 
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include "base/err.h"
 #include "lib/util.h"
 
 long probe_status_field(const char *path, const char *key)
@@ -97,10 +101,74 @@ static double machine_busy_s(void)
     return (double)(u + n + sy + irq + sirq + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+int probe_parse_io(const char *text, probe_io *out)
+{
+    static const struct {
+        const char *key;
+        size_t off;
+    } KEYS[] = {
+        {"rchar:", offsetof(probe_io, rchar)},
+        {"wchar:", offsetof(probe_io, wchar)},
+        {"read_bytes:", offsetof(probe_io, read_bytes)},
+        {"write_bytes:", offsetof(probe_io, write_bytes)},
+        {"cancelled_write_bytes:", offsetof(probe_io, cancelled_write_bytes)},
+    };
+    *out = (probe_io){-1, -1, -1, -1, -1};
+    const char *p = text;
+    for (int lines = 0; *p && lines < 64; lines++) {
+        const char *eol = strchr(p, '\n');
+        size_t n = eol ? (size_t)(eol - p) : strlen(p);
+        for (size_t k = 0; k < sizeof KEYS / sizeof KEYS[0]; k++) {
+            size_t kl = strlen(KEYS[k].key);
+            if (n <= kl || strncmp(p, KEYS[k].key, kl) != 0) continue;
+            const char *v = p + kl;
+            while (*v == ' ' || *v == '\t') v++;
+            char *e;
+            errno = 0;
+            long long x = strtoll(v, &e, 10);
+            bool none = e == v;
+            while (e < p + n && (*e == ' ' || *e == '\t' || *e == '\r')) e++;
+            if (none || errno || x < 0 || e != p + n) return ERR_INVALID;
+            *(long long *)((char *)out + KEYS[k].off) = x;
+        }
+        p += n;
+        if (*p == '\n') p++;
+    }
+    return out->wchar >= 0 && out->write_bytes >= 0 ? ERR_OK : ERR_INVALID;
+}
+
+int probe_read_io(int pid, probe_io *out)
+{
+    *out = (probe_io){-1, -1, -1, -1, -1};
+    if (pid <= 0) return ESRCH;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/io", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return errno ? errno : EIO;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int err = ferror(f) ? (errno ? errno : EIO) : 0;
+    fclose(f);
+    if (err) return err;
+    buf[n] = 0;
+    return probe_parse_io(buf, out) == ERR_OK ? 0 : EINVAL;
+}
+
+const char *probe_io_problem(int pid, int err, char *buf, size_t cap)
+{
+    const char *why = err == EACCES || err == EPERM
+                          ? "not permitted: the server is another user's process (or not dumpable), "
+                            "so its disk writes are not the bench's to read"
+                      : err == ENOENT || err == ESRCH ? "no such process (is --pid the server?)"
+                      : err == EINVAL                 ? "its text did not parse"
+                                                      : "unexpected error";
+    snprintf(buf, cap, "cannot read /proc/%d/io (%s): %s", pid, strerror(err), why);
+    return buf;
+}
+
 probe_sample probe_take(int pid)
 {
     probe_sample s = {.t = now_ns(), .cpu_s = -1, .rss_kb = -1, .anon_kb = -1, .file_kb = -1,
-                      .disk_w = -1};
+                      .disk_w = -1, .wchar = -1, .disk_cancel = -1, .io_err = ESRCH};
     if (pid > 0) {
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/status", pid);
@@ -108,12 +176,13 @@ probe_sample probe_take(int pid)
         s.rss_kb = probe_status_field(path, "VmRSS:");
         s.anon_kb = probe_status_field(path, "RssAnon:");
         s.file_kb = probe_status_field(path, "RssFile:");
-        snprintf(path, sizeof path, "/proc/%d/io", pid);
-        FILE *f = fopen(path, "r");
-        char line[128];
-        while (f && fgets(line, sizeof line, f))
-            if (sscanf(line, "write_bytes: %lld", &s.disk_w) == 1) break;
-        if (f) fclose(f);
+        probe_io io;
+        s.io_err = probe_read_io(pid, &io);
+        if (!s.io_err) {
+            s.disk_w = io.write_bytes;
+            s.wchar = io.wchar;
+            s.disk_cancel = io.cancelled_write_bytes;
+        }
     }
     s.slab_kb = probe_status_field("/proc/meminfo", "Slab:");
     s.mach_busy_s = machine_busy_s();

@@ -1,17 +1,40 @@
 /* probe: the server and the machine, seen from /proc.
  *
  * A sample holds the server process's CPU (/proc/PID/stat, all threads),
- * memory (/proc/PID/status), disk writes (/proc/PID/io) and the machine's
- * kernel memory, listen overflows and busy CPU time. Fields that could not
- * be read are -1. Every buffer is the caller's (or on the stack): nothing
- * here keeps state between calls.
+ * memory (/proc/PID/status), I/O (/proc/PID/io: bytes it caused to be
+ * written to storage, and bytes it passed to write calls) and the
+ * machine's kernel memory, listen overflows and busy CPU time. Fields that
+ * could not be read are -1; why /proc/PID/io could not be read is kept as
+ * an errno. Every buffer is the caller's (or on the stack): nothing here
+ * keeps state between calls.
  */
 #ifndef BENCH_PROBE_H
 #define BENCH_PROBE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "lib/jw.h"
+
+/* The counters of /proc/PID/io (see proc(5)); -1 when a line is absent. */
+typedef struct probe_io {
+    long long rchar, wchar;            /* bytes passed to read / write calls */
+    long long read_bytes, write_bytes; /* bytes fetched from / sent to storage */
+    long long cancelled_write_bytes;   /* dirty page cache dropped before writeback */
+} probe_io;
+
+/* Parses the text of /proc/PID/io (NUL-terminated). ERR_OK when it holds
+ * at least wchar and write_bytes, else ERR_INVALID (unknown lines are
+ * ignored; a line whose number does not parse is an error). */
+int probe_parse_io(const char *text, probe_io *out);
+
+/* Reads /proc/PID/io into *out: 0, or the errno of the failure (EINVAL
+ * when the text did not parse). */
+int probe_read_io(int pid, probe_io *out);
+
+/* Why the I/O of pid could not be measured (err from probe_read_io), in
+ * words, into buf: the output prints this instead of a figure. */
+const char *probe_io_problem(int pid, int err, char *buf, size_t cap);
 
 typedef struct probe_sample {
     int64_t t;                /* now_ns() when taken */
@@ -20,6 +43,9 @@ typedef struct probe_sample {
     long slab_kb;             /* /proc/meminfo Slab (whole machine) */
     long sock_pages;          /* /proc/net/sockstat TCP mem (pages) */
     long long disk_w;         /* write_bytes of /proc/PID/io */
+    long long wchar;          /* wchar of /proc/PID/io */
+    long long disk_cancel;    /* cancelled_write_bytes of /proc/PID/io */
+    int io_err;               /* 0, or why /proc/PID/io was not read (errno) */
     long long listen_drops;   /* TcpExt ListenOverflows (whole machine) */
     double mach_busy_s;       /* all cores, not idle, from /proc/stat */
 } probe_sample;

@@ -118,8 +118,9 @@ static int eval(const ectx *e, const char *s, size_t n, double *out)
     return ERR_OK;
 }
 
-/* "EXPR OP EXPR": ERR_OK with *holds (false when a side is unknown). */
-static int condition(const ectx *e, const char *s, bool *holds)
+/* "EXPR OP EXPR": ERR_OK with *holds (false when a side is unknown, and
+ * then *known false too; known may be NULL). */
+static int condition_known(const ectx *e, const char *s, bool *holds, bool *known_out)
 {
     static const char *const OPS[] = {"<=", ">=", "==", "!=", "<", ">"};
     const char *at = strpbrk(s, "<>=!");
@@ -133,6 +134,7 @@ static int condition(const ectx *e, const char *s, bool *holds)
     if (eval(e, s, (size_t)(at - s), &a) != ERR_OK || eval(e, rhs, strlen(rhs), &b) != ERR_OK)
         return ERR_INVALID;
     bool known = a == a && b == b;
+    if (known_out) *known_out = known;
     switch (op) {
     case 0: *holds = known && a <= b; break;
     case 1: *holds = known && a >= b; break;
@@ -142,6 +144,11 @@ static int condition(const ectx *e, const char *s, bool *holds)
     default: *holds = known && a > b; break;
     }
     return ERR_OK;
+}
+
+static int condition(const ectx *e, const char *s, bool *holds)
+{
+    return condition_known(e, s, holds, NULL);
 }
 
 /* Expands "{EXPR}" / "{EXPR|D}" in tpl into out. ERR_OK, or ERR_INVALID for
@@ -369,6 +376,7 @@ targets *targets_load(const char *path, char *err, size_t errcap)
 
 typedef struct result {
     bool shown, known, reference, met, has_floor;
+    bool undecided;          /* a met condition had an unknown side */
     double value, ratio;
     char measured[256], floor[256];
 } result;
@@ -389,12 +397,17 @@ static void evaluate(const row *r, const runset *rs, result *out)
         eval(&e, r->show, strlen(r->show), &s);
         out->shown = s == s;
     }
-    bool met = out->known;
-    for (int i = 0; i < r->nmet && met; i++) {
-        bool h = false;
-        condition(&e, r->met[i], &h);
-        met = h;
+    /* not met when any condition fails; undecided when none failed but
+     * one could not be judged */
+    bool met = out->known, failed = false, unknown = false;
+    for (int i = 0; i < r->nmet && out->known; i++) {
+        bool h = false, k = true;
+        condition_known(&e, r->met[i], &h, &k);
+        met = met && h;
+        failed = failed || (k && !h);
+        unknown = unknown || !k;
     }
+    out->undecided = !failed && unknown;
     out->met = met;
     if (out->known) expand(&e, r->measured, out->measured, sizeof out->measured, NULL);
     else snprintf(out->measured, sizeof out->measured, "n/a");
@@ -412,26 +425,27 @@ static void evaluate(const row *r, const runset *rs, result *out)
 
 static const char *met_word(const result *x)
 {
-    return !x->known ? "n/a" : x->reference ? "-" : x->met ? "yes" : "NO";
+    return !x->known || x->undecided ? "n/a" : x->reference ? "-" : x->met ? "yes" : "NO";
 }
 
 void targets_table(const targets *t, const runset *rs, jw *j)
 {
-    printf("%-42s %-24s %-34s %-4s %s\n", "target", "goal", "measured", "met", "vs floor (same run)");
+    printf("%-42s %-30s %-4s %s\n", "target", "goal", "met", "measured | vs floor (same suite)");
     jw_open_array(j, "targets");
     for (int i = 0; i < t->nrows; i++) {
         const row *r = &t->rows[i];
         result x;
         evaluate(r, rs, &x);
         if (!x.shown) continue;
-        printf("%-42s %-24s %-34s %-4s %s\n", r->name, r->goal, x.measured, met_word(&x),
-               x.has_floor ? x.floor : "");
+        printf("%-42s %-30s %-4s %s%s%s\n", r->name, r->goal, met_word(&x), x.measured,
+               x.has_floor ? " | " : "", x.has_floor ? x.floor : "");
         jw_open(j, NULL);
         jw_str(j, "target", r->name);
         jw_str(j, "goal", r->goal);
         jw_str(j, "measured", x.measured);
         jw_num(j, "value", x.value);
         if (!x.reference) jw_bool(j, "met", x.known && x.met);
+        if (!x.reference && x.known && x.undecided) jw_bool(j, "undecided", true);
         if (x.has_floor) {
             jw_str(j, "floor", x.floor);
             jw_num(j, "ratio_to_floor", x.ratio);

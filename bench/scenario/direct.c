@@ -1,7 +1,9 @@
 /* direct: P pairs of users, one direct conversation each; one side sends,
  * the other receives (scenario/traffic.h): durable msgs/s, send->ack and
- * send->delivery, server CPU and disk bytes per message, group commits.
- * With --floor the pairs are linked by ?pair=N and the floor relays.
+ * send->delivery, server CPU and disk bytes per message beside the stored
+ * record's size, group commits; with --dir DIR (the data directory's
+ * filesystem) also fdatasync there in the same run. With --floor the pairs
+ * are linked by ?pair=N and the floor relays.
  */
 #include "scenario/traffic.h"
 
@@ -32,7 +34,7 @@ static int run(bench_run *r)
 const scenario scenario_direct = {
     .name = "direct",
     .usage = "direct --pairs P [100] --seconds S [10], --window W [8] or --rate R: durable msgs/s, "
-             "send->ack, send->delivery",
+             "send->ack, send->delivery, disk bytes per message; --dir DIR: fdatasync there, same run",
     .kind = "parleyd",
     .floor_ok = true,
     .needs_server = true,

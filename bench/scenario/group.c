@@ -37,7 +37,7 @@ static int run(bench_run *r)
 const scenario scenario_group = {
     .name = "group",
     .usage = "group --groups N [10] --group-size G [100] --senders S [1], --window W [4] or --rate R: "
-             "deliveries/s, fan-out latency",
+             "deliveries/s, fan-out latency; --dir DIR: fdatasync there",
     .kind = "parleyd",
     .floor_ok = false,
     .needs_server = true,

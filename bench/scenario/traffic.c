@@ -6,11 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/disk.h"
 #include "lib/pf.h"
 #include "lib/prov.h"
 
 enum {
-    ST_SENT = STATS_SCENARIO, ST_ACKED, ST_DLV, ST_FAN_DONE, ST_LATE, ST_SKIPPED
+    ST_SENT = STATS_SCENARIO, ST_ACKED, ST_DLV, ST_FAN_DONE, ST_LATE, ST_SKIPPED, ST_PAYLOAD
 };
 enum { SH_ACK = STATS_HIST_SCENARIO, SH_DLV, SH_FAN };
 
@@ -18,6 +19,23 @@ enum { K_SEND, K_RECV, K_MEMBER };
 
 #define FAN_RING 1024
 #define MAX_UNACKED_PACED 2000
+
+/* The fixed part of a stored message beside its cmid and body, as
+ * src/store/store.c lays out its msgs table: the key (conv, seq: two u64)
+ * and the value's header (format u8, sender u64, ts i64, cmid length u8). */
+#define STORED_FIXED_BYTES (8 + 8 + 1 + 8 + 8 + 1)
+
+/* --dir: fdatasync samples taken right before and right after the traffic
+ * (each half bounded in time), the same run's floor under an ack. */
+#define SYNC_SAMPLES 100
+#define SYNC_BUDGET_NS (3 * NS_PER_S)
+
+/* After the senders stop: the last acks and the writes the server defers
+ * past them are waited for, until nothing changed for SETTLE_QUIET_MS (at
+ * most SETTLE_MAX_MS). */
+#define SETTLE_STEP_MS 200
+#define SETTLE_QUIET_MS 1000
+#define SETTLE_MAX_MS 6000
 
 typedef struct tconn {
     uint8_t kind;
@@ -140,7 +158,9 @@ static void send_msg(worker *w, wsc *c, int64_t t)
 {
     tconn *x = tc(w, c);
     char p[17400];
-    size_t n = pf_send(p, sizeof p, x->conv, x->k++, t, x->member, w->o->size);
+    size_t n = pf_send(p, sizeof p, x->conv, x->k, t, x->member, w->o->size);
+    stats_add(w->S, ST_PAYLOAD, pf_send_payload(x->k, t, x->member, w->o->size));
+    x->k++;
     c->outstanding++;
     stats_add(w->S, ST_SENT, 1);
     worker_text(w, c, p, n);
@@ -238,6 +258,102 @@ void traffic_params(const bench_opts *o, jw *j)
     jw_num(j, "body_bytes", o->size);
 }
 
+/* The disk under the data directory (--dir), sampled into h; false (with
+ * the reason printed) when it cannot be. */
+static bool sync_half(const bench_opts *o, hist *h)
+{
+    char err[600];
+    if (disk_sync_sample(o->dir, SYNC_SAMPLES / 2, SYNC_BUDGET_NS, h, err, sizeof err) >= 0) return true;
+    printf("  fdatasync               not measured: %s\n", err);
+    return false;
+}
+
+/* The end of a run, once the server's writes settled after it. */
+typedef struct run_tail {
+    probe_io io;             /* the server's I/O counters then (-1: not read) */
+    uint64_t acked;          /* acks counted by then (all, since the start) */
+    double waited_s;         /* from the senders' stop */
+} run_tail;
+
+/* Waits for the run's tail (see SETTLE_*). */
+static run_tail settle(const pool *p, int pid)
+{
+    run_tail t = {.io = {-1, -1, -1, -1, -1}};
+    int64_t t0 = now_ns(), quiet_since = t0;
+    probe_io io;
+    probe_read_io(pid, &t.io);
+    t.acked = pool_sum(p, ST_ACKED);
+    for (int i = 0; i < SETTLE_MAX_MS / SETTLE_STEP_MS; i++) {
+        sleep_ms(SETTLE_STEP_MS);
+        if (probe_read_io(pid, &io) != 0) break;
+        uint64_t a = pool_sum(p, ST_ACKED);
+        int64_t now = now_ns();
+        if (io.write_bytes != t.io.write_bytes || io.wchar != t.io.wchar || a != t.acked) quiet_since = now;
+        t.io = io;
+        t.acked = a;
+        if (now - quiet_since >= SETTLE_QUIET_MS * NS_PER_MS) break;
+    }
+    t.waited_s = (double)(now_ns() - t0) / 1e9;
+    return t;
+}
+
+/* The stored record's size: the mean cmid + body of the messages sent
+ * (payload bytes over sent messages) plus STORED_FIXED_BYTES; NAN when
+ * nothing was sent. Printed and recorded. */
+static double stored_record(bench_run *r, double payload, double sent)
+{
+    if (sent <= 0) return NAN;
+    double rec = STORED_FIXED_BYTES + payload / sent;
+    printf("  stored record           %.0f B per message (estimate: cmid + body %.0f B as sent, + %d B "
+           "fixed: key conv+seq, format, sender, ts, cmid length)\n", rec, payload / sent,
+           STORED_FIXED_BYTES);
+    jw_num(&r->J, "stored_record_bytes", rec);
+    return rec;
+}
+
+/* The disk figures of a run: bytes the server caused to be written to
+ * storage (write_bytes) and passed to write calls (wchar) per acked
+ * message, over the measured seconds (s0..s1, msgs acked) and up to the
+ * settled tail (from s0, every ack since a0), beside the stored record
+ * (rec, NAN if unknown). */
+static void disk_figures(bench_run *r, const probe_sample *s0, const probe_sample *s1,
+                         const run_tail *tail, uint64_t a0, double msgs, double rec, double dt)
+{
+    jw *j = &r->J;
+    if (s0->io_err || s1->io_err) {
+        char why[300];
+        int err = s0->io_err ? s0->io_err : s1->io_err;
+        printf("  disk writes             not measured: %s\n",
+               probe_io_problem(r->o->pid, err, why, sizeof why));
+        jw_str(j, "disk_not_measured", why);
+        return;
+    }
+    if (msgs <= 0) return;
+    double win = (double)(s1->disk_w - s0->disk_w), wwin = (double)(s1->wchar - s0->wchar);
+    printf("  disk writes (run)       %.1f MB/s to storage = %.0f B per message (write_bytes); %.0f B per "
+           "message to write calls (wchar)\n", win / dt / 1e6, win / msgs, wwin / msgs);
+    jw_num(j, "disk_mb_per_s", win / dt / 1e6);
+    jw_num(j, "disk_bytes_per_msg_run", win / msgs);
+    jw_num(j, "wchar_bytes_per_msg_run", wwin / msgs);
+    if (tail->io.write_bytes < 0 || tail->acked <= a0) return;
+    double n = (double)(tail->acked - a0);
+    double all = (double)(tail->io.write_bytes - s0->disk_w), wall = (double)(tail->io.wchar - s0->wchar);
+    double cancel = s0->disk_cancel >= 0 && tail->io.cancelled_write_bytes >= 0
+                        ? (double)(tail->io.cancelled_write_bytes - s0->disk_cancel) : NAN;
+    printf("  disk bytes per message  %.0f B written to storage (write_bytes), %.0f B to write calls "
+           "(wchar), %.0f B cancelled; %.0f acked, until the server's writes settled %.1f s after the "
+           "run\n", all / n, wall / n, cancel == cancel ? cancel / n : 0, n, tail->waited_s);
+    if (rec == rec)
+        printf("  disk / stored record    %.1fx (write_bytes), %.1fx (wchar)\n", all / n / rec,
+               wall / n / rec);
+    jw_num(j, "disk_bytes_per_msg", all / n);
+    jw_num(j, "wchar_bytes_per_msg", wall / n);
+    jw_num(j, "disk_cancelled_bytes_per_msg", cancel / n);
+    jw_num(j, "disk_msgs_counted", n);
+    jw_num(j, "disk_settle_s", tail->waited_s);
+    if (rec == rec) jw_num(j, "disk_per_stored_record", all / n / rec);
+}
+
 int traffic_run(bench_run *r, bool group)
 {
     const bench_opts *o = r->o;
@@ -258,8 +374,12 @@ int traffic_run(bench_run *r, bool group)
     int nconn = group ? o->groups * o->gsize : 2 * o->pairs;
     if (!pool_cmd_all(&p, CMD_CONNECT, nconn, 120)) die("connect timed out");
     sleep_ms(1000); /* presence frames settle */
+    hist hs;
+    hist_reset(&hs);
+    bool sync_ok = o->dir && !o->floor && sync_half(o, &hs);
     pool_reset_hists(&p);
     uint64_t a0 = pool_sum(&p, ST_ACKED), d0 = pool_sum(&p, ST_DLV), f0 = pool_sum(&p, ST_FAN_DONE);
+    uint64_t n0 = pool_sum(&p, ST_SENT), y0 = pool_sum(&p, ST_PAYLOAD);
     metrics_writer m0 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
     probe_sample s0 = probe_take(o->pid);
     double b0 = pool_cpu_s(&p);
@@ -270,6 +390,10 @@ int traffic_run(bench_run *r, bool group)
     metrics_writer m1 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
     uint64_t a1 = pool_sum(&p, ST_ACKED), d1 = pool_sum(&p, ST_DLV), f1 = pool_sum(&p, ST_FAN_DONE);
     pool_cmd_all(&p, CMD_STOP, 0, 10);
+    uint64_t n1 = pool_sum(&p, ST_SENT), y1 = pool_sum(&p, ST_PAYLOAD);
+    run_tail tail = {.io = {-1, -1, -1, -1, -1}};
+    if (!o->floor && !s0.io_err) tail = settle(&p, o->pid);
+    if (sync_ok) sync_ok = sync_half(o, &hs);
     double dt = (double)(s1.t - s0.t) / 1e9, cpu = s1.cpu_s - s0.cpu_s;
     double msgs = (double)(a1 - a0), dl = (double)(d1 - d0);
     hist ha, hd, hf;
@@ -298,12 +422,18 @@ int traffic_run(bench_run *r, bool group)
     report_machine(r, &s0, &s1, bcpu);
     report_writer(r, &m0, &m1, dt);
     jw *j = &r->J;
-    double disk = s1.disk_w >= 0 && s0.disk_w >= 0 ? (double)(s1.disk_w - s0.disk_w) : NAN;
-    if (!o->floor && disk == disk && msgs > 0) {
-        printf("  disk writes             %.1f MB/s = %.0f bytes per message\n", disk / dt / 1e6,
-               disk / msgs);
-        jw_num(j, "disk_bytes_per_msg", disk / msgs);
-        jw_num(j, "disk_mb_per_s", disk / dt / 1e6);
+    if (!o->floor) {
+        double rec = stored_record(r, (double)(y1 - y0), (double)(n1 - n0));
+        disk_figures(r, &s0, &s1, &tail, a0, msgs, rec, dt);
+    }
+    if (sync_ok && hs.count) {
+        printf("  fdatasync, same run     (4 KiB, %s, %d before and %d after the traffic)\n", o->dir,
+               SYNC_SAMPLES / 2, SYNC_SAMPLES / 2);
+        report_hist("fdatasync", &hs);
+        jw_hist(j, "fdatasync", &hs);
+        if (ha.count && hs.count)
+            printf("  send->ack / fdatasync   p99 %.1fx, same run\n",
+                   hist_pct_us(&ha, 0.99) / hist_pct_us(&hs, 0.99));
     }
     uint64_t errs = pool_sum(&p, ST_ERRORS), closed = pool_sum(&p, ST_CLOSED),
              late = pool_sum(&p, ST_LATE), busy = pool_sum(&p, ST_BUSY);

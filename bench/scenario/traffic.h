@@ -7,6 +7,13 @@
  * a slow server cannot hide behind coordinated omission). Every ack gives
  * send->ack, every msg send->delivery; in a group the delivery to the last
  * of the G-1 members gives the fan-out latency.
+ *
+ * Against parleyd a run also gives the server's disk bytes per acked
+ * message from /proc/PID/io (write_bytes, wchar), over the measured seconds
+ * and up to when its writes settle after them, beside the stored record's
+ * size (the mean cmid + body sent plus the fixed fields); with --dir DIR
+ * the fdatasync latency of DIR's disk, sampled right before and right
+ * after the traffic (the same run's floor under an ack).
  */
 #ifndef BENCH_TRAFFIC_H
 #define BENCH_TRAFFIC_H

@@ -1,9 +1,12 @@
 /* Unit tests of the load generator's library (bench/lib): the pure parts
  * that decide what a figure says: histograms, the result reader, parley
- * frames, the upgrade check, options and the targets file.
+ * frames and the stored-record estimate, /proc/PID/io, the fdatasync
+ * sampler, the upgrade check, options and the targets file.
  * Run from the repository root (make bench-test): it reads
  * bench/targets.conf.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,12 +14,15 @@
 #include <unistd.h>
 
 #include "codec/ws.h"
+#include "lib/disk.h"
 #include "lib/hist.h"
 #include "lib/jr.h"
 #include "lib/jw.h"
 #include "lib/opts.h"
 #include "lib/pf.h"
+#include "lib/probe.h"
 #include "lib/targets.h"
+#include "lib/util.h"
 #include "lib/wsc.h"
 #include "test.h"
 
@@ -138,6 +144,81 @@ TEST(pf_reads_server_frames)
     CHECK(pf_parse("[]", 2, &f) == ERR_INVALID);
 }
 
+TEST(pf_send_payload_is_the_cmid_and_body_of_the_frame)
+{
+    static const struct {
+        uint64_t k;
+        int64_t t;
+        uint32_t m;
+        int size;
+    } cases[] = {
+        {0, 0, 0, 32}, {9, 9, 9, 64}, {10, 1234567890123, 12, 64}, {99999, 999999999999999, 0, 200},
+        {1, 123456789012345678, 4000000000u, 32}, /* the head is longer than the body size */
+        {7, 5, 1, 16000}, {7, 5, 1, 20000},      /* capped at 16,000 */
+    };
+    char buf[17400], cm[80];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = pf_send(buf, sizeof buf, 3, cases[i].k, cases[i].t, cases[i].m, cases[i].size);
+        pf_frame f;
+        CHECK(n > 0 && pf_parse(buf, n, &f) == ERR_OK);
+        int cl = pf_str(&f, "cmid", cm, sizeof cm);
+        const json_field *b = json_get(&f.o, "body");
+        CHECK(cl > 0 && b && b->type == JSON_STRING);
+        size_t want = (size_t)cl + b->val_len - 2; /* the body without its quotes (no escapes) */
+        if (pf_send_payload(cases[i].k, cases[i].t, cases[i].m, cases[i].size) != want)
+            fprintf(stderr, "  case %zu: %zu != %zu\n", i,
+                    pf_send_payload(cases[i].k, cases[i].t, cases[i].m, cases[i].size), want);
+        CHECK(pf_send_payload(cases[i].k, cases[i].t, cases[i].m, cases[i].size) == want);
+    }
+    CHECK(pf_send_payload(1, -1, 0, 64) == 0);
+}
+
+/* ---- probe: /proc/PID/io ------------------------------------------------------- */
+
+TEST(probe_parses_proc_io)
+{
+    const char *io = "rchar: 1580\nwchar: 1001797\nsyscr: 5\nsyscw: 3\nread_bytes: 0\n"
+                     "write_bytes: 1028096\ncancelled_write_bytes: 4096\n";
+    probe_io x;
+    CHECK(probe_parse_io(io, &x) == ERR_OK);
+    CHECK(x.rchar == 1580 && x.wchar == 1001797 && x.read_bytes == 0 && x.write_bytes == 1028096 &&
+          x.cancelled_write_bytes == 4096);
+    /* no trailing newline, trailing blanks, lines in another order */
+    CHECK(probe_parse_io("write_bytes: 7  \nwchar:\t9", &x) == ERR_OK && x.write_bytes == 7 &&
+          x.wchar == 9 && x.rchar == -1 && x.cancelled_write_bytes == -1);
+    /* bad input: a missing field, a bad number, a negative one, junk after it, nothing */
+    CHECK(probe_parse_io("rchar: 1\nwchar: 2\n", &x) == ERR_INVALID);
+    CHECK(probe_parse_io("wchar: 2\nwrite_bytes: x\n", &x) == ERR_INVALID);
+    CHECK(probe_parse_io("wchar: 2\nwrite_bytes: -4\n", &x) == ERR_INVALID);
+    CHECK(probe_parse_io("wchar: 2\nwrite_bytes: 4 kB\n", &x) == ERR_INVALID);
+    CHECK(probe_parse_io("wchar: 2\nwrite_bytes:\n", &x) == ERR_INVALID);
+    CHECK(probe_parse_io("wchar: 99999999999999999999999\nwrite_bytes: 1\n", &x) == ERR_INVALID);
+    CHECK(probe_parse_io("", &x) == ERR_INVALID);
+    /* the real file of this process, and of none */
+    CHECK(probe_read_io(getpid(), &x) == 0 && x.wchar >= 0 && x.write_bytes >= 0);
+    CHECK(probe_read_io(0, &x) != 0 && x.write_bytes == -1);
+    char why[300];
+    CHECK(strstr(probe_io_problem(42, EACCES, why, sizeof why), "/proc/42/io") != NULL);
+    CHECK(strstr(why, "another user") != NULL);
+    probe_sample s = probe_take(0);
+    CHECK(s.io_err != 0 && s.disk_w == -1);
+    s = probe_take(getpid());
+    CHECK(s.io_err == 0 && s.disk_w >= 0 && s.wchar >= 0);
+}
+
+/* ---- disk ------------------------------------------------------------------------ */
+
+TEST(disk_sync_sample_is_bounded_and_reports_a_bad_dir)
+{
+    hist *h = calloc(1, sizeof *h);
+    char err[600];
+    CHECK(disk_sync_sample("/tmp", 3, 5 * NS_PER_S, h, err, sizeof err) == 3 && h->count == 3);
+    CHECK(disk_sync_sample("/tmp", 1000, 0, h, err, sizeof err) == 0); /* no time left */
+    CHECK(disk_sync_sample("/nonexistent/dir", 3, NS_PER_S, h, err, sizeof err) == -1);
+    CHECK(strstr(err, "/nonexistent/dir") != NULL && h->count == 3);
+    free(h);
+}
+
 /* ---- wsc: the upgrade answer ------------------------------------------------------ */
 
 static int upgrade(const char *text, wsc_upgrade *u, uint32_t *left)
@@ -198,13 +279,44 @@ TEST(opts_refuses_bad_values)
 /* ---- targets --------------------------------------------------------------------- */
 
 static const char RUN_DIRECT[] =
-    "{\"scenario\":\"direct\",\"label\":\"direct\",\"params\":{\"rate\":0},\"figures\":"
-    "{\"msgs_per_s\":120000,\"server_cpu_us_per_msg\":5,\"send_delivery\":{\"p99_us\":7000}}}";
+    "{\"scenario\":\"direct\",\"label\":\"direct\",\"params\":{\"rate\":0,\"pairs\":500},\"figures\":"
+    "{\"msgs_per_s\":160000,\"server_cpu_us_per_msg\":5,\"send_delivery\":{\"p99_us\":7000},"
+    "\"send_ack\":{\"p50_us\":1500,\"p99_us\":6000,\"p999_us\":9000},"
+    "\"disk_bytes_per_msg\":400,\"stored_record_bytes\":150,\"wchar_bytes_per_msg\":180}}";
 static const char RUN_FLOOR[] =
     "{\"scenario\":\"direct\",\"label\":\"direct-floor\",\"figures\":{\"server_cpu_us_per_msg\":2}}";
+static const char RUN_5K[] =
+    "{\"scenario\":\"direct\",\"label\":\"direct-5k\",\"params\":{\"rate\":5000},\"figures\":"
+    "{\"msgs_per_s\":5000,\"send_ack\":{\"p50_us\":400,\"p99_us\":1000,\"p999_us\":3000},"
+    "\"fdatasync\":{\"p99_us\":600}}}";
 static const char RUN_PACED[] =
     "{\"scenario\":\"direct\",\"label\":\"direct-paced\",\"params\":{\"rate\":50000},\"figures\":"
-    "{\"msgs_per_s\":49000,\"send_delivery\":{\"p99_us\":4500.5}}}";
+    "{\"msgs_per_s\":49000,\"send_delivery\":{\"p99_us\":4500.5},"
+    "\"send_ack\":{\"p50_us\":800,\"p99_us\":4500.5,\"p999_us\":25000}}}";
+static const char RUN_GROUP[] =
+    "{\"scenario\":\"group\",\"label\":\"group\",\"params\":{\"groups\":10,\"group_size\":100},"
+    "\"figures\":{\"deliveries_per_s\":1600000,\"server_cpu_us_per_delivery\":0.5}}";
+
+/* The JSON of the targets table for these runs (the caller frees it). */
+static char *judge(const targets *t, const char *const *runs, int n)
+{
+    runset rs = {0};
+    for (int i = 0; i < n; i++) CHECK(runset_add(&rs, runs[i], strlen(runs[i])) == ERR_OK);
+    jw j;
+    jw_init(&j);
+    jw_open(&j, NULL);
+    fflush(stdout); /* the printed table is not what is checked here */
+    int saved = dup(1), null = open("/dev/null", O_WRONLY);
+    if (null >= 0) dup2(null, 1);
+    targets_table(t, &rs, &j);
+    fflush(stdout);
+    if (saved >= 0) dup2(saved, 1);
+    if (saved >= 0) close(saved);
+    if (null >= 0) close(null);
+    targets_floor_ratios(t, &rs, &j);
+    jw_close(&j);
+    return j.p;
+}
 
 TEST(targets_file_of_the_repo_judges_runs)
 {
@@ -215,36 +327,108 @@ TEST(targets_file_of_the_repo_judges_runs)
         fprintf(stderr, "  %s\n", err);
         return;
     }
-    CHECK(targets_count(t) == 10);
+    CHECK(targets_count(t) == 15);
     runset rs = {0};
     CHECK(runset_add(&rs, RUN_DIRECT, strlen(RUN_DIRECT)) == ERR_OK);
-    CHECK(runset_add(&rs, RUN_FLOOR, strlen(RUN_FLOOR)) == ERR_OK);
-    CHECK(runset_add(&rs, RUN_PACED, strlen(RUN_PACED)) == ERR_OK);
     CHECK(runset_add(&rs, "{\"figures\":{}}", 14) == ERR_INVALID); /* no label */
     CHECK(runset_figure(&rs, "direct:send_delivery.p99_us") == 7000);
-    CHECK(runset_figure(&rs, "direct-paced:params.rate") == 50000);
+    CHECK(runset_figure(&rs, "direct:params.pairs") == 500);
     CHECK(isnan(runset_figure(&rs, "nosuch:msgs_per_s")));
-    jw j;
-    jw_init(&j);
-    jw_open(&j, NULL);
-    targets_table(t, &rs, &j);
-    targets_floor_ratios(t, &rs, &j);
-    jw_close(&j);
-    /* direct: met, with its floor ratio; paced: met at 4.5 ms; the half
-     * row is not shown (no direct-half run); idle unknown: n/a, not met */
+    const char *const runs[] = {RUN_DIRECT, RUN_FLOOR, RUN_5K, RUN_PACED, RUN_GROUP};
+    char *p = judge(t, runs, 5);
+    size_t n = strlen(p);
     const char *v;
     size_t vl;
     uint8_t ty;
-    CHECK(jr_get(j.p, j.n, "targets", &v, &vl, &ty) == ERR_OK && ty == JSON_ARRAY);
-    CHECK(strstr(j.p, "{\"target\":\"direct: durable msgs/s\",\"goal\":\">= 100,000\","
-                      "\"measured\":\"120000 msgs/s\",\"value\":120000,\"met\":true,"
-                      "\"floor\":\"CPU 5.0 us/msg vs floor 2.00 = 2.5x\",\"ratio_to_floor\":2.500}") != NULL);
-    CHECK(strstr(j.p, "\"measured\":\"4.50 ms at 50000/s (got 49000)\",\"value\":4500.500,\"met\":true") != NULL);
-    CHECK(strstr(j.p, "half of max") == NULL);
-    CHECK(strstr(j.p, "\"measured\":\"n/a\",\"value\":null,\"met\":false") != NULL);
-    CHECK(jr_num(j.p, j.n, "floor_ratios.direct_cpu_per_msg") == 2.5);
-    CHECK(isnan(jr_num(j.p, j.n, "floor_ratios.echo_cpu_per_echo")));
-    jw_free(&j);
+    CHECK(jr_get(p, n, "targets", &v, &vl, &ty) == ERR_OK && ty == JSON_ARRAY);
+    /* issue 10's figures, each beside its target */
+    CHECK(strstr(p, "{\"target\":\"direct: durable msgs/s, flat out\",\"goal\":\">= 150,000\","
+                    "\"measured\":\"160000 msgs/s (500 pairs)\",\"value\":160000,\"met\":true,"
+                    "\"floor\":\"CPU 5.0 us/msg vs floor 2.00 = 2.5x\",\"ratio_to_floor\":2.500}") != NULL);
+    CHECK(strstr(p, "\"measured\":\"p50 1.50, p99 6.00, p99.9 9.00 ms\",\"value\":6000}") != NULL);
+    CHECK(strstr(p, "\"measured\":\"400 B = 2.7x the 150 B record (wchar 180 B)\",\"value\":400,"
+                    "\"met\":true") != NULL);
+    CHECK(strstr(p, "\"measured\":\"1.00 ms = 1.7x fdatasync p99 0.60 ms; p50 0.40, p99.9 3.00 ms\","
+                    "\"value\":1000,\"met\":true") != NULL);
+    CHECK(strstr(p, "\"measured\":\"4.50 ms at 50000/s (got 49000); p50 0.80 ms\",\"value\":4500.500,"
+                    "\"met\":true") != NULL);
+    CHECK(strstr(p, "\"target\":\"direct: send->ack p99.9 at 50,000/s\",\"goal\":\"<= 20 ms\","
+                    "\"measured\":\"25.00 ms at 50000/s (got 49000)\",\"value\":25000,"
+                    "\"met\":false") != NULL);
+    CHECK(strstr(p, "\"measured\":\"1600000/s (10 x 100)\",\"value\":1600000,\"met\":true") != NULL);
+    CHECK(strstr(p, "half of max") == NULL); /* no direct-half run: not shown */
+    CHECK(strstr(p, "\"target\":\"idle: user-space bytes per idle conn\",\"goal\":\"<= 384 B at 15,000+\","
+                    "\"measured\":\"n/a\",\"value\":null,\"met\":false") != NULL);
+    CHECK(jr_num(p, n, "floor_ratios.direct_cpu_per_msg") == 2.5);
+    CHECK(isnan(jr_num(p, n, "floor_ratios.echo_cpu_per_echo")));
+    free(p);
+    targets_free(t);
+}
+
+TEST(targets_judge_ack_latency_by_the_same_runs_fdatasync)
+{
+    char err[700];
+    targets *t = targets_load("bench/targets.conf", err, sizeof err);
+    CHECK(t != NULL);
+    if (!t) return;
+    /* over 2x the fdatasync p99 of the same run: not met */
+    const char *slow[] = {"{\"label\":\"direct-5k\",\"params\":{\"rate\":5000},\"figures\":"
+                          "{\"send_ack\":{\"p99_us\":1300},\"fdatasync\":{\"p99_us\":600}}}"};
+    char *p = judge(t, slow, 1);
+    CHECK(strstr(p, "\"value\":1300,\"met\":false") != NULL);
+    free(p);
+    /* no fdatasync in that run: the ratio is unknown, never met */
+    const char *nosync[] = {"{\"label\":\"direct-5k\",\"params\":{\"rate\":5000},\"figures\":"
+                            "{\"send_ack\":{\"p99_us\":100}}}"};
+    p = judge(t, nosync, 1);
+    CHECK(strstr(p, "\"measured\":\"0.10 ms = n/ax fdatasync p99 n/a ms; p50 n/a, p99.9 n/a ms\","
+                    "\"value\":100,\"met\":false,\"undecided\":true") != NULL);
+    free(p);
+    /* a slower offered rate does not count as the 5,000/s target */
+    const char *slowrate[] = {"{\"label\":\"direct-5k\",\"params\":{\"rate\":1000},\"figures\":"
+                              "{\"send_ack\":{\"p99_us\":100},\"fdatasync\":{\"p99_us\":600}}}"};
+    p = judge(t, slowrate, 1);
+    CHECK(strstr(p, "\"value\":100,\"met\":false") != NULL);
+    free(p);
+    /* disk over 3x the stored record: not met; no stored record: not met */
+    const char *disk[] = {"{\"label\":\"direct\",\"figures\":{\"disk_bytes_per_msg\":451,"
+                          "\"stored_record_bytes\":150}}"};
+    p = judge(t, disk, 1);
+    CHECK(strstr(p, "\"measured\":\"451 B = 3.0x the 150 B record (wchar n/a B)\",\"value\":451,"
+                    "\"met\":false") != NULL);
+    free(p);
+    targets_free(t);
+}
+
+/* An undecided condition (a side unknown) prints n/a, a failed one NO. */
+TEST(targets_expression_with_a_factor)
+{
+    static const char CONF[] = "target a\nfigure r:x\nmet value <= 2 * r:y\nmet r:z >= 1\nmeasured {value}\n";
+    char err[700];
+    char path[] = "/tmp/test_benchlib.XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, CONF, strlen(CONF)) == (ssize_t)strlen(CONF));
+    close(fd);
+    targets *t = targets_load(path, err, sizeof err);
+    unlink(path);
+    CHECK(t != NULL);
+    if (!t) return;
+    static const struct {
+        const char *run;
+        const char *want;
+    } cases[] = {
+        {"{\"label\":\"r\",\"figures\":{\"x\":4,\"y\":2,\"z\":1}}", "\"value\":4,\"met\":true"},
+        {"{\"label\":\"r\",\"figures\":{\"x\":4.5,\"y\":2,\"z\":1}}", "\"value\":4.500,\"met\":false"},
+        {"{\"label\":\"r\",\"figures\":{\"x\":4,\"z\":1}}", "\"value\":4,\"met\":false,\"undecided\":true"},
+        {"{\"label\":\"r\",\"figures\":{\"x\":5,\"z\":0}}", "\"value\":5,\"met\":false}"}, /* z fails */
+        {"{\"label\":\"r\",\"figures\":{\"x\":9,\"z\":0}}", "\"value\":9,\"met\":false"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *runs[] = {cases[i].run};
+        char *p = judge(t, runs, 1);
+        CHECK(strstr(p, cases[i].want) != NULL);
+        free(p);
+    }
     targets_free(t);
 }
 
@@ -304,9 +488,14 @@ int main(void)
     RUN(jr_refuses_bad_input);
     RUN(pf_send_frames_carry_their_timing);
     RUN(pf_reads_server_frames);
+    RUN(pf_send_payload_is_the_cmid_and_body_of_the_frame);
+    RUN(probe_parses_proc_io);
+    RUN(disk_sync_sample_is_bounded_and_reports_a_bad_dir);
     RUN(wsc_checks_the_upgrade_answer);
     RUN(opts_refuses_bad_values);
     RUN(targets_file_of_the_repo_judges_runs);
+    RUN(targets_judge_ack_latency_by_the_same_runs_fdatasync);
+    RUN(targets_expression_with_a_factor);
     RUN(targets_file_errors_name_the_line);
     return test_summary("bench lib");
 }
