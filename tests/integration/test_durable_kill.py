@@ -83,8 +83,8 @@ class World:
                         for k, cid in conv_ids.items()}
         self.sent = {}                # cmid -> (user, conv id, body): every send attempted
         self.acked = {}               # cmid -> seq
-        self.floor = {}               # (conv, username) -> (delivered, read) read back after a restart
-        self.conf = []                # (t, conv, username, delivered, read) confirmed since the last readback
+        self.floor = {}               # (conv, username) -> (delivered, read) read after a restart
+        self.conf = []                # (t, conv, username, delivered, read) confirmed since
 
     def point_at(self, srv):
         self.srv = srv
@@ -260,7 +260,8 @@ def check_cursors(w, last, kill_t):
         got = cursors(receipts(w.us[w.members[cid][0]], cid))
         assert set(got) == {w.us[n].name for n in w.members[cid]}, (k, got)
         for user, (dl, rd) in got.items():
-            assert rd <= dl <= last[cid], f"conv {k} {user}: read {rd} delivered {dl} last {last[cid]}"
+            assert rd <= dl <= last[cid], \
+                f"conv {k} {user}: read {rd} delivered {dl} last_seq {last[cid]}"
             fl = w.floor.get((cid, user), (0, 0))
             assert dl >= fl[0] and rd >= fl[1], \
                 f"conv {k} {user}: cursors ({dl}, {rd}) went back from ({fl[0]}, {fl[1]})"

@@ -36,7 +36,8 @@ async def ws_sees(c, conv, seq, cmid, body, sender):
         f"sync before={seq + 1} right after the ack of {cmid}: {h}"
     h = await c.request({"type": "sync", "conv": conv, "limit": 50}, "history")
     assert any(same(m, seq, cmid, body, sender) for m in h["messages"]), \
-        f"the latest page right after the ack of {cmid} at {seq}: {[m['seq'] for m in h['messages']]}"
+        f"the latest page right after the ack of {cmid} at {seq}: " \
+        f"{[m['seq'] for m in h['messages']]}"
 
 
 def rest_sees(user, conv, seq, cmid, body, sender):
@@ -48,7 +49,8 @@ def rest_sees(user, conv, seq, cmid, body, sender):
     assert j["messages"] and same(j["messages"][-1], seq, cmid, body, sender), (cmid, seq, j)
     j = history_page(user, conv)
     assert any(same(m, seq, cmid, body, sender) for m in j["messages"]), \
-        f"GET messages (latest) right after the ack of {cmid} at {seq}: {[m['seq'] for m in j['messages']]}"
+        f"GET messages (latest) right after the ack of {cmid} at {seq}: " \
+        f"{[m['seq'] for m in j['messages']]}"
 
 
 def test_ryw_history_and_sync_right_after_each_ack(server):
@@ -126,7 +128,8 @@ def test_ryw_pipelined_acks(server):
                                        "body": body_for(cm)})
                 elif f["type"] == "history":
                     seq, cm = pending.pop(f["id"])
-                    assert f["messages"] and same(f["messages"][0], seq, cm, body_for(cm), a.name), \
+                    m = f["messages"]
+                    assert m and same(m[0], seq, cm, body_for(cm), a.name), \
                         f"sync right after the ack of {cm} at {seq}: {f}"
                 elif f["type"] == "error":
                     raise AssertionError(f"error frame: {f}")
