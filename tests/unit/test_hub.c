@@ -712,6 +712,64 @@ TEST(conv_odd_input_delivers_nothing_wrong)
     free(m1); free(m2);
 }
 
+/* Opens or closes the session on its thread (posted, not waited for). */
+static void toggle_on(srv_thread *t, void *arg)
+{
+    fake_session *fs = arg;
+    if (fs->closed) {
+        fs->closed = false;
+        hub_session_add(fs->f->hub, t, &fs->s);
+    } else {
+        fs->closed = true;
+        hub_session_remove(fs->f->hub, t, &fs->s);
+    }
+}
+
+TEST(conv_fan_out_races_sessions_opening_and_closing)
+{
+    fake_reset();
+    test_seed();
+    fx f;
+    fx_loops(&f, 2);
+    enum { N = 16 };
+    fake_session *s[N];
+    uint64_t ids[N / 2];
+    for (int i = 0; i < N; i++) {
+        s[i] = fake_new(&f, 1 + (uint64_t)i / 2, i % 2); /* each user on both threads */
+        s[i]->closed = true;
+    }
+    for (int i = 0; i < N / 2; i++) ids[i] = 1 + (uint64_t)i;
+    audience *a = aud_of(N / 2, ids);
+    event *ev = ev_of(EV_MSG, 9, 1, "{}");
+    /* The test thread plays the completer while the threads open and close. */
+    for (int round = 0; round < 300; round++) {
+        fake_session *x = s[test_rand() % N];
+        if (srv_post(&f.srv->threads[x->thread], toggle_on, x) != ERR_OK) fx_fatal("srv_post");
+        hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+        if (round % 3 == 0) hub_flush(f.hub);
+    }
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    int before[N];
+    for (int i = 0; i < N; i++) before[i] = fake_count(s[i], EV_MSG, false);
+    /* Settled: one more message reaches exactly the open sessions, once. */
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ_INT(fake_count(s[i], EV_MSG, false) - before[i], s[i]->closed ? 0 : 1);
+        CHECK(!s[i]->wrong_thread && !s[i]->after_close);
+    }
+    CHECK_EQ_INT(stats_of(&f).builds, 1);
+    for (int i = 0; i < N; i++)
+        if (!s[i]->closed) fake_remove(s[i]);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(a);
+    fx_stop(&f);
+    for (int i = 0; i < N; i++) free(s[i]);
+}
+
 int main(void)
 {
     RUN(sessions_per_thread_and_presence_across_threads);
@@ -729,6 +787,7 @@ int main(void)
     RUN(conv_keeps_the_order_of_everything_queued);
     RUN(conv_routes_stay_within_their_bounds);
     RUN(conv_odd_input_delivers_nothing_wrong);
+    RUN(conv_fan_out_races_sessions_opening_and_closing);
     fake_reset();
     return test_summary("hub");
 }
