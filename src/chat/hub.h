@@ -31,7 +31,8 @@
  *
  * Bounds: routes hold at most hub_limits.max_uids uids in all (members and
  * parts) and max_routes conversations, evicting the least recently used;
- * a route unused for idle_ms is dropped at the next hub_flush(); a member
+ * a route unused for idle_ms is dropped at the next hub_flush() (a server
+ * with no batch at all keeps its routes, within the bounds); a member
  * list longer than a quarter of max_uids is never cached (each message
  * then goes to every thread with the whole list, as hub_queue). A message
  * to a cached conversation allocates nothing but its parcel slots, whatever
@@ -162,11 +163,11 @@ void hub_queue(hub *h, audience *to, event *ev, uint64_t except);
  * route (above), queued until hub_flush() in order with every other parcel.
  * members: the conversation's whole member list, borrowed (the hub copies
  * what it keeps; the caller may free it on return); its order does not
- * matter and duplicates are delivered once. members_version: a value that
- * changes whenever conv's member set changes (equality only, per
- * conversation), or HUB_UNVERSIONED. Takes its own references to ev.
- * conv 0, a NULL members or ev: nothing is queued but for conv 0, which
- * falls back to hub_queue. */
+ * matter, and a route delivers a duplicate once. members_version: a value
+ * that changes whenever conv's member set changes (compared for equality,
+ * per conversation), or HUB_UNVERSIONED. Takes its own references to ev.
+ * A NULL members or ev queues nothing; conv 0 (no conversation) and a list
+ * too long to cache are sent as hub_queue() does. */
 void hub_queue_conv(hub *h, uint64_t conv, uint64_t members_version, audience *members,
                     event *ev, uint64_t except);
 /* Completer thread only: a call of fn(t, arg) on I/O thread `thread`,
