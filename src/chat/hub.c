@@ -318,18 +318,6 @@ static uint64_t now_ms(hub *h)
     return h->now;
 }
 
-static bool has_uid(const uint64_t *v, size_t n, uint64_t uid)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (v[mid] < uid) lo = mid + 1;
-        else if (v[mid] > uid) hi = mid;
-        else return true;
-    }
-    return false;
-}
-
 /* Where uid is or would go in v (sorted). */
 static size_t uid_slot(const uint64_t *v, size_t n, uint64_t uid)
 {
@@ -340,6 +328,12 @@ static size_t uid_slot(const uint64_t *v, size_t n, uint64_t uid)
         else hi = mid;
     }
     return lo;
+}
+
+static bool has_uid(const uint64_t *v, size_t n, uint64_t uid)
+{
+    size_t i = uid_slot(v, n, uid);
+    return i < n && v[i] == uid;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -545,7 +539,8 @@ static bool route_refresh(hub *h, route *r)
     return true;
 }
 
-/* Room for a route of `need` uids: drops the least recently used. */
+/* Room for a route of `need` more uids (keep: a route that stays, already
+ * counted): drops the least recently used others. */
 static void make_room(hub *h, size_t need, const route *keep)
 {
     while (h->lru && (h->routes.count >= h->lim.max_routes + (keep != NULL) ||
@@ -592,7 +587,7 @@ static route *route_get(hub *h, uint64_t conv, uint64_t version, const audience 
         if (!route_refresh(h, r)) { route_drop(h, r); return NULL; }
         h->st.hits++;
     } else {
-        if (members->n > h->lim.max_uids / 4) {
+        if (members->n > h->lim.max_uids / 4 || !h->lim.max_routes) {
             if (r) route_drop(h, r);
             return NULL;
         }
@@ -613,6 +608,7 @@ static route *route_get(hub *h, uint64_t conv, uint64_t version, const audience 
         lru_unlink(h, r);
         lru_front(h, r);
     }
+    make_room(h, 0, r); /* what r's parts grew by */
     return r;
 }
 

@@ -657,6 +657,19 @@ TEST(conv_routes_stay_within_their_bounds)
     fx_barrier(&f);
     CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 7);
     CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 7);
+    /* max_routes 0: nothing is cached, everything still delivered. */
+    hub_limits none = {0, 64, 60000};
+    hub_set_limits(f.hub, &none);
+    CHECK_EQ_INT(stats_of(&f).routes, 0);
+    hub_queue_conv(f.hub, 21, 1, a, ev, 0);
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.routes, 0);
+    CHECK_EQ_INT(st.uids, 0);
+    CHECK_EQ_INT(st.uncached, 2);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 8);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 8);
     /* Idle routes go at a flush (idle_ms 0: every route is idle). */
     hub_limits idle = {2, 64, 0};
     hub_set_limits(f.hub, &idle);
@@ -667,8 +680,8 @@ TEST(conv_routes_stay_within_their_bounds)
     CHECK_EQ_INT(st.routes, 0);
     CHECK_EQ_INT(st.uids, 0);
     fx_barrier(&f);                                 /* the parcels outlived their route */
-    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 8);
-    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 8);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 9);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 9);
     CHECK_EQ_INT(refs_of(&ev->refs), 1);
     event_unref(ev);
     audience_unref(a); audience_unref(large);
