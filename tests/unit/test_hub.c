@@ -2,7 +2,10 @@
  * listeners (fixture.h) and sessions with a recording sink (fake_sink.h):
  * the per-thread registry, presence across threads, and delivery of each
  * event once to each session of the audience but the excluded one, on the
- * right lane, with a sink that closes its session during delivery. */
+ * right lane, with a sink that closes its session during delivery; and
+ * fan-out by conversation: a message goes only to the threads with a
+ * member online, the route is reused until the member set or a member's
+ * presence on a thread changes, and its memory stays within its bounds. */
 #include "test.h"
 
 #include "fake_sink.h"
@@ -325,6 +328,461 @@ TEST(odd_audiences_deliver_nothing_wrong)
     cast_down(&k);
 }
 
+/* ---- fan-out by conversation (hub_queue_conv) ------------------------------ */
+
+static hub_route_stats stats_of(fx *f)
+{
+    hub_route_stats st;
+    hub_route_stats_get(f->hub, &st);
+    return st;
+}
+
+/* Parcels the hub holds for ev (before a flush): its refs but the test's. */
+static int parcels_of(event *ev)
+{
+    return (int)refs_of(&ev->refs) - 1;
+}
+
+TEST(conv_goes_only_to_threads_with_a_member_online)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    /* Members 1 and 2 on thread 0; 3 (not a member) on thread 1. */
+    fake_session *m1 = fake_new(&f, 1, 0), *m2 = fake_new(&f, 2, 0), *x3 = fake_new(&f, 3, 1);
+    fake_add(m1); fake_add(m2); fake_add(x3);
+    const uint64_t ids[] = {1, 2};
+    audience *members = aud_of(2, ids);
+    event *ev = ev_of(EV_MSG, 9, 1, "{\"seq\":1}");
+    hub_queue_conv(f.hub, 9, 5, members, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 1);               /* thread 0 only */
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 1);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 1);
+    CHECK_EQ_INT(fake_total(x3), 0);
+    /* The route holds its own copy: the caller's list may go. */
+    CHECK_EQ_INT(refs_of(&members->refs), 1);
+    audience_unref(members);
+    hub_route_stats st = stats_of(&f);
+    CHECK_EQ_INT(st.routes, 1);
+    CHECK_EQ_INT(st.builds, 1);
+    CHECK_EQ_INT(st.uncached, 0);
+    /* A conversation with nobody online queues nothing at all. */
+    const uint64_t away[] = {7, 8};
+    audience *nobody = aud_of(2, away);
+    hub_queue_conv(f.hub, 10, 1, nobody, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 0);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_total(m1) + fake_total(m2) + fake_total(x3), 2);
+    CHECK_EQ_INT(stats_of(&f).routes, 2);
+    CHECK(!m1->wrong_thread && !m2->wrong_thread && !x3->wrong_thread);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(nobody);
+    fx_stop(&f);
+    free(m1); free(m2); free(x3);
+}
+
+TEST(conv_route_is_reused_until_the_member_set_changes)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    fake_session *m1 = fake_new(&f, 1, 0), *m4 = fake_new(&f, 4, 1);
+    fake_add(m1); fake_add(m4);
+    const uint64_t v1[] = {1, 2}, v2[] = {4, 1, 2}, v2b[] = {2, 4, 1};
+    audience *a1 = aud_of(2, v1), *a2 = aud_of(3, v2), *a2b = aud_of(3, v2b);
+    event *e1 = ev_of(EV_MSG, 9, 1, "{\"seq\":1}"), *e2 = ev_of(EV_MSG, 9, 2, "{\"seq\":2}");
+    /* Versioned: the same version is a hit, another one a rebuild. */
+    hub_queue_conv(f.hub, 9, 1, a1, e1, 0);
+    hub_queue_conv(f.hub, 9, 1, a1, e1, 0);
+    hub_route_stats st = stats_of(&f);
+    CHECK_EQ_INT(st.builds, 1);
+    CHECK_EQ_INT(st.hits, 1);
+    CHECK_EQ_INT(parcels_of(e1), 2);               /* thread 0, twice */
+    hub_queue_conv(f.hub, 9, 2, a2, e2, 0);        /* 4 joined: on thread 1 */
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.builds, 2);
+    CHECK_EQ_INT(st.routes, 1);
+    CHECK_EQ_INT(parcels_of(e2), 2);               /* both threads */
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 3);
+    CHECK_EQ_INT(fake_count(m4, EV_MSG, false), 1);
+    CHECK_EQ_INT(fake_nth(m4, 0).seq, 2);
+    /* Unversioned: the same members in any order are a hit, others a rebuild. */
+    hub_queue_conv(f.hub, 11, HUB_UNVERSIONED, a2, e1, 0);
+    hub_queue_conv(f.hub, 11, HUB_UNVERSIONED, a2b, e1, 0);
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.builds, 3);
+    CHECK_EQ_INT(st.hits, 2);
+    hub_queue_conv(f.hub, 11, HUB_UNVERSIONED, a1, e2, 0); /* 4 left */
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.builds, 4);
+    CHECK_EQ_INT(parcels_of(e2), 1);               /* thread 0 only now */
+    /* A versioned call after unversioned ones rebuilds (and back). */
+    hub_queue_conv(f.hub, 11, 3, a1, e2, 0);
+    hub_queue_conv(f.hub, 11, HUB_UNVERSIONED, a1, e2, 0);
+    CHECK_EQ_INT(stats_of(&f).builds, 6);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 3 + 5);
+    CHECK_EQ_INT(fake_count(m4, EV_MSG, false), 1 + 2);
+    CHECK_EQ_INT(refs_of(&e1->refs), 1);
+    CHECK_EQ_INT(refs_of(&e2->refs), 1);
+    event_unref(e1); event_unref(e2);
+    audience_unref(a1); audience_unref(a2); audience_unref(a2b);
+    fx_stop(&f);
+    free(m1); free(m4);
+}
+
+TEST(conv_route_follows_sessions_opening_and_closing)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    fake_session *m1 = fake_new(&f, 1, 0), *m5 = fake_new(&f, 5, 1), *m1b = fake_new(&f, 1, 0);
+    fake_session *x6 = fake_new(&f, 6, 1);
+    fake_add(m1);
+    const uint64_t ids[] = {1, 5, 7};
+    audience *a = aud_of(3, ids);
+    event *ev = ev_of(EV_MSG, 9, 1, "{}");
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 1);
+    /* 5 comes online on thread 1: the route's part there gains it. */
+    fake_add(m5);
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 3);
+    hub_route_stats st = stats_of(&f);
+    CHECK_EQ_INT(st.builds, 1);
+    CHECK_EQ_INT(st.replays, 1);
+    /* A second session of a user already on the thread, and a stranger
+     * coming and going: the route needs nothing new for the first, and the
+     * second changes no part (both still reach the right sessions). */
+    fake_add(m1b);
+    fake_add(x6);
+    fake_remove(x6);
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 5);
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.builds, 1);
+    CHECK_EQ_INT(st.replays, 2);                   /* thread 1's journal: 6 came and went */
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 3);
+    CHECK_EQ_INT(fake_count(m5, EV_MSG, false), 2);
+    CHECK_EQ_INT(fake_count(m1b, EV_MSG, false), 3); /* open when they were delivered */
+    CHECK_EQ_INT(fake_total(x6), 0);
+    /* 5 goes offline: thread 1 gets no post any more. */
+    fake_remove(m5);
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 1);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    /* One of 1's two sessions closes: the other still gets it. */
+    fake_remove(m1);
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 1);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 4);
+    CHECK_EQ_INT(fake_count(m1b, EV_MSG, false), 5);
+    CHECK_EQ_INT(fake_count(m5, EV_MSG, false), 2);
+    CHECK_EQ_INT(stats_of(&f).builds, 1);
+    CHECK(!m1->after_close && !m5->after_close && !m1->wrong_thread && !m5->wrong_thread);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(a);
+    fx_stop(&f);
+    free(m1); free(m5); free(m1b); free(x6);
+}
+
+TEST(conv_route_rescans_after_the_journal_overran)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    uint64_t ids[64];
+    for (int i = 0; i < 64; i++) ids[i] = 100 + (uint64_t)i;
+    audience *a = aud_of(64, ids);
+    fake_session *m = fake_new(&f, 100, 1), *x = fake_new(&f, 999, 1);
+    event *ev = ev_of(EV_MSG, 9, 1, "{}");
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 0);
+    /* More presence changes on thread 1 than its journal holds. */
+    for (unsigned i = 0; i < HUB_JOURNAL / 2 + 8; i++) {
+        x->closed = false;
+        fake_add(x);
+        fake_remove(x);
+    }
+    fake_add(m);
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    CHECK_EQ_INT(parcels_of(ev), 1);
+    hub_route_stats st = stats_of(&f);
+    CHECK_EQ_INT(st.rescans, 1);
+    CHECK_EQ_INT(st.replays, 0);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m, EV_MSG, false), 1);
+    CHECK_EQ_INT(fake_total(x), 0);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(a);
+    fx_stop(&f);
+    free(m); free(x);
+}
+
+TEST(conv_parts_queued_are_never_changed_under_a_parcel)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 1);
+    fake_session *m1 = fake_new(&f, 1, 0), *m2 = fake_new(&f, 2, 0);
+    fake_add(m1);
+    const uint64_t ids[] = {1, 2};
+    audience *a = aud_of(2, ids);
+    event *e1 = ev_of(EV_MSG, 9, 1, "{\"seq\":1}"), *e2 = ev_of(EV_MSG, 9, 2, "{\"seq\":2}");
+    hub_queue_conv(f.hub, 9, 1, a, e1, 0);
+    fake_add(m2);                      /* after e1 was queued, before the flush */
+    hub_queue_conv(f.hub, 9, 1, a, e2, 0);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    /* e1's audience was the part as it was: 2 was not in it (a part that
+     * a parcel holds is copied, not changed). */
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 2);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 1);
+    CHECK_EQ_INT(fake_nth(m2, 0).seq, 2);
+    /* With no parcel holding it, the part changes in place: m2 leaves
+     * and comes back, and the next messages reach exactly who is there. */
+    fake_remove(m2);
+    hub_queue_conv(f.hub, 9, 1, a, e1, 0);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 1);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 3);
+    CHECK_EQ_INT(refs_of(&e1->refs), 1);
+    CHECK_EQ_INT(refs_of(&e2->refs), 1);
+    event_unref(e1); event_unref(e2);
+    audience_unref(a);
+    fx_stop(&f);
+    free(m1); free(m2);
+}
+
+TEST(conv_keeps_the_order_of_everything_queued)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    fake_session *s1 = fake_new(&f, 1, 0), *s2 = fake_new(&f, 2, 1), *s3 = fake_new(&f, 3, 1);
+    fake_add(s1); fake_add(s2); fake_add(s3);
+    const uint64_t before[] = {1, 2, 3}, after[] = {1, 3};
+    audience *a = aud_of(3, before), *b = aud_of(2, after);
+    const uint64_t just2[] = {2};
+    audience *removed = aud_of(1, just2);
+    event *m1 = ev_of(EV_MSG, 9, 1, "{\"seq\":1}"), *m2 = ev_of(EV_MSG, 9, 2, "{\"seq\":2}");
+    event *rm = ev_of(EV_REMOVED, 9, 0, "{\"type\":\"removed\"}");
+    event *cv = ev_of(EV_CONV, 9, 0, "{\"type\":\"conv\"}");
+    event *m3 = ev_of(EV_MSG, 9, 3, "{\"seq\":3}");
+    /* One batch: two messages, 2 is removed (a one-off), the conv event to
+     * those who stay, a message to the new member set. */
+    hub_queue_conv(f.hub, 9, 1, a, m1, s1->s.id);
+    hub_queue_conv(f.hub, 9, 1, a, m2, s1->s.id);
+    hub_queue(f.hub, removed, rm, 0);
+    hub_queue_conv(f.hub, 9, 2, b, cv, 0);
+    hub_queue_conv(f.hub, 9, 2, b, m3, s1->s.id);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_total(s2), 3);
+    CHECK_EQ_INT(fake_nth(s2, 0).seq, 1);
+    CHECK_EQ_INT(fake_nth(s2, 1).seq, 2);
+    CHECK_EQ_INT(fake_nth(s2, 2).kind, EV_REMOVED);
+    CHECK_EQ_INT(fake_total(s3), 4);
+    CHECK_EQ_INT(fake_nth(s3, 0).seq, 1);
+    CHECK_EQ_INT(fake_nth(s3, 1).seq, 2);
+    CHECK_EQ_INT(fake_nth(s3, 2).kind, EV_CONV);
+    CHECK_EQ_INT(fake_nth(s3, 3).seq, 3);
+    CHECK_EQ_INT(fake_total(s1), 1);               /* the sender: only the conv event */
+    CHECK_EQ_INT(fake_nth(s1, 0).kind, EV_CONV);
+    event *all[] = {m1, m2, rm, cv, m3};
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ_INT(refs_of(&all[i]->refs), 1);
+        event_unref(all[i]);
+    }
+    audience_unref(a); audience_unref(b); audience_unref(removed);
+    fx_stop(&f);
+    free(s1); free(s2); free(s3);
+}
+
+TEST(conv_routes_stay_within_their_bounds)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    fake_session *m1 = fake_new(&f, 1, 0), *m2 = fake_new(&f, 2, 1);
+    fake_add(m1); fake_add(m2);
+    const uint64_t ids[] = {1, 2};
+    audience *a = aud_of(2, ids);
+    event *ev = ev_of(EV_MSG, 9, 1, "{}");
+    hub_limits lim = {2, 64, 60000};
+    hub_set_limits(f.hub, &lim);
+    /* Least recently used goes first: 21, 22, 21, then 23 evicts 22. */
+    hub_queue_conv(f.hub, 21, 1, a, ev, 0);
+    hub_queue_conv(f.hub, 22, 1, a, ev, 0);
+    hub_queue_conv(f.hub, 21, 1, a, ev, 0);
+    hub_queue_conv(f.hub, 23, 1, a, ev, 0);
+    hub_route_stats st = stats_of(&f);
+    CHECK_EQ_INT(st.routes, 2);
+    CHECK_EQ_INT(st.evictions, 1);
+    CHECK_EQ_INT(st.builds, 3);
+    hub_queue_conv(f.hub, 21, 1, a, ev, 0);        /* kept */
+    CHECK_EQ_INT(stats_of(&f).builds, 3);
+    hub_queue_conv(f.hub, 22, 1, a, ev, 0);        /* gone: built again */
+    CHECK_EQ_INT(stats_of(&f).builds, 4);
+    CHECK(stats_of(&f).uids <= 64);
+    /* A member list over a quarter of max_uids is not cached, still delivered. */
+    uint64_t big[20];
+    for (int i = 0; i < 20; i++) big[i] = (uint64_t)i + 1;
+    audience *large = aud_of(20, big);
+    hub_queue_conv(f.hub, 24, 1, large, ev, 0);
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.uncached, 1);
+    CHECK_EQ_INT(st.routes, 2);
+    /* Fewer uids allowed: routes go at once. */
+    hub_limits small = {2, 8, 60000};
+    hub_set_limits(f.hub, &small);
+    CHECK(stats_of(&f).uids <= 8);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 7);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 7);
+    /* max_routes 0: nothing is cached, everything still delivered. */
+    hub_limits none = {0, 64, 60000};
+    hub_set_limits(f.hub, &none);
+    CHECK_EQ_INT(stats_of(&f).routes, 0);
+    hub_queue_conv(f.hub, 21, 1, a, ev, 0);
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.routes, 0);
+    CHECK_EQ_INT(st.uids, 0);
+    CHECK_EQ_INT(st.uncached, 2);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 8);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 8);
+    /* Idle routes go at a flush (idle_ms 0: every route is idle). */
+    hub_limits idle = {2, 64, 0};
+    hub_set_limits(f.hub, &idle);
+    hub_queue_conv(f.hub, 25, 1, a, ev, 0);
+    CHECK(stats_of(&f).routes >= 1);
+    hub_flush(f.hub);
+    st = stats_of(&f);
+    CHECK_EQ_INT(st.routes, 0);
+    CHECK_EQ_INT(st.uids, 0);
+    fx_barrier(&f);                                 /* the parcels outlived their route */
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 9);
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 9);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(a); audience_unref(large);
+    fx_stop(&f);
+    free(m1); free(m2);
+}
+
+TEST(conv_odd_input_delivers_nothing_wrong)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    fake_session *m1 = fake_new(&f, 1, 0), *m2 = fake_new(&f, 2, 1);
+    fake_add(m1); fake_add(m2);
+    const uint64_t dup[] = {1, 0, 1, 2, 2, 1, 12345678901ull};
+    audience *d = aud_of(7, dup), *empty = aud_of(0, NULL);
+    event *ev = ev_of(EV_MSG, 9, 1, "{}");
+    hub_queue_conv(f.hub, 9, 1, NULL, ev, 0);      /* no members: nothing */
+    hub_queue_conv(f.hub, 9, 1, d, NULL, 0);       /* no event: nothing */
+    CHECK_EQ_INT(parcels_of(ev), 0);
+    CHECK_EQ_INT(stats_of(&f).routes, 0);
+    hub_queue_conv(f.hub, 9, 1, empty, ev, 0);     /* nobody */
+    CHECK_EQ_INT(parcels_of(ev), 0);
+    hub_queue_conv(f.hub, 9, 2, d, ev, 0xdead00);  /* duplicates and uid 0 */
+    CHECK_EQ_INT(parcels_of(ev), 2);
+    hub_queue_conv(f.hub, 0, 1, d, ev, 0);         /* no conversation: as hub_queue */
+    CHECK_EQ_INT(parcels_of(ev), 4);
+    CHECK_EQ_INT(stats_of(&f).uncached, 1);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    CHECK_EQ_INT(fake_count(m1, EV_MSG, false), 1 + 3); /* hub_queue keeps a list's duplicates */
+    CHECK_EQ_INT(fake_count(m2, EV_MSG, false), 1 + 2);
+    /* After the threads ended: queued parcels are dropped with their refs. */
+    fx_stop_threads(&f);
+    hub_queue_conv(f.hub, 9, 2, d, ev, 0);
+    hub_flush(f.hub);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(d); audience_unref(empty);
+    fx_stop(&f);
+    free(m1); free(m2);
+}
+
+/* Opens or closes the session on its thread (posted, not waited for). */
+static void toggle_on(srv_thread *t, void *arg)
+{
+    fake_session *fs = arg;
+    if (fs->closed) {
+        fs->closed = false;
+        hub_session_add(fs->f->hub, t, &fs->s);
+    } else {
+        fs->closed = true;
+        hub_session_remove(fs->f->hub, t, &fs->s);
+    }
+}
+
+TEST(conv_fan_out_races_sessions_opening_and_closing)
+{
+    fake_reset();
+    test_seed();
+    fx f;
+    fx_loops(&f, 2);
+    enum { N = 16 };
+    fake_session *s[N];
+    uint64_t ids[N / 2];
+    for (int i = 0; i < N; i++) {
+        s[i] = fake_new(&f, 1 + (uint64_t)i / 2, i % 2); /* each user on both threads */
+        s[i]->closed = true;
+    }
+    for (int i = 0; i < N / 2; i++) ids[i] = 1 + (uint64_t)i;
+    audience *a = aud_of(N / 2, ids);
+    event *ev = ev_of(EV_MSG, 9, 1, "{}");
+    /* The test thread plays the completer while the threads open and close. */
+    for (int round = 0; round < 300; round++) {
+        fake_session *x = s[test_rand() % N];
+        if (srv_post(&f.srv->threads[x->thread], toggle_on, x) != ERR_OK) fx_fatal("srv_post");
+        hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+        if (round % 3 == 0) hub_flush(f.hub);
+    }
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    int before[N];
+    for (int i = 0; i < N; i++) before[i] = fake_count(s[i], EV_MSG, false);
+    /* Settled: one more message reaches exactly the open sessions, once. */
+    hub_queue_conv(f.hub, 9, 1, a, ev, 0);
+    hub_flush(f.hub);
+    fx_barrier(&f);
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ_INT(fake_count(s[i], EV_MSG, false) - before[i], s[i]->closed ? 0 : 1);
+        CHECK(!s[i]->wrong_thread && !s[i]->after_close);
+    }
+    CHECK_EQ_INT(stats_of(&f).builds, 1);
+    for (int i = 0; i < N; i++)
+        if (!s[i]->closed) fake_remove(s[i]);
+    CHECK_EQ_INT(refs_of(&ev->refs), 1);
+    event_unref(ev);
+    audience_unref(a);
+    fx_stop(&f);
+    for (int i = 0; i < N; i++) free(s[i]);
+}
+
 int main(void)
 {
     RUN(sessions_per_thread_and_presence_across_threads);
@@ -334,6 +792,15 @@ int main(void)
     RUN(queue_and_flush_deliver_in_order_once);
     RUN(a_sink_that_closes_its_session_during_delivery);
     RUN(odd_audiences_deliver_nothing_wrong);
+    RUN(conv_goes_only_to_threads_with_a_member_online);
+    RUN(conv_route_is_reused_until_the_member_set_changes);
+    RUN(conv_route_follows_sessions_opening_and_closing);
+    RUN(conv_route_rescans_after_the_journal_overran);
+    RUN(conv_parts_queued_are_never_changed_under_a_parcel);
+    RUN(conv_keeps_the_order_of_everything_queued);
+    RUN(conv_routes_stay_within_their_bounds);
+    RUN(conv_odd_input_delivers_nothing_wrong);
+    RUN(conv_fan_out_races_sessions_opening_and_closing);
     fake_reset();
     return test_summary("hub");
 }
