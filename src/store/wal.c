@@ -162,6 +162,7 @@ static bool parse_name(const char *s, uint64_t *start)
         if (d < 0) return false;
         v = v << 4 | (uint64_t)d;
     }
+    if (v >> 63) return false; /* not one of ours: LSNs stay far from wrapping */
     *start = v;
     return true;
 }
@@ -300,7 +301,7 @@ static int live_push(wal *w, seg s)
  * that does not fit goes (with no current segment, the end). */
 static uint64_t after_live(const wal *w)
 {
-    return w->fd >= 0 ? w->cur_start + w->cur_span : w->end;
+    return w->fd >= 0 ? w->cur_start + w->cur_span : load64(&w->end);
 }
 
 static void add_disk(wal *w, int64_t d)

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -988,6 +989,55 @@ TEST(recycling_reuses_files)
     tmp_rm();
 }
 
+/* The applier releases from its own thread while the logger appends. */
+typedef struct applier {
+    wal *w;
+    volatile int stop;
+    uint64_t releases;
+} applier;
+
+static void *applier_main(void *arg)
+{
+    applier *a = arg;
+    while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+        wal_release(a->w, wal_end(a->w));
+        (void)wal_disk_bytes(a->w);
+        a->releases++;
+        usleep(200);
+    }
+    return NULL;
+}
+
+TEST(release_from_another_thread)
+{
+    tmp_new();
+    model m = {0};
+    wal_options o = opts(MIN, NULL);
+    wal *w = NULL;
+    CHECK_EQ_INT(wal_open(&w, &o, 0, NULL, NULL), ERR_OK);
+    applier a = {.w = w};
+    pthread_t t;
+    CHECK_EQ_INT(pthread_create(&t, NULL, applier_main, &a), 0);
+    size_t lens[3] = {20000, 300, 9000};
+    while (wal_end(w) < 12 * MIN) CHECK_EQ_INT(append(w, &m, lens, 3, NULL), ERR_OK);
+    __atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+    CHECK(a.releases > 0);
+    uint64_t end = wal_end(w), bytes;
+    wal_release(w, end);
+    CHECK(count_files(&bytes) <= 2 + WAL_SPARES);
+    CHECK_EQ_INT(bytes, wal_disk_bytes(w));
+    wal_close(w);
+    /* the last segment's records are all still there */
+    uint64_t from = end - end % MIN;
+    size_t i = 0;
+    while (m.r[i].lsn < from) i++;
+    w = open_expect(MIN, NULL, m.r[i].lsn, &m, SIZE_MAX);
+    wal_close(w);
+    model_free(&m);
+    tmp_rm();
+}
+
 /* ---- faults through the seam ---------------------------------------------------------- */
 
 typedef struct fault {
@@ -1330,6 +1380,7 @@ int main(int argc, char **argv)
     RUN(recycled_segments_stale_bytes);
     RUN(release_keeps_the_files_bounded);
     RUN(recycling_reuses_files);
+    RUN(release_from_another_thread);
     RUN(faults_leave_only_acknowledged_batches);
     RUN(failed_sync_then_reopen);
     return test_summary("wal");
