@@ -604,11 +604,13 @@ static int apply_cursor(store_txn *txn, chat_op *op)
 /* ---- after the commit ------------------------------------------------------------ */
 
 /* Queues ev (taken over; NULL is a no-op) to the op's audience: the members
- * of op->conv (hub.h, fan-out by conversation; no member-set version yet,
- * so the hub compares the list with the one it cached). */
+ * of op->conv (hub.h, fan-out by conversation), versioned by the
+ * sequencer's members_version when it gave the list (else the hub compares
+ * the list with the one it cached). */
 static void fan_out(chat_op *op, event *ev, uint64_t except)
 {
-    if (ev && op->aud) hub_queue_conv(op->ch->hub, op->conv, HUB_UNVERSIONED, op->aud, ev, except);
+    uint64_t v = op->members_version ? op->members_version : HUB_UNVERSIONED;
+    if (ev && op->aud) hub_queue_conv(op->ch->hub, op->conv, v, op->aud, ev, except);
     event_unref(ev);
 }
 

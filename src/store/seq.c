@@ -38,6 +38,7 @@ struct sequencer {
     uint64_t clock;
     uint64_t applied;          /* batches <= applied are in the store */
     uint64_t mvers;            /* members_version counter */
+    int refuse;                /* seq_refuse() */
     u64map convs;              /* id -> sconv */
     u64map cmids;              /* key -> scmid */
     scmid *chead, *ctail;
@@ -101,6 +102,7 @@ void seq_free(sequencer *q)
 }
 
 void seq_set_clock(sequencer *q, uint64_t clock) { q->clock = clock; }
+void seq_refuse(sequencer *q, int rc) { q->refuse = rc; }
 uint64_t seq_clock(const sequencer *q) { return q->clock; }
 
 void seq_counts(const sequencer *q, size_t *convs, size_t *cmids)
@@ -256,6 +258,7 @@ int seq_send(sequencer *q, uint64_t batch, uint64_t conv, uint64_t uid, const ch
     if (rc == ERR_OK) { r->duplicate = true; return ERR_OK; }
     if (rc != ERR_NOT_FOUND) return rc;
     if (m->invited) return SEQ_SLOW; /* replying accepts the invitation */
+    if (q->refuse) return q->refuse;
     scmid *e = malloc(sizeof *e);
     if (!e) return ERR_NOMEM;
     logrec lr = {LOGREC_MSG, conv, uid, c->last_seq + 1, 0, 0, now > c->last_ts ? now : c->last_ts,
@@ -302,6 +305,7 @@ int seq_cursor(sequencer *q, uint64_t batch, uint64_t conv, uint64_t uid, uint64
     uint64_t dl = delivered > read ? delivered : read;
     r->changed = dl > m->delivered || read > m->read;
     uint64_t nd = dl > m->delivered ? dl : m->delivered, nr = read > m->read ? read : m->read;
+    if (r->changed && q->refuse) { r->changed = false; return q->refuse; }
     if (r->changed) {
         logrec lr = {LOGREC_CURSOR, conv, uid, 0, nd, nr, 0, q->clock + 1, NULL, 0, NULL, 0};
         if ((rc = logrec_put(out, &lr)) < 0) { r->changed = false; return rc; }
@@ -318,8 +322,8 @@ int seq_cursor(sequencer *q, uint64_t batch, uint64_t conv, uint64_t uid, uint64
 
 int seq_seen(sequencer *q, uint64_t batch, uint64_t uid, int64_t ts, logrec_buf *out)
 {
-    (void)q;
     (void)batch;
+    if (q->refuse) return ERR_OK; /* dropped: the store cannot take more */
     logrec lr = {LOGREC_SEEN, 0, uid, 0, 0, 0, ts, 0, NULL, 0, NULL, 0};
     return logrec_put(out, &lr);
 }

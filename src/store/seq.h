@@ -76,6 +76,12 @@ int seq_cursor(sequencer *q, uint64_t batch, uint64_t conv, uint64_t uid, uint64
 /* uid was last seen at ts (appended as is; the store keeps the latest). */
 int seq_seen(sequencer *q, uint64_t batch, uint64_t uid, int64_t ts, logrec_buf *out);
 
+/* While rc is set (not ERR_OK), a send or cursor move that would append
+ * is refused with rc after its checks (a duplicate still gets its seq, a
+ * non-member still ERR_FORBIDDEN), and last_seen is dropped: the store
+ * cannot take more. */
+void seq_refuse(sequencer *q, int rc);
+
 /* Drops what is kept of conv (a store transaction changed it). */
 void seq_forget(sequencer *q, uint64_t conv);
 /* Drops everything (after a failed log append the state in memory may be

@@ -128,6 +128,8 @@ static int map_err(int rc)
     case MDB_BAD_VALSIZE:
     case EINVAL:               return ERR_INVALID;
     case ENOMEM:               return ERR_NOMEM;
+    case ENOSPC:
+    case EDQUOT:               return ERR_DISK_FULL;
     default:                   return ERR_IO;
     }
 }

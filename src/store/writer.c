@@ -199,7 +199,7 @@ static void start_over(writer *w)
     w->reset_needed = false;
 }
 
-static void sequence_ops(writer *w, writer_op *ops, int refuse)
+static void sequence_ops(writer *w, writer_op *ops)
 {
     item *cur = NULL, *slow = NULL;
     for (writer_op *op = ops, *next; op; op = next) {
@@ -215,9 +215,7 @@ static void sequence_ops(writer *w, writer_op *ops, int refuse)
                 cur->gen = w->gen;
                 uv_mutex_unlock(&w->mu);
             }
-            /* The store cannot take more: what is logged waits for room;
-             * nothing new is acked meanwhile. */
-            int rc = refuse ? refuse : op->sequence(op, w->seq, cur->bno, &cur->buf);
+            int rc = op->sequence(op, w->seq, cur->bno, &cur->buf);
             if (rc != SEQ_SLOW) {
                 item_add(cur, op, rc);
                 if (cur->buf.len >= BATCH_BYTES) {
@@ -262,7 +260,8 @@ static void sequencer_main(void *arg)
                 uv_cond_timedwait(&w->cond, &w->mu, until - now);
         }
         /* Bounded memory: wait for the applier. */
-        while (w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES)
+        while ((w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES) &&
+               !w->apply_rc)
             uv_cond_wait(&w->cond, &w->mu);
         if (w->seq) {
             if (w->reset_needed) start_over(w);
@@ -270,9 +269,11 @@ static void sequencer_main(void *arg)
         }
         size_t n;
         writer_op *ops = take(w, &n);
-        int refuse = w->apply_rc;
+        /* The store cannot take more (its map or the disk is full): what
+         * is logged waits for room, and nothing new is acked meanwhile. */
+        if (w->seq) seq_refuse(w->seq, w->apply_rc);
         uv_mutex_unlock(&w->mu);
-        sequence_ops(w, ops, refuse);
+        sequence_ops(w, ops);
         uv_mutex_lock(&w->mu);
     }
     w->seq_ended = true;
@@ -563,6 +564,7 @@ static void apply_logged(writer *w, item **its, size_t n)
                       err_name(rc));
         uv_mutex_lock(&w->mu);
         w->apply_rc = rc == ERR_FULL || rc == ERR_DISK_FULL ? rc : ERR_IO;
+        uv_cond_broadcast(&w->cond); /* a sequencer waiting for room refuses instead */
         bool stopping = w->stopping;
         uv_mutex_unlock(&w->mu);
         if (stopping && attempt >= 10) {
@@ -854,12 +856,14 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
         log_info("replayed the log into the store", "records=%llu from=%llu to=%llu",
                  (unsigned long long)x.records, (unsigned long long)from,
                  (unsigned long long)x.lsn);
-    if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
     if (rc == ERR_OK && (rc = store_begin(s, true, &txn)) == ERR_OK) {
-        /* Everything logged is applied now: the log may start afresh there. */
+        /* Everything logged is applied now: the log may start afresh there
+         * (recorded before the segments are released, so that a crash in
+         * between never leaves a position in a released segment). */
         rc = store_meta_put(txn, "log_applied", wal_end(w->log));
         rc = rc == ERR_OK ? store_commit(txn) : (store_abort(txn), rc);
     }
+    if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
     if (rc == ERR_OK) rc = seq_new(&w->seq, s);
     if (rc == ERR_OK && (rc = store_begin(s, false, &txn)) == ERR_OK) {
         seq_set_clock(w->seq, store_clock(txn));

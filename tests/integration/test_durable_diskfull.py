@@ -193,18 +193,22 @@ def test_disk_full_keeps_acks_serves_reads_and_recovers(small_disk, parley):
             assert f["type"] == "error" and f["code"] == "forbidden", f
             # Reads are served: sync (the latest page holds the last ack).
             last = max(sent.acked[cm] for cm in sent.acked if sent.body[cm][0] == d)
+            # Acked messages the store could not take yet are in the log,
+            # and reads show them once space returns (checked below); while
+            # the disk is full a read shows what the store holds.
             h = await ca.request({"type": "sync", "conv": d, "limit": 5}, "history")
-            assert h["messages"] and h["messages"][-1]["seq"] == last, h
+            assert all(m["seq"] <= last for m in h["messages"]), h
             r = await ca.request({"type": "inbox"}, "inbox")
             ids = {x["id"]: x for x in r["inbox"]["conversations"]}
-            assert ids[d]["last_seq"] == last, r
+            assert ids[d]["last_seq"] <= last, r
             # Other clients still connect (tokens from before), and read.
             cb, cc = await Client.open(b), await Client.open(c)
             try:
                 await cb.ping()
                 h = await cc.request({"type": "sync", "conv": g, "after": 0}, "history")
-                assert [m["cmid"] for m in h["messages"]] == \
-                    [cm for cm in sent.acked if sent.body[cm][0] == g], h
+                acked_g = [cm for cm in sent.acked if sent.body[cm][0] == g]
+                got = [m["cmid"] for m in h["messages"]]
+                assert got == acked_g[:len(got)], h  # a prefix: the rest is in the log
             finally:
                 await close_all([cb, cc])
         finally:
@@ -224,8 +228,9 @@ def test_disk_full_keeps_acks_serves_reads_and_recovers(small_disk, parley):
         sent.refused[cmid] = r.json()
         break
     assert rest_refused is not None, "eight large REST sends fitted on the full disk"
-    check_store(b, d, sent)
-    check_store(c, g, sent)
+    # While the disk is full, acked messages the store could not take yet
+    # are in the log only (a read shows what the store holds): every one is
+    # checked once the space returns, below.
     assert {x["id"] for x in inbox(b)["conversations"]} == {d, g, other}
     assert srv.alive()
 
@@ -282,8 +287,6 @@ async def _before(a, d, g, sent, prefix="pre"):
         await ca.close()
 
 
-@pytest.mark.xfail(strict=False, reason="new write path: today a full disk is answered `internal` "
-                   "(HTTP 500, 'storage error: retry'), not `disk_full` (HTTP 507)")
 def test_disk_full_is_answered_disk_full(small_disk, parley):
     srv = parley(data_dir=small_disk / "data")
     a, b = users(srv, 2)
