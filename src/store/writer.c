@@ -1,5 +1,6 @@
 #include "store/writer.h"
 
+#include <dirent.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -758,6 +759,20 @@ static int replay_one(void *arg, uint64_t lsn, const void *p, size_t len)
     return x->bytes >= (64u << 20) ? replay_flush(x) : ERR_OK;
 }
 
+/* Whether dir holds a log segment file (NNNN.wal). */
+static bool log_has_segments(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    bool found = false;
+    for (struct dirent *e; !found && (e = readdir(d));) {
+        size_t n = strlen(e->d_name);
+        found = n > 4 && !strcmp(e->d_name + n - 4, ".wal");
+    }
+    closedir(d);
+    return found;
+}
+
 static int writer_init(writer **out, store *s, uint32_t window_us, size_t max_batch,
                        size_t max_queue, void (*batch_applied)(void *ctx),
                        void (*batch_end)(void *ctx), void *ctx)
@@ -846,6 +861,14 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
     if ((rc = store_begin(s, false, &txn)) == ERR_OK) {
         rc = store_meta_get(txn, "log_applied", &from);
         store_abort(txn);
+    }
+    if (rc == ERR_OK && from && !log_has_segments(o->log_dir)) {
+        /* A store without its log: restored from a copy (mdb_copy), or the
+         * log was removed. Everything the store holds is there; a new log
+         * starts. */
+        log_warn("the store has no message log: starting a new one", "dir=%s log_applied=%llu",
+                 o->log_dir, (unsigned long long)from);
+        from = 0;
     }
     replay_ctx x = {s, NULL, {0}, from, 0, 0, ERR_OK};
     wal_options wo = {o->log_dir, o->segment_bytes, o->io};
