@@ -1961,10 +1961,19 @@ static uint64_t next_deadline(parley_client *c)
         if (!c->hello) return c->phase_deadline;
         uint64_t ka = c->o.keepalive_ms;
         uint64_t d = c->ping_at ? c->last_rx + 2 * ka : c->last_rx + ka;
-        uint64_t now = now_ms(c);
-        uint64_t ob = client_outbox_deadline(&c->ob, now, c->o.ack_timeout_ms);
-        if (c->dirty && paused(c, now) && c->ob.paused_until < ob) ob = c->ob.paused_until;
-        return ob < d ? ob : d;
+        if (!connected(c)) return d; /* pump() writes nothing now */
+        /* When pump() has something to write. The clock has moved on since
+         * pump() last looked, and a pause or deferral may have ended in
+         * between: a time already past still counts (else nothing would wake
+         * us before the keepalive), and a pause next() has not cleared yet is
+         * one pump() has not seen end (held cursors and syncs go then). */
+        uint64_t ob = client_outbox_deadline(&c->ob, c->o.ack_timeout_ms, c->window);
+        if (c->dirty && c->ob.paused_until && c->ob.paused_until < ob) ob = c->ob.paused_until;
+        if (ob < d) {
+            uint64_t now = now_ms(c);
+            d = ob > now ? ob : now + 1; /* due now: 1 ms on, never a busy timer */
+        }
+        return d;
     }
     default: return UINT64_MAX;
     }

@@ -134,25 +134,31 @@ void client_outbox_disconnected(client_outbox *ob)
     }
 }
 
-uint64_t client_outbox_deadline(const client_outbox *ob, uint64_t now, uint64_t ack_timeout)
+uint64_t client_outbox_deadline(const client_outbox *ob, uint64_t ack_timeout, size_t max_inflight)
 {
-    uint64_t d = UINT64_MAX;
-    bool pending = false; /* something not in flight waits (for a time or an ack) */
+    /* The same walk as client_outbox_next(), solved for the time: message i
+     * is reached once every not_before up to it has passed (held), and is
+     * written then if it is unsent (and the window has room), or once its
+     * ack timeout or resend time has come if it is in flight. Times already
+     * past are kept: "due now" must wake the caller, not vanish because the
+     * clock moved on between its next() and this call. */
+    size_t inflight = 0;
+    for (size_t i = 0; i < ob->n; i++) inflight += ob->v[i].inflight;
+    uint64_t d = UINT64_MAX, held = 0;
     for (size_t i = 0; i < ob->n; i++) {
         const client_outmsg *m = &ob->v[i];
+        if (m->not_before > held) held = m->not_before;
         if (!m->inflight) {
-            pending = true;
-            if (m->not_before > now && m->not_before < d) d = m->not_before;
-            break; /* nothing behind it goes earlier (order) */
+            /* next() stops here: written at `held`, or on an ack if no room */
+            if ((!max_inflight || inflight < max_inflight) && held < d) d = held;
+            break;
         }
         uint64_t t = m->sent_at + ack_timeout;
         if (m->resend_at && m->resend_at < t) t = m->resend_at;
+        if (t < held) t = held;
         if (t < d) d = t;
     }
-    if (ob->paused_until > now) {
-        /* nothing is written during a pause (next() clears it once over) */
-        if (pending && ob->paused_until < d) d = ob->paused_until;
-        if (d < ob->paused_until) d = ob->paused_until;
-    }
+    /* nothing is written during a pause (next() clears it once over) */
+    if (d != UINT64_MAX && d < ob->paused_until) d = ob->paused_until;
     return d;
 }

@@ -86,11 +86,16 @@ void client_outbox_suspect(client_outbox *ob, uint64_t sent_before, uint64_t res
 /* The connection is gone: nothing is in flight any more. */
 void client_outbox_disconnected(client_outbox *ob);
 
-/* The earliest time after `now` at which a message becomes due by a
- * timeout, a deferral or the end of a pause (UINT64_MAX if none). Messages
- * due now are found by client_outbox_next; those waiting for room in the
- * window become due on an ack, not at a time. */
-uint64_t client_outbox_deadline(const client_outbox *ob, uint64_t now, uint64_t ack_timeout);
+/* When client_outbox_next(t, ack_timeout, max_inflight) first returns a
+ * message if nothing else happens (no ack, no add, no refusal): the earliest
+ * t at which an unsent message may go (its deferral and the pause are over,
+ * the window has room) or an in-flight one is resent (ack timeout, or the
+ * resend time of a suspect). It may be at or before the caller's now: then
+ * something is due now (for instance a pause that ended after the caller's
+ * last next()), and next() at any later time returns it, so waking then
+ * never spins. UINT64_MAX: only an ack (room in the window) or new work can
+ * make a message due. */
+uint64_t client_outbox_deadline(const client_outbox *ob, uint64_t ack_timeout, size_t max_inflight);
 
 static inline size_t client_outbox_count(const client_outbox *ob) { return ob->n; }
 

@@ -1276,6 +1276,73 @@ TEST(libuv_mode)
     CHECK_EQ_INT(live, 0);
 }
 
+/* A clock that moves on at every look, as on a slow machine: time always
+ * passes between pump() writing what is due and the timer it then arms. */
+static uint64_t step_clock_fn(void *ctx) { (void)ctx; return fake_now++; }
+
+/* The paced CLI's stall (it stopped after 58-82 of 100 acks): the loop's
+ * timer fired just before a pause ended, pump() had nothing to write, and
+ * by the time the next deadline was taken the pause was over, so the
+ * refused message counted as "due now" and no timer was armed for it: the
+ * next wake was the keepalive, tens of seconds on. With pauses of several
+ * lengths (so that some end between the two looks), every refused message
+ * is resent once its pause is over, driven by the libuv timer alone. */
+TEST(libuv_resends_when_a_pause_ends_between_looks)
+{
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", p.port);
+    parley_options o;
+    parley_options_init(&o);
+    o.server = url;
+    o.token = "tok-123";
+    o.allocator = &counting;
+    o.callbacks = &callbacks;
+    o.userdata = &x;
+    o.random = rnd_fn;
+    o.clock_ms = step_clock_fn;
+    parley_client *c = NULL;
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
+    CHECK_EQ_INT(parley_attach_uv(c, &loop), PARLEY_OK);
+    p.loop = &loop;
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(wait_state(&p, &x, PARLEY_CONNECTED));
+    char cmid[PARLEY_CMID_MAX], f[4096], got[80], frame[256];
+    int resent = 0;
+    for (int retry = 1; retry <= 12; retry++) {
+        CHECK_EQ_INT(parley_send(c, 4, "paced", cmid), PARLEY_OK);
+        CHECK(peer_expect(&p, "send", f, sizeof f));
+        snprintf(frame, sizeof frame, "{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":"
+                 "\"slow down\",\"retry_after_ms\":%d,\"ref\":\"%s\"}", retry, cmid);
+        peer_text(&p, frame);
+        /* nothing else happens: only the client's timer can bring it back */
+        if (!peer_expect(&p, "send", f, sizeof f)) break;
+        str_field(f, "cmid", got, sizeof got);
+        CHECK(strcmp(got, cmid) == 0);
+        resent++;
+        snprintf(frame, sizeof frame, "{\"type\":\"ack\",\"cmid\":\"%s\",\"conv\":4,\"seq\":%d,\"ts\":5}",
+                 cmid, resent);
+        peer_text(&p, frame);
+        for (int i = 0; i < 200 && parley_pending(c); i++) drive(&p);
+        CHECK_EQ_INT(parley_pending(c), 0);
+    }
+    CHECK_EQ_INT(resent, 12);
+    parley_close(c);
+    parley_free(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
 int main(void)
 {
     test_seed();
@@ -1294,5 +1361,6 @@ int main(void)
     RUN(retry_after_and_auth);
     RUN(control_frames_fragments_keepalive);
     RUN(libuv_mode);
+    RUN(libuv_resends_when_a_pause_ends_between_looks);
     return test_summary("client");
 }
