@@ -21,6 +21,7 @@
 #define F_HELD      0x40 /* paused for an async request: conn_resume() only */
 #define F_UPGRADED  0x80 /* became a WebSocket (no longer pending) */
 #define F_INTERNAL  0x100 /* accepted on the internal listener: its own HTTP handler */
+#define F_USER      0x200 /* upgraded, on_close not yet called: conn_user is the handler's */
 
 #define MAX_IOV 128 /* two per frame (header, payload): 64 frames per writev */
 
@@ -273,10 +274,12 @@ static void on_close(uv_handle_t *h)
     free(c);
 }
 
-/* Tells the WebSocket handler its session ends (once: it clears c->user). */
+/* Tells the WebSocket handler its session ends (once). */
 static void ws_closed(conn *c, uint16_t code, const char *reason, bool by_peer)
 {
-    if (c->user) c->t->srv->ws->on_close(c, code, reason ? reason : "", by_peer);
+    if (!(c->flags & F_USER)) return;
+    c->flags &= (uint16_t)~F_USER;
+    c->t->srv->ws->on_close(c, code, reason ? reason : "", by_peer);
 }
 
 /* conn_abort, saying why to the WebSocket handler (close code 1006). */
@@ -671,7 +674,7 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
     return rc;
 }
 
-int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
+int conn_upgrade(conn *c, const ws_handshake *hs)
 {
     char resp[512];
     int n = ws_handshake_response(resp, sizeof resp, hs);
@@ -691,7 +694,7 @@ int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
     c->missed_pings = 0;
     if (conn_more_of(c)) memset(&conn_more_of(c)->wr, 0, sizeof conn_more_of(c)->wr);
     wheel_schedule(&c->t->wheel, &c->timer, opt_of(c)->ping_interval_ms);
-    c->user = user;
+    c->flags |= F_USER;
     return c->t->srv->ws->on_open(c);
 }
 
@@ -1088,7 +1091,9 @@ void conn_on_accept(uv_stream_t *listener, int status)
         log_warn("accept failed", "err=%s", uv_err_name(status));
         return;
     }
-    conn *c = calloc(1, sizeof *c);
+    /* The WebSocket handler's state comes with every connection (conn_user):
+     * most connections upgrade, and an idle one is then one allocation. */
+    conn *c = calloc(1, sizeof *c + (t->srv->ws ? t->srv->ws->user_size : 0));
     if (!c) return;
     c->t = t;
     uv_tcp_init(&t->loop, &c->tcp);

@@ -68,14 +68,21 @@ struct conn {
     conn *fprev, *fnext;     /* t->flush_head, when F_FLUSH */
     out_node *out_tail;      /* output queue, circular: out_tail->next is its
                               * head; NULL when empty */
-    void *user;              /* the layer above's per-connection data (a session) */
     uint32_t out_bytes;      /* queued, not yet written */
     tbucket frames;          /* WebSocket frames rate limit */
     uint16_t flags;
     uint8_t state;           /* enum conn_state */
     uint8_t missed_pings;
     uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
+    uint64_t user[];         /* the WebSocket handler's state (conn_user) */
 };
+
+/* The WebSocket handler's per-connection state (its session): the
+ * conn_ws_ops.user_size bytes allocated with every connection, zeroed,
+ * 8-byte aligned, so that an idle WebSocket is one allocation. The handler
+ * fills it before conn_upgrade(); it is the handler's from then until its
+ * on_close() returns (called once), and the memory lasts as long as c. */
+static inline void *conn_user(conn *c) { return c->user; }
 
 /* The connection's occasional state, or NULL while it has none. */
 static inline conn_more *conn_more_of(const conn *c) { return (conn_more *)c->tcp.data; }
@@ -131,10 +138,11 @@ void conn_close_ws(conn *c, uint16_t code, const char *reason);
 int conn_respond(conn *c, int status, const char *content_type, const void *body,
                  size_t len, bool keep_alive, bool head_only, const char *extra);
 
-/* Switches an HTTP connection to WebSocket after queuing the 101, with
- * `user` (owned by the server's WebSocket handler from now on, released in
- * its on_close) as c->user, then calls its on_open(). */
-int conn_upgrade(conn *c, const ws_handshake *hs, void *user);
+/* Switches an HTTP connection to WebSocket after queuing the 101 (the
+ * handler has filled conn_user(c)), then calls the handler's on_open().
+ * Returns on_open's result, or an error before the switch (then on_close
+ * is never called). */
+int conn_upgrade(conn *c, const ws_handshake *hs);
 
 /* Stops reading input (backpressure: HTTP pipelining, WebSocket pages);
  * processing stops after the current request or frame. conn_resume()

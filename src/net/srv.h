@@ -69,8 +69,13 @@ typedef struct conn_http_ops {
 } conn_http_ops;
 
 typedef struct conn_ws_ops {
-    /* The WebSocket is open (the 101 is queued); c->user is the value given
-     * to conn_upgrade(). ERR_OK, or an error: the connection is aborted. */
+    /* Bytes of per-connection state the handler keeps in every connection
+     * (conn_user(), its session): allocated with the conn, no allocation
+     * of its own. */
+    size_t user_size;
+    /* The WebSocket is open (the 101 is queued); conn_user(c) is what the
+     * handler filled before conn_upgrade(). ERR_OK, or an error: the
+     * connection is aborted. */
     int (*on_open)(conn *c);
     /* One complete, UTF-8-valid text message. */
     void (*on_message)(conn *c, const uint8_t *data, size_t len);
@@ -79,7 +84,8 @@ typedef struct conn_ws_ops {
     void (*on_refused)(conn *c, uint32_t retry_ms, const uint8_t *data, size_t len);
     /* The keepalive tick (every ping interval): false after it closed c. */
     bool (*on_tick)(conn *c);
-    /* c is closing (no more input): release c->user and set it to NULL.
+    /* c is closing (no more input): release what conn_user(c) holds (the
+     * memory goes with the conn); called once.
      * code and reason (never NULL) say why: the close frame sent or echoed,
      * or 1006 when the connection ended without one; by_peer: the client
      * closed (its close frame or the end of the connection). */
