@@ -11,8 +11,10 @@
 #include "base/log.h"
 #include "net/tls.h"
 
+_Static_assert(CONN_MAX_STRIKES < 64, "conn.strikes is 6 bits");
+
 /* conn.flags */
-#define F_FLUSH     0x01 /* linked in t->flush_head */
+#define F_FLUSH     0x01 /* its id is in t->flushq (the flush pass writes it) */
 #define F_RX        0x02 /* a frame arrived since the last keepalive check */
 #define F_REQ_TIMER 0x04 /* the timer is the request deadline (HTTP) */
 #define F_SHUT      0x08 /* FIN sent (uv_shutdown) */
@@ -102,25 +104,37 @@ static out_node *out_pop(conn *c)
     return n;
 }
 
-static void flush_link(conn *c)
+/* Puts c on the flush list (its id: a connection that closes before the
+ * pass is not found by it). ERR_OK or ERR_NOMEM. */
+static int flush_link(conn *c)
 {
-    if (c->flags & F_FLUSH || wreq_of(c)) return;
+    if (c->flags & F_FLUSH || wreq_of(c)) return ERR_OK;
     srv_thread *t = c->t;
+    if (t->nflushq == t->flushq_cap) {
+        uint32_t cap = t->flushq_cap ? t->flushq_cap * 2 : 64;
+        uint64_t *p = realloc(t->flushq, cap * sizeof *p);
+        if (!p) return ERR_NOMEM;
+        t->flushq = p;
+        t->flushq_cap = cap;
+    }
+    t->flushq[t->nflushq++] = c->id;
     c->flags |= F_FLUSH;
-    c->fprev = NULL;
-    c->fnext = t->flush_head;
-    if (t->flush_head) t->flush_head->fprev = c;
-    t->flush_head = c;
+    return ERR_OK;
 }
 
+/* Takes c off the flush list (its id stays there, and is skipped). */
 static void flush_unlink(conn *c)
 {
-    if (!(c->flags & F_FLUSH)) return;
-    if (c->fprev) c->fprev->fnext = c->fnext;
-    else c->t->flush_head = c->fnext;
-    if (c->fnext) c->fnext->fprev = c->fprev;
-    c->fprev = c->fnext = NULL;
     c->flags &= (uint16_t)~F_FLUSH;
+}
+
+void conn_flush_all(srv_thread *t)
+{
+    for (uint32_t i = 0; i < t->nflushq; i++) { /* conn_flush may add more */
+        conn *c = srv_conn(t, t->flushq[i]);
+        if (c && (c->flags & F_FLUSH)) conn_flush(c);
+    }
+    t->nflushq = 0;
 }
 
 static out_node *node_get(srv_thread *t)
@@ -161,6 +175,7 @@ static int enqueue_raw(conn *c, const uint8_t *hdr, size_t hlen, rbuf *b)
 {
     out_node *n = node_get(c->t);
     if (!n) return ERR_NOMEM;
+    if (flush_link(c) < 0) { node_put(c->t, n); return ERR_NOMEM; }
     n->b = b ? rbuf_ref(b) : NULL;
     n->off = 0;
     n->hlen = (uint8_t)hlen;
@@ -173,7 +188,6 @@ static int enqueue_raw(conn *c, const uint8_t *hdr, size_t hlen, rbuf *b)
     }
     c->out_tail = n;
     c->out_bytes += (uint32_t)node_len(n);
-    flush_link(c);
     return ERR_OK;
 }
 
@@ -303,11 +317,7 @@ static void abort_why(conn *c, const char *why, bool by_peer)
         free(m);
         c->tcp.data = NULL;
     }
-    if (c->prev) c->prev->next = c->next;
-    else t->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
-    t->nconns--;
-    u64map_del(&t->by_id, c->id);
+    srv_conn_remove(t, c);
     metrics_inc(&t->m, M_CLOSED);
     uv_close((uv_handle_t *)&c->tcp, on_close);
     if (t->stopping && t->nconns == 0) srv_thread_idle(t);
@@ -1107,15 +1117,14 @@ void conn_on_accept(uv_stream_t *listener, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     if (listener == (uv_stream_t *)&t->internal) c->flags |= F_INTERNAL;
-    c->id = (++t->next_id << 8) | (uint64_t)t->id;
-    if (u64map_put(&t->by_id, c->id, c) < 0) {
+    if (srv_conn_add(t, c) < 0) {
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
     if (t->npending >= opt_of(c)->max_pending) {
         /* Too many connections that have not upgraded: shed at once. */
         metrics_inc(&t->m, M_PENDING_REFUSED);
-        u64map_del(&t->by_id, c->id);
+        srv_conn_remove(t, c);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
@@ -1123,16 +1132,12 @@ void conn_on_accept(uv_stream_t *listener, int status)
     if (t->srv->tls && (!m || !(m->tls = tls_conn_new(t->srv->tls)))) {
         free(m);
         c->tcp.data = NULL;
-        u64map_del(&t->by_id, c->id);
+        srv_conn_remove(t, c);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
     t->npending++;
     c->state = CONN_HTTP;
-    c->next = t->conns;
-    if (t->conns) t->conns->prev = c;
-    t->conns = c;
-    t->nconns++;
     metrics_inc(&t->m, M_ACCEPTED);
     c->flags |= F_REQ_TIMER;
     wheel_schedule(&t->wheel, &c->timer, opt_of(c)->request_timeout_ms);

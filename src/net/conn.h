@@ -64,16 +64,14 @@ struct conn {
     srv_thread *t;
     uint64_t id;             /* unique; srv_conn() finds the conn by it */
     wheel_node timer;        /* the one deadline this connection has */
-    conn *prev, *next;       /* t->conns */
-    conn *fprev, *fnext;     /* t->flush_head, when F_FLUSH */
     out_node *out_tail;      /* output queue, circular: out_tail->next is its
                               * head; NULL when empty */
     uint32_t out_bytes;      /* queued, not yet written */
     tbucket frames;          /* WebSocket frames rate limit */
     uint16_t flags;
     uint8_t state;           /* enum conn_state */
-    uint8_t missed_pings;
-    uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
+    uint8_t missed_pings : 2;
+    uint8_t strikes : 6;     /* refusals by rate limits; too many closes (1008) */
     uint64_t user[];         /* the WebSocket handler's state (conn_user) */
 };
 
@@ -115,7 +113,7 @@ void conn_send_frame_lossy(conn *c, uint8_t opcode, rbuf *payload);
  * After CONN_MAX_STRIKES strikes the connection is closed with 1008 (the
  * refusal is not answered). Returns true if it was closed. */
 bool conn_strike(conn *c, uint32_t *retry_ms);
-#define CONN_MAX_STRIKES 50
+#define CONN_MAX_STRIKES 50 /* < 64: conn.strikes has 6 bits */
 #define CONN_PAUSE_FREE 64
 #define CONN_RESUME_MS 250
 
@@ -176,8 +174,12 @@ void conn_abort(conn *c);
 /* Graceful stop: WebSockets get 1001, idle HTTP connections close. */
 void conn_shutdown(conn *c);
 
-/* Writes c's queued output (the thread's flush pass). */
+/* Writes c's queued output. */
 void conn_flush(conn *c);
+
+/* The thread's flush pass (once per loop turn): writes the output of every
+ * connection queued since the last pass, including those queued during it. */
+void conn_flush_all(srv_thread *t);
 
 /* The wheel's expiry callback for conn timers. */
 void conn_expire(wheel_node *n, void *arg);
