@@ -96,7 +96,7 @@ static void send_page(conn *c, jbuf *j)
 
 static int ws_sink_send(session *s, event *ev)
 {
-    conn *c = s->sink_ctx;
+    conn *c = conn_of_user(s);
     int rc = conn_send_frame(c, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
     if (rc == ERR_FULL) conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
     else if (rc == ERR_OK && ev->kind == EV_MSG) metrics_inc(&c->t->m, M_MSGS_DELIVERED);
@@ -105,12 +105,12 @@ static int ws_sink_send(session *s, event *ev)
 
 static void ws_sink_send_lossy(session *s, event *ev)
 {
-    conn_send_frame_lossy(s->sink_ctx, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
+    conn_send_frame_lossy(conn_of_user(s), WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
 }
 
 static void ws_sink_close(session *s, uint16_t code, const char *reason)
 {
-    conn_close_ws(s->sink_ctx, code, reason);
+    conn_close_ws(conn_of_user(s), code, reason);
 }
 
 static const sink_ops ws_sink = {ws_sink_send, ws_sink_send_lossy, ws_sink_close};
@@ -218,7 +218,6 @@ static int on_open(conn *c)
     session *s = conn_user(c);
     chat *ch = chat_of(c->t);
     s->sink = &ws_sink;
-    s->sink_ctx = c;
     s->id = c->id;
     metrics_inc(&c->t->m, M_SESSIONS_OPENED);
     if (log_enabled(LOG_DEBUG)) {

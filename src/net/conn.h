@@ -82,6 +82,12 @@ struct conn {
  * on_close() returns (called once), and the memory lasts as long as c. */
 static inline void *conn_user(conn *c) { return c->user; }
 
+/* The conn whose conn_user() is `user`. */
+static inline conn *conn_of_user(void *user)
+{
+    return (conn *)((char *)user - offsetof(conn, user));
+}
+
 /* The connection's occasional state, or NULL while it has none. */
 static inline conn_more *conn_more_of(const conn *c) { return (conn_more *)c->tcp.data; }
 
