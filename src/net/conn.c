@@ -317,7 +317,7 @@ static void abort_why(conn *c, const char *why, bool by_peer)
         free(m);
         c->tcp.data = NULL;
     }
-    srv_conn_remove(t, c);
+    srv_conn_remove(t, c->id);
     metrics_inc(&t->m, M_CLOSED);
     uv_close((uv_handle_t *)&c->tcp, on_close);
     if (t->stopping && t->nconns == 0) srv_thread_idle(t);
@@ -1117,14 +1117,14 @@ void conn_on_accept(uv_stream_t *listener, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     if (listener == (uv_stream_t *)&t->internal) c->flags |= F_INTERNAL;
-    if (srv_conn_add(t, c) < 0) {
+    if (srv_conn_add(t, c, &c->id) < 0) {
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
     if (t->npending >= opt_of(c)->max_pending) {
         /* Too many connections that have not upgraded: shed at once. */
         metrics_inc(&t->m, M_PENDING_REFUSED);
-        srv_conn_remove(t, c);
+        srv_conn_remove(t, c->id);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
@@ -1132,7 +1132,7 @@ void conn_on_accept(uv_stream_t *listener, int status)
     if (t->srv->tls && (!m || !(m->tls = tls_conn_new(t->srv->tls)))) {
         free(m);
         c->tcp.data = NULL;
-        srv_conn_remove(t, c);
+        srv_conn_remove(t, c->id);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }

@@ -9,8 +9,7 @@
  * frames with a single writev. Thread 0 may also own an internal listener
  * (server_listen_internal: /metrics only), whose connections use their own
  * HTTP handler. server.h starts and stops the threads;
- * conn.h is one connection. This module calls neither (the connection
- * table reads a conn's id, nothing else).
+ * conn.h is one connection. This module calls neither.
  */
 #ifndef PARLEY_SRV_H
 #define PARLEY_SRV_H
@@ -121,6 +120,7 @@ struct srv_thread {
     uintptr_t *table;        /* every connection of this thread by slot (srv_conn_add):
                               * a conn pointer, or a free slot (odd: the next free
                               * slot + 1, shifted left once, | 1) */
+    uint32_t *table_gen;     /* each slot's generation: the upper half of its id */
     uint32_t table_len;      /* slots used so far (the high-water mark) */
     uint32_t table_cap;      /* slots allocated */
     uint32_t table_free;     /* the first free slot + 1; 0: none */
@@ -156,17 +156,19 @@ struct server {
 
 /* The connection table. A connection id is (generation << 32) | (slot << 8)
  * | thread id: srv_conn() is an index and a comparison, and the table costs
- * one pointer per connection (at the thread's peak). The 32-bit generation
- * counts the thread's connections, so an id comes back only after 2^32 more
- * connections on that thread, and never while its connection is open. */
+ * a pointer and a generation (12 bytes) per connection at the thread's
+ * peak. The 32-bit generation counts the thread's connections, so an id
+ * comes back only after 2^32 more connections on that thread, and never
+ * while its connection is open. */
 #define SRV_MAX_SLOTS (1u << 24)
 
-/* Gives c a slot and its id (c->id). ERR_OK, ERR_NOMEM, or ERR_FULL
+/* Gives c a slot; *id is its id (never 0). ERR_OK, ERR_NOMEM, or ERR_FULL
  * (SRV_MAX_SLOTS connections on this thread). */
-int srv_conn_add(srv_thread *t, conn *c);
+int srv_conn_add(srv_thread *t, conn *c, uint64_t *id);
 
-/* Frees c's slot: srv_conn() no longer finds it. No-op if c has none. */
-void srv_conn_remove(srv_thread *t, conn *c);
+/* Frees the slot of id: srv_conn() no longer finds it. No-op for an id
+ * that is not a live one of this thread. */
+void srv_conn_remove(srv_thread *t, uint64_t id);
 
 /* The connection with this id on thread t, or NULL if it has closed. */
 conn *srv_conn(srv_thread *t, uint64_t id);

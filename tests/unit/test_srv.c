@@ -129,7 +129,7 @@ TEST(the_connection_table)
     bool ok = true;
     for (int k = 0; k < N; k++) {
         cs[k] = calloc(1, sizeof(conn));
-        ok &= srv_conn_add(&t, cs[k]) == ERR_OK;
+        ok &= srv_conn_add(&t, cs[k], &cs[k]->id) == ERR_OK;
         ids[k] = cs[k]->id;
         ok &= ids[k] != 0 && srv_conn_thread(ids[k]) == 3;
     }
@@ -146,16 +146,19 @@ TEST(the_connection_table)
 
     /* Removed: not found by its id, not walked, its slot reused under a new
      * id that the old one never finds. Removing twice changes nothing. */
-    srv_conn_remove(&t, cs[7]);
-    srv_conn_remove(&t, cs[7]);
+    srv_conn_remove(&t, cs[7]->id);
+    srv_conn_remove(&t, cs[7]->id);
     CHECK_EQ_INT(t.nconns, N - 1);
     CHECK(srv_conn(&t, ids[7]) == NULL);
     conn *fresh = calloc(1, sizeof(conn));
-    CHECK_EQ_INT(srv_conn_add(&t, fresh), ERR_OK);
+    CHECK_EQ_INT(srv_conn_add(&t, fresh, &fresh->id), ERR_OK);
     CHECK(fresh->id != ids[7]);
     CHECK((fresh->id & 0xffffff00u) == (ids[7] & 0xffffff00u)); /* the same slot */
     CHECK(srv_conn(&t, ids[7]) == NULL);
     CHECK(srv_conn(&t, fresh->id) == fresh);
+    srv_conn_remove(&t, ids[7]);                      /* a stale id frees nothing */
+    CHECK(srv_conn(&t, fresh->id) == fresh);
+    CHECK_EQ_INT(t.nconns, N);
     CHECK(t.table_len == N);
 
     /* Bad ids: 0, another thread's, a slot never used, a generation that is
@@ -164,7 +167,7 @@ TEST(the_connection_table)
     CHECK(srv_conn(&t, (ids[5] & ~0xffull) | 4) == NULL);
     CHECK(srv_conn(&t, ((uint64_t)1 << 32) | ((uint64_t)(N + 5) << 8) | 3) == NULL);
     CHECK(srv_conn(&t, ids[5] + ((uint64_t)1 << 32)) == NULL);
-    srv_conn_remove(&t, cs[9]);
+    srv_conn_remove(&t, cs[9]->id);
     CHECK(srv_conn(&t, ids[9]) == NULL);
     CHECK(srv_conn(&t, ids[9] & 0xffffffffull) == NULL);
 
@@ -175,7 +178,7 @@ TEST(the_connection_table)
     uint32_t pos = 0;
     for (conn *c; (c = srv_conn_next(&t, &pos));) {
         visited++;
-        srv_conn_remove(&t, c);
+        srv_conn_remove(&t, c->id);
     }
     CHECK_EQ_INT(visited, N - 1);
     CHECK_EQ_INT(t.nconns, 0);
@@ -183,7 +186,7 @@ TEST(the_connection_table)
     CHECK(srv_conn_next(&t, &pos) == NULL);
     /* Every slot is free again and is reused before the table grows. */
     conn *again = calloc(1, sizeof(conn));
-    CHECK_EQ_INT(srv_conn_add(&t, again), ERR_OK);
+    CHECK_EQ_INT(srv_conn_add(&t, again, &again->id), ERR_OK);
     CHECK(t.table_len == N);
     CHECK(srv_conn(&t, again->id) == again);
     srv_thread_free(&t);
