@@ -286,7 +286,7 @@ static void submit(req_ctx *x, chat_op *op)
     conn_hold(x->c);
 }
 
-static chat_op *new_op(req_ctx *x, enum chat_op_kind kind, void (*reply)(srv_thread *, void *))
+static chat_op *new_op(req_ctx *x, enum db_op_kind kind, void (*reply)(srv_thread *, void *))
 {
     chat_op *op = chat_op_new(x->ch, kind, x->c->id, reply);
     if (!op) { api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return NULL; }

@@ -24,14 +24,14 @@
 #include "codec/json.h"
 #include "codec/msg.h"
 #include "net/srv.h"
+#include "store/db.h"
 #include "store/store.h"
-#include "store/writer.h"
 
 typedef struct chat {
     const config *cfg;
     server *srv;
-    store *st;
-    writer *w;
+    db *db;                           /* the storage backend */
+    store *st;                        /* its LMDB store, for the reads (db.h) */
     hub *hub;
     guard *guard;
 } chat;
@@ -54,13 +54,7 @@ static inline int64_t chat_now_ms(void)
 
 /* ---- identities ------------------------------------------------------------ */
 
-typedef struct chat_ident {
-    uint64_t uid;
-    uint32_t device;
-    uint8_t token_hash[32];
-    int64_t expires;
-    char name[STORE_NAME_MAX + 1];
-} chat_ident;
+typedef db_ident chat_ident;
 
 /* Resolves a bearer token: ERR_OK with *id, or ERR_AUTH (unknown, expired
  * or malformed). Read transaction. */
@@ -68,55 +62,26 @@ int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id);
 
 /* ---- operations ------------------------------------------------------------ */
 
-enum chat_op_kind {
-    OP_REGISTER, OP_LOGIN, OP_LOGOUT, OP_DIRECT, OP_GROUP, OP_ADD, OP_REMOVE,
-    OP_SEND, OP_CURSOR, OP_LAST_SEEN, OP_LEAVE,
-};
-
-#define CHAT_LEAVE_MAX 500                /* conversations one OP_LEAVE leaves */
+#define CHAT_LEAVE_MAX DB_LEAVE_MAX
 
 typedef struct chat_op chat_op;
+/* An operation: what the storage sees (db.h's db_op, whose fields it
+ * holds by name through the union) and how to answer it. */
 struct chat_op {
-    writer_op wop;                    /* first: a writer_op* is a chat_op* */
-    uint8_t kind;                     /* enum chat_op_kind */
+    union {
+        db_op d;                      /* first: a writer_op* is a chat_op* */
+        struct { DB_OP_FIELDS };
+    };
     chat *ch;
     uint64_t origin;                  /* conn id to reply to (0: none) */
     void (*reply)(srv_thread *t, void *op); /* on origin's thread */
-    int rc;                           /* the result */
     bool keep_alive;                  /* REST: the request's keep-alive */
     char ref[80];                     /* WS: raw JSON of the frame's "id", or "" */
-    chat_ident who;                   /* the acting user */
-    /* parameters */
-    uint64_t conv;
-    uint64_t target;                  /* OP_ADD/OP_REMOVE/OP_DIRECT: uid */
-    uint64_t delivered, read;         /* OP_CURSOR */
-    int64_t ts;                       /* OP_LAST_SEEN, and results */
-    char name[STORE_NAME_MAX + 1];    /* OP_REGISTER username, OP_GROUP name */
-    char pwhash[STORE_HASH_MAX + 1];  /* OP_REGISTER */
-    char token[48];                   /* OP_REGISTER/OP_LOGIN: the new token */
-    char cmid[STORE_CMID_MAX + 1];    /* OP_SEND */
-    size_t cmid_len;
-    char *body;                       /* OP_SEND: JSON text (owned) */
-    size_t body_len;
     uint64_t arrived_ns;              /* OP_SEND (WebSocket): uv_hrtime() at the frame's arrival */
-    uint64_t *uids;                   /* OP_GROUP members to add, OP_LEAVE conversation
-                                         ids, no id twice (owned) */
-    size_t nuids;
-    int *rcs;                         /* OP_LEAVE: nuids results, ERR_OK (left),
-                                         ERR_FORBIDDEN (not a member) or ERR_INVALID
-                                         (a direct conversation) (owned) */
-    audience *aud;                    /* the members after apply (owned ref) */
-    uint64_t members_version;         /* of aud, when the sequencer gave it (0: unknown) */
-    /* results */
-    uint64_t seq;                     /* OP_SEND */
-    bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
-    bool changed;                     /* OP_CURSOR: moved forward, not superseded */
-    bool accept;                      /* OP_CURSOR: a read, which accepts an invitation */
-    int64_t expires;                  /* OP_REGISTER/OP_LOGIN */
 };
 
 /* A zeroed op of that kind, or NULL. */
-chat_op *chat_op_new(chat *ch, enum chat_op_kind kind, uint64_t origin,
+chat_op *chat_op_new(chat *ch, enum db_op_kind kind, uint64_t origin,
                      void (*reply)(srv_thread *t, void *op));
 void chat_op_free(chat_op *op);
 

@@ -89,7 +89,7 @@ static void metrics_page(conn *c, const http_request *req)
     int n = buf ? metrics_render(per, s->nthreads, buf, cap) : ERR_NOMEM;
     if (n >= 0 && s->app) {
         writer_stats ws;
-        writer_get_stats(((chat *)s->app)->w, &ws);
+        ((chat *)s->app)->db->vfs->stats(((chat *)s->app)->db, &ws);
         int k = snprintf(buf + n, cap - (size_t)n,
             "# HELP parley_commit_batches_total Group commits (one transaction, one fsync)\n"
             "# TYPE parley_commit_batches_total counter\nparley_commit_batches_total %llu\n"
