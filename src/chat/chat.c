@@ -23,9 +23,16 @@ int chat_open(chat **out, const config *cfg, server *srv)
     int rc = guard_new(&ch->guard, cfg);
     if (rc < 0) { free(ch); return rc; }
     if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_guard;
+    /* Every message must fit a quarter of a log segment (writer.h). */
+    size_t seg = cfg->log_segment_bytes, need = 4 * (cfg->max_text + 4096);
+    if (seg < need) {
+        log_warn("--log-segment raised to hold the largest message", "log_segment=%zu max_text=%zu",
+                 need, (size_t)cfg->max_text);
+        seg = need;
+    }
     db_options o = {
         .data_dir = cfg->data_dir, .map_size = cfg->store_map_size,
-        .log_segment_bytes = cfg->log_segment_bytes, .apply_delay_ms = cfg->apply_delay_ms,
+        .log_segment_bytes = seg, .apply_delay_ms = cfg->apply_delay_ms,
         .commit_window_us = cfg->commit_window_us, .max_queue = cfg->max_writer_queue,
         .max_user_convs = cfg->max_user_convs, .max_group_members = cfg->max_group_members,
         .batch_end = batch_end, .ctx = ch,

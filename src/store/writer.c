@@ -12,7 +12,9 @@
  * applier bounds the memory the log path holds). */
 #define MAX_UNAPPLIED 4096
 #define MAX_UNAPPLIED_BYTES (256u << 20)
-/* A log batch's entries: one log record each, cut below the log's limit. */
+/* A log batch's entries: one log record each, cut once past a quarter of a
+ * segment (at most this); one append holds at most half a segment. An
+ * entry is at most a quarter (writer_options), so every append fits. */
 #define BATCH_BYTES (4u << 20)
 
 enum { ITEM_LOG, ITEM_SLOW };
@@ -48,6 +50,7 @@ struct writer {
     wal *log;                  /* NULL: no log, every op takes the slow path */
     sequencer *seq;                  /* the sequencer's (sequencer thread only) */
     uint32_t window_us, apply_delay_ms;
+    size_t batch_bytes, append_bytes;  /* cut a batch past this; one append at most this */
     size_t max_batch, max_queue;
     void (*batch_applied)(void *ctx);
     void (*batch_end)(void *ctx);
@@ -184,11 +187,10 @@ static void run_slow(writer *w, item *it)
     item_unref(it);
 }
 
-/* After a failed append: wait until every logged batch is applied, then
- * forget everything and start from the store (under mu). */
+/* After a failed append, once every logged batch is applied: forget
+ * everything and start from the store (under mu). */
 static void start_over(writer *w)
 {
-    while (w->unapplied) uv_cond_wait(&w->cond, &w->mu);
     seq_reset(w->seq);
     seq_applied(w->seq, w->applied);
     store_txn *txn;
@@ -200,12 +202,14 @@ static void start_over(writer *w)
     w->reset_needed = false;
 }
 
-static void sequence_ops(writer *w, writer_op *ops)
+/* Decides ops in order into log batches and slow batches; with fail_rc
+ * set, every op fails with it instead (in a batch the logger fails). */
+static void sequence_ops(writer *w, writer_op *ops, int fail_rc)
 {
     item *cur = NULL, *slow = NULL;
     for (writer_op *op = ops, *next; op; op = next) {
         next = op->next;
-        if (w->log && op->sequence) {
+        if (w->log && (op->sequence || fail_rc)) {
             /* A slow batch before it runs first: the op is decided on the
              * state the slow one leaves. */
             if (slow) { run_slow(w, slow); slow = NULL; }
@@ -216,10 +220,10 @@ static void sequence_ops(writer *w, writer_op *ops)
                 cur->gen = w->gen;
                 uv_mutex_unlock(&w->mu);
             }
-            int rc = op->sequence(op, w->seq, cur->bno, &cur->buf);
+            int rc = fail_rc ? fail_rc : op->sequence(op, w->seq, cur->bno, &cur->buf);
             if (rc != SEQ_SLOW) {
                 item_add(cur, op, rc);
-                if (cur->buf.len >= BATCH_BYTES) {
+                if (cur->buf.len >= w->batch_bytes) {
                     uv_mutex_lock(&w->mu);
                     send_log(w, cur);
                     uv_mutex_unlock(&w->mu);
@@ -264,17 +268,22 @@ static void sequencer_main(void *arg)
         while ((w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES) &&
                !w->apply_rc)
             uv_cond_wait(&w->cond, &w->mu);
-        if (w->seq) {
-            if (w->reset_needed) start_over(w);
-            seq_applied(w->seq, w->applied);
+        /* After a failed append the sequencer starts over from the store
+         * once the applier holds everything logged; until then (a full
+         * disk may hold it up), ops fail at once with the append's error. */
+        int fail_rc = ERR_OK;
+        if (w->seq && w->reset_needed) {
+            if (!w->unapplied) start_over(w);
+            else fail_rc = w->last_log_error;
         }
+        if (w->seq) seq_applied(w->seq, w->applied);
         size_t n;
         writer_op *ops = take(w, &n);
         /* The store cannot take more (its map or the disk is full): what
          * is logged waits for room, and nothing new is acked meanwhile. */
         if (w->seq) seq_refuse(w->seq, w->apply_rc);
         uv_mutex_unlock(&w->mu);
-        sequence_ops(w, ops);
+        sequence_ops(w, ops, fail_rc);
         uv_mutex_lock(&w->mu);
     }
     w->seq_ended = true;
@@ -364,8 +373,10 @@ static void logger_main(void *arg)
                 continue;
             }
             item *group[64];
-            size_t n = 0;
-            while (list && list->kind == ITEM_LOG && n < 64) {
+            size_t n = 0, bytes = 0;
+            while (list && list->kind == ITEM_LOG && n < 64 &&
+                   (n == 0 || bytes + list->buf.len <= w->append_bytes)) {
+                bytes += list->buf.len;
                 group[n++] = list;
                 list = list->next;
             }
@@ -856,6 +867,9 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
                          batch_end, ctx);
     if (rc < 0) return rc;
     w->apply_delay_ms = o->apply_delay_ms;
+    uint64_t seg = o->segment_bytes ? o->segment_bytes : WAL_SEGMENT_DEFAULT;
+    w->batch_bytes = seg / 4 < BATCH_BYTES ? seg / 4 : BATCH_BYTES;
+    w->append_bytes = seg / 2;
     uint64_t from = 0;
     store_txn *txn;
     if ((rc = store_begin(s, false, &txn)) == ERR_OK) {

@@ -100,7 +100,9 @@ typedef struct writer_options {
     size_t max_batch;            /* ops per batch */
     size_t max_queue;            /* writer_submit() refuses beyond this depth */
     const char *log_dir;         /* the log's directory (created if missing) */
-    uint64_t segment_bytes;      /* 0: the log's default */
+    uint64_t segment_bytes;      /* 0: the log's default; one log entry (a message
+                                  * with its cmid, plus 64 bytes) must fit in a
+                                  * quarter of it */
     uint32_t apply_delay_ms;     /* the applier gathers logged batches this long
                                   * (fewer, larger LMDB commits) unless a read waits */
     const wal_io *io;            /* NULL: the real system calls (wal.h) */
