@@ -415,7 +415,6 @@ static int apply_cursor(store_txn *txn, db_op *op)
 static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *out)
 {
     db_op *op = (db_op *)wop;
-    if (op->conv) mark_pending(op->conv, batch);
     seq_result r;
     int rc;
     switch (op->kind) {
@@ -429,6 +428,10 @@ static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *ou
         audience_unref(op->aud);
         op->aud = r.aud;
         op->members_version = r.members_version;
+        /* A read of conv waits for this batch (a duplicate's original was
+         * marked when it was sequenced). Only an entry appended marks: a
+         * batch number that is never logged would hold readers. */
+        if (!r.duplicate) mark_pending(op->conv, batch);
         return ERR_OK;
     case OP_CURSOR:
         rc = seq_cursor(q, batch, op->conv, op->who.uid, op->delivered, op->read, op->accept,
@@ -441,6 +444,7 @@ static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *ou
         op->aud = r.aud;
         op->members_version = r.members_version;
         if (!op->changed) return ERR_OK;
+        mark_pending(op->conv, batch);
         if (batch != seq_latest_batch) {
             if (seq_latest.count) u64map_free(&seq_latest);
             seq_latest_batch = batch;
@@ -482,7 +486,7 @@ static void lmdb_settle(db *d, uint64_t conv)
     writer *w = ((lmdb_db *)d)->w;
     uint64_t need = conv ? __atomic_load_n(&pending_batch[conv % PENDING_SLOTS], __ATOMIC_RELAXED)
                          : writer_acked(w);
-    if (need && !writer_is_applied(w, need)) writer_wait_applied(w, need, 5000);
+    if (need && !writer_is_applied(w, need)) writer_wait_applied(w, need, 1000);
 }
 
 /* ---- the backend ---------------------------------------------------------------- */
