@@ -293,8 +293,9 @@ static void sequencer_main(void *arg)
 
 /* ---- logger -------------------------------------------------------------------- */
 
-/* Appends the log batches of list (in order, up to a slow one) with one
- * write; returns the first item not handled. Unlocked. */
+/* Appends log batches its[0..n) with one write and one fdatasync, then
+ * hands them to the completer and the applier (or fails them all).
+ * Unlocked on entry and exit. */
 static void log_group(writer *w, item **its, size_t n)
 {
     struct iovec iov[64];
