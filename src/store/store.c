@@ -709,6 +709,18 @@ int store_commit(store_txn *t)
     return rc;
 }
 
+int store_set_log_backed(store *s, bool on)
+{
+    int rc = mdb_env_set_flags(s->env, MDB_NOMETASYNC, on ? 1 : 0);
+    return rc ? map_err(rc) : ERR_OK;
+}
+
+int store_sync(store *s)
+{
+    int rc = mdb_env_sync(s->env, 1);
+    return rc ? map_err(rc) : ERR_OK;
+}
+
 void store_counts(store *s, uint64_t *users, uint64_t *convs)
 {
     *users = __atomic_load_n(&s->nusers, __ATOMIC_RELAXED);

@@ -130,6 +130,15 @@ int store_commit(store_txn *t);
 /* Discards and frees the transaction. */
 void store_abort(store_txn *t);
 
+/* A store behind a log (writer.h): a commit syncs the data pages but not
+ * the meta page, which the next commit's sync (or store_sync()) makes
+ * durable; a crash may undo the last commit, which the log replays. One
+ * fsync per commit instead of two. A commit that is not in the log (a
+ * slow op) is followed by store_sync(). */
+int store_set_log_backed(store *s, bool on);
+/* Makes everything committed durable (fsync). */
+int store_sync(store *s);
+
 /* The numbers of users and conversations as of the last commit: counted
  * when the store opens and kept at each commit (LMDB keeps entry counts
  * per database), so reading them costs two loads. Any thread. */

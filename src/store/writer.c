@@ -71,6 +71,8 @@ struct writer {
     uint64_t gen, failed_gen;  /* batches of failed_gen fail without a write */
     bool reset_needed;         /* a log append failed: the sequencer starts over */
     int last_log_error;        /* why */
+    uint64_t released_upto;    /* applier: the log position of its last commit, released
+                                * to the log after the next commit (or a sync) */
     int apply_rc;              /* the applier's last error (ERR_FULL: the LMDB map is
                                 * full): new log-path ops are refused with it */
     size_t unapplied;          /* log batches handed to the logger, not applied or failed */
@@ -555,7 +557,12 @@ static void apply_logged(writer *w, item **its, size_t n)
         else store_abort(txn);
         uint64_t t1 = uv_hrtime();
         if (rc == ERR_OK) {
-            if (lsn) wal_release(w->log, lsn);
+            /* The store is behind a log (store_set_log_backed): this
+             * commit is durable only once the next one syncs (its meta page
+             * is not synced), so the log keeps what this one applied until
+             * then: release what the previous commit applied. */
+            if (w->released_upto) wal_release(w->log, w->released_upto);
+            if (lsn) w->released_upto = lsn;
             uv_mutex_lock(&w->mu);
             if (w->apply_rc) log_info("the store takes the log again", "err=%s", err_name(w->apply_rc));
             w->apply_rc = ERR_OK;
@@ -625,6 +632,11 @@ static void apply_slow(writer *w, item *it)
         t1 = uv_hrtime();
         if (rc == ERR_OK) { rc = store_commit(txn); committed = true; }
         else store_abort(txn);
+        /* Behind a log the commit left its meta page unsynced: these ops
+         * are not in the log, so make them durable now (and with them
+         * every earlier commit: the log may let go of what they applied). */
+        if (rc == ERR_OK && w->log) rc = store_sync(w->s);
+        if (rc == ERR_OK && w->log && w->released_upto) wal_release(w->log, w->released_upto);
     }
     uint64_t t2 = uv_hrtime();
     if (rc != ERR_OK) {
@@ -902,6 +914,7 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
         rc = rc == ERR_OK ? store_commit(txn) : (store_abort(txn), rc);
     }
     if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
+    if (rc == ERR_OK) rc = store_set_log_backed(s, true);
     if (rc == ERR_OK) rc = seq_new(&w->seq, s);
     if (rc == ERR_OK && (rc = store_begin(s, false, &txn)) == ERR_OK) {
         seq_set_clock(w->seq, store_clock(txn));
@@ -978,6 +991,8 @@ void writer_stop(writer *w)
     uv_thread_join(&w->log_tid);  /* logs it */
     uv_thread_join(&w->app_tid);  /* applies it */
     uv_thread_join(&w->done_tid); /* completes it */
+    if (w->log && store_sync(w->s) == ERR_OK && w->released_upto)
+        wal_release(w->log, w->released_upto);
     if (w->log) wal_close(w->log);
     seq_free(w->seq);
     uv_cond_destroy(&w->applied_cond);
