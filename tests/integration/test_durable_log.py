@@ -7,31 +7,35 @@ batches into LMDB) and gets SIGKILL right after the acks, before any read
 could make it apply them. Then the test edits the log's bytes and restarts:
 
   * torn tail: bytes after the last acked batch are garbage, a partial
-    record, or the file is cut inside one; the server starts, logs the cut
-    (file and offset) at warn, every acked message is there once at its
-    seq, and appending resumes over the cut (a later kill and restart keep
-    the new message too). A message in flight at the kill may or may not be
-    there, once;
+    record, or the file is cut inside one (also in a recycled segment that
+    holds stale bytes); the server starts, logs the cut (file and offset)
+    at warn, every acked message is there once at its seq, and appending
+    resumes over the cut (a later kill and restart keep the new message
+    too). A message in flight at the kill may or may not be there, once,
+    and its resend is stored once. A file cut right after a record (or
+    less than a header past it) is a full segment: no cut;
   * corrupt middle: one flipped byte in an early record with valid records
     after it (or a bad length in a segment with a later segment holding
     records); parleyd refuses to start (exit 1), its log names the segment
     file and the record's byte offset, nothing in the data directory
-    changes; with the byte restored it starts and has every acked message;
+    changes; with the byte restored it starts and has every acked message.
+    So does a record with a valid checksum whose entries do not decode;
   * replay: the restarted server shows every acked message and cursor
     (history, inbox, receipts) and says it replayed the log; a second
-    restart replays nothing and is still right;
+    restart replays nothing and is still right; resends answer with the
+    original seq (or cmid_reused);
   * a store without its log directory (removed, or emptied, after a clean
     stop) starts with a warning, serves what the store holds and starts a
     new log that a kill -9 does not lose;
   * bad input: garbage files named like segments in an empty data
-    directory: a cut warning and a working server, or a refusal with a
-    clear message; never a crash.
+    directory: a cut warning and a working server, or (a lone segment that
+    does not start the log, a directory, a garbage log behind a store that
+    is ahead of it) a refusal with a clear message; never a crash.
 
 The log is parsed here independently of the server (CRC-32C of the LSN
 and payload), with 1 MiB segments (--log-segment) to keep files small.
 """
 
-import asyncio
 import os
 import random
 import re
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from parley_client import (HOST, PARLEY_WEB, PARLEYD, SLOW, START_TIMEOUT, Client, User, arun,
+from parley_client import (HOST, PARLEY_WEB, PARLEYD, START_TIMEOUT, Client, User, arun,
                            conv_get, cursors, direct, flood_sends, history, inbox, receipts,
                            register)
 
@@ -667,3 +671,75 @@ def test_directory_named_like_a_segment_is_refused(tmp_path):
     assert rc == 1, (rc, err)
     assert "cannot use a log segment" in err and "not a regular file" in err, err
     assert str(data_dir / "log" / "0000000000000000.wal") in err, err
+
+
+@pytest.mark.parametrize("what", ["unknown_kind", "truncated_entry"])
+def test_record_that_checks_but_does_not_decode_is_refused(parley, what):
+    """A record with a valid checksum whose entries do not decode (only a
+    bug or another format writes one): the start is refused with its LSN,
+    the store is left as it was (the replay transaction is dropped), and
+    without that record the server starts with every acked message."""
+    srv, a, b, conv = chat_setup(parley)
+    acked = arun(send_acked(a, conv, [f"m{i}" for i in range(N)]))
+    kill9(srv)
+    data_dir = Path(srv.data_dir)
+    recs, (seg, end) = scan(data_dir / "log")
+    p = b"\x09" + bytes(40) if what == "unknown_kind" else recs[-1].payload[:-3]
+    orig = seg.read_bytes()[end:end + 8 + pad8(len(p))]
+    patch(seg, end, struct.pack("<II", len(p), record_crc(end, p)) + p)
+    before = snapshot(data_dir)
+    rc, err = refused_start(data_dir, *FLAGS)
+    assert rc == 1, (rc, err)
+    assert re.search(rf'msg="a log record does not decode" lsn={end} ', err), err
+    assert "cannot start" in err, err
+    assert snapshot(data_dir) == before, "the refused start changed the data directory"
+    patch(seg, end, orig)
+    srv2 = parley(*FLAGS, data_dir=data_dir)
+    check_history(on(srv2, a)[0], conv, acked)
+
+
+def test_torn_tail_in_a_recycled_segment(parley):
+    """The log has moved through several segments and recycled the old ones
+    (a renamed spare keeps its stale bytes past the end of the log); a torn
+    tail there is cut the same way and nothing acked is lost."""
+    srv, a, b, conv = chat_setup(parley, "--apply-delay", "0")
+    big = "y" * 12000
+    acked = {}
+
+    async def flood(user, rounds, prefix):
+        c = await Client.open(user)
+        try:
+            for k in range(rounds):
+                cms = [f"{prefix}{k}.{i}" for i in range(30)]
+                await flood_sends(c, conv, cms, body=big)
+                got = await c.answers(cms)
+                for cm in cms:
+                    assert got[cm]["type"] == "ack", got[cm]
+                    acked[cm] = (got[cm]["seq"], big)
+        finally:
+            await c.close()
+
+    arun(flood(a, 12, "r"))  # ~4.3 MiB: four segments at least
+    kill9(srv)
+    log_dir = Path(srv.data_dir) / "log"
+    srv2 = parley(*FLAGS, data_dir=srv.data_dir)
+    a2, = on(srv2, a)
+    more = arun(send_acked(a2, conv, [f"m{i}" for i in range(N)]))
+    kill9(srv2)
+    segs = segments(log_dir)
+    assert segs[0][0] >= 3 * SEGMENT, f"the old segments were not recycled: {segs}"
+    recs, (seg, end) = scan(log_dir)
+    assert [cm for r in recs for e in r.entries if e["kind"] == 1 for cm in [e["cmid"]]][-N:] == \
+        list(more), "the last acked messages are not at the end of the log"
+    patch(seg, end, _garbage(12, 512))
+    srv3 = parley(*FLAGS, data_dir=srv.data_dir)
+    log = srv3.log(tail=100000)
+    cuts = CUT_RE.findall(log)
+    assert cuts and Path(cuts[0][0]) == seg and int(cuts[0][1]) == end, (cuts, seg, end, log)
+    assert int(cuts[0][2]) == int(seg.name[:16], 16) + end, cuts
+    a3, = on(srv3, a)
+    after = arun(send_acked(a3, conv, ["after"]))
+    kill9(srv3)
+    srv4 = parley(*FLAGS, data_dir=srv.data_dir)
+    assert not CUT_RE.search(srv4.log(tail=100000)), srv4.log()
+    check_history(on(srv4, a)[0], conv, {**acked, **more, **after})
