@@ -672,6 +672,84 @@ TEST(refuse_after_the_checks)
     world_close(&w);
 }
 
+/* A batch whose log append failed is forgotten with seq_reset (once the
+ * batches before it are applied): its cmids and seqs were never logged,
+ * so the resend is a new message at the same seq. */
+TEST(reset_after_a_failed_batch_forgets_its_messages)
+{
+    world w;
+    world_open(&w);
+    seq_result r;
+    CHECK_EQ_INT(send_msg(&w, 1, w.alice, "ok", "1", BASE_TS + 1, &r), ERR_OK);
+    drop(&r);
+    apply_batch(&w, 0, 1);
+    CHECK_EQ_INT(send_msg(&w, 2, w.alice, "lost", "2", BASE_TS + 2, &r), ERR_OK);
+    CHECK_EQ_INT(r.seq, BASE_SEQ + 2);
+    drop(&r);
+    CHECK_EQ_INT(seq_cursor(w.q, 2, w.conv, w.bob, BASE_SEQ + 2, 0, false, &w.out, &r), ERR_OK);
+    drop(&r);
+    /* batch 2 failed: nothing of it reached the log or the store */
+    seq_reset(w.q);
+    CHECK_EQ_INT(send_msg(&w, 3, w.alice, "lost", "2", BASE_TS + 3, &r), ERR_OK);
+    CHECK(!r.duplicate);
+    CHECK_EQ_INT(r.seq, BASE_SEQ + 2);
+    drop(&r);
+    CHECK_EQ_INT(send_msg(&w, 3, w.alice, "ok", "1", BASE_TS + 3, &r), ERR_OK);
+    CHECK(r.duplicate); /* the applied one is still known, from the store */
+    CHECK_EQ_INT(r.seq, BASE_SEQ + 1);
+    drop(&r);
+    /* bob's cursor move was forgotten with it */
+    CHECK_EQ_INT(seq_cursor(w.q, 3, w.conv, w.bob, 0, 0, false, &w.out, &r), ERR_OK);
+    CHECK_EQ_INT(r.delivered, 0);
+    world_close(&w);
+}
+
+/* An entry that cannot be appended (the buffer's allocation failed) leaves
+ * the sequencer as it was: no cmid kept, no seq or version taken. */
+TEST(failed_append_changes_nothing)
+{
+    world w;
+    world_open(&w);
+    seq_result r;
+    uint64_t clock = seq_clock(w.q);
+    w.out.err = ERR_NOMEM;
+    CHECK_EQ_INT(send_msg(&w, 1, w.alice, "c", "1", BASE_TS + 1, &r), ERR_NOMEM);
+    CHECK(r.aud == NULL);
+    CHECK_EQ_INT(seq_cursor(w.q, 1, w.conv, w.bob, BASE_SEQ, BASE_SEQ, false, &w.out, &r),
+                 ERR_NOMEM);
+    CHECK(!r.changed);
+    CHECK(r.aud == NULL);
+    CHECK_EQ_INT(seq_seen(w.q, 1, w.bob, BASE_TS, &w.out), ERR_NOMEM);
+    size_t convs, cmids;
+    seq_counts(w.q, &convs, &cmids);
+    CHECK_EQ_INT(cmids, 0);
+    CHECK_EQ_INT(seq_clock(w.q), clock);
+    CHECK_EQ_INT(w.out.len, 0);
+    w.out.err = ERR_OK;
+    CHECK_EQ_INT(send_msg(&w, 1, w.alice, "c", "1", BASE_TS + 1, &r), ERR_OK);
+    CHECK(!r.duplicate);
+    CHECK_EQ_INT(r.seq, BASE_SEQ + 1);
+    drop(&r);
+    CHECK_EQ_INT(seq_clock(w.q), clock + 1);
+    CHECK_EQ_INT(seq_cursor(w.q, 1, w.conv, w.bob, BASE_SEQ, BASE_SEQ, false, &w.out, &r), ERR_OK);
+    CHECK(r.changed);
+    drop(&r);
+    /* a failure after a kept cmid: the kept one stays a duplicate */
+    w.out.err = ERR_NOMEM;
+    CHECK_EQ_INT(send_msg(&w, 2, w.alice, "d", "2", BASE_TS + 2, &r), ERR_NOMEM);
+    CHECK_EQ_INT(send_msg(&w, 2, w.alice, "c", "1", BASE_TS + 2, &r), ERR_OK);
+    CHECK(r.duplicate);
+    CHECK_EQ_INT(r.seq, BASE_SEQ + 1);
+    drop(&r);
+    seq_counts(w.q, &convs, &cmids);
+    CHECK_EQ_INT(cmids, 1);
+    w.out.err = ERR_OK;
+    CHECK_EQ_INT(send_msg(&w, 2, w.alice, "d", "2", BASE_TS + 2, &r), ERR_OK);
+    CHECK_EQ_INT(r.seq, BASE_SEQ + 2);
+    drop(&r);
+    world_close(&w);
+}
+
 /* ---- seq_forget / seq_reset ------------------------------------------------- */
 
 TEST(forget_and_reset_reload_from_the_store)
@@ -1003,6 +1081,8 @@ int main(void)
     RUN(cursor_refusals);
     RUN(seen_appends_an_entry);
     RUN(refuse_after_the_checks);
+    RUN(reset_after_a_failed_batch_forgets_its_messages);
+    RUN(failed_append_changes_nothing);
     RUN(forget_and_reset_reload_from_the_store);
     RUN(applied_drops_only_applied_cmids);
     RUN(many_conversations_keep_the_unapplied_ones);
