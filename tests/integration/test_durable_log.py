@@ -30,7 +30,8 @@ could make it apply them. Then the test edits the log's bytes and restarts:
   * bad input: garbage files named like segments in an empty data
     directory: a cut warning and a working server, or (a lone segment that
     does not start the log, a directory, a garbage log behind a store that
-    is ahead of it) a refusal with a clear message; never a crash.
+    is ahead of it, a log path that is a file) a refusal with a clear
+    message; never a crash. A missing segment in the middle is refused too.
 
 The log is parsed here independently of the server (CRC-32C of the LSN
 and payload), with 1 MiB segments (--log-segment) to keep files small.
@@ -743,3 +744,62 @@ def test_torn_tail_in_a_recycled_segment(parley):
     srv4 = parley(*FLAGS, data_dir=srv.data_dir)
     assert not CUT_RE.search(srv4.log(tail=100000)), srv4.log()
     check_history(on(srv4, a)[0], conv, {**acked, **more, **after})
+
+
+def test_missing_segment_refuses_to_start(parley, tmp_path):
+    """A segment removed from the middle of the log: the end-of-segment
+    header before the gap names a next segment that is not there, and a
+    later one holds records: refused, naming that header's file and offset;
+    with the segment put back every acked message is there."""
+    srv, a, b, conv = chat_setup(parley)
+    big = "z" * 12000
+    acked = {}
+
+    async def go():
+        c = await Client.open(a)
+        try:
+            for k in range(8):  # ~2.9 MiB: three segments, none released yet
+                cms = [f"s{k}.{i}" for i in range(30)]
+                await flood_sends(c, conv, cms, body=big)
+                got = await c.answers(cms)
+                for cm in cms:
+                    assert got[cm]["type"] == "ack", got[cm]
+                    acked[cm] = (got[cm]["seq"], big)
+        finally:
+            await c.close()
+
+    arun(go())
+    kill9(srv)
+    data_dir = Path(srv.data_dir)
+    log_dir = data_dir / "log"
+    recs, _ = scan(log_dir)
+    segs = segments(log_dir)
+    assert [s for s, _ in segs][:3] == [0, SEGMENT, 2 * SEGMENT], segs
+    assert any(r.path == segs[2][1] for r in recs), "no record in the third segment"
+    in0 = [r for r in recs if r.path == segs[0][1]]
+    eos = in0[-1].end  # the end-of-segment header follows segment 0's last record
+    ln, crc = struct.unpack_from("<II", segs[0][1].read_bytes(), eos)
+    assert ln == 0 and crc == marker_crc(eos, SEGMENT), (eos, ln, crc)
+    moved = tmp_path / "moved.wal"
+    shutil.move(segs[1][1], moved)
+    before = snapshot(data_dir)
+    rc, err = refused_start(data_dir, *FLAGS)
+    assert rc == 1, (rc, err)
+    m = CORRUPT_RE.search(err)
+    assert m, err
+    assert Path(m.group(1)) == segs[0][1] and int(m.group(2)) == eos, (m.groups(), eos)
+    assert m.group(5) == "a later segment holds records", m.groups()
+    assert snapshot(data_dir) == before, "the refused start changed the data directory"
+    shutil.move(moved, segs[1][1])
+    srv2 = parley(*FLAGS, data_dir=data_dir)
+    check_history(on(srv2, a)[0], conv, acked)
+
+
+def test_log_path_that_is_a_file_is_refused(tmp_path):
+    data_dir = tmp_path / "logfile"
+    data_dir.mkdir()
+    (data_dir / "log").write_bytes(b"not a directory\n")
+    rc, err = refused_start(data_dir, *FLAGS)
+    assert rc == 1, (rc, err)
+    assert "cannot open the log directory" in err and str(data_dir / "log") in err, err
+    assert (data_dir / "log").read_bytes() == b"not a directory\n"
