@@ -496,6 +496,7 @@ static int lmdb_submit(db *d, db_op *op)
     op->wop.apply = apply;
     op->wop.sequence =
         op->kind == OP_SEND || op->kind == OP_CURSOR || op->kind == OP_LAST_SEEN ? sequence : NULL;
+    op->wop.size_hint = 64 + op->cmid_len + op->body_len;
     return writer_submit(((lmdb_db *)d)->w, &op->wop);
 }
 

@@ -136,6 +136,12 @@ void store_abort(store_txn *t);
  * fsync per commit instead of two. A commit that is not in the log (a
  * slow op) is followed by store_sync(). */
 int store_set_log_backed(store *s, bool on);
+/* Whether the store's filesystem has less than STORE_SPACE_LOW bytes left
+ * for it: LMDB reports a write cut short by a full disk as EIO (ERR_IO),
+ * which the caller then reads as ERR_DISK_FULL. */
+#define STORE_SPACE_LOW (8u << 20)
+bool store_space_low(store *s);
+
 /* Makes everything committed durable (fsync). */
 int store_sync(store *s);
 

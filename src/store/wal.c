@@ -596,6 +596,25 @@ int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end_out)
     return ERR_OK;
 }
 
+int wal_prepare(wal *w)
+{
+    if (!w) return ERR_INVALID;
+    pthread_mutex_lock(&w->mu);
+    int rc = ERR_OK;
+    if (w->next_fd < 0) {
+        const char *step = NULL;
+        uint64_t start = after_live(w);
+        if ((rc = prepare_next(w, start, &step)) != ERR_OK) {
+            char name[NAME_LEN + 1], f[4200];
+            seg_name(name, start);
+            log_debug("cannot prepare the next log segment", "file=%s step=\"%s\" err=\"%s\"",
+                      file_field(f, sizeof f, w, name), step ? step : "", strerror(errno));
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
 uint64_t wal_end(const wal *w)
 {
     return load64(&w->end);

@@ -66,6 +66,9 @@ struct writer_op {
      * seq.h's calls, passing batch and out. Returns >= 0, a negative code
      * (the op fails, nothing appended), or SEQ_SLOW (take the slow path). */
     int (*sequence)(writer_op *op, sequencer *q, uint64_t batch, logrec_buf *out);
+    /* The log path: at most the bytes sequence() may append (a batch is
+     * cut before an op that would take it past its limit). */
+    size_t size_hint;
     void (*done)(writer_op *op, int rc);
 };
 

@@ -1016,13 +1016,20 @@ TEST(logrec_truncated_or_unknown_is_invalid)
     /* unknown kinds */
     uint8_t bad[64] = {0};
     for (int k = 0; k < 256; k++) {
-        if (k == LOGREC_MSG || k == LOGREC_CURSOR || k == LOGREC_SEEN) continue;
+        if (k == LOGREC_MSG || k == LOGREC_CURSOR || k == LOGREC_SEEN || k == LOGREC_NOP) continue;
         bad[0] = (uint8_t)k;
         size_t off = 0;
         logrec r;
         CHECK_EQ_INT(logrec_next(bad, sizeof bad, &off, &r), ERR_INVALID);
         CHECK_EQ_INT(off, 0);
     }
+    /* a no-op entry is one byte and decodes to nothing else */
+    uint8_t nop[2] = {LOGREC_NOP, LOGREC_NOP};
+    size_t noff = 0;
+    logrec nr;
+    CHECK_EQ_INT(logrec_next(nop, sizeof nop, &noff, &nr), ERR_OK);
+    CHECK_EQ_INT(nr.kind, LOGREC_NOP);
+    CHECK_EQ_INT(noff, 1);
     /* a message whose body length points past the end */
     logrec_buf m = {0};
     CHECK_EQ_INT(logrec_put(&m, &v[0]), ERR_OK);
