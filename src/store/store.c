@@ -717,12 +717,6 @@ bool store_space_low(store *s)
     return (uint64_t)v.f_bavail * v.f_frsize < STORE_SPACE_LOW;
 }
 
-int store_set_log_backed(store *s, bool on)
-{
-    int rc = mdb_env_set_flags(s->env, MDB_NOMETASYNC, on ? 1 : 0);
-    return rc ? map_err(rc) : ERR_OK;
-}
-
 int store_sync(store *s)
 {
     int rc = mdb_env_sync(s->env, 1);

@@ -130,12 +130,6 @@ int store_commit(store_txn *t);
 /* Discards and frees the transaction. */
 void store_abort(store_txn *t);
 
-/* A store behind a log (writer.h): a commit syncs the data pages but not
- * the meta page, which the next commit's sync (or store_sync()) makes
- * durable; a crash may undo the last commit, which the log replays. One
- * fsync per commit instead of two. A commit that is not in the log (a
- * slow op) is followed by store_sync(). */
-int store_set_log_backed(store *s, bool on);
 /* Whether the store's filesystem has less than STORE_SPACE_LOW bytes left
  * for it: LMDB reports a write cut short by a full disk as EIO (ERR_IO),
  * which the caller then reads as ERR_DISK_FULL. */

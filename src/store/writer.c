@@ -648,10 +648,10 @@ static void apply_logged(writer *w, item **its, size_t n)
         else store_abort(txn);
         uint64_t t1 = uv_hrtime();
         if (rc == ERR_OK) {
-            /* The store is behind a log (store_set_log_backed): this
-             * commit is durable only once the next one syncs (its meta page
-             * is not synced), so the log keeps what this one applied until
-             * then: release what the previous commit applied. */
+            /* The log keeps what this commit applied until the next
+             * commit (or a sync): a store whose commits stop syncing
+             * their meta page (MDB_NOMETASYNC, one fsync instead of two)
+             * needs that, and a full sync loses nothing by it. */
             if (w->released_upto) wal_release(w->log, w->released_upto);
             if (lsn) w->released_upto = lsn;
             wal_prepare(w->log); /* the next segment, off the ack path */
@@ -731,9 +731,8 @@ static void apply_slow(writer *w, item *it)
         t1 = uv_hrtime();
         if (rc == ERR_OK) { rc = store_commit(txn); committed = true; }
         else store_abort(txn);
-        /* Behind a log the commit left its meta page unsynced: these ops
-         * are not in the log, so make them durable now (and with them
-         * every earlier commit: the log may let go of what they applied). */
+        /* These ops are not in the log: durable now, and with them every
+         * earlier commit (the log may let go of what they applied). */
         if (rc == ERR_OK && w->log) rc = store_sync(w->s);
         if (rc == ERR_OK && w->log && w->released_upto) wal_release(w->log, w->released_upto);
     }
