@@ -137,8 +137,9 @@ int wal_open(wal **out, const wal_options *o, uint64_t from, wal_replay_fn repla
 int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end);
 
 /* Makes the segment the log moves to next ready (a spare, or a new file
- * written now), so that the append that fills the current one does not
- * wait for a file to be created. Any thread (the applier calls it after
+ * written now) once the current one is half full (or at once when there is
+ * none yet), so that the append that fills it does not wait for a file to
+ * be created. Any thread (the applier calls it after
  * each commit; the writer once at start, which readies the first
  * segment). ERR_OK, or the creation's error (ERR_DISK_FULL: the append
  * will try again). */
