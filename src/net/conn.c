@@ -916,6 +916,13 @@ void conn_hold(conn *c)
     conn_pause(c);
 }
 
+void conn_unhold(conn *c)
+{
+    if (!(c->flags & F_HELD)) return;
+    c->flags &= (uint8_t)~F_HELD;
+    if (!c->out_head && !c->wreq) conn_resume(c); /* else after_drain() resumes */
+}
+
 void conn_resume(conn *c)
 {
     if (c->state == CONN_CLOSED || !(c->flags & F_PAUSED)) return;
