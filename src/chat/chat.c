@@ -49,6 +49,10 @@ int chat_open(chat **out, const config *cfg, server *srv)
                          cfg->log_segment_bytes, cfg->apply_delay_ms, NULL};
     rc = writer_start_log(&ch->w, ch->st, &wo, batch_applied, batch_end, ch);
     if (rc < 0) goto fail_hub;
+    if ((rc = pool_start(&ch->reads, cfg->read_threads, cfg->max_read_queue)) < 0) {
+        writer_stop(ch->w);
+        goto fail_hub;
+    }
     srv->app = ch;
     *out = ch;
     return ERR_OK;
@@ -64,6 +68,7 @@ fail_store:
 
 void chat_close(chat *ch)
 {
+    pool_stop(ch->reads); /* its last reads may wait for the writer */
     writer_stop(ch->w);
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);
