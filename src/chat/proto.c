@@ -357,7 +357,10 @@ static void log_close(conn *c, const ws_session *w, uint16_t code, const char *r
 }
 
 /* The user's last session closed: the contacts are read and told on the
- * read pool (no answer comes back). */
+ * read pool (no answer comes back). Offline and online announcements of
+ * one user leave in the order of the sessions' opens and closes: an online
+ * one is sent on the I/O thread before the session can close, and this one
+ * checks that the user did not come back meanwhile. */
 typedef struct offline_job {
     pool_job job;            /* first */
     chat *ch;
@@ -394,7 +397,8 @@ static void announce_offline(chat *ch, session *s, int64_t ts)
     o->uid = s->uid;
     o->ts = ts;
     memcpy(o->name, s->name, sizeof o->name);
-    if (pool_submit(ch->reads, &o->job) < 0) free(o); /* lossy: the pool is full */
+    /* The session was admitted: its end is told even when the pool is full. */
+    if (pool_continue(ch->reads, &o->job) < 0) free(o);
 }
 
 static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
