@@ -566,7 +566,7 @@ static bool credentials(req_ctx *x, char *name, char *pass, size_t *pass_len, bo
     if (n < 0 || auth_username(raw, (size_t)n, name) < 0) {
         if (strict) {
             fail(x, ERR_BAD_USERNAME,
-                      "usernames are 3-32 characters of a-z 0-9 _ . - starting with a letter or digit");
+                 "usernames are 3-32 characters of a-z 0-9 _ . - starting with a letter or digit");
             return false;
         }
         name[0] = 0; /* login: unknown user, same answer as a wrong password */
@@ -858,7 +858,7 @@ static void get_messages(req_ctx *x, uint64_t conv)
     bool l = query_u64(x->r, "limit", &limit, &rc);
     if (rc < 0 || (a && b) || (l && (limit == 0 || limit > 500)) || (b && before == 0)) {
         fail(x, ERR_INVALID,
-                  "use after=S or before=S (not both) and limit=1..500");
+             "use after=S or before=S (not both) and limit=1..500");
         return;
     }
     chat_settle(x->ch, conv);

@@ -912,10 +912,22 @@ static void mark_pending(uint64_t conv, uint64_t batch)
     __atomic_store_n(&pending_batch[conv % PENDING_SLOTS], batch, __ATOMIC_RELAXED);
 }
 
+uint64_t chat_settle_batch(chat *ch, uint64_t conv)
+{
+    /* Only what was acked must be seen: a batch not logged yet has answered
+     * nobody, and the number of a batch that was never logged (its only op
+     * went the slow path) would never be applied, so waiting for it would
+     * last until a later batch is. Nothing of conv acked is in a batch
+     * past `acked`. */
+    uint64_t acked = writer_acked(ch->w);
+    uint64_t need = conv ? __atomic_load_n(&pending_batch[conv % PENDING_SLOTS], __ATOMIC_RELAXED)
+                         : acked;
+    return need < acked ? need : acked;
+}
+
 void chat_settle(chat *ch, uint64_t conv)
 {
-    uint64_t need = conv ? __atomic_load_n(&pending_batch[conv % PENDING_SLOTS], __ATOMIC_RELAXED)
-                         : writer_acked(ch->w);
+    uint64_t need = chat_settle_batch(ch, conv);
     if (need && !writer_is_applied(ch->w, need)) writer_wait_applied(ch->w, need, 5000);
 }
 

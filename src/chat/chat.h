@@ -140,6 +140,9 @@ int chat_submit(chat_op *op);
  * applier not to gather and waits for its commit (bounded, 5 s). It blocks
  * the calling thread: call it on the read pool, before the read. */
 void chat_settle(chat *ch, uint64_t conv);
+/* The batch chat_settle(ch, conv) waits for (0: none): the last one with
+ * an entry of conv, but never one past the last acked. */
+uint64_t chat_settle_batch(chat *ch, uint64_t conv);
 
 /* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is
  * not a member (or no such conversation). */
