@@ -358,7 +358,7 @@ static void submit(req_ctx *x, chat_op *op)
     else x->ans->status = 0;
 }
 
-static chat_op *new_op(req_ctx *x, enum chat_op_kind kind, void (*reply)(srv_thread *, void *))
+static chat_op *new_op(req_ctx *x, enum db_op_kind kind, void (*reply)(srv_thread *, void *))
 {
     chat_op *op = chat_op_new(x->ch, kind, x->id, reply);
     if (!op) { fail(x, ERR_NOMEM, "out of memory"); return NULL; }

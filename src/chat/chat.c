@@ -14,43 +14,33 @@ static void batch_end(void *ctx)
     hub_flush(((chat *)ctx)->hub);
 }
 
-/* Cursor updates of one member in one batch: only the last one is told.
- * Maps (conv, uid) to the latest cursor op of the batch being applied;
- * writer thread only, emptied after each batch's apply. */
-static u64map latest_cursor;
-
-static void batch_applied(void *ctx)
-{
-    (void)ctx;
-    if (latest_cursor.count) u64map_free(&latest_cursor);
-}
-
-/* The same for the log path, on the sequencer thread: the cursor ops of
- * the sequencer's batch number seq_latest_batch. */
-static u64map seq_latest;
-static uint64_t seq_latest_batch;
-
 int chat_open(chat **out, const config *cfg, server *srv)
 {
     chat *ch = calloc(1, sizeof *ch);
     if (!ch) return ERR_NOMEM;
     ch->cfg = cfg;
     ch->srv = srv;
-    int rc = store_open(&ch->st, cfg->data_dir, cfg->store_map_size);
+    int rc = guard_new(&ch->guard, cfg);
     if (rc < 0) { free(ch); return rc; }
-    if ((rc = guard_new(&ch->guard, cfg)) < 0) goto fail_store;
     if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_guard;
-    char log_dir[4096];
-    if ((size_t)snprintf(log_dir, sizeof log_dir, "%s/log", cfg->data_dir) >= sizeof log_dir) {
-        rc = ERR_TOO_LARGE;
-        goto fail_hub;
+    /* Every message must fit a quarter of a log segment (writer.h). */
+    size_t seg = cfg->log_segment_bytes, need = 4 * (cfg->max_text + 4096);
+    if (seg < need) {
+        log_warn("--log-segment raised to hold the largest message", "log_segment=%zu max_text=%zu",
+                 need, (size_t)cfg->max_text);
+        seg = need;
     }
-    writer_options wo = {cfg->commit_window_us, 4096, cfg->max_writer_queue, log_dir,
-                         cfg->log_segment_bytes, cfg->apply_delay_ms, NULL};
-    rc = writer_start_log(&ch->w, ch->st, &wo, batch_applied, batch_end, ch);
-    if (rc < 0) goto fail_hub;
+    db_options o = {
+        .data_dir = cfg->data_dir, .map_size = cfg->store_map_size,
+        .log_segment_bytes = seg, .apply_delay_ms = cfg->apply_delay_ms,
+        .commit_window_us = cfg->commit_window_us, .max_queue = cfg->max_writer_queue,
+        .max_user_convs = cfg->max_user_convs, .max_group_members = cfg->max_group_members,
+        .batch_end = batch_end, .ctx = ch,
+    };
+    if ((rc = db_lmdb.open(&ch->db, &o)) < 0) goto fail_hub;
+    ch->st = db_lmdb_store(ch->db);
     if ((rc = pool_start(&ch->reads, cfg->read_threads, cfg->max_read_queue)) < 0) {
-        writer_stop(ch->w);
+        db_close(ch->db);
         goto fail_hub;
     }
     srv->app = ch;
@@ -60,8 +50,6 @@ fail_hub:
     hub_free(ch->hub);
 fail_guard:
     guard_free(ch->guard);
-fail_store:
-    store_close(ch->st);
     free(ch);
     return rc;
 }
@@ -69,11 +57,10 @@ fail_store:
 void chat_close(chat *ch)
 {
     pool_stop(ch->reads); /* its last reads may wait for the writer */
-    writer_stop(ch->w);
+    db_close(ch->db);
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);
     guard_free(ch->guard);
-    store_close(ch->st);
     free(ch);
 }
 
@@ -203,7 +190,7 @@ int chat_write_conv(chat *ch, store_txn *txn, uint64_t id, uint64_t viewer, jbuf
 
 /* ---- operations: common ------------------------------------------------------ */
 
-chat_op *chat_op_new(chat *ch, enum chat_op_kind kind, uint64_t origin,
+chat_op *chat_op_new(chat *ch, enum db_op_kind kind, uint64_t origin,
                      void (*reply)(srv_thread *t, void *op))
 {
     chat_op *op = calloc(1, sizeof *op);
@@ -233,91 +220,6 @@ static void finish(chat_op *op)
     else chat_op_free(op);
 }
 
-typedef struct collect_ctx {
-    audience *a;
-    uint32_t cap;
-} collect_ctx;
-
-static int collect_uid(void *arg, const store_member *m)
-{
-    collect_ctx *x = arg;
-    if (x->a->n == x->cap) return ERR_INVALID; /* nmembers was stale */
-    x->a->uids[x->a->n++] = m->uid;
-    return 0;
-}
-
-/* Builds op->aud from the conversation's nmembers members (one allocation). */
-static int collect_members(store_txn *txn, chat_op *op, uint32_t nmembers)
-{
-    audience_unref(op->aud);
-    op->aud = audience_new(nmembers);
-    if (!op->aud) return ERR_NOMEM;
-    op->aud->n = 0;
-    collect_ctx x = {op->aud, nmembers};
-    int rc = store_members(txn, op->conv, collect_uid, &x);
-    return rc == ERR_INVALID ? ERR_IO : rc;
-}
-
-static int load_members(store_txn *txn, chat_op *op)
-{
-    store_conv c;
-    int rc = store_conv_get(txn, op->conv, &c);
-    return rc < 0 ? rc : collect_members(txn, op, c.nmembers);
-}
-
-/* ---- accounts ---------------------------------------------------------------- */
-
-static int new_session(store_txn *txn, chat_op *op, uint32_t device)
-{
-    uint8_t hash[32];
-    auth_new_token(op->token, hash);
-    op->expires = chat_now_ms() + (int64_t)op->ch->cfg->token_ttl_s * 1000;
-    store_session s = {op->who.uid, device, op->expires};
-    op->who.device = device;
-    return store_session_put(txn, hash, &s);
-}
-
-static int apply_register(store_txn *txn, chat_op *op)
-{
-    uint64_t uid;
-    int rc = store_user_create(txn, op->name, op->pwhash, chat_now_ms(), &uid);
-    if (rc < 0) return rc == ERR_CONFLICT ? ERR_USERNAME_TAKEN : rc;
-    store_user u;
-    if ((rc = store_user_get(txn, uid, &u)) < 0) return rc;
-    u.next_device = 2;
-    if ((rc = store_user_put(txn, &u)) < 0) return rc;
-    op->who.uid = uid;
-    memcpy(op->who.name, u.name, sizeof u.name);
-    return new_session(txn, op, 1);
-}
-
-static int apply_login(store_txn *txn, chat_op *op)
-{
-    store_user u;
-    int rc = store_user_get(txn, op->who.uid, &u);
-    if (rc < 0) return rc;
-    uint32_t device = u.next_device ? u.next_device : 1;
-    u.next_device = device + 1;
-    if ((rc = store_user_put(txn, &u)) < 0) return rc;
-    return new_session(txn, op, device);
-}
-
-static int apply_logout(store_txn *txn, chat_op *op)
-{
-    int rc = store_session_del(txn, op->who.token_hash);
-    return rc == ERR_NOT_FOUND ? ERR_OK : rc;
-}
-
-static int apply_last_seen(store_txn *txn, chat_op *op)
-{
-    store_user u;
-    int rc = store_user_get(txn, op->who.uid, &u);
-    if (rc < 0) return rc == ERR_NOT_FOUND ? ERR_OK : rc;
-    if (op->ts <= u.last_seen) return ERR_OK;
-    u.last_seen = op->ts;
-    return store_user_put(txn, &u);
-}
-
 /* A revoked token: every thread closes the sessions opened with it. */
 typedef struct revocation {
     int refs; /* atomic: threads still to run */
@@ -343,267 +245,6 @@ static void revoke_everywhere(chat_op *op)
     r->uid = op->who.uid;
     memcpy(&r->token_key, op->who.token_hash, sizeof r->token_key);
     for (int i = 0; i < n; i++) hub_queue_call(op->ch->hub, i, close_revoked, r);
-}
-
-/* ---- conversations ------------------------------------------------------------ */
-
-/* Invitations. A user added to a conversation by someone who is not their
- * contact is a member "invited": they see it and get its messages, but it
- * does not count against their --max-user-convs until they accept it by
- * sending, reading (a `read` frame) or opening the direct conversation
- * themselves; they may also just leave it. Invitations have a cap of their
- * own (the same number), so strangers cannot fill a user's cap, nor grow
- * their inbox without bound. A contact, cheaply checked, is a user with
- * whom `uid` has a direct conversation that `uid` has accepted. */
-static bool is_contact(store_txn *txn, uint64_t actor, uint64_t uid)
-{
-    uint64_t conv;
-    store_member m;
-    return store_direct_get(txn, actor, uid, &conv) == ERR_OK &&
-           store_member_get(txn, conv, uid, &m) == ERR_OK && !m.invited;
-}
-
-/* ERR_TOO_MANY_MEMBERS if uid already has --max-user-convs memberships of
- * that kind (accepted ones, or invitations). */
-static int check_user_convs(store_txn *txn, const chat_op *op, uint64_t uid, bool invited)
-{
-    uint32_t n, cap = op->ch->cfg->max_user_convs;
-    int rc = store_user_convs_count(txn, uid, invited, cap, &n);
-    if (rc < 0) return rc;
-    return n >= cap ? ERR_TOO_MANY_MEMBERS : ERR_OK;
-}
-
-/* The acting user accepts an invitation (me, theirs): it now counts. */
-static int accept_invitation(store_txn *txn, const chat_op *op, store_member *me)
-{
-    if (!me->invited) return ERR_OK;
-    int rc = check_user_convs(txn, op, op->who.uid, false);
-    if (rc < 0) return rc;
-    me->invited = false;
-    return ERR_OK;
-}
-
-static int add_member(store_txn *txn, uint64_t conv, uint64_t uid, uint8_t role, uint64_t version,
-                      bool invited)
-{
-    store_member m = {uid, role, 0, 0, version, invited};
-    return store_member_put(txn, conv, &m);
-}
-
-/* Stamps a change on the conversation (after member_put/del, which keep
- * nmembers: re-read so their update is not overwritten). */
-static int touch_conv(store_txn *txn, uint64_t conv, uint64_t version)
-{
-    store_conv c;
-    int rc = store_conv_get(txn, conv, &c);
-    if (rc < 0) return rc;
-    c.version = version;
-    return store_conv_put(txn, &c);
-}
-
-static int apply_direct(store_txn *txn, chat_op *op)
-{
-    uint64_t a = op->who.uid, b = op->target;
-    int rc = store_direct_get(txn, a, b, &op->conv);
-    if (rc == ERR_OK) {
-        /* Opening the direct conversation someone started with you accepts it. */
-        store_member me;
-        op->duplicate = true;
-        if (store_member_get(txn, op->conv, a, &me) == ERR_OK && me.invited) {
-            if ((rc = accept_invitation(txn, op, &me)) < 0) return rc;
-            me.version = store_tick(txn);
-            if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
-        }
-        return load_members(txn, op);
-    }
-    if (rc != ERR_NOT_FOUND) return rc;
-    /* b has no direct conversation with a: b is invited. */
-    if ((rc = check_user_convs(txn, op, a, false)) < 0 || (rc = check_user_convs(txn, op, b, true)) < 0)
-        return rc;
-    uint64_t v = store_tick(txn);
-    store_conv c = {0};
-    c.type = STORE_DIRECT;
-    c.created = c.last_ts = chat_now_ms();
-    c.version = v;
-    if ((rc = store_conv_create(txn, &c)) < 0) return rc;
-    op->conv = c.id;
-    if ((rc = add_member(txn, c.id, a, STORE_MEMBER, v, false)) < 0) return rc;
-    if ((rc = add_member(txn, c.id, b, STORE_MEMBER, v, true)) < 0) return rc;
-    if ((rc = store_direct_put(txn, a, b, c.id)) < 0) return rc;
-    return load_members(txn, op);
-}
-
-static int apply_group(store_txn *txn, chat_op *op)
-{
-    int rc = check_user_convs(txn, op, op->who.uid, false);
-    for (size_t i = 0; rc == ERR_OK && i < op->nuids; i++)
-        if (op->uids[i] != op->who.uid)
-            rc = check_user_convs(txn, op, op->uids[i], !is_contact(txn, op->who.uid, op->uids[i]));
-    if (rc < 0) return rc;
-    uint64_t v = store_tick(txn);
-    store_conv c = {0};
-    c.type = STORE_GROUP;
-    memcpy(c.name, op->name, sizeof c.name);
-    c.created = c.last_ts = chat_now_ms();
-    c.version = v;
-    rc = store_conv_create(txn, &c);
-    if (rc < 0) return rc;
-    op->conv = c.id;
-    if ((rc = add_member(txn, c.id, op->who.uid, STORE_ADMIN, v, false)) < 0) return rc;
-    for (size_t i = 0; i < op->nuids; i++) {
-        uint64_t uid = op->uids[i];
-        if (uid == op->who.uid) continue;
-        store_member m;
-        if (store_member_get(txn, c.id, uid, &m) == ERR_OK) continue; /* listed twice */
-        bool invited = !is_contact(txn, op->who.uid, uid);
-        if ((rc = add_member(txn, c.id, uid, STORE_MEMBER, v, invited)) < 0) return rc;
-    }
-    return load_members(txn, op);
-}
-
-/* A membership change: the actor must be a member (403), the conversation
- * a group (400), and the actor an admin when `admin` (403). */
-static int check_actor(store_txn *txn, chat_op *op, store_conv *c, bool admin)
-{
-    store_member me;
-    if (store_conv_get(txn, op->conv, c) < 0) return ERR_FORBIDDEN;
-    if (store_member_get(txn, op->conv, op->who.uid, &me) < 0) return ERR_FORBIDDEN;
-    if (c->type != STORE_GROUP) return ERR_INVALID;
-    if (admin && me.role != STORE_ADMIN) return ERR_FORBIDDEN;
-    return ERR_OK;
-}
-
-static int apply_add(store_txn *txn, chat_op *op)
-{
-    store_conv c;
-    int rc = check_actor(txn, op, &c, true);
-    if (rc < 0) return rc;
-    if (c.nmembers >= op->ch->cfg->max_group_members) return ERR_TOO_MANY_MEMBERS;
-    store_member m;
-    if (store_member_get(txn, op->conv, op->target, &m) == ERR_OK) return ERR_ALREADY_MEMBER;
-    bool invited = !is_contact(txn, op->who.uid, op->target);
-    if ((rc = check_user_convs(txn, op, op->target, invited)) < 0) return rc;
-    uint64_t v = store_tick(txn);
-    if ((rc = add_member(txn, op->conv, op->target, STORE_MEMBER, v, invited)) < 0) return rc;
-    if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
-    return load_members(txn, op);
-}
-
-static int apply_remove(store_txn *txn, chat_op *op)
-{
-    store_conv c;
-    bool self = op->target == op->who.uid;
-    int rc = check_actor(txn, op, &c, !self);
-    if (rc < 0) return rc;
-    if ((rc = store_member_del(txn, op->conv, op->target)) < 0)
-        return rc == ERR_NOT_FOUND ? ERR_NOT_MEMBER : rc;
-    uint64_t v = store_tick(txn);
-    if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
-    return load_members(txn, op);
-}
-
-/* Leaves up to CHAT_LEAVE_MAX groups in one write: each one left, or why
- * not in op->rcs; the op itself fails only on a storage error. */
-static int apply_leave(store_txn *txn, chat_op *op)
-{
-    uint64_t v = 0;
-    for (size_t i = 0; i < op->nuids; i++) {
-        uint64_t conv = op->uids[i];
-        store_conv c;
-        store_member me;
-        op->rcs[i] = ERR_FORBIDDEN;
-        if (store_conv_get(txn, conv, &c) < 0 || store_member_get(txn, conv, op->who.uid, &me) < 0)
-            continue;
-        op->rcs[i] = ERR_INVALID;
-        if (c.type != STORE_GROUP) continue; /* a direct conversation is for good */
-        if (!v) v = store_tick(txn);
-        int rc = store_member_del(txn, conv, op->who.uid);
-        if (rc == ERR_OK) rc = touch_conv(txn, conv, v);
-        if (rc < 0) return rc;
-        op->rcs[i] = ERR_OK;
-    }
-    return ERR_OK;
-}
-
-/* ---- messages and cursors ------------------------------------------------------ */
-
-static int apply_send(store_txn *txn, chat_op *op)
-{
-    store_member me;
-    if (store_member_get(txn, op->conv, op->who.uid, &me) < 0) return ERR_FORBIDDEN;
-    uint64_t seq;
-    int rc = store_cmid_get(txn, op->conv, op->who.uid, op->cmid, op->cmid_len, &seq);
-    if (rc == ERR_OK) {
-        /* A resend carries the same body, byte for byte; another body under
-         * a used cmid is a client bug that must not pass for an ack. */
-        store_msg old;
-        bool found = store_msg_get(txn, op->conv, seq, &old) == ERR_OK;
-        if (found && (old.body_len != op->body_len || memcmp(old.body, op->body, op->body_len) != 0))
-            return ERR_CMID_REUSED;
-        op->duplicate = true;
-        op->seq = seq;
-        op->ts = found ? old.ts : 0;
-        return ERR_OK;
-    }
-    if (rc != ERR_NOT_FOUND) return rc;
-    if ((rc = accept_invitation(txn, op, &me)) < 0) return rc; /* replying accepts */
-    store_conv c;
-    if ((rc = store_conv_get(txn, op->conv, &c)) < 0) return rc;
-    int64_t now = chat_now_ms();
-    store_msg m = {op->conv, c.last_seq + 1, op->who.uid, now > c.last_ts ? now : c.last_ts,
-                   op->cmid, op->cmid_len, op->body, op->body_len};
-    if ((rc = store_msg_put(txn, &m)) < 0) return rc;
-    if ((rc = store_cmid_put(txn, op->conv, op->who.uid, op->cmid, op->cmid_len, m.seq)) < 0)
-        return rc;
-    uint64_t v = store_tick(txn);
-    c.last_seq = m.seq;
-    c.last_ts = m.ts;
-    c.version = v;
-    if ((rc = store_conv_put(txn, &c)) < 0) return rc;
-    /* The sender has read what it sent. */
-    me.delivered = me.read = m.seq;
-    me.version = v;
-    if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
-    op->seq = m.seq;
-    op->ts = m.ts;
-    return collect_members(txn, op, c.nmembers);
-}
-
-static uint64_t cursor_key(const chat_op *op)
-{
-    return (op->conv << 32) ^ op->who.uid;
-}
-
-static int apply_cursor(store_txn *txn, chat_op *op)
-{
-    store_member me;
-    store_conv c;
-    if (store_conv_get(txn, op->conv, &c) < 0 ||
-        store_member_get(txn, op->conv, op->who.uid, &me) < 0)
-        return ERR_FORBIDDEN;
-    /* A client only learns of a seq once it is stored: beyond last_seq is
-     * a mistake, refused rather than clamped. */
-    if (op->read > c.last_seq || op->delivered > c.last_seq) return ERR_INVALID;
-    uint64_t rd = op->read;
-    uint64_t dl = op->delivered > rd ? op->delivered : rd;
-    bool accepted = op->accept && me.invited; /* a read accepts an invitation */
-    int rc;
-    if (accepted && (rc = accept_invitation(txn, op, &me)) < 0) return rc;
-    op->changed = dl > me.delivered || rd > me.read;
-    if (dl > me.delivered) me.delivered = dl;
-    if (rd > me.read) me.read = rd;
-    op->delivered = me.delivered;
-    op->read = me.read;
-    if (!op->changed && !accepted) return ERR_OK;
-    me.version = store_tick(txn);
-    if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
-    if (!op->changed) return ERR_OK;
-    chat_op *prev = u64map_get(&latest_cursor, cursor_key(op));
-    /* superseded within this batch: not told (a key shared by another member
-     * is not a supersession: both are told) */
-    if (prev && prev->conv == op->conv && prev->who.uid == op->who.uid) prev->changed = false;
-    u64map_put(&latest_cursor, cursor_key(op), op);
-    return load_members(txn, op);
 }
 
 /* ---- after the commit ------------------------------------------------------------ */
@@ -773,9 +414,10 @@ static void leave_events(chat_op *op)
         removed_event(op);
         store_txn *txn;
         if (store_begin(op->ch->st, false, &txn) < 0) continue;
-        int rc = load_members(txn, op);
+        audience_unref(op->aud);
+        op->aud = db_lmdb_members(txn, op->conv);
         store_abort(txn);
-        if (rc >= 0 && op->aud->n) conv_event(op);
+        if (op->aud && op->aud->n) conv_event(op);
     }
 }
 
@@ -825,112 +467,23 @@ static void done(writer_op *wop, int rc)
 /* The log path (writer.h): a send, a cursor move or a last_seen decided
  * by the sequencer's memory of the conversation; SEQ_SLOW sends it down
  * the slow path (apply_send / apply_cursor accept an invitation there). */
-static void mark_pending(uint64_t conv, uint64_t batch);
-
-static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *out)
-{
-    chat_op *op = (chat_op *)wop;
-    if (op->conv) mark_pending(op->conv, batch);
-    seq_result r;
-    int rc;
-    switch (op->kind) {
-    case OP_SEND:
-        rc = seq_send(q, batch, op->conv, op->who.uid, op->cmid, op->cmid_len, op->body,
-                      op->body_len, chat_now_ms(), out, &r);
-        if (rc != ERR_OK) return rc;
-        op->seq = r.seq;
-        op->ts = r.ts;
-        op->duplicate = r.duplicate;
-        audience_unref(op->aud);
-        op->aud = r.aud;
-        op->members_version = r.members_version;
-        return ERR_OK;
-    case OP_CURSOR:
-        rc = seq_cursor(q, batch, op->conv, op->who.uid, op->delivered, op->read, op->accept,
-                        out, &r);
-        if (rc != ERR_OK) return rc;
-        op->changed = r.changed;
-        op->delivered = r.delivered;
-        op->read = r.read;
-        audience_unref(op->aud);
-        op->aud = r.aud;
-        op->members_version = r.members_version;
-        if (!op->changed) return ERR_OK;
-        if (batch != seq_latest_batch) {
-            if (seq_latest.count) u64map_free(&seq_latest);
-            seq_latest_batch = batch;
-        }
-        chat_op *prev = u64map_get(&seq_latest, cursor_key(op));
-        /* superseded within this batch: not told */
-        if (prev && prev->conv == op->conv && prev->who.uid == op->who.uid) prev->changed = false;
-        u64map_put(&seq_latest, cursor_key(op), op);
-        return ERR_OK;
-    case OP_LAST_SEEN:
-        return seq_seen(q, batch, op->who.uid, op->ts, out);
-    }
-    return SEQ_SLOW;
-}
-
-static int apply(writer_op *wop, store_txn *txn)
-{
-    chat_op *op = (chat_op *)wop;
-    switch (op->kind) {
-    case OP_REGISTER: return apply_register(txn, op);
-    case OP_LOGIN: return apply_login(txn, op);
-    case OP_LOGOUT: return apply_logout(txn, op);
-    case OP_DIRECT: return apply_direct(txn, op);
-    case OP_GROUP: return apply_group(txn, op);
-    case OP_ADD: return apply_add(txn, op);
-    case OP_REMOVE: return apply_remove(txn, op);
-    case OP_SEND: return apply_send(txn, op);
-    case OP_CURSOR: return apply_cursor(txn, op);
-    case OP_LAST_SEEN: return apply_last_seen(txn, op);
-    case OP_LEAVE: return apply_leave(txn, op);
-    }
-    return ERR_INVALID;
-}
-
 int chat_submit(chat_op *op)
 {
-    op->wop.apply = apply;
+    if (op->kind == OP_REGISTER || op->kind == OP_LOGIN) {
+        /* The new session's token: made here, its hash stored. */
+        auth_new_token(op->token, op->new_token_hash);
+        op->expires = chat_now_ms() + (int64_t)op->ch->cfg->token_ttl_s * 1000;
+    }
     op->wop.done = done;
-    op->wop.sequence =
-        op->kind == OP_SEND || op->kind == OP_CURSOR || op->kind == OP_LAST_SEEN ? sequence : NULL;
-    return writer_submit(op->ch->w, &op->wop);
-}
-
-/* ---- reads ---------------------------------------------------------------------- */
-
-/* The last log batch with an entry of a conversation, by conversation id
- * modulo the table (a shared slot only makes a read wait needlessly).
- * Written by the sequencer, read by any thread (relaxed atomics). */
-#define PENDING_SLOTS 4096
-static uint64_t pending_batch[PENDING_SLOTS];
-
-static void mark_pending(uint64_t conv, uint64_t batch)
-{
-    __atomic_store_n(&pending_batch[conv % PENDING_SLOTS], batch, __ATOMIC_RELAXED);
-}
-
-uint64_t chat_settle_batch(chat *ch, uint64_t conv)
-{
-    /* Only what was acked must be seen: a batch not logged yet has answered
-     * nobody, and the number of a batch that was never logged (its only op
-     * went the slow path) would never be applied, so waiting for it would
-     * last until a later batch is. Nothing of conv acked is in a batch
-     * past `acked`. */
-    uint64_t acked = writer_acked(ch->w);
-    uint64_t need = conv ? __atomic_load_n(&pending_batch[conv % PENDING_SLOTS], __ATOMIC_RELAXED)
-                         : acked;
-    return need < acked ? need : acked;
+    return db_submit(op->ch->db, &op->d);
 }
 
 void chat_settle(chat *ch, uint64_t conv)
 {
-    uint64_t need = chat_settle_batch(ch, conv);
-    if (need && !writer_is_applied(ch->w, need)) writer_wait_applied(ch->w, need, 5000);
+    db_settle(ch->db, conv);
 }
 
+/* ---- reads ---------------------------------------------------------------------- */
 int chat_is_member(chat *ch, uint64_t conv, uint64_t uid)
 {
     store_txn *txn;

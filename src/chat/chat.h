@@ -28,14 +28,14 @@
 #include "codec/msg.h"
 #include "net/pool.h"
 #include "net/srv.h"
+#include "store/db.h"
 #include "store/store.h"
-#include "store/writer.h"
 
 typedef struct chat {
     const config *cfg;
     server *srv;
-    store *st;
-    writer *w;
+    db *db;                           /* the storage backend */
+    store *st;                        /* its LMDB store, for the reads (db.h) */
     hub *hub;
     guard *guard;
     pool *reads;       /* the read pool: every store read of the adapters */
@@ -61,13 +61,7 @@ static inline int64_t chat_now_ms(void)
 
 /* ---- identities ------------------------------------------------------------ */
 
-typedef struct chat_ident {
-    uint64_t uid;
-    uint32_t device;
-    uint8_t token_hash[32];
-    int64_t expires;
-    char name[STORE_NAME_MAX + 1];
-} chat_ident;
+typedef db_ident chat_ident;
 
 /* Resolves a bearer token: ERR_OK with *id, or ERR_AUTH (unknown, expired
  * or malformed). Read transaction. */
@@ -75,55 +69,26 @@ int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id);
 
 /* ---- operations ------------------------------------------------------------ */
 
-enum chat_op_kind {
-    OP_REGISTER, OP_LOGIN, OP_LOGOUT, OP_DIRECT, OP_GROUP, OP_ADD, OP_REMOVE,
-    OP_SEND, OP_CURSOR, OP_LAST_SEEN, OP_LEAVE,
-};
-
-#define CHAT_LEAVE_MAX 500                /* conversations one OP_LEAVE leaves */
+#define CHAT_LEAVE_MAX DB_LEAVE_MAX
 
 typedef struct chat_op chat_op;
+/* An operation: what the storage sees (db.h's db_op, whose fields it
+ * holds by name through the union) and how to answer it. */
 struct chat_op {
-    writer_op wop;                    /* first: a writer_op* is a chat_op* */
-    uint8_t kind;                     /* enum chat_op_kind */
+    union {
+        db_op d;                      /* first: a writer_op* is a chat_op* */
+        struct { DB_OP_FIELDS };
+    };
     chat *ch;
     uint64_t origin;                  /* conn id to reply to (0: none) */
     void (*reply)(srv_thread *t, void *op); /* on origin's thread */
-    int rc;                           /* the result */
     bool keep_alive;                  /* REST: the request's keep-alive */
     char ref[80];                     /* WS: raw JSON of the frame's "id", or "" */
-    chat_ident who;                   /* the acting user */
-    /* parameters */
-    uint64_t conv;
-    uint64_t target;                  /* OP_ADD/OP_REMOVE/OP_DIRECT: uid */
-    uint64_t delivered, read;         /* OP_CURSOR */
-    int64_t ts;                       /* OP_LAST_SEEN, and results */
-    char name[STORE_NAME_MAX + 1];    /* OP_REGISTER username, OP_GROUP name */
-    char pwhash[STORE_HASH_MAX + 1];  /* OP_REGISTER */
-    char token[48];                   /* OP_REGISTER/OP_LOGIN: the new token */
-    char cmid[STORE_CMID_MAX + 1];    /* OP_SEND */
-    size_t cmid_len;
-    char *body;                       /* OP_SEND: JSON text (owned) */
-    size_t body_len;
     uint64_t arrived_ns;              /* OP_SEND (WebSocket): uv_hrtime() at the frame's arrival */
-    uint64_t *uids;                   /* OP_GROUP members to add, OP_LEAVE conversation
-                                         ids, no id twice (owned) */
-    size_t nuids;
-    int *rcs;                         /* OP_LEAVE: nuids results, ERR_OK (left),
-                                         ERR_FORBIDDEN (not a member) or ERR_INVALID
-                                         (a direct conversation) (owned) */
-    audience *aud;                    /* the members after apply (owned ref) */
-    uint64_t members_version;         /* of aud, when the sequencer gave it (0: unknown) */
-    /* results */
-    uint64_t seq;                     /* OP_SEND */
-    bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */
-    bool changed;                     /* OP_CURSOR: moved forward, not superseded */
-    bool accept;                      /* OP_CURSOR: a read, which accepts an invitation */
-    int64_t expires;                  /* OP_REGISTER/OP_LOGIN */
 };
 
 /* A zeroed op of that kind, or NULL. */
-chat_op *chat_op_new(chat *ch, enum chat_op_kind kind, uint64_t origin,
+chat_op *chat_op_new(chat *ch, enum db_op_kind kind, uint64_t origin,
                      void (*reply)(srv_thread *t, void *op));
 void chat_op_free(chat_op *op);
 
@@ -137,12 +102,9 @@ int chat_submit(chat_op *op);
  * before the store holds it (writer.h): a read of conv (0: of anything)
  * first waits until the store holds what was acked of it. Returns at once
  * when nothing of conv is pending (the usual case); otherwise it asks the
- * applier not to gather and waits for its commit (bounded, 5 s). It blocks
- * the calling thread: call it on the read pool, before the read. */
+ * applier not to gather and waits for its commit (bounded). It blocks the
+ * calling thread: call it on the read pool, before the read. */
 void chat_settle(chat *ch, uint64_t conv);
-/* The batch chat_settle(ch, conv) waits for (0: none): the last one with
- * an entry of conv, but never one past the last acked. */
-uint64_t chat_settle_batch(chat *ch, uint64_t conv);
 
 /* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is
  * not a member (or no such conversation). */

@@ -551,7 +551,7 @@ static bool route_build(hub *h, route *r, const audience *members, uint64_t vers
         r->members = v;
         r->members_cap = (uint32_t)n;
     }
-    memcpy(r->members, members->uids, n * sizeof *r->members);
+    if (n) memcpy(r->members, members->uids, n * sizeof *r->members);
     r->n = (uint32_t)sort_unique(r->members, n);
     r->version = version;
     h->st.builds++;

@@ -95,10 +95,11 @@ typedef struct sink_ops {
     void (*close)(session *s, uint16_t code, const char *reason);
 } sink_ops;
 
-/* One authenticated client connection. Owned by its I/O thread. */
+/* One authenticated client connection. Owned by its I/O thread. A
+ * transport embeds it in its own per-connection state and finds that state
+ * from the session's address (the WebSocket sink: in the conn, conn_user). */
 struct session {
     const sink_ops *sink;    /* the transport's (borrowed, static) */
-    void *sink_ctx;          /* the transport's per-connection state (WebSocket: its conn) */
     uint64_t id;             /* the connection's id: origin of requests, excluded from echo */
     uint64_t uid;
     uint32_t device;

@@ -24,9 +24,10 @@ _Static_assert(MSG_CMID_MAX == STORE_CMID_MAX, "cmid limits of the codec and the
 #define TYPING_MIN_MS 1000  /* relay at most one typing per sender and conversation per second */
 
 /* A WebSocket session: the hub's session, and the peer's address kept for
- * the close log line (a peer that reset the connection has none by then). */
+ * the close log line (a peer that reset the connection has none by then).
+ * It lives in its conn (conn_user: proto_ws_ops.user_size). */
 typedef struct ws_session {
-    session s;               /* first: c->user is both */
+    session s;               /* first: conn_user(c) is both */
     uint8_t ip[16];          /* IPv4 in the first 4 bytes */
     uint16_t port;
     uint8_t family;          /* AF_INET, AF_INET6, or 0: unknown */
@@ -96,7 +97,7 @@ static void send_page(conn *c, jbuf *j)
 
 static int ws_sink_send(session *s, event *ev)
 {
-    conn *c = s->sink_ctx;
+    conn *c = conn_of_user(s);
     int rc = conn_send_frame(c, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
     if (rc == ERR_FULL) conn_close_ws(c, WS_CLOSE_TRY_AGAIN, "output queue full: resume with sync");
     else if (rc == ERR_OK && ev->kind == EV_MSG) metrics_inc(&c->t->m, M_MSGS_DELIVERED);
@@ -105,12 +106,12 @@ static int ws_sink_send(session *s, event *ev)
 
 static void ws_sink_send_lossy(session *s, event *ev)
 {
-    conn_send_frame_lossy(s->sink_ctx, WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
+    conn_send_frame_lossy(conn_of_user(s), WS_OP_TEXT, ev->enc[EV_ENC_JSON]);
 }
 
 static void ws_sink_close(session *s, uint16_t code, const char *reason)
 {
-    conn_close_ws(s->sink_ctx, code, reason);
+    conn_close_ws(conn_of_user(s), code, reason);
 }
 
 static const sink_ops ws_sink = {ws_sink_send, ws_sink_send_lossy, ws_sink_close};
@@ -233,8 +234,8 @@ static void finish_upgrade(conn *c, upgrade_job *u)
         api_send_error(c, u->keep_alive, false, u->rc == ERR_IO ? ERR_IO : ERR_AUTH, NULL, NULL, -1);
         return;
     }
-    ws_session *w = calloc(1, sizeof *w);
-    if (!w) { conn_abort(c); return; }
+    ws_session *w = conn_user(c);
+    memset(w, 0, sizeof *w);
     keep_addr(w, c);
     session *s = &w->s;
     s->uid = u->id.uid;
@@ -245,12 +246,9 @@ static void finish_upgrade(conn *c, upgrade_job *u)
     memcpy(s->name, u->id.name, sizeof s->name);
     ws_handshake hs = {{u->key, u->key_len}, u->protocol};
     opening = u;
-    int rc = conn_upgrade(c, &hs, s);
+    int rc = conn_upgrade(c, &hs);
     opening = NULL;
-    if (rc < 0) {
-        if (c->user != s) free(w); /* not taken: on_close will not free it */
-        conn_abort(c);
-    }
+    if (rc < 0) conn_abort(c);
 }
 
 static void upgrade_done(srv_thread *t, void *arg)
@@ -303,10 +301,9 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
 
 static int on_open(conn *c)
 {
-    session *s = c->user;
+    session *s = conn_user(c);
     chat *ch = chat_of(c->t);
     s->sink = &ws_sink;
-    s->sink_ctx = c;
     s->id = c->id;
     metrics_inc(&c->t->m, M_SESSIONS_OPENED);
     if (log_enabled(LOG_DEBUG)) {
@@ -330,7 +327,7 @@ static int on_open(conn *c)
      * (out of memory), on_close removes and frees the session as usual. */
     bool first = hub_session_add(ch->hub, c->t, s);
     send_json(c, &j);
-    if (c->user != s) return ERR_OK; /* closed while saying hello: s is gone */
+    if (c->state != CONN_WS) return ERR_OK; /* closed while saying hello: s is released */
     upgrade_job *u = opening; /* its contacts and their presence, read on the pool */
     if (!u) return ERR_OK;
     if (first) announce(ch, u->contacts, s->name, true, chat_now_ms());
@@ -403,9 +400,7 @@ static void announce_offline(chat *ch, session *s, int64_t ts)
 
 static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
 {
-    session *s = c->user;
-    c->user = NULL;
-    if (!s) return;
+    session *s = conn_user(c);
     log_close(c, (ws_session *)s, code, reason, by_peer); /* before it is counted */
     metrics_inc(&c->t->m, M_SESSIONS_CLOSED);
     chat *ch = chat_of(c->t);
@@ -419,7 +414,6 @@ static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
             if (chat_submit(op) < 0) chat_op_free(op); /* lossy */
         }
     }
-    free((ws_session *)s);
 }
 
 static void send_rate_limited(conn *c, uint32_t retry_ms, const char *ref)
@@ -440,8 +434,8 @@ static void on_refused(conn *c, uint32_t retry_ms, const uint8_t *bytes, size_t 
 
 static bool on_tick(conn *c)
 {
-    session *s = c->user;
-    if (s && s->expires <= chat_now_ms()) {
+    session *s = conn_user(c);
+    if (s->expires <= chat_now_ms()) {
         conn_close_ws(c, WS_CLOSE_POLICY, "token expired");
         return false;
     }
@@ -663,7 +657,7 @@ static void typing_run(pool_job *job)
 /* The typing frame's relay, once its members are known. */
 static void relay_typing(conn *c, read_job *x)
 {
-    session *s = c->user;
+    session *s = conn_user(c);
     uint64_t conv = x->r.conv;
     s->typing_conv = conv;
     s->typing_at = x->at;
@@ -743,7 +737,7 @@ static void on_message(conn *c, const uint8_t *bytes, size_t len)
     frame_ctx f;
     f.arrived = uv_hrtime();
     f.c = c;
-    f.s = c->user;
+    f.s = conn_user(c);
     f.ch = chat_of(c->t);
     const char *code, *message;
     int rc = msg_parse(data, len, f.ch->cfg->max_text, &f.r, &code, &message);
@@ -765,6 +759,7 @@ static void on_message(conn *c, const uint8_t *bytes, size_t len)
 }
 
 const conn_ws_ops proto_ws_ops = {
+    .user_size = sizeof(ws_session),
     .on_open = on_open,
     .on_message = on_message,
     .on_refused = on_refused,

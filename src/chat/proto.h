@@ -3,7 +3,7 @@
  * One JSON object per text frame. Every frame is answered or acted on;
  * application errors come back as {"type":"error",...} and never close the
  * connection (only a client that keeps sending through the pauses that
- * rate-limit refusals ask for is closed, 1008: protocol.md, Backpressure). The session (hub.h) is c->user from the upgrade on; it
+ * rate-limit refusals ask for is closed, 1008: protocol.md, Backpressure). The session (hub.h) is conn_user(c) (it lives in the conn) from the upgrade on; it
  * reaches the client through the WebSocket sink defined here.
  */
 #ifndef PARLEY_PROTO_H
@@ -25,10 +25,10 @@ typedef struct conn conn;
 void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs);
 
 /* The WebSocket handlers of the chat protocol, for server_create(): open
- * (c->user is the session made by proto_upgrade), one text message, a
+ * (conn_user(c) is the session filled by proto_upgrade), one text message, a
  * message refused by the frame rate limit (an error frame with code
  * rate_limited, retry_after_ms and the frame's ref), the keepalive tick
- * (closes a session whose token expired), close (frees the session). */
+ * (closes a session whose token expired), close (releases the session). */
 extern const conn_ws_ops proto_ws_ops;
 
 

@@ -71,10 +71,21 @@ static int chat_metrics(chat *ch, const writer_stats *ws, char *buf, size_t cap)
     uint64_t users, convs;
     store_counts(ch->st, &users, &convs);
     int k = snprintf(buf + n, cap - (size_t)n,
+                     "# HELP parley_log_appends_total Message log appends (one write, one fdatasync)\n"
+                     "# TYPE parley_log_appends_total counter\nparley_log_appends_total %llu\n"
+                     "# HELP parley_log_bytes_total Entry bytes appended to the message log\n"
+                     "# TYPE parley_log_bytes_total counter\nparley_log_bytes_total %llu\n"
+                     "# HELP parley_store_applies_total LMDB transactions applying the log\n"
+                     "# TYPE parley_store_applies_total counter\nparley_store_applies_total %llu\n"
+                     "# HELP parley_store_unapplied_batches Logged batches not yet in LMDB\n"
+                     "# TYPE parley_store_unapplied_batches gauge\n"
+                     "parley_store_unapplied_batches %llu\n"
                      "# HELP parley_users Registered users\n# TYPE parley_users gauge\n"
                      "parley_users %llu\n"
                      "# HELP parley_conversations Conversations (direct and groups)\n"
                      "# TYPE parley_conversations gauge\nparley_conversations %llu\n",
+                     (unsigned long long)ws->log_batches, (unsigned long long)ws->log_bytes,
+                     (unsigned long long)ws->applies, (unsigned long long)ws->unapplied,
                      (unsigned long long)users, (unsigned long long)convs);
     return k >= 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
 }
@@ -89,7 +100,7 @@ static void metrics_page(conn *c, const http_request *req)
     int n = buf ? metrics_render(per, s->nthreads, buf, cap) : ERR_NOMEM;
     if (n >= 0 && s->app) {
         writer_stats ws;
-        writer_get_stats(((chat *)s->app)->w, &ws);
+        ((chat *)s->app)->db->vfs->stats(((chat *)s->app)->db, &ws);
         int k = snprintf(buf + n, cap - (size_t)n,
             "# HELP parley_commit_batches_total Group commits (one transaction, one fsync)\n"
             "# TYPE parley_commit_batches_total counter\nparley_commit_batches_total %llu\n"

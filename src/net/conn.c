@@ -11,8 +11,10 @@
 #include "base/log.h"
 #include "net/tls.h"
 
+_Static_assert(CONN_MAX_STRIKES < 64, "conn.strikes is 6 bits");
+
 /* conn.flags */
-#define F_FLUSH     0x01 /* linked in t->flush_head */
+#define F_FLUSH     0x01 /* its id is in t->flushq (the flush pass writes it) */
 #define F_RX        0x02 /* a frame arrived since the last keepalive check */
 #define F_REQ_TIMER 0x04 /* the timer is the request deadline (HTTP) */
 #define F_SHUT      0x08 /* FIN sent (uv_shutdown) */
@@ -20,6 +22,8 @@
 #define F_PAUSED    0x20 /* reading stopped (conn_pause) */
 #define F_HELD      0x40 /* paused for an async request: conn_resume() only */
 #define F_UPGRADED  0x80 /* became a WebSocket (no longer pending) */
+#define F_INTERNAL  0x100 /* accepted on the internal listener: its own HTTP handler */
+#define F_USER      0x200 /* upgraded, on_close not yet called: conn_user is the handler's */
 
 #define MAX_IOV 128 /* two per frame (header, payload): 64 frames per writev */
 
@@ -45,25 +49,92 @@ typedef struct conn_wreq {
 
 static const srv_options *opt_of(const conn *c) { return &c->t->srv->opt; }
 
-static void flush_link(conn *c)
+/* The occasional state (conn.h), made on first need; NULL when out of
+ * memory. */
+static conn_more *more_get(conn *c)
 {
-    if (c->flags & F_FLUSH || c->wreq) return;
-    srv_thread *t = c->t;
-    c->flags |= F_FLUSH;
-    c->fprev = NULL;
-    c->fnext = t->flush_head;
-    if (t->flush_head) t->flush_head->fprev = c;
-    t->flush_head = c;
+    conn_more *m = conn_more_of(c);
+    if (m) return m;
+    if (!(m = calloc(1, sizeof *m))) return NULL;
+    c->tcp.data = m;
+    return m;
 }
 
+/* Frees the occasional state once none of it is in use. */
+static void more_trim(conn *c)
+{
+    conn_more *m = conn_more_of(c);
+    if (!m || m->in || m->msg || m->tls || m->wreq || m->pause_until || m->wr.opcode ||
+        m->wr.msg_len || m->wr.utf8)
+        return;
+    free(m);
+    c->tcp.data = NULL;
+}
+
+static struct tls_conn *tls_of(const conn *c)
+{
+    conn_more *m = conn_more_of(c);
+    return m ? m->tls : NULL;
+}
+
+static struct conn_wreq *wreq_of(const conn *c)
+{
+    conn_more *m = conn_more_of(c);
+    return m ? m->wreq : NULL;
+}
+
+static uint32_t in_len_of(const conn *c)
+{
+    conn_more *m = conn_more_of(c);
+    return m ? m->in_len : 0;
+}
+
+/* The head of the output queue (out_tail->next), or NULL. */
+static out_node *out_head(const conn *c)
+{
+    return c->out_tail ? c->out_tail->next : NULL;
+}
+
+/* Unlinks the head of a non-empty output queue and returns it. */
+static out_node *out_pop(conn *c)
+{
+    out_node *n = c->out_tail->next;
+    if (n == c->out_tail) c->out_tail = NULL;
+    else c->out_tail->next = n->next;
+    return n;
+}
+
+/* Puts c on the flush list (its id: a connection that closes before the
+ * pass is not found by it). ERR_OK or ERR_NOMEM. */
+static int flush_link(conn *c)
+{
+    if (c->flags & F_FLUSH || wreq_of(c)) return ERR_OK;
+    srv_thread *t = c->t;
+    if (t->nflushq == t->flushq_cap) {
+        uint32_t cap = t->flushq_cap ? t->flushq_cap * 2 : 64;
+        uint64_t *p = realloc(t->flushq, cap * sizeof *p);
+        if (!p) return ERR_NOMEM;
+        t->flushq = p;
+        t->flushq_cap = cap;
+    }
+    t->flushq[t->nflushq++] = c->id;
+    c->flags |= F_FLUSH;
+    return ERR_OK;
+}
+
+/* Takes c off the flush list (its id stays there, and is skipped). */
 static void flush_unlink(conn *c)
 {
-    if (!(c->flags & F_FLUSH)) return;
-    if (c->fprev) c->fprev->fnext = c->fnext;
-    else c->t->flush_head = c->fnext;
-    if (c->fnext) c->fnext->fprev = c->fprev;
-    c->fprev = c->fnext = NULL;
-    c->flags &= (uint8_t)~F_FLUSH;
+    c->flags &= (uint16_t)~F_FLUSH;
+}
+
+void conn_flush_all(srv_thread *t)
+{
+    for (uint32_t i = 0; i < t->nflushq; i++) { /* conn_flush may add more */
+        conn *c = srv_conn(t, t->flushq[i]);
+        if (c && (c->flags & F_FLUSH)) conn_flush(c);
+    }
+    t->nflushq = 0;
 }
 
 static out_node *node_get(srv_thread *t)
@@ -90,13 +161,11 @@ void conn_free_nodes(srv_thread *t)
 
 static void out_clear(conn *c)
 {
-    while (c->out_head) {
-        out_node *n = c->out_head;
-        c->out_head = n->next;
+    while (c->out_tail) {
+        out_node *n = out_pop(c);
         rbuf_unref(n->b);
         node_put(c->t, n);
     }
-    c->out_tail = NULL;
     c->out_bytes = 0;
 }
 
@@ -106,27 +175,31 @@ static int enqueue_raw(conn *c, const uint8_t *hdr, size_t hlen, rbuf *b)
 {
     out_node *n = node_get(c->t);
     if (!n) return ERR_NOMEM;
-    n->next = NULL;
+    if (flush_link(c) < 0) { node_put(c->t, n); return ERR_NOMEM; }
     n->b = b ? rbuf_ref(b) : NULL;
     n->off = 0;
     n->hlen = (uint8_t)hlen;
     if (hlen) memcpy(n->hdr, hdr, hlen);
-    if (c->out_tail) c->out_tail->next = n;
-    else c->out_head = n;
+    if (c->out_tail) {
+        n->next = c->out_tail->next;
+        c->out_tail->next = n;
+    } else {
+        n->next = n;
+    }
     c->out_tail = n;
     c->out_bytes += (uint32_t)node_len(n);
-    flush_link(c);
     return ERR_OK;
 }
 
 /* Moves the TLS records waiting in the engine to the output queue. */
 static int tls_drain(conn *c)
 {
-    size_t n = tls_pending(c->tls);
+    struct tls_conn *tls = tls_of(c);
+    size_t n = tls_pending(tls);
     if (!n) return ERR_OK;
     rbuf *b = rbuf_new(n);
     if (!b) return ERR_NOMEM;
-    b->len = (uint32_t)tls_take(c->tls, b->data, n);
+    b->len = (uint32_t)tls_take(tls, b->data, n);
     int rc = enqueue_raw(c, NULL, 0, b);
     rbuf_unref(b);
     return rc;
@@ -137,9 +210,10 @@ static int tls_drain(conn *c)
  * encoded once; encryption is per connection by nature). */
 static int enqueue(conn *c, const uint8_t *hdr, size_t hlen, rbuf *b)
 {
-    if (!c->tls) return enqueue_raw(c, hdr, hlen, b);
-    if (hlen && tls_write(c->tls, hdr, hlen) < 0) return ERR_PROTOCOL;
-    if (b && b->len && tls_write(c->tls, b->data, b->len) < 0) return ERR_PROTOCOL;
+    struct tls_conn *tls = tls_of(c);
+    if (!tls) return enqueue_raw(c, hdr, hlen, b);
+    if (hlen && tls_write(tls, hdr, hlen) < 0) return ERR_PROTOCOL;
+    if (b && b->len && tls_write(tls, b->data, b->len) < 0) return ERR_PROTOCOL;
     return tls_drain(c);
 }
 
@@ -214,10 +288,12 @@ static void on_close(uv_handle_t *h)
     free(c);
 }
 
-/* Tells the WebSocket handler its session ends (once: it clears c->user). */
+/* Tells the WebSocket handler its session ends (once). */
 static void ws_closed(conn *c, uint16_t code, const char *reason, bool by_peer)
 {
-    if (c->user) c->t->srv->ws->on_close(c, code, reason ? reason : "", by_peer);
+    if (!(c->flags & F_USER)) return;
+    c->flags &= (uint16_t)~F_USER;
+    c->t->srv->ws->on_close(c, code, reason ? reason : "", by_peer);
 }
 
 /* conn_abort, saying why to the WebSocket handler (close code 1006). */
@@ -233,17 +309,15 @@ static void abort_why(conn *c, const char *why, bool by_peer)
     wheel_cancel(&t->wheel, &c->timer);
     flush_unlink(c);
     out_clear(c);
-    free(c->in);
-    free(c->msg);
-    c->in = c->msg = NULL;
-    c->in_len = c->in_cap = c->msg_len = c->msg_cap = 0;
-    tls_conn_free(c->tls);
-    c->tls = NULL;
-    if (c->prev) c->prev->next = c->next;
-    else t->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
-    t->nconns--;
-    u64map_del(&t->by_id, c->id);
+    conn_more *m = conn_more_of(c);
+    if (m) { /* a write in flight ends in on_write, which sees CONN_CLOSED */
+        free(m->in);
+        free(m->msg);
+        tls_conn_free(m->tls);
+        free(m);
+        c->tcp.data = NULL;
+    }
+    srv_conn_remove(t, c->id);
     metrics_inc(&t->m, M_CLOSED);
     uv_close((uv_handle_t *)&c->tcp, on_close);
     if (t->stopping && t->nconns == 0) srv_thread_idle(t);
@@ -281,15 +355,18 @@ static void linger(conn *c, uint16_t code, const char *reason, bool by_peer)
     ws_closed(c, code, reason, by_peer);
     c->state = CONN_LINGER;
     c->flags |= F_NO_INPUT;
-    if (c->tls) {
-        tls_close(c->tls); /* close_notify after the last record */
+    if (tls_of(c)) {
+        tls_close(tls_of(c)); /* close_notify after the last record */
         tls_drain(c);
     }
-    free(c->msg);
-    c->msg = NULL;
-    c->msg_len = c->msg_cap = 0;
+    conn_more *m = conn_more_of(c);
+    if (m) {
+        free(m->msg);
+        m->msg = NULL;
+        m->msg_len = m->msg_cap = 0;
+    }
     wheel_schedule(&c->t->wheel, &c->timer, CONN_LINGER_MS);
-    if (!c->out_head && !c->wreq) linger_fin(c);
+    if (!c->out_tail && !wreq_of(c)) linger_fin(c);
 }
 
 /* Sends a close frame with code and reason (may be NULL), then lingers;
@@ -324,7 +401,7 @@ void conn_shutdown(conn *c)
         /* A held request (REST write, login, static file) is answered first:
          * its reply closes the connection (no keep-alive while stopping). */
         if (c->flags & F_HELD) break;
-        if (c->in_len == 0 && !c->out_head && !c->wreq) conn_abort(c);
+        if (in_len_of(c) == 0 && !c->out_tail && !wreq_of(c)) conn_abort(c);
         else linger(c, 0, NULL, false);
         break;
     default:
@@ -424,7 +501,8 @@ void conn_forgive(conn *c)
 /* Milliseconds of the pause still to run (<= 0: none). */
 static int32_t pause_left(const conn *c, uint64_t now)
 {
-    return c->pause_until ? (int32_t)(c->pause_until - (uint32_t)now) : 0;
+    conn_more *m = conn_more_of(c);
+    return m && m->pause_until ? (int32_t)(m->pause_until - (uint32_t)now) : 0;
 }
 
 bool conn_paused(conn *c)
@@ -437,17 +515,19 @@ bool conn_strike(conn *c, uint32_t *retry_ms)
     metrics_inc(&c->t->m, M_RATE_LIMITED); /* the refusal counts ERR_RATE */
     uint64_t now = srv_now(c->t);
     int32_t left = pause_left(c, now);
+    conn_more *m = more_get(c);
+    if (!m) { conn_abort(c); return true; }
     if (left > 0) {
         *retry_ms = (uint32_t)left;
-        if (c->pause_free) {
-            c->pause_free--;
+        if (m->pause_free) {
+            m->pause_free--;
             return false; /* it was on its way before the pause was told */
         }
     } else {
         *retry_ms += CONN_RESUME_MS;
-        c->pause_until = (uint32_t)(now + *retry_ms);
-        if (!c->pause_until) c->pause_until = 1;
-        c->pause_free = CONN_PAUSE_FREE;
+        m->pause_until = (uint32_t)(now + *retry_ms);
+        if (!m->pause_until) m->pause_until = 1;
+        m->pause_free = CONN_PAUSE_FREE;
     }
     if (++c->strikes < CONN_MAX_STRIKES) return false;
     conn_close_ws(c, WS_CLOSE_POLICY, "rate limit: too many refused requests");
@@ -458,16 +538,15 @@ bool conn_strike(conn *c, uint32_t *retry_ms)
 static void consume(conn *c, size_t bytes)
 {
     c->out_bytes -= (uint32_t)bytes;
-    while (bytes && c->out_head) {
-        out_node *n = c->out_head;
+    while (bytes && c->out_tail) {
+        out_node *n = out_head(c);
         size_t left = node_len(n) - n->off;
         if (bytes < left) { n->off += (uint32_t)bytes; return; }
         bytes -= left;
-        c->out_head = n->next;
+        out_pop(c);
         rbuf_unref(n->b);
         node_put(c->t, n);
     }
-    if (!c->out_head) c->out_tail = NULL;
 }
 
 /* Pieces up to this size are copied into the write scratch rather than
@@ -506,7 +585,7 @@ static int fill_iov(conn *c, uv_buf_t *iov, size_t *total, bool coalesce)
     int n = 0;
     size_t used = 0;
     *total = 0;
-    for (out_node *o = c->out_head; o && n < MAX_IOV - 1; o = o->next) {
+    for (out_node *o = out_head(c); o && n < MAX_IOV - 1; o = o == c->out_tail ? NULL : o->next) {
         size_t off = o->off;
         if (off < o->hlen) {
             n = add_piece(c->t, iov, n, &used, o->hdr + off, o->hlen - off, coalesce);
@@ -527,8 +606,9 @@ static void on_tls_read(conn *c, const uint8_t *cipher, size_t n);
 
 static void after_drain(conn *c)
 {
-    if (c->state == CONN_LINGER && !c->out_head) linger_fin(c);
+    if (c->state == CONN_LINGER && !c->out_tail) linger_fin(c);
     else if ((c->flags & F_PAUSED) && !(c->flags & F_HELD)) conn_resume(c);
+    if (c->state != CONN_CLOSED) more_trim(c);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -538,20 +618,20 @@ static void on_write(uv_write_t *req, int status)
     size_t bytes = w->bytes;
     free(w);
     if (c->state == CONN_CLOSED) return; /* the queue was cleared */
-    c->wreq = NULL;
+    conn_more_of(c)->wreq = NULL;
     if (status < 0) { abort_why(c, uv_strerror(status), false); return; }
     metrics_add(&c->t->m, M_BYTES_OUT, bytes);
     consume(c, bytes);
-    if (c->out_head) conn_flush(c);
+    if (c->out_tail) conn_flush(c);
     else after_drain(c);
 }
 
 void conn_flush(conn *c)
 {
     flush_unlink(c);
-    if (c->wreq || c->state == CONN_CLOSED) return;
+    if (wreq_of(c) || c->state == CONN_CLOSED) return;
     uv_buf_t iov[MAX_IOV];
-    while (c->out_head) {
+    while (c->out_tail) {
         size_t total;
         int n = fill_iov(c, iov, &total, true);
         int r = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned)n);
@@ -563,7 +643,8 @@ void conn_flush(conn *c)
         if ((size_t)r == total) continue; /* more nodes than MAX_IOV, or done */
         /* The kernel buffer is full: let libuv write the rest when it can. */
         n = fill_iov(c, iov, &total, false);
-        conn_wreq *w = malloc(sizeof *w);
+        conn_more *m = more_get(c);
+        conn_wreq *w = m ? malloc(sizeof *w) : NULL;
         if (!w) { conn_abort(c); return; }
         w->bytes = total;
         w->req.data = c;
@@ -572,7 +653,7 @@ void conn_flush(conn *c)
             conn_abort(c);
             return;
         }
-        c->wreq = w;
+        m->wreq = w;
         metrics_inc(&c->t->m, M_WRITES_BLOCKED);
         return;
     }
@@ -603,7 +684,7 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
     return rc;
 }
 
-int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
+int conn_upgrade(conn *c, const ws_handshake *hs)
 {
     char resp[512];
     int n = ws_handshake_response(resp, sizeof resp, hs);
@@ -619,11 +700,11 @@ int conn_upgrade(conn *c, const ws_handshake *hs, void *user)
     c->t->npending--;
     c->flags |= F_UPGRADED;
     c->state = CONN_WS;
-    c->flags &= (uint8_t)~F_REQ_TIMER;
+    c->flags &= (uint16_t)~F_REQ_TIMER;
     c->missed_pings = 0;
-    memset(&c->wr, 0, sizeof c->wr);
+    if (conn_more_of(c)) memset(&conn_more_of(c)->wr, 0, sizeof conn_more_of(c)->wr);
     wheel_schedule(&c->t->wheel, &c->timer, opt_of(c)->ping_interval_ms);
-    c->user = user;
+    c->flags |= F_USER;
     return c->t->srv->ws->on_open(c);
 }
 
@@ -658,20 +739,20 @@ static void deliver(conn *c, uint8_t op, const uint8_t *data, size_t len)
     c->t->srv->ws->on_message(c, data, len);
 }
 
-static int append_msg(conn *c, const uint8_t *p, size_t n)
+static int append_msg(conn_more *x, size_t max_message, const uint8_t *p, size_t n)
 {
-    size_t need = (size_t)c->msg_len + n;
-    if (need > c->msg_cap) {
-        size_t cap = c->msg_cap ? c->msg_cap : 1024;
+    size_t need = (size_t)x->msg_len + n;
+    if (need > x->msg_cap) {
+        size_t cap = x->msg_cap ? x->msg_cap : 1024;
         while (cap < need) cap *= 2;
-        if (cap > c->t->srv->ws_lim.max_message) cap = c->t->srv->ws_lim.max_message;
-        uint8_t *m = realloc(c->msg, cap);
+        if (cap > max_message) cap = max_message;
+        uint8_t *m = realloc(x->msg, cap);
         if (!m) return ERR_NOMEM;
-        c->msg = m;
-        c->msg_cap = (uint32_t)cap;
+        x->msg = m;
+        x->msg_cap = (uint32_t)cap;
     }
-    if (n) memcpy(c->msg + c->msg_len, p, n);
-    c->msg_len += (uint32_t)n;
+    if (n) memcpy(x->msg + x->msg_len, p, n);
+    x->msg_len += (uint32_t)n;
     return ERR_OK;
 }
 
@@ -680,10 +761,19 @@ static void on_frame(conn *c, ws_frame *f)
     srv_thread *t = c->t;
     metrics_inc(&t->m, M_FRAMES_IN);
     c->flags |= F_RX;
-    uint8_t op = f->opcode == WS_OP_CONT ? c->wr.opcode : f->opcode;
+    /* The reader's state lives in the conn_more only while a fragmented
+     * message is in progress; a whole message is checked on the stack. */
+    conn_more *x = conn_more_of(c);
+    ws_reader idle = {0};
+    ws_reader *wr = x ? &x->wr : &idle;
+    uint8_t op = f->opcode == WS_OP_CONT ? wr->opcode : f->opcode;
     uint16_t code = 0;
-    int rc = ws_reader_check(&c->wr, f, &t->srv->ws_lim, &code);
+    int rc = ws_reader_check(wr, f, &t->srv->ws_lim, &code);
     if (rc < 0) { ws_fail(c, code, rc); return; }
+    if (wr == &idle && (idle.opcode || idle.msg_len || idle.utf8)) {
+        if (!(x = more_get(c))) { conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory"); return; }
+        x->wr = idle;
+    }
     tlimit fl = {(float)opt_of(c)->rate_frames, (float)opt_of(c)->rate_frames * 5};
     uint32_t retry = 0;
     if (f->opcode != WS_OP_CLOSE && !tb_take(&c->frames, &fl, srv_now(t), 1, &retry)) {
@@ -691,7 +781,7 @@ static void on_frame(conn *c, ws_frame *f)
          * told (with its ref); a fragment cannot be dropped without
          * corrupting its message, so that closes. */
         if (conn_strike(c, &retry)) return;
-        if (f->opcode == WS_OP_CONT || !f->fin || c->msg)
+        if (f->opcode == WS_OP_CONT || !f->fin || (x && x->msg))
             ws_fail(c, WS_CLOSE_POLICY, ERR_RATE);
         else if (f->opcode == WS_OP_TEXT)
             c->t->srv->ws->on_refused(c, retry, f->payload, f->len);
@@ -702,18 +792,22 @@ static void on_frame(conn *c, ws_frame *f)
     case WS_OP_TEXT:
     case WS_OP_BINARY:
     case WS_OP_CONT:
-        if (f->fin && !c->msg) { deliver(c, op, f->payload, f->len); return; }
-        if (!c->msg) c->msg_op = op;
-        if (append_msg(c, f->payload, f->len) < 0) {
+        if (f->fin && !(x && x->msg)) { deliver(c, op, f->payload, f->len); return; }
+        if (!x && !(x = more_get(c))) {
+            conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory");
+            return;
+        }
+        if (!x->msg) x->msg_op = op;
+        if (append_msg(x, t->srv->ws_lim.max_message, f->payload, f->len) < 0) {
             conn_close_ws(c, WS_CLOSE_INTERNAL, "out of memory");
             return;
         }
         if (f->fin) {
-            uint8_t *m = c->msg;
-            uint32_t n = c->msg_len;
-            c->msg = NULL;
-            c->msg_len = c->msg_cap = 0;
-            deliver(c, c->msg_op, m, n);
+            uint8_t *m = x->msg;
+            uint32_t n = x->msg_len;
+            x->msg = NULL;
+            x->msg_len = x->msg_cap = 0;
+            deliver(c, x->msg_op, m, n); /* x stays: it goes in after_input */
             free(m);
         }
         return;
@@ -757,9 +851,9 @@ static size_t process(conn *c, uint8_t *data, size_t len)
             if (r < 0) { http_fail(c, status ? status : 400); return len; }
             off += (size_t)r;
             metrics_inc(&t->m, M_HTTP_REQUESTS);
-            c->flags &= (uint8_t)~F_REQ_TIMER;
+            c->flags &= (uint16_t)~F_REQ_TIMER;
             if (t->srv->opt.access_log) alog_begin(c, &req);
-            (c->internal ? t->srv->internal_http : t->srv->http)->on_request(c, &req);
+            (c->flags & F_INTERNAL ? t->srv->internal_http : t->srv->http)->on_request(c, &req);
             if (c->state == CONN_HTTP && c->out_bytes > t->srv->opt.max_queue)
                 conn_pause(c); /* a pipelining client that does not read */
             if (c->flags & F_PAUSED) break;
@@ -784,20 +878,23 @@ static void after_input(conn *c, size_t leftover, const uint8_t *src)
 {
     if (c->state == CONN_CLOSED) return;
     if (c->state == CONN_LINGER) leftover = 0;
+    conn_more *m = conn_more_of(c);
     if (leftover == 0) {
-        free(c->in);
-        c->in = NULL;
-        c->in_len = c->in_cap = 0;
-    } else if (c->in) {
-        if (src != c->in) memmove(c->in, src, leftover);
-        c->in_len = (uint32_t)leftover;
+        if (m) {
+            free(m->in);
+            m->in = NULL;
+            m->in_len = m->in_cap = 0;
+            more_trim(c);
+        }
+    } else if (m && m->in) {
+        if (src != m->in) memmove(m->in, src, leftover);
+        m->in_len = (uint32_t)leftover;
     } else {
         size_t cap = leftover < 2048 ? 4096 : leftover * 2;
-        c->in = malloc(cap);
-        if (!c->in) { conn_abort(c); return; }
-        memcpy(c->in, src, leftover);
-        c->in_len = (uint32_t)leftover;
-        c->in_cap = (uint32_t)cap;
+        if (!(m = more_get(c)) || !(m->in = malloc(cap))) { conn_abort(c); return; }
+        memcpy(m->in, src, leftover);
+        m->in_len = (uint32_t)leftover;
+        m->in_cap = (uint32_t)cap;
     }
     if (c->state != CONN_HTTP) return;
     const srv_options *cfg = opt_of(c);
@@ -820,26 +917,27 @@ static size_t in_limit(const conn *c)
 
 /* Makes room in the pending input (doubling, up to in_limit); leaves it
  * as is when it cannot grow. */
-static void grow_in(conn *c)
+static void grow_in(conn *c, conn_more *m)
 {
-    if (c->in_cap - c->in_len >= 4096) return;
-    size_t limit = in_limit(c), cap = (size_t)c->in_cap * 2;
+    if (m->in_cap - m->in_len >= 4096) return;
+    size_t limit = in_limit(c), cap = (size_t)m->in_cap * 2;
     if (cap > limit) cap = limit;
-    uint8_t *p = cap > c->in_cap ? realloc(c->in, cap) : NULL;
-    if (p) { c->in = p; c->in_cap = (uint32_t)cap; }
+    uint8_t *p = cap > m->in_cap ? realloc(m->in, cap) : NULL;
+    if (p) { m->in = p; m->in_cap = (uint32_t)cap; }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     conn *c = (conn *)h;
-    if (!c->in || c->tls) {
+    conn_more *m = conn_more_of(c);
+    if (!m || !m->in || m->tls) {
         buf->base = (char *)c->t->rbuf;
         buf->len = SRV_READ_BUF;
         return;
     }
-    grow_in(c);
-    buf->base = (char *)c->in + c->in_len;
-    buf->len = c->in_cap - c->in_len; /* 0 -> UV_ENOBUFS */
+    grow_in(c, m);
+    buf->base = (char *)m->in + m->in_len;
+    buf->len = m->in_cap - m->in_len; /* 0 -> UV_ENOBUFS */
 }
 
 /* TLS: the ciphertext is in the loop buffer; the plaintext goes where
@@ -847,29 +945,30 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
  * the loop buffer's end), then through the same parser. */
 static void on_tls_read(conn *c, const uint8_t *cipher, size_t n)
 {
-    if (n && tls_feed(c->tls, cipher, n) < 0) { conn_abort(c); return; }
+    conn_more *m = conn_more_of(c); /* a TLS connection keeps it */
+    if (n && tls_feed(m->tls, cipher, n) < 0) { conn_abort(c); return; }
     uint8_t *scratch = c->t->rbuf; /* the ciphertext is in the engine now */
     for (;;) {
         uint8_t *dst;
         size_t cap;
-        if (c->in) {
-            grow_in(c);
-            dst = c->in + c->in_len;
-            cap = c->in_cap - c->in_len;
+        if (m->in) {
+            grow_in(c, m);
+            dst = m->in + m->in_len;
+            cap = m->in_cap - m->in_len;
             if (!cap) { conn_abort(c); return; } /* cannot happen within limits */
         } else {
             dst = scratch;
             cap = SRV_READ_BUF;
         }
-        int k = tls_read(c->tls, dst, cap);
+        int k = tls_read(m->tls, dst, cap);
         if (k == 0) break;
         if (k < 0) {
             if (k == ERR_PROTOCOL) metrics_error(&c->t->m, ERR_PROTOCOL);
             conn_abort(c);
             return;
         }
-        uint8_t *data = c->in ? c->in : dst;
-        size_t len = c->in ? c->in_len + (size_t)k : (size_t)k;
+        uint8_t *data = m->in ? m->in : dst;
+        size_t len = m->in ? m->in_len + (size_t)k : (size_t)k;
         size_t used = process(c, data, len);
         after_input(c, len - used, data + used);
         if (c->state == CONN_CLOSED) return;
@@ -894,10 +993,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         after_input(c, 0, NULL);
         return;
     }
-    if (c->tls) { on_tls_read(c, (const uint8_t *)buf->base, (size_t)nread); return; }
+    if (tls_of(c)) { on_tls_read(c, (const uint8_t *)buf->base, (size_t)nread); return; }
     uint8_t *data;
     size_t len;
-    if (c->in) { data = c->in; len = c->in_len + (size_t)nread; }
+    conn_more *m = conn_more_of(c);
+    if (m && m->in) { data = m->in; len = m->in_len + (size_t)nread; }
     else { data = (uint8_t *)buf->base; len = (size_t)nread; }
     size_t used = process(c, data, len);
     after_input(c, len - used, data + used);
@@ -919,19 +1019,20 @@ void conn_hold(conn *c)
 void conn_unhold(conn *c)
 {
     if (!(c->flags & F_HELD)) return;
-    c->flags &= (uint8_t)~F_HELD;
-    if (!c->out_head && !c->wreq) conn_resume(c); /* else after_drain() resumes */
+    c->flags &= (uint16_t)~F_HELD;
+    if (!c->out_tail && !wreq_of(c)) conn_resume(c); /* else after_drain() resumes */
 }
 
 void conn_resume(conn *c)
 {
     if (c->state == CONN_CLOSED || !(c->flags & F_PAUSED)) return;
-    c->flags &= (uint8_t)~(F_PAUSED | F_HELD);
-    if (c->tls && (c->state == CONN_HTTP || c->state == CONN_WS)) {
+    c->flags &= (uint16_t)~(F_PAUSED | F_HELD);
+    conn_more *m = conn_more_of(c);
+    if (tls_of(c) && (c->state == CONN_HTTP || c->state == CONN_WS)) {
         /* Requests or frames already decrypted inside the TLS engine. */
-        if (c->in_len) {
-            size_t used = process(c, c->in, c->in_len);
-            after_input(c, c->in_len - used, c->in + used);
+        if (m->in_len) {
+            size_t used = process(c, m->in, m->in_len);
+            after_input(c, m->in_len - used, m->in + used);
         }
         if ((c->state == CONN_HTTP || c->state == CONN_WS) && !(c->flags & F_PAUSED))
             on_tls_read(c, NULL, 0);
@@ -945,9 +1046,9 @@ void conn_resume(conn *c)
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) conn_abort(c);
         return;
     }
-    if (c->in_len) {
-        size_t used = process(c, c->in, c->in_len);
-        after_input(c, c->in_len - used, c->in + used);
+    if (m && m->in_len) {
+        size_t used = process(c, m->in, m->in_len);
+        after_input(c, m->in_len - used, m->in + used);
     }
     if (c->state != CONN_CLOSED && !(c->flags & F_PAUSED) &&
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
@@ -963,18 +1064,21 @@ void conn_expire(wheel_node *n, void *arg)
     switch (c->state) {
     case CONN_HTTP:
         metrics_inc(&c->t->m, M_TIMEOUTS);
-        if (c->in_len) {
-            c->in_len = 0;
+        if (in_len_of(c)) {
+            conn_more_of(c)->in_len = 0;
             http_fail(c, 408);
         } else {
             conn_abort(c); /* an idle keep-alive connection */
         }
         break;
     case CONN_WS:
-        if (c->pause_until && pause_left(c, srv_now(c->t)) <= 0) c->pause_until = 0;
+        if (conn_more_of(c) && conn_more_of(c)->pause_until && pause_left(c, srv_now(c->t)) <= 0) {
+            conn_more_of(c)->pause_until = 0;
+            more_trim(c);
+        }
         if (!c->t->srv->ws->on_tick(c)) break; /* e.g. its token expired */
         if (c->flags & F_RX) {
-            c->flags &= (uint8_t)~F_RX;
+            c->flags &= (uint16_t)~F_RX;
             c->missed_pings = 0;
         } else if (c->missed_pings >= 2) {
             metrics_inc(&c->t->m, M_TIMEOUTS);
@@ -1004,7 +1108,9 @@ void conn_on_accept(uv_stream_t *listener, int status)
         log_warn("accept failed", "err=%s", uv_err_name(status));
         return;
     }
-    conn *c = calloc(1, sizeof *c);
+    /* The WebSocket handler's state comes with every connection (conn_user):
+     * most connections upgrade, and an idle one is then one allocation. */
+    conn *c = calloc(1, sizeof *c + (t->srv->ws ? t->srv->ws->user_size : 0));
     if (!c) return;
     c->t = t;
     uv_tcp_init(&t->loop, &c->tcp);
@@ -1017,30 +1123,28 @@ void conn_on_accept(uv_stream_t *listener, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    c->internal = listener == (uv_stream_t *)&t->internal;
-    c->id = (++t->next_id << 8) | (uint64_t)t->id;
-    if (u64map_put(&t->by_id, c->id, c) < 0) {
+    if (listener == (uv_stream_t *)&t->internal) c->flags |= F_INTERNAL;
+    if (srv_conn_add(t, c, &c->id) < 0) {
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
     if (t->npending >= opt_of(c)->max_pending) {
         /* Too many connections that have not upgraded: shed at once. */
         metrics_inc(&t->m, M_PENDING_REFUSED);
-        u64map_del(&t->by_id, c->id);
+        srv_conn_remove(t, c->id);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    if (t->srv->tls && !(c->tls = tls_conn_new(t->srv->tls))) {
-        u64map_del(&t->by_id, c->id);
+    conn_more *m = t->srv->tls ? more_get(c) : NULL;
+    if (t->srv->tls && (!m || !(m->tls = tls_conn_new(t->srv->tls)))) {
+        free(m);
+        c->tcp.data = NULL;
+        srv_conn_remove(t, c->id);
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
     t->npending++;
     c->state = CONN_HTTP;
-    c->next = t->conns;
-    if (t->conns) t->conns->prev = c;
-    t->conns = c;
-    t->nconns++;
     metrics_inc(&t->m, M_ACCEPTED);
     c->flags |= F_REQ_TIMER;
     wheel_schedule(&t->wheel, &c->timer, opt_of(c)->request_timeout_ms);

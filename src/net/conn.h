@@ -4,7 +4,9 @@
  * Memory: an idle connection is its conn struct and nothing else. Input is
  * read into the thread's shared buffer; bytes are kept per connection only
  * while a request or frame is incomplete (`in`) or a fragmented message is
- * being assembled (`msg`). Output is a queue of references to shared,
+ * being assembled (`msg`), in the connection's conn_more, which also holds
+ * the rarer states (TLS, a pause, a blocked write) and exists only while
+ * one of them does. Output is a queue of references to shared,
  * pre-encoded buffers (rbuf), written with one writev per loop turn; a
  * write watcher (uv_write) is armed only when the kernel buffer is full.
  *
@@ -35,35 +37,59 @@ enum conn_state {
     CONN_CLOSED,  /* uv_close called; freed by its callback */
 };
 
-struct conn {
-    uv_tcp_t tcp;            /* first: a handle pointer is a conn pointer */
-    srv_thread *t;
-    uint64_t id;             /* unique; srv_conn() finds the conn by it */
-    wheel_node timer;        /* the one deadline this connection has */
-    conn *prev, *next;       /* t->conns */
-    conn *fprev, *fnext;     /* t->flush_head, when F_FLUSH */
-    out_node *out_head, *out_tail;
-    uint32_t out_bytes;      /* queued, not yet written */
+/* What a connection holds only now and then: pending input, a fragmented
+ * message, TLS, a pause, a blocked write. Allocated when one of them is
+ * needed, freed as soon as all are back to their default (an idle plain
+ * connection has none); a TLS connection keeps it for its lifetime. */
+typedef struct conn_more {
+    uint8_t *in;             /* incomplete input; NULL while idle */
+    uint8_t *msg;            /* fragmented message so far; NULL normally */
+    struct tls_conn *tls;    /* TLS state (owned), or NULL for plain TCP */
+    struct conn_wreq *wreq;  /* the uv_write in flight, if any */
     uint32_t in_len, in_cap;
+    uint32_t msg_len, msg_cap;
+    ws_reader wr;            /* the message in progress (zero: none) */
     uint32_t pause_until;    /* loop ms, truncated: the client was told to pause until
                               * then (0: no pause; the keepalive tick clears one that
                               * is over, so the 32-bit clock never wraps into it) */
-    uint8_t *in;             /* incomplete input; NULL while idle */
-    uint8_t *msg;            /* fragmented message so far; NULL normally */
-    uint32_t msg_len, msg_cap;
-    ws_reader wr;
-    struct conn_wreq *wreq;  /* the uv_write in flight, if any */
-    void *user;              /* the layer above's per-connection data (a session) */
-    struct tls_conn *tls;    /* TLS state (owned), or NULL for plain TCP */
-    uint8_t state;           /* enum conn_state */
-    uint8_t flags;
-    uint8_t missed_pings;
-    uint8_t msg_op;          /* opcode of the fragmented message */
-    uint8_t strikes;         /* refusals by rate limits; too many closes (1008) */
     uint8_t pause_free;      /* refusals left in this pause that cost no strike */
-    uint8_t internal;        /* accepted on the internal listener: its own HTTP handler */
+    uint8_t msg_op;          /* opcode of the fragmented message */
+} conn_more;
+
+/* An idle connection is this struct alone (fields ordered to leave no
+ * hole; docs/benchmarks.md "Idle memory" has the breakdown). */
+struct conn {
+    uv_tcp_t tcp;            /* first: a handle pointer is a conn pointer; tcp.data
+                              * is the conn_more, or NULL (conn_more_of) */
+    srv_thread *t;
+    uint64_t id;             /* unique; srv_conn() finds the conn by it */
+    wheel_node timer;        /* the one deadline this connection has */
+    out_node *out_tail;      /* output queue, circular: out_tail->next is its
+                              * head; NULL when empty */
+    uint32_t out_bytes;      /* queued, not yet written */
     tbucket frames;          /* WebSocket frames rate limit */
+    uint16_t flags;
+    uint8_t state;           /* enum conn_state */
+    uint8_t missed_pings : 2;
+    uint8_t strikes : 6;     /* refusals by rate limits; too many closes (1008) */
+    uint64_t user[];         /* the WebSocket handler's state (conn_user) */
 };
+
+/* The WebSocket handler's per-connection state (its session): the
+ * conn_ws_ops.user_size bytes allocated with every connection, zeroed,
+ * 8-byte aligned, so that an idle WebSocket is one allocation. The handler
+ * fills it before conn_upgrade(); it is the handler's from then until its
+ * on_close() returns (called once), and the memory lasts as long as c. */
+static inline void *conn_user(conn *c) { return c->user; }
+
+/* The conn whose conn_user() is `user`. */
+static inline conn *conn_of_user(void *user)
+{
+    return (conn *)((char *)user - offsetof(conn, user));
+}
+
+/* The connection's occasional state, or NULL while it has none. */
+static inline conn_more *conn_more_of(const conn *c) { return (conn_more *)c->tcp.data; }
 
 /* libuv connection callback for a thread's listener. */
 void conn_on_accept(uv_stream_t *listener, int status);
@@ -93,7 +119,7 @@ void conn_send_frame_lossy(conn *c, uint8_t opcode, rbuf *payload);
  * After CONN_MAX_STRIKES strikes the connection is closed with 1008 (the
  * refusal is not answered). Returns true if it was closed. */
 bool conn_strike(conn *c, uint32_t *retry_ms);
-#define CONN_MAX_STRIKES 50
+#define CONN_MAX_STRIKES 50 /* < 64: conn.strikes has 6 bits */
 #define CONN_PAUSE_FREE 64
 #define CONN_RESUME_MS 250
 
@@ -116,15 +142,16 @@ void conn_close_ws(conn *c, uint16_t code, const char *reason);
 int conn_respond(conn *c, int status, const char *content_type, const void *body,
                  size_t len, bool keep_alive, bool head_only, const char *extra);
 
-/* Switches an HTTP connection to WebSocket after queuing the 101, with
- * `user` (owned by the server's WebSocket handler from now on, released in
- * its on_close) as c->user, then calls its on_open(). The HTTP handler may
- * also defer it: hold the connection in on_request (conn_hold), keep what
- * the handshake needs (hs->key points into the request: copy it), then
- * call conn_upgrade() later on the connection's thread, while it is still
- * CONN_HTTP, and conn_resume(): frames the client sent after its request
- * are read from then on, as WebSocket frames. */
-int conn_upgrade(conn *c, const ws_handshake *hs, void *user);
+/* Switches an HTTP connection to WebSocket after queuing the 101 (the
+ * handler has filled conn_user(c)), then calls the handler's on_open().
+ * Returns on_open's result, or an error before the switch (then on_close
+ * is never called). The HTTP handler may also defer it: hold the
+ * connection in on_request (conn_hold), keep what the handshake needs
+ * (hs->key points into the request: copy it), then call conn_upgrade()
+ * later on the connection's thread, while it is still CONN_HTTP, and
+ * conn_resume(): frames the client sent after its request are read from
+ * then on, as WebSocket frames. */
+int conn_upgrade(conn *c, const ws_handshake *hs);
 
 /* Stops reading input (backpressure: HTTP pipelining, WebSocket pages);
  * processing stops after the current request or frame. conn_resume()
@@ -162,8 +189,12 @@ void conn_abort(conn *c);
 /* Graceful stop: WebSockets get 1001, idle HTTP connections close. */
 void conn_shutdown(conn *c);
 
-/* Writes c's queued output (the thread's flush pass). */
+/* Writes c's queued output. */
 void conn_flush(conn *c);
+
+/* The thread's flush pass (once per loop turn): writes the output of every
+ * connection queued since the last pass, including those queued during it. */
+void conn_flush_all(srv_thread *t);
 
 /* The wheel's expiry callback for conn timers. */
 void conn_expire(wheel_node *n, void *arg);

@@ -221,7 +221,7 @@ static void on_tick(uv_timer_t *h)
 static void on_flush(uv_prepare_t *h)
 {
     srv_thread *t = h->data;
-    while (t->flush_head) conn_flush(t->flush_head); /* unlinks itself */
+    conn_flush_all(t);
 }
 
 static void thread_stop(srv_thread *t, void *arg)
@@ -232,17 +232,16 @@ static void thread_stop(srv_thread *t, void *arg)
         uv_close((uv_handle_t *)&t->listener, NULL);
     if (t->has_internal && !uv_is_closing((uv_handle_t *)&t->internal))
         uv_close((uv_handle_t *)&t->internal, NULL);
-    for (conn *c = t->conns, *next; c; c = next) {
-        next = c->next;
-        conn_shutdown(c);
-    }
+    uint32_t pos = 0;
+    for (conn *c; (c = srv_conn_next(t, &pos));) conn_shutdown(c);
     if (t->nconns == 0) srv_thread_idle(t);
 }
 
 static void thread_force(srv_thread *t, void *arg)
 {
     thread_stop(t, NULL);
-    while (t->conns) conn_abort(t->conns);
+    uint32_t pos = 0;
+    for (conn *c; (c = srv_conn_next(t, &pos));) conn_abort(c);
 }
 
 static void thread_main(void *arg)
@@ -251,7 +250,7 @@ static void thread_main(void *arg)
     uv_run(&t->loop, UV_RUN_DEFAULT);
     srv_thread_drain(t); /* posts that raced with the end */
     conn_free_nodes(t);
-    u64map_free(&t->by_id);
+    srv_thread_free(t);
     u64map_free(&t->alog);
     if (t->srv->on_done) uv_async_send(t->srv->on_done);
 }

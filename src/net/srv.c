@@ -15,9 +15,80 @@ static void close_handle(uv_handle_t *h, void *arg)
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+static uint32_t slot_of(uint64_t id) { return (uint32_t)(id >> 8) & (SRV_MAX_SLOTS - 1); }
+
+int srv_conn_add(srv_thread *t, conn *c, uint64_t *id)
+{
+    uint32_t slot;
+    if (t->table_free) {
+        slot = t->table_free - 1;
+        t->table_free = (uint32_t)(t->table[slot] >> 1);
+    } else {
+        if (t->table_len == SRV_MAX_SLOTS) return ERR_FULL;
+        if (t->table_len == t->table_cap) {
+            uint32_t cap = t->table_cap ? t->table_cap * 2 : 64;
+            uintptr_t *p = realloc(t->table, cap * sizeof *p);
+            if (!p) return ERR_NOMEM;
+            t->table = p;
+            uint32_t *g = realloc(t->table_gen, cap * sizeof *g);
+            if (!g) return ERR_NOMEM; /* the bigger table stays; its cap does not */
+            t->table_gen = g;
+            t->table_cap = cap;
+        }
+        slot = t->table_len++;
+    }
+    if (++t->next_gen == 0) t->next_gen = 1; /* ids are never 0 */
+    t->table[slot] = (uintptr_t)c;
+    t->table_gen[slot] = t->next_gen;
+    t->nconns++;
+    *id = (uint64_t)t->next_gen << 32 | (uint64_t)slot << 8 | (uint64_t)(uint8_t)t->id;
+    return ERR_OK;
+}
+
+/* The slot of a live id of this thread, or -1. */
+static int64_t live_slot(const srv_thread *t, uint64_t id)
+{
+    uint32_t slot = slot_of(id);
+    if ((uint8_t)id != (uint8_t)t->id || slot >= t->table_len || t->table[slot] & 1 ||
+        t->table_gen[slot] != (uint32_t)(id >> 32))
+        return -1;
+    return slot;
+}
+
+void srv_conn_remove(srv_thread *t, uint64_t id)
+{
+    int64_t slot = live_slot(t, id);
+    if (slot < 0) return;
+    t->table[slot] = (uintptr_t)t->table_free << 1 | 1;
+    t->table_free = (uint32_t)slot + 1;
+    t->nconns--;
+}
+
 conn *srv_conn(srv_thread *t, uint64_t id)
 {
-    return u64map_get(&t->by_id, id);
+    int64_t slot = live_slot(t, id);
+    return slot < 0 ? NULL : (conn *)t->table[slot];
+}
+
+conn *srv_conn_next(srv_thread *t, uint32_t *pos)
+{
+    while (*pos < t->table_len) {
+        uintptr_t e = t->table[(*pos)++];
+        if (!(e & 1)) return (conn *)e;
+    }
+    return NULL;
+}
+
+void srv_thread_free(srv_thread *t)
+{
+    free(t->table);
+    free(t->table_gen);
+    t->table = NULL;
+    t->table_gen = NULL;
+    t->table_len = t->table_cap = t->table_free = t->nconns = 0;
+    free(t->flushq);
+    t->flushq = NULL;
+    t->nflushq = t->flushq_cap = 0;
 }
 
 void srv_thread_idle(srv_thread *t)

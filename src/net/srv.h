@@ -69,8 +69,13 @@ typedef struct conn_http_ops {
 } conn_http_ops;
 
 typedef struct conn_ws_ops {
-    /* The WebSocket is open (the 101 is queued); c->user is the value given
-     * to conn_upgrade(). ERR_OK, or an error: the connection is aborted. */
+    /* Bytes of per-connection state the handler keeps in every connection
+     * (conn_user(), its session): allocated with the conn, no allocation
+     * of its own. */
+    size_t user_size;
+    /* The WebSocket is open (the 101 is queued); conn_user(c) is what the
+     * handler filled before conn_upgrade(). ERR_OK, or an error: the
+     * connection is aborted. */
     int (*on_open)(conn *c);
     /* One complete, UTF-8-valid text message. */
     void (*on_message)(conn *c, const uint8_t *data, size_t len);
@@ -79,7 +84,8 @@ typedef struct conn_ws_ops {
     void (*on_refused)(conn *c, uint32_t retry_ms, const uint8_t *data, size_t len);
     /* The keepalive tick (every ping interval): false after it closed c. */
     bool (*on_tick)(conn *c);
-    /* c is closing (no more input): release c->user and set it to NULL.
+    /* c is closing (no more input): release what conn_user(c) holds (the
+     * memory goes with the conn); called once.
      * code and reason (never NULL) say why: the close frame sent or echoed,
      * or 1006 when the connection ended without one; by_peer: the client
      * closed (its close frame or the end of the connection). */
@@ -111,15 +117,22 @@ struct srv_thread {
     uint8_t *rbuf;           /* shared read buffer, SRV_READ_BUF bytes */
     uint8_t *wbuf;           /* write scratch, SRV_WRITE_BUF bytes: small pieces
                               * of one writev are gathered here (conn_flush) */
-    conn *conns;             /* every connection of this thread */
+    uintptr_t *table;        /* every connection of this thread by slot (srv_conn_add):
+                              * a conn pointer, or a free slot (odd: the next free
+                              * slot + 1, shifted left once, | 1) */
+    uint32_t *table_gen;     /* each slot's generation: the upper half of its id */
+    uint32_t table_len;      /* slots used so far (the high-water mark) */
+    uint32_t table_cap;      /* slots allocated */
+    uint32_t table_free;     /* the first free slot + 1; 0: none */
     uint32_t nconns;
-    conn *flush_head;        /* connections with output to write */
+    uint64_t *flushq;        /* ids of the connections with output to write (F_FLUSH),
+                              * in linking order; the flush pass resolves them */
+    uint32_t nflushq, flushq_cap;
     out_node *free_nodes;    /* recycled output-queue nodes */
-    u64map by_id;            /* conn id -> conn, for async completions */
     u64map alog;             /* --access-log: conn id -> its request awaiting a response */
     uint32_t npending;       /* connections not (yet) upgraded to WebSocket */
     tbucket admit;           /* admission control: handshakes per second */
-    uint64_t next_id;        /* conn ids: (next_id << 8) | thread id */
+    uint32_t next_gen;       /* conn ids: (generation << 32) | (slot << 8) | thread id */
     void *app;               /* the application's per-thread state (hub) */
     bool stopping;
     metrics m;
@@ -141,8 +154,32 @@ struct server {
     struct tls_ctx *tls;     /* TLS on every listener (owned), or NULL */
 };
 
+/* The connection table. A connection id is (generation << 32) | (slot << 8)
+ * | thread id: srv_conn() is an index and a comparison, and the table costs
+ * a pointer and a generation (12 bytes) per connection at the thread's
+ * peak. The 32-bit generation counts the thread's connections, so an id
+ * comes back only after 2^32 more connections on that thread, and never
+ * while its connection is open. */
+#define SRV_MAX_SLOTS (1u << 24)
+
+/* Gives c a slot; *id is its id (never 0). ERR_OK, ERR_NOMEM, or ERR_FULL
+ * (SRV_MAX_SLOTS connections on this thread). */
+int srv_conn_add(srv_thread *t, conn *c, uint64_t *id);
+
+/* Frees the slot of id: srv_conn() no longer finds it. No-op for an id
+ * that is not a live one of this thread. */
+void srv_conn_remove(srv_thread *t, uint64_t id);
+
 /* The connection with this id on thread t, or NULL if it has closed. */
 conn *srv_conn(srv_thread *t, uint64_t id);
+
+/* Iterates the thread's connections: the first one at a slot >= *pos, with
+ * *pos moved past it, or NULL at the end. Connections may be removed
+ * during the walk. */
+conn *srv_conn_next(srv_thread *t, uint32_t *pos);
+
+/* Frees the connection table and the flush list (the loop has ended). */
+void srv_thread_free(srv_thread *t);
 
 /* The thread a connection id belongs to. */
 static inline int srv_conn_thread(uint64_t id) { return (int)(id & 0xff); }

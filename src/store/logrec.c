@@ -67,6 +67,10 @@ int logrec_put(logrec_buf *b, const logrec *r)
         put64(p + 33, r->version);
         b->len += CURSOR_LEN;
         return ERR_OK;
+    case LOGREC_NOP:
+        if ((rc = reserve(b, 1))) return rc;
+        b->p[b->len++] = LOGREC_NOP;
+        return ERR_OK;
     case LOGREC_SEEN:
         if ((rc = reserve(b, SEEN_LEN))) return rc;
         p = b->p + b->len;
@@ -119,6 +123,9 @@ int logrec_next(const uint8_t *p, size_t len, size_t *off, logrec *r)
         r->read = get64(q + 25);
         r->version = get64(q + 33);
         *off = o + CURSOR_LEN;
+        return ERR_OK;
+    case LOGREC_NOP:
+        *off = o + 1;
         return ERR_OK;
     case LOGREC_SEEN:
         if (left < SEEN_LEN) return ERR_INVALID;

@@ -6,6 +6,8 @@
  *                  cmid_len u8, body_len u32, cmid, body
  *   LOGREC_CURSOR  conv u64, uid u64, delivered u64, read u64, version u64
  *   LOGREC_SEEN    uid u64, ts i64
+ *   LOGREC_NOP     nothing (a record that changes nothing: the log's first
+ *                  good append after a failed one, writer.c)
  * A message entry is the message as stored (store.h store_msg) plus the
  * store-clock version its conversation and the sender's membership take;
  * a cursor entry is a member's cursors after the move (they only grow);
@@ -23,7 +25,7 @@
 
 #include "base/err.h"
 
-enum logrec_kind { LOGREC_MSG = 1, LOGREC_CURSOR = 2, LOGREC_SEEN = 3 };
+enum logrec_kind { LOGREC_MSG = 1, LOGREC_CURSOR = 2, LOGREC_SEEN = 3, LOGREC_NOP = 4 };
 
 typedef struct logrec {
     uint8_t kind;                 /* enum logrec_kind */

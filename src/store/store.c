@@ -59,6 +59,7 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -707,6 +708,19 @@ int store_commit(store_txn *t)
     free(t->touched);
     free(t);                            /* LMDB freed the write cursors */
     return rc;
+}
+
+bool store_space_low(store *s)
+{
+    struct statvfs v;
+    if (fstatvfs(s->lock_fd, &v) != 0) return false;
+    return (uint64_t)v.f_bavail * v.f_frsize < STORE_SPACE_LOW;
+}
+
+int store_sync(store *s)
+{
+    int rc = mdb_env_sync(s->env, 1);
+    return rc ? map_err(rc) : ERR_OK;
 }
 
 void store_counts(store *s, uint64_t *users, uint64_t *convs)

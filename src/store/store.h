@@ -130,6 +130,15 @@ int store_commit(store_txn *t);
 /* Discards and frees the transaction. */
 void store_abort(store_txn *t);
 
+/* Whether the store's filesystem has less than STORE_SPACE_LOW bytes left
+ * for it: LMDB reports a write cut short by a full disk as EIO (ERR_IO),
+ * which the caller then reads as ERR_DISK_FULL. */
+#define STORE_SPACE_LOW (8u << 20)
+bool store_space_low(store *s);
+
+/* Makes everything committed durable (fsync). */
+int store_sync(store *s);
+
 /* The numbers of users and conversations as of the last commit: counted
  * when the store opens and kept at each commit (LMDB keeps entry counts
  * per database), so reading them costs two loads. Any thread. */

@@ -596,6 +596,31 @@ int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end_out)
     return ERR_OK;
 }
 
+int wal_prepare(wal *w)
+{
+    if (!w) return ERR_INVALID;
+    pthread_mutex_lock(&w->mu);
+    int rc = ERR_OK;
+    /* Once the current segment is half full (or there is none yet): early
+     * enough that the append which fills it finds the next one ready, late
+     * enough that a short-lived log does not write a segment it never
+     * uses (writing one is a burst of disk writes that slows the syncs of
+     * appends meanwhile). */
+    bool due = w->fd < 0 || load64(&w->end) - w->cur_start >= w->cur_span / 2;
+    if (w->next_fd < 0 && due) {
+        const char *step = NULL;
+        uint64_t start = after_live(w);
+        if ((rc = prepare_next(w, start, &step)) != ERR_OK) {
+            char name[NAME_LEN + 1], f[4200];
+            seg_name(name, start);
+            log_debug("cannot prepare the next log segment", "file=%s step=\"%s\" err=\"%s\"",
+                      file_field(f, sizeof f, w, name), step ? step : "", strerror(errno));
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
 uint64_t wal_end(const wal *w)
 {
     return load64(&w->end);

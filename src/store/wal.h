@@ -80,7 +80,8 @@
 
 #include "base/err.h"
 
-#define WAL_RECORD_MAX (16u << 20)          /* one record's payload bytes */
+#define WAL_RECORD_MAX (32u << 20)          /* one record's payload bytes (a 16 MiB
+                                               message and its batch fit) */
 #define WAL_SEGMENT_MIN (1u << 20)          /* smallest segment_bytes */
 #define WAL_SEGMENT_MAX (1ull << 40)        /* largest segment_bytes */
 #define WAL_SEGMENT_DEFAULT (64u << 20)
@@ -134,6 +135,15 @@ int wal_open(wal **out, const wal_options *o, uint64_t from, wal_replay_fn repla
  * record over WAL_RECORD_MAX, or the batch (framed: 8 bytes per record
  * plus the padded payloads) over segment_bytes. */
 int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end);
+
+/* Makes the segment the log moves to next ready (a spare, or a new file
+ * written now) once the current one is half full (or at once when there is
+ * none yet), so that the append that fills it does not wait for a file to
+ * be created. Any thread (the applier calls it after
+ * each commit; the writer once at start, which readies the first
+ * segment). ERR_OK, or the creation's error (ERR_DISK_FULL: the append
+ * will try again). */
+int wal_prepare(wal *w);
 
 /* The LSN the next append starts at (or just past the last record).
  * Any thread. */

@@ -12,7 +12,9 @@
  * applier bounds the memory the log path holds). */
 #define MAX_UNAPPLIED 4096
 #define MAX_UNAPPLIED_BYTES (256u << 20)
-/* A log batch's entries: one log record each, cut below the log's limit. */
+/* A log batch's entries: one log record each, cut once past a quarter of a
+ * segment (at most this); one append holds at most half a segment. An
+ * entry is at most a quarter (writer_options), so every append fits. */
 #define BATCH_BYTES (4u << 20)
 
 enum { ITEM_LOG, ITEM_SLOW };
@@ -32,7 +34,7 @@ typedef struct item {
     size_t rcs_cap;
     int rc;                    /* the whole batch's error, or ERR_OK */
     logrec_buf buf;            /* log: the entries */
-    uint64_t lsn_end;          /* log: the log position past it (the last of a group), or 0 */
+    uint64_t lsn_end;          /* log: the log position past it (the last of a write), or 0 */
     uint64_t t0;               /* uv_hrtime() when sequencing began */
     /* slow results, for the sequencer */
     bool done;
@@ -48,6 +50,7 @@ struct writer {
     wal *log;                  /* NULL: no log, every op takes the slow path */
     sequencer *seq;                  /* the sequencer's (sequencer thread only) */
     uint32_t window_us, apply_delay_ms;
+    size_t batch_bytes, append_bytes;  /* cut a batch past this; one append at most this */
     size_t max_batch, max_queue;
     void (*batch_applied)(void *ctx);
     void (*batch_end)(void *ctx);
@@ -68,6 +71,15 @@ struct writer {
     uint64_t gen, failed_gen;  /* batches of failed_gen fail without a write */
     bool reset_needed;         /* a log append failed: the sequencer starts over */
     int last_log_error;        /* why */
+    bool need_clean;           /* logger: after a failed append, a good append must
+                                * overwrite what it may have left before anything
+                                * else is decided (the sequencer starts over only then) */
+    uint64_t fail_lo, fail_hi; /* the batch numbers of the last failed run: readers
+                                * never wait for them */
+    bool abandoned;            /* applier: gave up on a group while stopping: nothing
+                                * after it may be applied (the next start replays) */
+    uint64_t released_upto;    /* applier: the log position of its last commit, released
+                                * to the log after the next commit (or a sync) */
     int apply_rc;              /* the applier's last error (ERR_FULL: the LMDB map is
                                 * full): new log-path ops are refused with it */
     size_t unapplied;          /* log batches handed to the logger, not applied or failed */
@@ -162,7 +174,7 @@ static writer_op *take(writer *w, size_t *n)
 static void send_log(writer *w, item *it)
 {
     w->unapplied++;
-    w->unapplied_bytes += it->buf.len;
+    w->unapplied_bytes += it->buf.cap + it->n * 160; /* the entries, and their cmids in seq.c */
     qpush(&w->lq, it);
     uv_cond_signal(&w->log_cond);
 }
@@ -184,11 +196,10 @@ static void run_slow(writer *w, item *it)
     item_unref(it);
 }
 
-/* After a failed append: wait until every logged batch is applied, then
- * forget everything and start from the store (under mu). */
+/* After a failed append, once every logged batch is applied: forget
+ * everything and start from the store (under mu). */
 static void start_over(writer *w)
 {
-    while (w->unapplied) uv_cond_wait(&w->cond, &w->mu);
     seq_reset(w->seq);
     seq_applied(w->seq, w->applied);
     store_txn *txn;
@@ -200,12 +211,17 @@ static void start_over(writer *w)
     w->reset_needed = false;
 }
 
-static void sequence_ops(writer *w, writer_op *ops)
+/* Decides ops in order into log batches and slow batches. With fail_rc
+ * set every op fails with it (in a batch the logger fails); with refuse
+ * set (the store cannot take more), slow ops fail with it, and the
+ * sequencer refuses what would append (seq_refuse). */
+static void sequence_ops(writer *w, writer_op *ops, int fail_rc, int refuse)
 {
     item *cur = NULL, *slow = NULL;
     for (writer_op *op = ops, *next; op; op = next) {
         next = op->next;
-        if (w->log && op->sequence) {
+        int early = fail_rc ? fail_rc : refuse && !op->sequence ? refuse : ERR_OK;
+        if (w->log && (op->sequence || early)) {
             /* A slow batch before it runs first: the op is decided on the
              * state the slow one leaves. */
             if (slow) { run_slow(w, slow); slow = NULL; }
@@ -216,10 +232,21 @@ static void sequence_ops(writer *w, writer_op *ops)
                 cur->gen = w->gen;
                 uv_mutex_unlock(&w->mu);
             }
-            int rc = op->sequence(op, w->seq, cur->bno, &cur->buf);
+            /* A batch stays under one log record: cut it before an op that
+             * would take it past the limit. */
+            if (cur->buf.len && cur->buf.len + op->size_hint > w->batch_bytes) {
+                uv_mutex_lock(&w->mu);
+                send_log(w, cur);
+                cur = item_new(ITEM_LOG);
+                cur->bno = ++w->next_bno;
+                cur->gen = w->gen;
+                uv_mutex_unlock(&w->mu);
+            }
+            int rc = early ? early : op->sequence(op, w->seq, cur->bno, &cur->buf);
+            if (rc == SEQ_SLOW && refuse) rc = refuse;
             if (rc != SEQ_SLOW) {
                 item_add(cur, op, rc);
-                if (cur->buf.len >= BATCH_BYTES) {
+                if (cur->buf.len >= w->batch_bytes) {
                     uv_mutex_lock(&w->mu);
                     send_log(w, cur);
                     uv_mutex_unlock(&w->mu);
@@ -235,7 +262,12 @@ static void sequence_ops(writer *w, writer_op *ops)
             if (!cur->n) item_unref(cur);
             cur = NULL;
         }
-        if (!slow) slow = item_new(ITEM_SLOW);
+        if (!slow) {
+            slow = item_new(ITEM_SLOW);
+            uv_mutex_lock(&w->mu);
+            slow->gen = w->gen;
+            uv_mutex_unlock(&w->mu);
+        }
         item_add(slow, op, 0);
     }
     if (slow) run_slow(w, slow);
@@ -264,17 +296,23 @@ static void sequencer_main(void *arg)
         while ((w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES) &&
                !w->apply_rc)
             uv_cond_wait(&w->cond, &w->mu);
-        if (w->seq) {
-            if (w->reset_needed) start_over(w);
-            seq_applied(w->seq, w->applied);
+        /* After a failed append the sequencer starts over from the store
+         * once the applier holds everything logged; until then (a full
+         * disk may hold it up), ops fail at once with the append's error. */
+        int fail_rc = ERR_OK;
+        if (w->seq && w->reset_needed) {
+            if (!w->unapplied && !w->need_clean) start_over(w);
+            else fail_rc = w->last_log_error;
         }
+        if (w->seq) seq_applied(w->seq, w->applied);
         size_t n;
         writer_op *ops = take(w, &n);
         /* The store cannot take more (its map or the disk is full): what
          * is logged waits for room, and nothing new is acked meanwhile. */
-        if (w->seq) seq_refuse(w->seq, w->apply_rc);
+        int refuse = w->log ? w->apply_rc : ERR_OK;
+        if (w->seq) seq_refuse(w->seq, refuse);
         uv_mutex_unlock(&w->mu);
-        sequence_ops(w, ops);
+        sequence_ops(w, ops, fail_rc, refuse);
         uv_mutex_lock(&w->mu);
     }
     w->seq_ended = true;
@@ -284,8 +322,9 @@ static void sequencer_main(void *arg)
 
 /* ---- logger -------------------------------------------------------------------- */
 
-/* Appends the log batches of list (in order, up to a slow one) with one
- * write; returns the first item not handled. Unlocked. */
+/* Appends log batches its[0..n) with one write and one fdatasync, then
+ * hands them to the completer and (those with entries) the applier, or
+ * fails them all. Unlocked on entry and exit. */
 static void log_group(writer *w, item **its, size_t n)
 {
     struct iovec iov[64];
@@ -307,15 +346,17 @@ static void log_group(writer *w, item **its, size_t n)
         w->st.log_batches += k ? 1 : 0;
         w->st.log_bytes += bytes;
         if (k) hist_observe(&w->st.fsync_ns, &hist_seconds, t2 - t1);
-        its[n - 1]->lsn_end = end;
-        w->acked = its[n - 1]->bno;
+        for (size_t j = n; k && j-- > 0;) /* the last one with entries ends the write */
+            if (its[j]->buf.len) { its[j]->lsn_end = end; break; }
     } else {
         if (!failed) {
             log_error("log append failed: the batch is refused", "batches=%zu err=%s", n,
                       err_name(rc));
             w->failed_gen = its[0]->gen;
             w->reset_needed = true;
+            w->need_clean = true;
             w->last_log_error = rc;
+            w->fail_lo = its[0]->bno;
         }
         rc = w->last_log_error;
     }
@@ -325,21 +366,47 @@ static void log_group(writer *w, item **its, size_t n)
         w->st.ops += it->n;
         if (it->n > w->st.max_batch) w->st.max_batch = it->n;
         hist_observe(&w->st.batch_ops, &hist_sizes, it->n);
-        if (rc == ERR_OK) {
+        if (rc != ERR_OK) {
+            w->st.failed_batches++;
+            it->rc = rc;
+            w->fail_hi = it->bno;
+        } else {
             hist_observe(&w->st.batch_ns, &hist_seconds, t2 - it->t0);
+        }
+        if (rc == ERR_OK && it->buf.len) {
+            w->acked = it->bno; /* readers of anything wait for this one */
             it->refs = 2; /* completer and applier */
             complete_later(w, it);
             qpush(&w->aq, it);
         } else {
-            w->st.failed_batches++;
-            it->rc = rc;
+            /* Failed, or nothing to apply (refusals, duplicates): done. */
             w->unapplied--;
-            w->unapplied_bytes -= it->buf.len;
+            w->unapplied_bytes -= it->buf.cap + it->n * 160;
             complete_later(w, it);
         }
     }
     uv_cond_signal(&w->app_cond);
     uv_cond_broadcast(&w->cond); /* a sequencer starting over waits for unapplied */
+    uv_cond_broadcast(&w->applied_cond); /* readers of a failed batch wait no more */
+    uv_mutex_unlock(&w->mu);
+}
+
+/* After a failed append: one good append (an entry that changes nothing)
+ * overwrites whatever the failed one left in the log, which would
+ * otherwise be replayed at the next start. Until it works nothing new is
+ * decided. Unlocked. */
+static void log_clean(writer *w)
+{
+    uint8_t nop = LOGREC_NOP;
+    struct iovec v = {&nop, 1};
+    uint64_t end;
+    int rc = wal_append(w->log, &v, 1, &end);
+    uv_mutex_lock(&w->mu);
+    if (rc == ERR_OK) {
+        w->need_clean = false;
+        log_info("the message log takes appends again", "lsn=%llu", (unsigned long long)end);
+        uv_cond_broadcast(&w->cond);
+    }
     uv_mutex_unlock(&w->mu);
 }
 
@@ -348,7 +415,16 @@ static void logger_main(void *arg)
     writer *w = arg;
     uv_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->lq.head && !w->seq_ended) uv_cond_wait(&w->log_cond, &w->mu);
+        while (!w->lq.head && !w->seq_ended) {
+            if (w->need_clean && w->log) {
+                uv_mutex_unlock(&w->mu);
+                log_clean(w);
+                uv_mutex_lock(&w->mu);
+                if (w->need_clean) uv_cond_timedwait(&w->log_cond, &w->mu, 100 * 1000000ull);
+                continue;
+            }
+            uv_cond_wait(&w->log_cond, &w->mu);
+        }
         if (!w->lq.head) break;
         item *list = w->lq.head;
         w->lq.head = w->lq.tail = NULL;
@@ -358,14 +434,26 @@ static void logger_main(void *arg)
                 item *it = list;
                 list = list->next;
                 uv_mutex_lock(&w->mu);
-                qpush(&w->aq, it);
-                uv_cond_signal(&w->app_cond);
+                if (w->reset_needed && it->gen == w->failed_gen) {
+                    /* After a failed append of its generation: the store
+                     * lacks what came before it (and the failed bytes may
+                     * be replayed): refused. */
+                    it->rc = w->last_log_error;
+                    complete_later(w, it);
+                    it->done = true;
+                    uv_cond_broadcast(&w->cond);
+                } else {
+                    qpush(&w->aq, it);
+                    uv_cond_signal(&w->app_cond);
+                }
                 uv_mutex_unlock(&w->mu);
                 continue;
             }
             item *group[64];
-            size_t n = 0;
-            while (list && list->kind == ITEM_LOG && n < 64) {
+            size_t n = 0, bytes = 0;
+            while (list && list->kind == ITEM_LOG && n < 64 &&
+                   (n == 0 || bytes + list->buf.len <= w->append_bytes)) {
+                bytes += list->buf.len;
                 group[n++] = list;
                 list = list->next;
             }
@@ -465,7 +553,7 @@ static int apply_entries(store_txn *txn, const uint8_t *p, size_t len, apply_set
 static int apply_set_write(store_txn *txn, apply_set *set)
 {
     int rc;
-    qsort(set->c, set->nc, sizeof *set->c, by_conv);
+    if (set->nc) qsort(set->c, set->nc, sizeof *set->c, by_conv);
     for (size_t i = 0; i < set->nc;) {
         conv_upd u = set->c[i];
         for (i++; i < set->nc && set->c[i].conv == u.conv; i++) {
@@ -481,7 +569,7 @@ static int apply_set_write(store_txn *txn, apply_set *set)
         c.version = MAXU(c.version, u.version);
         if ((rc = store_conv_put(txn, &c)) < 0) return rc;
     }
-    qsort(set->m, set->nm, sizeof *set->m, by_member);
+    if (set->nm) qsort(set->m, set->nm, sizeof *set->m, by_member);
     for (size_t i = 0; i < set->nm;) {
         member_upd u = set->m[i];
         for (i++; i < set->nm && set->m[i].conv == u.conv && set->m[i].uid == u.uid; i++) {
@@ -498,7 +586,7 @@ static int apply_set_write(store_txn *txn, apply_set *set)
         m.version = MAXU(m.version, u.version);
         if ((rc = store_member_put(txn, u.conv, &m)) < 0) return rc;
     }
-    qsort(set->u, set->nu, sizeof *set->u, by_user);
+    if (set->nu) qsort(set->u, set->nu, sizeof *set->u, by_user);
     for (size_t i = 0; i < set->nu;) {
         seen_upd u = set->u[i];
         for (i++; i < set->nu && set->u[i].uid == u.uid; i++) u.ts = MAXU(u.ts, set->u[i].ts);
@@ -526,6 +614,23 @@ static void apply_set_free(apply_set *set)
  * the writer stops. Unlocked. */
 static void apply_logged(writer *w, item **its, size_t n)
 {
+    uv_mutex_lock(&w->mu);
+    bool abandoned = w->abandoned;
+    uv_mutex_unlock(&w->mu);
+    if (abandoned) {
+        /* An earlier group was given up: applying this one would move
+         * log_applied past it. The log keeps both for the next start. */
+        uv_mutex_lock(&w->mu);
+        for (size_t i = 0; i < n; i++) {
+            w->unapplied--;
+            w->unapplied_bytes -= its[i]->buf.cap + its[i]->n * 160;
+        }
+        uv_cond_broadcast(&w->cond);
+        uv_cond_broadcast(&w->applied_cond);
+        uv_mutex_unlock(&w->mu);
+        for (size_t i = 0; i < n; i++) item_unref(its[i]);
+        return;
+    }
     uint64_t lsn = 0;
     for (size_t i = 0; i < n; i++)
         if (its[i]->lsn_end) lsn = its[i]->lsn_end;
@@ -543,7 +648,13 @@ static void apply_logged(writer *w, item **its, size_t n)
         else store_abort(txn);
         uint64_t t1 = uv_hrtime();
         if (rc == ERR_OK) {
-            if (lsn) wal_release(w->log, lsn);
+            /* The log keeps what this commit applied until the next
+             * commit (or a sync): a store whose commits stop syncing
+             * their meta page (MDB_NOMETASYNC, one fsync instead of two)
+             * needs that, and a full sync loses nothing by it. */
+            if (w->released_upto) wal_release(w->log, w->released_upto);
+            if (lsn) w->released_upto = lsn;
+            wal_prepare(w->log); /* the next segment, off the ack path */
             uv_mutex_lock(&w->mu);
             if (w->apply_rc) log_info("the store takes the log again", "err=%s", err_name(w->apply_rc));
             w->apply_rc = ERR_OK;
@@ -551,7 +662,7 @@ static void apply_logged(writer *w, item **its, size_t n)
             w->st.apply_ns += t1 - t0;
             for (size_t i = 0; i < n; i++) {
                 w->unapplied--;
-                w->unapplied_bytes -= its[i]->buf.len;
+                w->unapplied_bytes -= its[i]->buf.cap + its[i]->n * 160;
                 if (its[i]->bno > w->applied) w->applied = its[i]->bno;
             }
             uv_cond_broadcast(&w->applied_cond);
@@ -560,6 +671,7 @@ static void apply_logged(writer *w, item **its, size_t n)
             for (size_t i = 0; i < n; i++) item_unref(its[i]);
             return;
         }
+        if (rc == ERR_IO && store_space_low(w->s)) rc = ERR_DISK_FULL;
         if (attempt == 0)
             log_error("applying the log to the store failed: retrying", "batches=%zu err=%s", n,
                       err_name(rc));
@@ -573,9 +685,11 @@ static void apply_logged(writer *w, item **its, size_t n)
             log_error("stopping with logged batches not in the store: the next start applies them",
                       "batches=%zu err=%s", n, err_name(rc));
             uv_mutex_lock(&w->mu);
+            w->abandoned = true;
+            uv_cond_broadcast(&w->applied_cond);
             for (size_t i = 0; i < n; i++) {
                 w->unapplied--;
-                w->unapplied_bytes -= its[i]->buf.len;
+                w->unapplied_bytes -= its[i]->buf.cap + its[i]->n * 160;
             }
             uv_cond_broadcast(&w->cond);
             uv_mutex_unlock(&w->mu);
@@ -591,7 +705,11 @@ static void apply_logged(writer *w, item **its, size_t n)
 static void apply_slow(writer *w, item *it)
 {
     store_txn *txn = NULL;
-    int rc = store_begin(w->s, true, &txn);
+    uv_mutex_lock(&w->mu);
+    int rc = w->abandoned ? (w->apply_rc ? w->apply_rc : ERR_IO) : ERR_OK;
+    uv_mutex_unlock(&w->mu);
+    /* After a given-up group the store lacks what came before: refused. */
+    if (rc == ERR_OK) rc = store_begin(w->s, true, &txn);
     uint64_t t0 = uv_hrtime(), t1 = t0;
     bool committed = false;
     if (rc == ERR_OK) {
@@ -613,8 +731,13 @@ static void apply_slow(writer *w, item *it)
         t1 = uv_hrtime();
         if (rc == ERR_OK) { rc = store_commit(txn); committed = true; }
         else store_abort(txn);
+        /* These ops are not in the log: durable now, and with them every
+         * earlier commit (the log may let go of what they applied). */
+        if (rc == ERR_OK && w->log) rc = store_sync(w->s);
+        if (rc == ERR_OK && w->log && w->released_upto) wal_release(w->log, w->released_upto);
     }
     uint64_t t2 = uv_hrtime();
+    if (rc == ERR_IO && store_space_low(w->s)) rc = ERR_DISK_FULL;
     if (rc != ERR_OK) {
         log_error("storage batch failed", "ops=%zu err=%s", it->n, err_name(rc));
         it->clock = 0;
@@ -684,6 +807,7 @@ static void applier_main(void *arg)
     }
     w->app_ended = true;
     uv_cond_signal(&w->done_cond);
+    uv_cond_broadcast(&w->applied_cond);
     uv_mutex_unlock(&w->mu);
 }
 
@@ -856,6 +980,9 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
                          batch_end, ctx);
     if (rc < 0) return rc;
     w->apply_delay_ms = o->apply_delay_ms;
+    uint64_t seg = o->segment_bytes ? o->segment_bytes : WAL_SEGMENT_DEFAULT;
+    w->batch_bytes = seg / 4 < BATCH_BYTES ? seg / 4 : BATCH_BYTES;
+    w->append_bytes = seg / 2;
     uint64_t from = 0;
     store_txn *txn;
     if ((rc = store_begin(s, false, &txn)) == ERR_OK) {
@@ -887,6 +1014,7 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
         rc = rc == ERR_OK ? store_commit(txn) : (store_abort(txn), rc);
     }
     if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
+    if (rc == ERR_OK) wal_prepare(w->log); /* the first append does not wait for a file */
     if (rc == ERR_OK) rc = seq_new(&w->seq, s);
     if (rc == ERR_OK && (rc = store_begin(s, false, &txn)) == ERR_OK) {
         seq_set_clock(w->seq, store_clock(txn));
@@ -930,7 +1058,7 @@ uint64_t writer_acked(writer *w)
 bool writer_is_applied(writer *w, uint64_t batch)
 {
     uv_mutex_lock(&w->mu);
-    bool yes = w->applied >= batch || !w->log;
+    bool yes = w->applied >= batch || !w->log || (batch >= w->fail_lo && batch <= w->fail_hi);
     uv_mutex_unlock(&w->mu);
     return yes;
 }
@@ -943,7 +1071,10 @@ int writer_wait_applied(writer *w, uint64_t batch, uint32_t timeout_ms)
     w->urgent++;
     uv_cond_signal(&w->app_cond);
     int rc = ERR_OK;
-    for (uint64_t now = uv_hrtime(); w->applied < batch && !w->app_ended; now = uv_hrtime()) {
+    for (uint64_t now = uv_hrtime();
+         w->applied < batch && !w->app_ended && !w->abandoned &&
+         !(batch >= w->fail_lo && batch <= w->fail_hi);
+         now = uv_hrtime()) {
         if (now >= until) { rc = ERR_TIMEOUT; break; }
         uv_cond_timedwait(&w->applied_cond, &w->mu, until - now);
     }
@@ -963,6 +1094,8 @@ void writer_stop(writer *w)
     uv_thread_join(&w->log_tid);  /* logs it */
     uv_thread_join(&w->app_tid);  /* applies it */
     uv_thread_join(&w->done_tid); /* completes it */
+    if (w->log && store_sync(w->s) == ERR_OK && w->released_upto)
+        wal_release(w->log, w->released_upto);
     if (w->log) wal_close(w->log);
     seq_free(w->seq);
     uv_cond_destroy(&w->applied_cond);

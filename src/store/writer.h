@@ -66,6 +66,9 @@ struct writer_op {
      * seq.h's calls, passing batch and out. Returns >= 0, a negative code
      * (the op fails, nothing appended), or SEQ_SLOW (take the slow path). */
     int (*sequence)(writer_op *op, sequencer *q, uint64_t batch, logrec_buf *out);
+    /* The log path: at most the bytes sequence() may append (a batch is
+     * cut before an op that would take it past its limit). */
+    size_t size_hint;
     void (*done)(writer_op *op, int rc);
 };
 
@@ -100,7 +103,9 @@ typedef struct writer_options {
     size_t max_batch;            /* ops per batch */
     size_t max_queue;            /* writer_submit() refuses beyond this depth */
     const char *log_dir;         /* the log's directory (created if missing) */
-    uint64_t segment_bytes;      /* 0: the log's default */
+    uint64_t segment_bytes;      /* 0: the log's default; one log entry (a message
+                                  * with its cmid, plus 64 bytes) must fit in a
+                                  * quarter of it */
     uint32_t apply_delay_ms;     /* the applier gathers logged batches this long
                                   * (fewer, larger LMDB commits) unless a read waits */
     const wal_io *io;            /* NULL: the real system calls (wal.h) */

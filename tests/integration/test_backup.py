@@ -24,6 +24,10 @@ def test_mdb_copy_of_a_running_server_is_a_consistent_backup(parley, tmp_path):
         r = send_rest(a, conv, f"m{i}", f"message {i}")
         assert r.status_code in (200, 201), r.text
         assert r.json()["seq"] == i + 1
+    # An ack means "in the message log"; the store holds it within
+    # --apply-delay. A read of the conversation waits for that
+    # (read-your-writes), so the copy below must hold all of them.
+    assert len(history(a, conv)) == before
 
     # Keep writing while the copy runs.
     stop = threading.Event()

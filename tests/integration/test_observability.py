@@ -462,6 +462,18 @@ def test_histograms_and_counters_grow_with_sends(parley):
         assert all(y >= x for (_, x), (_, y) in zip(b2, b3)), (h, b2, b3)
     assert m3["parley_users"] == m0["parley_users"]
     assert m3["parley_conversations"] == m0["parley_conversations"]
+    # The message log: every send was appended (fewer appends than sends
+    # when batches group them), its bytes counted; the store catches up.
+    for c in ("parley_log_appends_total", "parley_log_bytes_total",
+              "parley_store_applies_total"):
+        assert types.get(c) == "counter", c
+    assert types.get("parley_store_unapplied_batches") == "gauge"
+    assert 1 <= m2["parley_log_appends_total"] - m0["parley_log_appends_total"] <= n
+    assert m2["parley_log_bytes_total"] - m0["parley_log_bytes_total"] >= n * len("hello 0")
+    m4 = arun(await_metrics(srv.port, lambda m: m["parley_store_unapplied_batches"] == 0 and
+                            m["parley_store_applies_total"] > m0["parley_store_applies_total"],
+                            "the store applied the log"))
+    assert m4["parley_store_unapplied_batches"] == 0
 
 
 def test_user_and_conversation_gauges_count_at_change(parley):

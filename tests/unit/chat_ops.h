@@ -70,7 +70,7 @@ static inline uint64_t op_origin(int thread)
     return id;
 }
 
-static inline chat_op *op_new(fx *f, enum chat_op_kind kind, uint64_t origin)
+static inline chat_op *op_new(fx *f, enum db_op_kind kind, uint64_t origin)
 {
     ops_init_();
     chat_op *op = chat_op_new(f->ch, kind, origin ? origin : op_origin(0), op_reply_);

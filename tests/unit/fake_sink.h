@@ -133,7 +133,6 @@ static inline fake_session *fake_new(fx *f, uint64_t uid, int thread)
     fs->f = f;
     fs->thread = thread;
     fs->s.sink = &fake_sink;
-    fs->s.sink_ctx = fs;
     fake_lock_();
     fs->s.id = (++fake_log_.next_id << 8) | (uint64_t)thread;
     fake_unlock_();

@@ -70,10 +70,12 @@ static void on_message(conn *c, const uint8_t *data, size_t len)
 
 static void on_refused(conn *c, uint32_t retry_ms, const uint8_t *data, size_t len) {}
 static bool on_tick(conn *c) { return true; }
-static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer) { c->user = NULL; }
+static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer) {}
 
 static const conn_http_ops http_ops = {.on_request = on_request};
-static const conn_ws_ops ws_ops = {on_open, on_message, on_refused, on_tick, on_close};
+static const conn_ws_ops ws_ops = {.user_size = 8, .on_open = on_open, .on_message = on_message,
+                                   .on_refused = on_refused, .on_tick = on_tick,
+                                   .on_close = on_close};
 
 static void start(fx *f)
 {
@@ -129,7 +131,7 @@ static void finish_upgrade(srv_thread *t, void *arg)
     conn *c = srv_conn(t, st.held);
     if (!c || c->state != CONN_HTTP) return;
     ws_handshake hs = {{st.key, st.key_len}, st.protocol};
-    if (conn_upgrade(c, &hs, NULL) < 0) { conn_abort(c); return; }
+    if (conn_upgrade(c, &hs) < 0) { conn_abort(c); return; }
     conn_resume(c);
 }
 

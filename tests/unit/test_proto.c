@@ -216,6 +216,79 @@ TEST(ping_echo_and_bad_frames)
     wire_close(w);
 }
 
+/* What thread 0 holds for one user's WebSocket (read on its loop). */
+typedef struct held {
+    uint64_t uid;
+    int conns;               /* open WebSockets whose session is uid's */
+    bool more;               /* ... with a conn_more */
+    bool msg;                /* ... assembling a fragmented message */
+} held;
+
+static void look(srv_thread *t, void *arg)
+{
+    held *h = arg;
+    h->conns = 0;
+    h->more = h->msg = false;
+    uint32_t pos = 0;
+    for (conn *c; (c = srv_conn_next(t, &pos));) {
+        if (c->state != CONN_WS || ((session *)conn_user(c))->uid != h->uid) continue;
+        h->conns++;
+        h->more = conn_more_of(c) != NULL;
+        h->msg = h->more && conn_more_of(c)->msg != NULL;
+    }
+}
+
+/* A WebSocket pong frame came back (text frames before it are skipped). */
+static bool ponged(wire *w)
+{
+    for (int i = 0; i < 16; i++) {
+        uint8_t op;
+        char *p;
+        size_t n;
+        if (!wire_frame(w, &op, &p, &n)) return false;
+        free(p);
+        if (op == WS_OP_PONG) return true;
+        if (op == WS_OP_CLOSE) return false;
+    }
+    return false;
+}
+
+TEST(an_idle_websocket_is_its_conn_alone)
+{
+    /* The session lives in the conn; the rare state (a fragmented message
+     * here) exists only while it is used. */
+    test_user u = user_register(&f, "ida");
+    wire *w = connect_as(port0, &u);
+    CHECK(w != NULL);
+    if (!w) return;
+    CHECK(quiet(w));
+    held h = {.uid = u.uid};
+    fx_run(&f, 0, look, &h);
+    CHECK_EQ_INT(h.conns, 1);
+    CHECK(!h.more);
+    /* Half a message: kept while it is incomplete (a ping between the
+     * fragments proves the first one has been read). */
+    wire_send(w, WS_OP_TEXT, false, "{\"type\":", 8);
+    wire_send(w, WS_OP_PING, true, "p", 1);
+    CHECK(ponged(w));
+    fx_run(&f, 0, look, &h);
+    CHECK_EQ_INT(h.conns, 1);
+    CHECK(h.more && h.msg);
+    /* Its end: the message is answered and the state goes. */
+    wire_send(w, WS_OP_CONT, true, "\"ping\"}", 7);
+    char *p = expect(w, "pong");
+    CHECK(p != NULL);
+    free(p);
+    fx_run(&f, 0, look, &h);
+    CHECK_EQ_INT(h.conns, 1);
+    CHECK(!h.more);
+    /* A continuation with nothing to continue still fails (1002). */
+    wire_send(w, WS_OP_CONT, true, "x", 1);
+    CHECK(wire_closed(w));
+    CHECK_EQ_INT(w->close_code, WS_CLOSE_PROTOCOL);
+    wire_close(w);
+}
+
 TEST(send_ack_and_fan_out)
 {
     test_user a = user_register(&f, "anna"), b = user_register(&f, "bert"), c = user_register(&f, "cleo");
@@ -496,6 +569,7 @@ int main(void)
     RUN(upgrade_needs_a_good_token);
     RUN(too_many_connections_per_user);
     RUN(ping_echo_and_bad_frames);
+    RUN(an_idle_websocket_is_its_conn_alone);
     RUN(send_ack_and_fan_out);
     RUN(sync_inbox_and_receipts);
     RUN(typing_and_presence);
