@@ -256,10 +256,14 @@ static void sequence_ops(writer *w, writer_op *ops, int fail_rc, int refuse)
             }
         }
         if (cur) {
-            uv_mutex_lock(&w->mu);
-            if (cur->n) send_log(w, cur);
-            uv_mutex_unlock(&w->mu);
-            if (!cur->n) item_unref(cur);
+            /* Once sent, cur is the logger's (and may be freed): decide first. */
+            if (cur->n) {
+                uv_mutex_lock(&w->mu);
+                send_log(w, cur);
+                uv_mutex_unlock(&w->mu);
+            } else {
+                item_unref(cur);
+            }
             cur = NULL;
         }
         if (!slow) {
