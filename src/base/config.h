@@ -51,6 +51,8 @@ typedef struct config {
     uint32_t apply_delay_ms;     /* --apply-delay, logged batches gather before LMDB, 50 */
     uint32_t commit_window_us;   /* --commit-window, group commit gather time, 1000 */
     size_t max_writer_queue;     /* --max-writer-queue, ops waiting to commit, 100000 */
+    int read_threads;            /* --read-threads, store reads off the I/O loops, 4 */
+    size_t max_read_queue;       /* --max-read-queue, reads waiting before busy, 4096 */
     size_t store_map_size;       /* --store-size, LMDB map bytes, 64 GiB */
     int insecure_fast_kdf;       /* --insecure-fast-kdf: minimum Argon2 cost (benchmarks) */
     /* protection (0 disables a rate) */

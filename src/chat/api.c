@@ -26,25 +26,34 @@ static void respond_json(conn *c, int status, const char *body, size_t n, bool k
     conn_respond(c, status, JSON_TYPE, body, n, keep_alive, false, NULL);
 }
 
+/* {"error":{"code":...,"message":...[,"retry_after_ms":N]}} into j (new),
+ * and the header lines that go with it when the caller gives none. */
+static const char *error_body(jbuf *j, const err_info *e, const char *message, long retry_ms,
+                              const char *extra)
+{
+    jb_init(j, 128);
+    jb_lit(j, "{\"error\":{\"code\":\"");
+    jb_lit(j, e->code);
+    jb_lit(j, "\",\"message\":");
+    jb_cstr(j, message ? message : e->message);
+    if (retry_ms >= 0) {
+        jb_lit(j, ",\"retry_after_ms\":");
+        jb_u64(j, (uint64_t)retry_ms);
+    }
+    jb_lit(j, "}}");
+    if (extra) return extra;
+    return e->status == 401 ? "WWW-Authenticate: Bearer\r\n"
+         : e->status == 503 ? "Retry-After: 1\r\n" : NULL;
+}
+
 void api_send_error(conn *c, bool keep_alive, bool head, int err, const char *message,
                     const char *extra, long retry_ms)
 {
     const err_info *e = err_info_of(err);
     jbuf j;
-    jb_init(&j, 128);
-    jb_lit(&j, "{\"error\":{\"code\":\"");
-    jb_lit(&j, e->code);
-    jb_lit(&j, "\",\"message\":");
-    jb_cstr(&j, message ? message : e->message);
-    if (retry_ms >= 0) {
-        jb_lit(&j, ",\"retry_after_ms\":");
-        jb_u64(&j, (uint64_t)retry_ms);
-    }
-    jb_lit(&j, "}}");
+    extra = error_body(&j, e, message, retry_ms, extra);
     size_t n;
     const char *p = jb_data(&j, &n);
-    if (!extra) extra = e->status == 401 ? "WWW-Authenticate: Bearer\r\n"
-                      : e->status == 503 ? "Retry-After: 1\r\n" : NULL;
     metrics_error(&c->t->m, err);
     if (p) conn_respond(c, e->status, JSON_TYPE, p, n, keep_alive, head, extra);
     else conn_abort(c);
@@ -65,17 +74,82 @@ static void respond_jbuf(conn *c, int status, jbuf *j, bool keep_alive)
     jb_free(j);
 }
 
+/* An answer made on the read pool, sent on the connection's thread
+ * (answer_send): what api_send_error() and respond_jbuf() would have sent. */
+typedef struct api_answer {
+    int status;              /* 0: none (a write took the request: its reply answers) */
+    int err;                 /* an error answer: counted (metrics_error) */
+    bool rate_limited;       /* counted as M_RATE_LIMITED */
+    char extra[96];          /* header lines, or "" */
+    jbuf body;
+} api_answer;
+
+static void answer_error(api_answer *a, int err, const char *message, const char *extra,
+                         long retry_ms)
+{
+    const err_info *e = err_info_of(err);
+    jb_free(&a->body);
+    extra = error_body(&a->body, e, message, retry_ms, extra);
+    snprintf(a->extra, sizeof a->extra, "%s", extra ? extra : "");
+    a->status = e->status;
+    a->err = err;
+}
+
+static void answer_send(conn *c, bool keep_alive, api_answer *a)
+{
+    if (a->rate_limited) metrics_inc(&c->t->m, M_RATE_LIMITED);
+    size_t n;
+    const char *p = jb_data(&a->body, &n);
+    if (a->err) {
+        metrics_error(&c->t->m, a->err);
+        if (p) conn_respond(c, a->status, JSON_TYPE, p, n, keep_alive, false,
+                            a->extra[0] ? a->extra : NULL);
+        else conn_abort(c);
+    } else if (p) {
+        respond_json(c, a->status, p, n, keep_alive);
+    } else {
+        api_error(c, keep_alive, ERR_NOMEM, "out of memory");
+    }
+    jb_free(&a->body);
+}
 
 /* ---- request helpers ------------------------------------------------------------ */
 
+/* A request being handled: on its I/O thread (c), or on the read pool
+ * (c NULL: the handler answers into *ans, which its job sends). */
 typedef struct req_ctx {
     conn *c;
+    api_answer *ans;
+    uint64_t id;         /* the connection's id */
     const http_request *r;
     chat *ch;
     bool ka;             /* keep-alive */
     chat_ident who;
     json_obj body;
 } req_ctx;
+
+/* Answers an error (api_send_error's answer) wherever the handler runs. */
+static void fail_with(req_ctx *x, int err, const char *message, const char *extra, long retry_ms)
+{
+    if (x->c) api_send_error(x->c, x->ka, false, err, message, extra, retry_ms);
+    else answer_error(x->ans, err, message, extra, retry_ms);
+}
+
+static void fail(req_ctx *x, int err, const char *message)
+{
+    fail_with(x, err, message, NULL, -1);
+}
+
+/* Answers status with j's JSON (taken). */
+static void ok_json(req_ctx *x, int status, jbuf *j)
+{
+    if (x->c) { respond_jbuf(x->c, status, j, x->ka); return; }
+    jb_free(&x->ans->body);
+    x->ans->body = *j;
+    x->ans->status = status;
+    x->ans->err = 0;
+    j->b = NULL;
+}
 
 static bool method(const req_ctx *x, const char *m)
 {
@@ -91,8 +165,8 @@ static bool authenticate(req_ctx *x)
     if (h && h->n > 7 && strncasecmp(h->p, "Bearer ", 7) == 0)
         rc = chat_authenticate(x->ch, h->p + 7, h->n - 7, &x->who);
     if (rc == ERR_OK) return true;
-    if (rc == ERR_IO) api_error(x->c, x->ka, ERR_IO, "storage error");
-    else api_error(x->c, x->ka, ERR_AUTH, "missing or invalid token");
+    if (rc == ERR_IO) fail(x, ERR_IO, "storage error");
+    else fail(x, ERR_AUTH, "missing or invalid token");
     return false;
 }
 
@@ -102,7 +176,7 @@ static bool parse_body(req_ctx *x)
     const http_str *b = &x->r->body;
     if (b->n == 0 || !utf8_valid((const uint8_t *)b->p, b->n) ||
         json_parse_object(b->p, b->n, &x->body) < 0) {
-        api_error(x->c, x->ka, ERR_BAD_JSON, "the body must be a JSON object");
+        fail(x, ERR_BAD_JSON, "the body must be a JSON object");
         return false;
     }
     return true;
@@ -193,26 +267,21 @@ static void reply_empty(srv_thread *t, void *arg)
     chat_op_free(op);
 }
 
-/* Answers with the conversation as the acting user now sees it. */
+static void read_conv(conn *c, const chat_op *op);
+
+/* Answers with the conversation as the acting user now sees it (read on
+ * the read pool: read_conv). */
 static void reply_conv(srv_thread *t, void *arg)
 {
     chat_op *op = arg;
     conn *c = reply_conn(t, op);
     if (c) {
-        store_txn *txn;
         if (op->rc < 0) {
             api_error(c, op->keep_alive, op->rc, NULL);
-        } else if (store_begin(op->ch->st, false, &txn) == ERR_OK) {
-            jbuf j;
-            jb_init(&j, 512);
-            int rc = chat_write_conv(op->ch, txn, op->conv, op->who.uid, &j);
-            store_abort(txn);
-            if (rc < 0) { jb_free(&j); api_error(c, op->keep_alive, rc, NULL); }
-            else respond_jbuf(c, op->kind == OP_ADD || op->duplicate ? 200 : 201, &j, op->keep_alive);
+            conn_resume(c);
         } else {
-            api_error(c, op->keep_alive, ERR_IO, "storage error");
+            read_conv(c, op); /* still held until its answer */
         }
-        conn_resume(c);
     }
     chat_op_free(op);
 }
@@ -273,25 +342,122 @@ static void reply_leave(srv_thread *t, void *arg)
     chat_op_free(op);
 }
 
-/* Queues op for the writer and holds the connection until its reply. */
+/* Queues op for the writer and holds the connection until its reply (on
+ * the read pool the connection is held already, and nothing is answered
+ * now: the reply answers). */
 static void submit(req_ctx *x, chat_op *op)
 {
     op->keep_alive = x->ka;
     int rc = chat_submit(op);
     if (rc < 0) {
         chat_op_free(op);
-        api_error(x->c, x->ka, rc, NULL);
+        fail(x, rc, NULL);
         return;
     }
-    conn_hold(x->c);
+    if (x->c) conn_hold(x->c);
+    else x->ans->status = 0;
 }
 
 static chat_op *new_op(req_ctx *x, enum db_op_kind kind, void (*reply)(srv_thread *, void *))
 {
-    chat_op *op = chat_op_new(x->ch, kind, x->c->id, reply);
-    if (!op) { api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return NULL; }
+    chat_op *op = chat_op_new(x->ch, kind, x->id, reply);
+    if (!op) { fail(x, ERR_NOMEM, "out of memory"); return NULL; }
     op->who = x->who;
     return op;
+}
+
+/* ---- reads on the read pool --------------------------------------------------------- */
+
+/* A request's store reads (the token check, every authenticated endpoint,
+ * the login's user lookup, the conversation answered after a change) run
+ * on the read pool (chat.h), never on the I/O thread: the connection is
+ * held (conn_hold) while its job runs, and the answer, made whole on the
+ * pool, is sent on the connection's thread if it is still there. Held, a
+ * connection reads no further request, so pipelined responses stay in
+ * request order. */
+typedef struct answer_job {
+    pool_job job;            /* first */
+    chat *ch;
+    uint64_t conn;
+    bool keep_alive;
+    api_answer ans;          /* status 0: a write took the request (its reply answers) */
+} answer_job;
+
+/* Queues a job for x's connection and holds it; false: answered busy (a
+ * is still the caller's). */
+static bool queue_job(req_ctx *x, answer_job *a, void (*run)(pool_job *),
+                      void (*done)(srv_thread *, void *))
+{
+    a->job.run = run;
+    a->job.done = done;
+    a->job.t = x->c->t;
+    a->ch = x->ch;
+    a->conn = x->c->id;
+    a->keep_alive = x->ka;
+    if (pool_submit(x->ch->reads, &a->job) < 0) {
+        api_error(x->c, x->ka, ERR_BUSY, NULL);
+        return false;
+    }
+    conn_hold(x->c);
+    return true;
+}
+
+/* On the connection's thread: the answer, then the next request. */
+static void answer_done(srv_thread *t, void *arg)
+{
+    answer_job *a = arg;
+    conn *c = t ? srv_conn(t, a->conn) : NULL;
+    if (c && a->ans.status) {
+        if (c->state == CONN_HTTP) answer_send(c, a->keep_alive, &a->ans);
+        conn_resume(c); /* lingering (timed out meanwhile): reads to the end */
+    }
+    jb_free(&a->ans.body);
+    free(a); /* the job's whole allocation: a is its first member */
+}
+
+/* The conversation object answered after a change (reply_conv). */
+typedef struct conv_job {
+    answer_job a;            /* first */
+    uint64_t conv, uid;
+    int status;
+} conv_job;
+
+static void conv_run(pool_job *j)
+{
+    conv_job *q = (conv_job *)j;
+    req_ctx x = {.ans = &q->a.ans, .ch = q->a.ch, .ka = q->a.keep_alive};
+    store_txn *txn;
+    if (store_begin(q->a.ch->st, false, &txn) == ERR_OK) {
+        jbuf b;
+        jb_init(&b, 512);
+        int rc = chat_write_conv(q->a.ch, txn, q->conv, q->uid, &b);
+        store_abort(txn);
+        if (rc < 0) { jb_free(&b); fail(&x, rc, NULL); }
+        else ok_json(&x, q->status, &b);
+    } else {
+        fail(&x, ERR_IO, "storage error");
+    }
+}
+
+/* The change is made: this read is its second step, never refused busy. */
+static void read_conv(conn *c, const chat_op *op)
+{
+    conv_job *q = calloc(1, sizeof *q);
+    if (q) {
+        q->a.job.run = conv_run;
+        q->a.job.done = answer_done;
+        q->a.job.t = c->t;
+        q->a.ch = op->ch;
+        q->a.conn = c->id;
+        q->a.keep_alive = op->keep_alive;
+        q->conv = op->conv;
+        q->uid = op->who.uid;
+        q->status = op->kind == OP_ADD || op->duplicate ? 200 : 201;
+        if (pool_continue(op->ch->reads, &q->a.job) == ERR_OK) return;
+        free(q);
+    }
+    api_error(c, op->keep_alive, ERR_IO, "storage error");
+    conn_resume(c);
 }
 
 /* ---- accounts (password work runs on libuv's thread pool) -------------------------- */
@@ -356,7 +522,8 @@ static void kdf_after(uv_work_t *w, int status)
     }
 }
 
-static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool verify,
+/* On the I/O thread. Returns whether it was queued (else it answered). */
+static bool start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool verify,
                       const guard_login *line)
 {
     bool known = line != NULL;
@@ -364,8 +531,8 @@ static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool 
     if (!k) {
         if (line) guard_login_cancel(x->ch->guard, line);
         chat_op_free(op);
-        api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
-        return;
+        fail(x, ERR_NOMEM, "out of memory");
+        return false;
     }
     k->op = op;
     op->keep_alive = x->ka;
@@ -379,10 +546,11 @@ static void start_kdf(req_ctx *x, chat_op *op, const char *pass, size_t n, bool 
         if (line) guard_login_cancel(x->ch->guard, line);
         kdf_free(k);
         chat_op_free(op);
-        api_error(x->c, x->ka, ERR_BUSY, "server busy: retry later");
-        return;
+        fail(x, ERR_BUSY, "server busy: retry later");
+        return false;
     }
     conn_hold(x->c);
+    return true;
 }
 
 /* Reads username and password; answers 400 itself when they break the rules. */
@@ -392,20 +560,20 @@ static bool credentials(req_ctx *x, char *name, char *pass, size_t *pass_len, bo
     int n = json_get_str(&x->body, "username", raw, sizeof raw);
     int p = json_get_str(&x->body, "password", pass, AUTH_PASS_MAX + 1);
     if (n == ERR_NOT_FOUND || p == ERR_NOT_FOUND || n == ERR_INVALID || p == ERR_INVALID) {
-        api_error(x->c, x->ka, ERR_INVALID, "'username' and 'password' strings are required");
+        fail(x, ERR_INVALID, "'username' and 'password' strings are required");
         return false;
     }
     if (n < 0 || auth_username(raw, (size_t)n, name) < 0) {
         if (strict) {
-            api_error(x->c, x->ka, ERR_BAD_USERNAME,
-                      "usernames are 3-32 characters of a-z 0-9 _ . - starting with a letter or digit");
+            fail(x, ERR_BAD_USERNAME,
+                 "usernames are 3-32 characters of a-z 0-9 _ . - starting with a letter or digit");
             return false;
         }
         name[0] = 0; /* login: unknown user, same answer as a wrong password */
     }
     if (p < 0 || !auth_password_ok((size_t)p)) {
         if (strict) {
-            api_error(x->c, x->ka, ERR_BAD_PASSWORD, "passwords are 8-256 bytes");
+            fail(x, ERR_BAD_PASSWORD, "passwords are 8-256 bytes");
             return false;
         }
         p = 0;
@@ -418,8 +586,9 @@ static void too_many(req_ctx *x, uint32_t retry_ms, const char *message)
 {
     char extra[48];
     snprintf(extra, sizeof extra, "Retry-After: %u\r\n", retry_ms / 1000 + 1);
-    metrics_inc(&x->c->t->m, M_RATE_LIMITED);
-    api_send_error(x->c, x->ka, false, ERR_RATE, message, extra, (long)retry_ms);
+    if (x->c) metrics_inc(&x->c->t->m, M_RATE_LIMITED);
+    else x->ans->rate_limited = true;
+    fail_with(x, ERR_RATE, message, extra, (long)retry_ms);
 }
 
 /* Logins and registrations per source address. */
@@ -445,6 +614,76 @@ static void post_users(req_ctx *x)
     sodium_memzero(pass, sizeof pass);
 }
 
+/* A login's user lookup by name, on the read pool; then the password check
+ * (start_kdf) from the connection's thread. */
+typedef struct login_job {
+    answer_job a;            /* first; ans.status: refused by the guard */
+    chat_op *op;             /* owned until start_kdf */
+    char name[AUTH_NAME_MAX + 1];
+    char pass[AUTH_PASS_MAX + 1];
+    size_t plen;
+    char dkey[AUTH_DEVICE_KEY_LEN + 2];
+    int dk;
+    guard_login line;
+    bool known;              /* the user exists: `line` is in flight in the guard */
+} login_job;
+
+static void login_free(login_job *q)
+{
+    if (q->known) guard_login_cancel(q->a.ch->guard, &q->line);
+    chat_op_free(q->op);
+    jb_free(&q->a.ans.body);
+    sodium_memzero(q->pass, sizeof q->pass);
+    free(q);
+}
+
+static void login_run(pool_job *j)
+{
+    login_job *q = (login_job *)j;
+    req_ctx x = {.ans = &q->a.ans, .ch = q->a.ch, .ka = q->a.keep_alive};
+    store_txn *txn;
+    if (!q->name[0] || !q->plen || store_begin(q->a.ch->st, false, &txn) != ERR_OK) return;
+    store_user u;
+    if (store_user_by_name(txn, q->name, &u) == ERR_OK) {
+        q->line.uid = u.id;
+        /* Not one of this account's keys (another's, forged, too long, or
+         * from before a password change): an unknown device. */
+        if (q->dk > 0) q->line.device = auth_device_key_check(u.id, u.pwhash, q->dkey, (size_t)q->dk);
+        uint32_t retry = 0;
+        if (guard_login_begin(q->a.ch->guard, &q->line, guard_now(), &retry) < 0) {
+            store_abort(txn);
+            too_many(&x, retry, q->line.device
+                         ? "too many failed logins on this device: wait and retry"
+                         : "too many failed logins: wait and retry, or log in with "
+                           "this device's device_key");
+            return;
+        }
+        q->known = true;
+        q->op->who.uid = u.id;
+        memcpy(q->op->who.name, u.name, sizeof u.name);
+        memcpy(q->op->pwhash, u.pwhash, sizeof u.pwhash);
+    }
+    store_abort(txn);
+}
+
+static void login_done(srv_thread *t, void *arg)
+{
+    login_job *q = arg;
+    conn *c = t ? srv_conn(t, q->a.conn) : NULL;
+    if (c && c->state == CONN_HTTP && !q->a.ans.status) {
+        req_ctx x = {.c = c, .id = c->id, .ch = q->a.ch, .ka = q->a.keep_alive};
+        chat_op *op = q->op;
+        bool known = q->known;
+        q->op = NULL;    /* start_kdf's now, and the guard's line with it */
+        q->known = false;
+        if (!start_kdf(&x, op, q->pass, q->plen, true, known ? &q->line : NULL)) conn_resume(c);
+    } else if (c) {
+        if (c->state == CONN_HTTP) answer_send(c, q->a.keep_alive, &q->a.ans);
+        conn_resume(c);
+    }
+    login_free(q);
+}
+
 /* Logins are delayed per (account, source address) after failures, or per
  * (account, device) for a device that presents its known-device key. */
 static void post_sessions(req_ctx *x)
@@ -455,41 +694,25 @@ static void post_sessions(req_ctx *x)
     int dk = json_get_str(&x->body, "device_key", dkey, sizeof dkey);
     if (dk == ERR_INVALID) {
         sodium_memzero(pass, sizeof pass);
-        api_error(x->c, x->ka, ERR_INVALID, "'device_key' must be a string");
+        fail(x, ERR_INVALID, "'device_key' must be a string");
         return;
     }
     chat_op *op = new_op(x, OP_LOGIN, reply_session);
-    if (!op) { sodium_memzero(pass, sizeof pass); return; }
-    guard_login line = {0, conn_peer_key(x->c), 0};
-    bool known = false;
-    store_txn *txn;
-    if (name[0] && plen && store_begin(x->ch->st, false, &txn) == ERR_OK) {
-        store_user u;
-        if (store_user_by_name(txn, name, &u) == ERR_OK) {
-            line.uid = u.id;
-            /* Not one of this account's keys (another's, forged, too long,
-             * or from before a password change): an unknown device. */
-            if (dk > 0) line.device = auth_device_key_check(u.id, u.pwhash, dkey, (size_t)dk);
-            uint32_t retry = 0;
-            if (guard_login_begin(x->ch->guard, &line, guard_now(), &retry) < 0) {
-                store_abort(txn);
-                chat_op_free(op);
-                sodium_memzero(pass, sizeof pass);
-                too_many(x, retry, line.device
-                             ? "too many failed logins on this device: wait and retry"
-                             : "too many failed logins: wait and retry, or log in with "
-                               "this device's device_key");
-                return;
-            }
-            known = true;
-            op->who.uid = u.id;
-            memcpy(op->who.name, u.name, sizeof u.name);
-            memcpy(op->pwhash, u.pwhash, sizeof u.pwhash);
-        }
-        store_abort(txn);
+    login_job *q = op ? calloc(1, sizeof *q) : NULL;
+    if (!q) {
+        if (op) { chat_op_free(op); fail(x, ERR_NOMEM, "out of memory"); }
+        sodium_memzero(pass, sizeof pass);
+        return;
     }
-    start_kdf(x, op, pass, plen, true, known ? &line : NULL);
+    q->op = op;
+    memcpy(q->name, name, sizeof name);
+    memcpy(q->pass, pass, sizeof pass);
     sodium_memzero(pass, sizeof pass);
+    q->plen = plen;
+    memcpy(q->dkey, dkey, sizeof dkey);
+    q->dk = dk;
+    q->line = (guard_login){0, conn_peer_key(x->c), 0};
+    if (!queue_job(x, &q->a, login_run, login_done)) login_free(q);
 }
 
 /* ---- conversations ------------------------------------------------------------------ */
@@ -530,19 +753,19 @@ static void post_conversations(req_ctx *x)
     if (!parse_body(x)) return;
     char type[16], name[256];
     if (json_get_str(&x->body, "type", type, sizeof type) < 0) {
-        api_error(x->c, x->ka, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
+        fail(x, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
         return;
     }
     if (strcmp(type, "direct") == 0) {
         uint64_t uid;
         if (json_get_str(&x->body, "with", name, sizeof name) < 0) {
-            api_error(x->c, x->ka, ERR_INVALID, "'with' must be a username");
+            fail(x, ERR_INVALID, "'with' must be a username");
             return;
         }
         int rc = lookup_user(x->ch, name, &uid);
-        if (rc < 0) { api_error(x->c, x->ka, rc, NULL); return; }
+        if (rc < 0) { fail(x, rc, NULL); return; }
         if (uid == x->who.uid) {
-            api_error(x->c, x->ka, ERR_INVALID, "a direct conversation needs another user");
+            fail(x, ERR_INVALID, "a direct conversation needs another user");
             return;
         }
         chat_op *op = new_op(x, OP_DIRECT, reply_conv);
@@ -553,11 +776,11 @@ static void post_conversations(req_ctx *x)
         int n = json_get_str(&x->body, "name", name, sizeof name);
         const json_field *members = json_get(&x->body, "members");
         if (n <= 0 || n > STORE_NAME_MAX) {
-            api_error(x->c, x->ka, ERR_INVALID, "'name' must be 1-64 bytes");
+            fail(x, ERR_INVALID, "'name' must be 1-64 bytes");
             return;
         }
         if (members && members->type != JSON_ARRAY) {
-            api_error(x->c, x->ka, ERR_INVALID, "'members' must be a list of usernames");
+            fail(x, ERR_INVALID, "'members' must be a list of usernames");
             return;
         }
         chat_op *op = new_op(x, OP_GROUP, reply_conv);
@@ -567,14 +790,14 @@ static void post_conversations(req_ctx *x)
         if (members) json_array_each(members->val, members->val_len, add_name, &nx);
         if (nx.rc < 0) {
             chat_op_free(op);
-            if (nx.rc == ERR_INVALID) api_error(x->c, x->ka, ERR_INVALID, "'members' must be a list of usernames");
-            else api_error(x->c, x->ka, nx.rc, NULL);
+            if (nx.rc == ERR_INVALID) fail(x, ERR_INVALID, "'members' must be a list of usernames");
+            else fail(x, nx.rc, NULL);
             return;
         }
         if (!group_change_allowed(x)) { chat_op_free(op); return; }
         submit(x, op);
     } else {
-        api_error(x->c, x->ka, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
+        fail(x, ERR_INVALID, "'type' must be \"direct\" or \"group\"");
     }
 }
 
@@ -584,10 +807,10 @@ static void get_inbox(req_ctx *x)
     uint64_t since = 0, limit = MSG_INBOX_LIMIT_DEFAULT;
     int rc = 0;
     bool s = query_u64(x->r, "changed_since", &since, &rc);
-    if (rc < 0) { api_error(x->c, x->ka, ERR_INVALID, "'changed_since' must be a cursor"); return; }
+    if (rc < 0) { fail(x, ERR_INVALID, "'changed_since' must be a cursor"); return; }
     bool l = query_u64(x->r, "limit", &limit, &rc);
     if (rc < 0 || (l && (limit == 0 || limit > MSG_INBOX_LIMIT_MAX))) {
-        api_error(x->c, x->ka, ERR_INVALID, "'limit' must be 1..1000");
+        fail(x, ERR_INVALID, "'limit' must be 1..1000");
         return;
     }
     char tok[MSG_PAGE_MAX];
@@ -595,11 +818,11 @@ static void get_inbox(req_ctx *x)
     int n = http_query_get(x->r->query, "page", tok, sizeof tok);
     bool p = n != ERR_NOT_FOUND;
     if (p && (n <= 0 || msg_page_parse(tok, (size_t)n, &page) < 0)) {
-        api_error(x->c, x->ka, ERR_INVALID, bad_page);
+        fail(x, ERR_INVALID, bad_page);
         return;
     }
     if (p && s && since != page.since) {
-        api_error(x->c, x->ka, ERR_INVALID, "'changed_since' differs from the walk of 'page'");
+        fail(x, ERR_INVALID, "'changed_since' differs from the walk of 'page'");
         return;
     }
     jbuf j;
@@ -607,23 +830,23 @@ static void get_inbox(req_ctx *x)
     if ((rc = chat_write_inbox(x->ch, x->who.uid, since, p ? &page : NULL, (size_t)limit,
                                chat_page_bytes(x->ch), &j)) < 0) {
         jb_free(&j);
-        api_error(x->c, x->ka, rc, rc == ERR_INVALID ? bad_page : NULL);
+        fail(x, rc, rc == ERR_INVALID ? bad_page : NULL);
         return;
     }
-    respond_jbuf(x->c, 200, &j, x->ka);
+    ok_json(x, 200, &j);
 }
 
 static void get_conv(req_ctx *x, uint64_t conv)
 {
     chat_settle(x->ch, conv);
     store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { api_error(x->c, x->ka, ERR_IO, NULL); return; }
+    if (store_begin(x->ch->st, false, &txn) < 0) { fail(x, ERR_IO, NULL); return; }
     jbuf j;
     jb_init(&j, 512);
     int rc = chat_write_conv(x->ch, txn, conv, x->who.uid, &j);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); api_error(x->c, x->ka, rc, NULL); return; }
-    respond_jbuf(x->c, 200, &j, x->ka);
+    if (rc < 0) { jb_free(&j); fail(x, rc, NULL); return; }
+    ok_json(x, 200, &j);
 }
 
 static void get_messages(req_ctx *x, uint64_t conv)
@@ -634,17 +857,17 @@ static void get_messages(req_ctx *x, uint64_t conv)
     bool b = query_u64(x->r, "before", &before, &rc);
     bool l = query_u64(x->r, "limit", &limit, &rc);
     if (rc < 0 || (a && b) || (l && (limit == 0 || limit > 500)) || (b && before == 0)) {
-        api_error(x->c, x->ka, ERR_INVALID,
-                  "use after=S or before=S (not both) and limit=1..500");
+        fail(x, ERR_INVALID,
+             "use after=S or before=S (not both) and limit=1..500");
         return;
     }
     chat_settle(x->ch, conv);
     store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { api_error(x->c, x->ka, ERR_IO, NULL); return; }
+    if (store_begin(x->ch->st, false, &txn) < 0) { fail(x, ERR_IO, NULL); return; }
     store_member m;
     if (store_member_get(txn, conv, x->who.uid, &m) < 0) {
         store_abort(txn);
-        api_error(x->c, x->ka, ERR_FORBIDDEN, NULL);
+        fail(x, ERR_FORBIDDEN, NULL);
         return;
     }
     jbuf j;
@@ -654,8 +877,8 @@ static void get_messages(req_ctx *x, uint64_t conv)
                             (size_t)limit, chat_page_bytes(x->ch), &j);
     jb_raw(&j, "}", 1);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); api_error(x->c, x->ka, rc, NULL); return; }
-    respond_jbuf(x->c, 200, &j, x->ka);
+    if (rc < 0) { jb_free(&j); fail(x, rc, NULL); return; }
+    ok_json(x, 200, &j);
 }
 
 static void post_message(req_ctx *x, uint64_t conv)
@@ -664,11 +887,11 @@ static void post_message(req_ctx *x, uint64_t conv)
     const json_field *body = json_get(&x->body, "body");
     char cmid[STORE_CMID_MAX + 1];
     int n = json_get_str(&x->body, "cmid", cmid, sizeof cmid);
-    if (n <= 0) { api_error(x->c, x->ka, ERR_INVALID, "'cmid' must be 1-64 characters"); return; }
+    if (n <= 0) { fail(x, ERR_INVALID, "'cmid' must be 1-64 characters"); return; }
     const char *why;
     int rc = msg_check_body(body ? body->val : NULL, body ? body->val_len : 0,
                             x->ch->cfg->max_text, &why);
-    if (rc < 0) { api_error(x->c, x->ka, rc, why); return; }
+    if (rc < 0) { fail(x, rc, why); return; }
     uint32_t retry = 0;
     if (guard_user_msg(x->ch->guard, x->who.uid, guard_now(), &retry) < 0) {
         too_many(x, retry, "too many messages: slow down");
@@ -678,7 +901,7 @@ static void post_message(req_ctx *x, uint64_t conv)
     if (!op) return;
     if (!(op->body = malloc(body->val_len))) {
         chat_op_free(op);
-        api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
+        fail(x, ERR_NOMEM, "out of memory");
         return;
     }
     memcpy(op->body, body->val, body->val_len);
@@ -695,11 +918,11 @@ static void post_member(req_ctx *x, uint64_t conv)
     char name[AUTH_NAME_MAX * 4 + 1];
     uint64_t uid;
     if (json_get_str(&x->body, "user", name, sizeof name) < 0) {
-        api_error(x->c, x->ka, ERR_INVALID, "'user' must be a username");
+        fail(x, ERR_INVALID, "'user' must be a username");
         return;
     }
     int rc = lookup_user(x->ch, name, &uid);
-    if (rc < 0) { api_error(x->c, x->ka, rc, NULL); return; }
+    if (rc < 0) { fail(x, rc, NULL); return; }
     if (uid != x->who.uid && !group_change_allowed(x)) return;
     chat_op *op = new_op(x, OP_ADD, reply_conv);
     if (!op) return;
@@ -713,13 +936,13 @@ static void delete_member(req_ctx *x, uint64_t conv, const char *user)
     uint64_t uid;
     char name[AUTH_NAME_MAX * 4 + 1];
     int n = http_percent_decode(user, strlen(user), name, sizeof name - 1);
-    if (n < 0) { api_error(x->c, x->ka, ERR_NOT_MEMBER, "not a member"); return; }
+    if (n < 0) { fail(x, ERR_NOT_MEMBER, "not a member"); return; }
     name[n] = 0;
     int rc = lookup_user(x->ch, name, &uid);
     if (rc < 0) {
         /* Do not tell non-members whether the user exists. */
-        if (chat_is_member(x->ch, conv, x->who.uid) < 0) api_error(x->c, x->ka, ERR_FORBIDDEN, NULL);
-        else api_error(x->c, x->ka, rc == ERR_USER_NOT_FOUND ? ERR_NOT_MEMBER : rc, NULL);
+        if (chat_is_member(x->ch, conv, x->who.uid) < 0) fail(x, ERR_FORBIDDEN, NULL);
+        else fail(x, rc == ERR_USER_NOT_FOUND ? ERR_NOT_MEMBER : rc, NULL);
         return;
     }
     chat_op *op = new_op(x, OP_REMOVE, reply_empty);
@@ -764,7 +987,7 @@ static void post_leave(req_ctx *x)
         op->rcs = malloc(CHAT_LEAVE_MAX * sizeof *op->rcs);
         if (!op->uids || !op->rcs) {
             chat_op_free(op);
-            api_error(x->c, x->ka, ERR_NOMEM, "out of memory");
+            fail(x, ERR_NOMEM, "out of memory");
             return;
         }
         cx = (convs_ctx){op, 0};
@@ -773,7 +996,7 @@ static void post_leave(req_ctx *x)
     }
     if (cx.rc < 0) {
         chat_op_free(op);
-        api_error(x->c, x->ka, ERR_INVALID, "'convs' must list 1-500 conversation ids");
+        fail(x, ERR_INVALID, "'convs' must list 1-500 conversation ids");
         return;
     }
     submit(x, op);
@@ -785,7 +1008,7 @@ static void get_receipts(req_ctx *x, uint64_t conv)
     int rc = 0;
     bool given = query_u64(x->r, "seq", &seq, &rc);
     if (rc < 0 || (given && seq == 0)) {
-        api_error(x->c, x->ka, ERR_INVALID, "'seq' must be a message seq (1 or more)");
+        fail(x, ERR_INVALID, "'seq' must be a message seq (1 or more)");
         return;
     }
     jbuf j;
@@ -793,11 +1016,11 @@ static void get_receipts(req_ctx *x, uint64_t conv)
     rc = chat_write_receipts(x->ch, conv, x->who.uid, seq, &j);
     if (rc < 0) {
         jb_free(&j);
-        if (rc == ERR_INVALID) api_error(x->c, x->ka, ERR_INVALID, "'seq' is beyond the conversation's last_seq");
-        else api_error(x->c, x->ka, rc, NULL);
+        if (rc == ERR_INVALID) fail(x, ERR_INVALID, "'seq' is beyond the conversation's last_seq");
+        else fail(x, rc, NULL);
         return;
     }
-    respond_jbuf(x->c, 200, &j, x->ka);
+    ok_json(x, 200, &j);
 }
 
 /* ---- routing --------------------------------------------------------------------------- */
@@ -825,6 +1048,83 @@ static bool conv_path(const char *p, uint64_t *id, const char **rest)
     return true;
 }
 
+/* The authenticated endpoints: their whole handling runs on the read pool. */
+enum route {
+    R_LOGOUT, R_INBOX, R_CREATE, R_LEAVE, R_CONV, R_MESSAGES, R_SEND, R_ADD_MEMBER,
+    R_REMOVE_MEMBER, R_RECEIPTS,
+};
+
+/* An authenticated request on the read pool: a copy of what the handlers
+ * read of it (method, query, body, the Authorization header, keep-alive),
+ * as an http_request whose slices point into `bytes`. */
+typedef struct rest_job {
+    answer_job a;            /* first */
+    uint8_t route;           /* enum route */
+    uint64_t conv;
+    char user[512];          /* R_REMOVE_MEMBER: the path's last segment */
+    http_request r;
+    char bytes[];
+} rest_job;
+
+static http_str copy_str(char **at, http_str s)
+{
+    http_str out = {*at, s.n};
+    if (s.n) memcpy(*at, s.p, s.n);
+    *at += s.n;
+    return out;
+}
+
+static void rest_run(pool_job *j)
+{
+    rest_job *q = (rest_job *)j;
+    req_ctx x = {.ans = &q->a.ans, .id = q->a.conn, .r = &q->r, .ch = q->a.ch,
+                 .ka = q->a.keep_alive};
+    if (!authenticate(&x)) return;
+    switch (q->route) {
+    case R_LOGOUT: {
+        chat_op *op = new_op(&x, OP_LOGOUT, reply_empty);
+        if (op) submit(&x, op);
+        break;
+    }
+    case R_INBOX: get_inbox(&x); break;
+    case R_CREATE: post_conversations(&x); break;
+    case R_LEAVE: post_leave(&x); break;
+    case R_CONV: get_conv(&x, q->conv); break;
+    case R_MESSAGES: get_messages(&x, q->conv); break;
+    case R_SEND: post_message(&x, q->conv); break;
+    case R_ADD_MEMBER: post_member(&x, q->conv); break;
+    case R_REMOVE_MEMBER: delete_member(&x, q->conv, q->user); break;
+    case R_RECEIPTS: get_receipts(&x, q->conv); break;
+    }
+}
+
+/* Queues an authenticated request for the read pool. Without a bearer
+ * token it is answered at once (nothing to read). */
+static void authed(req_ctx *x, enum route route, uint64_t conv, const char *user)
+{
+    const http_request *r = x->r;
+    const http_str *h = http_header_get(r, "Authorization");
+    if (!h || h->n <= 7 || strncasecmp(h->p, "Bearer ", 7) != 0) {
+        api_error(x->c, x->ka, ERR_AUTH, "missing or invalid token");
+        return;
+    }
+    size_t n = r->method.n + r->query.n + r->body.n + h->n;
+    rest_job *q = calloc(1, sizeof *q + n);
+    if (!q) { api_error(x->c, x->ka, ERR_NOMEM, "out of memory"); return; }
+    q->route = (uint8_t)route;
+    q->conv = conv;
+    if (user) snprintf(q->user, sizeof q->user, "%s", user);
+    char *at = q->bytes;
+    q->r.method = copy_str(&at, r->method);
+    q->r.query = copy_str(&at, r->query);
+    q->r.body = copy_str(&at, r->body);
+    q->r.headers[0].name = (http_str){"Authorization", 13};
+    q->r.headers[0].value = copy_str(&at, *h);
+    q->r.nheaders = 1;
+    q->r.keep_alive = r->keep_alive;
+    if (!queue_job(x, &q->a, rest_run, answer_done)) free(q);
+}
+
 bool api_handle(conn *c, const http_request *req)
 {
     char path[512];
@@ -832,7 +1132,7 @@ bool api_handle(conn *c, const http_request *req)
         return false;
     memcpy(path, req->path.p, req->path.n);
     path[req->path.n] = 0;
-    req_ctx x = {c, req, chat_of(c->t), req->keep_alive, {0}, {{{0}}, 0}};
+    req_ctx x = {.c = c, .id = c->id, .r = req, .ch = chat_of(c->t), .ka = req->keep_alive};
     uint64_t conv;
     const char *rest;
     if (strcmp(path, "/v1/users") == 0) {
@@ -843,38 +1143,29 @@ bool api_handle(conn *c, const http_request *req)
         else not_allowed(&x, "POST");
     } else if (strcmp(path, "/v1/sessions/current") == 0) {
         if (!method(&x, "DELETE")) not_allowed(&x, "DELETE");
-        else if (authenticate(&x)) {
-            chat_op *op = new_op(&x, OP_LOGOUT, reply_empty);
-            if (op) submit(&x, op);
-        }
+        else authed(&x, R_LOGOUT, 0, NULL);
     } else if (strcmp(path, "/v1/conversations") == 0) {
         if (!method(&x, "GET") && !method(&x, "POST")) not_allowed(&x, "GET, POST");
-        else if (authenticate(&x)) {
-            if (method(&x, "GET")) get_inbox(&x);
-            else post_conversations(&x);
-        }
+        else authed(&x, method(&x, "GET") ? R_INBOX : R_CREATE, 0, NULL);
     } else if (strcmp(path, "/v1/conversations/leave") == 0) {
         if (!method(&x, "POST")) not_allowed(&x, "POST");
-        else if (authenticate(&x)) post_leave(&x);
+        else authed(&x, R_LEAVE, 0, NULL);
     } else if (conv_path(path, &conv, &rest)) {
         if (strcmp(rest, "") == 0) {
             if (!method(&x, "GET")) not_allowed(&x, "GET");
-            else if (authenticate(&x)) get_conv(&x, conv);
+            else authed(&x, R_CONV, conv, NULL);
         } else if (strcmp(rest, "/messages") == 0) {
             if (!method(&x, "GET") && !method(&x, "POST")) not_allowed(&x, "GET, POST");
-            else if (authenticate(&x)) {
-                if (method(&x, "GET")) get_messages(&x, conv);
-                else post_message(&x, conv);
-            }
+            else authed(&x, method(&x, "GET") ? R_MESSAGES : R_SEND, conv, NULL);
         } else if (strcmp(rest, "/members") == 0) {
             if (!method(&x, "POST")) not_allowed(&x, "POST");
-            else if (authenticate(&x)) post_member(&x, conv);
+            else authed(&x, R_ADD_MEMBER, conv, NULL);
         } else if (strncmp(rest, "/members/", 9) == 0 && rest[9] && !strchr(rest + 9, '/')) {
             if (!method(&x, "DELETE")) not_allowed(&x, "DELETE");
-            else if (authenticate(&x)) delete_member(&x, conv, rest + 9);
+            else authed(&x, R_REMOVE_MEMBER, conv, rest + 9);
         } else if (strcmp(rest, "/receipts") == 0) {
             if (!method(&x, "GET")) not_allowed(&x, "GET");
-            else if (authenticate(&x)) get_receipts(&x, conv);
+            else authed(&x, R_RECEIPTS, conv, NULL);
         } else {
             api_error(c, x.ka, ERR_NOT_FOUND, "no such endpoint");
         }

@@ -39,6 +39,10 @@ int chat_open(chat **out, const config *cfg, server *srv)
     };
     if ((rc = db_lmdb.open(&ch->db, &o)) < 0) goto fail_hub;
     ch->st = db_lmdb_store(ch->db);
+    if ((rc = pool_start(&ch->reads, cfg->read_threads, cfg->max_read_queue)) < 0) {
+        db_close(ch->db);
+        goto fail_hub;
+    }
     srv->app = ch;
     *out = ch;
     return ERR_OK;
@@ -52,6 +56,7 @@ fail_guard:
 
 void chat_close(chat *ch)
 {
+    pool_stop(ch->reads); /* its last reads may wait for the writer */
     db_close(ch->db);
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);

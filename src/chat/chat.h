@@ -9,8 +9,11 @@
  * chat_op_free(). If the origin connection has closed, reply still runs
  * (with srv_conn() returning NULL) so it can free the op.
  *
- * Reads run on the I/O threads in read transactions (chat_write_*: they
- * write JSON straight into a jbuf).
+ * Reads (chat_authenticate, chat_write_*, chat_contacts, ...) open read
+ * transactions of their own and may wait for the applier (chat_settle):
+ * they run on the read pool (ch->reads, net/pool.h), never on an I/O
+ * thread; the adapters (api.c, proto.c) queue a job there that builds the
+ * whole answer and post it back to the connection's thread.
  */
 #ifndef PARLEY_CHAT_H
 #define PARLEY_CHAT_H
@@ -23,6 +26,7 @@
 #include "chat/hub.h"
 #include "codec/json.h"
 #include "codec/msg.h"
+#include "net/pool.h"
 #include "net/srv.h"
 #include "store/db.h"
 #include "store/store.h"
@@ -34,13 +38,16 @@ typedef struct chat {
     store *st;                        /* its LMDB store, for the reads (db.h) */
     hub *hub;
     guard *guard;
+    pool *reads;       /* the read pool: every store read of the adapters */
 } chat;
 
 /* Opens the store in cfg->data_dir, creates the hub for srv and starts the
- * writer. Returns ERR_OK, ERR_VERSION (data from another version), ERR_IO. */
+ * writer and the read pool (--read-threads, --max-read-queue). Returns
+ * ERR_OK, ERR_VERSION (data from another version), ERR_IO. */
 int chat_open(chat **out, const config *cfg, server *srv);
-/* Stops the writer (applying what is queued) and closes the store. Call
- * after the I/O threads have ended. */
+/* Stops the read pool (running what is queued: its answers find no
+ * thread and are freed) and the writer (applying what is queued), and
+ * closes the store. Call after the I/O threads have ended. */
 void chat_close(chat *ch);
 
 static inline chat *chat_of(srv_thread *t) { return (chat *)t->srv->app; }
@@ -89,14 +96,14 @@ void chat_op_free(chat_op *op);
  * caller's and reply will not run). */
 int chat_submit(chat_op *op);
 
-/* ---- reads (I/O threads) ------------------------------------------------- */
+/* ---- reads (the read pool's threads) -------------------------------------- */
 
 /* Read-your-writes. A message or cursor is acked once it is in the log,
  * before the store holds it (writer.h): a read of conv (0: of anything)
  * first waits until the store holds what was acked of it. Returns at once
  * when nothing of conv is pending (the usual case); otherwise it asks the
- * applier not to gather and waits for its commit (bounded; a read pool
- * will take this wait off the I/O loops). */
+ * applier not to gather and waits for its commit (bounded). It blocks the
+ * calling thread: call it on the read pool, before the read. */
 void chat_settle(chat *ch, uint64_t conv);
 
 /* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is

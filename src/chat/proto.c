@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sodium.h>
 #include <sys/socket.h>
 
 #include "chat/api.h"
@@ -148,32 +149,115 @@ static void send_error(conn *c, int err, const char *message, const char *ref)
 
 /* ---- session lifecycle ------------------------------------------------------ */
 
-/* Tells every contact of the session's user that they went on/offline. */
-static void announce(chat *ch, session *s, bool online, int64_t ts)
+/* Tells everyone in `to` that the user went on/offline (lossy lane). */
+static void announce(chat *ch, audience *to, const char *name, bool online, int64_t ts)
 {
-    audience *to = chat_contacts(ch, s->uid);
-    event *ev = to && to->n ? chat_presence_event(s->name, online, ts) : NULL;
+    event *ev = to && to->n ? chat_presence_event(name, online, ts) : NULL;
     if (ev) hub_send_lossy(ch->hub, to, ev, 0);
     event_unref(ev);
-    audience_unref(to);
 }
 
-/* The new session learns its contacts' presence. */
-static void tell_contacts(chat *ch, conn *c, session *s)
+/* A WebSocket upgrade waiting for its token check on the read pool. The
+ * connection is held (conn_hold): no 101 and no frame is read before
+ * upgrade_done() completes the handshake or refuses it on the connection's
+ * thread, with the answers a check on the loop gave. The same job reads
+ * the user's contacts and their presence, which on_open() sends right
+ * after the hello, as before. */
+typedef struct upgrade_job {
+    pool_job job;            /* first */
+    chat *ch;
+    uint64_t conn;
+    bool keep_alive;
+    char token[64];          /* wiped once checked */
+    size_t token_len;
+    char key[32];            /* Sec-WebSocket-Key, a copy (24 characters) */
+    size_t key_len;
+    const char *protocol;    /* the chosen subprotocol (the router's static list), or NULL */
+    int rc;                  /* the token check */
+    chat_ident id;
+    audience *contacts;      /* who shares a conversation with the user (one ref), or NULL */
+    event **tell;            /* their presence, for the new session (a ref each) */
+    uint32_t ntell;
+} upgrade_job;
+
+/* The upgrade being completed on this thread, for on_open(): set around
+ * conn_upgrade() by upgrade_done(). */
+static _Thread_local upgrade_job *opening;
+
+static void upgrade_free(upgrade_job *u)
 {
-    audience *to = chat_contacts(ch, s->uid);
+    for (uint32_t i = 0; i < u->ntell; i++) event_unref(u->tell[i]);
+    free(u->tell);
+    audience_unref(u->contacts);
+    sodium_memzero(u->token, sizeof u->token);
+    free(u);
+}
+
+/* On the read pool: the token, then the contacts and their presence. */
+static void upgrade_run(pool_job *j)
+{
+    upgrade_job *u = (upgrade_job *)j;
+    chat *ch = u->ch;
+    u->rc = chat_authenticate(ch, u->token, u->token_len, &u->id);
+    sodium_memzero(u->token, sizeof u->token);
+    if (u->rc < 0) return;
+    u->contacts = chat_contacts(ch, u->id.uid);
     store_txn *txn;
-    if (!to || store_begin(ch->st, false, &txn) < 0) { audience_unref(to); return; }
-    for (uint32_t i = 0; i < to->n && c->state == CONN_WS; i++) {
-        store_user u;
-        if (store_user_get(txn, to->uids[i], &u) < 0) continue;
-        bool on = hub_online(ch->hub, u.id);
-        event *ev = chat_presence_event(u.name, on, on ? chat_now_ms() : u.last_seen);
-        if (ev) s->sink->send_lossy(s, ev);
-        event_unref(ev);
+    if (!u->contacts || !u->contacts->n ||
+        !(u->tell = calloc(u->contacts->n, sizeof *u->tell)) || store_begin(ch->st, false, &txn) < 0)
+        return;
+    for (uint32_t i = 0; i < u->contacts->n; i++) {
+        store_user usr;
+        if (store_user_get(txn, u->contacts->uids[i], &usr) < 0) continue;
+        bool on = hub_online(ch->hub, usr.id);
+        event *ev = chat_presence_event(usr.name, on, on ? chat_now_ms() : usr.last_seen);
+        if (ev) u->tell[u->ntell++] = ev;
     }
     store_abort(txn);
-    audience_unref(to);
+}
+
+/* On the connection's thread (still held, CONN_HTTP). */
+static void finish_upgrade(conn *c, upgrade_job *u)
+{
+    chat *ch = u->ch;
+    if (c->t->stopping) { /* the stop began while the token was checked */
+        api_send_error(c, u->keep_alive, false, ERR_STOPPING, NULL, "Retry-After: 1\r\n", -1);
+        return;
+    }
+    if (u->rc == ERR_OK && hub_sessions(ch->hub, u->id.uid) >= (int)ch->cfg->max_user_conns) {
+        metrics_inc(&c->t->m, M_RATE_LIMITED);
+        api_send_error(c, u->keep_alive, false, ERR_TOO_MANY_CONNECTIONS, NULL,
+                       "Retry-After: 10\r\n", -1);
+        return;
+    }
+    if (u->rc < 0) {
+        api_send_error(c, u->keep_alive, false, u->rc == ERR_IO ? ERR_IO : ERR_AUTH, NULL, NULL, -1);
+        return;
+    }
+    ws_session *w = conn_user(c);
+    memset(w, 0, sizeof *w);
+    keep_addr(w, c);
+    session *s = &w->s;
+    s->uid = u->id.uid;
+    s->device = u->id.device;
+    s->expires = u->id.expires;
+    s->msgs.at = (uint32_t)srv_now(c->t);
+    memcpy(&s->token_key, u->id.token_hash, sizeof s->token_key);
+    memcpy(s->name, u->id.name, sizeof s->name);
+    ws_handshake hs = {{u->key, u->key_len}, u->protocol};
+    opening = u;
+    int rc = conn_upgrade(c, &hs);
+    opening = NULL;
+    if (rc < 0) conn_abort(c);
+}
+
+static void upgrade_done(srv_thread *t, void *arg)
+{
+    upgrade_job *u = arg;
+    conn *c = t ? srv_conn(t, u->conn) : NULL;
+    if (c && c->state == CONN_HTTP) finish_upgrade(c, u);
+    if (c) conn_resume(c); /* the frames sent after the request, or the next request */
+    upgrade_free(u);
 }
 
 void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
@@ -188,29 +272,31 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
     } else {
         n = http_query_get(req->query, "token", token, sizeof token);
     }
-    chat_ident id;
-    int rc = n > 0 ? chat_authenticate(ch, token, (size_t)n, &id) : ERR_AUTH;
-    if (rc == ERR_OK && hub_sessions(ch->hub, id.uid) >= (int)ch->cfg->max_user_conns) {
-        metrics_inc(&c->t->m, M_RATE_LIMITED);
-        api_send_error(c, req->keep_alive, false, ERR_TOO_MANY_CONNECTIONS, NULL,
-                       "Retry-After: 10\r\n", -1);
+    upgrade_job *u = n > 0 && hs->key.n <= sizeof u->key ? calloc(1, sizeof *u) : NULL;
+    if (!u) {
+        sodium_memzero(token, sizeof token);
+        if (n > 0) { conn_abort(c); return; } /* out of memory */
+        api_send_error(c, req->keep_alive, false, ERR_AUTH, NULL, NULL, -1);
         return;
     }
-    if (rc < 0) {
-        api_send_error(c, req->keep_alive, false, rc == ERR_IO ? ERR_IO : ERR_AUTH, NULL, NULL, -1);
+    u->job.run = upgrade_run;
+    u->job.done = upgrade_done;
+    u->job.t = c->t;
+    u->ch = ch;
+    u->conn = c->id;
+    u->keep_alive = req->keep_alive;
+    memcpy(u->token, token, (size_t)n);
+    u->token_len = (size_t)n;
+    sodium_memzero(token, sizeof token);
+    memcpy(u->key, hs->key.p, hs->key.n);
+    u->key_len = hs->key.n;
+    u->protocol = hs->protocol;
+    if (pool_submit(ch->reads, &u->job) < 0) {
+        upgrade_free(u);
+        api_send_error(c, req->keep_alive, false, ERR_BUSY, NULL, NULL, -1);
         return;
     }
-    ws_session *w = conn_user(c);
-    memset(w, 0, sizeof *w);
-    keep_addr(w, c);
-    session *s = &w->s;
-    s->uid = id.uid;
-    s->device = id.device;
-    s->expires = id.expires;
-    s->msgs.at = (uint32_t)srv_now(c->t);
-    memcpy(&s->token_key, id.token_hash, sizeof s->token_key);
-    memcpy(s->name, id.name, sizeof s->name);
-    if (conn_upgrade(c, hs) < 0) conn_abort(c);
+    conn_hold(c); /* the handshake waits for the check */
 }
 
 static int on_open(conn *c)
@@ -242,8 +328,10 @@ static int on_open(conn *c)
     bool first = hub_session_add(ch->hub, c->t, s);
     send_json(c, &j);
     if (c->state != CONN_WS) return ERR_OK; /* closed while saying hello: s is released */
-    if (first) announce(ch, s, true, chat_now_ms());
-    tell_contacts(ch, c, s);
+    upgrade_job *u = opening; /* its contacts and their presence, read on the pool */
+    if (!u) return ERR_OK;
+    if (first) announce(ch, u->contacts, s->name, true, chat_now_ms());
+    for (uint32_t i = 0; i < u->ntell && c->state == CONN_WS; i++) s->sink->send_lossy(s, u->tell[i]);
     return ERR_OK;
 }
 
@@ -265,6 +353,51 @@ static void log_close(conn *c, const ws_session *w, uint16_t code, const char *r
               log_value(why, sizeof why, reason, strlen(reason)), by_peer ? "client" : "server");
 }
 
+/* The user's last session closed: the contacts are read and told on the
+ * read pool (no answer comes back). Offline and online announcements of
+ * one user leave in the order of the sessions' opens and closes: an online
+ * one is sent on the I/O thread before the session can close, and this one
+ * checks that the user did not come back meanwhile. */
+typedef struct offline_job {
+    pool_job job;            /* first */
+    chat *ch;
+    uint64_t uid;
+    int64_t ts;
+    char name[sizeof ((session *)0)->name];
+} offline_job;
+
+static void offline_run(pool_job *j)
+{
+    offline_job *o = (offline_job *)j;
+    hub *h = o->ch->hub;
+    if (hub_online(h, o->uid)) return; /* back already: the new session told them */
+    audience *to = chat_contacts(o->ch, o->uid);
+    announce(o->ch, to, o->name, false, o->ts);
+    /* Back while this was on its way: the new session's "online" may have
+     * gone out before this "offline"; it is said again after it. */
+    if (hub_online(h, o->uid)) announce(o->ch, to, o->name, true, chat_now_ms());
+    audience_unref(to);
+}
+
+static void offline_done(srv_thread *t, void *arg)
+{
+    free(arg); /* t is NULL: run on the pool */
+}
+
+static void announce_offline(chat *ch, session *s, int64_t ts)
+{
+    offline_job *o = calloc(1, sizeof *o);
+    if (!o) return; /* lossy */
+    o->job.run = offline_run;
+    o->job.done = offline_done;
+    o->ch = ch;
+    o->uid = s->uid;
+    o->ts = ts;
+    memcpy(o->name, s->name, sizeof o->name);
+    /* The session was admitted: its end is told even when the pool is full. */
+    if (pool_continue(ch->reads, &o->job) < 0) free(o);
+}
+
 static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
 {
     session *s = conn_user(c);
@@ -273,7 +406,7 @@ static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
     chat *ch = chat_of(c->t);
     if (hub_session_remove(ch->hub, c->t, s)) {
         int64_t now = chat_now_ms();
-        announce(ch, s, false, now);
+        announce_offline(ch, s, now);
         chat_op *op = chat_op_new(ch, OP_LAST_SEEN, 0, NULL);
         if (op) {
             op->who.uid = s->uid;
@@ -414,53 +547,73 @@ static void on_cursor(frame_ctx *f, bool read)
     submit(f, op);
 }
 
-static void on_sync(frame_ctx *f)
+/* A frame answered from the read pool (sync, inbox, typing). The
+ * connection is held (conn_hold) until read_done() has answered on its
+ * thread, so its frames are still handled one after the other and answered
+ * in the order they came (a later send or ping waits for the page), and
+ * no read runs on the I/O thread. */
+typedef struct read_job {
+    pool_job job;            /* first */
+    chat *ch;
+    uint64_t conn;
+    uint64_t uid;
+    uint64_t at;             /* typing: the frame's loop time */
+    msg_req r;               /* the frame (no body) */
+    int rc;                  /* ERR_OK, or the error to answer */
+    const char *message;     /* its message (static), NULL: the row's */
+    bool quiet;              /* typing: nothing to answer, nothing to relay */
+    jbuf j;                  /* sync, inbox: the whole answer */
+    audience *to;            /* typing: the other members (one ref) */
+} read_job;
+
+static void sync_run(pool_job *job)
 {
-    uint64_t conv = f->r.conv;
-    const char *ref = f->r.ref;
-    chat_settle(f->ch, conv);
+    read_job *x = (read_job *)job;
+    uint64_t conv = x->r.conv;
+    const char *ref = x->r.ref;
+    chat_settle(x->ch, conv);
     store_txn *txn;
-    if (store_begin(f->ch->st, false, &txn) < 0) { send_error(f->c, ERR_IO, NULL, ref); return; }
+    if (store_begin(x->ch->st, false, &txn) < 0) { x->rc = ERR_IO; return; }
     store_member m;
-    if (store_member_get(txn, conv, f->s->uid, &m) < 0) {
+    if (store_member_get(txn, conv, x->uid, &m) < 0) {
         store_abort(txn);
-        send_error(f->c, ERR_FORBIDDEN, NULL, ref);
+        x->rc = ERR_FORBIDDEN;
         return;
     }
-    jbuf j;
-    jb_init(&j, 4096);
-    jb_lit(&j, "{\"type\":\"history\",\"conv\":");
-    jb_u64(&j, conv);
-    if (*ref) { jb_lit(&j, ",\"id\":"); jb_lit(&j, ref); }
-    jb_raw(&j, ",", 1);
-    int rc = chat_write_history(f->ch, txn, conv, f->r.after, f->r.before, (size_t)f->r.limit,
-                                chat_page_bytes(f->ch), &j);
-    jb_raw(&j, "}", 1);
+    jbuf *j = &x->j;
+    jb_init(j, 4096);
+    jb_lit(j, "{\"type\":\"history\",\"conv\":");
+    jb_u64(j, conv);
+    if (*ref) { jb_lit(j, ",\"id\":"); jb_lit(j, ref); }
+    jb_raw(j, ",", 1);
+    int rc = chat_write_history(x->ch, txn, conv, x->r.after, x->r.before, (size_t)x->r.limit,
+                                chat_page_bytes(x->ch), j);
+    jb_raw(j, "}", 1);
     store_abort(txn);
-    if (rc < 0) { jb_free(&j); send_error(f->c, ERR_IO, NULL, ref); return; }
-    send_page(f->c, &j);
+    if (rc < 0) { jb_free(j); x->rc = ERR_IO; }
 }
 
-static void on_inbox(frame_ctx *f)
+static void inbox_run(pool_job *job)
 {
-    jbuf j;
-    jb_init(&j, 4096);
-    jb_lit(&j, "{\"type\":\"inbox\",");
-    if (*f->r.ref) { jb_lit(&j, "\"id\":"); jb_lit(&j, f->r.ref); jb_raw(&j, ",", 1); }
-    jb_lit(&j, "\"inbox\":");
-    int rc = chat_write_inbox(f->ch, f->s->uid, f->r.changed_since,
-                              f->r.has_page ? &f->r.page : NULL, (size_t)f->r.limit,
-                              chat_page_bytes(f->ch), &j);
+    read_job *x = (read_job *)job;
+    jbuf *j = &x->j;
+    jb_init(j, 4096);
+    jb_lit(j, "{\"type\":\"inbox\",");
+    if (*x->r.ref) { jb_lit(j, "\"id\":"); jb_lit(j, x->r.ref); jb_raw(j, ",", 1); }
+    jb_lit(j, "\"inbox\":");
+    int rc = chat_write_inbox(x->ch, x->uid, x->r.changed_since, x->r.has_page ? &x->r.page : NULL,
+                              (size_t)x->r.limit, chat_page_bytes(x->ch), j);
     if (rc < 0) {
-        jb_free(&j);
-        if (rc == ERR_INVALID)
-            send_error(f->c, rc, "'page' must be the 'next' of an earlier inbox page", f->r.ref);
-        else
-            send_error(f->c, rc == ERR_NOMEM ? rc : ERR_IO, NULL, f->r.ref);
+        jb_free(j);
+        if (rc == ERR_INVALID) {
+            x->rc = rc;
+            x->message = "'page' must be the 'next' of an earlier inbox page";
+        } else {
+            x->rc = rc == ERR_NOMEM ? rc : ERR_IO;
+        }
         return;
     }
-    jb_raw(&j, "}", 1);
-    send_page(f->c, &j);
+    jb_raw(j, "}", 1);
 }
 
 typedef struct typing_ctx {
@@ -478,37 +631,104 @@ static int typing_member(void *arg, const store_member *m)
     return 0;
 }
 
-static void on_typing(frame_ctx *f)
+static void typing_run(pool_job *job)
 {
-    uint64_t conv = f->r.conv;
-    session *s = f->s;
-    uint64_t now = srv_now(f->c->t);
-    if (s->typing_conv == conv && now - s->typing_at < TYPING_MIN_MS) return; /* lossy lane */
+    read_job *x = (read_job *)job;
+    uint64_t conv = x->r.conv;
     store_txn *txn;
-    if (store_begin(f->ch->st, false, &txn) < 0) return;
+    if (store_begin(x->ch->st, false, &txn) < 0) { x->quiet = true; return; }
     store_member m;
     store_conv cv;
-    if (store_member_get(txn, conv, s->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
+    if (store_member_get(txn, conv, x->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
         store_abort(txn);
-        send_error(f->c, ERR_FORBIDDEN, NULL, f->r.ref);
+        x->rc = ERR_FORBIDDEN;
         return;
     }
-    typing_ctx x = {s->uid, audience_new(cv.nmembers), cv.nmembers};
-    if (x.a) {
-        x.a->n = 0;
-        store_members(txn, conv, typing_member, &x);
+    typing_ctx t = {x->uid, audience_new(cv.nmembers), cv.nmembers};
+    if (t.a) {
+        t.a->n = 0;
+        store_members(txn, conv, typing_member, &t);
     }
     store_abort(txn);
-    if (!x.a) return;
+    x->to = t.a;
+    x->quiet = !t.a;
+}
+
+/* The typing frame's relay, once its members are known. */
+static void relay_typing(conn *c, read_job *x)
+{
+    session *s = conn_user(c);
+    uint64_t conv = x->r.conv;
     s->typing_conv = conv;
-    s->typing_at = now;
+    s->typing_at = x->at;
     char buf[160];
     int n = snprintf(buf, sizeof buf, "{\"type\":\"typing\",\"conv\":%llu,\"user\":\"%s\"}",
                      (unsigned long long)conv, s->name); /* names need no escaping */
     event *ev = event_new(EV_TYPING, conv, 0, rbuf_copy(buf, (size_t)n));
-    if (ev) hub_send_lossy(f->ch->hub, x.a, ev, s->id);
+    if (ev) hub_send_lossy(x->ch->hub, x->to, ev, s->id);
     event_unref(ev);
-    audience_unref(x.a);
+}
+
+/* On the connection's thread: the answer, then the next frames. */
+static void read_done(srv_thread *t, void *arg)
+{
+    read_job *x = arg;
+    conn *c = t ? srv_conn(t, x->conn) : NULL;
+    if (c && c->state == CONN_WS) {
+        if (x->rc < 0) send_error(c, x->rc, x->message, x->r.ref);
+        else if (x->r.type == MSG_TYPING) { if (!x->quiet) relay_typing(c, x); }
+        else send_page(c, &x->j);
+    }
+    if (c) {
+        /* A page that filled half the queue keeps input paused until it
+         * has drained (send_page); anything else reads on at once. */
+        if (c->state == CONN_WS && c->out_bytes > x->ch->cfg->max_queue / 2) conn_unhold(c);
+        else conn_resume(c);
+    }
+    jb_free(&x->j);
+    audience_unref(x->to);
+    free(x);
+}
+
+/* Queues the frame's read and holds the connection. A full pool answers
+ * busy (typing, a lossy frame, is dropped instead). */
+static void submit_read(frame_ctx *f, void (*run)(pool_job *))
+{
+    read_job *x = calloc(1, sizeof *x);
+    if (!x) { send_error(f->c, ERR_NOMEM, NULL, f->r.ref); return; }
+    x->job.run = run;
+    x->job.done = read_done;
+    x->job.t = f->c->t;
+    x->ch = f->ch;
+    x->conn = f->c->id;
+    x->uid = f->s->uid;
+    x->at = srv_now(f->c->t);
+    x->r = f->r;
+    x->r.body = NULL;
+    if (pool_submit(f->ch->reads, &x->job) < 0) {
+        free(x);
+        if (f->r.type != MSG_TYPING) send_error(f->c, ERR_BUSY, NULL, f->r.ref);
+        return;
+    }
+    conn_hold(f->c);
+}
+
+static void on_sync(frame_ctx *f)
+{
+    submit_read(f, sync_run);
+}
+
+static void on_inbox(frame_ctx *f)
+{
+    submit_read(f, inbox_run);
+}
+
+static void on_typing(frame_ctx *f)
+{
+    session *s = f->s;
+    uint64_t now = srv_now(f->c->t);
+    if (s->typing_conv == f->r.conv && now - s->typing_at < TYPING_MIN_MS) return; /* lossy lane */
+    submit_read(f, typing_run);
 }
 
 static void on_message(conn *c, const uint8_t *bytes, size_t len)

@@ -1016,6 +1016,13 @@ void conn_hold(conn *c)
     conn_pause(c);
 }
 
+void conn_unhold(conn *c)
+{
+    if (!(c->flags & F_HELD)) return;
+    c->flags &= (uint16_t)~F_HELD;
+    if (!c->out_tail && !wreq_of(c)) conn_resume(c); /* else after_drain() resumes */
+}
+
 void conn_resume(conn *c)
 {
     if (c->state == CONN_CLOSED || !(c->flags & F_PAUSED)) return;

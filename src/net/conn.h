@@ -145,7 +145,12 @@ int conn_respond(conn *c, int status, const char *content_type, const void *body
 /* Switches an HTTP connection to WebSocket after queuing the 101 (the
  * handler has filled conn_user(c)), then calls the handler's on_open().
  * Returns on_open's result, or an error before the switch (then on_close
- * is never called). */
+ * is never called). The HTTP handler may also defer it: hold the
+ * connection in on_request (conn_hold), keep what the handshake needs
+ * (hs->key points into the request: copy it), then call conn_upgrade()
+ * later on the connection's thread, while it is still CONN_HTTP, and
+ * conn_resume(): frames the client sent after its request are read from
+ * then on, as WebSocket frames. */
 int conn_upgrade(conn *c, const ws_handshake *hs);
 
 /* Stops reading input (backpressure: HTTP pipelining, WebSocket pages);
@@ -157,6 +162,10 @@ void conn_pause(conn *c);
  * handler's conn_resume(), even if output drains meanwhile. */
 void conn_hold(conn *c);
 void conn_resume(conn *c);
+/* Ends a hold but not the pause: input restarts by itself once the output
+ * queue has drained (as after conn_pause), at once if nothing is queued.
+ * For an answer that filled the queue (a page). No-op if not held. */
+void conn_unhold(conn *c);
 
 /* A 64-bit key for an address, for per-address limits: IPv4 exactly (also
  * IPv4-mapped IPv6), IPv6 by its /64 prefix, hashed; 0 for other families. */
