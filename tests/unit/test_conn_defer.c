@@ -65,7 +65,9 @@ static void on_message(conn *c, const uint8_t *data, size_t len)
     st.held = c->id;
     uv_mutex_unlock(&st.mu);
     if (len == 4 && memcmp(data, "hold", 4) == 0) { conn_hold(c); return; }
-    conn_send_frame(c, WS_OP_TEXT, rbuf_copy(data, len));
+    rbuf *b = rbuf_copy(data, len);
+    conn_send_frame(c, WS_OP_TEXT, b); /* takes its own reference */
+    rbuf_unref(b);
 }
 
 static void on_refused(conn *c, uint32_t retry_ms, const uint8_t *data, size_t len) {}
@@ -204,7 +206,9 @@ static void answer_unhold(srv_thread *t, void *arg)
 {
     conn *c = srv_conn(t, st.held);
     if (!c) return;
-    conn_send_frame(c, WS_OP_TEXT, rbuf_copy("answer", 6));
+    rbuf *b = rbuf_copy("answer", 6);
+    conn_send_frame(c, WS_OP_TEXT, b);
+    rbuf_unref(b);
     conn_unhold(c);
     st.after_unhold = st.messages; /* the pipelined frame was not read yet */
     conn_unhold(c);                /* no longer held: nothing */
@@ -214,7 +218,9 @@ static void answer_resume(srv_thread *t, void *arg)
 {
     conn *c = srv_conn(t, st.held);
     if (!c) return;
-    conn_send_frame(c, WS_OP_TEXT, rbuf_copy("answer", 6));
+    rbuf *b = rbuf_copy("answer", 6);
+    conn_send_frame(c, WS_OP_TEXT, b);
+    rbuf_unref(b);
     conn_resume(c);
     st.after_unhold = st.messages; /* conn_resume reads what is buffered at once */
 }
