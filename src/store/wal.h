@@ -139,10 +139,11 @@ int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end);
 /* Makes the segment the log moves to next ready (a spare, or a new file
  * written now) once the current one is half full (or at once when there is
  * none yet), so that the append that fills it does not wait for a file to
- * be created. Any thread (the applier calls it after
- * each commit; the writer once at start, which readies the first
- * segment). ERR_OK, or the creation's error (ERR_DISK_FULL: the append
- * will try again). */
+ * be created. ERR_OK, or the creation's error (ERR_DISK_FULL: the append
+ * will try again). NOT yet safe beside a concurrent wal_append(): creating
+ * a segment uses the appender's scratch (write_zeros); call it only from
+ * the appending thread, or before appends start. Not called by the writer
+ * today. */
 int wal_prepare(wal *w);
 
 /* The LSN the next append starts at (or just past the last record).

@@ -658,7 +658,6 @@ static void apply_logged(writer *w, item **its, size_t n)
              * needs that, and a full sync loses nothing by it. */
             if (w->released_upto) wal_release(w->log, w->released_upto);
             if (lsn) w->released_upto = lsn;
-            wal_prepare(w->log); /* the next segment, off the ack path */
             uv_mutex_lock(&w->mu);
             if (w->apply_rc) log_info("the store takes the log again", "err=%s", err_name(w->apply_rc));
             w->apply_rc = ERR_OK;
@@ -1018,7 +1017,6 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
         rc = rc == ERR_OK ? store_commit(txn) : (store_abort(txn), rc);
     }
     if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
-    if (rc == ERR_OK) wal_prepare(w->log); /* the first append does not wait for a file */
     if (rc == ERR_OK) rc = seq_new(&w->seq, s);
     if (rc == ERR_OK && (rc = store_begin(s, false, &txn)) == ERR_OK) {
         seq_set_clock(w->seq, store_clock(txn));

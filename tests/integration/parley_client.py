@@ -78,7 +78,10 @@ CONTROL_SRC = "127.0.0.200"  # the control client's own "machine"
 # protection tests) passes its own values, which come later and win.
 NO_LIMITS = ["--rate-frames", "0", "--rate-msgs", "0", "--rate-user-msgs", "0",
              "--rate-handshakes", "0", "--rate-logins", "0", "--admit-rate", "0",
-             "--max-user-conns", "100000", "--rate-groups", "0"]
+             "--max-user-conns", "100000", "--rate-groups", "0",
+             # 1 MiB message-log segments (not 64 MiB): hundreds of test
+             # servers, three suites a CI run, must not fill the disk.
+             "--log-segment", "1048576"]
 
 
 def arun(coro, timeout=150):

@@ -33,6 +33,12 @@ WINDOW = 8              # large sends in flight
 DOCUMENTED = {"disk_full", "internal"}  # wire codes a refused send may carry (today: internal)
 
 
+# The test servers' default is 1 MiB segments (parley_client.NO_LIMITS);
+# these tests fill a 96 MiB disk with the production default, one 64 MiB
+# segment made at the first append, so that the store fills before the log.
+SEGMENT = ("--log-segment", str(64 << 20))
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of SIZE_MB MiB mounted on tmp_path/disk, unmounted at the end
@@ -167,7 +173,7 @@ async def send_small(cl, conv, sent, cmids):
 
 
 def test_disk_full_keeps_acks_serves_reads_and_recovers(small_disk, parley):
-    srv = parley(data_dir=small_disk / "data")
+    srv = parley(*SEGMENT, data_dir=small_disk / "data")
     a, b, c = users(srv, 3)
     d = direct(a, b)
     g = group(a, [b, c], name="full")
@@ -270,7 +276,7 @@ def test_disk_full_keeps_acks_serves_reads_and_recovers(small_disk, parley):
     srv.expect_exit = True
     srv.proc.kill()
     assert srv.wait(10 * SLOW) is not None
-    srv = parley(data_dir=small_disk / "data")
+    srv = parley(*SEGMENT, data_dir=small_disk / "data")
     for u in (a, b, c):
         u.srv = srv
     check_store(b, d, sent, complete=True)
@@ -288,7 +294,7 @@ async def _before(a, d, g, sent, prefix="pre"):
 
 
 def test_disk_full_is_answered_disk_full(small_disk, parley):
-    srv = parley(data_dir=small_disk / "data")
+    srv = parley(*SEGMENT, data_dir=small_disk / "data")
     a, b = users(srv, 2)
     d = direct(a, b)
     sent = Sent()

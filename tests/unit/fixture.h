@@ -161,6 +161,7 @@ static inline void fx_config(fx *f, int nthreads)
     f->cfg.insecure_fast_kdf = 1;
     f->cfg.commit_window_us = 100;
     f->cfg.store_map_size = 64u << 20;
+    f->cfg.log_segment_bytes = 1u << 20;  /* small log segments: many fixtures */
     snprintf(f->cfg.listen, sizeof f->cfg.listen, "127.0.0.1");
     fx_mkdtemp(f->web_dir, sizeof f->web_dir, "web");
     snprintf(f->cfg.web_dir, sizeof f->cfg.web_dir, "%s", f->web_dir);
