@@ -170,11 +170,15 @@ static writer_op *take(writer *w, size_t *n)
 
 /* ---- sequencer ------------------------------------------------------------------ */
 
+/* The memory a logged batch holds until it is applied: its entries, and
+ * one cmid record per op in the sequencer (seq.c). */
+static size_t held_bytes(const item *it) { return it->buf.cap + it->n * 160; }
+
 /* Sends a log batch to the logger (under mu). */
 static void send_log(writer *w, item *it)
 {
     w->unapplied++;
-    w->unapplied_bytes += it->buf.cap + it->n * 160; /* the entries, and their cmids in seq.c */
+    w->unapplied_bytes += held_bytes(it);
     qpush(&w->lq, it);
     uv_cond_signal(&w->log_cond);
 }
@@ -385,7 +389,7 @@ static void log_group(writer *w, item **its, size_t n)
         } else {
             /* Failed, or nothing to apply (refusals, duplicates): done. */
             w->unapplied--;
-            w->unapplied_bytes -= it->buf.cap + it->n * 160;
+            w->unapplied_bytes -= held_bytes(it);
             complete_later(w, it);
         }
     }
@@ -627,7 +631,7 @@ static void apply_logged(writer *w, item **its, size_t n)
         uv_mutex_lock(&w->mu);
         for (size_t i = 0; i < n; i++) {
             w->unapplied--;
-            w->unapplied_bytes -= its[i]->buf.cap + its[i]->n * 160;
+            w->unapplied_bytes -= held_bytes(its[i]);
         }
         uv_cond_broadcast(&w->cond);
         uv_cond_broadcast(&w->applied_cond);
@@ -665,7 +669,7 @@ static void apply_logged(writer *w, item **its, size_t n)
             w->st.apply_ns += t1 - t0;
             for (size_t i = 0; i < n; i++) {
                 w->unapplied--;
-                w->unapplied_bytes -= its[i]->buf.cap + its[i]->n * 160;
+                w->unapplied_bytes -= held_bytes(its[i]);
                 if (its[i]->bno > w->applied) w->applied = its[i]->bno;
             }
             uv_cond_broadcast(&w->applied_cond);
@@ -692,7 +696,7 @@ static void apply_logged(writer *w, item **its, size_t n)
             uv_cond_broadcast(&w->applied_cond);
             for (size_t i = 0; i < n; i++) {
                 w->unapplied--;
-                w->unapplied_bytes -= its[i]->buf.cap + its[i]->n * 160;
+                w->unapplied_bytes -= held_bytes(its[i]);
             }
             uv_cond_broadcast(&w->cond);
             uv_mutex_unlock(&w->mu);
