@@ -187,11 +187,8 @@ static int lookup_user(chat *ch, const char *name, uint64_t *uid)
 {
     char norm[AUTH_NAME_MAX + 1];
     if (auth_username(name, strlen(name), norm) < 0) return ERR_USER_NOT_FOUND;
-    store_txn *txn;
-    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
-    store_user u;
-    int rc = store_user_by_name(txn, norm, &u);
-    store_abort(txn);
+    db_account u;
+    int rc = db_account_get(ch->db, norm, &u);
     if (rc == ERR_OK) *uid = u.id;
     return rc == ERR_NOT_FOUND ? ERR_USER_NOT_FOUND : rc;
 }
@@ -426,17 +423,11 @@ static void conv_run(pool_job *j)
 {
     conv_job *q = (conv_job *)j;
     req_ctx x = {.ans = &q->a.ans, .ch = q->a.ch, .ka = q->a.keep_alive};
-    store_txn *txn;
-    if (store_begin(q->a.ch->st, false, &txn) == ERR_OK) {
-        jbuf b;
-        jb_init(&b, 512);
-        int rc = chat_write_conv(q->a.ch, txn, q->conv, q->uid, &b);
-        store_abort(txn);
-        if (rc < 0) { jb_free(&b); fail(&x, rc, NULL); }
-        else ok_json(&x, q->status, &b);
-    } else {
-        fail(&x, ERR_IO, "storage error");
-    }
+    jbuf b;
+    jb_init(&b, 512);
+    int rc = chat_write_conv(q->a.ch, q->conv, q->uid, &b);
+    if (rc < 0) { jb_free(&b); fail(&x, rc, rc == ERR_IO ? "storage error" : NULL); }
+    else ok_json(&x, q->status, &b);
 }
 
 /* The change is made: this read is its second step, never refused busy. */
@@ -641,17 +632,15 @@ static void login_run(pool_job *j)
 {
     login_job *q = (login_job *)j;
     req_ctx x = {.ans = &q->a.ans, .ch = q->a.ch, .ka = q->a.keep_alive};
-    store_txn *txn;
-    if (!q->name[0] || !q->plen || store_begin(q->a.ch->st, false, &txn) != ERR_OK) return;
-    store_user u;
-    if (store_user_by_name(txn, q->name, &u) == ERR_OK) {
+    db_account u;
+    if (!q->name[0] || !q->plen) return;
+    if (db_account_get(q->a.ch->db, q->name, &u) == ERR_OK) {
         q->line.uid = u.id;
         /* Not one of this account's keys (another's, forged, too long, or
          * from before a password change): an unknown device. */
         if (q->dk > 0) q->line.device = auth_device_key_check(u.id, u.pwhash, q->dkey, (size_t)q->dk);
         uint32_t retry = 0;
         if (guard_login_begin(q->a.ch->guard, &q->line, guard_now(), &retry) < 0) {
-            store_abort(txn);
             too_many(&x, retry, q->line.device
                          ? "too many failed logins on this device: wait and retry"
                          : "too many failed logins: wait and retry, or log in with "
@@ -663,7 +652,6 @@ static void login_run(pool_job *j)
         memcpy(q->op->who.name, u.name, sizeof u.name);
         memcpy(q->op->pwhash, u.pwhash, sizeof u.pwhash);
     }
-    store_abort(txn);
 }
 
 static void login_done(srv_thread *t, void *arg)
@@ -839,12 +827,9 @@ static void get_inbox(req_ctx *x)
 static void get_conv(req_ctx *x, uint64_t conv)
 {
     chat_settle(x->ch, conv);
-    store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { fail(x, ERR_IO, NULL); return; }
     jbuf j;
     jb_init(&j, 512);
-    int rc = chat_write_conv(x->ch, txn, conv, x->who.uid, &j);
-    store_abort(txn);
+    int rc = chat_write_conv(x->ch, conv, x->who.uid, &j);
     if (rc < 0) { jb_free(&j); fail(x, rc, NULL); return; }
     ok_json(x, 200, &j);
 }
@@ -862,21 +847,12 @@ static void get_messages(req_ctx *x, uint64_t conv)
         return;
     }
     chat_settle(x->ch, conv);
-    store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { fail(x, ERR_IO, NULL); return; }
-    store_member m;
-    if (store_member_get(txn, conv, x->who.uid, &m) < 0) {
-        store_abort(txn);
-        fail(x, ERR_FORBIDDEN, NULL);
-        return;
-    }
     jbuf j;
     jb_init(&j, 4096);
     jb_raw(&j, "{", 1);
-    rc = chat_write_history(x->ch, txn, conv, after, a ? 0 : b ? before : UINT64_MAX,
+    rc = chat_write_history(x->ch, conv, x->who.uid, after, a ? 0 : b ? before : UINT64_MAX,
                             (size_t)limit, chat_page_bytes(x->ch), &j);
     jb_raw(&j, "}", 1);
-    store_abort(txn);
     if (rc < 0) { jb_free(&j); fail(x, rc, NULL); return; }
     ok_json(x, 200, &j);
 }

@@ -38,7 +38,6 @@ int chat_open(chat **out, const config *cfg, server *srv)
         .batch_end = batch_end, .ctx = ch,
     };
     if ((rc = db_lmdb.open(&ch->db, &o)) < 0) goto fail_hub;
-    ch->st = db_lmdb_store(ch->db);
     if ((rc = pool_start(&ch->reads, cfg->read_threads, cfg->max_read_queue)) < 0) {
         db_close(ch->db);
         goto fail_hub;
@@ -66,58 +65,29 @@ void chat_close(chat *ch)
 
 /* ---- identities ------------------------------------------------------------ */
 
-int chat_user_name(store_txn *txn, uint64_t uid, char *out)
-{
-    store_user u;
-    int rc = store_user_get(txn, uid, &u);
-    if (rc < 0) return rc;
-    memcpy(out, u.name, sizeof u.name);
-    return ERR_OK;
-}
-
 int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id)
 {
     if (auth_token_hash(token, n, id->token_hash) < 0) return ERR_AUTH;
-    store_txn *txn;
-    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
-    store_session s;
-    int rc = store_session_get(txn, id->token_hash, &s);
-    if (rc == ERR_OK && s.expires <= chat_now_ms()) rc = ERR_AUTH;
-    if (rc == ERR_OK) rc = chat_user_name(txn, s.uid, id->name);
-    store_abort(txn);
+    db_ident who;
+    int rc = db_session(ch->db, id->token_hash, &who);
+    if (rc == ERR_OK && who.expires <= chat_now_ms()) rc = ERR_AUTH;
     if (rc < 0) return rc == ERR_IO ? ERR_IO : ERR_AUTH;
-    id->uid = s.uid;
-    id->device = s.device;
-    id->expires = s.expires;
+    id->uid = who.uid;
+    id->device = who.device;
+    id->expires = who.expires;
+    memcpy(id->name, who.name, sizeof id->name);
     return ERR_OK;
 }
 
 /* ---- encoders ------------------------------------------------------------ */
 
-/* A page or a batch names few senders: remember the last few. */
-typedef struct name_cache {
-    uint64_t uid[8];
-    char name[8][STORE_NAME_MAX + 1];
-    unsigned next;
-} name_cache;
-
-static const char *cached_name(name_cache *nc, store_txn *txn, uint64_t uid)
-{
-    for (int i = 0; i < 8; i++)
-        if (nc->uid[i] == uid) return nc->name[i];
-    unsigned k = nc->next++ % 8;
-    if (chat_user_name(txn, uid, nc->name[k]) < 0) strcpy(nc->name[k], "");
-    nc->uid[k] = uid;
-    return nc->name[k];
-}
-
 /* "seq":S,"from":"u","cmid":"c","ts":T,"body":B (no braces) */
-static void write_msg_fields(jbuf *j, const store_msg *m, const char *from)
+static void write_msg_fields(jbuf *j, const db_msg *m)
 {
     jb_lit(j, "\"seq\":");
     jb_u64(j, m->seq);
     jb_lit(j, ",\"from\":");
-    jb_cstr(j, from);
+    jb_cstr(j, m->from_name);
     jb_lit(j, ",\"cmid\":");
     jb_str(j, m->cmid, m->cmid_len);
     jb_lit(j, ",\"ts\":");
@@ -126,66 +96,60 @@ static void write_msg_fields(jbuf *j, const store_msg *m, const char *from)
     jb_raw(j, m->body, m->body_len);
 }
 
-typedef struct members_ctx {
-    store_txn *txn;
-    jbuf *j;
-    name_cache *nc;
-    bool admins_only;
-    int n;
-} members_ctx;
-
-static int write_member_name(void *arg, const store_member *m)
+static void write_names(jbuf *j, const db_conv *c, bool admins_only)
 {
-    members_ctx *x = arg;
-    if (x->admins_only && m->role != STORE_ADMIN) return 0;
-    if (x->n++) jb_raw(x->j, ",", 1);
-    jb_cstr(x->j, cached_name(x->nc, x->txn, m->uid));
-    return 0;
+    int n = 0;
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (admins_only && c->members[i].role != DB_ADMIN) continue;
+        if (n++) jb_raw(j, ",", 1);
+        jb_cstr(j, c->members[i].name);
+    }
 }
 
-/* The conversation object; viewer 0 leaves out the per-user fields. */
-int chat_write_conv(chat *ch, store_txn *txn, uint64_t id, uint64_t viewer, jbuf *j)
+/* The conversation object; the per-user fields when c has a viewer. */
+static void write_conv(jbuf *j, const db_conv *c)
 {
-    store_conv c;
-    store_member me = {0};
-    if (store_conv_get(txn, id, &c) < 0) return ERR_FORBIDDEN;
-    if (viewer && store_member_get(txn, id, viewer, &me) < 0) return ERR_FORBIDDEN;
-    name_cache nc = {{0}, {{0}}, 0};
     jb_lit(j, "{\"id\":");
-    jb_u64(j, c.id);
-    jb_lit(j, c.type == STORE_DIRECT ? ",\"type\":\"direct\",\"name\":" : ",\"type\":\"group\",\"name\":");
-    jb_cstr(j, c.name);
-    members_ctx x = {txn, j, &nc, false, 0};
+    jb_u64(j, c->id);
+    jb_lit(j, c->type == DB_DIRECT ? ",\"type\":\"direct\",\"name\":" : ",\"type\":\"group\",\"name\":");
+    jb_cstr(j, c->name);
     jb_lit(j, ",\"members\":[");
-    store_members(txn, id, write_member_name, &x);
+    write_names(j, c, false);
     jb_lit(j, "],\"admins\":[");
-    x.admins_only = true;
-    x.n = 0;
-    store_members(txn, id, write_member_name, &x);
+    write_names(j, c, true);
     jb_lit(j, "],\"last_seq\":");
-    jb_u64(j, c.last_seq);
+    jb_u64(j, c->last_seq);
     jb_lit(j, ",\"last_ts\":");
-    jb_i64(j, c.last_ts);
-    if (viewer) {
+    jb_i64(j, c->last_ts);
+    const db_member *me = c->me;
+    if (me) {
         jb_lit(j, ",\"read_seq\":");
-        jb_u64(j, me.read);
+        jb_u64(j, me->read);
         jb_lit(j, ",\"delivered_seq\":");
-        jb_u64(j, me.delivered);
+        jb_u64(j, me->delivered);
         jb_lit(j, ",\"unread\":");
-        jb_u64(j, c.last_seq > me.read ? c.last_seq - me.read : 0);
-        jb_lit(j, me.invited ? ",\"invited\":true" : ",\"invited\":false");
+        jb_u64(j, c->last_seq > me->read ? c->last_seq - me->read : 0);
+        jb_lit(j, me->invited ? ",\"invited\":true" : ",\"invited\":false");
     }
     jb_lit(j, ",\"last_message\":");
-    store_msg m;
-    if (c.last_seq && store_msg_get(txn, id, c.last_seq, &m) == ERR_OK) {
+    if (c->last.seq) {
         jb_raw(j, "{", 1);
-        write_msg_fields(j, &m, cached_name(&nc, txn, m.from));
+        write_msg_fields(j, &c->last);
         jb_raw(j, "}", 1);
     } else {
         jb_lit(j, "null");
     }
     jb_raw(j, "}", 1);
-    return ERR_OK;
+}
+
+int chat_write_conv(chat *ch, uint64_t id, uint64_t viewer, jbuf *j)
+{
+    db_conv *c;
+    int rc = db_conv_get(ch->db, id, viewer, &c);
+    if (rc < 0) return rc;
+    write_conv(j, c);
+    free(c);
+    return j->err ? j->err : ERR_OK;
 }
 
 /* ---- operations: common ------------------------------------------------------ */
@@ -208,6 +172,10 @@ void chat_op_free(chat_op *op)
     free(op->body);
     free(op->uids);
     free(op->rcs);
+    if (op->left)
+        for (size_t i = 0; i < op->nuids; i++) free(op->left[i]);
+    free(op->left);
+    free(op->after);
     audience_unref(op->aud);
     free(op);
 }
@@ -267,9 +235,10 @@ static event *msg_event(const chat_op *op)
     jb_lit(&j, "{\"type\":\"msg\",\"conv\":");
     jb_u64(&j, op->conv);
     jb_raw(&j, ",", 1);
-    store_msg m = {op->conv, op->seq, op->who.uid, op->ts, op->cmid, op->cmid_len,
-                   op->body, op->body_len};
-    write_msg_fields(&j, &m, op->who.name);
+    db_msg m = {.seq = op->seq, .from = op->who.uid, .ts = op->ts, .cmid = op->cmid,
+                .cmid_len = op->cmid_len, .body = op->body, .body_len = op->body_len};
+    memcpy(m.from_name, op->who.name, sizeof m.from_name);
+    write_msg_fields(&j, &m);
     jb_raw(&j, "}", 1);
     return event_new(EV_MSG, op->conv, op->seq, jb_take(&j));
 }
@@ -290,19 +259,17 @@ static event *receipt_event(const chat_op *op)
     return event_new(EV_RECEIPT, op->conv, 0, jb_take(&j));
 }
 
-/* {"type":"conv","conv":{...}} to every member, in a read txn of its own
- * (the batch is committed: the new state is visible). */
-static void conv_event(chat_op *op)
+/* {"type":"conv","conv":{...}} to every member, from the conversation
+ * after the op (the backend's copy: the completer reads no store). */
+static void conv_event(chat_op *op, const db_conv *c)
 {
-    store_txn *txn;
-    if (store_begin(op->ch->st, false, &txn) < 0) return;
+    if (!c || !c->n) return;
     jbuf j;
     jb_init(&j, 512);
     jb_lit(&j, "{\"type\":\"conv\",\"conv\":");
-    int rc = chat_write_conv(op->ch, txn, op->conv, 0, &j);
+    write_conv(&j, c);
     jb_raw(&j, "}", 1);
-    store_abort(txn);
-    if (rc < 0) { jb_free(&j); return; }
+    if (j.err) { jb_free(&j); return; }
     fan_out(op, event_new(EV_CONV, op->conv, 0, jb_take(&j)), 0);
 }
 
@@ -369,39 +336,45 @@ static void intro_run(srv_thread *t, void *arg)
     if (__atomic_sub_fetch(&x->refs, 1, __ATOMIC_ACQ_REL) == 0) intro_free(x);
 }
 
-/* After op's conversation was created (added 0) or `added` joined it. */
+/* After op's conversation was created (added 0) or `added` joined it:
+ * the names and last_seen come with the conversation (op->after). */
 static void introduce(chat_op *op, uint64_t added)
 {
-    audience *a = op->aud;
-    if (!a || a->n < 2) return;
-    intro *x = calloc(1, sizeof *x + a->n * (sizeof x->ev[0] + sizeof x->uids[0]));
+    const db_conv *c = op->after;
+    if (!c || c->n < 2) return;
+    intro *x = calloc(1, sizeof *x + c->n * (sizeof x->ev[0] + sizeof x->uids[0]));
     if (!x) return;
-    x->n = a->n;
-    x->uids = (uint64_t *)(x->ev + a->n);
-    memcpy(x->uids, a->uids, a->n * sizeof a->uids[0]);
+    x->n = c->n;
+    x->uids = (uint64_t *)(x->ev + c->n);
     bool any = false, added_on = false;
-    for (uint32_t i = 0; i < a->n; i++) {
-        bool on = hub_online(op->ch->hub, a->uids[i]);
-        any |= on;
-        if (added && a->uids[i] == added) { x->one = true; x->only = i; added_on = on; }
+    bool on[c->n];
+    for (uint32_t i = 0; i < c->n; i++) {
+        x->uids[i] = c->members[i].uid;
+        on[i] = hub_online(op->ch->hub, x->uids[i]);
+        any |= on[i];
+        if (added && x->uids[i] == added) { x->one = true; x->only = i; added_on = on[i]; }
     }
-    store_txn *txn;
-    if (!any || (added && !x->one) || store_begin(op->ch->st, false, &txn) < 0) {
+    if (!any || (added && !x->one)) {
         free(x);
         return;
     }
     int64_t now = chat_now_ms();
-    for (uint32_t i = 0; i < a->n; i++) {
+    for (uint32_t i = 0; i < c->n; i++) {
         if (x->one && i != x->only && !added_on) continue; /* nobody to tell of them */
-        store_user u;
-        if (store_user_get(txn, a->uids[i], &u) < 0) continue;
-        bool on = hub_online(op->ch->hub, u.id);
-        x->ev[i] = chat_presence_event(u.name, on, on ? now : u.last_seen);
+        if (!c->members[i].name[0]) continue;              /* no such user */
+        x->ev[i] = chat_presence_event(c->members[i].name, on[i], on[i] ? now : c->members[i].last_seen);
     }
-    store_abort(txn);
     int n = op->ch->srv->nthreads;
     x->refs = n;
     for (int i = 0; i < n; i++) hub_queue_call(op->ch->hub, i, intro_run, x);
+}
+
+/* The members of c as an audience (one ref), or NULL. */
+static audience *audience_of(const db_conv *c)
+{
+    audience *a = audience_new(c->n);
+    for (uint32_t i = 0; a && i < c->n; i++) a->uids[i] = c->members[i].uid;
+    return a;
 }
 
 /* Each group left: `removed` to the leaver, `conv` to those who stay. */
@@ -412,12 +385,12 @@ static void leave_events(chat_op *op)
         if (op->rcs[i] != ERR_OK) continue;
         op->conv = op->uids[i];
         removed_event(op);
-        store_txn *txn;
-        if (store_begin(op->ch->st, false, &txn) < 0) continue;
+        const db_conv *c = op->left ? op->left[i] : NULL;
+        if (!c) continue;
         audience_unref(op->aud);
-        op->aud = db_lmdb_members(txn, op->conv);
-        store_abort(txn);
-        if (op->aud && op->aud->n) conv_event(op);
+        op->aud = audience_of(c);
+        op->members_version = 0;
+        conv_event(op, c);
     }
 }
 
@@ -436,20 +409,20 @@ static void done(writer_op *wop, int rc)
     case OP_DIRECT:
     case OP_GROUP:
         if (ok && !op->duplicate) {
-            conv_event(op);
+            conv_event(op, op->after);
             introduce(op, 0);
         }
         break;
     case OP_ADD:
         if (ok) {
-            conv_event(op);
+            conv_event(op, op->after);
             introduce(op, op->target);
         }
         break;
     case OP_REMOVE:
         if (ok) {
             removed_event(op);
-            if (op->aud && op->aud->n) conv_event(op);
+            conv_event(op, op->after);
         }
         break;
     case OP_LOGOUT:
@@ -486,64 +459,10 @@ void chat_settle(chat *ch, uint64_t conv)
 /* ---- reads ---------------------------------------------------------------------- */
 int chat_is_member(chat *ch, uint64_t conv, uint64_t uid)
 {
-    store_txn *txn;
-    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
-    store_member m;
-    int rc = store_member_get(txn, conv, uid, &m);
-    store_abort(txn);
-    return rc == ERR_OK ? ERR_OK : rc == ERR_NOT_FOUND ? ERR_FORBIDDEN : rc;
-}
-
-typedef struct inbox_item {
-    uint64_t conv;
-    int64_t last_ts;
-} inbox_item;
-
-typedef struct inbox_ctx {
-    store_txn *txn;
-    uint64_t uid, since;
-    const msg_page *page;
-    inbox_item *items;
-    size_t n, cap;
-} inbox_ctx;
-
-/* Inbox order: last_ts descending, then id descending. */
-static bool comes_before(int64_t ts_a, uint64_t a, int64_t ts_b, uint64_t b)
-{
-    return ts_a != ts_b ? ts_a > ts_b : a > b;
-}
-
-static int inbox_collect(void *arg, uint64_t conv)
-{
-    inbox_ctx *x = arg;
-    store_conv c;
-    store_member m;
-    if (store_conv_get(x->txn, conv, &c) < 0 || store_member_get(x->txn, conv, x->uid, &m) < 0)
-        return 0;
-    if (x->since && c.version <= x->since && m.version <= x->since) return 0;
-    if (x->page) {
-        /* A later page of a walk: what changed since the walk began may
-         * have moved in the order (it is listed by changed_since = the
-         * walk's cursor); the rest comes after the last one listed. */
-        if (c.version > x->page->snapshot) return 0;
-        if (!comes_before(x->page->ts, x->page->conv, c.last_ts, conv)) return 0;
-    }
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 32;
-        inbox_item *it = realloc(x->items, cap * sizeof *it);
-        if (!it) return ERR_NOMEM;
-        x->items = it;
-        x->cap = cap;
-    }
-    x->items[x->n++] = (inbox_item){conv, c.last_ts};
-    return 0;
-}
-
-static int by_recent(const void *a, const void *b)
-{
-    const inbox_item *x = a, *y = b;
-    if (x->conv == y->conv) return 0;
-    return comes_before(x->last_ts, x->conv, y->last_ts, y->conv) ? -1 : 1;
+    audience *a = NULL;
+    int rc = db_members(ch->db, conv, uid, &a);
+    audience_unref(a);
+    return rc;
 }
 
 int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *page,
@@ -552,241 +471,144 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *pag
     if (limit == 0) limit = MSG_INBOX_LIMIT_DEFAULT;
     if (limit > MSG_INBOX_LIMIT_MAX) limit = MSG_INBOX_LIMIT_MAX;
     chat_settle(ch, 0);
-    store_txn *txn;
-    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
-    uint64_t cursor = store_clock(txn);
+    db_inbox_req q = {.uid = uid, .since = since, .limit = limit, .max_bytes = max_bytes};
     if (page) {
-        if (page->snapshot > cursor || page->since > page->snapshot) {
-            store_abort(txn);
-            return ERR_INVALID;
-        }
-        since = page->since;
-        cursor = page->snapshot;
+        q.page = true;
+        q.since = since = page->since;
+        q.snapshot = page->snapshot;
+        q.ts = page->ts;
+        q.conv = page->conv;
     }
-    inbox_ctx x = {txn, uid, since, page, NULL, 0, 0};
-    int rc = store_user_convs(txn, uid, inbox_collect, &x);
-    if (rc >= 0) {
-        if (x.n) qsort(x.items, x.n, sizeof *x.items, by_recent);
-        jb_lit(j, "{\"conversations\":[");
-        size_t start = jb_len(j), listed = 0;
-        inbox_item last = {0, 0};
-        bool more = false;
-        for (size_t i = 0; i < x.n; i++) {
-            if (listed == limit) { more = true; break; }
-            size_t mark = jb_len(j);
-            if (listed) jb_raw(j, ",", 1);
-            if (chat_write_conv(ch, txn, x.items[i].conv, uid, j) < 0) {
-                jb_truncate(j, mark);
-                continue;
-            }
-            if (listed && jb_len(j) - start > max_bytes) { /* over the budget: stop before it */
-                jb_truncate(j, mark);
-                more = true;
-                break;
-            }
-            last = x.items[i];
-            listed++;
+    db_inbox *in;
+    int rc = db_inbox_get(ch->db, &q, &in);
+    if (rc < 0) return rc;
+    jb_lit(j, "{\"conversations\":[");
+    size_t start = jb_len(j), listed = 0;
+    const db_conv *last = NULL;
+    bool more = in->more;
+    for (size_t i = 0; i < in->n; i++) {
+        size_t mark = jb_len(j);
+        if (listed) jb_raw(j, ",", 1);
+        write_conv(j, in->convs[i]);
+        if (listed && jb_len(j) - start > max_bytes) { /* over the budget: stop before it */
+            jb_truncate(j, mark);
+            more = true;
+            break;
         }
-        jb_lit(j, "],\"cursor\":");
-        jb_u64(j, cursor);
-        jb_lit(j, more ? ",\"more\":true" : ",\"more\":false");
-        if (more) {
-            msg_page next = {since, cursor, last.last_ts, last.conv};
-            char tok[MSG_PAGE_MAX];
-            size_t n = msg_page_format(&next, tok);
-            jb_lit(j, ",\"next\":");
-            jb_str(j, tok, n);
-        }
-        jb_raw(j, "}", 1);
+        last = in->convs[i];
+        listed++;
     }
-    store_abort(txn);
-    free(x.items);
-    return rc < 0 ? rc : j->err ? j->err : ERR_OK;
+    jb_lit(j, "],\"cursor\":");
+    jb_u64(j, in->cursor);
+    jb_lit(j, more ? ",\"more\":true" : ",\"more\":false");
+    if (more && last) {
+        msg_page next = {since, in->cursor, last->last_ts, last->id};
+        char tok[MSG_PAGE_MAX];
+        size_t n = msg_page_format(&next, tok);
+        jb_lit(j, ",\"next\":");
+        jb_str(j, tok, n);
+    }
+    jb_raw(j, "}", 1);
+    db_inbox_free(in);
+    return j->err ? j->err : ERR_OK;
 }
 
-typedef struct history_ctx {
-    store_txn *txn;
-    jbuf *j;
-    name_cache nc;
-    size_t n;
-    size_t start, max_bytes;  /* where the messages begin; the budget */
-    bool trimmed;             /* stopped by the budget */
-} history_ctx;
-
-/* Forward: write each message as it comes, until the budget is passed. */
-static int history_one(void *arg, const store_msg *m)
-{
-    history_ctx *x = arg;
-    size_t mark = jb_len(x->j);
-    if (x->n) jb_raw(x->j, ",", 1);
-    jb_raw(x->j, "{", 1);
-    write_msg_fields(x->j, m, cached_name(&x->nc, x->txn, m->from));
-    jb_raw(x->j, "}", 1);
-    if (x->n && jb_len(x->j) - x->start > x->max_bytes) {
-        jb_truncate(x->j, mark);
-        x->trimmed = true;
-        return 1;
-    }
-    x->n++;
-    return 0;
-}
-
-/* Backward: the messages arrive newest first; each is encoded into a
- * scratch buffer (its offset kept) until the budget is passed, then they
- * are copied out oldest first. */
-typedef struct back_ctx {
-    store_txn *txn;
-    jbuf tmp;
-    name_cache nc;
-    size_t *off;
-    size_t n, max_bytes;
-    bool trimmed;
-} back_ctx;
-
-static int back_one(void *arg, const store_msg *m)
-{
-    back_ctx *x = arg;
-    size_t mark = jb_len(&x->tmp);
-    jb_raw(&x->tmp, "{", 1);
-    write_msg_fields(&x->tmp, m, cached_name(&x->nc, x->txn, m->from));
-    jb_raw(&x->tmp, "}", 1);
-    if (x->n && jb_len(&x->tmp) + x->n > x->max_bytes) { /* + the commas */
-        jb_truncate(&x->tmp, mark);
-        x->trimmed = true;
-        return 1;
-    }
-    x->off[x->n++] = mark;
-    return 0;
-}
-
-int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
-                       uint64_t before, size_t limit, size_t max_bytes, jbuf *j)
+int chat_write_history(chat *ch, uint64_t conv, uint64_t uid, uint64_t after, uint64_t before,
+                       size_t limit, size_t max_bytes, jbuf *j)
 {
     if (limit == 0) limit = 50;
     if (limit > MSG_LIMIT_MAX) limit = MSG_LIMIT_MAX;
-    bool more = false;
-    int rc;
-    jb_lit(j, "\"messages\":[");
-    if (before == 0) {
-        history_ctx x = {txn, j, {{0}, {{0}}, 0}, 0, jb_len(j), max_bytes, false};
-        rc = store_msgs(txn, conv, after + 1, true, limit, history_one, &x, &more);
-        more = more || x.trimmed;
+    db_page *p;
+    int rc = db_history(ch->db, conv, uid, after, before, limit, max_bytes, &p);
+    if (rc < 0) return rc;
+    /* Each message encoded once into a scratch buffer (its offset kept),
+     * then the run that fits the budget, at least one, cut at the end away
+     * from the anchor: forward, the last ones; backward, the oldest. */
+    jbuf tmp;
+    jb_init(&tmp, 4096);
+    size_t *off = malloc((p->n + 1) * sizeof *off);
+    if (!off || tmp.err) { free(off); jb_free(&tmp); free(p); return ERR_NOMEM; }
+    for (size_t i = 0; i < p->n; i++) {
+        off[i] = jb_len(&tmp);
+        jb_raw(&tmp, "{", 1);
+        write_msg_fields(&tmp, &p->msgs[i]);
+        jb_raw(&tmp, "}", 1);
+    }
+    off[p->n] = jb_len(&tmp);
+    size_t lo = 0, hi = p->n; /* the run [lo, hi) */
+    bool more = p->more, forward = before == 0;
+    if (forward) {
+        for (hi = 0; hi < p->n; hi++)
+            if (hi && off[hi + 1] - off[0] + hi > max_bytes) break; /* + the commas */
     } else {
-        back_ctx x = {txn, {0}, {{0}, {{0}}, 0}, malloc(limit * sizeof(size_t)), 0, max_bytes,
-                      false};
-        jb_init(&x.tmp, 4096);
-        if (!x.off || x.tmp.err) { free(x.off); jb_free(&x.tmp); return ERR_NOMEM; }
-        rc = before <= 1 ? ERR_OK
-                         : store_msgs(txn, conv, before == UINT64_MAX ? UINT64_MAX : before - 1,
-                                      false, limit, back_one, &x, &more);
-        more = more || x.trimmed;
-        size_t len;
-        const char *d = jb_data(&x.tmp, &len);
-        if (!d) rc = ERR_NOMEM;
-        for (size_t i = x.n; rc >= 0 && i-- > 0;) {
-            size_t end = i + 1 < x.n ? x.off[i + 1] : len;
-            if (i + 1 < x.n) jb_raw(j, ",", 1);
-            jb_raw(j, d + x.off[i], end - x.off[i]);
-        }
-        free(x.off);
-        jb_free(&x.tmp);
+        for (lo = p->n; lo > 0; lo--)
+            if (lo < p->n && off[p->n] - off[lo - 1] + (p->n - lo) > max_bytes) break;
+    }
+    if (hi - lo < p->n) more = true;
+    size_t len;
+    const char *d = jb_data(&tmp, &len);
+    if (!d) rc = ERR_NOMEM;
+    jb_lit(j, "\"messages\":[");
+    for (size_t i = lo; rc >= 0 && i < hi; i++) {
+        if (i > lo) jb_raw(j, ",", 1);
+        jb_raw(j, d + off[i], off[i + 1] - off[i]);
     }
     jb_lit(j, more ? "],\"more\":true" : "],\"more\":false");
+    free(off);
+    jb_free(&tmp);
+    free(p);
     return rc < 0 ? rc : j->err ? j->err : ERR_OK;
-}
-
-typedef struct receipts_ctx {
-    store_txn *txn;
-    jbuf *j;
-    name_cache nc;
-    uint64_t seq, from;
-    uint64_t delivered, read;
-    int n;
-} receipts_ctx;
-
-static int receipt_one(void *arg, const store_member *m)
-{
-    receipts_ctx *x = arg;
-    if (x->n++) jb_raw(x->j, ",", 1);
-    jb_lit(x->j, "{\"user\":");
-    jb_cstr(x->j, cached_name(&x->nc, x->txn, m->uid));
-    jb_lit(x->j, ",\"delivered\":");
-    jb_u64(x->j, m->delivered);
-    jb_lit(x->j, ",\"read\":");
-    jb_u64(x->j, m->read);
-    jb_raw(x->j, "}", 1);
-    if (x->seq && m->uid != x->from) {
-        x->delivered += m->delivered >= x->seq;
-        x->read += m->read >= x->seq;
-    }
-    return 0;
 }
 
 int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j)
 {
     chat_settle(ch, conv);
-    store_txn *txn;
-    if (store_begin(ch->st, false, &txn) < 0) return ERR_IO;
-    store_member me;
-    int rc = store_member_get(txn, conv, uid, &me) == ERR_OK ? ERR_OK : ERR_FORBIDDEN;
-    receipts_ctx x = {txn, j, {{0}, {{0}}, 0}, seq, 0, 0, 0, 0};
-    store_msg m;
-    if (rc == ERR_OK && seq) {
-        if (store_msg_get(txn, conv, seq, &m) == ERR_OK) x.from = m.from;
-        else rc = ERR_INVALID; /* beyond last_seq */
+    db_conv *c;
+    int rc = db_conv_get(ch->db, conv, uid, &c);
+    if (rc < 0) return rc;
+    uint64_t from = 0, delivered = 0, read = 0;
+    if (seq) {
+        db_page *p = NULL;
+        if (seq > c->last_seq) rc = ERR_INVALID; /* no such message */
+        else if ((rc = db_history(ch->db, conv, uid, seq - 1, 0, 1, 1, &p)) == ERR_OK)
+            rc = p->n && p->msgs[0].seq == seq ? ERR_OK : ERR_INVALID;
+        if (rc == ERR_OK) from = p->msgs[0].from;
+        free(p);
     }
     if (rc == ERR_OK) {
         jb_lit(j, "{\"members\":[");
-        store_members(txn, conv, receipt_one, &x);
+        for (uint32_t i = 0; i < c->n; i++) {
+            const db_member *m = &c->members[i];
+            if (i) jb_raw(j, ",", 1);
+            jb_lit(j, "{\"user\":");
+            jb_cstr(j, m->name);
+            jb_lit(j, ",\"delivered\":");
+            jb_u64(j, m->delivered);
+            jb_lit(j, ",\"read\":");
+            jb_u64(j, m->read);
+            jb_raw(j, "}", 1);
+            if (seq && m->uid != from) {
+                delivered += m->delivered >= seq;
+                read += m->read >= seq;
+            }
+        }
         jb_raw(j, "]", 1);
         if (seq) {
             jb_lit(j, ",\"seq\":");
             jb_u64(j, seq);
             jb_lit(j, ",\"delivered\":");
-            jb_u64(j, x.delivered);
+            jb_u64(j, delivered);
             jb_lit(j, ",\"read\":");
-            jb_u64(j, x.read);
+            jb_u64(j, read);
         }
         jb_raw(j, "}", 1);
     }
-    store_abort(txn);
+    free(c);
     return rc;
-}
-
-typedef struct contacts_ctx {
-    store_txn *txn;
-    uint64_t self;
-    u64map seen;
-    audience *a;
-} contacts_ctx;
-
-static int contact_member(void *arg, const store_member *m)
-{
-    contacts_ctx *x = arg;
-    if (m->uid == x->self || u64map_get(&x->seen, m->uid)) return 0;
-    return u64map_put(&x->seen, m->uid, (void *)1);
-}
-
-static int contact_conv(void *arg, uint64_t conv)
-{
-    contacts_ctx *x = arg;
-    return store_members(x->txn, conv, contact_member, x);
 }
 
 audience *chat_contacts(chat *ch, uint64_t uid)
 {
-    store_txn *txn;
-    if (store_begin(ch->st, false, &txn) < 0) return NULL;
-    contacts_ctx x = {txn, uid, {0}, NULL};
-    u64map_init(&x.seen);
-    int rc = store_user_convs(txn, uid, contact_conv, &x);
-    store_abort(txn);
-    audience *a = rc >= 0 ? audience_new(x.seen.count) : NULL;
-    if (a) {
-        size_t k = 0;
-        for (size_t i = 0; i < x.seen.cap; i++)
-            if (x.seen.slots[i].key) a->uids[k++] = x.seen.slots[i].key;
-    }
-    u64map_free(&x.seen);
-    return a;
+    audience *a = NULL;
+    return db_contacts(ch->db, uid, &a) == ERR_OK ? a : NULL;
 }

@@ -9,11 +9,12 @@
  * chat_op_free(). If the origin connection has closed, reply still runs
  * (with srv_conn() returning NULL) so it can free the op.
  *
- * Reads (chat_authenticate, chat_write_*, chat_contacts, ...) open read
- * transactions of their own and may wait for the applier (chat_settle):
- * they run on the read pool (ch->reads, net/pool.h), never on an I/O
- * thread; the adapters (api.c, proto.c) queue a job there that builds the
- * whole answer and post it back to the connection's thread.
+ * Reads (chat_authenticate, chat_write_*, chat_contacts, ...) are the
+ * storage interface's blocking reads (db.h, copies) and may wait for the
+ * applier (chat_settle): they run on the read pool (ch->reads, net/pool.h),
+ * never on an I/O thread nor on the completer; the adapters (api.c,
+ * proto.c) queue a job there that builds the whole answer and post it back
+ * to the connection's thread.
  */
 #ifndef PARLEY_CHAT_H
 #define PARLEY_CHAT_H
@@ -35,7 +36,6 @@ typedef struct chat {
     const config *cfg;
     server *srv;
     db *db;                           /* the storage backend */
-    store *st;                        /* its LMDB store, for the reads (db.h) */
     hub *hub;
     guard *guard;
     pool *reads;       /* the read pool: every store read of the adapters */
@@ -108,7 +108,7 @@ void chat_settle(chat *ch, uint64_t conv);
 
 /* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is
  * not a member (or no such conversation). */
-int chat_write_conv(chat *ch, store_txn *txn, uint64_t conv, uint64_t uid, jbuf *j);
+int chat_write_conv(chat *ch, uint64_t conv, uint64_t uid, jbuf *j);
 
 /* The page budget: the most bytes of messages (or conversations) one
  * history or inbox page holds, a quarter of --max-queue, so that every
@@ -128,24 +128,22 @@ static inline size_t chat_page_bytes(const chat *ch) { return ch->cfg->max_queue
 int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *page,
                      size_t limit, size_t max_bytes, jbuf *j);
 
-/* Appends "messages":[...],"more":B (no braces) for a member: after `after`
+/* Appends "messages":[...],"more":B (no braces) for a member uid
+ * (ERR_FORBIDDEN): after `after`
  * ascending, or before `before` (UINT64_MAX: the latest), limit <= 500,
  * trimmed to max_bytes of messages (at least one) at the end away from the
  * anchor: forward, the last ones; backward, the oldest. more: further
  * messages exist in the direction of paging. */
-int chat_write_history(chat *ch, store_txn *txn, uint64_t conv, uint64_t after,
-                       uint64_t before, size_t limit, size_t max_bytes, jbuf *j);
+int chat_write_history(chat *ch, uint64_t conv, uint64_t uid, uint64_t after, uint64_t before,
+                       size_t limit, size_t max_bytes, jbuf *j);
 
 /* Appends {"members":[...]} receipts, and counts for seq when seq > 0.
  * ERR_FORBIDDEN for a non-member, ERR_INVALID when there is no message at
  * seq (beyond last_seq). */
 int chat_write_receipts(chat *ch, uint64_t conv, uint64_t uid, uint64_t seq, jbuf *j);
 
-/* A member check in its own read transaction: ERR_OK or ERR_FORBIDDEN. */
+/* A member check: ERR_OK or ERR_FORBIDDEN (ERR_IO). */
 int chat_is_member(chat *ch, uint64_t conv, uint64_t uid);
-
-/* A user's name into out (STORE_NAME_MAX + 1); ERR_NOT_FOUND. */
-int chat_user_name(store_txn *txn, uint64_t uid, char *out);
 
 /* {"type":"presence","user":name,"online":B,"last_seen":T} as an event
  * (one ref), or NULL. */

@@ -202,18 +202,21 @@ static void upgrade_run(pool_job *j)
     sodium_memzero(u->token, sizeof u->token);
     if (u->rc < 0) return;
     u->contacts = chat_contacts(ch, u->id.uid);
-    store_txn *txn;
-    if (!u->contacts || !u->contacts->n ||
-        !(u->tell = calloc(u->contacts->n, sizeof *u->tell)) || store_begin(ch->st, false, &txn) < 0)
+    uint32_t n = u->contacts ? u->contacts->n : 0;
+    db_user *usr = n ? calloc(n, sizeof *usr) : NULL;
+    if (!usr || !(u->tell = calloc(n, sizeof *u->tell)) ||
+        db_users(ch->db, u->contacts->uids, n, usr) < 0) {
+        free(usr);
         return;
-    for (uint32_t i = 0; i < u->contacts->n; i++) {
-        store_user usr;
-        if (store_user_get(txn, u->contacts->uids[i], &usr) < 0) continue;
-        bool on = hub_online(ch->hub, usr.id);
-        event *ev = chat_presence_event(usr.name, on, on ? chat_now_ms() : usr.last_seen);
+    }
+    int64_t now = chat_now_ms();
+    for (uint32_t i = 0; i < n; i++) {
+        if (!usr[i].id) continue;
+        bool on = hub_online(ch->hub, usr[i].id);
+        event *ev = chat_presence_event(usr[i].name, on, on ? now : usr[i].last_seen);
         if (ev) u->tell[u->ntell++] = ev;
     }
-    store_abort(txn);
+    free(usr);
 }
 
 /* On the connection's thread (still held, CONN_HTTP). */
@@ -572,25 +575,16 @@ static void sync_run(pool_job *job)
     uint64_t conv = x->r.conv;
     const char *ref = x->r.ref;
     chat_settle(x->ch, conv);
-    store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { x->rc = ERR_IO; return; }
-    store_member m;
-    if (store_member_get(txn, conv, x->uid, &m) < 0) {
-        store_abort(txn);
-        x->rc = ERR_FORBIDDEN;
-        return;
-    }
     jbuf *j = &x->j;
     jb_init(j, 4096);
     jb_lit(j, "{\"type\":\"history\",\"conv\":");
     jb_u64(j, conv);
     if (*ref) { jb_lit(j, ",\"id\":"); jb_lit(j, ref); }
     jb_raw(j, ",", 1);
-    int rc = chat_write_history(x->ch, txn, conv, x->r.after, x->r.before, (size_t)x->r.limit,
+    int rc = chat_write_history(x->ch, conv, x->uid, x->r.after, x->r.before, (size_t)x->r.limit,
                                 chat_page_bytes(x->ch), j);
     jb_raw(j, "}", 1);
-    store_abort(txn);
-    if (rc < 0) { jb_free(j); x->rc = ERR_IO; }
+    if (rc < 0) { jb_free(j); x->rc = rc == ERR_FORBIDDEN ? rc : ERR_IO; }
 }
 
 static void inbox_run(pool_job *job)
@@ -616,42 +610,21 @@ static void inbox_run(pool_job *job)
     jb_raw(j, "}", 1);
 }
 
-typedef struct typing_ctx {
-    uint64_t self;
-    audience *a;
-    uint32_t cap;            /* the audience's room (nmembers may be stale) */
-} typing_ctx;
-
-static int typing_member(void *arg, const store_member *m)
-{
-    typing_ctx *x = arg;
-    if (m->uid == x->self) return 0;
-    if (x->a->n == x->cap) return 1; /* more members than counted: the rest miss one typing */
-    x->a->uids[x->a->n++] = m->uid;
-    return 0;
-}
-
 static void typing_run(pool_job *job)
 {
     read_job *x = (read_job *)job;
-    uint64_t conv = x->r.conv;
-    store_txn *txn;
-    if (store_begin(x->ch->st, false, &txn) < 0) { x->quiet = true; return; }
-    store_member m;
-    store_conv cv;
-    if (store_member_get(txn, conv, x->uid, &m) < 0 || store_conv_get(txn, conv, &cv) < 0) {
-        store_abort(txn);
-        x->rc = ERR_FORBIDDEN;
+    audience *a = NULL;
+    int rc = db_members(x->ch->db, x->r.conv, x->uid, &a);
+    if (rc < 0) {
+        if (rc == ERR_FORBIDDEN) x->rc = rc;
+        else x->quiet = true;
         return;
     }
-    typing_ctx t = {x->uid, audience_new(cv.nmembers), cv.nmembers};
-    if (t.a) {
-        t.a->n = 0;
-        store_members(txn, conv, typing_member, &t);
-    }
-    store_abort(txn);
-    x->to = t.a;
-    x->quiet = !t.a;
+    uint32_t k = 0; /* the other members */
+    for (uint32_t i = 0; i < a->n; i++)
+        if (a->uids[i] != x->uid) a->uids[k++] = a->uids[i];
+    a->n = k;
+    x->to = a;
 }
 
 /* The typing frame's relay, once its members are known. */

@@ -69,7 +69,7 @@ static int chat_metrics(chat *ch, const writer_stats *ws, char *buf, size_t cap)
                                         "Group commits: writes per batch", &hist_sizes, h, 1));
     if (n < 0) return n;
     uint64_t users, convs;
-    store_counts(ch->st, &users, &convs);
+    db_counts(ch->db, &users, &convs);
     int k = snprintf(buf + n, cap - (size_t)n,
                      "# HELP parley_log_appends_total Message log appends (one write, one fdatasync)\n"
                      "# TYPE parley_log_appends_total counter\nparley_log_appends_total %llu\n"

@@ -12,18 +12,23 @@
  * and cursors in memory and acks them at its log's fdatasync (writer.h),
  * and runs the other ops as LMDB transactions.
  *
- * Read-your-writes: db_settle(d, conv) returns once everything acked of
- * conv (0: of anything) is visible to reads.
+ * Reads are calls that block the calling thread (run them on a read pool,
+ * never on an I/O loop) and answer copies the caller owns: a db_conv and a
+ * db_page are one allocation each (free()), a db_inbox is freed with
+ * db_inbox_free(), an audience with audience_unref(); nothing points into
+ * the backend's memory. Each read sees one consistent state of the store.
  *
- * Reads still go to the LMDB store directly (db_lmdb_store()): moving
- * them behind this table (results as copies) is the next step of this
- * interface, and what a PostgreSQL backend needs.
+ * Read-your-writes: db_settle(d, conv) returns once everything acked of
+ * conv (0: of anything) is visible to reads; a read that must see an
+ * acked write calls it first.
  *
  * Ownership: a db_op is the caller's (usually embedded in its own struct,
  * see chat.h); the backend links it until its completion, wop.done(), which
- * runs on the backend's completion thread and must not block. What the op
- * points to (body, uids, rcs, aud) is the op's; aud is one reference the
- * backend hands over.
+ * runs on the backend's completion thread and must not block nor read the
+ * store: what the completion needs (the members, the conversation after a
+ * membership change) comes with the op. What the op points to (body, uids,
+ * rcs, aud, after, left) is the op's: aud is one reference the backend
+ * hands over; after and left[i] are copies (free()).
  */
 #ifndef PARLEY_DB_H
 #define PARLEY_DB_H
@@ -53,6 +58,96 @@ typedef struct db_ident {
 } db_ident;
 
 struct db;
+
+/* ---- what reads answer (copies) ---- */
+
+#define DB_NAME_MAX STORE_NAME_MAX
+#define DB_CMID_MAX STORE_CMID_MAX
+#define DB_HASH_MAX STORE_HASH_MAX
+
+enum db_conv_type { DB_DIRECT = STORE_DIRECT, DB_GROUP = STORE_GROUP };
+enum db_role { DB_MEMBER = STORE_MEMBER, DB_ADMIN = STORE_ADMIN };
+
+/* A user as others see it. id 0: no such user (in db_users' answers). */
+typedef struct db_user {
+    uint64_t id;
+    char name[DB_NAME_MAX + 1];
+    int64_t last_seen;                /* ms; 0 = never */
+} db_user;
+
+/* A user as a login sees it. */
+typedef struct db_account {
+    uint64_t id;
+    char name[DB_NAME_MAX + 1];
+    char pwhash[DB_HASH_MAX + 1];
+} db_account;
+
+typedef struct db_member {
+    uint64_t uid;
+    uint8_t role;                     /* enum db_role */
+    bool invited;                     /* added by a non-contact, not yet accepted */
+    uint64_t delivered, read;         /* cursors */
+    int64_t last_seen;                /* the user's, ms; 0 = never */
+    char name[DB_NAME_MAX + 1];
+} db_member;
+
+/* A message; cmid and body point into the same allocation as it. */
+typedef struct db_msg {
+    uint64_t seq;                     /* 0: none (db_conv.last) */
+    uint64_t from;                    /* uid */
+    int64_t ts;                       /* ms since the epoch */
+    char from_name[DB_NAME_MAX + 1];  /* "" if the sender is gone */
+    const char *cmid;                 /* not NUL-terminated */
+    size_t cmid_len;
+    const char *body;                 /* JSON text of the body value */
+    size_t body_len;
+} db_msg;
+
+/* A conversation: one allocation (free()) holding its members (by uid)
+ * and its last message. */
+typedef struct db_conv {
+    uint64_t id;
+    uint8_t type;                     /* enum db_conv_type */
+    char name[DB_NAME_MAX + 1];       /* groups; "" for direct */
+    uint64_t last_seq;                /* 0 = no messages */
+    int64_t last_ts;                  /* of the last message, or the creation */
+    const db_member *me;              /* the viewer's membership, NULL without a viewer */
+    db_msg last;                      /* the last message (last.seq 0: none) */
+    uint32_t n;
+    db_member members[];
+} db_conv;
+
+/* One page of history: one allocation (free()), messages by seq ascending. */
+typedef struct db_page {
+    size_t n;
+    bool more;                        /* more messages in the direction of paging */
+    db_msg msgs[];
+} db_page;
+
+/* What an inbox page asks for: all of uid's conversations, or those
+ * changed after `since` (0: all); a later page of a walk (page: since,
+ * snapshot, ts and conv from the page before it: what changed after the
+ * walk began is left out, the rest comes after (ts, conv) in the order). */
+typedef struct db_inbox_req {
+    uint64_t uid, since;
+    bool page;
+    uint64_t snapshot;                /* the walk's cursor */
+    int64_t ts;                       /* the last one listed */
+    uint64_t conv;
+    size_t limit;                     /* conversations, >= 1 */
+    size_t max_bytes;                 /* about this many bytes of them (at least one) */
+} db_inbox_req;
+
+/* An inbox page, most recent activity first (last_ts descending, then id
+ * descending): db_inbox_free(). */
+typedef struct db_inbox {
+    uint64_t cursor;                  /* changed_since of the next walk */
+    bool more;                        /* more conversations after these */
+    size_t n;
+    db_conv **convs;                  /* each with uid as its viewer */
+} db_inbox;
+
+void db_inbox_free(db_inbox *in);
 
 /* The fields of an operation, as a list, so that a caller's struct can
  * hold them by name in a union with db_op (chat.h's chat_op). */
@@ -85,6 +180,11 @@ struct db;
                                          (a direct conversation) (owned) */           \
     audience *aud;                    /* the members after the op (owned ref) */      \
     uint64_t members_version;         /* of aud, when the backend versions it (0: no) */ \
+    db_conv *after;                   /* OP_DIRECT (new), OP_GROUP, OP_ADD, OP_REMOVE: \
+                                         the conversation after the op, no viewer     \
+                                         (owned copy, or NULL) */                     \
+    db_conv **left;                   /* OP_LEAVE: nuids, the group after each one   \
+                                         left (NULL: not left, or nobody stays) */    \
     /* results */                                                                     \
     uint64_t seq;                     /* OP_SEND */                                   \
     bool duplicate;                   /* OP_SEND, OP_DIRECT (existing) */             \
@@ -126,6 +226,32 @@ typedef struct db_vfs {
     int (*submit)(db *d, db_op *op);
     void (*settle)(db *d, uint64_t conv);
     void (*stats)(db *d, writer_stats *st);
+
+    /* Reads (blocking; copies). ERR_IO for a storage error. */
+    /* The session of a token's hash: who (uid, device, expires, name);
+     * ERR_NOT_FOUND. Expiry is the caller's to check. */
+    int (*session)(db *d, const uint8_t token_hash[32], db_ident *who);
+    /* A user by (normalized) name; ERR_NOT_FOUND. */
+    int (*account)(db *d, const char *name, db_account *out);
+    /* Users by id: out[i] for uids[i] (id 0 when there is none). */
+    int (*users)(db *d, const uint64_t *uids, size_t n, db_user *out);
+    /* A conversation as viewer sees it (viewer 0: nobody's, me NULL);
+     * ERR_FORBIDDEN when there is none or viewer is not a member. */
+    int (*conv)(db *d, uint64_t conv, uint64_t viewer, db_conv **out);
+    /* The members (one ref) for a member viewer; ERR_FORBIDDEN. */
+    int (*members)(db *d, uint64_t conv, uint64_t viewer, audience **out);
+    /* A page of history for a member viewer (ERR_FORBIDDEN): after
+     * `after` ascending (before 0), or before `before` (UINT64_MAX: the
+     * latest), at most limit messages and about max_bytes of their cmids
+     * and bodies (at least one), cut at the end away from the anchor. */
+    int (*history)(db *d, uint64_t conv, uint64_t viewer, uint64_t after, uint64_t before,
+                   size_t limit, size_t max_bytes, db_page **out);
+    /* A page of uid's inbox; ERR_INVALID for a walk from the future. */
+    int (*inbox)(db *d, const db_inbox_req *q, db_inbox **out);
+    /* Everyone who shares a conversation with uid (uid excluded), one ref. */
+    int (*contacts)(db *d, uint64_t uid, audience **out);
+    /* How many users and conversations there are. */
+    void (*counts)(db *d, uint64_t *users, uint64_t *convs);
 } db_vfs;
 
 struct db {
@@ -145,10 +271,47 @@ static inline int db_submit(db *d, db_op *op)
 static inline void db_settle(db *d, uint64_t conv) { d->vfs->settle(d, conv); }
 static inline void db_close(db *d) { d->vfs->close(d); }
 
-/* The lmdb backend's store, for the reads that do not go through this
- * table yet (NULL for another backend). */
+static inline void db_stats(db *d, writer_stats *st) { d->vfs->stats(d, st); }
+static inline int db_session(db *d, const uint8_t h[32], db_ident *who)
+{
+    return d->vfs->session(d, h, who);
+}
+static inline int db_account_get(db *d, const char *name, db_account *out)
+{
+    return d->vfs->account(d, name, out);
+}
+static inline int db_users(db *d, const uint64_t *uids, size_t n, db_user *out)
+{
+    return d->vfs->users(d, uids, n, out);
+}
+static inline int db_conv_get(db *d, uint64_t conv, uint64_t viewer, db_conv **out)
+{
+    return d->vfs->conv(d, conv, viewer, out);
+}
+static inline int db_members(db *d, uint64_t conv, uint64_t viewer, audience **out)
+{
+    return d->vfs->members(d, conv, viewer, out);
+}
+static inline int db_history(db *d, uint64_t conv, uint64_t viewer, uint64_t after,
+                             uint64_t before, size_t limit, size_t max_bytes, db_page **out)
+{
+    return d->vfs->history(d, conv, viewer, after, before, limit, max_bytes, out);
+}
+static inline int db_inbox_get(db *d, const db_inbox_req *q, db_inbox **out)
+{
+    return d->vfs->inbox(d, q, out);
+}
+static inline int db_contacts(db *d, uint64_t uid, audience **out)
+{
+    return d->vfs->contacts(d, uid, out);
+}
+static inline void db_counts(db *d, uint64_t *users, uint64_t *convs)
+{
+    d->vfs->counts(d, users, convs);
+}
+
+/* The lmdb backend's store, for tests and tools that read the embedded
+ * files themselves (NULL for another backend): never the server's reads. */
 store *db_lmdb_store(db *d);
-/* A conversation's members as an audience (one ref), or NULL. */
-audience *db_lmdb_members(store_txn *txn, uint64_t conv);
 
 #endif

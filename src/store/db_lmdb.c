@@ -460,25 +460,488 @@ static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *ou
     return SEQ_SLOW;
 }
 
+static void keep_after(store_txn *txn, db_op *op);
+static void keep_left(store_txn *txn, db_op *op);
+
 static int apply(writer_op *wop, store_txn *txn)
 {
     db_op *op = (db_op *)wop;
+    int rc = ERR_INVALID;
     switch (op->kind) {
     case OP_REGISTER: return apply_register(txn, op);
     case OP_LOGIN: return apply_login(txn, op);
     case OP_LOGOUT: return apply_logout(txn, op);
-    case OP_DIRECT: return apply_direct(txn, op);
-    case OP_GROUP: return apply_group(txn, op);
-    case OP_ADD: return apply_add(txn, op);
-    case OP_REMOVE: return apply_remove(txn, op);
+    case OP_DIRECT: rc = apply_direct(txn, op); break;
+    case OP_GROUP: rc = apply_group(txn, op); break;
+    case OP_ADD: rc = apply_add(txn, op); break;
+    case OP_REMOVE: rc = apply_remove(txn, op); break;
     case OP_SEND: return apply_send(txn, op);
     case OP_CURSOR: return apply_cursor(txn, op);
     case OP_LAST_SEEN: return apply_last_seen(txn, op);
-    case OP_LEAVE: return apply_leave(txn, op);
+    case OP_LEAVE:
+        rc = apply_leave(txn, op);
+        if (rc == ERR_OK) keep_left(txn, op);
+        return rc;
     }
-    return ERR_INVALID;
+    /* a membership change: the conversation after it, for its events */
+    if (rc == ERR_OK && !op->duplicate) keep_after(txn, op);
+    return rc;
 }
 
+/* ---- copies (reads, and the conversation after a membership change) ------------- */
+
+/* The members of a conversation being copied, growing. */
+typedef struct mlist {
+    db_member *m;
+    size_t n, cap;
+} mlist;
+
+static int mlist_add(void *arg, const store_member *sm)
+{
+    mlist *l = arg;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 8;
+        db_member *m = realloc(l->m, cap * sizeof *m);
+        if (!m) return ERR_NOMEM;
+        l->m = m;
+        l->cap = cap;
+    }
+    db_member *d = &l->m[l->n++];
+    memset(d, 0, sizeof *d);
+    d->uid = sm->uid;
+    d->role = sm->role;
+    d->invited = sm->invited;
+    d->delivered = sm->delivered;
+    d->read = sm->read;
+    return 0;
+}
+
+/* A page or a batch names few senders: the last few looked up. */
+typedef struct name_cache {
+    uint64_t uid[8];
+    char name[8][DB_NAME_MAX + 1];
+    unsigned next;
+} name_cache;
+
+static const char *cached_name(name_cache *nc, store_txn *txn, uint64_t uid)
+{
+    for (int i = 0; i < 8; i++)
+        if (nc->uid[i] == uid) return nc->name[i];
+    unsigned k = nc->next++ % 8;
+    store_user u;
+    if (store_user_get(txn, uid, &u) == ERR_OK) memcpy(nc->name[k], u.name, sizeof u.name);
+    else nc->name[k][0] = 0;
+    nc->uid[k] = uid;
+    return nc->name[k];
+}
+
+static void msg_copy(db_msg *d, const store_msg *m, const char *from, char *tail)
+{
+    d->seq = m->seq;
+    d->from = m->from;
+    d->ts = m->ts;
+    snprintf(d->from_name, sizeof d->from_name, "%s", from);
+    memcpy(tail, m->cmid, m->cmid_len);
+    memcpy(tail + m->cmid_len, m->body, m->body_len);
+    d->cmid = tail;
+    d->cmid_len = m->cmid_len;
+    d->body = tail + m->cmid_len;
+    d->body_len = m->body_len;
+}
+
+static int not_found_is(int rc, int as) { return rc == ERR_NOT_FOUND ? as : rc; }
+
+/* Conversation id as viewer (0: nobody) sees it, in txn (read or write:
+ * nothing is written while it copies). */
+static int conv_copy(store_txn *txn, uint64_t id, uint64_t viewer, db_conv **out)
+{
+    store_conv c;
+    int rc = store_conv_get(txn, id, &c);
+    if (rc < 0) return not_found_is(rc, ERR_FORBIDDEN);
+    mlist l = {NULL, 0, 0};
+    if ((rc = store_members(txn, id, mlist_add, &l)) < 0) { free(l.m); return rc; }
+    const db_member *me = NULL;
+    for (size_t i = 0; i < l.n; i++) {
+        store_user u;
+        if (store_user_get(txn, l.m[i].uid, &u) == ERR_OK) {
+            memcpy(l.m[i].name, u.name, sizeof u.name);
+            l.m[i].last_seen = u.last_seen;
+        }
+        if (viewer && l.m[i].uid == viewer) me = &l.m[i];
+    }
+    if (viewer && !me) { free(l.m); return ERR_FORBIDDEN; }
+    store_msg m;
+    bool has = c.last_seq && store_msg_get(txn, id, c.last_seq, &m) == ERR_OK;
+    size_t tail = has ? m.cmid_len + m.body_len : 0;
+    db_conv *x = malloc(sizeof *x + l.n * sizeof x->members[0] + tail);
+    if (!x) { free(l.m); return ERR_NOMEM; }
+    memset(x, 0, sizeof *x);
+    x->id = c.id;
+    x->type = c.type;
+    memcpy(x->name, c.name, sizeof x->name);
+    x->last_seq = c.last_seq;
+    x->last_ts = c.last_ts;
+    x->n = (uint32_t)l.n;
+    if (l.n) memcpy(x->members, l.m, l.n * sizeof x->members[0]);
+    if (me) x->me = &x->members[me - l.m];
+    if (has) {
+        const char *from = "";
+        for (size_t i = 0; i < l.n; i++)
+            if (l.m[i].uid == m.from) from = l.m[i].name;
+        name_cache nc = {{0}, {{0}}, 0};
+        if (!*from) from = cached_name(&nc, txn, m.from); /* a sender who left */
+        msg_copy(&x->last, &m, from, (char *)(x->members + l.n));
+    }
+    free(l.m);
+    *out = x;
+    return ERR_OK;
+}
+
+/* The conversation after a membership change, for its completion (the
+ * completer does not read the store). */
+static void keep_after(store_txn *txn, db_op *op)
+{
+    free(op->after);
+    op->after = NULL;
+    if (conv_copy(txn, op->conv, 0, &op->after) < 0) op->after = NULL;
+}
+
+static void keep_left(store_txn *txn, db_op *op)
+{
+    if (op->left)
+        for (size_t i = 0; i < op->nuids; i++) free(op->left[i]);
+    free(op->left);
+    if (!(op->left = calloc(op->nuids ? op->nuids : 1, sizeof *op->left))) return;
+    for (size_t i = 0; i < op->nuids; i++) {
+        db_conv *c = NULL;
+        if (op->rcs[i] != ERR_OK || conv_copy(txn, op->uids[i], 0, &c) < 0) continue;
+        if (c->n) op->left[i] = c;
+        else free(c); /* nobody stays to be told */
+    }
+}
+
+static store *st_of(db *d) { return ((lmdb_db *)d)->st; }
+
+static int read_begin(db *d, store_txn **txn)
+{
+    return store_begin(st_of(d), false, txn) < 0 ? ERR_IO : ERR_OK;
+}
+
+static int lmdb_session(db *d, const uint8_t h[32], db_ident *who)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    store_session s;
+    store_user u;
+    int rc = store_session_get(txn, h, &s);
+    if (rc == ERR_OK) rc = store_user_get(txn, s.uid, &u);
+    store_abort(txn);
+    if (rc < 0) return rc;
+    who->uid = s.uid;
+    who->device = s.device;
+    who->expires = s.expires;
+    memcpy(who->token_hash, h, sizeof who->token_hash);
+    memcpy(who->name, u.name, sizeof who->name);
+    return ERR_OK;
+}
+
+static int lmdb_account(db *d, const char *name, db_account *out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    store_user u;
+    int rc = store_user_by_name(txn, name, &u);
+    store_abort(txn);
+    if (rc < 0) return rc;
+    out->id = u.id;
+    memcpy(out->name, u.name, sizeof out->name);
+    memcpy(out->pwhash, u.pwhash, sizeof out->pwhash);
+    return ERR_OK;
+}
+
+static int lmdb_users(db *d, const uint64_t *uids, size_t n, db_user *out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    int rc = ERR_OK;
+    for (size_t i = 0; i < n; i++) {
+        store_user u;
+        int r = store_user_get(txn, uids[i], &u);
+        memset(&out[i], 0, sizeof out[i]);
+        if (r == ERR_OK) {
+            out[i].id = u.id;
+            memcpy(out[i].name, u.name, sizeof out[i].name);
+            out[i].last_seen = u.last_seen;
+        } else if (r != ERR_NOT_FOUND) {
+            rc = r;
+            break;
+        }
+    }
+    store_abort(txn);
+    return rc;
+}
+
+static int lmdb_conv(db *d, uint64_t conv, uint64_t viewer, db_conv **out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    int rc = conv_copy(txn, conv, viewer, out);
+    store_abort(txn);
+    return rc;
+}
+
+static int lmdb_members(db *d, uint64_t conv, uint64_t viewer, audience **out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    store_member me;
+    db_op op;
+    memset(&op, 0, sizeof op);
+    op.conv = conv;
+    int rc = store_member_get(txn, conv, viewer, &me);
+    if (rc == ERR_OK) rc = load_members(txn, &op);
+    store_abort(txn);
+    if (rc < 0) {
+        audience_unref(op.aud);
+        return not_found_is(rc, ERR_FORBIDDEN);
+    }
+    *out = op.aud;
+    return ERR_OK;
+}
+
+/* A history page being copied: the messages, then their bytes. */
+typedef struct page_ctx {
+    store_txn *txn;
+    name_cache nc;
+    db_msg *m;
+    size_t n, cap;
+    char *bytes;
+    size_t len, room;
+    size_t budget, spent;
+    bool trimmed;
+    int err;
+} page_ctx;
+
+static int page_one(void *arg, const store_msg *m)
+{
+    page_ctx *x = arg;
+    const char *from = cached_name(&x->nc, x->txn, m->from);
+    /* no more than the JSON of the message: the caller trims exactly */
+    size_t cost = 40 + strlen(from) + m->cmid_len + m->body_len;
+    if (x->n && x->spent + cost > x->budget) { x->trimmed = true; return 1; }
+    size_t need = m->cmid_len + m->body_len;
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 16;
+        db_msg *v = realloc(x->m, cap * sizeof *v);
+        if (!v) { x->err = ERR_NOMEM; return 1; }
+        x->m = v;
+        x->cap = cap;
+    }
+    if (x->len + need > x->room) {
+        size_t room = x->room ? x->room : 4096;
+        while (room < x->len + need) room *= 2;
+        char *b = realloc(x->bytes, room);
+        if (!b) { x->err = ERR_NOMEM; return 1; }
+        x->bytes = b;
+        x->room = room;
+    }
+    msg_copy(&x->m[x->n], m, from, x->bytes + x->len);
+    x->m[x->n].cmid = (const char *)(uintptr_t)x->len; /* offsets until the page is made */
+    x->len += need;
+    x->n++;
+    x->spent += cost;
+    return 0;
+}
+
+static int lmdb_history(db *d, uint64_t conv, uint64_t viewer, uint64_t after, uint64_t before,
+                        size_t limit, size_t max_bytes, db_page **out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    store_member me;
+    int rc = store_member_get(txn, conv, viewer, &me);
+    if (rc < 0) { store_abort(txn); return not_found_is(rc, ERR_FORBIDDEN); }
+    page_ctx x;
+    memset(&x, 0, sizeof x);
+    x.txn = txn;
+    x.budget = max_bytes;
+    bool more = false, forward = before == 0;
+    if (forward)
+        rc = store_msgs(txn, conv, after + 1, true, limit, page_one, &x, &more);
+    else if (before > 1)
+        rc = store_msgs(txn, conv, before == UINT64_MAX ? UINT64_MAX : before - 1, false, limit,
+                        page_one, &x, &more);
+    store_abort(txn);
+    if (rc >= 0 && x.err) rc = x.err;
+    db_page *p = rc >= 0 ? malloc(sizeof *p + x.n * sizeof p->msgs[0] + x.len) : NULL;
+    if (rc >= 0 && !p) rc = ERR_NOMEM;
+    if (p) {
+        p->n = x.n;
+        p->more = more || x.trimmed;
+        char *bytes = (char *)(p->msgs + x.n);
+        if (x.len) memcpy(bytes, x.bytes, x.len);
+        for (size_t i = 0; i < x.n; i++) {
+            db_msg *m = &p->msgs[forward ? i : x.n - 1 - i]; /* ascending */
+            *m = x.m[i];
+            m->cmid = bytes + (uintptr_t)x.m[i].cmid;
+            m->body = m->cmid + m->cmid_len;
+        }
+        *out = p;
+    }
+    free(x.m);
+    free(x.bytes);
+    return rc < 0 ? rc : ERR_OK;
+}
+
+typedef struct inbox_item {
+    uint64_t conv;
+    int64_t last_ts;
+} inbox_item;
+
+typedef struct inbox_ctx {
+    store_txn *txn;
+    const db_inbox_req *q;
+    inbox_item *items;
+    size_t n, cap;
+} inbox_ctx;
+
+/* Inbox order: last_ts descending, then id descending. */
+static bool comes_before(int64_t ts_a, uint64_t a, int64_t ts_b, uint64_t b)
+{
+    return ts_a != ts_b ? ts_a > ts_b : a > b;
+}
+
+static int inbox_collect(void *arg, uint64_t conv)
+{
+    inbox_ctx *x = arg;
+    const db_inbox_req *q = x->q;
+    store_conv c;
+    store_member m;
+    if (store_conv_get(x->txn, conv, &c) < 0 || store_member_get(x->txn, conv, q->uid, &m) < 0)
+        return 0;
+    if (q->since && c.version <= q->since && m.version <= q->since) return 0;
+    if (q->page) {
+        /* A later page of a walk: what changed since the walk began may
+         * have moved in the order (it is listed by changed_since = the
+         * walk's cursor); the rest comes after the last one listed. */
+        if (c.version > q->snapshot) return 0;
+        if (!comes_before(q->ts, q->conv, c.last_ts, conv)) return 0;
+    }
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 32;
+        inbox_item *it = realloc(x->items, cap * sizeof *it);
+        if (!it) return ERR_NOMEM;
+        x->items = it;
+        x->cap = cap;
+    }
+    x->items[x->n++] = (inbox_item){conv, c.last_ts};
+    return 0;
+}
+
+static int by_recent(const void *a, const void *b)
+{
+    const inbox_item *x = a, *y = b;
+    if (x->conv == y->conv) return 0;
+    return comes_before(x->last_ts, x->conv, y->last_ts, y->conv) ? -1 : 1;
+}
+
+/* No more than the JSON of the conversation object: the caller trims. */
+static size_t conv_cost(const db_conv *c)
+{
+    size_t n = 120 + strlen(c->name) + c->last.cmid_len + c->last.body_len;
+    for (uint32_t i = 0; i < c->n; i++) n += 3 + strlen(c->members[i].name);
+    return n;
+}
+
+void db_inbox_free(db_inbox *in)
+{
+    if (!in) return;
+    for (size_t i = 0; i < in->n; i++) free(in->convs[i]);
+    free(in->convs);
+    free(in);
+}
+
+static int lmdb_inbox(db *d, const db_inbox_req *q, db_inbox **out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    uint64_t cursor = store_clock(txn);
+    if (q->page && (q->snapshot > cursor || q->since > q->snapshot)) {
+        store_abort(txn);
+        return ERR_INVALID;
+    }
+    if (q->page) cursor = q->snapshot;
+    inbox_ctx x = {txn, q, NULL, 0, 0};
+    int rc = store_user_convs(txn, q->uid, inbox_collect, &x);
+    db_inbox *in = rc >= 0 ? calloc(1, sizeof *in) : NULL;
+    if (rc >= 0 && !in) rc = ERR_NOMEM;
+    if (in) {
+        in->cursor = cursor;
+        if (x.n) qsort(x.items, x.n, sizeof *x.items, by_recent);
+        size_t want = x.n < q->limit ? x.n : q->limit, spent = 0, i = 0;
+        if (want && !(in->convs = calloc(want, sizeof *in->convs))) rc = ERR_NOMEM;
+        for (; rc >= 0 && i < x.n && in->n < want; i++) {
+            db_conv *c;
+            int r = conv_copy(txn, x.items[i].conv, q->uid, &c);
+            if (r == ERR_FORBIDDEN) continue;
+            if (r < 0) { rc = r; break; }
+            size_t cost = conv_cost(c);
+            if (in->n && spent + cost > q->max_bytes) { free(c); break; }
+            spent += cost;
+            in->convs[in->n++] = c;
+        }
+        in->more = i < x.n;
+    }
+    store_abort(txn);
+    free(x.items);
+    if (rc < 0) { db_inbox_free(in); return rc; }
+    *out = in;
+    return ERR_OK;
+}
+
+typedef struct contacts_ctx {
+    store_txn *txn;
+    uint64_t self;
+    u64map seen;
+} contacts_ctx;
+
+static int contact_member(void *arg, const store_member *m)
+{
+    contacts_ctx *x = arg;
+    if (m->uid == x->self || u64map_get(&x->seen, m->uid)) return 0;
+    return u64map_put(&x->seen, m->uid, (void *)1);
+}
+
+static int contact_conv(void *arg, uint64_t conv)
+{
+    contacts_ctx *x = arg;
+    return store_members(x->txn, conv, contact_member, x);
+}
+
+static int lmdb_contacts(db *d, uint64_t uid, audience **out)
+{
+    store_txn *txn;
+    if (read_begin(d, &txn) < 0) return ERR_IO;
+    contacts_ctx x = {txn, uid, {0}};
+    u64map_init(&x.seen);
+    int rc = store_user_convs(txn, uid, contact_conv, &x);
+    store_abort(txn);
+    audience *a = rc >= 0 ? audience_new(x.seen.count) : NULL;
+    if (rc >= 0 && !a) rc = ERR_NOMEM;
+    if (a) {
+        size_t k = 0;
+        for (size_t i = 0; i < x.seen.cap; i++)
+            if (x.seen.slots[i].key) a->uids[k++] = x.seen.slots[i].key;
+        *out = a;
+    }
+    u64map_free(&x.seen);
+    return rc < 0 ? rc : ERR_OK;
+}
+
+static void lmdb_counts(db *d, uint64_t *users, uint64_t *convs)
+{
+    store_counts(st_of(d), users, convs);
+}
 
 
 static void lmdb_settle(db *d, uint64_t conv)
@@ -540,15 +1003,6 @@ store *db_lmdb_store(db *d)
     return d && d->vfs == &db_lmdb ? ((lmdb_db *)d)->st : NULL;
 }
 
-audience *db_lmdb_members(store_txn *txn, uint64_t conv)
-{
-    db_op op;
-    memset(&op, 0, sizeof op);
-    op.conv = conv;
-    if (load_members(txn, &op) < 0) { audience_unref(op.aud); return NULL; }
-    return op.aud;
-}
-
 const db_vfs db_lmdb = {
     .name = "lmdb",
     .open = lmdb_open,
@@ -556,6 +1010,15 @@ const db_vfs db_lmdb = {
     .submit = lmdb_submit,
     .settle = lmdb_settle,
     .stats = lmdb_stats,
+    .session = lmdb_session,
+    .account = lmdb_account,
+    .users = lmdb_users,
+    .conv = lmdb_conv,
+    .members = lmdb_members,
+    .history = lmdb_history,
+    .inbox = lmdb_inbox,
+    .contacts = lmdb_contacts,
+    .counts = lmdb_counts,
 };
 
 const db_vfs *db_find(const char *name)

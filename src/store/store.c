@@ -634,9 +634,20 @@ void store_close(store *s)
     free(s);
 }
 
+static _Thread_local bool forbidden_here;
+static uint64_t forbidden_begins; /* atomic */
+
+void store_forbid_this_thread(void) { forbidden_here = true; }
+
+uint64_t store_forbidden_begins(void)
+{
+    return __atomic_load_n(&forbidden_begins, __ATOMIC_RELAXED);
+}
+
 int store_begin(store *s, bool write, store_txn **out)
 {
     if (!s || !out) return ERR_INVALID;
+    if (forbidden_here) __atomic_add_fetch(&forbidden_begins, 1, __ATOMIC_RELAXED);
     *out = NULL;
     int rc;
     if (!write) {

@@ -123,6 +123,13 @@ int store_lock_pid(const char *dir);
 
 /* Begins a transaction; write = true for the (single) writer. */
 int store_begin(store *s, bool write, store_txn **out);
+/* A thread that must never use the store (the writer's completer: its
+ * completions run between two batches, so a read there would hold every
+ * ack behind it) marks itself. A transaction begun on a marked thread
+ * still works, but is counted: store_forbidden_begins() (all threads,
+ * since the start of the process), so that tests can show there is none. */
+void store_forbid_this_thread(void);
+uint64_t store_forbidden_begins(void);
 /* Commits (durably, for a write transaction) and frees the transaction. On
  * error everything in it is discarded. */
 int store_commit(store_txn *t);

@@ -823,6 +823,7 @@ static void applier_main(void *arg)
 static void completer_main(void *arg)
 {
     writer *w = arg;
+    store_forbid_this_thread(); /* the completions read nothing (db.h) */
     uv_mutex_lock(&w->mu);
     for (;;) {
         while (!w->chead && !(w->app_ended && w->log_ended)) uv_cond_wait(&w->done_cond, &w->mu);

@@ -91,12 +91,10 @@ static bool str_is(const char *text, size_t n, const char *key, const char *want
 /* The conversation object as uid sees it, into buf. */
 static size_t conv_json(fx *f, uint64_t conv, uint64_t uid, char *buf, size_t cap)
 {
-    store_txn *txn;
-    if ((chat_settle(f->ch, 0), store_begin(f->ch->st, false, &txn)) < 0) return 0;
+    chat_settle(f->ch, 0);
     jbuf j;
     jb_init(&j, 512);
-    int rc = chat_write_conv(f->ch, txn, conv, uid, &j);
-    store_abort(txn);
+    int rc = chat_write_conv(f->ch, conv, uid, &j);
     size_t n = 0;
     const char *p = jb_data(&j, &n);
     if (rc < 0 || !p || n >= cap) n = 0;
@@ -107,18 +105,16 @@ static size_t conv_json(fx *f, uint64_t conv, uint64_t uid, char *buf, size_t ca
 }
 
 /* {history} of conv: chat_write_history's fields between braces. */
-static size_t history_json(fx *f, uint64_t conv, uint64_t after, uint64_t before, size_t limit,
+static size_t history_json(fx *f, uint64_t uid, uint64_t conv, uint64_t after, uint64_t before, size_t limit,
                            char *buf, size_t cap, int *rc)
 {
-    store_txn *txn;
-    *rc = (chat_settle(f->ch, 0), store_begin(f->ch->st, false, &txn));
-    if (*rc < 0) return 0;
+    chat_settle(f->ch, 0);
     jbuf j;
     jb_init(&j, 4096);
     jb_raw(&j, "{", 1);
-    *rc = chat_write_history(f->ch, txn, conv, after, before, limit, chat_page_bytes(f->ch), &j);
+    *rc = chat_write_history(f->ch, conv, uid, after, before, limit, chat_page_bytes(f->ch),
+                             &j);
     jb_raw(&j, "}", 1);
-    store_abort(txn);
     size_t n = 0;
     const char *p = jb_data(&j, &n);
     if (!p || n >= cap) n = 0;
@@ -162,7 +158,7 @@ static store_member member_of(fx *f, uint64_t conv, uint64_t uid, int *rc)
     store_member m;
     memset(&m, 0, sizeof m);
     store_txn *txn;
-    *rc = (chat_settle(f->ch, 0), store_begin(f->ch->st, false, &txn));
+    *rc = (chat_settle(f->ch, 0), store_begin(db_lmdb_store(f->ch->db), false, &txn));
     if (*rc < 0) return m;
     *rc = store_member_get(txn, conv, uid, &m);
     store_abort(txn);
@@ -174,7 +170,7 @@ static store_conv conv_of(fx *f, uint64_t conv)
     store_conv c;
     memset(&c, 0, sizeof c);
     store_txn *txn;
-    if ((chat_settle(f->ch, 0), store_begin(f->ch->st, false, &txn)) < 0) return c;
+    if ((chat_settle(f->ch, 0), store_begin(db_lmdb_store(f->ch->db), false, &txn)) < 0) return c;
     store_conv_get(txn, conv, &c);
     store_abort(txn);
     return c;
@@ -482,6 +478,72 @@ TEST(groups_add_and_remove)
     for (int i = 0; i < 5; i++) free(all[i]);
 }
 
+/* The events of membership changes come from the conversation as the
+ * backend copied it after the op (db.h): right members, last message,
+ * presence introductions, and not one store read on the completer. */
+TEST(membership_events_come_with_the_op_not_from_store_reads)
+{
+    fake_reset();
+    fx f;
+    fx_chat(&f, 2);
+    uint64_t before = store_forbidden_begins();
+    test_user a = user_register(&f, "alice"), b = user_register(&f, "bob"),
+              c = user_register(&f, "carol");
+    fake_session *sa = online(&f, &a, 0), *sb = online(&f, &b, 1), *sc = online(&f, &c, 1);
+    const test_user *const members[] = {&b};
+    op_result g = conv_group(&f, &a, "crew", members, 1);
+    CHECK_EQ_INT(g.op.rc, ERR_OK);
+    uint64_t conv = g.op.conv;
+    msg_send(&f, &a, conv, "m1", "{\"text\":\"first\"}", 0);
+    chat_op *op = op_new(&f, OP_ADD, 0);
+    op_as(op, &a);
+    op->conv = conv;
+    op->target = c.uid;
+    CHECK_EQ_INT(op_do(op).op.rc, ERR_OK);
+    op_settle(&f);
+    fake_rec ev = fake_last(sc, EV_CONV);                  /* carol's first view of it */
+    CHECK(ev.json && strstr(ev.json, "\"members\":[\"alice\",\"bob\",\"carol\"]"));
+    CHECK(ev.json && strstr(ev.json, "\"name\":\"crew\""));
+    CHECK(ev.json && strstr(ev.json, "\"text\":\"first\"")); /* the last message */
+    CHECK(ev.json && strstr(ev.json, "\"from\":\"alice\""));
+    CHECK(fake_count(sc, EV_PRESENCE, true) >= 1);          /* introduced to the others */
+    /* Leaving: the leaver is told "removed", those who stay get the group without it. */
+    op = op_new(&f, OP_LEAVE, 0);
+    op_as(op, &b);
+    CHECK((op->uids = calloc(2, sizeof *op->uids)) && (op->rcs = calloc(2, sizeof *op->rcs)));
+    op->uids[0] = conv;
+    op->uids[1] = 987654;                                   /* not a member there */
+    op->nuids = 2;
+    op_result left = op_do(op);
+    CHECK_EQ_INT(left.op.rc, ERR_OK);
+    op_settle(&f);
+    CHECK_EQ_INT(fake_count(sb, EV_REMOVED, false), 1);
+    ev = fake_last(sa, EV_CONV);
+    CHECK(ev.json && strstr(ev.json, "\"members\":[\"alice\",\"carol\"]"));
+    ev = fake_last(sc, EV_CONV);
+    CHECK(ev.json && strstr(ev.json, "\"members\":[\"alice\",\"carol\"]"));
+    /* Removing the last but one: the one removed is told, the admin sees it. */
+    op = op_new(&f, OP_REMOVE, 0);
+    op_as(op, &a);
+    op->conv = conv;
+    op->target = c.uid;
+    CHECK_EQ_INT(op_do(op).op.rc, ERR_OK);
+    op_settle(&f);
+    ev = fake_last(sa, EV_CONV);
+    CHECK(ev.json && strstr(ev.json, "\"members\":[\"alice\"]"));
+    CHECK_EQ_INT(fake_count(sc, EV_REMOVED, false), 1);
+    op_result d = conv_direct(&f, &b, &c);
+    CHECK_EQ_INT(d.op.rc, ERR_OK);
+    op_settle(&f);
+    ev = fake_last(sc, EV_CONV);
+    CHECK(ev.json && strstr(ev.json, "\"members\":[\"bob\",\"carol\"]") &&
+          strstr(ev.json, "\"last_message\":null"));
+    CHECK_EQ_INT(store_forbidden_begins() - before, 0);      /* the completer read nothing */
+    fake_remove(sa); fake_remove(sb); fake_remove(sc);
+    fx_stop(&f);
+    free(sa); free(sb); free(sc);
+}
+
 /* ---- messages -------------------------------------------------------------------- */
 
 TEST(send_orders_by_seq_and_cmid_is_idempotent)
@@ -695,12 +757,12 @@ TEST(cursors_only_move_forward)
 
 /* ---- reads ---------------------------------------------------------------------------- */
 
-static list history_seqs(fx *f, uint64_t conv, uint64_t after, uint64_t before, size_t limit,
+static list history_seqs(fx *f, uint64_t uid, uint64_t conv, uint64_t after, uint64_t before, size_t limit,
                          bool *more)
 {
     char buf[16384];
     int rc;
-    size_t n = history_json(f, conv, after, before, limit, buf, sizeof buf, &rc);
+    size_t n = history_json(f, uid, conv, after, before, limit, buf, sizeof buf, &rc);
     list l = numbers_of(buf, n, "messages", "seq");
     json_obj o;
     const json_field *m = json_parse_object(buf, n, &o) == ERR_OK ? json_get(&o, "more") : NULL;
@@ -721,36 +783,39 @@ TEST(history_pages_both_ways)
         msg_send(&f, i % 2 ? &a : &b, conv, cmid, "{}", 0);
     }
     bool more;
-    list l = history_seqs(&f, conv, 0, 0, 3, &more);       /* forward from the start */
+    list l = history_seqs(&f, a.uid, conv, 0, 0, 3, &more);       /* forward from the start */
     CHECK_EQ_INT(l.n, 3);
     CHECK(l.num[0] == 1 && l.num[1] == 2 && l.num[2] == 3);
     CHECK(more);
-    l = history_seqs(&f, conv, 5, 0, 3, &more);
+    l = history_seqs(&f, a.uid, conv, 5, 0, 3, &more);
     CHECK_EQ_INT(l.n, 2);
     CHECK(l.num[0] == 6 && l.num[1] == 7);
     CHECK(!more);
-    l = history_seqs(&f, conv, 0, UINT64_MAX, 3, &more);   /* the latest page, ascending */
+    l = history_seqs(&f, a.uid, conv, 0, UINT64_MAX, 3, &more);   /* the latest page, ascending */
     CHECK_EQ_INT(l.n, 3);
     CHECK(l.num[0] == 5 && l.num[1] == 6 && l.num[2] == 7);
     CHECK(more);
-    l = history_seqs(&f, conv, 0, 5, 10, &more);           /* before 5 */
+    l = history_seqs(&f, a.uid, conv, 0, 5, 10, &more);           /* before 5 */
     CHECK_EQ_INT(l.n, 4);
     CHECK(l.num[0] == 1 && l.num[3] == 4);
     CHECK(!more);
-    l = history_seqs(&f, conv, 0, 1, 10, &more);           /* nothing before the first */
+    l = history_seqs(&f, a.uid, conv, 0, 1, 10, &more);           /* nothing before the first */
     CHECK_EQ_INT(l.n, 0);
-    l = history_seqs(&f, conv, 7, 0, 10, &more);           /* nothing after the last */
+    l = history_seqs(&f, a.uid, conv, 7, 0, 10, &more);           /* nothing after the last */
     CHECK_EQ_INT(l.n, 0);
     CHECK(!more);
-    l = history_seqs(&f, conv, 0, 0, 0, &more);            /* limit 0: the default (50) */
+    l = history_seqs(&f, a.uid, conv, 0, 0, 0, &more);            /* limit 0: the default (50) */
     CHECK_EQ_INT(l.n, 7);
-    l = history_seqs(&f, conv, 0, 0, 100000, &more);       /* an absurd limit is capped */
+    l = history_seqs(&f, a.uid, conv, 0, 0, 100000, &more);       /* an absurd limit is capped */
     CHECK_EQ_INT(l.n, 7);
-    l = history_seqs(&f, 424242, 0, 0, 10, &more);         /* no such conversation: empty */
-    CHECK_EQ_INT(l.n, 0);
+    l = history_seqs(&f, a.uid, 424242, 0, 0, 10, &more);  /* no such conversation: refused */
+    CHECK_EQ_INT(l.n, -1);
+    test_user c = user_register(&f, "carol");
+    l = history_seqs(&f, c.uid, conv, 0, 0, 10, &more);    /* not a member: refused */
+    CHECK_EQ_INT(l.n, -1);
     char buf[4096];
     int rc;
-    size_t n = history_json(&f, conv, 0, 0, 1, buf, sizeof buf, &rc);
+    size_t n = history_json(&f, a.uid, conv, 0, 0, 1, buf, sizeof buf, &rc);
     CHECK(strstr(buf, "\"from\":\"alice\"") != NULL);
     CHECK(n > 0);
     fx_stop(&f);
@@ -798,13 +863,11 @@ TEST(inbox_lists_changes_since_a_cursor)
     who = chat_contacts(f.ch, 999999);
     CHECK(who && who->n == 0);
     audience_unref(who);
-    store_txn *txn;
-    char name[STORE_NAME_MAX + 1];
-    CHECK_EQ_INT((chat_settle(f.ch, 0), store_begin(f.ch->st, false, &txn)), ERR_OK);
-    CHECK_EQ_INT(chat_user_name(txn, b.uid, name), ERR_OK);
-    CHECK(strcmp(name, "bob") == 0);
-    CHECK_EQ_INT(chat_user_name(txn, 999999, name), ERR_NOT_FOUND);
-    store_abort(txn);
+    uint64_t uids2[2] = {b.uid, 999999};
+    db_user us[2];
+    CHECK_EQ_INT(db_users(f.ch->db, uids2, 2, us), ERR_OK);
+    CHECK(us[0].id == b.uid && strcmp(us[0].name, "bob") == 0);
+    CHECK(us[1].id == 0);
     fx_stop(&f);
 }
 
@@ -833,7 +896,7 @@ TEST(an_unknown_operation_is_refused)
     CHECK_EQ_INT(op_do(op).op.rc, ERR_OK);
     store_txn *txn;
     store_user u;
-    CHECK_EQ_INT((chat_settle(f.ch, 0), store_begin(f.ch->st, false, &txn)), ERR_OK);
+    CHECK_EQ_INT((chat_settle(f.ch, 0), store_begin(db_lmdb_store(f.ch->db), false, &txn)), ERR_OK);
     CHECK_EQ_INT(store_user_get(txn, a.uid, &u), ERR_OK);
     store_abort(txn);
     CHECK_EQ_INT(u.last_seen, 5000);
@@ -913,6 +976,7 @@ int main(void)
     RUN(logout_revokes_the_token_and_closes_its_sessions);
     RUN(direct_conversations_are_made_once);
     RUN(groups_add_and_remove);
+    RUN(membership_events_come_with_the_op_not_from_store_reads);
     RUN(send_orders_by_seq_and_cmid_is_idempotent);
     RUN(concurrent_sends_get_distinct_seqs_in_order);
     RUN(cursors_only_move_forward);
