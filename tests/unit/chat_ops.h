@@ -53,6 +53,9 @@ static inline void op_reply_(srv_thread *t, void *arg)
     r->op.body = NULL;
     r->op.uids = NULL;
     r->op.aud = NULL;
+    r->op.rcs = NULL;
+    r->op.after = NULL;
+    r->op.left = NULL;
     r->thread = t ? t->id : -1;
     ops_.used[slot] = true;
     uv_cond_broadcast(&ops_.cv);
