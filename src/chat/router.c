@@ -70,6 +70,8 @@ static int chat_metrics(chat *ch, const writer_stats *ws, char *buf, size_t cap)
     if (n < 0) return n;
     uint64_t users, convs;
     db_counts(ch->db, &users, &convs);
+    pool_stats ps;
+    pool_get_stats(ch->reads, &ps);
     int k = snprintf(buf + n, cap - (size_t)n,
                      "# HELP parley_log_appends_total Message log appends (one write, one fdatasync)\n"
                      "# TYPE parley_log_appends_total counter\nparley_log_appends_total %llu\n"
@@ -83,10 +85,20 @@ static int chat_metrics(chat *ch, const writer_stats *ws, char *buf, size_t cap)
                      "# HELP parley_users Registered users\n# TYPE parley_users gauge\n"
                      "parley_users %llu\n"
                      "# HELP parley_conversations Conversations (direct and groups)\n"
-                     "# TYPE parley_conversations gauge\nparley_conversations %llu\n",
+                     "# TYPE parley_conversations gauge\nparley_conversations %llu\n"
+                     "# HELP parley_reads_total Store reads run on the read pool\n"
+                     "# TYPE parley_reads_total counter\nparley_reads_total %llu\n"
+                     "# HELP parley_reads_refused_total Reads answered busy (the read queue was full)\n"
+                     "# TYPE parley_reads_refused_total counter\nparley_reads_refused_total %llu\n"
+                     "# HELP parley_read_queue Reads waiting for a read-pool thread\n"
+                     "# TYPE parley_read_queue gauge\nparley_read_queue %llu\n"
+                     "# HELP parley_reads_running Reads running on the read pool\n"
+                     "# TYPE parley_reads_running gauge\nparley_reads_running %llu\n",
                      (unsigned long long)ws->log_batches, (unsigned long long)ws->log_bytes,
                      (unsigned long long)ws->applies, (unsigned long long)ws->unapplied,
-                     (unsigned long long)users, (unsigned long long)convs);
+                     (unsigned long long)users, (unsigned long long)convs,
+                     (unsigned long long)ps.done, (unsigned long long)ps.refused,
+                     (unsigned long long)ps.queued, (unsigned long long)ps.running);
     return k >= 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
 }
 

@@ -474,6 +474,13 @@ def test_histograms_and_counters_grow_with_sends(parley):
                             m["parley_store_applies_total"] > m0["parley_store_applies_total"],
                             "the store applied the log"))
     assert m4["parley_store_unapplied_batches"] == 0
+    # The read pool: the token checks and reads above ran there.
+    for c in ("parley_reads_total", "parley_reads_refused_total"):
+        assert types.get(c) == "counter", c
+    for g in ("parley_read_queue", "parley_reads_running"):
+        assert types.get(g) == "gauge", g
+    assert m4["parley_reads_total"] > m0["parley_reads_total"], (m0, m4)
+    assert m4["parley_reads_refused_total"] == 0
 
 
 def test_user_and_conversation_gauges_count_at_change(parley):

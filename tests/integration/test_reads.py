@@ -6,8 +6,8 @@ the server serves normally afterwards."""
 
 import json
 
-from parley_client import (OP_TEXT, RawHTTP, RawWS, group, history, make_frame, send_rest,
-                           users)
+from parley_client import (OP_TEXT, RawHTTP, RawWS, get_metrics, group, history, make_frame,
+                           send_rest, users)
 
 CONNS = 30
 MESSAGES = 40
@@ -84,3 +84,7 @@ def test_read_flood_answered_busy_not_a_crash(parley):
         while f["type"] == "presence":
             f = json.loads(ws.recv_text())
         assert f["type"] == "history" and [m["cmid"] for m in f["messages"]] == ["m39"], f
+    # /metrics counts the busy answers and shows the queue drained.
+    m = get_metrics(srv.port)
+    assert m["parley_reads_refused_total"] >= busy, m
+    assert m["parley_read_queue"] == 0 and m["parley_reads_total"] > 0, m
