@@ -19,7 +19,7 @@
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
-PKGS     := libuv libssl libcrypto lmdb libsodium
+PKGS     := libuv libssl libcrypto lmdb libsodium libpq
 SANITIZE ?=
 FUZZ_SECONDS ?= 60
 

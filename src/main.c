@@ -168,7 +168,10 @@ int main(int argc, char **argv)
     if (rc < 0) {
         /* The store (or the writer) logged the system's reason. */
         int e = errno;
-        if (rc == ERR_VERSION)
+        if (a.cfg.store_url[0])
+            log_error("cannot start: the database was refused or cannot be reached (the reason "
+                      "is logged above)", "store=postgresql");
+        else if (rc == ERR_VERSION)
             log_error("the data directory holds another storage format version: refusing to start",
                       "dir=%s", a.cfg.data_dir);
         else if (rc == ERR_BUSY)

@@ -66,6 +66,11 @@ static long long cores(void)
     return n > 0 ? (n > 256 ? 256 : n) : 1;
 }
 
+static bool is_store_url(const char *v)
+{
+    return !*v || !strncmp(v, "postgresql://", 13) || !strncmp(v, "postgres://", 11);
+}
+
 static bool is_hostport(const char *v)
 {
     char host[64];
@@ -84,6 +89,10 @@ static const opt opts[] = {
      .check = is_hostport, .check_what = "HOST:PORT (e.g. 127.0.0.1:9100 or [::1]:9100)"},
     {"data-dir", STR(data_dir), .def_str = "./data", .arg = "DIR",
      .help = "where data is stored, created if missing"},
+    {"store", STR(store_url), .def_str = "", .shown = "embedded", .arg = "URL",
+     .help = "the storage: empty for the embedded store in --data-dir, or a PostgreSQL "
+             "database, postgresql://USER@HOST:PORT/DB (cluster mode)",
+     .check = is_store_url, .check_what = "empty or postgresql://USER@HOST:PORT/DB"},
     {"web-dir", STR(web_dir), .def_str = "./web", .arg = "DIR",
      .help = "static files served at /"},
     {"threads", INT(threads), .def_fn = cores, .shown = "cores", .min = 1, .max = 256, .arg = "N",

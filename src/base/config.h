@@ -32,6 +32,7 @@ typedef struct config {
     char listen[64];             /* --listen, default 0.0.0.0 */
     int port;                    /* --port, default 8080; 0 picks a free one */
     char data_dir[512];          /* --data-dir, default ./data */
+    char store_url[512];         /* --store, "": the embedded store in data_dir */
     char web_dir[512];           /* --web-dir, default ./web */
     int threads;                 /* --threads, default: number of cores */
     int log_level;               /* --log-level, default info */

@@ -49,6 +49,7 @@ static const err_info table[] = {
      "that cmid was already used for a message with another body: use a fresh cmid"},
     {ERR_CORRUPT,     "corrupt",     500, "internal",    "internal error: corrupt stored data"},
     {ERR_DISK_FULL,   "disk_full",   507, "disk_full",   "the server's disk is full: retry later"},
+    {ERR_UNAVAILABLE, "unavailable", 503, "unavailable", "the storage cannot be reached: retry later"},
 };
 
 _Static_assert(sizeof table / sizeof table[0] == 1 - ERR_LAST, "one row per code");

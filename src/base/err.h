@@ -55,7 +55,8 @@ enum err {
     /* storage (the message log) */
     ERR_CORRUPT     = -37, /* corrupt data found at startup (file and offset logged) */
     ERR_DISK_FULL   = -38, /* no space left on the device: retry later */
-    ERR_LAST        = -38
+    ERR_UNAVAILABLE = -39, /* the storage (a database server) cannot be reached: retry later */
+    ERR_LAST        = -39
 };
 
 typedef struct err_info {

@@ -30,14 +30,17 @@ int chat_open(chat **out, const config *cfg, server *srv)
                  need, (size_t)cfg->max_text);
         seg = need;
     }
+    const db_vfs *vfs = db_for_url(cfg->store_url);
+    if (!vfs) { rc = ERR_INVALID; goto fail_hub; }
     db_options o = {
+        .url = cfg->store_url,
         .data_dir = cfg->data_dir, .map_size = cfg->store_map_size,
         .log_segment_bytes = seg, .apply_delay_ms = cfg->apply_delay_ms,
         .commit_window_us = cfg->commit_window_us, .max_queue = cfg->max_writer_queue,
         .max_user_convs = cfg->max_user_convs, .max_group_members = cfg->max_group_members,
         .batch_end = batch_end, .ctx = ch,
     };
-    if ((rc = db_lmdb.open(&ch->db, &o)) < 0) goto fail_hub;
+    if ((rc = vfs->open(&ch->db, &o)) < 0) goto fail_hub;
     if ((rc = pool_start(&ch->reads, cfg->read_threads, cfg->max_read_queue)) < 0) {
         db_close(ch->db);
         goto fail_hub;

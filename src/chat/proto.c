@@ -128,7 +128,7 @@ static void send_fail(conn *c, int err, const char *message, const char *ref, lo
     jb_lit(&j, e->code);
     jb_lit(&j, "\",\"message\":");
     jb_cstr(&j, message ? message : e->message);
-    if (err == ERR_BUSY && retry_ms < 0) retry_ms = 1000;
+    if ((err == ERR_BUSY || err == ERR_UNAVAILABLE) && retry_ms < 0) retry_ms = 1000;
     if (retry_ms >= 0) {
         jb_lit(&j, ",\"retry_after_ms\":");
         jb_u64(&j, (uint64_t)retry_ms);

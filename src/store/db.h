@@ -149,6 +149,16 @@ typedef struct db_inbox {
 
 void db_inbox_free(db_inbox *in);
 
+/* Lower bounds of the JSON size of a message and of a conversation object
+ * (chat.c encodes them): a backend cuts a page where these pass its byte
+ * budget, and chat trims it exactly, so a page copies at most the budget
+ * and one more. */
+static inline size_t db_msg_floor(size_t from_len, size_t cmid_len, size_t body_len)
+{
+    return 40 + from_len + cmid_len + body_len;
+}
+size_t db_conv_floor(const db_conv *c);
+
 /* The fields of an operation, as a list, so that a caller's struct can
  * hold them by name in a union with db_op (chat.h's chat_op). */
 #define DB_OP_FIELDS                                                                  \
@@ -200,6 +210,7 @@ typedef struct db db;
 
 /* What a backend is opened with. Limits are the domain's rules. */
 typedef struct db_options {
+    const char *url;                  /* postgresql: the database (a libpq URI) */
     const char *data_dir;
     size_t map_size;                  /* lmdb: the map's size limit */
     uint64_t log_segment_bytes;       /* lmdb: the log's segments */
@@ -259,9 +270,13 @@ struct db {
 };
 
 extern const db_vfs db_lmdb;
+extern const db_vfs db_pg;
 
-/* The backend of that name, or NULL. */
+/* The backend of that name ("lmdb", "postgresql"), or NULL. */
 const db_vfs *db_find(const char *name);
+/* The backend for --store: empty, the embedded one; postgresql:// or
+ * postgres://, db_pg; anything else NULL. */
+const db_vfs *db_for_url(const char *url);
 
 static inline int db_submit(db *d, db_op *op)
 {

@@ -727,7 +727,7 @@ static int page_one(void *arg, const store_msg *m)
     page_ctx *x = arg;
     const char *from = cached_name(&x->nc, x->txn, m->from);
     /* no more than the JSON of the message: the caller trims exactly */
-    size_t cost = 40 + strlen(from) + m->cmid_len + m->body_len;
+    size_t cost = db_msg_floor(strlen(from), m->cmid_len, m->body_len);
     if (x->n && x->spent + cost > x->budget) { x->trimmed = true; return 1; }
     size_t need = m->cmid_len + m->body_len;
     if (x->n == x->cap) {
@@ -845,21 +845,6 @@ static int by_recent(const void *a, const void *b)
     return comes_before(x->last_ts, x->conv, y->last_ts, y->conv) ? -1 : 1;
 }
 
-/* No more than the JSON of the conversation object: the caller trims. */
-static size_t conv_cost(const db_conv *c)
-{
-    size_t n = 120 + strlen(c->name) + c->last.cmid_len + c->last.body_len;
-    for (uint32_t i = 0; i < c->n; i++) n += 3 + strlen(c->members[i].name);
-    return n;
-}
-
-void db_inbox_free(db_inbox *in)
-{
-    if (!in) return;
-    for (size_t i = 0; i < in->n; i++) free(in->convs[i]);
-    free(in->convs);
-    free(in);
-}
 
 static int lmdb_inbox(db *d, const db_inbox_req *q, db_inbox **out)
 {
@@ -885,7 +870,7 @@ static int lmdb_inbox(db *d, const db_inbox_req *q, db_inbox **out)
             int r = conv_copy(txn, x.items[i].conv, q->uid, &c);
             if (r == ERR_FORBIDDEN) continue;
             if (r < 0) { rc = r; break; }
-            size_t cost = conv_cost(c);
+            size_t cost = db_conv_floor(c);
             if (in->n && spent + cost > q->max_bytes) { free(c); break; }
             spent += cost;
             in->convs[in->n++] = c;
@@ -1020,8 +1005,3 @@ const db_vfs db_lmdb = {
     .contacts = lmdb_contacts,
     .counts = lmdb_counts,
 };
-
-const db_vfs *db_find(const char *name)
-{
-    return name && !strcmp(name, db_lmdb.name) ? &db_lmdb : NULL;
-}
