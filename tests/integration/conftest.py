@@ -6,12 +6,19 @@ teardown (SIGTERM, bounded wait, SIGKILL). Teardown also fails the test if a
 server died on its own during the test (contract point 7: bad input never
 crashes the server) or did not exit 0 on SIGTERM, unless the test set
 `srv.expect_exit = True`.
+
+The engines of the cluster tests (engines.py): `postgres` and `redis` are a
+fresh PostgreSQL and redis-server per test, stopped by PID at teardown (the
+PostgreSQL data directory removed); engines.py also kills any left at exit.
+A PostgreSQL start copies a cluster initdb'd once per run (about 0.1 s after
+the first, which costs about 1 s), so there is no session-wide server.
 """
 
 import os
 
 import pytest
 
+from engines import start_postgres, start_redis
 from parley_client import ChatProc, start_server
 
 
@@ -39,6 +46,26 @@ def parley(tmp_path):
                             f"SIGTERM; log tail:\n{srv.log()}")
     if problems:
         pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A fresh PostgreSQL on 127.0.0.1 (engines.Postgres: .port, .dsn,
+    .psql(), .connect(), .kill(), .restart(), .stop()); role and database
+    `parley`. Stopped and removed at teardown."""
+    pg = start_postgres(tmp_path)
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A fresh redis-server on 127.0.0.1 (engines.Redis: .port, .url,
+    .cli(), .client(), .kill(), .restart(), .stop()), no persistence.
+    Stopped at teardown."""
+    r = start_redis(tmp_path)
+    yield r
+    r.stop()
 
 
 @pytest.fixture
