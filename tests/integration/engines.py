@@ -7,6 +7,7 @@ installed by `scripts/setup.sh test`).
     pg.connect()                    # a psycopg2 connection (autocommit)
     pg.kill(); pg.restart()         # SIGKILL, then crash recovery
     pg.stop()                       # fast shutdown, data directory removed
+    db = pg.new_database()          # a fresh database on it: db.dsn, db.psql()
 
     r = start_redis(tmp_path)       # r.port, r.url = redis://127.0.0.1:PORT
     r.cli("SET", "k", "v")          # -> "OK"; r.cli("GET", "k") -> "v"
@@ -29,16 +30,17 @@ synchronous_commit on (kill -9 tests need real durability), small
 shared_buffers, no autovacuum, max_connections 200 (3 nodes x a pool).
 
 Engines never outlive the test run: the fixtures stop them, an atexit hook
-kills whatever is left, and each engine gets PR_SET_PDEATHSIG=SIGKILL, so
-it dies with the thread that started it even if pytest is SIGKILLed (start
-engines from the main thread, as the fixtures do). Postgres runs as the
+kills whatever is left, and each engine gets PR_SET_PDEATHSIG=SIGKILL
+(through setpriv), so it dies with the thread that started it even if
+pytest is SIGKILLed (start engines from the main thread, as the fixtures
+do); the next run removes a dead run's temp dirs. Postgres runs as the
 leader of its own process group: kill() and the last-resort cleanup signal
 the group, so no backend lingers holding the shared memory.
 """
 
 import atexit
 import codecs
-import ctypes
+import itertools
 import os
 import pwd
 import random
@@ -61,6 +63,7 @@ _live = set()  # engines started and not yet stopped (for the atexit hook)
 _lock = threading.RLock()
 _ports = set()  # ports handed out by this process
 _dirs = set()  # temp dirs made by this process and not yet removed
+_db_seq = itertools.count(1)
 TMP_PREFIX = "parley-pg"  # mkdtemp: parley-pg-PID-*, parley-pgtemplate-PID-*
 
 
@@ -72,16 +75,17 @@ class EngineError(AssertionError):
 # helpers
 
 
-def _libc_pdeathsig():
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_PDEATHSIG = 1
+def _pdeathsig(argv):
+    """argv run through util-linux's setpriv (Essential in Debian), which
+    sets PR_SET_PDEATHSIG=SIGKILL and execs it: same PID, no preexec_fn
+    (unsafe in a threaded pytest). Set after Popen dropped root, so the
+    credential change does not clear it."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    return argv
 
-    def preexec():
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    return preexec
 
-
-_preexec = _libc_pdeathsig()
+_SETPRIV = shutil.which("setpriv")
 
 
 def _port_range():
@@ -186,9 +190,9 @@ class _Engine:
 
     def _spawn(self, argv, **kw):
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, close_fds=True,
-                                         start_new_session=True, preexec_fn=_preexec, **kw)
+            self.proc = subprocess.Popen(_pdeathsig(argv), stdin=subprocess.DEVNULL,
+                                         stdout=logf, stderr=subprocess.STDOUT, close_fds=True,
+                                         start_new_session=True, **kw)
         with _lock:
             _live.add(self)
 
@@ -232,6 +236,16 @@ class _Engine:
                         "alive after SIGKILL", self.log_path)
         with _lock:
             _live.discard(self)
+
+    def _client_run(self, argv, **kw):
+        """Runs a client binary, bounded; a timeout is an EngineError with
+        the engine's log tail."""
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=ENGINE_WAIT,
+                                  stdin=subprocess.DEVNULL, **kw)
+        except subprocess.TimeoutExpired:
+            raise EngineError(f"{argv[0]} got no answer from {self.name} on port {self.port} "
+                              f"within {ENGINE_WAIT:.0f}s; log tail:\n{self.log()}") from None
 
     def kill(self):
         """SIGKILL to the server's process group (a crash): nothing is
@@ -334,7 +348,8 @@ fsync = on
 synchronous_commit = on
 full_page_writes = on
 autovacuum = off
-max_wal_size = 256MB
+max_wal_size = 64MB
+min_wal_size = 8MB
 log_min_messages = warning
 log_checkpoints = off
 log_line_prefix = '%m [%p] '
@@ -361,7 +376,7 @@ def _pg_template():
             if pw:
                 os.chown(log, pw.pw_uid, pw.pw_gid)
             r = subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync",
+                                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--wal-segsize=1",
                                 "--no-instructions"],
                                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                                timeout=ENGINE_WAIT * 2, cwd=d, **kw)
@@ -446,10 +461,9 @@ class Postgres(_Engine):
         """Runs sql through psql (-X -A -t, ON_ERROR_STOP); returns its
         stdout without the trailing newline. Raises EngineError on failure
         (check=False: returns the CompletedProcess instead)."""
-        r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                            "-d", self.url(user, db), "-c", sql],
-                           capture_output=True, text=True, timeout=ENGINE_WAIT,
-                           env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+        r = self._client_run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                              "-d", self.url(user, db), "-c", sql],
+                             env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
         if not check:
             return r
         if r.returncode != 0:
@@ -462,6 +476,14 @@ class Postgres(_Engine):
         conn = psycopg2.connect(self.url(user, db), connect_timeout=10)
         conn.autocommit = autocommit
         return conn
+
+    def new_database(self, name=None):
+        """A fresh database owned by parley on this server (about 0.2 s,
+        against about 0.7 s for a fresh server under load): a Database with
+        .name, .dsn, .psql(), .connect(), .drop()."""
+        name = name or f"t_{os.getpid()}_{next(_db_seq)}"
+        self.psql(f'CREATE DATABASE "{name}" OWNER {PG_USER}', user="postgres", db="postgres")
+        return Database(self, name)
 
     def stop(self):
         """Fast shutdown (SIGINT to the postmaster: running transactions are
@@ -488,6 +510,33 @@ class Postgres(_Engine):
             shutil.rmtree(self.dir, ignore_errors=True)
             with _lock:
                 _dirs.discard(self.dir)
+
+
+class Database:
+    """One database of a shared Postgres (the session's pg_server)."""
+
+    def __init__(self, server, name):
+        self.server, self.name = server, name
+
+    @property
+    def port(self):
+        return self.server.port
+
+    @property
+    def dsn(self):
+        return self.server.url(PG_USER, self.name)
+
+    def psql(self, sql, user=PG_USER, check=True):
+        return self.server.psql(sql, user=user, db=self.name, check=check)
+
+    def connect(self, user=PG_USER, autocommit=True):
+        return self.server.connect(user=user, db=self.name, autocommit=autocommit)
+
+    def drop(self):
+        """Drops it, ending its sessions (WITH (FORCE))."""
+        if self.server.alive():
+            self.server.psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)',
+                             user="postgres", db="postgres")
 
 
 def start_postgres(tmp_path):
@@ -569,9 +618,8 @@ class Redis(_Engine):
         redis-cli prints it (--no-raw), except that a single string comes
         back unquoted, an integer as its digits and nil as None. Raises
         EngineError on an error reply or a failure (unless check=False)."""
-        r = subprocess.run(["redis-cli", "-h", HOST, "-p", str(self.port), "--no-raw",
-                            *[str(a) for a in args]],
-                           capture_output=True, text=True, timeout=ENGINE_WAIT)
+        r = self._client_run(["redis-cli", "-h", HOST, "-p", str(self.port), "--no-raw",
+                              *[str(a) for a in args]])
         out = r.stdout.rstrip("\n")
         if check and (r.returncode != 0 or out.startswith("(error)")):
             raise EngineError(f"redis-cli {' '.join(map(str, args))} failed "

@@ -131,6 +131,23 @@ def test_a_failed_start_is_a_clear_error_with_the_log_tail(postgres):
     assert not postgres.alive()
 
 
+def test_pg_database_is_a_fresh_database_on_the_shared_server(pg_server, pg_database):
+    assert pg_database.port == pg_server.port
+    assert pg_database.dsn == f"postgresql://parley@127.0.0.1:{pg_server.port}/{pg_database.name}"
+    assert pg_database.psql("select current_user || ' ' || current_database()") \
+        == f"parley {pg_database.name}"
+    pg_database.psql("create table t (x int)")  # the owner may
+    other = pg_server.new_database()
+    try:
+        assert other.psql("select count(*) from pg_tables where tablename = 't'") == "0"
+        conn = other.connect()  # drop() ends open sessions
+    finally:
+        other.drop()
+    assert pg_server.psql(f"select count(*) from pg_database where datname = '{other.name}'") \
+        == "0"
+    conn.close()
+
+
 # --------------------------------------------------------------------------
 # Redis
 
