@@ -3,11 +3,17 @@
 # Fast and silent when everything is there.
 #
 #   scripts/setup.sh run    what building and running needs: a C compiler,
-#                           make, pkg-config and the -dev libraries
+#                           make, pkg-config and the -dev libraries, libpq and
+#                           hiredis for cluster mode included
 #                           (`make run`, `make bench`, `make fuzz`, `make install`)
 #   scripts/setup.sh test   that, and what the tests need: Python with pytest,
-#                           websockets and requests, openssl, mdb_copy, Node,
-#                           npm, Chromium and the npm packages (`make test`)
+#                           websockets, requests, psycopg2 and redis, openssl,
+#                           mdb_copy, Node, npm, Chromium and the npm packages,
+#                           and the engines the cluster tests start: redis-server
+#                           and PostgreSQL's server (`make test`)
+#
+# PARLEY_PG_LIB (default /usr/lib/postgresql) is where PostgreSQL's server
+# binaries are looked for (VERSION/bin/initdb); the tests of this script set it.
 set -euo pipefail
 
 mode=${1:-test}
@@ -24,6 +30,8 @@ declare -A PKG=(
   [lmdb]=liblmdb-dev
   [libsodium]=libsodium-dev
   [libedit]=libedit-dev
+  [libpq]=libpq-dev
+  [hiredis]=libhiredis-dev
 )
 # command -> Debian package
 declare -A CMD=(
@@ -34,8 +42,10 @@ declare -A CMD=(
 # Python module (for /usr/bin/python3) -> Debian package
 declare -A PYMOD=()
 if [ "$mode" = test ]; then
-  CMD+=([node]=nodejs [npm]=npm [chromium]=chromium [openssl]=openssl [mdb_copy]=lmdb-utils)
-  PYMOD=([pytest]=python3-pytest [websockets]=python3-websockets [requests]=python3-requests)
+  CMD+=([node]=nodejs [npm]=npm [chromium]=chromium [openssl]=openssl [mdb_copy]=lmdb-utils
+        [redis-server]=redis-server [redis-cli]=redis-tools [psql]=postgresql-client)
+  PYMOD=([pytest]=python3-pytest [websockets]=python3-websockets [requests]=python3-requests
+         [psycopg2]=python3-psycopg2 [redis]=python3-redis)
 fi
 
 missing=()
@@ -48,6 +58,9 @@ if [ "$mode" = test ]; then
   for m in "${!PYMOD[@]}"; do
     /usr/bin/python3 -c "import $m" >/dev/null 2>&1 || missing+=("${PYMOD[$m]}")
   done
+  # PostgreSQL's server binaries are not on PATH: Debian keeps them per version.
+  pg_initdb=( "${PARLEY_PG_LIB:-/usr/lib/postgresql}"/*/bin/initdb )
+  [ -x "${pg_initdb[0]}" ] || missing+=(postgresql)
 fi
 
 # npm packages (browser tests only): playwright-core drives Debian's Chromium.

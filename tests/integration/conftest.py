@@ -6,12 +6,21 @@ teardown (SIGTERM, bounded wait, SIGKILL). Teardown also fails the test if a
 server died on its own during the test (contract point 7: bad input never
 crashes the server) or did not exit 0 on SIGTERM, unless the test set
 `srv.expect_exit = True`.
+
+The engines of the cluster tests (engines.py): `postgres` and `redis` are a
+fresh PostgreSQL and redis-server per test, stopped by PID at teardown (the
+PostgreSQL data directory removed); engines.py also kills any left at exit.
+A PostgreSQL start copies a cluster initdb'd once per run (the first costs
+about 1-2 s, then 0.1 s idle, 0.7 s on a loaded machine); tests that only
+need an empty database and never kill or restart it take `pg_database`, a
+fresh database (about 0.2 s) on the session-wide `pg_server`.
 """
 
 import os
 
 import pytest
 
+from engines import start_postgres, start_redis
 from parley_client import ChatProc, start_server
 
 
@@ -39,6 +48,44 @@ def parley(tmp_path):
                             f"SIGTERM; log tail:\n{srv.log()}")
     if problems:
         pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A fresh PostgreSQL on 127.0.0.1 (engines.Postgres: .port, .dsn,
+    .psql(), .connect(), .kill(), .restart(), .stop()); role and database
+    `parley`. Stopped and removed at teardown."""
+    pg = start_postgres(tmp_path)
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """One PostgreSQL for the whole run, shared: never kill, restart or
+    stop it in a test (take `postgres` for that)."""
+    pg = start_postgres(tmp_path_factory.mktemp("pg_server"))
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_database(pg_server):
+    """A fresh database owned by parley on pg_server (engines.Database:
+    .dsn, .port, .psql(), .connect()); dropped at teardown."""
+    db = pg_server.new_database()
+    yield db
+    db.drop()
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A fresh redis-server on 127.0.0.1 (engines.Redis: .port, .url,
+    .cli(), .client(), .kill(), .restart(), .stop()), no persistence.
+    Stopped at teardown."""
+    r = start_redis(tmp_path)
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """scripts/setup.sh installs by mode (`run`: compiler, make, pkg-config and
-the -dev libraries; `test`: also Python, Node, npm, Chromium, openssl,
-mdb_copy and the npm packages), and `make run` builds quietly and passes
-ARGS to parleyd.
+the -dev libraries, libpq and hiredis included; `test`: also Python, Node,
+npm, Chromium, openssl, mdb_copy, the npm packages and the engines of the
+cluster tests, redis-server and PostgreSQL's server), and `make run` builds
+quietly and passes ARGS to parleyd.
 
 setup.sh runs with a PATH of stand-ins: a fake apt-get and npm record what
 they were asked to install, so nothing is installed for real."""
@@ -47,10 +48,11 @@ def fake_tools(tmp_path, have, missing_pc=()):
     return bindir, log
 
 
-def run_setup(tmp_path, bindir, *args):
+def run_setup(tmp_path, bindir, *args, env=None):
     work = tmp_path / "work"  # no node_modules here
     work.mkdir(exist_ok=True)
-    r = subprocess.run([str(SETUP), *args], cwd=work, env={"PATH": str(bindir), "HOME": str(work)},
+    r = subprocess.run([str(SETUP), *args], cwd=work,
+                       env={"PATH": str(bindir), "HOME": str(work), **(env or {})},
                        capture_output=True, text=True, timeout=120)
     return r
 
@@ -95,6 +97,49 @@ def test_test_mode_also_installs_what_the_tests_need(tmp_path):
     assert {"nodejs", "chromium", "openssl", "lmdb-utils"} <= installed(log), calls(log)
     assert not installed(log) & {"gcc", "make", "pkg-config", "libuv1-dev"}, calls(log)
     assert any(c.startswith("npm install") for c in calls(log)), calls(log)
+
+
+def test_run_mode_installs_the_cluster_client_libraries(tmp_path):
+    bindir, log = fake_tools(tmp_path, have=["cc", "make", "pkg-config"],
+                             missing_pc=["libpq", "hiredis"])
+    r = run_setup(tmp_path, bindir, "run")
+    assert r.returncode == 0, r.stderr
+    assert installed(log) == {"libpq-dev", "libhiredis-dev"}, calls(log)
+
+
+def fake_pg_lib(tmp_path, with_initdb):
+    """A stand-in for /usr/lib/postgresql (PARLEY_PG_LIB)."""
+    lib = tmp_path / "pglib"
+    (lib / "15" / "bin").mkdir(parents=True)
+    if with_initdb:
+        initdb = lib / "15" / "bin" / "initdb"
+        initdb.write_text("#!/bin/sh\nexit 0\n")
+        initdb.chmod(0o755)
+    return {"PARLEY_PG_LIB": str(lib)}
+
+
+def test_test_mode_installs_the_engines_of_the_cluster_tests(tmp_path):
+    bindir, log = fake_tools(tmp_path, have=["cc", "make", "pkg-config", "npm"])
+    r = run_setup(tmp_path, bindir, "test", env=fake_pg_lib(tmp_path, with_initdb=False))
+    assert r.returncode == 0, r.stderr
+    assert {"redis-server", "redis-tools", "postgresql", "postgresql-client"} <= installed(log), \
+        calls(log)
+
+
+def test_test_mode_with_the_engines_there_installs_none(tmp_path):
+    bindir, log = fake_tools(tmp_path, have=["cc", "make", "pkg-config", "npm", "redis-server",
+                                             "redis-cli", "psql"])
+    r = run_setup(tmp_path, bindir, "test", env=fake_pg_lib(tmp_path, with_initdb=True))
+    assert r.returncode == 0, r.stderr
+    assert not installed(log) & {"redis-server", "redis-tools", "postgresql",
+                                 "postgresql-client"}, calls(log)
+
+
+def test_run_mode_needs_no_engine(tmp_path):
+    bindir, log = fake_tools(tmp_path, have=["cc", "make", "pkg-config"])
+    r = run_setup(tmp_path, bindir, "run", env=fake_pg_lib(tmp_path, with_initdb=False))
+    assert r.returncode == 0, r.stderr
+    assert calls(log) == [], calls(log)
 
 
 def test_an_unknown_mode_is_a_usage_error(tmp_path):
