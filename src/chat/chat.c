@@ -74,7 +74,7 @@ int chat_authenticate(chat *ch, const char *token, size_t n, chat_ident *id)
     db_ident who;
     int rc = db_session(ch->db, id->token_hash, &who);
     if (rc == ERR_OK && who.expires <= chat_now_ms()) rc = ERR_AUTH;
-    if (rc < 0) return rc == ERR_IO ? ERR_IO : ERR_AUTH;
+    if (rc < 0) return rc == ERR_IO || rc == ERR_UNAVAILABLE ? rc : ERR_AUTH;
     id->uid = who.uid;
     id->device = who.device;
     id->expires = who.expires;
@@ -345,12 +345,13 @@ static void introduce(chat_op *op, uint64_t added)
 {
     const db_conv *c = op->after;
     if (!c || c->n < 2) return;
-    intro *x = calloc(1, sizeof *x + c->n * (sizeof x->ev[0] + sizeof x->uids[0]));
+    /* one allocation: the events, the uids, then who is online (scratch) */
+    intro *x = calloc(1, sizeof *x + c->n * (sizeof x->ev[0] + sizeof x->uids[0] + sizeof(bool)));
     if (!x) return;
     x->n = c->n;
     x->uids = (uint64_t *)(x->ev + c->n);
+    bool *on = (bool *)(x->uids + c->n);
     bool any = false, added_on = false;
-    bool on[c->n];
     for (uint32_t i = 0; i < c->n; i++) {
         x->uids[i] = c->members[i].uid;
         on[i] = hub_online(op->ch->hub, x->uids[i]);

@@ -107,7 +107,7 @@ int chat_submit(chat_op *op);
 void chat_settle(chat *ch, uint64_t conv);
 
 /* Appends a conversation object as seen by uid. ERR_FORBIDDEN if uid is
- * not a member (or no such conversation). */
+ * not a member (or no such conversation); ERR_IO, ERR_UNAVAILABLE, ERR_NOMEM. */
 int chat_write_conv(chat *ch, uint64_t conv, uint64_t uid, jbuf *j);
 
 /* The page budget: the most bytes of messages (or conversations) one

@@ -20,14 +20,29 @@
 #include "base/u64map.h"
 #include "store/seq.h"
 
+/* The last log batch with an entry of a conversation, by conversation id
+ * modulo the table (a shared slot only makes a read wait needlessly).
+ * Written by the sequencer, read by any thread (relaxed atomics). */
+#define PENDING_SLOTS 4096
+
 typedef struct lmdb_db {
     db base;                          /* first */
     store *st;
     writer *w;
     db_options opt;
+    uint64_t pending_batch[PENDING_SLOTS];
+    /* Cursor updates of one member in one batch: only the last one is
+     * told. Maps (conv, uid) to the latest cursor op of the batch being
+     * applied; writer thread only, emptied after each batch's apply. */
+    u64map latest_cursor;
+    /* The same for the log path, on the sequencer thread: the cursor ops
+     * of the sequencer's batch number seq_latest_batch. */
+    u64map seq_latest;
+    uint64_t seq_latest_batch;
 } lmdb_db;
 
-static const db_options *lim_of(const db_op *op) { return &((const lmdb_db *)op->db)->opt; }
+static lmdb_db *db_of(const db_op *op) { return (lmdb_db *)op->db; }
+static const db_options *lim_of(const db_op *op) { return &db_of(op)->opt; }
 
 static int64_t now_ms(void)
 {
@@ -36,33 +51,22 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The last log batch with an entry of a conversation, by conversation id
- * modulo the table (a shared slot only makes a read wait needlessly).
- * Written by the sequencer, read by any thread (relaxed atomics). */
-#define PENDING_SLOTS 4096
-static uint64_t pending_batch[PENDING_SLOTS];
-
-static void mark_pending(uint64_t conv, uint64_t batch)
+static void mark_pending(lmdb_db *x, uint64_t conv, uint64_t batch)
 {
-    __atomic_store_n(&pending_batch[conv % PENDING_SLOTS], batch, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->pending_batch[conv % PENDING_SLOTS], batch, __ATOMIC_RELAXED);
 }
-
-/* Cursor updates of one member in one batch: only the last one is told.
- * Maps (conv, uid) to the latest cursor op of the batch being applied;
- * writer thread only, emptied after each batch's apply. */
-static u64map latest_cursor;
 
 static void batch_applied(void *ctx)
 {
-    (void)ctx;
-    if (latest_cursor.count) u64map_free(&latest_cursor);
+    lmdb_db *x = ctx;
+    if (x->latest_cursor.count) u64map_free(&x->latest_cursor);
 }
 
-/* The same for the log path, on the sequencer thread: the cursor ops of
- * the sequencer's batch number seq_latest_batch. */
-static u64map seq_latest;
-static uint64_t seq_latest_batch;
-
+static void batch_end(void *ctx)
+{
+    lmdb_db *x = ctx;
+    if (x->opt.batch_end) x->opt.batch_end(x->opt.ctx);
+}
 
 typedef struct collect_ctx {
     audience *a;
@@ -402,11 +406,11 @@ static int apply_cursor(store_txn *txn, db_op *op)
     me.version = store_tick(txn);
     if ((rc = store_member_put(txn, op->conv, &me)) < 0) return rc;
     if (!op->changed) return ERR_OK;
-    db_op *prev = u64map_get(&latest_cursor, cursor_key(op));
+    db_op *prev = u64map_get(&db_of(op)->latest_cursor, cursor_key(op));
     /* superseded within this batch: not told (a key shared by another member
      * is not a supersession: both are told) */
     if (prev && prev->conv == op->conv && prev->who.uid == op->who.uid) prev->changed = false;
-    u64map_put(&latest_cursor, cursor_key(op), op);
+    u64map_put(&db_of(op)->latest_cursor, cursor_key(op), op);
     return load_members(txn, op);
 }
 
@@ -431,7 +435,7 @@ static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *ou
         /* A read of conv waits for this batch (a duplicate's original was
          * marked when it was sequenced). Only an entry appended marks: a
          * batch number that is never logged would hold readers. */
-        if (!r.duplicate) mark_pending(op->conv, batch);
+        if (!r.duplicate) mark_pending(db_of(op), op->conv, batch);
         return ERR_OK;
     case OP_CURSOR:
         rc = seq_cursor(q, batch, op->conv, op->who.uid, op->delivered, op->read, op->accept,
@@ -444,15 +448,16 @@ static int sequence(writer_op *wop, sequencer *q, uint64_t batch, logrec_buf *ou
         op->aud = r.aud;
         op->members_version = r.members_version;
         if (!op->changed) return ERR_OK;
-        mark_pending(op->conv, batch);
-        if (batch != seq_latest_batch) {
-            if (seq_latest.count) u64map_free(&seq_latest);
-            seq_latest_batch = batch;
+        lmdb_db *x = db_of(op);
+        mark_pending(x, op->conv, batch);
+        if (batch != x->seq_latest_batch) {
+            if (x->seq_latest.count) u64map_free(&x->seq_latest);
+            x->seq_latest_batch = batch;
         }
-        db_op *prev = u64map_get(&seq_latest, cursor_key(op));
+        db_op *prev = u64map_get(&x->seq_latest, cursor_key(op));
         /* superseded within this batch: not told */
         if (prev && prev->conv == op->conv && prev->who.uid == op->who.uid) prev->changed = false;
-        u64map_put(&seq_latest, cursor_key(op), op);
+        u64map_put(&x->seq_latest, cursor_key(op), op);
         return ERR_OK;
     case OP_LAST_SEEN:
         return seq_seen(q, batch, op->who.uid, op->ts, out);
@@ -467,6 +472,10 @@ static int apply(writer_op *wop, store_txn *txn)
 {
     db_op *op = (db_op *)wop;
     int rc = ERR_INVALID;
+    /* results of an earlier attempt, if any, are not this one's */
+    free(op->after);
+    op->after = NULL;
+    op->duplicate = false;
     switch (op->kind) {
     case OP_REGISTER: return apply_register(txn, op);
     case OP_LOGIN: return apply_login(txn, op);
@@ -923,6 +932,12 @@ static int lmdb_contacts(db *d, uint64_t uid, audience **out)
     return rc < 0 ? rc : ERR_OK;
 }
 
+static bool lmdb_healthy(db *d)
+{
+    (void)d; /* its own files: a failing disk shows in the answers (disk_full, internal) */
+    return true;
+}
+
 static void lmdb_counts(db *d, uint64_t *users, uint64_t *convs)
 {
     store_counts(st_of(d), users, convs);
@@ -932,7 +947,8 @@ static void lmdb_counts(db *d, uint64_t *users, uint64_t *convs)
 static void lmdb_settle(db *d, uint64_t conv)
 {
     writer *w = ((lmdb_db *)d)->w;
-    uint64_t need = conv ? __atomic_load_n(&pending_batch[conv % PENDING_SLOTS], __ATOMIC_RELAXED)
+    uint64_t need = conv ? __atomic_load_n(&((lmdb_db *)d)->pending_batch[conv % PENDING_SLOTS],
+                                           __ATOMIC_RELAXED)
                          : writer_acked(w);
     if (need && !writer_is_applied(w, need)) writer_wait_applied(w, need, 1000);
 }
@@ -964,7 +980,9 @@ static int lmdb_open(db **out, const db_options *o)
     }
     writer_options wo = {o->commit_window_us, 4096, o->max_queue, log_dir, o->log_segment_bytes,
                          o->apply_delay_ms, NULL};
-    if ((rc = writer_start_log(&x->w, x->st, &wo, batch_applied, o->batch_end, o->ctx)) < 0) {
+    u64map_init(&x->latest_cursor);
+    u64map_init(&x->seq_latest);
+    if ((rc = writer_start_log(&x->w, x->st, &wo, batch_applied, batch_end, x)) < 0) {
         store_close(x->st);
         free(x);
         return rc;
@@ -978,6 +996,8 @@ static void lmdb_close(db *d)
     lmdb_db *x = (lmdb_db *)d;
     writer_stop(x->w);
     store_close(x->st);
+    u64map_free(&x->latest_cursor);
+    u64map_free(&x->seq_latest);
     free(x);
 }
 
@@ -1003,5 +1023,6 @@ const db_vfs db_lmdb = {
     .history = lmdb_history,
     .inbox = lmdb_inbox,
     .contacts = lmdb_contacts,
+    .healthy = lmdb_healthy,
     .counts = lmdb_counts,
 };
