@@ -96,7 +96,7 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup setup-run run test test-layers test-unit test-lib test-fuzz test-integration \
+.PHONY: all setup setup-run run test test-layers test-unit test-lib test-fuzz test-integration test-integration-pg \
         test-browser tsan bench bench-test fuzz fuzz-build install clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC)
@@ -115,7 +115,7 @@ run: setup-run
 
 test: setup
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN) $(SERVER_OBJ)
-	@$(MAKE) --no-print-directory test-layers test-unit test-lib bench-test test-fuzz test-integration test-browser
+	@$(MAKE) --no-print-directory test-layers test-unit test-lib bench-test test-fuzz test-integration test-integration-pg test-browser
 
 # Imports run one way (docs/architecture.md); the checker also proves on a
 # copy of the tree that it refuses a planted upward include and a cycle.
@@ -139,6 +139,14 @@ test-fuzz: $(REPLAY_BIN)
 test-integration: $(B)/parleyd $(CLI_BIN)
 	PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) PARLEY_WEB=$(abspath web) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# The same chat, durability and resume tests with the PostgreSQL backend
+# (--store), on a PostgreSQL server the run starts (tests/integration/engines.py).
+PG_TESTS := $(wildcard tests/integration/test_chat_*.py) tests/integration/test_durable_kill.py \
+            tests/integration/test_durable_ryw.py tests/integration/test_client_resume.py
+test-integration-pg: $(B)/parleyd $(CLI_BIN)
+	PARLEY_TEST_STORE=postgresql PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) \
+	    PARLEY_WEB=$(abspath web) $(PYTHON) -m pytest -q -p no:cacheprovider $(PG_TESTS)
 
 # Browser tests: Playwright (playwright-core) driving Debian's Chromium.
 test-browser: $(B)/parleyd

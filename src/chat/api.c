@@ -166,6 +166,7 @@ static bool authenticate(req_ctx *x)
         rc = chat_authenticate(x->ch, h->p + 7, h->n - 7, &x->who);
     if (rc == ERR_OK) return true;
     if (rc == ERR_IO) fail(x, ERR_IO, "storage error");
+    else if (rc == ERR_UNAVAILABLE) fail(x, rc, NULL);
     else fail(x, ERR_AUTH, "missing or invalid token");
     return false;
 }
@@ -182,7 +183,7 @@ static bool parse_body(req_ctx *x)
     return true;
 }
 
-/* A username field resolved to a uid in a read txn. */
+/* A username field resolved to a uid (a read of the storage interface). */
 static int lookup_user(chat *ch, const char *name, uint64_t *uid)
 {
     char norm[AUTH_NAME_MAX + 1];

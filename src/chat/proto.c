@@ -234,7 +234,8 @@ static void finish_upgrade(conn *c, upgrade_job *u)
         return;
     }
     if (u->rc < 0) {
-        api_send_error(c, u->keep_alive, false, u->rc == ERR_IO ? ERR_IO : ERR_AUTH, NULL, NULL, -1);
+        api_send_error(c, u->keep_alive, false,
+                       u->rc == ERR_IO || u->rc == ERR_UNAVAILABLE ? u->rc : ERR_AUTH, NULL, NULL, -1);
         return;
     }
     ws_session *w = conn_user(c);
@@ -584,7 +585,7 @@ static void sync_run(pool_job *job)
     int rc = chat_write_history(x->ch, conv, x->uid, x->r.after, x->r.before, (size_t)x->r.limit,
                                 chat_page_bytes(x->ch), j);
     jb_raw(j, "}", 1);
-    if (rc < 0) { jb_free(j); x->rc = rc == ERR_FORBIDDEN ? rc : ERR_IO; }
+    if (rc < 0) { jb_free(j); x->rc = rc == ERR_FORBIDDEN || rc == ERR_UNAVAILABLE ? rc : ERR_IO; }
 }
 
 static void inbox_run(pool_job *job)
@@ -603,7 +604,7 @@ static void inbox_run(pool_job *job)
             x->rc = rc;
             x->message = "'page' must be the 'next' of an earlier inbox page";
         } else {
-            x->rc = rc == ERR_NOMEM ? rc : ERR_IO;
+            x->rc = rc == ERR_NOMEM || rc == ERR_UNAVAILABLE ? rc : ERR_IO;
         }
         return;
     }

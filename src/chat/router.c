@@ -38,9 +38,12 @@ static void error_json(conn *c, const http_request *req, int err, const char *me
 
 static void healthz(conn *c, const http_request *req)
 {
-    bool stopping = c->t->stopping;
-    const char *body = stopping ? "{\"status\":\"stopping\"}" : "{\"status\":\"ok\"}";
-    conn_respond(c, stopping ? 503 : 200, JSON, body, strlen(body), req->keep_alive,
+    bool stopping = c->t->stopping, store_ok = db_healthy(chat_of(c->t)->db);
+    /* a node that cannot reach its database is drained by a load balancer */
+    const char *body = stopping ? "{\"status\":\"stopping\"}"
+                       : !store_ok ? "{\"status\":\"unavailable\",\"store\":\"down\"}"
+                                : "{\"status\":\"ok\"}";
+    conn_respond(c, stopping || !store_ok ? 503 : 200, JSON, body, strlen(body), req->keep_alive,
                  method_is(req, "HEAD"), "Cache-Control: no-store\r\n");
 }
 

@@ -249,19 +249,25 @@ typedef struct db_vfs {
     /* A conversation as viewer sees it (viewer 0: nobody's, me NULL);
      * ERR_FORBIDDEN when there is none or viewer is not a member. */
     int (*conv)(db *d, uint64_t conv, uint64_t viewer, db_conv **out);
-    /* The members (one ref) for a member viewer; ERR_FORBIDDEN. */
+    /* The members for a member viewer, as a new audience that is the
+     * caller's (to change, then to share); ERR_FORBIDDEN. */
     int (*members)(db *d, uint64_t conv, uint64_t viewer, audience **out);
     /* A page of history for a member viewer (ERR_FORBIDDEN): after
      * `after` ascending (before 0), or before `before` (UINT64_MAX: the
-     * latest), at most limit messages and about max_bytes of their cmids
-     * and bodies (at least one), cut at the end away from the anchor. */
+     * latest), at most limit messages, cut at the end away from the anchor
+     * where db_msg_floor() of them passes max_bytes (at least one): never
+     * before the exact JSON budget would cut (the caller trims to it). */
     int (*history)(db *d, uint64_t conv, uint64_t viewer, uint64_t after, uint64_t before,
                    size_t limit, size_t max_bytes, db_page **out);
     /* A page of uid's inbox; ERR_INVALID for a walk from the future. */
     int (*inbox)(db *d, const db_inbox_req *q, db_inbox **out);
     /* Everyone who shares a conversation with uid (uid excluded), one ref. */
     int (*contacts)(db *d, uint64_t uid, audience **out);
-    /* How many users and conversations there are. */
+    /* Whether the storage can be reached, as last seen (never blocks:
+     * /healthz asks it on an I/O thread). */
+    bool (*healthy)(db *d);
+    /* How many users and conversations there are: never blocks (the
+     * metrics page calls it on an I/O thread); may lag a few seconds. */
     void (*counts)(db *d, uint64_t *users, uint64_t *convs);
 } db_vfs;
 
@@ -320,6 +326,7 @@ static inline int db_contacts(db *d, uint64_t uid, audience **out)
 {
     return d->vfs->contacts(d, uid, out);
 }
+static inline bool db_healthy(db *d) { return d->vfs->healthy(d); }
 static inline void db_counts(db *d, uint64_t *users, uint64_t *convs)
 {
     d->vfs->counts(d, users, convs);

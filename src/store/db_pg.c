@@ -64,6 +64,10 @@ typedef struct pgdb {
     PGconn *wconn;                    /* the writer's */
     u64map auds;                      /* writer: conv -> pg_aud* */
     writer_stats st;                  /* under mu */
+    uint64_t nusers, nconvs;          /* atomics: counts as of counted_at */
+    bool down;                        /* atomic: the database could not be reached */
+    int64_t pinged_at;                /* writer: ms */
+    int64_t counted_at;               /* writer: ms */
     /* reads */
     pthread_mutex_t rmu;
     pthread_cond_t rcond;
@@ -92,8 +96,11 @@ typedef struct pq_args {
     char *heap;                       /* an array's text, freed by pq_run */
 } pq_args;
 
+/* (bigint columns: a value past 2^63 - 1, which no id, seq or cursor
+ * reaches, is that, as its comparisons mean the same) */
 static void arg_u64(pq_args *a, uint64_t v)
 {
+    if (v > INT64_MAX) v = INT64_MAX;
     snprintf(a->num[a->n], sizeof a->num[0], "%" PRIu64, v);
     a->v[a->n] = a->num[a->n];
     a->len[a->n] = 0;
@@ -217,7 +224,11 @@ static int code_of(const char *s)
 
 static PGconn *connect_db(const char *url, char *err, size_t cap)
 {
-    PGconn *c = PQconnectdb(url);
+    /* the URL's own settings, and a bound on a connect that hangs (a
+     * network cut) unless the URL sets one */
+    const char *keys[] = {"connect_timeout", "dbname", NULL};
+    const char *vals[] = {"5", url, NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(c) != CONNECTION_OK) {
         snprintf(err, cap, "%s", PQerrorMessage(c));
         PQfinish(c);
@@ -599,12 +610,62 @@ static int run_batch(pgdb *x, writer_op *ops)
     return rc == ERR_AGAIN ? ERR_BUSY : rc;
 }
 
+#define DB_PG_COUNT_MS 60000 /* how often the writer recounts users and conversations */
+#define DB_PG_PING_MS 2000   /* how often an idle writer checks the database is there */
+
+static void set_down(pgdb *x, bool down)
+{
+    if (__atomic_exchange_n(&x->down, down, __ATOMIC_RELAXED) != down) {
+        if (down) log_error("the database cannot be reached", "store=postgresql");
+        else log_info("the database can be reached again", "store=postgresql");
+    }
+}
+
+/* An idle writer's look at the database, for /healthz. */
+static void ping(pgdb *x)
+{
+    int64_t now = now_ms();
+    if (now - x->pinged_at < DB_PG_PING_MS) return;
+    x->pinged_at = now;
+    int rc;
+    set_down(x, !(conn_alive(x->wconn) && pq_ok(x->wconn, "select 1", &rc)));
+}
+
+/* The counts of the metrics page, which must not wait for the database:
+ * this node's own registrations and new conversations are added as they
+ * commit; a recount between batches, once a minute, adds the others'. */
+static void count(pgdb *x)
+{
+    int64_t now = now_ms();
+    if (now - x->counted_at < DB_PG_COUNT_MS) return;
+    x->counted_at = now;
+    int rc;
+    PGresult *r = conn_alive(x->wconn)
+                      ? pq_run(x->wconn, "select (select count(*) from users), (select count(*) from convs)",
+                               NULL, &rc)
+                      : NULL;
+    if (!r) return;
+    __atomic_store_n(&x->nusers, u64_at(r, 0, 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&x->nconvs, u64_at(r, 0, 1), __ATOMIC_RELAXED);
+    PQclear(r);
+}
+
 static void *writer_main(void *arg)
 {
     pgdb *x = arg;
     pthread_mutex_lock(&x->mu);
     for (;;) {
-        while (!x->head && !x->stopping) pthread_cond_wait(&x->cond, &x->mu);
+        while (!x->head && !x->stopping) {
+            pthread_mutex_unlock(&x->mu);
+            ping(x);
+            count(x);
+            pthread_mutex_lock(&x->mu);
+            if (x->head || x->stopping) break;
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += DB_PG_PING_MS / 1000;
+            pthread_cond_timedwait(&x->cond, &x->mu, &until);
+        }
         if (!x->head) break;
         writer_op *ops = x->head, *last = ops;
         size_t n = 1;
@@ -619,10 +680,19 @@ static void *writer_main(void *arg)
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int rc = run_batch(x, ops);
         clock_gettime(CLOCK_MONOTONIC, &t1);
+        set_down(x, rc == ERR_UNAVAILABLE);
+        x->pinged_at = now_ms();
         uint64_t ns = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000u + (uint64_t)t1.tv_nsec -
                       (uint64_t)t0.tv_nsec;
         if (rc < 0) log_error("storage batch failed", "ops=%zu err=%s", n, err_name(rc));
         else supersede_cursors(ops);
+        for (writer_op *w = ops; rc >= 0 && w; w = w->next) {
+            db_op *op = (db_op *)w;
+            if (op->rc != ERR_OK) continue;
+            if (op->kind == OP_REGISTER) __atomic_add_fetch(&x->nusers, 1, __ATOMIC_RELAXED);
+            if ((op->kind == OP_DIRECT && !op->duplicate) || op->kind == OP_GROUP)
+                __atomic_add_fetch(&x->nconvs, 1, __ATOMIC_RELAXED);
+        }
         pthread_mutex_lock(&x->mu);
         x->st.batches++;
         x->st.ops += n;
@@ -1122,21 +1192,16 @@ static int pg_contacts(db *d, uint64_t uid, audience **out)
     return rc;
 }
 
+static bool pg_healthy(db *d)
+{
+    return !__atomic_load_n(&((pgdb *)d)->down, __ATOMIC_RELAXED);
+}
+
 static void pg_counts(db *d, uint64_t *users, uint64_t *convs)
 {
     pgdb *x = (pgdb *)d;
-    *users = *convs = 0;
-    PGconn *c = borrow(x);
-    if (!c) return;
-    int rc;
-    PGresult *r = pq_run(c, "select (select count(*) from users), (select count(*) from convs)",
-                         NULL, &rc);
-    if (r) {
-        *users = u64_at(r, 0, 0);
-        *convs = u64_at(r, 0, 1);
-    }
-    PQclear(r);
-    give_back(x, c);
+    *users = __atomic_load_n(&x->nusers, __ATOMIC_RELAXED);
+    *convs = __atomic_load_n(&x->nconvs, __ATOMIC_RELAXED);
 }
 
 const db_vfs db_pg = {
@@ -1154,5 +1219,6 @@ const db_vfs db_pg = {
     .history = pg_history,
     .inbox = pg_inbox,
     .contacts = pg_contacts,
+    .healthy = pg_healthy,
     .counts = pg_counts,
 };

@@ -20,8 +20,34 @@ import os
 
 import pytest
 
+import parley_client
 from engines import start_postgres, start_redis
 from parley_client import ChatProc, start_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def store_mode(tmp_path_factory):
+    """PARLEY_TEST_STORE=postgresql: every parleyd of the run stores in
+    PostgreSQL (--store), a database of its own per data directory on one
+    server for the run; unset, the embedded store (the default)."""
+    mode = os.environ.get("PARLEY_TEST_STORE", "")
+    if mode != "postgresql":
+        assert mode in ("", "embedded"), f"PARLEY_TEST_STORE={mode!r}: embedded or postgresql"
+        yield None
+        return
+    pg = start_postgres(tmp_path_factory.mktemp("store_pg"))
+    dbs = {}
+
+    def store_for(data):
+        key = str(os.path.realpath(data))
+        if key not in dbs:
+            dbs[key] = pg.new_database()
+        return dbs[key].dsn
+
+    parley_client.STORE_FOR = store_for
+    yield pg
+    parley_client.STORE_FOR = None
+    pg.stop()
 
 
 @pytest.fixture

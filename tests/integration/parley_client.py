@@ -227,22 +227,11 @@ def _spawn(argv, log_path, data_dir, port):
     return srv
 
 
-# Cluster mode: PARLEY_TEST_PG=postgresql://parley@127.0.0.1:PORT (a
-# PostgreSQL server whose role `postgres` may create databases) runs every
-# server on a database of its own, --store URL/DB: one per data directory,
-# so a restart on the same data directory finds its data again.
-PG_BASE = os.environ.get("PARLEY_TEST_PG", "")
-
-
-def pg_store(data):
-    m = re.match(r"postgres(?:ql)?://[^@]+@([^:/]+):(\d+)$", PG_BASE)
-    assert m, f"PARLEY_TEST_PG={PG_BASE!r}: want postgresql://USER@HOST:PORT"
-    name = "t" + hashlib.sha1(str(Path(data).resolve()).encode()).hexdigest()[:20]
-    r = subprocess.run(["psql", "-h", m.group(1), "-p", m.group(2), "-U", "postgres", "-q",
-                        "-c", f"create database {name} owner parley"],
-                       capture_output=True, text=True, timeout=30 * SLOW)
-    assert r.returncode == 0 or "already exists" in r.stderr, r.stderr
-    return f"{PG_BASE}/{name}"
+# Cluster mode: when set (conftest.py does, for PARLEY_TEST_STORE=postgresql),
+# STORE_FOR(data_dir) -> a --store URL: every server runs on a database of
+# its own, one per data directory, so that a restart on the same data
+# directory finds its data again.
+STORE_FOR = None
 
 
 def start_server(tmp_path, *flags, web_dir=None, data_dir=None, port=0):
@@ -265,8 +254,8 @@ def start_server(tmp_path, *flags, web_dir=None, data_dir=None, port=0):
         web = str(web_dir if web_dir is not None else PARLEY_WEB)
         argv = [PARLEYD, "--port", str(port), "--listen", HOST, "--data-dir", str(data),
                 "--web-dir", web, "--threads", "2", *NO_LIMITS, *[str(f) for f in flags]]
-        if PG_BASE and "--store" not in argv:
-            argv += ["--store", pg_store(data)]
+        if STORE_FOR and "--store" not in argv:
+            argv += ["--store", STORE_FOR(data)]
         try:
             return _spawn(argv, base / "parleyd.log", data, port)
         except AssertionError:
