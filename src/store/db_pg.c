@@ -134,7 +134,7 @@ static void arg_str(pq_args *a, const char *s) { arg_bytes(a, s, strlen(s)); }
 /* {1,2,3} as the text of a bigint[]; false if out of memory. */
 static bool arg_u64s(pq_args *a, const uint64_t *v, size_t n)
 {
-    char *p = malloc(2 + n * 21);
+    char *p = malloc(3 + n * 21); /* {, n numbers of up to 20 digits and their commas, }, NUL */
     if (!p) return false;
     size_t k = 0;
     p[k++] = '{';
@@ -1125,7 +1125,7 @@ static int inbox_run(PGconn *c, void *arg)
                &a, &rc);
     if (!r) return rc;
     size_t rows = (size_t)PQntuples(r), want = rows < q->limit ? rows : q->limit;
-    uint64_t *ids = malloc((want ? want : 1) * sizeof *ids);
+    uint64_t *ids = calloc(want ? want : 1, sizeof *ids);
     db_conv **convs = calloc(want ? want : 1, sizeof *convs);
     db_inbox *in = calloc(1, sizeof *in);
     if (!ids || !convs || !in) {
