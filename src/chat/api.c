@@ -635,7 +635,12 @@ static void login_run(pool_job *j)
     req_ctx x = {.ans = &q->a.ans, .ch = q->a.ch, .ka = q->a.keep_alive};
     db_account u;
     if (!q->name[0] || !q->plen) return;
-    if (db_account_get(q->a.ch->db, q->name, &u) == ERR_OK) {
+    int rc = db_account_get(q->a.ch->db, q->name, &u);
+    if (rc == ERR_IO || rc == ERR_UNAVAILABLE) { /* not "wrong password" */
+        fail(&x, rc, rc == ERR_IO ? "storage error" : NULL);
+        return;
+    }
+    if (rc == ERR_OK) {
         q->line.uid = u.id;
         /* Not one of this account's keys (another's, forged, too long, or
          * from before a password change): an unknown device. */

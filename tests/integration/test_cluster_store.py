@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from parley_client import (PARLEYD, SLOW, RawWS, User, direct, group, history, inbox_pages,
-                           rest, run_parleyd, send_rest, users)
+                           login_attempt, rest, run_parleyd, send_rest, users)
 
 
 def poll(get, ok, timeout=20 * SLOW):
@@ -168,6 +168,8 @@ def test_postgresql_stopped_answers_unavailable_and_loses_nothing(parley, postgr
     assert r.status == 503 and r.error_code() == "unavailable", r
     assert r.header("retry-after") == "1", r
     r = a.get(f"/v1/conversations/{conv}/messages")
+    assert r.status == 503 and r.error_code() == "unavailable", r
+    r = login_attempt(srv, a.name)  # not "wrong password"
     assert r.status == 503 and r.error_code() == "unavailable", r
     # A WebSocket opened before keeps its connection and gets an error frame.
     postgres.restart()
