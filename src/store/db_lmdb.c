@@ -297,6 +297,33 @@ static int apply_add(store_txn *txn, db_op *op)
     return load_members(txn, op);
 }
 
+/* A group never ends without an admin: when the last one goes, the member
+ * with the lowest uid becomes one. */
+typedef struct admin_ctx {
+    bool any;
+    store_member first;
+    bool have_first;
+} admin_ctx;
+
+static int admin_scan(void *arg, const store_member *m)
+{
+    admin_ctx *x = arg;
+    if (m->role == STORE_ADMIN) { x->any = true; return 1; }
+    if (!x->have_first) { x->first = *m; x->have_first = true; }
+    return 0;
+}
+
+static int keep_an_admin(store_txn *txn, uint64_t conv, uint64_t version)
+{
+    admin_ctx x = {false, {0}, false};
+    int rc = store_members(txn, conv, admin_scan, &x);
+    if (rc < 0) return rc;
+    if (x.any || !x.have_first) return ERR_OK;
+    x.first.role = STORE_ADMIN;
+    x.first.version = version;
+    return store_member_put(txn, conv, &x.first);
+}
+
 static int apply_remove(store_txn *txn, db_op *op)
 {
     store_conv c;
@@ -306,6 +333,7 @@ static int apply_remove(store_txn *txn, db_op *op)
     if ((rc = store_member_del(txn, op->conv, op->target)) < 0)
         return rc == ERR_NOT_FOUND ? ERR_NOT_MEMBER : rc;
     uint64_t v = store_tick(txn);
+    if ((rc = keep_an_admin(txn, op->conv, v)) < 0) return rc;
     if ((rc = touch_conv(txn, op->conv, v)) < 0) return rc;
     return load_members(txn, op);
 }
@@ -326,6 +354,7 @@ static int apply_leave(store_txn *txn, db_op *op)
         if (c.type != STORE_GROUP) continue; /* a direct conversation is for good */
         if (!v) v = store_tick(txn);
         int rc = store_member_del(txn, conv, op->who.uid);
+        if (rc == ERR_OK) rc = keep_an_admin(txn, conv, v);
         if (rc == ERR_OK) rc = touch_conv(txn, conv, v);
         if (rc < 0) return rc;
         op->rcs[i] = ERR_OK;

@@ -178,12 +178,20 @@ static const char m1[] =
     "   version = pg_current_xact_id() where id = p_conv;"
     "  return 'ok'; end $$;"
 
+    /* A group never ends without an admin: when the last one goes, the
+     * member with the lowest uid becomes one. */
+    "create function parley_keep_an_admin(p_conv bigint) returns void language sql as $$"
+    "  update members set role = 1, version = pg_current_xact_id()"
+    "   where conv = p_conv and not exists (select 1 from members where conv = p_conv and role = 1)"
+    "   and uid = (select min(uid) from members where conv = p_conv) $$;"
+
     "create function parley_remove(p_actor bigint, p_conv bigint, p_target bigint)"
     " returns text language plpgsql as $$ declare rc text; begin"
     "  rc := parley_check_actor(p_actor, p_conv, p_target <> p_actor);"
     "  if rc <> 'ok' then return rc; end if;"
     "  delete from members where conv = p_conv and uid = p_target;"
     "  if not found then return 'not_member'; end if;"
+    "  perform parley_keep_an_admin(p_conv);"
     "  update convs set nmembers = nmembers - 1, members_version = members_version + 1,"
     "   version = pg_current_xact_id() where id = p_conv;"
     "  return 'ok'; end $$;"
@@ -198,6 +206,7 @@ static const char m1[] =
     "    res := res || 'forbidden'::text; continue; end if;"
     "   if t <> 2 then res := res || 'invalid'::text; continue; end if;"
     "   delete from members where conv = c and uid = p_actor;"
+    "   perform parley_keep_an_admin(c);"
     "   update convs set nmembers = nmembers - 1, members_version = members_version + 1,"
     "    version = pg_current_xact_id() where id = c;"
     "   res := res || 'ok'::text;"

@@ -203,3 +203,20 @@ def test_get_conversation_nonmember_and_nonexistent_same_answer(server):
     for r in (r1, r2, r3):
         assert_error(r, 403, "forbidden")
     assert r1.content == r2.content == r3.content
+
+
+def test_the_last_admin_leaving_hands_the_role_to_a_member(server):
+    a, b, c = register(server), register(server), register(server)  # uids in this order
+    gid = group(a, [c, b])
+    r = a.delete(f"/v1/conversations/{gid}/members/{a.name}")  # the only admin leaves
+    assert r.status == 204, r
+    assert conv_get(c, gid)["admins"] == [b.name]  # the lowest uid left
+    # the new admin can add; removing a member changes no role
+    r = b.post(f"/v1/conversations/{gid}/members", {"user": a.name})
+    assert r.status == 200, r
+    assert b.delete(f"/v1/conversations/{gid}/members/{c.name}").status == 204
+    assert conv_get(a, gid)["admins"] == [b.name]
+    # the batch leave too
+    r = b.post("/v1/conversations/leave", {"convs": [gid]})
+    assert r.status == 200, r
+    assert conv_get(a, gid)["admins"] == [a.name]

@@ -637,6 +637,54 @@ static void check_members(const db_conv *c, const want_member *w, size_t n, int 
     }
 }
 
+/* A group never ends without an admin (PRODUCT.md): the last admin
+ * leaving (OP_REMOVE of themself, or OP_LEAVE) hands the role to the
+ * member with the lowest uid; a group with an admin left keeps its roles. */
+DB_TEST(the_last_admin_leaving_hands_the_role_on)
+{
+    tdb t;
+    tdb_open(&t, be);
+    db_ident alice = must_reg(&t, "alice", 1);
+    db_ident bob = must_reg(&t, "bob", 2);
+    db_ident carol = must_reg(&t, "carol", 3);
+    int rc;
+    uint64_t uids[] = {bob.uid, carol.uid};
+    top *o = group_op(&t, &alice, "team", uids, 2, &rc);
+    CHECK_EQ_INT(rc, ERR_OK);
+    uint64_t g = o->op.conv;
+    top_free(o);
+    o = member_op(&t, OP_REMOVE, &alice, g, alice.uid, &rc); /* the only admin leaves */
+    CHECK_EQ_INT(rc, ERR_OK);
+    want_member w2[] = {{bob.uid, DB_ADMIN, "bob"}, {carol.uid, DB_MEMBER, "carol"}};
+    check_members(o->op.after, w2, 2, __LINE__);
+    top_free(o);
+    db_conv *c = NULL;
+    CHECK_EQ_INT(db_conv_get(t.d, g, carol.uid, &c), ERR_OK);
+    check_members(c, w2, 2, __LINE__);
+    free(c);
+    o = member_op(&t, OP_ADD, &bob, g, alice.uid, &rc); /* and the new admin can add */
+    CHECK_EQ_INT(rc, ERR_OK);
+    top_free(o);
+    o = top_new(OP_LEAVE, &bob);                        /* the admin leaves again */
+    o->op.nuids = 1;
+    o->op.uids = malloc(sizeof *o->op.uids);
+    o->op.rcs = malloc(sizeof *o->op.rcs);
+    o->op.uids[0] = g;
+    CHECK_EQ_INT(top_run(&t, o), ERR_OK);
+    CHECK_EQ_INT(o->op.rcs[0], ERR_OK);
+    want_member w2b[] = {{alice.uid, DB_ADMIN, "alice"}, {carol.uid, DB_MEMBER, "carol"}};
+    if (o->op.left) check_members(o->op.left[0], w2b, 2, __LINE__);
+    else CHECK(o->op.left != NULL);
+    top_free(o);
+    /* An admin removing a member changes no role. */
+    o = member_op(&t, OP_REMOVE, &alice, g, carol.uid, &rc);
+    CHECK_EQ_INT(rc, ERR_OK);
+    want_member w1[] = {{alice.uid, DB_ADMIN, "alice"}};
+    check_members(o->op.after, w1, 1, __LINE__);
+    top_free(o);
+    tdb_close(&t);
+}
+
 DB_TEST(group_create_add_remove_leave)
 {
     tdb t;
@@ -1565,6 +1613,7 @@ int main(void)
         RUN_ON(be, register_session_account_users_counts);
         RUN_ON(be, direct_conversation);
         RUN_ON(be, group_create_add_remove_leave);
+        RUN_ON(be, the_last_admin_leaving_hands_the_role_on);
         RUN_ON(be, sends_are_gapless_and_idempotent);
         RUN_ON(be, history_pages_both_ways);
         RUN_ON(be, history_byte_budget);
