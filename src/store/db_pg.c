@@ -423,8 +423,9 @@ static void clear_results(db_op *op)
     op->duplicate = op->changed = false;
 }
 
-/* One op in the batch's transaction: its domain result in op->rc (>= the
- * return), or a negative return when the transaction is broken. */
+/* One op other than a send, cursor move or last_seen (run_fast) in the
+ * batch's transaction: its domain result in op->rc, or a negative return
+ * when the transaction is broken. */
 static int run_op(pgdb *x, db_op *op)
 {
     PGconn *c = x->wconn;
@@ -461,14 +462,6 @@ static int run_op(pgdb *x, db_op *op)
     case OP_LOGOUT:
         arg_bytes(&a, op->who.token_hash, 32);
         if (!(r = pq_run(c, "delete from sessions where token_hash = $1", &a, &rc))) return rc;
-        op->rc = ERR_OK;
-        break;
-    case OP_LAST_SEEN:
-        arg_u64(&a, op->who.uid);
-        arg_i64(&a, op->ts);
-        if (!(r = pq_run(c, "update users set last_seen = $2 where id = $1 and last_seen < $2", &a,
-                         &rc)))
-            return rc;
         op->rc = ERR_OK;
         break;
     case OP_DIRECT:
@@ -532,42 +525,6 @@ static int run_op(pgdb *x, db_op *op)
         }
         break;
     }
-    case OP_SEND:
-        arg_u64(&a, op->conv);
-        arg_u64(&a, op->who.uid);
-        arg_bytes(&a, op->cmid, op->cmid_len);
-        arg_bytes(&a, op->body, op->body_len);
-        arg_i64(&a, now);
-        arg_u64(&a, o->max_user_convs);
-        if (!(r = pq_run(c, "select rc, seq_out, ts_out, dup, mv from parley_send($1, $2, $3, $4, $5, $6)",
-                         &a, &rc)))
-            return rc;
-        op->rc = code_of(PQgetvalue(r, 0, 0));
-        if (op->rc == ERR_OK) {
-            op->seq = u64_at(r, 0, 1);
-            op->ts = i64_at(r, 0, 2);
-            op->duplicate = bool_at(r, 0, 3);
-            rc = audience_at(x, op, u64_at(r, 0, 4));
-        }
-        break;
-    case OP_CURSOR:
-        arg_u64(&a, op->conv);
-        arg_u64(&a, op->who.uid);
-        arg_u64(&a, op->delivered);
-        arg_u64(&a, op->read);
-        arg_bool(&a, op->accept);
-        arg_u64(&a, o->max_user_convs);
-        if (!(r = pq_run(c, "select rc, changed, dl_out, rd_out, mv from parley_cursor($1, $2, $3, $4, $5, $6)",
-                         &a, &rc)))
-            return rc;
-        op->rc = code_of(PQgetvalue(r, 0, 0));
-        if (op->rc == ERR_OK) {
-            op->changed = bool_at(r, 0, 1);
-            op->delivered = u64_at(r, 0, 2);
-            op->read = u64_at(r, 0, 3);
-            rc = audience_at(x, op, u64_at(r, 0, 4));
-        }
-        break;
     default:
         op->rc = ERR_INVALID;
         break;
@@ -593,7 +550,145 @@ static void supersede_cursors(writer_op *ops)
     u64map_free(&latest);
 }
 
-/* Runs a batch: ERR_OK (each op's result in op->rc), or why it failed whole. */
+/* ---- the hot path, pipelined ---- */
+
+#define DB_PG_PIPELINE 128 /* statements sent before their results are read */
+
+static bool is_fast(const writer_op *w)
+{
+    uint8_t k = ((const db_op *)w)->kind;
+    return k == OP_SEND || k == OP_CURSOR || k == OP_LAST_SEEN;
+}
+
+static const char SEND_SQL[] =
+    "select rc, seq_out, ts_out, dup, mv from parley_send($1, $2, $3, $4, $5, $6)";
+static const char CURSOR_SQL[] =
+    "select rc, changed, dl_out, rd_out, mv from parley_cursor($1, $2, $3, $4, $5, $6)";
+static const char SEEN_SQL[] = "update users set last_seen = $2 where id = $1 and last_seen < $2";
+
+/* A send, cursor move or last_seen: its statement (a: its parameters). */
+static const char *fast_stmt(const pgdb *x, db_op *op, pq_args *a, int64_t now)
+{
+    a->n = 0;
+    arg_u64(a, op->kind == OP_LAST_SEEN ? op->who.uid : op->conv);
+    if (op->kind == OP_LAST_SEEN) {
+        arg_i64(a, op->ts);
+        return SEEN_SQL;
+    }
+    arg_u64(a, op->who.uid);
+    if (op->kind == OP_SEND) {
+        arg_bytes(a, op->cmid, op->cmid_len);
+        arg_bytes(a, op->body, op->body_len);
+        arg_i64(a, now);
+    } else {
+        arg_u64(a, op->delivered);
+        arg_u64(a, op->read);
+        arg_bool(a, op->accept);
+    }
+    arg_u64(a, x->opt.max_user_convs);
+    return op->kind == OP_SEND ? SEND_SQL : CURSOR_SQL;
+}
+
+/* Its answer into op; the members_version it names in op->members_version
+ * (the audience is looked up after the pipeline). */
+static void fast_result(db_op *op, const PGresult *r)
+{
+    op->duplicate = op->changed = false;
+    op->members_version = 0;
+    if (op->kind == OP_LAST_SEEN) { op->rc = ERR_OK; return; }
+    op->rc = code_of(PQgetvalue(r, 0, 0));
+    if (op->rc != ERR_OK) return;
+    if (op->kind == OP_SEND) {
+        op->seq = u64_at(r, 0, 1);
+        op->ts = i64_at(r, 0, 2);
+        op->duplicate = bool_at(r, 0, 3);
+    } else {
+        op->changed = bool_at(r, 0, 1);
+        op->delivered = u64_at(r, 0, 2);
+        op->read = u64_at(r, 0, 3);
+    }
+    op->members_version = u64_at(r, 0, 4);
+}
+
+static int result_rc(PGconn *c, const PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (PQstatus(c) != CONNECTION_OK) return ERR_UNAVAILABLE;
+    if (state && (!strcmp(state, "40001") || !strcmp(state, "40P01"))) return ERR_AGAIN;
+    if (r && PQresultStatus(r) != PGRES_PIPELINE_ABORTED)
+        log_error("database statement failed", "err=\"%s\"", PQresultErrorMessage(r));
+    return ERR_IO;
+}
+
+/* n fast ops from first, in one round trip: every statement sent, then
+ * every answer read (libpq's pipeline mode); then the audiences. */
+static int run_fast(pgdb *x, writer_op *first, size_t n)
+{
+    PGconn *c = x->wconn;
+    if (!PQenterPipelineMode(c)) return ERR_IO;
+    int64_t now = now_ms();
+    pq_args a = {0};
+    size_t sent = 0;
+    int rc = ERR_OK;
+    for (writer_op *w = first; sent < n; w = w->next, sent++) {
+        const char *sql = fast_stmt(x, (db_op *)w, &a, now);
+        if (!PQsendQueryParams(c, sql, a.n, NULL, a.v, a.len, a.fmt, 0)) {
+            rc = PQstatus(c) != CONNECTION_OK ? ERR_UNAVAILABLE : ERR_IO;
+            break;
+        }
+    }
+    if (!PQpipelineSync(c) && rc == ERR_OK) rc = ERR_UNAVAILABLE;
+    writer_op *w = first;
+    for (size_t i = 0; i < sent; i++, w = w->next) {
+        PGresult *r = PQgetResult(c);
+        if (!r) { rc = ERR_UNAVAILABLE; break; }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+            if (rc == ERR_OK) fast_result((db_op *)w, r);
+        } else if (rc == ERR_OK) {
+            rc = result_rc(c, r);
+        }
+        PQclear(r);
+        while ((r = PQgetResult(c))) PQclear(r); /* this statement's end (NULL) */
+    }
+    /* the sync's own result, then out of pipeline mode */
+    for (int guard = 0; guard < 4; guard++) {
+        PGresult *r = PQgetResult(c);
+        if (!r) continue;
+        bool sync = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (sync) break;
+    }
+    if (!PQexitPipelineMode(c) && rc == ERR_OK) rc = ERR_IO;
+    w = first;
+    for (size_t i = 0; rc == ERR_OK && i < n; i++, w = w->next) {
+        db_op *op = (db_op *)w;
+        if (op->kind != OP_LAST_SEEN && op->rc == ERR_OK)
+            rc = audience_at(x, op, op->members_version);
+    }
+    return rc;
+}
+
+/* Runs a batch: ERR_OK (each op's result in op->rc), or why it failed whole.
+ * Runs of sends, cursor moves and last_seen go pipelined; the rest one by one. */
+static int run_ops(pgdb *x, writer_op *ops)
+{
+    int rc = ERR_OK;
+    for (writer_op *w = ops; w && rc == ERR_OK;) {
+        if (!is_fast(w)) {
+            rc = run_op(x, (db_op *)w);
+            w = w->next;
+            continue;
+        }
+        size_t n = 0;
+        writer_op *end = w;
+        while (end && is_fast(end) && n < DB_PG_PIPELINE) { end = end->next; n++; }
+        rc = run_fast(x, w, n);
+        w = end;
+    }
+    return rc;
+}
+
 static int run_batch(pgdb *x, writer_op *ops)
 {
     int rc = ERR_OK;
@@ -601,7 +696,7 @@ static int run_batch(pgdb *x, writer_op *ops)
         if (!conn_alive(x->wconn)) return ERR_UNAVAILABLE;
         rc = ERR_OK;
         if (!pq_ok(x->wconn, "begin", &rc)) continue;
-        for (writer_op *w = ops; w && rc == ERR_OK; w = w->next) rc = run_op(x, (db_op *)w);
+        rc = run_ops(x, ops);
         if (rc == ERR_OK && pq_ok(x->wconn, "commit", &rc)) return ERR_OK;
         int ignore;
         if (PQstatus(x->wconn) == CONNECTION_OK) pq_ok(x->wconn, "rollback", &ignore);
