@@ -388,6 +388,19 @@ static int advance(mig *m, const char *table, const char *counter)
     return exec(m, sql);
 }
 
+/* The copying transaction's id, which the rows' version columns took. */
+static int copy_xid(mig *m)
+{
+    PGresult *res = PQexec(m->pg, "select pg_current_xact_id()::text");
+    int rc = ERR_OK;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        m->r->xid = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+    else
+        rc = pg_fail(m, "reading the transaction id", res);
+    PQclear(res);
+    return rc;
+}
+
 /* ERR_OK and *empty, with the tables locked in the open transaction. */
 static int lock_and_check(mig *m, bool *empty)
 {
@@ -435,6 +448,7 @@ static int copy_all(mig *m, bool *copied)
                          "messages", &n->messages, walk_msgs)) < 0 ||
         (rc = advance(m, "users", "next_user")) < 0 ||
         (rc = advance(m, "convs", "next_conv")) < 0 ||
+        (rc = copy_xid(m)) < 0 ||
         (rc = exec(m, "commit")) < 0) {
         free(c.b);
         exec(m, "rollback");
@@ -740,6 +754,7 @@ int migrate_run(const char *data_dir, const char *url, migrate_report *r, char *
     if (sodium_init() < 0) return fail(&m, ERR_IO, "libsodium did not start");
     if ((rc = connect_db(&m, url)) < 0) goto out;
     if ((rc = open_store(&m, data_dir)) < 0) goto out;
+    r->clock = store_clock(m.t);
     double t0 = now_s();
     bool copied = false;
     if ((rc = copy_all(&m, &copied)) < 0) goto out;
@@ -846,6 +861,11 @@ int migrate_main(int argc, char **argv, FILE *out, FILE *errout)
     counts(out, "verified", &r.verified);
     fprintf(out, "; %" PRIu64 " conversation checksums match (%.2f s)\n", r.checksums,
             r.verify_s);
+    if (!r.already && r.clock >= r.xid)
+        fprintf(errout, "parleyd migrate: warning: clients' inbox cursors (changed_since, up to "
+                        "%" PRIu64 ") are above the database's transaction ids (%" PRIu64 "): "
+                        "a client should list its inbox without changed_since once\n",
+                r.clock, r.xid);
     fprintf(out, "done: start parleyd with --store and this URL (not --data-dir)\n");
     fflush(out);
     return 0;

@@ -130,8 +130,13 @@ def test_migrate_keeps_accounts_tokens_history_inbox_and_cursors(parley, pg_data
     w = build(srv)
     before = snapshot(w)
     alice, bob = w["users"][0], w["users"][2]
+    old_cursor = inbox(alice)["cursor"]
     assert srv.kill() == 0
-    out = run_migrate(srv.data_dir, pg_database.dsn)
+    r = migrate("--from", srv.data_dir, "--to", pg_database.dsn)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    # the store clock (its inbox cursors) is below the copy's transaction id here: no warning
+    assert "warning" not in r.stderr, r.stderr
+    out = r.stdout
     assert "copied   users 4, sessions 5, conversations 3, directs 1, members 7, messages 11" \
         in out, out
     assert "verified users 4, sessions 5, conversations 3, directs 1, members 7, messages 11; " \
@@ -162,6 +167,8 @@ def test_migrate_keeps_accounts_tokens_history_inbox_and_cursors(parley, pg_data
         assert a["inbox"] == b["inbox"], key
         assert a["convs"] == b["convs"], key
         assert a["receipts"] == b["receipts"], key
+    # an inbox cursor from the embedded store lists every conversation once (not none)
+    assert len(inbox(on(pg, alice), changed_since=old_cursor)["conversations"]) == 3
     g, d = w["g"], w["d"]
     assert before[(w["users"][3].name, w["users"][3].device)]["convs"][g]["invited"] is True
     msgs = history(on(pg, bob), d)
