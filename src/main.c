@@ -19,6 +19,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "net/server.h"
+#include "store/migrate.h"
 #include "store/store.h"
 
 typedef struct app {
@@ -100,6 +101,9 @@ static void check_web_dir(const char *dir)
 
 int main(int argc, char **argv)
 {
+    /* parleyd migrate --from DATA_DIR --to URL: a tool, not the server */
+    if (argc > 1 && !strcmp(argv[1], "migrate"))
+        return migrate_main(argc - 1, argv + 1, stdout, stderr);
     static app a;
     config_defaults(&a.cfg);
     int rc = config_parse(&a.cfg, argc, argv, environ, stdout, stderr);

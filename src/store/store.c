@@ -1251,3 +1251,99 @@ int store_cmid_put(store_txn *t, uint64_t conv, uint64_t uid, const char *cmid,
     MDB_val k = { 16 + len, kb }, v = key1(vb, seq);
     return wput(t, DB_CMIDS, &k, &v, 0);
 }
+
+/* ---- whole-table walks (tools: migrate.h) ---------------------------------- */
+
+/* Walks every entry of db in key order with cursor `cur` of t. */
+static int walk(store_txn *t, int db, int (*each)(void *ctx, const MDB_val *k, const MDB_val *v),
+                void *ctx)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = cursor(t, db, &cur);
+    if (rc) return rc;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        int r = each(ctx, &k, &v);
+        if (r) return r;
+    }
+    return rc == MDB_NOTFOUND ? ERR_OK : map_err(rc);
+}
+
+struct walk_fn {
+    union {
+        int (*user)(void *arg, const store_user *u);
+        int (*session)(void *arg, const uint8_t token_hash[32], const store_session *s);
+        int (*conv)(void *arg, const store_conv *c);
+        int (*direct)(void *arg, uint64_t lo, uint64_t hi, uint64_t conv);
+    } fn;
+    void *arg;
+};
+
+static int each_user(void *ctx, const MDB_val *k, const MDB_val *v)
+{
+    struct walk_fn *w = ctx;
+    if (k->mv_size != 8) return ERR_IO;
+    store_user u;
+    int rc = user_decode(v, get64(k->mv_data), &u);
+    return rc ? rc : w->fn.user(w->arg, &u);
+}
+
+int store_users_each(store_txn *t, int (*fn)(void *arg, const store_user *u), void *arg)
+{
+    if (!t || !fn) return ERR_INVALID;
+    struct walk_fn w = {.fn.user = fn, .arg = arg};
+    return walk(t, DB_USERS, each_user, &w);
+}
+
+static int each_session(void *ctx, const MDB_val *k, const MDB_val *v)
+{
+    struct walk_fn *w = ctx;
+    if (k->mv_size != 32) return ERR_IO;
+    int rc = rec_check(v, SESSION_LEN);
+    if (rc) return rc;
+    const uint8_t *b = v->mv_data;
+    store_session s = {get64(b + 1), get32(b + 9), (int64_t)get64(b + 13)};
+    return w->fn.session(w->arg, k->mv_data, &s);
+}
+
+int store_sessions_each(store_txn *t,
+                        int (*fn)(void *arg, const uint8_t token_hash[32], const store_session *s),
+                        void *arg)
+{
+    if (!t || !fn) return ERR_INVALID;
+    struct walk_fn w = {.fn.session = fn, .arg = arg};
+    return walk(t, DB_SESSIONS, each_session, &w);
+}
+
+static int each_conv(void *ctx, const MDB_val *k, const MDB_val *v)
+{
+    struct walk_fn *w = ctx;
+    if (k->mv_size != 8) return ERR_IO;
+    store_conv c;
+    int rc = conv_decode(v, get64(k->mv_data), &c);
+    return rc ? rc : w->fn.conv(w->arg, &c);
+}
+
+int store_convs_each(store_txn *t, int (*fn)(void *arg, const store_conv *c), void *arg)
+{
+    if (!t || !fn) return ERR_INVALID;
+    struct walk_fn w = {.fn.conv = fn, .arg = arg};
+    return walk(t, DB_CONVS, each_conv, &w);
+}
+
+static int each_direct(void *ctx, const MDB_val *k, const MDB_val *v)
+{
+    struct walk_fn *w = ctx;
+    if (k->mv_size != 16 || v->mv_size != 8) return ERR_IO;
+    const uint8_t *kb = k->mv_data;
+    return w->fn.direct(w->arg, get64(kb), get64(kb + 8), get64(v->mv_data));
+}
+
+int store_directs_each(store_txn *t, int (*fn)(void *arg, uint64_t lo, uint64_t hi, uint64_t conv),
+                       void *arg)
+{
+    if (!t || !fn) return ERR_INVALID;
+    struct walk_fn w = {.fn.direct = fn, .arg = arg};
+    return walk(t, DB_DIRECTS, each_direct, &w);
+}

@@ -244,4 +244,20 @@ int store_cmid_get(store_txn *t, uint64_t conv, uint64_t uid, const char *cmid,
 int store_cmid_put(store_txn *t, uint64_t conv, uint64_t uid, const char *cmid,
                    size_t len, uint64_t seq);
 
+/* ---- whole tables, for tools (migrate.h) ----------------------------------- */
+
+/* Each calls fn for every entry in key order until fn returns non-zero
+ * (which is then returned); ERR_OK after the last. Users by uid, sessions
+ * by token hash (bytes), conversations by id, directs by (lo, hi): the
+ * orders PostgreSQL's primary keys sort in. What fn gets points into the
+ * map (valid until the end of the transaction). fn may read other tables
+ * (members, messages) in the same transaction, not walk the same one. */
+int store_users_each(store_txn *t, int (*fn)(void *arg, const store_user *u), void *arg);
+int store_sessions_each(store_txn *t,
+                        int (*fn)(void *arg, const uint8_t token_hash[32], const store_session *s),
+                        void *arg);
+int store_convs_each(store_txn *t, int (*fn)(void *arg, const store_conv *c), void *arg);
+int store_directs_each(store_txn *t, int (*fn)(void *arg, uint64_t lo, uint64_t hi, uint64_t conv),
+                       void *arg);
+
 #endif
