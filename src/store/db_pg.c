@@ -1194,17 +1194,27 @@ static int inbox_run(PGconn *c, void *arg)
     inbox_read *ir = arg;
     const db_inbox_req *q = ir->q;
     int rc = ERR_OK;
-    PGresult *r = pq_run(c, "select pg_snapshot_xmin(pg_current_snapshot())::text::bigint", NULL, &rc);
+    /* A cursor is the snapshot's xmin plus the database's cursor base
+     * (parley_cursor_base: 0, or above the clock of the embedded store it
+     * was migrated from). A changed_since below the base, or one this
+     * database has not given yet, lists everything: a change may be
+     * listed twice, never missed. */
+    PGresult *r = pq_run(c,
+                         "select pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+                         " (select base from parley_cursor_base)",
+                         NULL, &rc);
     if (!r) return rc;
-    uint64_t cursor = u64_at(r, 0, 0);
+    uint64_t base = u64_at(r, 0, 1), cursor = u64_at(r, 0, 0) + base;
     PQclear(r);
-    if (q->page && (q->snapshot > cursor || q->since > q->snapshot)) return ERR_INVALID;
+    if (q->page && (q->snapshot > cursor || q->since > q->snapshot || q->snapshot < base))
+        return ERR_INVALID;
+    uint64_t since = q->since >= base && q->since <= cursor ? q->since - base : 0;
     if (q->page) cursor = q->snapshot;
     pq_args a = {0};
     arg_u64(&a, q->uid);
-    arg_u64(&a, q->since);
+    arg_u64(&a, since);
     arg_bool(&a, q->page);
-    arg_u64(&a, q->snapshot);
+    arg_u64(&a, q->page ? q->snapshot - base : 0);
     arg_i64(&a, q->ts);
     arg_u64(&a, q->conv);
     arg_u64(&a, q->limit + 1);

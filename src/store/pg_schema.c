@@ -70,6 +70,11 @@ static const char m1[] =
     "  body text not null,"
     "  primary key (conv, seq));"
     "create unique index messages_by_cmid on messages (conv, sender, cmid);"
+    /* inbox cursors are xmin + base: parleyd migrate sets base above the
+     * embedded store's clock, so every cursor a client kept from before
+     * lists everything once (listed twice, never missed) */
+    "create table parley_cursor_base (base bigint not null);"
+    "insert into parley_cursor_base values (0);"
 
     /* uid holds p_cap memberships of that kind (accepted, or invitations) */
     "create function parley_capped(p_uid bigint, p_invited boolean, p_cap integer)"

@@ -134,7 +134,6 @@ def test_migrate_keeps_accounts_tokens_history_inbox_and_cursors(parley, pg_data
     assert srv.kill() == 0
     r = migrate("--from", srv.data_dir, "--to", pg_database.dsn)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    # the store clock (its inbox cursors) is below the copy's transaction id here: no warning
     assert "warning" not in r.stderr, r.stderr
     out = r.stdout
     assert "copied   users 4, sessions 5, conversations 3, directs 1, members 7, messages 11" \
@@ -167,8 +166,12 @@ def test_migrate_keeps_accounts_tokens_history_inbox_and_cursors(parley, pg_data
         assert a["inbox"] == b["inbox"], key
         assert a["convs"] == b["convs"], key
         assert a["receipts"] == b["receipts"], key
-    # an inbox cursor from the embedded store lists every conversation once (not none)
+    # an inbox cursor from the embedded store lists every conversation once (not none),
+    # and the database's cursors start above every one the store gave
     assert len(inbox(on(pg, alice), changed_since=old_cursor)["conversations"]) == 3
+    new_cursor = inbox(on(pg, alice))["cursor"]
+    assert new_cursor > old_cursor, (old_cursor, new_cursor)
+    assert inbox(on(pg, alice), changed_since=new_cursor)["conversations"] == []
     g, d = w["g"], w["d"]
     assert before[(w["users"][3].name, w["users"][3].device)]["convs"][g]["invited"] is True
     msgs = history(on(pg, bob), d)
