@@ -1,9 +1,15 @@
 /* wal: the durable message log (see wal.h for the format and the contract).
  *
- * State: the appender owns the current segment (fd, start, span) and the
- * end; the segment lists (live: from the oldest kept to the current one;
- * future: recycled or prepared files named after the current one) and the
- * released position are under `mu`, shared with wal_release(). */
+ * State: the appender (the one thread that calls wal_append) owns the end,
+ * dirty_end, the failure count and its scratch (stage, iov): no other
+ * thread touches them, but for the end, read atomically. It also owns the
+ * current segment (fd, cur_start, cur_span) but changes it only under
+ * `mu` (roll), so that wal_prepare() may read it under `mu` from another
+ * thread. The segment lists (live: from the oldest kept to the current
+ * one; future: recycled or prepared files named after the current one),
+ * next_fd (future[0] opened) and the released position are under `mu`,
+ * shared with wal_release() and wal_prepare(). The directory, the segment
+ * size and the I/O seam are set at open and only read after. */
 #include "store/wal.h"
 
 #include <dirent.h>
@@ -18,6 +24,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -30,6 +37,7 @@
 #define COPY_MAX 4096u              /* payloads up to this are copied into one buffer */
 #define READ_CHUNK (1u << 20)       /* replay reads this much per pread */
 #define ZERO_BYTES (64u << 10)      /* one iovec of zeros */
+#define ZERO_IOV 64                 /* iovecs of zeros per pwritev: 4 MiB */
 #define NAME_LEN 20                 /* 16 hex digits + ".wal" */
 #define RETRIES 100                 /* EINTR retries of one call */
 
@@ -44,12 +52,11 @@ struct wal {
     uint64_t seg_bytes;
     wal_io io;
 
-    /* the appender's */
+    /* the appender's; fd, cur_start and cur_span written only under mu */
     int fd;                         /* current segment, -1: none yet */
     uint64_t cur_start, cur_span;   /* its LSN and its usable bytes */
     uint64_t end;                   /* next append's LSN (atomic for wal_end) */
     uint64_t dirty_end;             /* a failed append may have written up to here */
-    int next_fd;                    /* future[0] opened or created, -1: none */
     bool failing;                   /* the last append failed (for the log) */
     uint64_t failures;
     uint8_t *stage;                 /* headers, small payloads, padding */
@@ -58,6 +65,7 @@ struct wal {
     size_t iov_cap;
 
     pthread_mutex_t mu;             /* guards what follows */
+    int next_fd;                    /* future[0] opened or created, -1: none */
     seg *live;                      /* oldest first; the last is the current one */
     size_t nlive, live_cap;
     seg future[WAL_SPARES];         /* in LSN order, right after the live ones */
@@ -261,21 +269,25 @@ static int reserve_iov(wal *w, size_t n)
     return ERR_OK;
 }
 
-/* Writes len zero bytes at off (IOV_MAX iovecs of zeros per call). */
+/* Writes len zero bytes at off, ZERO_IOV iovecs of zeros per call. Its
+ * iovecs are its own (on the stack): it runs on whichever thread creates a
+ * segment, the appender's roll() or wal_prepare() on another thread, while
+ * the appender may be filling its own w->iov (the scratch of appends,
+ * which only the appending thread touches). */
 static int write_zeros(wal *w, int fd, uint64_t off, uint64_t len)
 {
+    struct iovec v[ZERO_IOV];
     while (len) {
         size_t cnt = 0;
         uint64_t chunk = 0;
-        if (reserve_iov(w, IOV_MAX) != ERR_OK) { errno = ENOMEM; return -1; }
-        while (len - chunk && cnt < IOV_MAX) {
+        while (len - chunk && cnt < ZERO_IOV) {
             uint64_t k = len - chunk < ZERO_BYTES ? len - chunk : ZERO_BYTES;
-            w->iov[cnt].iov_base = zeros;
-            w->iov[cnt].iov_len = (size_t)k;
+            v[cnt].iov_base = zeros;
+            v[cnt].iov_len = (size_t)k;
             cnt++;
             chunk += k;
         }
-        if (write_all(w, fd, w->iov, cnt, off) != 0) return -1;
+        if (write_all(w, fd, v, cnt, off) != 0) return -1;
         off += chunk;
         len -= chunk;
     }
@@ -596,6 +608,22 @@ int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end_out)
     return ERR_OK;
 }
 
+/* Whether the log's filesystem has room for a new segment now (true when
+ * it cannot tell). */
+static bool room_for_segment(const wal *w)
+{
+    struct statvfs st;
+    if (fstatvfs(w->dirfd, &st) != 0) return true;
+    return (uint64_t)st.f_bavail * (uint64_t)st.f_frsize >= w->seg_bytes;
+}
+
+/* Any thread, beside a concurrent wal_append(): everything it reads or
+ * writes is under mu (the segment lists, next_fd, and the current
+ * segment's fd, start and span, which the appender changes only under mu,
+ * in roll()); the end is read atomically; creating a file uses only the
+ * constants of the log (dirfd, seg_bytes, io) and write_zeros' own
+ * iovecs. It holds mu while it creates the file: an append that needs the
+ * segment meanwhile waits for it in roll() and then uses it. */
 int wal_prepare(wal *w)
 {
     if (!w) return ERR_INVALID;
@@ -610,7 +638,14 @@ int wal_prepare(wal *w)
     if (w->next_fd < 0 && due) {
         const char *step = NULL;
         uint64_t start = after_live(w);
-        if ((rc = prepare_next(w, start, &step)) != ERR_OK) {
+        bool spare = w->nfuture && w->future[0].start == start;
+        if (!spare && !room_for_segment(w)) {
+            /* Not even tried: a file that cannot be whole would take the
+             * last free blocks (fallocate may allocate up to the failure)
+             * from the store's commits until it is removed. The append
+             * that needs it tries itself. */
+            rc = ERR_DISK_FULL;
+        } else if ((rc = prepare_next(w, start, &step)) != ERR_OK) {
             char name[NAME_LEN + 1], f[4200];
             seg_name(name, start);
             log_debug("cannot prepare the next log segment", "file=%s step=\"%s\" err=\"%s\"",

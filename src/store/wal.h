@@ -62,10 +62,21 @@
  * into the doubtful one) and a region that keeps failing keeps answering
  * ERR_IO.
  *
- * Threads: one thread appends (the logger); wal_release(), wal_end() and
- * wal_disk_bytes() may be called from another thread (the applier). Not a
- * codec: does I/O. wal_release() and an append that moves to a new segment
- * take one mutex (the append holds it while it creates a segment file).
+ * Threads (who may call what, concurrently):
+ *   - one thread appends (the logger): wal_append() is never called from
+ *     two threads at once, and only that thread calls it;
+ *   - wal_prepare(), wal_release(), wal_end() and wal_disk_bytes() may be
+ *     called from any other thread (the writer: the applier) while
+ *     appends go on, and from several threads at once;
+ *   - wal_open() and wal_close() run alone: nothing else is called on the
+ *     log during them (wal_close() after every other thread is done).
+ *   Creating a segment file (wal_prepare(), or the append that needs one
+ *   not prepared) and wal_release() take one mutex, and hold it while
+ *   they create, rename or remove files; an append takes it only when it
+ *   moves to the next segment (it waits there for a creation under way,
+ *   then uses that file). The wal_io functions are called from the thread
+ *   that appends and from the thread that prepares, possibly at once. Not
+ *   a codec: does I/O.
  *
  * Memory: the caller owns every payload it passes; replay hands payloads
  * valid only during the callback.
@@ -137,13 +148,17 @@ int wal_open(wal **out, const wal_options *o, uint64_t from, wal_replay_fn repla
 int wal_append(wal *w, const struct iovec *iov, size_t n, uint64_t *end);
 
 /* Makes the segment the log moves to next ready (a spare, or a new file
- * written now) once the current one is half full (or at once when there is
- * none yet), so that the append that fills it does not wait for a file to
- * be created. ERR_OK, or the creation's error (ERR_DISK_FULL: the append
- * will try again). NOT yet safe beside a concurrent wal_append(): creating
- * a segment uses the appender's scratch (write_zeros); call it only from
- * the appending thread, or before appends start. Not called by the writer
- * today. */
+ * written now: 64 MiB of zeros by default) once the current one is half
+ * full (or at once when there is none yet), so that the append that fills
+ * it does not create a file before its write. Any thread, beside a
+ * concurrent wal_append() (see Threads): the writer calls it from the
+ * applier after each commit, and once at start. Correctness never depends
+ * on it: an append that finds no next segment ready creates it itself.
+ * ERR_OK (also when nothing was due); ERR_DISK_FULL when the filesystem
+ * has no room for a whole segment (then nothing is tried: a partial file
+ * would take the last free blocks) or the creation ran out; ERR_IO,
+ * ERR_NOMEM. After an error the append tries again when it needs the
+ * segment. */
 int wal_prepare(wal *w);
 
 /* The LSN the next append starts at (or just past the last record).

@@ -662,6 +662,12 @@ static void apply_logged(writer *w, item **its, size_t n)
              * needs that, and a full sync loses nothing by it. */
             if (w->released_upto) wal_release(w->log, w->released_upto);
             if (lsn) w->released_upto = lsn;
+            /* The next segment, off the ack path: once the current one is
+             * half full, this thread creates (or takes a spare for) the
+             * next, so that the append that fills the current one does not
+             * zero-fill a file before its fdatasync (wal.h: safe beside the
+             * logger's appends; an error leaves it to that append). */
+            wal_prepare(w->log);
             uv_mutex_lock(&w->mu);
             if (w->apply_rc) log_info("the store takes the log again", "err=%s", err_name(w->apply_rc));
             w->apply_rc = ERR_OK;
@@ -1022,6 +1028,11 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
         rc = rc == ERR_OK ? store_commit(txn) : (store_abort(txn), rc);
     }
     if (rc == ERR_OK) wal_release(w->log, wal_end(w->log));
+    /* A fresh log has no segment: create the first one here, before the
+     * threads start, not in the first append (on the ack path of the first
+     * messages). A log more than half into its segment gets the next. An
+     * error is left to the append. */
+    if (rc == ERR_OK) wal_prepare(w->log);
     if (rc == ERR_OK) rc = seq_new(&w->seq, s);
     if (rc == ERR_OK && (rc = store_begin(s, false, &txn)) == ERR_OK) {
         seq_set_clock(w->seq, store_clock(txn));

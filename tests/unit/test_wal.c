@@ -1,6 +1,7 @@
 /* Unit tests of the message log (src/store/wal.c): round trips across
  * segments, torn tails cut at every byte, corruption in the middle refused,
- * stale bytes of recycled segments, recycling, and faults injected through
+ * stale bytes of recycled segments, recycling, preparing the next segment
+ * from another thread while appends go on, and faults injected through
  * the wal_io seam. Each test works in a fresh directory under /tmp.
  *
  *   test_wal                      runs the tests
@@ -14,6 +15,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -1038,6 +1040,184 @@ TEST(release_from_another_thread)
     tmp_rm();
 }
 
+/* ---- preparing the next segment ---------------------------------------------- */
+
+static ino_t ino_of(uint64_t start)
+{
+    char p[128];
+    struct stat st;
+    seg_path(p, sizeof p, start);
+    return stat(p, &st) == 0 ? st.st_ino : 0;
+}
+
+/* Where the segment after the one holding `end` starts (MIN segments from
+ * 0): the append that does not fit before it moves there. */
+static uint64_t next_start(uint64_t end)
+{
+    return end % MIN == 0 ? end : end - end % MIN + MIN;
+}
+
+/* wal_prepare on the appending thread: the first segment of a fresh log at
+ * once, then the next one only once the current one is half full; the
+ * append that moves on uses the prepared file (same inode), and a second
+ * wal_prepare before that changes nothing. */
+TEST(prepare_readies_the_next_segment)
+{
+    tmp_new();
+    model m = {0};
+    wal_options o = opts(MIN, NULL);
+    wal *w = NULL;
+    CHECK_EQ_INT(wal_open(&w, &o, 0, NULL, NULL), ERR_OK);
+    CHECK_EQ_INT(count_files(NULL), 0);
+    CHECK_EQ_INT(wal_prepare(w), ERR_OK);
+    CHECK_EQ_INT(count_files(NULL), 1);
+    ino_t first = ino_of(0);
+    CHECK(first != 0);
+    CHECK_EQ_INT(append1(w, &m, 1000), ERR_OK);
+    CHECK(ino_of(0) == first);
+    CHECK_EQ_INT(count_files(NULL), 1);
+    while (wal_end(w) + 1008 < MIN / 2) CHECK_EQ_INT(append1(w, &m, 1000), ERR_OK);
+    CHECK_EQ_INT(wal_prepare(w), ERR_OK); /* not half full: nothing */
+    CHECK_EQ_INT(count_files(NULL), 1);
+    CHECK_EQ_INT(append1(w, &m, 1000), ERR_OK);
+    CHECK_EQ_INT(wal_prepare(w), ERR_OK);
+    CHECK_EQ_INT(count_files(NULL), 2);
+    ino_t second = ino_of(MIN);
+    CHECK(second != 0);
+    CHECK_EQ_INT(wal_prepare(w), ERR_OK); /* ready already: nothing */
+    CHECK(ino_of(MIN) == second);
+    CHECK_EQ_INT(count_files(NULL), 2);
+    while (wal_end(w) < MIN + 100) CHECK_EQ_INT(append1(w, &m, 1000), ERR_OK);
+    CHECK(ino_of(MIN) == second);
+    CHECK_EQ_INT(count_files(NULL), 2);
+    wal_close(w);
+    w = open_expect(MIN, NULL, 0, &m, SIZE_MAX);
+    wal_close(w);
+    model_free(&m);
+    tmp_rm();
+}
+
+/* The writer's applier calls wal_prepare (and wal_release) from its own
+ * thread while the logger appends. Here a thread calls them in a loop
+ * while this one appends across 40 segment boundaries: first with no
+ * release (every next segment is a new file, zero-filled by whichever
+ * thread gets there first, while appends write), then releasing (spares
+ * recycled and reused). Every append works, a crossing append that found
+ * its next segment ready used that very file, and the log replays every
+ * record. The first part slows the appender's writes at the seam (a wider
+ * window between filling its iovecs and the system call). With the
+ * preparation writing its zeros through the appender's iovec scratch
+ * (before it had its own), ThreadSanitizer reports the race at once, and
+ * a plain build writes zeros where a batch goes (the replay misses its
+ * records). */
+typedef struct preparer {
+    wal *w;
+    int stop;               /* atomic */
+    uint64_t release_to;    /* atomic: 0, or release up to here */
+    uint64_t calls, errors;
+} preparer;
+
+static void *preparer_main(void *arg)
+{
+    preparer *p = arg;
+    while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+        if (wal_prepare(p->w) != ERR_OK) p->errors++;
+        uint64_t to = __atomic_load_n(&p->release_to, __ATOMIC_ACQUIRE);
+        if (to) wal_release(p->w, to);
+        (void)wal_disk_bytes(p->w);
+        p->calls++;
+        sched_yield();
+    }
+    return NULL;
+}
+
+/* Appends batches until `segments` more boundaries are crossed; counts the
+ * crossings that found the next segment ready (and checks they used it). */
+static void append_across(wal *w, model *m, preparer *p, int segments, int *ready)
+{
+    static const size_t lens[4] = {3000, 200, 9000, 40}; /* 9000: its own iovec */
+    uint64_t f = framed(lens, 4);
+    for (int crossed = 0; crossed < segments;) {
+        uint64_t end = wal_end(w), next = next_start(end);
+        bool crossing = end == 0 || end + f > next;
+        ino_t before = crossing ? ino_of(next) : 0;
+        CHECK_EQ_INT(append(w, m, lens, 4, NULL), ERR_OK);
+        if (!crossing) continue;
+        crossed++;
+        CHECK(wal_end(w) > next && wal_end(w) <= next + f);
+        if (before) {
+            (*ready)++;
+            CHECK(ino_of(next) == before); /* used, not made again */
+        }
+        if (p && m->n > 64) {
+            /* release up to a record about three segments back */
+            size_t i = m->n - 1;
+            while (i > 0 && m->r[i].lsn + 3 * MIN > wal_end(w)) i--;
+            if (m->r[i].lsn) __atomic_store_n(&p->release_to, m->r[i].lsn, __ATOMIC_RELEASE);
+        }
+    }
+}
+
+/* Widens the window in which the appender's iovecs are set up but not yet
+ * read by the system call: its writes wait 200 us at the seam (the
+ * preparer's go straight through). */
+static pthread_t slow_tid;
+
+static ssize_t slow_pwritev(void *arg, int fd, const struct iovec *iov, int n, off_t off)
+{
+    (void)arg;
+    if (pthread_equal(pthread_self(), slow_tid)) usleep(200);
+    return pwritev(fd, iov, n, off);
+}
+
+TEST(prepare_from_another_thread)
+{
+    tmp_new();
+    model m = {0};
+    slow_tid = pthread_self();
+    wal_io slow = {slow_pwritev, NULL, NULL};
+    wal_options o = opts(MIN, &slow);
+    wal *w = NULL;
+    CHECK_EQ_INT(wal_open(&w, &o, 0, NULL, NULL), ERR_OK);
+    preparer p = {.w = w};
+    pthread_t t;
+    int ready = 0;
+    CHECK_EQ_INT(pthread_create(&t, NULL, preparer_main, &p), 0);
+    append_across(w, &m, NULL, 20, &ready);
+    __atomic_store_n(&p.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+    CHECK(p.calls > 0);
+    CHECK_EQ_INT(p.errors, 0);
+    CHECK(ready > 0); /* the preparer won some (it has half a segment's head start) */
+    int nfiles = count_files(NULL);
+    CHECK(nfiles >= 20 && nfiles <= 21); /* and perhaps the next, prepared */
+    wal_close(w);
+    /* every record of the 20 new segments */
+    w = open_expect(MIN, NULL, 0, &m, SIZE_MAX);
+    if (!w) { model_free(&m); tmp_rm(); return; }
+
+    int ready1 = ready;
+    p = (preparer){.w = w};
+    CHECK_EQ_INT(pthread_create(&t, NULL, preparer_main, &p), 0);
+    append_across(w, &m, &p, 20, &ready);
+    __atomic_store_n(&p.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(p.errors, 0);
+    CHECK(ready > ready1);
+    uint64_t bytes, to = p.release_to;
+    CHECK(to > 0);
+    wal_release(w, to); /* the preparer may have stopped before it */
+    CHECK(count_files(&bytes) <= 5 + WAL_SPARES);
+    CHECK_EQ_INT(bytes, wal_disk_bytes(w));
+    wal_close(w);
+    /* every record from the last released position on */
+    w = open_expect(MIN, NULL, to, &m, SIZE_MAX);
+    wal_close(w);
+    printf("wal: prepare beside appends: %d of 40 crossings found the next segment ready\n", ready);
+    model_free(&m);
+    tmp_rm();
+}
+
 /* ---- faults through the seam ---------------------------------------------------------- */
 
 typedef struct fault {
@@ -1271,6 +1451,38 @@ TEST(failed_sync_then_reopen)
     tmp_rm();
 }
 
+/* A preparation that fails (the disk full, or an I/O error, while it
+ * writes the zeros) leaves no file behind, and the append that needs the
+ * segment creates it itself: correctness never depends on the preparer. */
+TEST(failed_prepare_left_to_the_append)
+{
+    tmp_new();
+    model m = {0};
+    fault f = {.short_write_at = -1};
+    wal_io io = {f_pwritev, f_fdatasync, &f};
+    wal_options o = opts(MIN, &io);
+    wal *w = NULL;
+    CHECK_EQ_INT(wal_open(&w, &o, 0, NULL, NULL), ERR_OK);
+    arm_write(&f, 0, 1, ENOSPC);
+    CHECK_EQ_INT(wal_prepare(w), ERR_DISK_FULL);
+    CHECK_EQ_INT(count_files(NULL), 0); /* no .tmp left either */
+    disarm(&f);
+    CHECK_EQ_INT(append1(w, &m, 500), ERR_OK);
+    CHECK_EQ_INT(count_files(NULL), 1);
+    while (wal_end(w) < MIN / 2) CHECK_EQ_INT(append1(w, &m, 5000), ERR_OK);
+    arm_write(&f, 0, 1, EIO);
+    CHECK_EQ_INT(wal_prepare(w), ERR_IO);
+    CHECK_EQ_INT(count_files(NULL), 1);
+    disarm(&f);
+    while (wal_end(w) < MIN + 100) CHECK_EQ_INT(append1(w, &m, 5000), ERR_OK);
+    CHECK_EQ_INT(count_files(NULL), 2);
+    wal_close(w);
+    w = open_expect(MIN, NULL, 0, &m, SIZE_MAX);
+    wal_close(w);
+    model_free(&m);
+    tmp_rm();
+}
+
 /* ---- the fuzz corpus -------------------------------------------------------------------- */
 
 /* fuzz_wal's input: a 16-byte header (flags, first start / MIN as u16,
@@ -1381,7 +1593,10 @@ int main(int argc, char **argv)
     RUN(release_keeps_the_files_bounded);
     RUN(recycling_reuses_files);
     RUN(release_from_another_thread);
+    RUN(prepare_readies_the_next_segment);
+    RUN(prepare_from_another_thread);
     RUN(faults_leave_only_acknowledged_batches);
     RUN(failed_sync_then_reopen);
+    RUN(failed_prepare_left_to_the_append);
     return test_summary("wal");
 }
