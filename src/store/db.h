@@ -10,7 +10,9 @@
  * several writers may submit at once; it batches them (one durable write
  * for many ops). The embedded backend, "lmdb" (db_lmdb.c), sequences sends
  * and cursors in memory and acks them at its log's fdatasync (writer.h),
- * and runs the other ops as LMDB transactions.
+ * and runs the other ops as LMDB transactions. The cluster backend,
+ * "postgresql" (db_pg.c), runs each batch as one transaction that several
+ * nodes may write at once (docs/cluster.md).
  *
  * Reads are calls that block the calling thread (run them on a read pool,
  * never on an I/O loop) and answer copies the caller owns: a db_conv and a
@@ -151,8 +153,9 @@ void db_inbox_free(db_inbox *in);
 
 /* Lower bounds of the JSON size of a message and of a conversation object
  * (chat.c encodes them): a backend cuts a page where these pass its byte
- * budget, and chat trims it exactly, so a page copies at most the budget
- * and one more. */
+ * budget, and chat trims it exactly, so a backend never cuts what the
+ * budget keeps, and copies more than the budget only when the first one
+ * alone is bigger. */
 static inline size_t db_msg_floor(size_t from_len, size_t cmid_len, size_t body_len)
 {
     return 40 + from_len + cmid_len + body_len;
