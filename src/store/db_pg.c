@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
 
 #include "base/log.h"
@@ -243,10 +244,14 @@ static PGconn *connect_db(const char *url, char *err, size_t cap)
     return c;
 }
 
-/* A connection that works, reset once if it broke. */
+/* A connection that works, reset once if it broke. An idle connection
+ * has nothing to read unless its server spoke first (a FATAL before a
+ * restart, or its end): then it is reset too. */
 static bool conn_alive(PGconn *c)
 {
-    if (PQstatus(c) == CONNECTION_OK) return true;
+    struct pollfd p = {PQsocket(c), POLLIN, 0};
+    bool spoke = PQtransactionStatus(c) == PQTRANS_IDLE && poll(&p, 1, 0) != 0;
+    if (PQstatus(c) == CONNECTION_OK && !spoke) return true;
     PQreset(c);
     if (PQstatus(c) != CONNECTION_OK) return false;
     int rc;
@@ -935,6 +940,15 @@ static PGconn *borrow(pgdb *x)
     if (x->nfree) c = x->free_conns[--x->nfree];
     else x->nconns++;
     pthread_mutex_unlock(&x->rmu);
+    if (c) {
+        /* An idle connection has nothing to read unless its server spoke
+         * first: a FATAL before a restart, or its end. Then a new one. */
+        struct pollfd p = {PQsocket(c), POLLIN, 0};
+        if (poll(&p, 1, 0) != 0) {
+            PQfinish(c);
+            c = NULL;
+        }
+    }
     if (!c) {
         char err[512];
         if (!(c = connect_db(x->url, err, sizeof err))) {

@@ -238,3 +238,19 @@ def test_backend_conformance_suite_on_postgresql(pg_server):
     assert re.search(r"db: (\d+) passed, 0 failed", out), out[-2000:]
     passed = int(re.search(r"db: (\d+) passed", out).group(1))
     assert passed >= 30, out[-2000:]  # both backends ran
+
+
+def test_reads_after_a_postgresql_restart_need_no_retry(parley, postgres):
+    """Pooled connections whose server went away are found out before a read
+    uses them: the first reads after a restart are answered."""
+    srv = node(parley, postgres.dsn)
+    a, b = users(srv, 2)
+    conv = direct(a, b)
+    assert send_rest(a, conv, "m1", "before").status == 201
+    with ThreadPoolExecutor(max_workers=8) as ex:  # fill the read connections
+        assert all(r.status == 200 for r in ex.map(
+            lambda _: a.get(f"/v1/conversations/{conv}/messages"), range(32)))
+    postgres.restart(kill=True)
+    for _ in range(12):
+        r = a.get(f"/v1/conversations/{conv}/messages")
+        assert r.status == 200 and [m["cmid"] for m in r.json()["messages"]] == ["m1"], (r, srv.log())
