@@ -223,6 +223,9 @@ static int code_of(const char *s)
     return ERR_IO;
 }
 
+/* Every connection's session: acks after a durable COMMIT, text as UTF-8. */
+static const char SESSION_SQL[] = "set synchronous_commit = on; set client_encoding = 'UTF8'";
+
 static PGconn *connect_db(const char *url, char *err, size_t cap)
 {
     /* the URL's own settings, and a bound on a connect that hangs (a
@@ -236,7 +239,7 @@ static PGconn *connect_db(const char *url, char *err, size_t cap)
         return NULL;
     }
     int rc;
-    if (!pq_ok(c, "set synchronous_commit = on; set client_encoding = 'UTF8'", &rc)) {
+    if (!pq_ok(c, SESSION_SQL, &rc)) {
         snprintf(err, cap, "cannot set up the session");
         PQfinish(c);
         return NULL;
@@ -255,7 +258,7 @@ static bool conn_alive(PGconn *c)
     PQreset(c);
     if (PQstatus(c) != CONNECTION_OK) return false;
     int rc;
-    return pq_ok(c, "set synchronous_commit = on; set client_encoding = 'UTF8'", &rc);
+    return pq_ok(c, SESSION_SQL, &rc);
 }
 
 /* ---- copies ------------------------------------------------------------------------ */
@@ -850,7 +853,7 @@ static void pg_stats(db *d, writer_stats *st)
     pthread_mutex_unlock(&x->mu);
 }
 
-static void free_conns(pgdb *x)
+static void close_idle(pgdb *x)
 {
     for (int i = 0; i < x->nfree; i++) PQfinish(x->free_conns[i]);
     x->nfree = x->nconns = 0;
@@ -872,7 +875,7 @@ static void pg_close(db *d)
             free(e);
         }
     u64map_free(&x->auds);
-    free_conns(x);
+    close_idle(x);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cond);
     pthread_mutex_destroy(&x->rmu);
@@ -896,9 +899,6 @@ static int pg_open(db **out, const db_options *o)
     pthread_mutex_init(&x->rmu, NULL);
     pthread_cond_init(&x->rcond, NULL);
     u64map_init(&x->auds);
-    memset(&x->st.batch_ns, 0, sizeof x->st.batch_ns);
-    memset(&x->st.fsync_ns, 0, sizeof x->st.fsync_ns);
-    memset(&x->st.batch_ops, 0, sizeof x->st.batch_ops);
     char err[512];
     int found = 0, rc;
     if (!(x->wconn = connect_db(x->url, err, sizeof err))) {
@@ -941,33 +941,18 @@ static PGconn *borrow(pgdb *x)
     else x->nconns++;
     pthread_mutex_unlock(&x->rmu);
     if (c) {
-        /* An idle connection has nothing to read unless its server spoke
-         * first: a FATAL before a restart, or its end. Then a new one. */
-        struct pollfd p = {PQsocket(c), POLLIN, 0};
-        if (poll(&p, 1, 0) != 0) {
-            PQfinish(c);
-            c = NULL;
-        }
-    }
-    if (!c) {
-        char err[512];
-        if (!(c = connect_db(x->url, err, sizeof err))) {
-            log_warn("cannot connect to the database", "err=\"%s\"", err);
-            pthread_mutex_lock(&x->rmu);
-            x->nconns--;
-            pthread_cond_signal(&x->rcond);
-            pthread_mutex_unlock(&x->rmu);
-            return NULL;
-        }
-    } else if (!conn_alive(c)) {
+        if (conn_alive(c)) return c; /* reset first if its server went away */
         PQfinish(c);
-        pthread_mutex_lock(&x->rmu);
-        x->nconns--;
-        pthread_cond_signal(&x->rcond);
-        pthread_mutex_unlock(&x->rmu);
-        return NULL;
+    } else {
+        char err[512];
+        if ((c = connect_db(x->url, err, sizeof err))) return c;
+        log_warn("cannot connect to the database", "err=\"%s\"", err);
     }
-    return c;
+    pthread_mutex_lock(&x->rmu); /* one connection fewer */
+    x->nconns--;
+    pthread_cond_signal(&x->rcond);
+    pthread_mutex_unlock(&x->rmu);
+    return NULL;
 }
 
 static void give_back(pgdb *x, PGconn *c)

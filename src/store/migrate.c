@@ -397,19 +397,6 @@ static int cursor_base(mig *m)
     return exec(m, sql);
 }
 
-/* The copying transaction's id, which the rows' version columns took. */
-static int copy_xid(mig *m)
-{
-    PGresult *res = PQexec(m->pg, "select pg_current_xact_id()::text");
-    int rc = ERR_OK;
-    if (PQresultStatus(res) == PGRES_TUPLES_OK)
-        m->r->xid = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
-    else
-        rc = pg_fail(m, "reading the transaction id", res);
-    PQclear(res);
-    return rc;
-}
-
 /* ERR_OK and *empty, with the tables locked in the open transaction. */
 static int lock_and_check(mig *m, bool *empty)
 {
@@ -457,7 +444,7 @@ static int copy_all(mig *m, bool *copied)
                          "messages", &n->messages, walk_msgs)) < 0 ||
         (rc = advance(m, "users", "next_user")) < 0 ||
         (rc = advance(m, "convs", "next_conv")) < 0 ||
-        (rc = copy_xid(m)) < 0 || (rc = cursor_base(m)) < 0 ||
+        (rc = cursor_base(m)) < 0 ||
         (rc = exec(m, "commit")) < 0) {
         free(c.b);
         exec(m, "rollback");

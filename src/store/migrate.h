@@ -55,7 +55,6 @@ typedef struct migrate_report {
     uint64_t checksums;        /* conversations whose message checksums matched */
     double copy_s, verify_s;   /* seconds */
     uint64_t clock;            /* the store clock: clients' inbox cursors are below it */
-    uint64_t xid;              /* the copying transaction's id (the rows' versions), 0 if none */
 } migrate_report;
 
 /* See above. err (cap bytes) gets the reason of a failure. */
