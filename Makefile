@@ -19,7 +19,7 @@
 
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
-PKGS     := libuv libssl libcrypto lmdb libsodium libpq
+PKGS     := libuv libssl libcrypto lmdb libsodium libpq hiredis
 SANITIZE ?=
 FUZZ_SECONDS ?= 60
 

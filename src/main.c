@@ -168,6 +168,15 @@ int main(int argc, char **argv)
         if (server_listen_internal(a.srv, host, port, &router_metrics_ops) < 0) return 1;
         log_info("metrics listening", "addr=%s port=%d", host, a.srv->internal_port);
     }
+    if (a.cfg.bus_url[0] && !bus_url_ok(a.cfg.bus_url)) {
+        log_error("--bus must be redis://HOST[:PORT]", "bus=%s", a.cfg.bus_url);
+        return 1;
+    }
+    if (a.cfg.bus_url[0] && !a.cfg.store_url[0]) {
+        log_error("--bus needs --store postgresql://...: the nodes of a cluster share one database",
+                  "bus=%s", a.cfg.bus_url);
+        return 1;
+    }
     rc = chat_open(&a.chat, &a.cfg, a.srv);
     if (rc < 0) {
         /* The store (or the writer) logged the system's reason. */
@@ -189,9 +198,10 @@ int main(int argc, char **argv)
         return 1;
     }
     server_run(a.srv);
-    log_info("listening", "addr=%s port=%d threads=%d tls=%s data_dir=%s web_dir=%s access_log=%s",
+    log_info("listening", "addr=%s port=%d threads=%d tls=%s data_dir=%s web_dir=%s access_log=%s%s%s",
              a.cfg.listen, a.srv->port, a.cfg.threads, a.srv->tls ? "on" : "off", a.cfg.data_dir,
-             a.cfg.web_dir, a.cfg.access_log ? "on" : "off");
+             a.cfg.web_dir, a.cfg.access_log ? "on" : "off", a.chat->bus ? " node=" : "",
+             a.chat->bus ? a.chat->node : "");
     printf("parleyd listening on %s://%s:%d\n", a.srv->tls ? "https" : "http", a.cfg.listen,
            a.srv->port);
     fflush(stdout);

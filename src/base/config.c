@@ -71,6 +71,21 @@ static bool is_store_url(const char *v)
     return !*v || !strncmp(v, "postgresql://", 13) || !strncmp(v, "postgres://", 11);
 }
 
+static bool is_bus_url(const char *v)
+{
+    return !*v || !strncmp(v, "redis://", 8);
+}
+
+/* The node id rule of codec/busmsg.h (checked again where it is used). */
+static bool is_node_id(const char *v)
+{
+    for (const char *p = v; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '.' || *p == '_' || *p == '-'))
+            return false;
+    return strlen(v) <= 64;
+}
+
 static bool is_hostport(const char *v)
 {
     char host[64];
@@ -93,6 +108,12 @@ static const opt opts[] = {
      .help = "the storage: empty for the embedded store in --data-dir, or a PostgreSQL "
              "database, postgresql://USER@HOST:PORT/DB (cluster mode)",
      .check = is_store_url, .check_what = "empty or postgresql://USER@HOST:PORT/DB"},
+    {"bus", STR(bus_url), .def_str = "", .shown = "off", .arg = "URL",
+     .help = "the bus between cluster nodes: redis://HOST:PORT (needs --store postgresql://)",
+     .check = is_bus_url, .check_what = "empty or redis://HOST:PORT"},
+    {"node-id", STR(node_id), .def_str = "", .shown = "host name + random", .arg = "ID",
+     .help = "this node's name in the cluster: 1-64 of A-Z a-z 0-9 . _ -, unique per node",
+     .check = is_node_id, .check_what = "1-64 of A-Z a-z 0-9 . _ -"},
     {"web-dir", STR(web_dir), .def_str = "./web", .arg = "DIR",
      .help = "static files served at /"},
     {"threads", INT(threads), .def_fn = cores, .shown = "cores", .min = 1, .max = 256, .arg = "N",

@@ -33,6 +33,8 @@ typedef struct config {
     int port;                    /* --port, default 8080; 0 picks a free one */
     char data_dir[512];          /* --data-dir, default ./data */
     char store_url[512];         /* --store, "": the embedded store in data_dir */
+    char bus_url[512];           /* --bus, "": no bus (one node) */
+    char node_id[65];            /* --node-id, "": the host name and a random suffix */
     char web_dir[512];           /* --web-dir, default ./web */
     int threads;                 /* --threads, default: number of cores */
     int log_level;               /* --log-level, default info */

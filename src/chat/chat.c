@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "chat/auth.h"
 #include "codec/ws.h"
@@ -13,6 +15,8 @@ static void batch_end(void *ctx)
 {
     hub_flush(((chat *)ctx)->hub);
 }
+
+static int bus_open(chat *ch);
 
 int chat_open(chat **out, const config *cfg, server *srv)
 {
@@ -45,6 +49,11 @@ int chat_open(chat **out, const config *cfg, server *srv)
         db_close(ch->db);
         goto fail_hub;
     }
+    if ((rc = bus_open(ch)) < 0) {
+        pool_stop(ch->reads);
+        db_close(ch->db);
+        goto fail_hub;
+    }
     srv->app = ch;
     *out = ch;
     return ERR_OK;
@@ -60,6 +69,7 @@ void chat_close(chat *ch)
 {
     pool_stop(ch->reads); /* its last reads may wait for the writer */
     db_close(ch->db);
+    bus_stop(ch->bus); /* after the writer: its completer publishes */
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);
     guard_free(ch->guard);
@@ -209,13 +219,29 @@ static void close_revoked(srv_thread *t, void *arg)
 
 static void revoke_everywhere(chat_op *op)
 {
+    uint64_t key;
+    memcpy(&key, op->who.token_hash, sizeof key);
+    if (op->ch->bus) bus_revoke(op->ch->bus, op->who.uid, key);
     revocation *r = malloc(sizeof *r);
     if (!r) return;
     int n = op->ch->srv->nthreads;
     r->refs = n;
     r->uid = op->who.uid;
-    memcpy(&r->token_key, op->who.token_hash, sizeof r->token_key);
+    r->token_key = key;
     for (int i = 0; i < n; i++) hub_queue_call(op->ch->hub, i, close_revoked, r);
+}
+
+/* A revocation from another node: posted to every thread now. */
+static void revoke_here(chat *ch, uint64_t uid, uint64_t key)
+{
+    revocation *r = malloc(sizeof *r);
+    if (!r) return;
+    int n = ch->srv->nthreads;
+    r->refs = n;
+    r->uid = uid;
+    r->token_key = key;
+    for (int i = 0; i < n; i++)
+        if (srv_post(&ch->srv->threads[i], close_revoked, r) < 0) close_revoked(NULL, r);
 }
 
 /* ---- after the commit ------------------------------------------------------------ */
@@ -460,6 +486,98 @@ void chat_settle(chat *ch, uint64_t conv)
     db_settle(ch->db, conv);
 }
 
+/* ---- the bus (chat/bus.h) ------------------------------------------------------- */
+
+/* A user's first read after their session opened waits this long at most
+ * for their channel (bus.h: nothing committed after the read is missed). */
+#define CHAT_BUS_WAIT_MS 1000
+
+static void bus_out(void *ctx, audience *to, event *ev)
+{
+    bus_publish(((chat *)ctx)->bus, to, ev);
+}
+
+/* What another node sent one of our users: delivered here as it came
+ * (the JSON the clients get), once it is a JSON object. */
+static int bus_in(void *ctx, uint64_t uid, const busmsg *m)
+{
+    chat *ch = ctx;
+    if (m->kind == BUSMSG_REVOKE) {
+        revoke_here(ch, uid, m->arg);
+        return ERR_OK;
+    }
+    static const uint8_t kinds[BUSMSG_KIND_COUNT] = {
+        [BUSMSG_MSG] = EV_MSG,           [BUSMSG_RECEIPT] = EV_RECEIPT, [BUSMSG_CONV] = EV_CONV,
+        [BUSMSG_REMOVED] = EV_REMOVED,   [BUSMSG_PRESENCE] = EV_PRESENCE,
+        [BUSMSG_TYPING] = EV_TYPING,
+    };
+    uint8_t type;
+    if (m->kind >= BUSMSG_KIND_COUNT || !kinds[m->kind] || !m->payload_len ||
+        m->payload[0] != '{' || json_validate(m->payload, m->payload_len, &type) != ERR_OK)
+        return ERR_INVALID;
+    event *ev = event_new(kinds[m->kind], m->conv, m->seq, rbuf_copy(m->payload, m->payload_len));
+    audience *a = audience_new(1);
+    if (ev && a) {
+        a->uids[0] = uid;
+        hub_send_here(ch->hub, a, ev, m->kind == BUSMSG_PRESENCE || m->kind == BUSMSG_TYPING);
+    }
+    audience_unref(a);
+    event_unref(ev);
+    return ERR_OK;
+}
+
+static void bus_resync(void *ctx, audience *uids)
+{
+    chat *ch = ctx;
+    static const char frame[] = "{\"type\":\"resync\",\"reason\":\"bus\"}";
+    event *ev = event_new(EV_RESYNC, 0, 0, rbuf_copy(frame, sizeof frame - 1));
+    if (ev) hub_send_here(ch->hub, uids, ev, false);
+    event_unref(ev);
+}
+
+static bool bus_wanted(void *ctx, uint64_t uid)
+{
+    return hub_online(((chat *)ctx)->hub, uid);
+}
+
+static const bus_ops chat_bus_ops = {bus_in, bus_resync, bus_wanted};
+
+/* --node-id, or the host name (what the rule allows of it) and 6 random
+ * hex digits: unique per process, which is what the bus needs (a node
+ * skips the messages with its own id). */
+static void make_node_id(chat *ch)
+{
+    if (ch->cfg->node_id[0]) {
+        snprintf(ch->node, sizeof ch->node, "%s", ch->cfg->node_id);
+        return;
+    }
+    char host[256] = "node";
+    if (gethostname(host, sizeof host - 1) < 0) strcpy(host, "node");
+    host[40] = 0;
+    for (char *p = host; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '.' || *p == '_' || *p == '-'))
+            *p = '-';
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) r = (uint32_t)chat_now_ms() ^ (uint32_t)getpid();
+    snprintf(ch->node, sizeof ch->node, "%.40s-%06x", host[0] ? host : "node", (unsigned)(r & 0xffffff));
+}
+
+static int bus_open(chat *ch)
+{
+    make_node_id(ch);
+    if (!ch->cfg->bus_url[0]) return ERR_OK;
+    bus_options o = {.url = ch->cfg->bus_url, .node = ch->node, .ops = &chat_bus_ops, .ctx = ch};
+    int rc = bus_start(&ch->bus, &o);
+    if (rc < 0) {
+        log_error("cannot start the bus", "bus=%s node=%s err=%s", ch->cfg->bus_url, ch->node,
+                  err_name(rc));
+        return rc;
+    }
+    hub_set_remote(ch->hub, bus_out, ch);
+    return ERR_OK;
+}
+
 /* ---- reads ---------------------------------------------------------------------- */
 int chat_is_member(chat *ch, uint64_t conv, uint64_t uid)
 {
@@ -474,6 +592,7 @@ int chat_write_inbox(chat *ch, uint64_t uid, uint64_t since, const msg_page *pag
 {
     if (limit == 0) limit = MSG_INBOX_LIMIT_DEFAULT;
     if (limit > MSG_INBOX_LIMIT_MAX) limit = MSG_INBOX_LIMIT_MAX;
+    if (ch->bus) bus_wait(ch->bus, uid, CHAT_BUS_WAIT_MS);
     chat_settle(ch, 0);
     db_inbox_req q = {.uid = uid, .since = since, .limit = limit, .max_bytes = max_bytes};
     if (page) {
@@ -522,6 +641,7 @@ int chat_write_history(chat *ch, uint64_t conv, uint64_t uid, uint64_t after, ui
 {
     if (limit == 0) limit = 50;
     if (limit > MSG_LIMIT_MAX) limit = MSG_LIMIT_MAX;
+    if (ch->bus) bus_wait(ch->bus, uid, CHAT_BUS_WAIT_MS);
     db_page *p;
     int rc = db_history(ch->db, conv, uid, after, before, limit, max_bytes, &p);
     if (rc < 0) return rc;

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "base/config.h"
+#include "chat/bus.h"
 #include "chat/guard.h"
 #include "chat/hub.h"
 #include "codec/json.h"
@@ -39,6 +40,8 @@ typedef struct chat {
     hub *hub;
     guard *guard;
     pool *reads;       /* the read pool: every store read of the adapters */
+    bus *bus;          /* the other nodes (--bus), or NULL */
+    char node[BUSMSG_NODE_MAX + 1]; /* this node's id (--node-id, or made at start) */
 } chat;
 
 /* Opens the store in cfg->data_dir, creates the hub for srv and starts the

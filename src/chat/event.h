@@ -26,6 +26,7 @@ enum event_kind {
     EV_TYPING,       /* a member is typing (lossy) */
     EV_CONV,         /* a conversation was created or its members changed */
     EV_REMOVED,      /* the recipient was removed from a conversation */
+    EV_RESYNC,       /* events may have been missed (the bus was lost): resync */
 };
 
 enum event_encoding {

@@ -67,6 +67,9 @@ struct hub {
     uint64_t *scratch;           /* a thread's part being built */
     size_t scratch_cap;
     hub_route_stats st;
+    /* the other nodes (hub_set_remote): set before the threads start */
+    void (*remote)(void *ctx, audience *to, event *ev);
+    void *remote_ctx;
 };
 
 int hub_new(hub **out, server *srv)
@@ -273,19 +276,44 @@ static void send_now(hub *h, audience *to, event *ev, uint64_t except, bool loss
     }
 }
 
+void hub_set_remote(hub *h, void (*publish)(void *ctx, audience *to, event *ev), void *ctx)
+{
+    h->remote = publish;
+    h->remote_ctx = ctx;
+}
+
+/* The one point where an event leaves for the other nodes. */
+static void remote(hub *h, audience *to, event *ev)
+{
+    if (h->remote && to && ev) h->remote(h->remote_ctx, to, ev);
+}
+
 void hub_send(hub *h, audience *to, event *ev, uint64_t except)
 {
+    remote(h, to, ev);
     send_now(h, to, ev, except, false);
 }
 
 void hub_send_lossy(hub *h, audience *to, event *ev, uint64_t except)
 {
+    remote(h, to, ev);
     send_now(h, to, ev, except, true);
+}
+
+void hub_send_here(hub *h, audience *to, event *ev, bool lossy)
+{
+    send_now(h, to, ev, 0, lossy);
+}
+
+static void queue_here(hub *h, audience *to, event *ev, uint64_t except)
+{
+    for (int i = 0; i < h->nthreads; i++) push(&h->pending[i], ev, to, except, NULL, NULL);
 }
 
 void hub_queue(hub *h, audience *to, event *ev, uint64_t except)
 {
-    for (int i = 0; i < h->nthreads; i++) push(&h->pending[i], ev, to, except, NULL, NULL);
+    remote(h, to, ev);
+    queue_here(h, to, ev, except);
 }
 
 void hub_queue_call(hub *h, int thread, void (*fn)(srv_thread *t, void *arg), void *arg)
@@ -602,10 +630,11 @@ void hub_queue_conv(hub *h, uint64_t conv, uint64_t members_version, audience *m
                     event *ev, uint64_t except)
 {
     if (!members || !ev) return;
+    remote(h, members, ev);
     route *r = conv ? route_get(h, conv, members_version, members) : NULL;
     if (!r) {
         h->st.uncached++;
-        hub_queue(h, members, ev, except);
+        queue_here(h, members, ev, except);
         return;
     }
     for (int t = 0; t < h->nthreads; t++)

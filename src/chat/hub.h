@@ -140,6 +140,19 @@ void hub_send(hub *h, audience *to, event *ev, uint64_t except);
 /* The same for the lossy lane (typing, presence): slow readers skip it. */
 void hub_send_lossy(hub *h, audience *to, event *ev, uint64_t except);
 
+/* Delivers ev to the sessions on this node only (what another node sent
+ * over the bus, a resync): every session of the audience's users, on the
+ * lossy lane or not. Any thread; posts right away. */
+void hub_send_here(hub *h, audience *to, event *ev, bool lossy);
+
+/* The other nodes of a cluster (chat/bus.h): every hub_send, hub_send_lossy,
+ * hub_queue and hub_queue_conv also calls publish(ctx, audience, ev) on the
+ * caller's thread, with the whole audience (every member of the
+ * conversation), before it delivers here: the one point where events leave
+ * the node. publish takes its own references. Call before the threads
+ * start; NULL (the default) for none. */
+void hub_set_remote(hub *h, void (*publish)(void *ctx, audience *to, event *ev), void *ctx);
+
 /* The completer thread only (it completes the writer's batches): the same
  * as hub_send, queued until hub_flush(), to every thread with the whole
  * audience. For one-off audiences (a removed member, presence). */

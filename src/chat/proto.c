@@ -330,6 +330,7 @@ static int on_open(conn *c)
     /* Registered before the hello: if saying hello closes the connection
      * (out of memory), on_close removes and frees the session as usual. */
     bool first = hub_session_add(ch->hub, c->t, s);
+    if (first && ch->bus) bus_touch(ch->bus, s->uid); /* its channel on the bus */
     send_json(c, &j);
     if (c->state != CONN_WS) return ERR_OK; /* closed while saying hello: s is released */
     upgrade_job *u = opening; /* its contacts and their presence, read on the pool */
@@ -409,6 +410,7 @@ static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
     metrics_inc(&c->t->m, M_SESSIONS_CLOSED);
     chat *ch = chat_of(c->t);
     if (hub_session_remove(ch->hub, c->t, s)) {
+        if (ch->bus) bus_touch(ch->bus, s->uid);
         int64_t now = chat_now_ms();
         announce_offline(ch, s, now);
         chat_op *op = chat_op_new(ch, OP_LAST_SEEN, 0, NULL);

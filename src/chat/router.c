@@ -38,12 +38,16 @@ static void error_json(conn *c, const http_request *req, int err, const char *me
 
 static void healthz(conn *c, const http_request *req)
 {
-    bool stopping = c->t->stopping, store_ok = db_healthy(chat_of(c->t)->db);
-    /* a node that cannot reach its database is drained by a load balancer */
+    chat *ch = chat_of(c->t);
+    bool stopping = c->t->stopping, store_ok = db_healthy(ch->db);
+    bool bus_ok = !ch->bus || bus_healthy(ch->bus);
+    /* a node that cannot reach its database or its bus is drained by a load balancer */
     const char *body = stopping ? "{\"status\":\"stopping\"}"
+                       : !store_ok && !bus_ok ? "{\"status\":\"unavailable\",\"store\":\"down\",\"bus\":\"down\"}"
                        : !store_ok ? "{\"status\":\"unavailable\",\"store\":\"down\"}"
+                       : !bus_ok ? "{\"status\":\"unavailable\",\"bus\":\"down\"}"
                                 : "{\"status\":\"ok\"}";
-    conn_respond(c, stopping || !store_ok ? 503 : 200, JSON, body, strlen(body), req->keep_alive,
+    conn_respond(c, stopping || !store_ok || !bus_ok ? 503 : 200, JSON, body, strlen(body), req->keep_alive,
                  method_is(req, "HEAD"), "Cache-Control: no-store\r\n");
 }
 
@@ -138,6 +142,8 @@ static void metrics_page(conn *c, const http_request *req)
             ws.done_ns / 1e9);
         n = k > 0 && (size_t)k < cap - (size_t)n ? n + k : ERR_TOO_LARGE;
         if (n >= 0) n = grow(n, chat_metrics((chat *)s->app, &ws, buf + n, cap - (size_t)n));
+        bus *b = ((chat *)s->app)->bus;
+        if (n >= 0 && b) n = grow(n, bus_render_metrics(b, buf + n, cap - (size_t)n));
     }
     if (n >= 0) n = grow(n, metrics_render_process(buf + n, cap - (size_t)n, PARLEY_VERSION));
     if (n < 0) {

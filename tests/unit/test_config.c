@@ -198,10 +198,13 @@ TEST(help_defaults_parse_back_to_the_defaults)
         CHECK(end != NULL && end[1] == 0);
         if (end) *end = 0;
         /* names of defaults that are not values: cores, no origin list, no
-         * TLS, no metrics listener, the embedded store */
+         * TLS, no metrics listener, the embedded store, no bus, a node id
+         * made at start */
         if (strcmp(def, "cores") == 0 || strcmp(def, "any") == 0 || strcmp(def, "embedded") == 0 ||
+            strcmp(names[i], "node-id") == 0 ||
             (strcmp(def, "off") == 0 && (strncmp(names[i], "tls-", 4) == 0 ||
-                                         strcmp(names[i], "metrics-listen") == 0)))
+                                         strcmp(names[i], "metrics-listen") == 0 ||
+                                         strcmp(names[i], "bus") == 0)))
             continue;
         char flag[600];
         snprintf(flag, sizeof flag, "--%.63s=%.500s", names[i], def);

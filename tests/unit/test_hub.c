@@ -783,6 +783,72 @@ TEST(conv_fan_out_races_sessions_opening_and_closing)
     for (int i = 0; i < N; i++) free(s[i]);
 }
 
+/* The remote hook (the bus): every event the hub is given goes to it once,
+ * with the whole audience, from every entry point; hub_send_here and
+ * calls do not. */
+typedef struct remote_log {
+    int calls;
+    uint32_t last_n;
+    uint8_t last_kind;
+} remote_log;
+
+static void record_remote(void *ctx, audience *to, event *ev)
+{
+    remote_log *r = ctx;
+    r->calls++;
+    r->last_n = to->n;
+    r->last_kind = ev->kind;
+}
+
+static void nothing(srv_thread *t, void *arg) {}
+
+TEST(every_event_leaves_for_the_remote_once)
+{
+    fake_reset();
+    fx f;
+    fx_loops(&f, 2);
+    cast k;
+    cast_up(&f, &k);
+    remote_log r = {0};
+    hub_set_remote(f.hub, record_remote, &r);
+    const uint64_t to[] = {1, 2, 3};
+    audience *a = aud_of(3, to);
+    event *ev = ev_of(EV_MSG, 5, 1, "{\"type\":\"msg\",\"seq\":1}");
+    hub_send(f.hub, a, ev, 0);
+    CHECK(r.calls == 1 && r.last_n == 3 && r.last_kind == EV_MSG);
+    event *ty = ev_of(EV_TYPING, 5, 0, "{\"type\":\"typing\"}");
+    hub_send_lossy(f.hub, a, ty, 0);
+    CHECK(r.calls == 2 && r.last_kind == EV_TYPING);
+    hub_queue(f.hub, a, ev, 0);
+    CHECK_EQ_INT(r.calls, 3);
+    hub_queue_conv(f.hub, 5, 1, a, ev, 0);   /* a route built */
+    hub_queue_conv(f.hub, 5, 1, a, ev, 0);   /* the route reused */
+    hub_queue_conv(f.hub, 0, 1, a, ev, 0);   /* no conversation: sent uncached, still once */
+    CHECK(r.calls == 6 && r.last_n == 3);
+    hub_queue_call(f.hub, 0, nothing, NULL);
+    hub_flush(f.hub);
+    CHECK_EQ_INT(r.calls, 6);
+    /* what came from another node is delivered here only */
+    hub_send_here(f.hub, a, ev, false);
+    hub_send_here(f.hub, a, ty, true);
+    fx_barrier(&f);
+    CHECK_EQ_INT(r.calls, 6);
+    /* bob0 (uid 2): 1 send + 1 queue + 3 conv + 1 here on the reliable
+     * lane; the typing twice on the lossy one */
+    CHECK_EQ_INT(fake_count(k.bob0, EV_MSG, false), 6);
+    CHECK_EQ_INT(fake_count(k.bob0, EV_TYPING, true), 2);
+    CHECK(no_thread_faults(&k));
+    hub_set_remote(f.hub, NULL, NULL);
+    hub_send(f.hub, a, ev, 0);
+    fx_barrier(&f);
+    CHECK_EQ_INT(r.calls, 6);
+    event_unref(ev);
+    event_unref(ty);
+    audience_unref(a);
+    fx_stop(&f);
+    cast_down(&k);
+}
+
 int main(void)
 {
     RUN(sessions_per_thread_and_presence_across_threads);
@@ -801,6 +867,7 @@ int main(void)
     RUN(conv_routes_stay_within_their_bounds);
     RUN(conv_odd_input_delivers_nothing_wrong);
     RUN(conv_fan_out_races_sessions_opening_and_closing);
+    RUN(every_event_leaves_for_the_remote_once);
     fake_reset();
     return test_summary("hub");
 }

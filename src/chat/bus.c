@@ -1,0 +1,784 @@
+#include "chat/bus.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstrict-prototypes"
+#pragma GCC diagnostic ignored "-Wshadow"
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libuv.h>
+#pragma GCC diagnostic pop
+
+#include "base/config.h"
+#include "base/err.h"
+#include "base/hist.h"
+#include "base/log.h"
+#include "base/u64map.h"
+#include "net/metrics.h"
+
+#define CHAN_USER "parley:u:"
+#define CHAN_ALL "parley:all"
+#define CHAN_MAX 48            /* "parley:u:" + 20 digits, NUL */
+#define ARGV_CHUNK 1024        /* channels per SUBSCRIBE / UNSUBSCRIBE */
+#define TICK_MS 100
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+
+/* A channel's state in `subs` (the channels wanted, and where each stands
+ * with Redis). hiredis keeps one callback per channel and drops it when
+ * an UNSUBSCRIBE is answered, so a channel is never subscribed again
+ * before its UNSUBSCRIBE was answered: it waits in SUB_RESUBSCRIBE. */
+enum {
+    SUB_PENDING = 1,           /* wanted; SUBSCRIBE sent (or to send at connect) */
+    SUB_CONFIRMED,             /* Redis confirmed it */
+    SUB_UNSUBSCRIBING,         /* not wanted; UNSUBSCRIBE sent, unanswered */
+    SUB_RESUBSCRIBE,           /* wanted again while unsubscribing */
+};
+
+/* An event (or a revocation, a resync) to publish. */
+typedef struct item {
+    struct item *next;
+    audience *to;              /* a reference; NULL: parley:all */
+    event *ev;                 /* a reference, or NULL (revoke, resync) */
+    uint8_t kind;              /* enum busmsg_kind */
+    uint64_t arg;
+    uint64_t at;               /* ns, when queued */
+    size_t bytes;              /* counted against max_queue_bytes */
+} item;
+
+/* One of the two Redis connections. */
+typedef struct rlink {
+    bus *b;
+    const char *name;          /* "subscriber", "publisher" */
+    redisAsyncContext *ac;     /* NULL: none (connect at next_try) */
+    bool up;                   /* connected (the bus thread's view) */
+    bool ever;                 /* was up once: the next connect is a reconnect */
+    uint64_t since;            /* ms: the pending connect began */
+    uint64_t next_try;         /* ms */
+    uint32_t backoff;
+} rlink;
+
+struct bus {
+    bus_options o;
+    const bus_ops *ops;
+    void *ctx;
+    char node[BUSMSG_NODE_MAX + 1];
+    char host[256];
+    int port;
+    uv_thread_t tid;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t timer;
+    bool thread_started;
+    /* under mu */
+    uv_mutex_t mu;
+    uv_cond_t cond;            /* a channel confirmed, or the subscriber lost */
+    item *head, *tail;
+    size_t queued_bytes;
+    uint64_t *dirty;           /* uids touched, to settle */
+    size_t ndirty, dirty_cap;
+    bool stopping;
+    bool lost;                 /* events owed to others were dropped: resync at parley:all */
+    u64map subs;               /* uid -> SUB_* */
+    bool sub_up, pub_up;       /* mirrored from the links, for any thread */
+    /* the bus thread's */
+    rlink sub, pub;
+    uint32_t inflight;         /* PUBLISH commands unanswered */
+    bool resync_pending;       /* at parley:all's confirmation: resync the local sessions */
+    hist latency;              /* queued -> PUBLISH answered, ns */
+    /* counters (atomic) */
+    uint64_t n_published, n_received, n_dropped, n_refused, n_reconnects, n_resyncs;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ms(void) { return now_ns() / 1000000u; }
+
+static void count(uint64_t *c, uint64_t n) { __atomic_add_fetch(c, n, __ATOMIC_RELAXED); }
+
+static uint64_t read_count(const uint64_t *c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
+
+static bool lossy_kind(int kind) { return kind == BUSMSG_PRESENCE || kind == BUSMSG_TYPING; }
+
+static int kind_of(const event *ev)
+{
+    switch (ev->kind) {
+    case EV_MSG: return BUSMSG_MSG;
+    case EV_RECEIPT: return BUSMSG_RECEIPT;
+    case EV_CONV: return BUSMSG_CONV;
+    case EV_REMOVED: return BUSMSG_REMOVED;
+    case EV_PRESENCE: return BUSMSG_PRESENCE;
+    case EV_TYPING: return BUSMSG_TYPING;
+    default: return 0; /* not for other nodes (a resync is each node's own) */
+    }
+}
+
+static void item_free(item *it)
+{
+    audience_unref(it->to);
+    event_unref(it->ev);
+    free(it);
+}
+
+/* HOST:PORT of a redis:// URL into buf (the default port added). */
+static const char *url_hostport(const char *url, char *buf, size_t cap)
+{
+    if (strncmp(url, "redis://", 8)) return NULL;
+    const char *hp = url + 8;
+    size_t n = strlen(hp);
+    if (!strchr(hp, ':') || (n && hp[n - 1] == ']')) { /* no port: the default */
+        if (snprintf(buf, cap, "%s:6379", hp) >= (int)cap) return NULL;
+        return buf;
+    }
+    return hp;
+}
+
+bool bus_url_ok(const char *url)
+{
+    char buf[300], host[256];
+    int port;
+    const char *hp = url_hostport(url, buf, sizeof buf);
+    return hp && config_hostport(hp, host, sizeof host, &port) == 0 && port > 0 &&
+           !strchr(host, '/');
+}
+
+static int parse_url(bus *b, const char *url)
+{
+    char buf[300];
+    const char *hp = bus_url_ok(url) ? url_hostport(url, buf, sizeof buf) : NULL;
+    return hp && config_hostport(hp, b->host, sizeof b->host, &b->port) == 0 ? ERR_OK : ERR_INVALID;
+}
+
+/* ---- the queue (any thread) ---------------------------------------------- */
+
+static void enqueue(bus *b, item *it)
+{
+    bool keep;
+    uv_mutex_lock(&b->mu);
+    keep = !b->stopping;
+    /* Lossy kinds are never kept for a publisher that is away; the rest up
+     * to the bound, past which other nodes' sessions must resync. */
+    if (keep && !b->pub_up && lossy_kind(it->kind)) keep = false;
+    if (keep && b->queued_bytes + it->bytes > b->o.max_queue_bytes) {
+        keep = false;
+        if (!lossy_kind(it->kind)) b->lost = true;
+    }
+    if (keep) {
+        if (b->tail) b->tail->next = it;
+        else b->head = it;
+        b->tail = it;
+        b->queued_bytes += it->bytes;
+    }
+    uv_mutex_unlock(&b->mu);
+    if (keep) uv_async_send(&b->wake);
+    else {
+        count(&b->n_dropped, 1);
+        item_free(it);
+    }
+}
+
+void bus_publish(bus *b, audience *to, event *ev)
+{
+    int kind = ev ? kind_of(ev) : 0;
+    if (!kind || !to || !to->n || !ev->enc[EV_ENC_JSON]) return;
+    item *it = calloc(1, sizeof *it);
+    if (!it) { count(&b->n_dropped, 1); return; }
+    it->to = audience_ref(to);
+    it->ev = event_ref(ev);
+    it->kind = (uint8_t)kind;
+    it->at = now_ns();
+    it->bytes = sizeof *it + ev->enc[EV_ENC_JSON]->len + to->n * sizeof to->uids[0];
+    enqueue(b, it);
+}
+
+void bus_revoke(bus *b, uint64_t uid, uint64_t key)
+{
+    item *it = calloc(1, sizeof *it);
+    audience *a = audience_new(1);
+    if (!it || !a) { free(it); audience_unref(a); count(&b->n_dropped, 1); return; }
+    a->uids[0] = uid;
+    it->to = a;
+    it->kind = BUSMSG_REVOKE;
+    it->arg = key;
+    it->at = now_ns();
+    it->bytes = sizeof *it + sizeof a->uids[0];
+    enqueue(b, it);
+}
+
+void bus_touch(bus *b, uint64_t uid)
+{
+    uv_mutex_lock(&b->mu);
+    if (b->ndirty == b->dirty_cap) {
+        size_t cap = b->dirty_cap ? b->dirty_cap * 2 : 256;
+        uint64_t *v = realloc(b->dirty, cap * sizeof *v);
+        if (!v) { /* the next touch of anyone settles it: sweep() re-checks every channel */
+            uv_mutex_unlock(&b->mu);
+            return;
+        }
+        b->dirty = v;
+        b->dirty_cap = cap;
+    }
+    b->dirty[b->ndirty++] = uid;
+    uv_mutex_unlock(&b->mu);
+    uv_async_send(&b->wake);
+}
+
+void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms)
+{
+    if (!b->ops->wanted(b->ctx, uid)) return; /* no session here: nothing to miss */
+    uint64_t end = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    uv_mutex_lock(&b->mu);
+    for (;;) {
+        uintptr_t st = (uintptr_t)u64map_get(&b->subs, uid);
+        if (st == SUB_CONFIRMED || !b->sub_up || b->stopping) break;
+        uint64_t t = now_ns();
+        if (t >= end || uv_cond_timedwait(&b->cond, &b->mu, end - t) != 0) break;
+    }
+    uv_mutex_unlock(&b->mu);
+}
+
+bool bus_healthy(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    bool ok = b->sub_up && b->pub_up;
+    uv_mutex_unlock(&b->mu);
+    return ok;
+}
+
+/* ---- subscriptions (the bus thread) ---------------------------------------- */
+
+static void on_sub(redisAsyncContext *ac, void *reply, void *priv);
+
+static size_t user_channel(char *out, uint64_t uid)
+{
+    return (size_t)snprintf(out, CHAN_MAX, CHAN_USER "%llu", (unsigned long long)uid);
+}
+
+/* Sends `cmd` for the n channels of uids (and parley:all after them when
+ * `all`), in chunks. */
+static void send_channels(bus *b, const char *cmd, const uint64_t *uids, size_t n, bool all)
+{
+    if (!b->sub.ac || !b->sub.up) return;
+    size_t total = n + (all ? 1 : 0);
+    const char *argv[ARGV_CHUNK + 1];
+    size_t lens[ARGV_CHUNK + 1];
+    char (*names)[CHAN_MAX] = malloc(ARGV_CHUNK * sizeof *names);
+    if (!names) return; /* the connection's next loss subscribes everything again */
+    for (size_t i = 0; i < total;) {
+        int argc = 1;
+        argv[0] = cmd;
+        lens[0] = strlen(cmd);
+        for (; i < total && argc <= ARGV_CHUNK; i++, argc++) {
+            if (i < n) {
+                lens[argc] = user_channel(names[argc - 1], uids[i]);
+                argv[argc] = names[argc - 1];
+            } else {
+                argv[argc] = CHAN_ALL;
+                lens[argc] = strlen(CHAN_ALL);
+            }
+        }
+        redisAsyncCommandArgv(b->sub.ac, on_sub, NULL, argc, argv, lens);
+    }
+    free(names);
+}
+
+/* Settles the touched uids: a channel for every user with a session here,
+ * none for the others. */
+static void settle(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    uint64_t *v = b->dirty;
+    size_t n = b->ndirty;
+    b->dirty = NULL;
+    b->ndirty = b->dirty_cap = 0;
+    uv_mutex_unlock(&b->mu);
+    if (!n) { free(v); return; }
+    size_t nsub = 0, nunsub = 0;
+    uint64_t *sub = malloc(n * sizeof *sub), *unsub = malloc(n * sizeof *unsub);
+    if (!sub || !unsub) { free(sub); free(unsub); free(v); return; }
+    for (size_t i = 0; i < n; i++) {
+        bool want = b->ops->wanted(b->ctx, v[i]);
+        uv_mutex_lock(&b->mu);
+        uintptr_t st = (uintptr_t)u64map_get(&b->subs, v[i]);
+        if (want) {
+            if (!st) {
+                if (u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_PENDING) == ERR_OK)
+                    sub[nsub++] = v[i];
+            } else if (st == SUB_UNSUBSCRIBING) {
+                u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_RESUBSCRIBE);
+            }
+        } else if (st == SUB_PENDING || st == SUB_CONFIRMED) {
+            if (b->sub.up) {
+                u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_UNSUBSCRIBING);
+                unsub[nunsub++] = v[i];
+            } else {
+                u64map_del(&b->subs, v[i]);
+            }
+        } else if (st == SUB_RESUBSCRIBE) {
+            u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_UNSUBSCRIBING);
+        }
+        uv_mutex_unlock(&b->mu);
+    }
+    send_channels(b, "SUBSCRIBE", sub, nsub, false);
+    send_channels(b, "UNSUBSCRIBE", unsub, nunsub, false);
+    free(sub);
+    free(unsub);
+    free(v);
+}
+
+/* The local sessions of every user subscribed here resync. */
+static void resync_all(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    audience *a = audience_new(b->subs.count);
+    size_t k = 0;
+    for (size_t i = 0; a && i < b->subs.cap; i++) {
+        uintptr_t st = (uintptr_t)b->subs.slots[i].val;
+        if (b->subs.slots[i].key && (st == SUB_CONFIRMED || st == SUB_PENDING))
+            a->uids[k++] = b->subs.slots[i].key;
+    }
+    uv_mutex_unlock(&b->mu);
+    if (!a) return;
+    a->n = (uint32_t)k;
+    if (k) {
+        count(&b->n_resyncs, 1);
+        log_info("bus: sessions told to resync", "users=%zu", k);
+        b->ops->resync(b->ctx, a);
+    }
+    audience_unref(a);
+}
+
+/* uid of a user channel, or 0 (parley:all, or not ours). */
+static uint64_t channel_uid(const char *s, size_t n)
+{
+    size_t p = strlen(CHAN_USER);
+    if (n <= p || n > p + 20 || memcmp(s, CHAN_USER, p)) return 0;
+    uint64_t v = 0;
+    for (size_t i = p; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return 0;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    return v;
+}
+
+static void on_message(bus *b, const redisReply *chan, const redisReply *data)
+{
+    if (chan->type != REDIS_REPLY_STRING || data->type != REDIS_REPLY_STRING) return;
+    bool all = chan->len == strlen(CHAN_ALL) && !memcmp(chan->str, CHAN_ALL, chan->len);
+    uint64_t uid = all ? 0 : channel_uid(chan->str, chan->len);
+    busmsg m;
+    if ((!all && !uid) || busmsg_parse(data->str, data->len, &m) != ERR_OK ||
+        (all && m.kind != BUSMSG_RESYNC) || (!all && m.kind == BUSMSG_RESYNC)) {
+        if (read_count(&b->n_refused) == 0)
+            log_warn("bus: a message that is not parley's was ignored (counted in "
+                     "parley_bus_refused_total; logged once)", "bytes=%zu", data->len);
+        count(&b->n_refused, 1);
+        return;
+    }
+    if (!strcmp(m.node, b->node)) return; /* our own: delivered here already */
+    if (!all && b->ops->deliver(b->ctx, uid, &m) != ERR_OK) {
+        count(&b->n_refused, 1);
+        return;
+    }
+    count(&b->n_received, 1);
+    if (all) resync_all(b);
+}
+
+static void on_subscribed(bus *b, const redisReply *chan, bool unsubscribed)
+{
+    if (chan->type != REDIS_REPLY_STRING) return;
+    if (chan->len == strlen(CHAN_ALL) && !memcmp(chan->str, CHAN_ALL, chan->len)) {
+        /* parley:all goes last at a connect: every channel before it is confirmed */
+        if (!unsubscribed && b->resync_pending) {
+            b->resync_pending = false;
+            resync_all(b);
+        }
+        return;
+    }
+    uint64_t uid = channel_uid(chan->str, chan->len);
+    if (!uid) return;
+    bool again = false;
+    uv_mutex_lock(&b->mu);
+    uintptr_t st = (uintptr_t)u64map_get(&b->subs, uid);
+    if (!unsubscribed && st == SUB_PENDING) {
+        u64map_put(&b->subs, uid, (void *)(uintptr_t)SUB_CONFIRMED);
+        uv_cond_broadcast(&b->cond);
+    } else if (unsubscribed && st == SUB_UNSUBSCRIBING) {
+        u64map_del(&b->subs, uid);
+    } else if (unsubscribed && st == SUB_RESUBSCRIBE) {
+        u64map_put(&b->subs, uid, (void *)(uintptr_t)SUB_PENDING);
+        again = true;
+    }
+    uv_mutex_unlock(&b->mu);
+    if (again) send_channels(b, "SUBSCRIBE", &uid, 1, false);
+}
+
+static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    const redisReply *r = reply;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *t = r->element[0]->str;
+    if (!strcmp(t, "message")) on_message(b, r->element[1], r->element[2]);
+    else if (!strcmp(t, "subscribe")) on_subscribed(b, r->element[1], false);
+    else if (!strcmp(t, "unsubscribe")) on_subscribed(b, r->element[1], true);
+}
+
+/* ---- publishing (the bus thread) ---------------------------------------------- */
+
+static void drain(bus *b);
+
+static void on_published(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    b->inflight--;
+    if (!reply) { /* unanswered at a disconnect: it may not have reached anyone */
+        uv_mutex_lock(&b->mu);
+        b->lost = true;
+        uv_mutex_unlock(&b->mu);
+        count(&b->n_dropped, 1);
+        return;
+    }
+    count(&b->n_published, 1);
+    uint64_t at = (uint64_t)(uintptr_t)priv, t = now_ns();
+    hist_observe(&b->latency, &hist_seconds, t > at ? t - at : 0);
+    if (b->inflight == b->o.max_inflight / 2) drain(b);
+}
+
+static void publish_item(bus *b, item *it)
+{
+    busmsg m = {.kind = it->kind, .arg = it->arg};
+    memcpy(m.node, b->node, sizeof m.node);
+    const rbuf *json = it->ev ? it->ev->enc[EV_ENC_JSON] : NULL;
+    if (it->ev) {
+        m.conv = it->ev->conv;
+        m.seq = it->ev->seq;
+    }
+    size_t jlen = json ? json->len : 0;
+    char *buf = malloc(BUSMSG_HEADER_MAX + jlen);
+    int h = buf ? busmsg_header(&m, buf) : ERR_NOMEM;
+    if (h < 0) {
+        free(buf);
+        count(&b->n_dropped, 1);
+        return;
+    }
+    if (jlen) memcpy(buf + h, json->data, jlen);
+    size_t len = (size_t)h + jlen;
+    void *at = (void *)(uintptr_t)it->at;
+    if (!it->to) {
+        b->inflight++;
+        redisAsyncCommand(b->pub.ac, on_published, at, "PUBLISH %s %b", CHAN_ALL, buf, len);
+    }
+    for (uint32_t i = 0; it->to && i < it->to->n; i++) {
+        char chan[CHAN_MAX];
+        size_t cl = user_channel(chan, it->to->uids[i]);
+        b->inflight++;
+        redisAsyncCommand(b->pub.ac, on_published, at, "PUBLISH %b %b", chan, cl, buf, len);
+    }
+    free(buf);
+}
+
+/* Publishes what is queued, while the publisher is up and under its bound
+ * of unanswered commands. */
+static void drain(bus *b)
+{
+    while (b->pub.ac && b->pub.up && b->inflight < b->o.max_inflight) {
+        uv_mutex_lock(&b->mu);
+        item *it = b->head;
+        if (it) {
+            b->head = it->next;
+            if (!b->head) b->tail = NULL;
+            b->queued_bytes -= it->bytes;
+        }
+        uv_mutex_unlock(&b->mu);
+        if (!it) break;
+        publish_item(b, it);
+        item_free(it);
+    }
+}
+
+/* ---- the connections (the bus thread) ------------------------------------------- */
+
+static void set_up(bus *b, rlink *l, bool up)
+{
+    l->up = up;
+    uv_mutex_lock(&b->mu);
+    if (l == &b->sub) b->sub_up = up;
+    else b->pub_up = up;
+    if (l == &b->sub && !up) {
+        /* Redis forgot this connection's channels: each wanted one is
+         * subscribed again at the next connect, the others are gone. */
+        for (size_t i = 0; i < b->subs.cap; i++) {
+            u64map_slot *s = &b->subs.slots[i];
+            uintptr_t st = (uintptr_t)s->val;
+            if (s->key && (st == SUB_CONFIRMED || st == SUB_RESUBSCRIBE)) s->val = (void *)(uintptr_t)SUB_PENDING;
+        }
+        uv_cond_broadcast(&b->cond);
+    }
+    uv_mutex_unlock(&b->mu);
+}
+
+static void retry_later(rlink *l)
+{
+    l->ac = NULL;
+    l->since = 0;
+    l->next_try = now_ms() + l->backoff;
+    l->backoff = l->backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff * 2;
+}
+
+/* The channels wanted at a (re)connect, then parley:all. */
+static void subscribe_all(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    /* unsubscribing ones are simply not subscribed again */
+    uint64_t *v = malloc((b->subs.count + 1) * sizeof *v);
+    size_t n = 0;
+    for (size_t i = 0; v && i < b->subs.cap; i++)
+        if (b->subs.slots[i].key && (uintptr_t)b->subs.slots[i].val == SUB_UNSUBSCRIBING)
+            v[n++] = b->subs.slots[i].key;
+    for (size_t i = 0; i < n; i++) u64map_del(&b->subs, v[i]);
+    free(v);
+    v = malloc((b->subs.count + 1) * sizeof *v);
+    n = 0;
+    for (size_t i = 0; v && i < b->subs.cap; i++)
+        if (b->subs.slots[i].key) v[n++] = b->subs.slots[i].key;
+    uv_mutex_unlock(&b->mu);
+    b->resync_pending = true;
+    send_channels(b, "SUBSCRIBE", v, v ? n : 0, true);
+    free(v);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rlink *l = ac->data;
+    bus *b = l->b;
+    if (status != REDIS_OK) {
+        log_warn("bus: cannot connect to Redis", "link=%s host=%s port=%d err=\"%s\"", l->name,
+                 b->host, b->port, ac->errstr);
+        retry_later(l); /* hiredis frees the context */
+        return;
+    }
+    if (l->ever) count(&b->n_reconnects, 1);
+    log_info("bus: connected to Redis", "link=%s host=%s port=%d", l->name, b->host, b->port);
+    l->ever = true;
+    l->since = 0;
+    l->backoff = BACKOFF_MIN_MS;
+    set_up(b, l, true);
+    if (l == &b->sub) {
+        subscribe_all(b);
+        return;
+    }
+    drain(b);
+    uv_mutex_lock(&b->mu);
+    bool lost = b->lost;
+    b->lost = false;
+    uv_mutex_unlock(&b->mu);
+    if (lost) { /* the others missed some of ours: all their sessions resync */
+        item it = {.kind = BUSMSG_RESYNC, .at = now_ns()};
+        log_warn("bus: events for other nodes were dropped while Redis was away; every "
+                 "node's sessions resync", NULL);
+        publish_item(b, &it);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    rlink *l = ac->data;
+    bus *b = l->b;
+    set_up(b, l, false);
+    uv_mutex_lock(&b->mu);
+    bool stopping = b->stopping;
+    uv_mutex_unlock(&b->mu);
+    if (!stopping)
+        log_warn("bus: lost the connection to Redis", "link=%s err=\"%s\"", l->name,
+                 ac->errstr[0] ? ac->errstr : "closed");
+    retry_later(l); /* hiredis frees the context */
+}
+
+static void connect_link(bus *b, rlink *l)
+{
+    redisAsyncContext *ac = redisAsyncConnect(b->host, b->port);
+    if (!ac) { retry_later(l); return; }
+    if (ac->err) {
+        log_warn("bus: cannot connect to Redis", "link=%s host=%s port=%d err=\"%s\"", l->name,
+                 b->host, b->port, ac->errstr);
+        redisAsyncFree(ac);
+        retry_later(l);
+        return;
+    }
+    ac->data = l;
+    if (redisLibuvAttach(ac, &b->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        retry_later(l);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    l->ac = ac;
+    l->since = now_ms();
+}
+
+static void tend(bus *b, rlink *l)
+{
+    uint64_t t = now_ms();
+    if (!l->ac && t >= l->next_try) connect_link(b, l);
+    else if (l->ac && !l->up && l->since && t - l->since > b->o.connect_timeout_ms) {
+        log_warn("bus: connecting to Redis timed out", "link=%s host=%s port=%d", l->name, b->host,
+                 b->port);
+        redisAsyncContext *ac = l->ac;
+        retry_later(l);
+        redisAsyncFree(ac); /* not connected: no disconnect callback */
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    bus *b = t->data;
+    tend(b, &b->sub);
+    tend(b, &b->pub);
+    drain(b);
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void on_wake(uv_async_t *a)
+{
+    bus *b = a->data;
+    uv_mutex_lock(&b->mu);
+    bool stopping = b->stopping;
+    uv_mutex_unlock(&b->mu);
+    if (stopping) {
+        uv_timer_stop(&b->timer);
+        if (b->sub.ac) redisAsyncFree(b->sub.ac); /* its disconnect callback clears it */
+        if (b->pub.ac) redisAsyncFree(b->pub.ac);
+        b->sub.ac = b->pub.ac = NULL;
+        uv_walk(&b->loop, close_handle, NULL);
+        return;
+    }
+    settle(b);
+    drain(b);
+}
+
+static void run(void *arg)
+{
+    bus *b = arg;
+    uv_run(&b->loop, UV_RUN_DEFAULT);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------- */
+
+int bus_start(bus **out, const bus_options *o)
+{
+    if (!o->node || !busmsg_node_ok(o->node) || !o->ops) return ERR_INVALID;
+    bus *b = calloc(1, sizeof *b);
+    if (!b) return ERR_NOMEM;
+    b->o = *o;
+    b->o.url = NULL;
+    b->o.node = NULL;
+    if (!b->o.max_queue_bytes) b->o.max_queue_bytes = BUS_MAX_QUEUE_DEFAULT;
+    if (!b->o.max_inflight) b->o.max_inflight = BUS_MAX_INFLIGHT_DEFAULT;
+    if (!b->o.connect_timeout_ms) b->o.connect_timeout_ms = BUS_CONNECT_TIMEOUT_DEFAULT;
+    b->ops = o->ops;
+    b->ctx = o->ctx;
+    snprintf(b->node, sizeof b->node, "%s", o->node);
+    if (parse_url(b, o->url ? o->url : "") < 0) { free(b); return ERR_INVALID; }
+    b->sub = (rlink){.b = b, .name = "subscriber", .backoff = BACKOFF_MIN_MS};
+    b->pub = (rlink){.b = b, .name = "publisher", .backoff = BACKOFF_MIN_MS};
+    u64map_init(&b->subs);
+    if (uv_loop_init(&b->loop) != 0) { free(b); return ERR_IO; }
+    uv_mutex_init(&b->mu);
+    uv_cond_init(&b->cond);
+    uv_async_init(&b->loop, &b->wake, on_wake);
+    b->wake.data = b;
+    uv_timer_init(&b->loop, &b->timer);
+    b->timer.data = b;
+    uv_timer_start(&b->timer, on_tick, 0, TICK_MS);
+    if (uv_thread_create(&b->tid, run, b) != 0) {
+        uv_walk(&b->loop, close_handle, NULL);
+        uv_run(&b->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&b->loop);
+        uv_cond_destroy(&b->cond);
+        uv_mutex_destroy(&b->mu);
+        free(b);
+        return ERR_IO;
+    }
+    b->thread_started = true;
+    *out = b;
+    return ERR_OK;
+}
+
+void bus_stop(bus *b)
+{
+    if (!b) return;
+    uv_mutex_lock(&b->mu);
+    b->stopping = true;
+    uv_cond_broadcast(&b->cond);
+    uv_mutex_unlock(&b->mu);
+    uv_async_send(&b->wake);
+    uv_thread_join(&b->tid);
+    uv_loop_close(&b->loop);
+    for (item *it = b->head, *next; it; it = next) {
+        next = it->next;
+        item_free(it);
+    }
+    u64map_free(&b->subs);
+    free(b->dirty);
+    uv_cond_destroy(&b->cond);
+    uv_mutex_destroy(&b->mu);
+    free(b);
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+int bus_render_metrics(bus *b, char *out, size_t cap)
+{
+    uv_mutex_lock(&b->mu);
+    bool up = b->sub_up && b->pub_up;
+    size_t subs = b->subs.count, queued = b->queued_bytes;
+    uv_mutex_unlock(&b->mu);
+    int n = snprintf(out, cap,
+        "# HELP parley_bus_up Both Redis connections of the bus are up\n"
+        "# TYPE parley_bus_up gauge\nparley_bus_up %d\n"
+        "# HELP parley_bus_reconnects_total Connections to Redis made again after a loss\n"
+        "# TYPE parley_bus_reconnects_total counter\nparley_bus_reconnects_total %llu\n"
+        "# HELP parley_bus_published_total PUBLISH commands Redis answered (one per recipient user)\n"
+        "# TYPE parley_bus_published_total counter\nparley_bus_published_total %llu\n"
+        "# HELP parley_bus_received_total Bus messages from other nodes\n"
+        "# TYPE parley_bus_received_total counter\nparley_bus_received_total %llu\n"
+        "# HELP parley_bus_dropped_total Events for other nodes dropped (queue full, lossy while "
+        "Redis was away, unanswered at a disconnect)\n"
+        "# TYPE parley_bus_dropped_total counter\nparley_bus_dropped_total %llu\n"
+        "# HELP parley_bus_refused_total Bus messages ignored: not parley's\n"
+        "# TYPE parley_bus_refused_total counter\nparley_bus_refused_total %llu\n"
+        "# HELP parley_bus_resyncs_total Times this node's sessions were told to resync\n"
+        "# TYPE parley_bus_resyncs_total counter\nparley_bus_resyncs_total %llu\n"
+        "# HELP parley_bus_subscriptions User channels this node subscribes to\n"
+        "# TYPE parley_bus_subscriptions gauge\nparley_bus_subscriptions %zu\n"
+        "# HELP parley_bus_queue_bytes Events waiting for the publisher\n"
+        "# TYPE parley_bus_queue_bytes gauge\nparley_bus_queue_bytes %zu\n",
+        up ? 1 : 0, (unsigned long long)read_count(&b->n_reconnects),
+        (unsigned long long)read_count(&b->n_published), (unsigned long long)read_count(&b->n_received),
+        (unsigned long long)read_count(&b->n_dropped), (unsigned long long)read_count(&b->n_refused),
+        (unsigned long long)read_count(&b->n_resyncs), subs, queued);
+    if (n < 0 || (size_t)n >= cap) return ERR_TOO_LARGE;
+    const hist *h[1] = {&b->latency};
+    int k = metrics_render_hist(out + n, cap - (size_t)n, "parley_bus_publish_seconds",
+                                "Bus: from an event queued to Redis answering its PUBLISH",
+                                &hist_seconds, h, 1);
+    return k < 0 ? k : n + k;
+}

@@ -1,0 +1,114 @@
+/* bus: the events of this node reach the sessions on the other nodes of a
+ * cluster, and theirs reach ours, over Redis pub/sub (--bus
+ * redis://HOST:PORT; docs/cluster.md "The bus").
+ *
+ * Channels are per user: `parley:u:<uid>`. A node subscribes to the
+ * channel of every user who has a session on it (from their first session
+ * on the node to their last), and publishes each event once per recipient
+ * user, after the commit, at the one point where this node's own fan-out
+ * starts (hub.h's remote hook). Redis's own channel table is then the
+ * registry of which nodes host whom. One more channel, `parley:all`, is
+ * subscribed by every node: a node that had to drop events it owed the
+ * others (its queue to Redis overflowed while Redis was away) says `resync`
+ * there once it is back. Messages are codec/busmsg.h; a node skips its own
+ * (by node id) and counts and drops what it cannot parse.
+ *
+ * Pub/sub is lossy, so a session is never left silently stale:
+ * - when the subscriber connection comes back after a loss (Redis
+ *   restarted, the network cut), every channel is subscribed again and,
+ *   once Redis confirmed the last of them, every local session is told to
+ *   resync (ops->resync: the `resync` frame, docs/protocol.md);
+ * - a user's first read on this node after their session opened waits (at
+ *   most its bound) until their channel is confirmed (bus_wait), so that
+ *   nothing committed after that read can be missed;
+ * - events to publish while the publisher is away are kept in order, up to
+ *   bus_options.max_queue_bytes; past it they are dropped and `resync` goes
+ *   to parley:all when the publisher is back. Lossy kinds (presence,
+ *   typing) are never kept.
+ *
+ * Threads: the bus has its own thread and libuv loop, which owns both Redis
+ * connections (hiredis on its libuv adapter: one subscribes, one
+ * publishes). bus_publish, bus_revoke and bus_touch may be called from any
+ * thread: they queue under a mutex and wake the bus thread. The ops run on
+ * the bus thread. bus_wait runs on a read-pool thread; bus_healthy and
+ * bus_render_metrics on any.
+ *
+ * Ownership: the bus takes its own references to the audiences and events
+ * it queues and drops them once published (or dropped). Strings in
+ * bus_options are copied.
+ */
+#ifndef PARLEY_BUS_H
+#define PARLEY_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/audience.h"
+#include "chat/event.h"
+#include "codec/busmsg.h"
+
+typedef struct bus bus;
+
+/* What the bus asks of the node, on the bus thread. */
+typedef struct bus_ops {
+    /* A message from another node for the local sessions of uid (m's
+     * payload is valid during the call only). Kinds msg, receipt, conv,
+     * removed, presence, typing and revoke. ERR_OK, or ERR_INVALID for a
+     * payload the node refuses (counted as refused). */
+    int (*deliver)(void *ctx, uint64_t uid, const busmsg *m);
+    /* The local sessions of these users must resync (the audience is
+     * borrowed; take a reference to keep it). */
+    void (*resync)(void *ctx, audience *uids);
+    /* Whether uid has a session on this node now. */
+    bool (*wanted)(void *ctx, uint64_t uid);
+} bus_ops;
+
+typedef struct bus_options {
+    const char *url;               /* redis://HOST[:PORT] (6379) */
+    const char *node;              /* this node's id (busmsg_node_ok) */
+    const bus_ops *ops;
+    void *ctx;
+    size_t max_queue_bytes;        /* events kept for the publisher while it is away */
+    uint32_t max_inflight;         /* PUBLISH commands awaiting Redis's reply, at most */
+    uint32_t connect_timeout_ms;   /* a connection not up by then is retried */
+} bus_options;
+
+#define BUS_MAX_QUEUE_DEFAULT ((size_t)64 << 20)
+#define BUS_MAX_INFLIGHT_DEFAULT 65536u
+#define BUS_CONNECT_TIMEOUT_DEFAULT 2000u
+
+/* Whether url is a bus URL bus_start accepts. */
+bool bus_url_ok(const char *url);
+
+/* Starts the bus thread, which connects (and reconnects, with backoff)
+ * on its own: the bus is usable at once and healthy once both connections
+ * are up. ERR_INVALID (bad URL or node id), ERR_NOMEM, ERR_IO. */
+int bus_start(bus **out, const bus_options *o);
+/* Stops the thread, closing both connections (what is still queued is
+ * dropped) and frees the bus. Call after every caller of the others. */
+void bus_stop(bus *b);
+
+/* Publishes ev to the channels of to's users. Any thread. */
+void bus_publish(bus *b, audience *to, event *ev);
+/* Tells the other nodes to close uid's sessions opened with token key
+ * `key` (a logout). Any thread. */
+void bus_revoke(bus *b, uint64_t uid, uint64_t key);
+/* uid's first session on this node opened, or its last one closed: the
+ * bus thread asks ops->wanted and subscribes or unsubscribes to match.
+ * Any thread. */
+void bus_touch(bus *b, uint64_t uid);
+/* A read of uid's (a read-pool thread): if uid has a session on this node,
+ * waits until their channel is confirmed, at most timeout_ms, or until the
+ * bus is found down (its return then brings a resync). */
+void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms);
+
+/* Both connections up. Any thread. */
+bool bus_healthy(bus *b);
+
+/* Prometheus text: parley_bus_* (up, reconnects, published, received,
+ * dropped, refused, subscriptions, queue, publish latency) into
+ * out[0..cap). Returns the length, or ERR_TOO_LARGE. Any thread. */
+int bus_render_metrics(bus *b, char *out, size_t cap);
+
+#endif

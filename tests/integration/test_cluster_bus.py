@@ -1,0 +1,267 @@
+"""The bus between cluster nodes (--bus redis://...), on real redis-server and
+PostgreSQL (engines.py): events committed on one node reach the sessions
+of their users on the others (messages, the sender's other devices,
+receipts, typing, conversation and membership changes, logouts); a user's
+channel follows their sessions on the node; Redis restarted or away at the
+start: /healthz says so, the node's sessions are told to `resync` when the
+bus is back, nothing acked is lost and delivery resumes; what is not
+parley's on the bus is counted and ignored; bad flags are refused.
+"""
+
+import asyncio
+import json
+import time
+
+from parley_client import (SLOW, Client, User, arun, direct, get_metrics, group, history, login,
+                           mval, rest, run_parleyd, users)
+
+
+def poll(get, ok, timeout=20 * SLOW):
+    """get() until ok(result) (bounded); the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = get()
+        if ok(r) or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
+def node(parley, db, redis, name):
+    return parley("--store", db.dsn, "--bus", redis.url, "--node-id", name)
+
+
+def on(srv, u):
+    """u's session, used through another node (tokens are the database's)."""
+    return User(srv, u.name, u.token, u.device, u.expires)
+
+
+def health(srv):
+    r = rest(srv, "GET", "/healthz")
+    return r.status, r.json()
+
+
+def channels(redis):
+    """The parley channels someone subscribes to, sorted."""
+    return sorted(redis.client().pubsub_channels("parley:*"))
+
+
+def subscriptions(redis):
+    """Subscriptions to parley's user channels, over every node."""
+    chans = [c for c in channels(redis) if c != "parley:all"]
+    return sum(n for _, n in redis.client().pubsub_numsub(*chans)) if chans else 0
+
+
+def test_events_reach_the_sessions_on_other_nodes(parley, pg_database, redis):
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    a, b, c = users(n1, 3)
+    a2 = login(n2, a.name)  # a's second device, on the other node
+    conv = direct(a, b)
+
+    async def go():
+        cb = await Client.open(on(n2, b))
+        ca = await Client.open(a)
+        ca2 = await Client.open(a2)
+        # n1 subscribes to a's channel, n2 to a's and b's
+        assert poll(lambda: subscriptions(redis), lambda n: n == 3) == 3, channels(redis)
+        ack = await ca.send_msg(conv, "m1", {"text": "hello"})
+        assert ack["type"] == "ack" and ack["seq"] == 1, ack
+        want = {"type": "msg", "conv": conv, "seq": 1, "from": a.name, "cmid": "m1",
+                "ts": ack["ts"], "body": {"text": "hello"}}
+        assert await cb.wait_type("msg") == want
+        assert await ca2.wait_type("msg") == want  # the sender's other device
+        # a receipt from n2 reaches the sender on n1
+        await cb.send({"type": "read", "conv": conv, "seq": 1})
+        r = await ca.wait_type("receipt", user=b.name)
+        assert r["read"] == 1, r
+        # typing travels too (the lossy lane)
+        await ca.send({"type": "typing", "conv": conv})
+        t = await cb.wait_type("typing")
+        assert t == {"type": "typing", "conv": conv, "user": a.name}, t
+        # a group made on n1: its members on n2 hear of it, then of changes
+        gid = group(a, [b])
+        f = await cb.wait(lambda f: f.get("type") == "conv" and f["conv"]["id"] == gid,
+                          what="the new group")
+        assert sorted(f["conv"]["members"]) == sorted([a.name, b.name])
+        assert a.post(f"/v1/conversations/{gid}/members", {"user": c.name}).status_code == 200
+        f = await cb.wait(lambda f: f.get("type") == "conv" and f["conv"]["id"] == gid and
+                          c.name in f["conv"]["members"], what="c added")
+        r = a.delete(f"/v1/conversations/{gid}/members/{b.name}")
+        assert r.status_code in (200, 204), r.text
+        assert await cb.wait_type("removed", conv=gid) == {"type": "removed", "conv": gid}
+        # and the other way round: a message sent on n2 reaches n1
+        ack = await cb.send_msg(conv, "m2", "back")
+        f = await ca.wait_type("msg", cmid="m2")
+        assert f["seq"] == 2 and f["from"] == b.name, f
+        # nothing arrived twice (a node skips its own messages on the bus)
+        await ca.ping()
+        assert [f for f in ca.pending if f.get("type") == "msg"] == []
+        for cl in (ca, ca2, cb):
+            await cl.close()
+
+    arun(go())
+    m1, m2 = get_metrics(n1.port), get_metrics(n2.port)
+    assert mval(m1, "parley_bus_up") == 1 and mval(m2, "parley_bus_up") == 1
+    assert mval(m2, "parley_bus_received_total") >= 5, m2
+    assert mval(m1, "parley_bus_refused_total") == 0 == mval(m2, "parley_bus_refused_total")
+    assert mval(m1, "parley_bus_publish_seconds_count") > 0
+    assert health(n1) == (200, {"status": "ok"}) and health(n2) == (200, {"status": "ok"})
+    # the channels follow the sessions: all closed, none left
+    assert poll(lambda: channels(redis), lambda v: v == ["parley:all"]) == ["parley:all"]
+
+
+def test_a_logout_closes_its_sessions_on_every_node(parley, pg_database, redis):
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    u = users(n1, 1)[0]
+    other = login(n2, u.name)
+
+    async def go():
+        c2 = await Client.open(on(n2, u))      # the token to revoke, on n2
+        keep = await Client.open(other)        # another device, on n2 too
+        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+        r = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: u.delete("/v1/sessions/current"))  # through n1
+        assert r.status_code == 204, r.text
+        assert await c2.closed_with() == 1008
+        await keep.ping()
+        await keep.close()
+
+    arun(go())
+
+
+def test_channels_follow_sessions_that_come_and_go_quickly(parley, pg_database, redis):
+    """Opens and closes a user's session on n2 over and over (subscribe and
+    unsubscribe race each other in Redis): at the end the channel is there
+    exactly while a session is, and delivery works."""
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+
+    async def go():
+        for _ in range(15):
+            c = await Client.open(on(n2, b))
+            await c.close()
+        c = await Client.open(on(n2, b))
+        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1, channels(redis)
+        for i in range(5):
+            assert a.post(f"/v1/conversations/{conv}/messages",
+                          {"cmid": f"q{i}", "body": i}).status_code == 201
+            f = await c.wait_type("msg", cmid=f"q{i}")
+            assert f["body"] == i
+        await c.close()
+
+    arun(go())
+    assert poll(lambda: channels(redis), lambda v: v == ["parley:all"]) == ["parley:all"]
+
+
+def test_redis_restarted_sessions_resync_and_delivery_resumes(parley, pg_database, redis):
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+
+    async def go():
+        ca = await Client.open(a)
+        cb = await Client.open(on(n2, b))
+        assert poll(lambda: subscriptions(redis), lambda n: n == 2) == 2
+        assert (await ca.send_msg(conv, "before", 0))["seq"] == 1
+        await cb.wait_type("msg", cmid="before")
+        redis.kill()
+        # both nodes say they cannot reach the bus: a load balancer drains them
+        for srv in (n1, n2):
+            st = poll(lambda: health(srv), lambda h: h[0] == 503)
+            assert st == (503, {"status": "unavailable", "bus": "down"}), st
+        # the store still takes messages: acked while the bus is away
+        acks = [await ca.send_msg(conv, f"away{i}", i) for i in range(3)]
+        assert [x["seq"] for x in acks] == [2, 3, 4], acks
+        redis.restart()
+        for srv in (n1, n2):
+            st = poll(lambda: health(srv), lambda h: h[0] == 200)
+            assert st == (200, {"status": "ok"}), st
+        # b's session, still open, is told to resync, and finds every message
+        f = await cb.wait_type("resync")
+        assert f == {"type": "resync", "reason": "bus"}, f
+        r = await cb.request({"type": "sync", "conv": conv, "after": 1}, "history")
+        assert [m["cmid"] for m in r["messages"]] == ["away0", "away1", "away2"], r
+        # delivery over the bus works again, both ways
+        await ca.send_msg(conv, "after", 9)
+        assert (await cb.wait_type("msg", cmid="after"))["seq"] == 5
+        await cb.send_msg(conv, "reply", 10)
+        assert (await ca.wait_type("msg", cmid="reply"))["seq"] == 6
+        await ca.close()
+        await cb.close()
+
+    arun(go())
+    assert [m["cmid"] for m in history(a, conv)] == [
+        "before", "away0", "away1", "away2", "after", "reply"]
+    m2 = get_metrics(n2.port)
+    assert mval(m2, "parley_bus_reconnects_total") >= 1, m2
+    assert mval(m2, "parley_bus_resyncs_total") >= 1, m2
+
+
+def test_a_node_started_while_redis_is_away_serves_once_it_is_back(parley, pg_database, redis):
+    redis.kill()
+    n1 = node(parley, pg_database, redis, "n1")
+    assert poll(lambda: health(n1), lambda h: h[0] == 503) == (
+        503, {"status": "unavailable", "bus": "down"})
+    a, b = users(n1, 2)  # the store serves meanwhile
+    conv = direct(a, b)
+    redis.restart()
+    assert poll(lambda: health(n1), lambda h: h[0] == 200) == (200, {"status": "ok"})
+    n2 = node(parley, pg_database, redis, "n2")
+
+    async def go():
+        cb = await Client.open(on(n2, b))
+        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+        assert a.post(f"/v1/conversations/{conv}/messages",
+                      {"cmid": "x", "body": 1}).status_code == 201
+        assert (await cb.wait_type("msg", cmid="x"))["seq"] == 1
+        await cb.close()
+
+    arun(go())
+
+
+def test_what_is_not_parleys_on_the_bus_is_counted_and_ignored(parley, pg_database, redis):
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+
+    async def go():
+        cb = await Client.open(on(n2, b))
+        chans = poll(lambda: channels(redis), lambda v: len(v) == 2)
+        user_chan = [c for c in chans if c != "parley:all"][0]
+        bad = [
+            (user_chan, "garbage"),
+            (user_chan, "P1 x msg 1 1 0\nnot json"),
+            (user_chan, "P1 x msg 1 1 0\n"),
+            (user_chan, "P1 x resync 0 0 0\n"),          # resync belongs on parley:all
+            (user_chan, "P1 x msg 01 1 0\n{}"),
+            (user_chan, "P1 bad/node msg 1 1 0\n{}"),
+            ("parley:all", 'P1 x msg 1 1 0\n{"type":"msg"}'),  # only resync there
+            (user_chan, "P1 x msg 1 1 0\n" + "[" * 100000),
+        ]
+        for chan, payload in bad:
+            assert redis.client().publish(chan, payload) >= 1
+        await asyncio.sleep(0)
+        m = poll(lambda: get_metrics(n2.port),
+                 lambda m: mval(m, "parley_bus_refused_total") == len(bad))
+        assert mval(m, "parley_bus_refused_total") == len(bad), m
+        # the session got none of it, and still gets what is real
+        assert a.post(f"/v1/conversations/{conv}/messages",
+                      {"cmid": "real", "body": "ok"}).status_code == 201
+        before, f = await cb.until(lambda f: f.get("type") == "msg")
+        assert f["cmid"] == "real", f
+        assert [x["type"] for x in before] in ([], ["presence"]), before  # a's, at connect
+        await cb.close()
+
+    arun(go())
+    assert health(n2) == (200, {"status": "ok"})
+
+
+def test_bus_flags_are_checked(tmp_path, pg_database, redis):
+    web = ("--web-dir", str(tmp_path))
+    r = run_parleyd(tmp_path, "--bus", redis.url, *web)
+    assert r.returncode == 1 and b"--bus needs --store postgresql://" in r.stderr, r
+    for flags in (("--bus", "http://127.0.0.1:1"), ("--node-id", "a b"), ("--node-id", "x" * 65),
+                  ("--bus", "redis://127.0.0.1:99999")):
+        r = run_parleyd(tmp_path, "--store", pg_database.dsn, *flags, *web)
+        assert r.returncode != 0, (flags, r)
+        assert r.stderr, flags
