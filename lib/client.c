@@ -550,7 +550,7 @@ static int rest(parley_client *c, const char *method, const char *path, jbuf *bo
         return ERR_AUTH;
     }
     client_http_request rq = {method, path, auth ? c->token : NULL, NULL, 0,
-                              (int)c->o.request_timeout_ms, 0};
+                              (int)c->o.request_timeout_ms, 0, NULL};
     if (body) {
         rq.body = jb_data(body, &rq.body_len);
         if (!rq.body) { jb_free(body); set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
