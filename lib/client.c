@@ -78,7 +78,11 @@ struct parley_client {
     parley_callbacks cb;
     void *ud;
     parley_options o;            /* numbers and hooks; pointers cleared */
-    client_url url;
+    client_url *urls;            /* the servers of options.server, in order */
+    size_t nurls;
+    size_t cur;                  /* the server in use (REST and the next connect) */
+    size_t ws_server;            /* the server of the current connection attempt */
+    char server[600];            /* urls[cur] as a base URL (parley_server) */
     char token[PARLEY_TOKEN_MAX];
     char user[PARLEY_USER_MAX];
     char device_key[PARLEY_DEVICE_KEY_MAX]; /* this device's, from register/login */
@@ -538,8 +542,18 @@ typedef struct rest_reply {
     json_obj o;
 } rest_reply;
 
+/* The server in use becomes urls[i]. */
+static void use_server(parley_client *c, size_t i)
+{
+    const client_url *u = &c->urls[i];
+    c->cur = i;
+    snprintf(c->server, sizeof c->server, "http://%s%s", u->hostport, u->prefix);
+}
+
 /* One request; ERR_OK only for a 2xx whose body (if any) is a JSON object
- * (indexed in rep->o). Errors fill lasterr. */
+ * (indexed in rep->o). Errors fill lasterr. A request that cannot connect to
+ * the server in use (nothing was sent) goes to the next ones in turn; the
+ * first that answers becomes the server in use. */
 static int rest(parley_client *c, const char *method, const char *path, jbuf *body,
                 bool auth, rest_reply *rep)
 {
@@ -549,22 +563,31 @@ static int rest(parley_client *c, const char *method, const char *path, jbuf *bo
         set_error(c, ERR_AUTH, 0, "", "not logged in (no token)");
         return ERR_AUTH;
     }
+    bool connected = false;
     client_http_request rq = {method, path, auth ? c->token : NULL, NULL, 0,
-                              (int)c->o.request_timeout_ms, 0, NULL};
+                              (int)c->o.request_timeout_ms, 0, &connected};
     if (body) {
         rq.body = jb_data(body, &rq.body_len);
         if (!rq.body) { jb_free(body); set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
     }
-    int rc = client_http_do(&c->A, &c->url, &rq, &rep->raw, &rep->r);
+    int rc = ERR_IO;
+    size_t at = c->cur;
+    for (size_t k = 0; k < c->nurls; k++) {
+        at = (c->cur + k) % c->nurls;
+        rc = client_http_do(&c->A, &c->urls[at], &rq, &rep->raw, &rep->r);
+        if (rc != ERR_IO || connected) break;
+    }
     if (body) jb_free(body);
+    if (rc == ERR_OK && at != c->cur) use_server(c, at);
     if (rc < 0) {
         char msg[400];
+        const char *hp = c->urls[at].hostport;
         if (rc == ERR_IO || rc == ERR_TIMEOUT)
-            snprintf(msg, sizeof msg, "%s %s: %s", rc == ERR_IO ? "cannot reach" : "timed out talking to",
-                     c->url.hostport, rc == ERR_IO ? "connection failed" : "no answer in time");
+            snprintf(msg, sizeof msg, "%s %s%s: %s", rc == ERR_IO ? "cannot reach" : "timed out talking to",
+                     hp, c->nurls > 1 && !connected ? " (nor any other server in the list)" : "",
+                     rc == ERR_IO ? "connection failed" : "no answer in time");
         else
-            snprintf(msg, sizeof msg, "bad response from %s (%s)", c->url.hostport,
-                     parley_strerror(rc));
+            snprintf(msg, sizeof msg, "bad response from %s (%s)", hp, parley_strerror(rc));
         set_error(c, rc, 0, "", msg);
         return rc;
     }
@@ -1043,17 +1066,22 @@ int parley_new(const parley_options *opts, parley_client **out)
     }
     const parley_allocator *a = o.allocator ? o.allocator : &libc_alloc;
     if (!a->malloc_fn || !a->realloc_fn || !a->free_fn) return ERR_INVALID;
-    client_url url;
-    int rc = client_http_parse_url(o.server ? o.server : "http://localhost:8080", &url);
-    if (rc < 0) return rc;
+    client_url urls[PARLEY_MAX_SERVERS];
+    int n = client_http_parse_urls(o.server ? o.server : "http://localhost:8080", urls,
+                                   PARLEY_MAX_SERVERS);
+    if (n < 0) return n;
     if (o.token && strlen(o.token) >= PARLEY_TOKEN_MAX) return ERR_TOO_LARGE;
     parley_client *c = a->malloc_fn(a->ctx, sizeof *c);
     if (!c) return ERR_NOMEM;
     memset(c, 0, sizeof *c);
+    c->urls = a->malloc_fn(a->ctx, (size_t)n * sizeof urls[0]);
+    if (!c->urls) { a->free_fn(a->ctx, c); return ERR_NOMEM; }
+    memcpy(c->urls, urls, (size_t)n * sizeof urls[0]);
+    c->nurls = (size_t)n;
+    use_server(c, 0);
     c->A = *a;
     if (o.callbacks) c->cb = *o.callbacks;
     c->ud = o.userdata;
-    c->url = url;
     if (o.token) copy_str(c->token, sizeof c->token, o.token);
     o.server = o.token = NULL;
     o.allocator = NULL;
@@ -1064,6 +1092,7 @@ int parley_new(const parley_options *opts, parley_client **out)
     c->pool_pos = sizeof c->pool;
     c->lim.max_message = o.max_message;
     client_backoff_init(&c->bo, o.backoff_base_ms, o.backoff_cap_ms);
+    client_backoff_set_round(&c->bo, (uint32_t)c->nurls);
     client_outbox_init(&c->ob, &c->A, o.max_pending);
     c->window = o.max_inflight;
     *out = c;
@@ -1071,6 +1100,7 @@ int parley_new(const parley_options *opts, parley_client **out)
 }
 
 const char *parley_token(const parley_client *c) { return c->token; }
+const char *parley_server(const parley_client *c) { return c->server; }
 
 int parley_set_token(parley_client *c, const char *token)
 {
@@ -1364,6 +1394,9 @@ static void lose(parley_client *c, int err, uint64_t retry_after, uint16_t close
         return;
     }
     if (up >= STABLE_MS) client_backoff_reset(&c->bo);
+    /* The next attempt goes to the next server, unless a REST call has
+     * moved on already (to one that answered). */
+    if (c->nurls > 1 && c->cur == c->ws_server) use_server(c, (c->cur + 1) % c->nurls);
     uint64_t delay = client_backoff_next(&c->bo, rnd64(c), retry_after);
     c->retry_at = now + delay;
     c->phase = PH_BACKOFF;
@@ -1385,7 +1418,7 @@ static void start_handshake(parley_client *c)
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: parley.v1.json\r\n"
                      "Authorization: Bearer %s\r\nUser-Agent: libparley/0.1\r\n\r\n",
-                     c->url.prefix, c->url.hostport, k64, c->token);
+                     c->urls[c->ws_server].prefix, c->urls[c->ws_server].hostport, k64, c->token);
     if (n < 0 || (size_t)n >= sizeof req || out_reserve(c, (size_t)n) < 0) {
         c->dead = ERR_NOMEM;
         return;
@@ -1418,7 +1451,8 @@ static void attempt(parley_client *c)
     c->phase_deadline = now_ms(c) + c->o.connect_timeout_ms;
     set_state(c, PARLEY_CONNECTING, 0, 0);
     if (!c->started) return; /* the callback closed us */
-    int n = client_http_resolve(&c->url, c->addrs, c->alens, 8);
+    c->ws_server = c->cur;
+    int n = client_http_resolve(&c->urls[c->ws_server], c->addrs, c->alens, 8);
     c->naddr = n > 0 ? n : 0;
     c->addr_i = 0;
     if (n <= 0) {
@@ -2264,6 +2298,7 @@ void parley_free(parley_client *c)
     xfree(c, c->in);
     xfree(c, c->out);
     xfree(c, c->msg);
+    xfree(c, c->urls);
     parley_allocator a = c->A;
     a.free_fn(a.ctx, c);
 }

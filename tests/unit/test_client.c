@@ -113,10 +113,8 @@ static void on_presence(parley_client *c, const parley_presence *p, void *ud) { 
 static const parley_callbacks callbacks = {on_state, on_message, on_ack, on_receipt, on_presence,
                                            on_typing, NULL, on_error};
 
-static parley_client *new_client(int port, seen *x, bool fake_clock)
+static parley_client *new_client_at(const char *url, seen *x, bool fake_clock)
 {
-    char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
     parley_options o;
     parley_options_init(&o);
     o.server = url;
@@ -131,6 +129,16 @@ static parley_client *new_client(int port, seen *x, bool fake_clock)
     CHECK_EQ_INT(rc, PARLEY_OK);
     return c;
 }
+
+static parley_client *new_client(int port, seen *x, bool fake_clock)
+{
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    return new_client_at(url, x, fake_clock);
+}
+
+/* A loopback port nobody listens on (at the time of asking). */
+static int closed_port(void);
 
 /* ---- the scripted peer ------------------------------------------------------------ */
 
@@ -396,6 +404,32 @@ TEST(argument_errors)
     CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EINVALID);
     o.server = "https://example.com";
     CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED);
+    /* a list: every entry is checked */
+    const char *bad_lists[] = {"http://a:1,", ",http://a:1", "http://a:1,,http://b:2",
+                               "http://a:1,b:2", "http://a:1,http://b:0"};
+    for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
+        CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED); /* still the https one */
+        o.server = bad_lists[i];
+        CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EINVALID);
+        o.server = "https://example.com";
+    }
+    o.server = "http://a:1,https://b:2";
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED);
+    char many[64 * (PARLEY_MAX_SERVERS + 1)] = "";
+    for (int i = 0; i <= PARLEY_MAX_SERVERS; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%shttp://h%d:80", i ? "," : "", i);
+    o.server = many;
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_ETOO_LARGE);
+    *strrchr(many, ',') = 0; /* PARLEY_MAX_SERVERS: fine */
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
+    CHECK(strcmp(parley_server(c), "http://h0:80") == 0);
+    parley_free(c);
+    c = NULL;
+    o.server = " http://a:1/chat/ , http://b:2";
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
+    CHECK(strcmp(parley_server(c), "http://a:1/chat") == 0);
+    parley_free(c);
+    c = NULL;
     o.server = NULL;
     char tok[300];
     memset(tok, 'a', sizeof tok - 1);
@@ -1343,6 +1377,183 @@ TEST(libuv_resends_when_a_pause_ends_between_looks)
     CHECK_EQ_INT(live, 0);
 }
 
+static int closed_port(void)
+{
+    peer p;
+    peer_listen(&p);
+    close(p.ls);
+    return p.port;
+}
+
+/* Which server a connect went to: the first of the peers with a pending
+ * connection (accepted into p->fd), or -1 when none has one. */
+static int accept_any(peer *const *ps, int n)
+{
+    for (int i = 0; i < 2000; i++) {
+        for (int k = 0; k < n; k++) {
+            struct pollfd q = {ps[k]->ls, POLLIN, 0};
+            if (poll(&q, 1, 0) > 0) {
+                ps[k]->fd = accept(ps[k]->ls, NULL, NULL);
+                fcntl(ps[k]->fd, F_SETFL, O_NONBLOCK);
+                ps[k]->len = 0;
+                return k;
+            }
+        }
+        drive(ps[0]);
+    }
+    return -1;
+}
+
+TEST(failover_round_robin)
+{
+    /* Three servers: nobody listens on the first, A and B are peers. The
+     * client goes down the list on every failure (a refused connect, a
+     * dropped connection), round robin, resends the unacked message with
+     * its cmid on the next server, and its backoff ceiling doubles once per
+     * round of three, not per failure. */
+    peer a, b;
+    peer_listen(&a);
+    peer_listen(&b);
+    int dead = closed_port();
+    char url[200], dead_url[64], a_url[64], b_url[64];
+    snprintf(dead_url, sizeof dead_url, "http://127.0.0.1:%d", dead);
+    snprintf(a_url, sizeof a_url, "http://127.0.0.1:%d", a.port);
+    snprintf(b_url, sizeof b_url, "http://127.0.0.1:%d", b.port);
+    snprintf(url, sizeof url, "%s,%s, %s", dead_url, a_url, b_url);
+    seen x;
+    memset(&x, 0, sizeof x);
+    rnd_fixed = true;
+    rnd_const = 0x9e3779b97f4a7c15ull;
+    parley_client *c = new_client_at(url, &x, true);
+    a.c = b.c = c;
+    client_backoff model;
+    client_backoff_init(&model, 1000, 60000);
+    client_backoff_set_round(&model, 3);
+    peer *both[2] = {&a, &b};
+    char cmid[PARLEY_CMID_MAX], f[4096], got[80], ack[256];
+    CHECK(strcmp(parley_server(c), dead_url) == 0);
+    CHECK_EQ_INT(parley_send(c, 7, "kept", cmid), PARLEY_OK);
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    /* 1. refused: on to A after one base-ceiling delay */
+    CHECK(wait_state(&a, &x, PARLEY_BACKOFF));
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_EIO);
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    CHECK_EQ_INT(accept_any(both, 2), 0);
+    CHECK(peer_handshake(&a, 101, NULL));
+    CHECK(wait_state(&a, &x, PARLEY_CONNECTED));
+    CHECK(peer_expect(&a, "send", f, sizeof f));
+    str_field(f, "cmid", got, sizeof got);
+    CHECK(strcmp(got, cmid) == 0);
+    /* 2. A drops it before the ack: on to B, the same ceiling */
+    peer_close(&a);
+    CHECK(wait_state(&a, &x, PARLEY_BACKOFF));
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(client_backoff_ceiling(&model) == 1000);
+    CHECK(strcmp(parley_server(c), b_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    CHECK_EQ_INT(accept_any(both, 2), 1);
+    CHECK(peer_handshake(&b, 101, NULL));
+    CHECK(wait_state(&b, &x, PARLEY_CONNECTED));
+    CHECK(peer_expect(&b, "inbox", f, sizeof f));
+    CHECK(peer_expect(&b, "send", f, sizeof f)); /* the resend, same cmid */
+    str_field(f, "cmid", got, sizeof got);
+    CHECK(strcmp(got, cmid) == 0);
+    snprintf(ack, sizeof ack, "{\"type\":\"ack\",\"cmid\":\"%s\",\"conv\":7,\"seq\":1,\"ts\":5,"
+             "\"duplicate\":true}", cmid);
+    peer_text(&b, ack);
+    for (int i = 0; i < 200 && x.nacks < 1; i++) drive(&b);
+    CHECK_EQ_INT(x.nacks, 1);
+    CHECK_EQ_INT(parley_pending(c), 0);
+    /* 3. B goes too: round robin, back to the first (refused), then A,
+     * where the second round's ceiling starts */
+    peer_close(&b);
+    CHECK(wait_state(&b, &x, PARLEY_BACKOFF));
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(strcmp(parley_server(c), dead_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    int before = x.nstates;
+    for (int i = 0; i < 2000 && !(x.nstates > before + 1 && last_state(&x) == PARLEY_BACKOFF); i++)
+        drive(&a);
+    CHECK_EQ_INT(last_state(&x), PARLEY_BACKOFF);
+    CHECK_EQ_INT(client_backoff_ceiling(&model), 2000);
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    CHECK_EQ_INT(accept_any(both, 2), 0);
+    CHECK(peer_handshake(&a, 101, NULL));
+    CHECK(wait_state(&a, &x, PARLEY_CONNECTED));
+    parley_close(c);
+    parley_free(c);
+    peer_close(&a);
+    close(a.ls);
+    close(b.ls);
+    rnd_fixed = false;
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(rest_failover)
+{
+    /* REST calls go to the server in use; one that cannot connect (nothing
+     * was sent) goes on down the list, and the server that answers becomes
+     * the server in use, for REST and for the next connect. */
+    peer a, b;
+    peer_listen(&a);
+    peer_listen(&b);
+    int dead = closed_port();
+    char url[200], a_url[64], b_url[64];
+    snprintf(a_url, sizeof a_url, "http://127.0.0.1:%d", a.port);
+    snprintf(b_url, sizeof b_url, "http://127.0.0.1:%d", b.port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d,%s,%s", dead, a_url, b_url);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client_at(url, &x, false);
+    rest_peer r;
+    rest_peer_start(&r, a.ls, 200, "{\"user\":\"alice\",\"token\":\"tok-123\",\"device\":1,"
+                    "\"expires\":5}");
+    CHECK_EQ_INT(parley_login(c, "alice", "password123", NULL), PARLEY_OK);
+    rest_peer_join(&r);
+    CHECK(r.got && strcmp(r.path, "/v1/sessions") == 0);
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    /* a failure after the request was sent is not repeated elsewhere */
+    rest_peer_start(&r, a.ls, 503, "{\"error\":{\"code\":\"busy\",\"message\":\"later\"}}");
+    parley_inbox *in = NULL;
+    CHECK_EQ_INT(parley_get_inbox(c, 0, &in), PARLEY_EBUSY);
+    rest_peer_join(&r);
+    CHECK(r.got);
+    struct pollfd q = {b.ls, POLLIN, 0};
+    CHECK_EQ_INT(poll(&q, 1, 0), 0); /* B was never asked */
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    /* the live connection goes to the server in use */
+    a.c = c;
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    peer *both[2] = {&a, &b};
+    CHECK_EQ_INT(accept_any(both, 2), 0);
+    CHECK(peer_handshake(&a, 101, NULL));
+    CHECK(wait_state(&a, &x, PARLEY_CONNECTED));
+    /* A stops listening (its WebSocket stays): a REST call skips it and the
+     * closed one after it, and B answers... */
+    close(a.ls);
+    rest_peer_start(&r, b.ls, 200, "{\"conversations\":[],\"cursor\":3,\"more\":false}");
+    CHECK_EQ_INT(parley_get_inbox_page(c, 0, NULL, 0, &in), PARLEY_OK);
+    rest_peer_join(&r);
+    parley_inbox_free(c, in);
+    CHECK(strcmp(parley_server(c), b_url) == 0);
+    /* ... so when A's connection drops, the next connect goes to B, the
+     * server that answered, not to the one after A */
+    peer_close(&a);
+    CHECK(wait_state(&a, &x, PARLEY_BACKOFF));
+    CHECK(strcmp(parley_server(c), b_url) == 0);
+    parley_close(c);
+    /* none can be reached: the error says so */
+    close(b.ls);
+    CHECK_EQ_INT(parley_get_inbox_page(c, 0, NULL, 0, &in), PARLEY_EIO);
+    CHECK(strstr(parley_last_error(c)->message, "nor any other server") != NULL);
+    parley_free(c);
+    CHECK_EQ_INT(live, 0);
+}
+
 int main(void)
 {
     test_seed();
@@ -1362,5 +1573,7 @@ int main(void)
     RUN(control_frames_fragments_keepalive);
     RUN(libuv_mode);
     RUN(libuv_resends_when_a_pause_ends_between_looks);
+    RUN(failover_round_robin);
+    RUN(rest_failover);
     return test_summary("client");
 }
