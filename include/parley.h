@@ -247,6 +247,18 @@ typedef struct parley_callbacks {
      * dropped from the queue), a refused sync or cursor (e->conv), or a
      * server error frame. */
     void (*on_error)(parley_client *c, const parley_error *e, void *ud);
+    /* The server may have failed to deliver some events to this connection
+     * (docs/protocol.md `resync`; reason: the server's, e.g. "bus", or "").
+     * The connection stays open. The client catches up by itself as after
+     * a reconnect (the inbox changed since its cursor, every page, then
+     * sync of each tracked conversation that changed: on_message gets what
+     * was missed, in order, once); it resends nothing (unacked messages go
+     * on as before). What else the app shows from live frames may be stale
+     * too: refresh it here as after a reconnect (parley_get_receipts for
+     * ticks, parley_get_conv for members). (Added after the fields above,
+     * which keep their offsets; rebuild against this header, as the client
+     * copies the whole struct.) */
+    void (*on_resync)(parley_client *c, const char *reason, void *ud);
 } parley_callbacks;
 
 typedef struct parley_options {

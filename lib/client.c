@@ -48,6 +48,10 @@
 
 enum phase { PH_IDLE, PH_CONNECT, PH_HANDSHAKE, PH_OPEN, PH_BACKOFF, PH_CLOSED };
 
+/* The catch-up walk of the inbox (after hello, and on `resync`): every page
+ * from the last cursor, then the cursor is kept. */
+enum walk { WALK_NONE, WALK_DUE, WALK_WAIT };
+
 typedef struct conv_state {
     uint64_t id;
     client_seq seq;
@@ -126,6 +130,9 @@ struct parley_client {
     bool dirty;                  /* cursors or syncs may be due */
     uint64_t inbox_cursor;
     bool have_cursor;
+    int walk;                    /* enum walk */
+    char walk_page[128];         /* the page to ask for ("": the first) */
+    bool walk_again;             /* a resync came during the walk: walk again after it */
 
     /* drivers */
     bool brk;
@@ -1288,10 +1295,13 @@ static void send_cursor(parley_client *c, conv_state *cs, bool read)
 }
 
 /* Writes whatever is due: queued messages, cursors, syncs. */
+static void send_walk(parley_client *c);
+
 static void pump(parley_client *c)
 {
     if (!connected(c)) return;
     uint64_t now = now_ms(c);
+    if (c->walk == WALK_DUE && !paused(c, now)) send_walk(c);
     client_outmsg *m;
     for (size_t guard = 0; guard < 100000 && (m = client_outbox_next(&c->ob, now,
                                   c->o.ack_timeout_ms, c->window)); guard++) {
@@ -1383,6 +1393,8 @@ static void lose(parley_client *c, int err, uint64_t retry_after, uint16_t close
         if (cs->delivered.want) client_cursor_reconnected(&cs->delivered);
     }
     c->dirty = true;
+    c->walk = WALK_NONE; /* the next hello walks again */
+    c->walk_again = false;
     c->lasterr.err = err;
     c->lasterr.close_code = close_code;
     if (!c->started) return;
@@ -1560,18 +1572,49 @@ static void on_hello(parley_client *c, const json_obj *o)
     c->hello = true;
     c->opened_at = now_ms(c);
     c->dirty = true;
+    /* Resume: what changed while we were away? (pump() sends it first) */
+    c->walk = WALK_DUE;
+    c->walk_page[0] = 0;
+    c->walk_again = false;
     set_state(c, PARLEY_CONNECTED, 0, 0);
-    if (!connected(c)) return;
-    /* Resume: what changed while we were away? */
+}
+
+/* Asks for the walk's next page: the first with changed_since = the last
+ * cursor, the others by their page token. */
+static void send_walk(parley_client *c)
+{
     jbuf j;
-    jb_init(&j, 96);
+    jb_init(&j, 192);
     jb_lit(&j, "{\"type\":\"inbox\",\"id\":\"resume\"");
-    if (c->have_cursor) {
+    if (c->walk_page[0]) {
+        jb_lit(&j, ",\"page\":");
+        jb_cstr(&j, c->walk_page);
+    } else if (c->have_cursor) {
         jb_lit(&j, ",\"changed_since\":");
         jb_u64(&j, c->inbox_cursor);
     }
     jb_lit(&j, "}");
-    ws_write_json(c, &j);
+    if (ws_write_json(c, &j) == ERR_OK) c->walk = WALK_WAIT;
+}
+
+/* `resync`: the server may have failed to deliver events to this session
+ * (docs/protocol.md). Catch up as after a reconnect, on the same
+ * connection: the inbox since the cursor, then sync what changed; nothing
+ * is resent (the outbox goes on as it was). A walk already on its way may
+ * have listed the inbox before the loss: walk once more after it. */
+static void on_resync(parley_client *c, const json_obj *o)
+{
+    if (c->walk == WALK_NONE) {
+        c->walk = WALK_DUE;
+        c->walk_page[0] = 0;
+    } else if (c->walk == WALK_WAIT || c->walk_page[0]) {
+        c->walk_again = true;
+    } /* else a first page is due: it is asked after this frame */
+    pump(c); /* the walk goes before the callback (which may block on REST) */
+    if (!c->cb.on_resync) return;
+    char reason[64];
+    get_str(o, "reason", reason, sizeof reason);
+    c->cb.on_resync(c, reason, c->ud);
 }
 
 static int inbox_conv(void *arg, const char *v, size_t len, uint8_t type)
@@ -1591,24 +1634,28 @@ static void on_inbox(parley_client *c, const json_obj *o)
     if (!f || f->type != JSON_OBJECT || json_parse_object(f->val, f->val_len, &in) < 0) return;
     const json_field *convs = json_get(&in, "conversations");
     if (convs && convs->type == JSON_ARRAY) json_array_each(convs->val, convs->val_len, inbox_conv, c);
-    if (!connected(c)) return;
+    if (!connected(c) || c->walk != WALK_WAIT) return;
     if (jbool(&in, "more")) {
         /* The next page of the walk; the cursor is kept only after the last
          * (a walk broken off starts again from the old one). */
-        char next[128];
-        if (get_str(&in, "next", next, sizeof next) <= 0) return;
-        jbuf j;
-        jb_init(&j, 160);
-        jb_lit(&j, "{\"type\":\"inbox\",\"id\":\"resume\",\"page\":");
-        jb_cstr(&j, next);
-        jb_lit(&j, "}");
-        ws_write_json(c, &j);
+        if (get_str(&in, "next", c->walk_page, sizeof c->walk_page) <= 0) {
+            c->walk_page[0] = 0;
+            c->walk = WALK_NONE; /* a broken answer: the next walk starts over */
+            return;
+        }
+        c->walk = WALK_DUE;
         return;
     }
     uint64_t cur;
     if (json_get_u64(&in, "cursor", &cur) == ERR_OK) {
         c->inbox_cursor = cur;
         c->have_cursor = true;
+    }
+    c->walk = WALK_NONE;
+    c->walk_page[0] = 0;
+    if (c->walk_again) { /* from the cursor this walk ended with */
+        c->walk_again = false;
+        c->walk = WALK_DUE;
     }
 }
 
@@ -1695,6 +1742,13 @@ static void on_error_frame(parley_client *c, const json_obj *o)
             return;
         }
         client_outbox_remove(&c->ob, ref);
+    } else if (strcmp(ref, "resume") == 0 && c->walk == WALK_WAIT) {
+        /* A page of the walk was refused: ask again after the pause (busy,
+         * rate_limited: handled here); anything else ends the walk (the
+         * next reconnect or resync walks again) and is reported. */
+        c->walk = slow ? WALK_DUE : WALK_NONE;
+        if (slow) return;
+        c->walk_again = false;
     } else if (slow && !rf) {
         /* Refused without saying which frame (the frame rate limit): every
          * message in flight may be the one. Resend those still unacked after
@@ -1762,6 +1816,7 @@ static void on_text(parley_client *c, const char *s, size_t n)
         if (c->cb.on_conv) c->cb.on_conv(c, &cv, true, c->ud);
     } else if (strcmp(type, "inbox") == 0) on_inbox(c, &o);
     else if (strcmp(type, "error") == 0) on_error_frame(c, &o);
+    else if (strcmp(type, "resync") == 0) on_resync(c, &o);
     /* pong and unknown types: nothing (activity is counted already) */
 }
 
@@ -2002,7 +2057,8 @@ static uint64_t next_deadline(parley_client *c)
          * us before the keepalive), and a pause next() has not cleared yet is
          * one pump() has not seen end (held cursors and syncs go then). */
         uint64_t ob = client_outbox_deadline(&c->ob, c->o.ack_timeout_ms, c->window);
-        if (c->dirty && c->ob.paused_until && c->ob.paused_until < ob) ob = c->ob.paused_until;
+        if ((c->dirty || c->walk == WALK_DUE) && c->ob.paused_until && c->ob.paused_until < ob)
+            ob = c->ob.paused_until;
         if (ob < d) {
             uint64_t now = now_ms(c);
             d = ob > now ? ob : now + 1; /* due now: 1 ms on, never a busy timer */
@@ -2054,6 +2110,8 @@ int parley_close(parley_client *c)
     close_socket(c);
     client_outbox_disconnected(&c->ob);
     for (size_t i = 0; i < c->nconvs; i++) c->convs[i]->seq.syncing = false;
+    c->walk = WALK_NONE;
+    c->walk_again = false;
     c->phase = PH_IDLE;
     if (was) set_state(c, PARLEY_IDLE, 0, 0);
     uv_update(c);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -70,6 +71,8 @@ typedef struct seen {
     char err_cmid[16][PARLEY_CMID_MAX];
     int nerrs;
     int ntyping, nreceipts, npresence;
+    int nresync;
+    char resync_reason[64];
 } seen;
 
 static void on_state(parley_client *c, parley_state s, int err, uint64_t delay, void *ud)
@@ -110,8 +113,15 @@ static void on_typing(parley_client *c, uint64_t conv, const char *user, void *u
 static void on_receipt(parley_client *c, const parley_receipt *r, void *ud) { ((seen *)ud)->nreceipts++; }
 static void on_presence(parley_client *c, const parley_presence *p, void *ud) { ((seen *)ud)->npresence++; }
 
+static void on_resync(parley_client *c, const char *reason, void *ud)
+{
+    seen *x = ud;
+    x->nresync++;
+    snprintf(x->resync_reason, sizeof x->resync_reason, "%s", reason);
+}
+
 static const parley_callbacks callbacks = {on_state, on_message, on_ack, on_receipt, on_presence,
-                                           on_typing, NULL, on_error};
+                                           on_typing, NULL, on_error, on_resync};
 
 static parley_client *new_client_at(const char *url, seen *x, bool fake_clock)
 {
@@ -177,13 +187,23 @@ static void drive(peer *p)
     }
 }
 
+/* Non-blocking, and no Nagle: a frame's header and payload go out at once
+ * (else the payload may wait for the client's delayed ACK, ~40 ms, longer
+ * than a short drive). */
+static void peer_socket(int fd)
+{
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 static bool peer_accept(peer *p)
 {
     for (int i = 0; i < 2000; i++) {
         struct pollfd q = {p->ls, POLLIN, 0};
         if (poll(&q, 1, 0) > 0) {
             p->fd = accept(p->ls, NULL, NULL);
-            fcntl(p->fd, F_SETFL, O_NONBLOCK);
+            peer_socket(p->fd);
             p->len = 0;
             return p->fd >= 0;
         }
@@ -1377,6 +1397,186 @@ TEST(libuv_resends_when_a_pause_ends_between_looks)
     CHECK_EQ_INT(live, 0);
 }
 
+TEST(resync_catches_up_on_the_same_connection)
+{
+    /* The server lost events for this session (its node lost the bus) and
+     * says `resync`: the client lists the inbox since its cursor and syncs
+     * the conversation that changed, on the same connection, and fetches
+     * the message it missed; it resends nothing, acked or not. */
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, true);
+    p.c = c;
+    char f[4096], cm[2][PARLEY_CMID_MAX], got[64][PARLEY_CMID_MAX], frame[512];
+    parley_track(c, 9, 4);
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":9,\"type\":\"direct\",\"last_seq\":4}],\"cursor\":77,\"more\":false}}");
+    /* ours: seq 5 acked, the second on its way (no ack yet) */
+    CHECK_EQ_INT(parley_send(c, 9, "mine", cm[0]), PARLEY_OK);
+    CHECK_EQ_INT(parley_send(c, 9, "unacked", cm[1]), PARLEY_OK);
+    CHECK_EQ_INT(peer_sends(&p, got, NULL, NULL), 2);
+    snprintf(frame, sizeof frame, "{\"type\":\"ack\",\"cmid\":\"%s\",\"conv\":9,\"seq\":5,\"ts\":5}", cm[0]);
+    peer_text(&p, frame);
+    for (int i = 0; i < 200 && x.nacks < 1; i++) drive(&p);
+    CHECK_EQ_INT(x.nacks, 1);
+    /* bob's seq 6 is stored but never reaches us live; then the resync */
+    int states = x.nstates;
+    peer_text(&p, "{\"type\":\"resync\",\"reason\":\"bus\"}");
+    int ninbox = 0;
+    CHECK_EQ_INT(peer_sends(&p, NULL, "inbox", &ninbox), 0); /* nothing resent */
+    CHECK_EQ_INT(ninbox, 1);
+    CHECK_EQ_INT(x.nresync, 1);
+    CHECK(strcmp(x.resync_reason, "bus") == 0);
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":9,\"type\":\"direct\",\"last_seq\":6}],\"cursor\":80,\"more\":false}}");
+    CHECK(peer_expect(&p, "sync", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "conv"), 9);
+    CHECK_EQ_INT(num_field(f, "after"), 5);
+    peer_history(&p, 9, 6, 6, false);
+    for (int i = 0; i < 200 && x.nmsgs < 1; i++) drive(&p);
+    CHECK_EQ_INT(x.nmsgs, 1);
+    CHECK_EQ_INT(x.msgs[0], 6);
+    CHECK_EQ_INT(parley_highest(c, 9), 6);
+    /* the same connection all along: no state change, nothing resent */
+    CHECK_EQ_INT(x.nstates, states);
+    CHECK_EQ_INT(last_state(&x), PARLEY_CONNECTED);
+    CHECK_EQ_INT(peer_sends(&p, NULL, NULL, NULL), 0);
+    CHECK_EQ_INT(parley_pending(c), 1);
+    /* the unacked one goes again only as usual: after the ack timeout */
+    fake_now += 15000;
+    CHECK_EQ_INT(peer_sends(&p, got, NULL, NULL), 1);
+    CHECK(strcmp(got[0], cm[1]) == 0);
+    /* the walk kept its cursor: the next resync asks from 80; a resync
+     * without a reason says "" */
+    peer_text(&p, "{\"type\":\"resync\"}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 80);
+    CHECK_EQ_INT(x.nresync, 2);
+    CHECK(strcmp(x.resync_reason, "") == 0);
+    /* frame types the client does not know are still ignored */
+    peer_text(&p, "{\"type\":\"from_the_future\",\"conv\":9,\"seq\":99}");
+    peer_text(&p, "{\"type\":\"msg\",\"conv\":9,\"seq\":7,\"from\":\"bob\",\"cmid\":\"b7\",\"ts\":1,\"body\":\"m7\"}");
+    for (int i = 0; i < 200 && x.nmsgs < 2; i++) drive(&p);
+    CHECK_EQ_INT(x.nmsgs, 2);
+    CHECK_EQ_INT(x.msgs[1], 7);
+    CHECK_EQ_INT(parley_highest(c, 9), 7);
+    CHECK_EQ_INT(last_state(&x), PARLEY_CONNECTED);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(resync_during_a_walk_and_refused_pages)
+{
+    /* A resync while the walk after hello is on its way: that walk may have
+     * listed the inbox before the loss, so the client walks once more, from
+     * the cursor it ends with (not twice at once). A page refused with busy
+     * is asked again after the pause, silently. */
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, true);
+    p.c = c;
+    char f[4096], tok[64];
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    peer_text(&p, "{\"type\":\"resync\",\"reason\":\"bus\"}");
+    int ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0); /* not a second walk at once */
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":[],"
+                  "\"cursor\":40,\"more\":true,\"next\":\"0.40.7.1\"}}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    str_field(f, "page", tok, sizeof tok);
+    CHECK(strcmp(tok, "0.40.7.1") == 0);
+    /* that page is refused for now: again after the pause, same page */
+    peer_text(&p, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"later\",\"ref\":\"resume\","
+                  "\"retry_after_ms\":500}");
+    ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0);
+    fake_now += 500;
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    str_field(f, "page", tok, sizeof tok);
+    CHECK(strcmp(tok, "0.40.7.1") == 0);
+    CHECK_EQ_INT(x.nerrs, 0); /* handled, not the app's business */
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":[],"
+                  "\"cursor\":40,\"more\":false}}");
+    /* the walk ended: once more for the resync, from its cursor */
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 40);
+    CHECK(strstr(f, "page") == NULL);
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":[],"
+                  "\"cursor\":45,\"more\":false}}");
+    ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0); /* and only once */
+    /* a refusal that is not for now ends the walk and is reported */
+    peer_text(&p, "{\"type\":\"resync\"}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 45);
+    peer_text(&p, "{\"type\":\"error\",\"code\":\"bad_request\",\"message\":\"no\",\"ref\":\"resume\"}");
+    for (int i = 0; i < 100 && x.nerrs < 1; i++) drive(&p);
+    CHECK_EQ_INT(x.nerrs, 1);
+    CHECK(strcmp(x.errs[0], "bad_request") == 0);
+    fake_now += 20000; /* under the keepalive */
+    ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0);
+    /* the next resync walks from the cursor kept */
+    peer_text(&p, "{\"type\":\"resync\"}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 45);
+    CHECK_EQ_INT(last_state(&x), PARLEY_CONNECTED);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(libuv_refused_walk_page_wakes_the_timer)
+{
+    /* On a loop only the client's timer brings the refused page back when
+     * the pause ends (nothing else is due): not the keepalive, 30 s on. */
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, false);
+    CHECK_EQ_INT(parley_attach_uv(c, &loop), PARLEY_OK);
+    p.loop = &loop;
+    char f[4096];
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    peer_text(&p, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"later\",\"ref\":\"resume\","
+                  "\"retry_after_ms\":30}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(x.nerrs, 0);
+    parley_close(c);
+    parley_free(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
 static int closed_port(void)
 {
     peer p;
@@ -1394,7 +1594,7 @@ static int accept_any(peer *const *ps, int n)
             struct pollfd q = {ps[k]->ls, POLLIN, 0};
             if (poll(&q, 1, 0) > 0) {
                 ps[k]->fd = accept(ps[k]->ls, NULL, NULL);
-                fcntl(ps[k]->fd, F_SETFL, O_NONBLOCK);
+                peer_socket(ps[k]->fd);
                 ps[k]->len = 0;
                 return k;
             }
@@ -1573,6 +1773,9 @@ int main(void)
     RUN(control_frames_fragments_keepalive);
     RUN(libuv_mode);
     RUN(libuv_resends_when_a_pause_ends_between_looks);
+    RUN(resync_catches_up_on_the_same_connection);
+    RUN(resync_during_a_walk_and_refused_pages);
+    RUN(libuv_refused_walk_page_wakes_the_timer);
     RUN(failover_round_robin);
     RUN(rest_failover);
     return test_summary("client");
