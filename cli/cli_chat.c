@@ -635,6 +635,9 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
             jb_lit(&j, ",\"error\":");
             jb_cstr(&j, parley_strerror(err));
         }
+        /* connecting/connected: the server tried; backoff: the next one */
+        jb_lit(&j, ",\"server\":");
+        jb_cstr(&j, parley_server(c));
         if (st == PARLEY_BACKOFF) {
             jb_lit(&j, ",\"delay_ms\":");
             jb_u64(&j, delay);
@@ -642,7 +645,12 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
         jb_lit(&j, "}");
         out_json(ch, &j);
     } else if (st == PARLEY_CONNECTED) {
-        show_status(ch, ch->connected_once ? "reconnected" : "connected as %s", ch->me);
+        if (strchr(ch->o->server, ',') && ch->connected_once) /* a list: say which one */
+            show_status(ch, "reconnected to %s", parley_server(c));
+        else if (strchr(ch->o->server, ','))
+            show_status(ch, "connected as %s to %s", ch->me, parley_server(c));
+        else
+            show_status(ch, ch->connected_once ? "reconnected" : "connected as %s", ch->me);
     } else if (st == PARLEY_BACKOFF) {
         show_status(ch, "connection %s (%s); retrying in %.1f s", ch->up ? "lost" : "failed",
                     e->message[0] ? e->message : parley_strerror(err), (double)delay / 1000.0);
