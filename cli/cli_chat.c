@@ -664,6 +664,27 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
     if (st == PARLEY_CLOSED && !ch->finished) finish(ch, EXIT_SERVER);
 }
 
+/* The server may have lost live frames for us (docs/protocol.md `resync`):
+ * the library fetches the missed messages by itself; the members' cursors
+ * are ours to ask for again, as after a reconnect. */
+static void cb_resync(parley_client *c, const char *reason, void *ud)
+{
+    chat *ch = ud;
+    if (ch->finished) return;
+    if (ch->json) {
+        jbuf j;
+        json_event(&j, "resync");
+        jb_lit(&j, ",\"reason\":");
+        jb_cstr(&j, reason);
+        jb_lit(&j, "}");
+        out_json(ch, &j);
+    } else {
+        show_status(ch, "the server may have missed events%s%s%s; catching up", reason[0] ? " (" : "",
+                    reason, reason[0] ? ")" : "");
+    }
+    if (refresh_receipts(ch) == PARLEY_OK) update_ticks(ch);
+}
+
 static void mark_read(chat *ch, uint64_t seq)
 {
     if (seq > ch->last_read) {
@@ -998,6 +1019,7 @@ int cli_chat(const cli_opts *o, const chat_args *a)
     cb.on_typing = cb_typing;
     cb.on_conv = cb_conv;
     cb.on_error = cb_error;
+    cb.on_resync = cb_resync;
     int rc = cli_client(o, &cb, ch, &ch->c);
     if (rc) { uv_loop_close(&ch->loop); free(ch); return rc; }
     rc = load(ch);
