@@ -47,8 +47,11 @@ int cli_config_load(cli_config *cfg);
 /* Writes the file atomically with mode 0600 (its directory 0700 when
  * created). Returns 0 or -1 with a message on stderr. */
 int cli_config_save(const cli_config *cfg);
-/* The device key kept for server and user (a trailing '/' of the server
- * and the case of the user do not matter), or NULL. Owned by cfg. */
+/* The device key kept for server and user (server: one URL or a
+ * comma-separated list; blanks around an entry, a trailing '/' of an entry
+ * and the case of the user do not matter), or else the newest one kept for
+ * the user and a list that names a server of this one (a cluster's nodes
+ * share their accounts), or NULL. Owned by cfg. */
 const char *cli_config_device_key(const cli_config *cfg, const char *server, const char *user);
 /* Keeps key for server and user, replacing the one they had; the oldest
  * is forgotten when CLI_MAX_DEVICE_KEYS are kept. Values that do not fit
@@ -60,7 +63,7 @@ void cli_config_set_device_key(cli_config *cfg, const char *server, const char *
 /* ---- global options and output (cli/parley.c, cli/cli_out.c) ---- */
 
 typedef struct cli_opts {
-    const char *server;   /* the effective server URL */
+    const char *server;   /* the effective server URL, or a comma-separated list */
     bool json;
     int timeout_ms;       /* network bound for one-shot commands */
     cli_config cfg;

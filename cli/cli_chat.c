@@ -635,6 +635,9 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
             jb_lit(&j, ",\"error\":");
             jb_cstr(&j, parley_strerror(err));
         }
+        /* connecting/connected: the server tried; backoff: the next one */
+        jb_lit(&j, ",\"server\":");
+        jb_cstr(&j, parley_server(c));
         if (st == PARLEY_BACKOFF) {
             jb_lit(&j, ",\"delay_ms\":");
             jb_u64(&j, delay);
@@ -642,7 +645,12 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
         jb_lit(&j, "}");
         out_json(ch, &j);
     } else if (st == PARLEY_CONNECTED) {
-        show_status(ch, ch->connected_once ? "reconnected" : "connected as %s", ch->me);
+        if (strchr(ch->o->server, ',') && ch->connected_once) /* a list: say which one */
+            show_status(ch, "reconnected to %s", parley_server(c));
+        else if (strchr(ch->o->server, ','))
+            show_status(ch, "connected as %s to %s", ch->me, parley_server(c));
+        else
+            show_status(ch, ch->connected_once ? "reconnected" : "connected as %s", ch->me);
     } else if (st == PARLEY_BACKOFF) {
         show_status(ch, "connection %s (%s); retrying in %.1f s", ch->up ? "lost" : "failed",
                     e->message[0] ? e->message : parley_strerror(err), (double)delay / 1000.0);
@@ -654,6 +662,27 @@ static void cb_state(parley_client *c, parley_state st, int err, uint64_t delay,
     if (st == PARLEY_CONNECTED) ch->connected_once = true;
     ch->up = st == PARLEY_CONNECTED;
     if (st == PARLEY_CLOSED && !ch->finished) finish(ch, EXIT_SERVER);
+}
+
+/* The server may have lost live frames for us (docs/protocol.md `resync`):
+ * the library fetches the missed messages by itself; the members' cursors
+ * are ours to ask for again, as after a reconnect. */
+static void cb_resync(parley_client *c, const char *reason, void *ud)
+{
+    chat *ch = ud;
+    if (ch->finished) return;
+    if (ch->json) {
+        jbuf j;
+        json_event(&j, "resync");
+        jb_lit(&j, ",\"reason\":");
+        jb_cstr(&j, reason);
+        jb_lit(&j, "}");
+        out_json(ch, &j);
+    } else {
+        show_status(ch, "the server may have missed events%s%s%s; catching up", reason[0] ? " (" : "",
+                    reason, reason[0] ? ")" : "");
+    }
+    if (refresh_receipts(ch) == PARLEY_OK) update_ticks(ch);
 }
 
 static void mark_read(chat *ch, uint64_t seq)
@@ -990,6 +1019,7 @@ int cli_chat(const cli_opts *o, const chat_args *a)
     cb.on_typing = cb_typing;
     cb.on_conv = cb_conv;
     cb.on_error = cb_error;
+    cb.on_resync = cb_resync;
     int rc = cli_client(o, &cb, ch, &ch->c);
     if (rc) { uv_loop_close(&ch->loop); free(ch); return rc; }
     rc = load(ch);

@@ -1,7 +1,9 @@
 /* The CLI's config file: "key=value" lines, mode 0600: server, user and
  * token of the last login, and one "device_key=SERVER USER KEY" line per
  * server and user that logged in (docs/protocol.md "Failed logins and known
- * devices"). */
+ * devices"). SERVER is what --server named: one URL or a comma-separated
+ * list of a cluster's nodes (kept normalized, so that "http://a/, http://b"
+ * and "http://a,http://b" are one key). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pwd.h>
@@ -21,18 +23,48 @@ static void set_field(char *dst, size_t cap, const char *v)
     dst[n] = 0;
 }
 
-/* Servers compare without trailing '/', users in lowercase (as the server
- * keeps them). Both false if either does not fit. */
+/* Servers compare entry by entry without the blanks around an entry and
+ * without its trailing '/', joined by ','; users in lowercase (as the
+ * server keeps them). Both false if either does not fit (or a server entry
+ * is empty or has a space or control character inside). */
 static bool norm_server(char *out, size_t cap, const char *server)
 {
-    size_t n = strlen(server);
-    while (n > 1 && server[n - 1] == '/') n--;
-    if (n == 0 || n >= cap || memchr(server, ' ', n)) return false;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)server[i] < 0x21 || server[i] == 0x7f) return false;
-    memcpy(out, server, n);
-    out[n] = 0;
+    size_t pos = 0;
+    const char *p = server;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        if (!end) end = p + strlen(p);
+        const char *a = p, *b = end;
+        while (a < b && (*a == ' ' || *a == '\t')) a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+        while (b - a > 1 && b[-1] == '/') b--;
+        size_t n = (size_t)(b - a);
+        if (n == 0 || pos + n + 1 >= cap) return false;
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)a[i] < 0x21 || a[i] == 0x7f) return false;
+        if (pos) out[pos++] = ',';
+        memcpy(out + pos, a, n);
+        pos += n;
+        if (!*end) break;
+        p = end + 1;
+    }
+    out[pos] = 0;
     return true;
+}
+
+/* True if two normalized server lists name a server in common. */
+static bool share_server(const char *x, const char *y)
+{
+    for (const char *a = x; *a;) {
+        size_t an = strcspn(a, ",");
+        for (const char *b = y; *b;) {
+            size_t bn = strcspn(b, ",");
+            if (an == bn && memcmp(a, b, an) == 0) return true;
+            b += bn + (b[bn] == ',');
+        }
+        a += an + (a[an] == ',');
+    }
+    return false;
 }
 
 static bool norm_user(char *out, size_t cap, const char *user)
@@ -74,7 +106,14 @@ const char *cli_config_device_key(const cli_config *cfg, const char *server, con
     char sv[sizeof cfg->keys[0].server], us[PARLEY_USER_MAX];
     if (!norm_server(sv, sizeof sv, server) || !norm_user(us, sizeof us, user)) return NULL;
     const cli_device_key *k = find_key((cli_config *)cfg, sv, us);
-    return k ? k->key : NULL;
+    if (k) return k->key;
+    /* Else the newest key of a list that shares a server with this one: the
+     * nodes of a cluster share their accounts, so the key of a login
+     * through "http://a,http://b" is as good through "http://b" alone. */
+    for (size_t i = cfg->nkeys; i-- > 0;)
+        if (strcmp(cfg->keys[i].user, us) == 0 && share_server(cfg->keys[i].server, sv))
+            return cfg->keys[i].key;
+    return NULL;
 }
 
 void cli_config_set_device_key(cli_config *cfg, const char *server, const char *user,

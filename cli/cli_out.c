@@ -207,7 +207,8 @@ int cli_client(const cli_opts *o, const parley_callbacks *cb, void *ud, parley_c
     if (rc == PARLEY_EUNSUPPORTED)
         return cli_error(o, EXIT_USAGE, "%s: https is not supported yet (use http://)", o->server);
     if (rc < 0) return cli_error(o, rc == PARLEY_ENOMEM ? EXIT_LOCAL : EXIT_USAGE,
-                                 "bad server URL '%s' (expected http://host[:port])", o->server);
+                                 "bad server URL '%s' (expected http://host[:port], or several "
+                                 "separated by commas)", o->server);
     return 0;
 }
 

@@ -32,7 +32,8 @@ static void usage(FILE *f)
 "  history CONV [--limit N] [--before SEQ | --after SEQ]\n"
 "                                messages of a conversation (the latest by default)\n"
 "  send CONV TEXT...             send a message and wait until it is stored (✓);\n"
-"                                TEXT '-' reads it from stdin\n"
+"                                TEXT '-' reads it from stdin; gives up when the\n"
+"                                connection fails (on every server of a list)\n"
 "  direct USER                   start (or find) the direct conversation with USER\n"
 "  group create NAME [MEMBER...] create a group (you are its admin)\n"
 "  group add CONV USER           add a member (admins only)\n"
@@ -58,8 +59,11 @@ static void usage(FILE *f)
 "command moves your cursors.\n"
 "\n"
 "options:\n"
-"  --server URL      the server (default: $PARLEY_SERVER, else the server of the\n"
-"                    last login, else " DEFAULT_SERVER ")\n"
+"  --server URL[,URL...]\n"
+"                    the server (default: $PARLEY_SERVER, else the server of the\n"
+"                    last login, else " DEFAULT_SERVER "); several URLs (the\n"
+"                    nodes of a cluster) are tried in turn: the next one when\n"
+"                    a connection fails\n"
 "  --json            machine-readable output: one JSON document on stdout (chat:\n"
 "                    one JSON object per line); errors as {\"error\":{...}} and\n"
 "                    warnings as {\"warning\":{...}} on stderr\n"
@@ -67,7 +71,7 @@ static void usage(FILE *f)
 "  --help, --version\n"
 "\n"
 "environment:\n"
-"  PARLEY_SERVER     the server URL\n"
+"  PARLEY_SERVER     the server URL (or URLs, as --server)\n"
 "  PARLEY_CONFIG     the config file (default ~/.config/parley/config, mode 0600)\n"
 "\n"
 "exit status:\n"
@@ -658,6 +662,7 @@ typedef struct send_ctx {
     char ack_cmid[PARLEY_CMID_MAX];
     parley_error err;
     int state_err;
+    char first[600];     /* the server the connection started with */
 } send_ctx;
 
 static void send_on_ack(parley_client *c, const parley_ack *a, void *ud)
@@ -683,6 +688,9 @@ static void send_on_error(parley_client *c, const parley_error *e, void *ud)
 static void send_on_state(parley_client *c, parley_state st, int err, uint64_t delay, void *ud)
 {
     send_ctx *s = ud;
+    /* One try per server: with a list, a failure moves on to the next one
+     * (after its short backoff), until the list comes round again. */
+    if (st == PARLEY_BACKOFF && strcmp(parley_server(c), s->first) != 0) return;
     if (st == PARLEY_BACKOFF || st == PARLEY_CLOSED) {
         s->done = 3;
         s->state_err = err ? err : PARLEY_EIO;
@@ -743,6 +751,7 @@ static int cmd_send(cli_opts *o, const args *a)
         return cli_error(o, rc == PARLEY_ENOMEM ? EXIT_LOCAL : EXIT_USAGE, "cannot send: %s",
                          rc == PARLEY_EUTF8 ? "the text is not valid UTF-8" : parley_strerror(rc));
     }
+    snprintf(s.first, sizeof s.first, "%s", parley_server(c));
     if ((rc = parley_connect(c)) < 0) {
         int code = cli_fail(o, c, rc, "send");
         parley_free(c);
@@ -938,6 +947,9 @@ int main(int argc, char **argv)
     o.server = a.server ? a.server
              : env && *env ? env
              : o.cfg.server[0] ? o.cfg.server : DEFAULT_SERVER;
+    if (strlen(o.server) >= sizeof o.cfg.server) /* it is kept in the config file */
+        return cli_error(&o, EXIT_USAGE, "the server list is too long (at most %zu characters)",
+                         sizeof o.cfg.server - 1);
     if (strcmp(cmd, "register") == 0) return cmd_auth(&o, &a, true);
     if (strcmp(cmd, "login") == 0) return cmd_auth(&o, &a, false);
     if (strcmp(cmd, "logout") == 0) return cmd_logout(&o, &a);

@@ -1,6 +1,7 @@
 /* libparley: the C client library of parley (docs/protocol.md).
  *
- * One parley_client talks to one server as one user:
+ * One parley_client talks to one server at a time as one user (several
+ * servers: see "Failover" below):
  *
  *   - REST calls (register, login, logout, inbox, history, conversations,
  *     members, receipts) are plain blocking HTTP/1.1 requests, one TCP
@@ -23,6 +24,32 @@
  *     resend what was in flight after the pause. Every
  *     close of the connection leads to a reconnect, 1008 included; only a
  *     401 on the upgrade (a revoked or expired token) stops it for good.
+ *
+ * Failover: options.server may list several base URLs separated by commas
+ * ("http://a:8080,http://b:8080": nodes of one cluster, which share their
+ * database, so a token and the seqs are valid on each). The client uses one
+ * server at a time, the first to begin with (parley_server() names it):
+ *   - every failure of a connect or of the live connection (refused, timed
+ *     out, a failed handshake or upgrade, a 503/429, dropped, closed by the
+ *     server) sends the next attempt to the next server in the list, round
+ *     robin; a 401 stops for good as with one server;
+ *   - each attempt waits its jittered backoff as with one server (the
+ *     clients of a node that fails spread out instead of all reaching the
+ *     next node at once; a Retry-After is a floor), but the ceiling doubles
+ *     once per full round of the list instead of once per failure: with
+ *     the defaults and three servers, 1, 1, 1, 2, 2, 2, 4 ... s up to the
+ *     cap, so a client whose first servers are down reaches a live one
+ *     within one base delay per dead server;
+ *   - after the reconnect it resumes as always: unacked messages are resent
+ *     with their cmids (the new node answers them as duplicates if they
+ *     were stored), the inbox since the cursor and sync fill what was
+ *     missed;
+ *   - REST calls go to the server in use. One that cannot connect to it
+ *     (refused, or its name does not resolve: nothing was sent, so it is
+ *     safe to repeat) is tried on the next servers in turn, and the first
+ *     that answers becomes the server in use (the next connect goes there
+ *     too). A request that fails after it was sent is not repeated
+ *     elsewhere (a POST may have been applied): its error is returned.
  *
  * Driving the live connection: either
  *   - blocking: parley_run(c, timeout_ms) polls the socket and the client's
@@ -105,6 +132,8 @@ typedef enum parley_errcode {
 /* Unacked messages on the wire, at most: the server's free refusals per
  * pause (docs/protocol.md "Backpressure") are 64. */
 #define PARLEY_MAX_INFLIGHT 64
+/* Servers in options.server, at most (see "Failover" above). */
+#define PARLEY_MAX_SERVERS 16
 
 typedef struct parley_client parley_client;
 
@@ -218,11 +247,26 @@ typedef struct parley_callbacks {
      * dropped from the queue), a refused sync or cursor (e->conv), or a
      * server error frame. */
     void (*on_error)(parley_client *c, const parley_error *e, void *ud);
+    /* The server may have failed to deliver some events to this connection
+     * (docs/protocol.md `resync`; reason: the server's, e.g. "bus", or "").
+     * The connection stays open. The client catches up by itself as after
+     * a reconnect (the inbox changed since its cursor, every page, then
+     * sync of each tracked conversation that changed: on_message gets what
+     * was missed, in order, once); it resends nothing (unacked messages go
+     * on as before). What else the app shows from live frames may be stale
+     * too: refresh it here as after a reconnect (parley_get_receipts for
+     * ticks, parley_get_conv for members). (Added after the fields above,
+     * which keep their offsets; rebuild against this header, as the client
+     * copies the whole struct.) */
+    void (*on_resync)(parley_client *c, const char *reason, void *ud);
 } parley_callbacks;
 
 typedef struct parley_options {
-    const char *server;             /* "http://host[:port][/prefix]"; copied.
-                                       Default "http://localhost:8080" */
+    const char *server;             /* "http://host[:port][/prefix]", or several
+                                       separated by commas (blanks around each
+                                       ignored; failover, above), at most
+                                       PARLEY_MAX_SERVERS; copied. Default
+                                       "http://localhost:8080" */
     const char *token;              /* bearer token or NULL; copied */
     const parley_allocator *allocator; /* NULL: libc; copied */
     const parley_callbacks *callbacks; /* NULL: none; copied */
@@ -252,9 +296,11 @@ typedef struct parley_options {
 /* Fills *o with the defaults (all zero means default too). */
 PARLEY_API void parley_options_init(parley_options *o);
 
-/* Creates a client. PARLEY_EINVALID for a bad server URL,
- * PARLEY_EUNSUPPORTED for https (no TLS yet), PARLEY_ENOMEM. *out is owned
- * by the caller: parley_free. */
+/* Creates a client. PARLEY_EINVALID for a bad server URL (any entry of a
+ * list, an empty one included), PARLEY_EUNSUPPORTED for https (no TLS yet),
+ * PARLEY_ETOO_LARGE for more than PARLEY_MAX_SERVERS servers or a token of
+ * PARLEY_TOKEN_MAX characters or more, PARLEY_ENOMEM. *out is owned by the
+ * caller: parley_free. */
 PARLEY_API int parley_new(const parley_options *o, parley_client **out);
 
 /* Closes the connection (no close handshake wait) and frees everything,
@@ -273,6 +319,12 @@ PARLEY_API const parley_error *parley_last_error(const parley_client *c);
 /* The username (from register/login or the server's hello; "" if not
  * known yet). Owned by the client. */
 PARLEY_API const char *parley_user(const parley_client *c);
+
+/* The server in use: one entry of options.server as "http://host:port[/prefix]"
+ * (the first until a failure moves the client on). Owned by the client,
+ * valid until the next call that may move it (any REST call, parley_run,
+ * the libuv loop). */
+PARLEY_API const char *parley_server(const parley_client *c);
 
 /* The token in use ("" if none). Owned by the client. */
 PARLEY_API const char *parley_token(const parley_client *c);

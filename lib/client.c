@@ -48,6 +48,10 @@
 
 enum phase { PH_IDLE, PH_CONNECT, PH_HANDSHAKE, PH_OPEN, PH_BACKOFF, PH_CLOSED };
 
+/* The catch-up walk of the inbox (after hello, and on `resync`): every page
+ * from the last cursor, then the cursor is kept. */
+enum walk { WALK_NONE, WALK_DUE, WALK_WAIT };
+
 typedef struct conv_state {
     uint64_t id;
     client_seq seq;
@@ -78,7 +82,11 @@ struct parley_client {
     parley_callbacks cb;
     void *ud;
     parley_options o;            /* numbers and hooks; pointers cleared */
-    client_url url;
+    client_url *urls;            /* the servers of options.server, in order */
+    size_t nurls;
+    size_t cur;                  /* the server in use (REST and the next connect) */
+    size_t ws_server;            /* the server of the current connection attempt */
+    char server[600];            /* urls[cur] as a base URL (parley_server) */
     char token[PARLEY_TOKEN_MAX];
     char user[PARLEY_USER_MAX];
     char device_key[PARLEY_DEVICE_KEY_MAX]; /* this device's, from register/login */
@@ -122,6 +130,9 @@ struct parley_client {
     bool dirty;                  /* cursors or syncs may be due */
     uint64_t inbox_cursor;
     bool have_cursor;
+    int walk;                    /* enum walk */
+    char walk_page[128];         /* the page to ask for ("": the first) */
+    bool walk_again;             /* a resync came during the walk: walk again after it */
 
     /* drivers */
     bool brk;
@@ -538,8 +549,18 @@ typedef struct rest_reply {
     json_obj o;
 } rest_reply;
 
+/* The server in use becomes urls[i]. */
+static void use_server(parley_client *c, size_t i)
+{
+    const client_url *u = &c->urls[i];
+    c->cur = i;
+    snprintf(c->server, sizeof c->server, "http://%s%s", u->hostport, u->prefix);
+}
+
 /* One request; ERR_OK only for a 2xx whose body (if any) is a JSON object
- * (indexed in rep->o). Errors fill lasterr. */
+ * (indexed in rep->o). Errors fill lasterr. A request that cannot connect to
+ * the server in use (nothing was sent) goes to the next ones in turn; the
+ * first that answers becomes the server in use. */
 static int rest(parley_client *c, const char *method, const char *path, jbuf *body,
                 bool auth, rest_reply *rep)
 {
@@ -549,22 +570,31 @@ static int rest(parley_client *c, const char *method, const char *path, jbuf *bo
         set_error(c, ERR_AUTH, 0, "", "not logged in (no token)");
         return ERR_AUTH;
     }
+    bool connected = false;
     client_http_request rq = {method, path, auth ? c->token : NULL, NULL, 0,
-                              (int)c->o.request_timeout_ms, 0};
+                              (int)c->o.request_timeout_ms, 0, &connected};
     if (body) {
         rq.body = jb_data(body, &rq.body_len);
         if (!rq.body) { jb_free(body); set_error(c, ERR_NOMEM, 0, "", NULL); return ERR_NOMEM; }
     }
-    int rc = client_http_do(&c->A, &c->url, &rq, &rep->raw, &rep->r);
+    int rc = ERR_IO;
+    size_t at = c->cur;
+    for (size_t k = 0; k < c->nurls; k++) {
+        at = (c->cur + k) % c->nurls;
+        rc = client_http_do(&c->A, &c->urls[at], &rq, &rep->raw, &rep->r);
+        if (rc != ERR_IO || connected) break;
+    }
     if (body) jb_free(body);
+    if (rc == ERR_OK && at != c->cur) use_server(c, at);
     if (rc < 0) {
         char msg[400];
+        const char *hp = c->urls[at].hostport;
         if (rc == ERR_IO || rc == ERR_TIMEOUT)
-            snprintf(msg, sizeof msg, "%s %s: %s", rc == ERR_IO ? "cannot reach" : "timed out talking to",
-                     c->url.hostport, rc == ERR_IO ? "connection failed" : "no answer in time");
+            snprintf(msg, sizeof msg, "%s %s%s: %s", rc == ERR_IO ? "cannot reach" : "timed out talking to",
+                     hp, c->nurls > 1 && !connected ? " (nor any other server in the list)" : "",
+                     rc == ERR_IO ? "connection failed" : "no answer in time");
         else
-            snprintf(msg, sizeof msg, "bad response from %s (%s)", c->url.hostport,
-                     parley_strerror(rc));
+            snprintf(msg, sizeof msg, "bad response from %s (%s)", hp, parley_strerror(rc));
         set_error(c, rc, 0, "", msg);
         return rc;
     }
@@ -1043,17 +1073,22 @@ int parley_new(const parley_options *opts, parley_client **out)
     }
     const parley_allocator *a = o.allocator ? o.allocator : &libc_alloc;
     if (!a->malloc_fn || !a->realloc_fn || !a->free_fn) return ERR_INVALID;
-    client_url url;
-    int rc = client_http_parse_url(o.server ? o.server : "http://localhost:8080", &url);
-    if (rc < 0) return rc;
+    client_url urls[PARLEY_MAX_SERVERS];
+    int n = client_http_parse_urls(o.server ? o.server : "http://localhost:8080", urls,
+                                   PARLEY_MAX_SERVERS);
+    if (n < 0) return n;
     if (o.token && strlen(o.token) >= PARLEY_TOKEN_MAX) return ERR_TOO_LARGE;
     parley_client *c = a->malloc_fn(a->ctx, sizeof *c);
     if (!c) return ERR_NOMEM;
     memset(c, 0, sizeof *c);
+    c->urls = a->malloc_fn(a->ctx, (size_t)n * sizeof urls[0]);
+    if (!c->urls) { a->free_fn(a->ctx, c); return ERR_NOMEM; }
+    memcpy(c->urls, urls, (size_t)n * sizeof urls[0]);
+    c->nurls = (size_t)n;
+    use_server(c, 0);
     c->A = *a;
     if (o.callbacks) c->cb = *o.callbacks;
     c->ud = o.userdata;
-    c->url = url;
     if (o.token) copy_str(c->token, sizeof c->token, o.token);
     o.server = o.token = NULL;
     o.allocator = NULL;
@@ -1064,6 +1099,7 @@ int parley_new(const parley_options *opts, parley_client **out)
     c->pool_pos = sizeof c->pool;
     c->lim.max_message = o.max_message;
     client_backoff_init(&c->bo, o.backoff_base_ms, o.backoff_cap_ms);
+    client_backoff_set_round(&c->bo, (uint32_t)c->nurls);
     client_outbox_init(&c->ob, &c->A, o.max_pending);
     c->window = o.max_inflight;
     *out = c;
@@ -1071,6 +1107,7 @@ int parley_new(const parley_options *opts, parley_client **out)
 }
 
 const char *parley_token(const parley_client *c) { return c->token; }
+const char *parley_server(const parley_client *c) { return c->server; }
 
 int parley_set_token(parley_client *c, const char *token)
 {
@@ -1258,10 +1295,13 @@ static void send_cursor(parley_client *c, conv_state *cs, bool read)
 }
 
 /* Writes whatever is due: queued messages, cursors, syncs. */
+static void send_walk(parley_client *c);
+
 static void pump(parley_client *c)
 {
     if (!connected(c)) return;
     uint64_t now = now_ms(c);
+    if (c->walk == WALK_DUE && !paused(c, now)) send_walk(c);
     client_outmsg *m;
     for (size_t guard = 0; guard < 100000 && (m = client_outbox_next(&c->ob, now,
                                   c->o.ack_timeout_ms, c->window)); guard++) {
@@ -1353,6 +1393,8 @@ static void lose(parley_client *c, int err, uint64_t retry_after, uint16_t close
         if (cs->delivered.want) client_cursor_reconnected(&cs->delivered);
     }
     c->dirty = true;
+    c->walk = WALK_NONE; /* the next hello walks again */
+    c->walk_again = false;
     c->lasterr.err = err;
     c->lasterr.close_code = close_code;
     if (!c->started) return;
@@ -1364,6 +1406,9 @@ static void lose(parley_client *c, int err, uint64_t retry_after, uint16_t close
         return;
     }
     if (up >= STABLE_MS) client_backoff_reset(&c->bo);
+    /* The next attempt goes to the next server, unless a REST call has
+     * moved on already (to one that answered). */
+    if (c->nurls > 1 && c->cur == c->ws_server) use_server(c, (c->cur + 1) % c->nurls);
     uint64_t delay = client_backoff_next(&c->bo, rnd64(c), retry_after);
     c->retry_at = now + delay;
     c->phase = PH_BACKOFF;
@@ -1385,7 +1430,7 @@ static void start_handshake(parley_client *c)
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: parley.v1.json\r\n"
                      "Authorization: Bearer %s\r\nUser-Agent: libparley/0.1\r\n\r\n",
-                     c->url.prefix, c->url.hostport, k64, c->token);
+                     c->urls[c->ws_server].prefix, c->urls[c->ws_server].hostport, k64, c->token);
     if (n < 0 || (size_t)n >= sizeof req || out_reserve(c, (size_t)n) < 0) {
         c->dead = ERR_NOMEM;
         return;
@@ -1418,7 +1463,8 @@ static void attempt(parley_client *c)
     c->phase_deadline = now_ms(c) + c->o.connect_timeout_ms;
     set_state(c, PARLEY_CONNECTING, 0, 0);
     if (!c->started) return; /* the callback closed us */
-    int n = client_http_resolve(&c->url, c->addrs, c->alens, 8);
+    c->ws_server = c->cur;
+    int n = client_http_resolve(&c->urls[c->ws_server], c->addrs, c->alens, 8);
     c->naddr = n > 0 ? n : 0;
     c->addr_i = 0;
     if (n <= 0) {
@@ -1526,18 +1572,49 @@ static void on_hello(parley_client *c, const json_obj *o)
     c->hello = true;
     c->opened_at = now_ms(c);
     c->dirty = true;
+    /* Resume: what changed while we were away? (pump() sends it first) */
+    c->walk = WALK_DUE;
+    c->walk_page[0] = 0;
+    c->walk_again = false;
     set_state(c, PARLEY_CONNECTED, 0, 0);
-    if (!connected(c)) return;
-    /* Resume: what changed while we were away? */
+}
+
+/* Asks for the walk's next page: the first with changed_since = the last
+ * cursor, the others by their page token. */
+static void send_walk(parley_client *c)
+{
     jbuf j;
-    jb_init(&j, 96);
+    jb_init(&j, 192);
     jb_lit(&j, "{\"type\":\"inbox\",\"id\":\"resume\"");
-    if (c->have_cursor) {
+    if (c->walk_page[0]) {
+        jb_lit(&j, ",\"page\":");
+        jb_cstr(&j, c->walk_page);
+    } else if (c->have_cursor) {
         jb_lit(&j, ",\"changed_since\":");
         jb_u64(&j, c->inbox_cursor);
     }
     jb_lit(&j, "}");
-    ws_write_json(c, &j);
+    if (ws_write_json(c, &j) == ERR_OK) c->walk = WALK_WAIT;
+}
+
+/* `resync`: the server may have failed to deliver events to this session
+ * (docs/protocol.md). Catch up as after a reconnect, on the same
+ * connection: the inbox since the cursor, then sync what changed; nothing
+ * is resent (the outbox goes on as it was). A walk already on its way may
+ * have listed the inbox before the loss: walk once more after it. */
+static void on_resync(parley_client *c, const json_obj *o)
+{
+    if (c->walk == WALK_NONE) {
+        c->walk = WALK_DUE;
+        c->walk_page[0] = 0;
+    } else if (c->walk == WALK_WAIT || c->walk_page[0]) {
+        c->walk_again = true;
+    } /* else a first page is due: it is asked after this frame */
+    pump(c); /* the walk goes before the callback (which may block on REST) */
+    if (!c->cb.on_resync) return;
+    char reason[64];
+    get_str(o, "reason", reason, sizeof reason);
+    c->cb.on_resync(c, reason, c->ud);
 }
 
 static int inbox_conv(void *arg, const char *v, size_t len, uint8_t type)
@@ -1557,24 +1634,28 @@ static void on_inbox(parley_client *c, const json_obj *o)
     if (!f || f->type != JSON_OBJECT || json_parse_object(f->val, f->val_len, &in) < 0) return;
     const json_field *convs = json_get(&in, "conversations");
     if (convs && convs->type == JSON_ARRAY) json_array_each(convs->val, convs->val_len, inbox_conv, c);
-    if (!connected(c)) return;
+    if (!connected(c) || c->walk != WALK_WAIT) return;
     if (jbool(&in, "more")) {
         /* The next page of the walk; the cursor is kept only after the last
          * (a walk broken off starts again from the old one). */
-        char next[128];
-        if (get_str(&in, "next", next, sizeof next) <= 0) return;
-        jbuf j;
-        jb_init(&j, 160);
-        jb_lit(&j, "{\"type\":\"inbox\",\"id\":\"resume\",\"page\":");
-        jb_cstr(&j, next);
-        jb_lit(&j, "}");
-        ws_write_json(c, &j);
+        if (get_str(&in, "next", c->walk_page, sizeof c->walk_page) <= 0) {
+            c->walk_page[0] = 0;
+            c->walk = WALK_NONE; /* a broken answer: the next walk starts over */
+            return;
+        }
+        c->walk = WALK_DUE;
         return;
     }
     uint64_t cur;
     if (json_get_u64(&in, "cursor", &cur) == ERR_OK) {
         c->inbox_cursor = cur;
         c->have_cursor = true;
+    }
+    c->walk = WALK_NONE;
+    c->walk_page[0] = 0;
+    if (c->walk_again) { /* from the cursor this walk ended with */
+        c->walk_again = false;
+        c->walk = WALK_DUE;
     }
 }
 
@@ -1661,6 +1742,13 @@ static void on_error_frame(parley_client *c, const json_obj *o)
             return;
         }
         client_outbox_remove(&c->ob, ref);
+    } else if (strcmp(ref, "resume") == 0 && c->walk == WALK_WAIT) {
+        /* A page of the walk was refused: ask again after the pause (busy,
+         * rate_limited: handled here); anything else ends the walk (the
+         * next reconnect or resync walks again) and is reported. */
+        c->walk = slow ? WALK_DUE : WALK_NONE;
+        if (slow) return;
+        c->walk_again = false;
     } else if (slow && !rf) {
         /* Refused without saying which frame (the frame rate limit): every
          * message in flight may be the one. Resend those still unacked after
@@ -1728,6 +1816,7 @@ static void on_text(parley_client *c, const char *s, size_t n)
         if (c->cb.on_conv) c->cb.on_conv(c, &cv, true, c->ud);
     } else if (strcmp(type, "inbox") == 0) on_inbox(c, &o);
     else if (strcmp(type, "error") == 0) on_error_frame(c, &o);
+    else if (strcmp(type, "resync") == 0) on_resync(c, &o);
     /* pong and unknown types: nothing (activity is counted already) */
 }
 
@@ -1968,7 +2057,8 @@ static uint64_t next_deadline(parley_client *c)
          * us before the keepalive), and a pause next() has not cleared yet is
          * one pump() has not seen end (held cursors and syncs go then). */
         uint64_t ob = client_outbox_deadline(&c->ob, c->o.ack_timeout_ms, c->window);
-        if (c->dirty && c->ob.paused_until && c->ob.paused_until < ob) ob = c->ob.paused_until;
+        if ((c->dirty || c->walk == WALK_DUE) && c->ob.paused_until && c->ob.paused_until < ob)
+            ob = c->ob.paused_until;
         if (ob < d) {
             uint64_t now = now_ms(c);
             d = ob > now ? ob : now + 1; /* due now: 1 ms on, never a busy timer */
@@ -2020,6 +2110,8 @@ int parley_close(parley_client *c)
     close_socket(c);
     client_outbox_disconnected(&c->ob);
     for (size_t i = 0; i < c->nconvs; i++) c->convs[i]->seq.syncing = false;
+    c->walk = WALK_NONE;
+    c->walk_again = false;
     c->phase = PH_IDLE;
     if (was) set_state(c, PARLEY_IDLE, 0, 0);
     uv_update(c);
@@ -2264,6 +2356,7 @@ void parley_free(parley_client *c)
     xfree(c, c->in);
     xfree(c, c->out);
     xfree(c, c->msg);
+    xfree(c, c->urls);
     parley_allocator a = c->A;
     a.free_fn(a.ctx, c);
 }

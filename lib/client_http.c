@@ -72,6 +72,30 @@ int client_http_parse_url(const char *url, client_url *u)
     return ERR_OK;
 }
 
+int client_http_parse_urls(const char *list, client_url *out, size_t max)
+{
+    if (!list) return ERR_INVALID;
+    size_t n = 0;
+    const char *p = list;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        if (!end) end = p + strlen(p);
+        const char *a = p, *b = end;
+        while (a < b && (*a == ' ' || *a == '\t')) a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+        char one[600];
+        if (a == b || (size_t)(b - a) >= sizeof one) return ERR_INVALID;
+        if (n >= max) return ERR_TOO_LARGE;
+        memcpy(one, a, (size_t)(b - a));
+        one[b - a] = 0;
+        int rc = client_http_parse_url(one, &out[n]);
+        if (rc < 0) return rc;
+        n++;
+        if (!*end) return (int)n;
+        p = end + 1;
+    }
+}
+
 /* ---- response parser ---------------------------------------------------- */
 
 static bool is_tchar(unsigned char c)
@@ -374,9 +398,11 @@ int client_http_do(const parley_allocator *a, const client_url *u,
                       rq->token ? "\r\n" : "",
                       rq->body ? "Content-Type: application/json\r\n" : "",
                       rq->body ? rq->body_len : (size_t)0);
+    if (rq->connected) *rq->connected = false;
     if (hl < 0 || (size_t)hl >= sizeof head) return ERR_INVALID;
     int fd = connect_blocking(u, deadline);
     if (fd < 0) return fd;
+    if (rq->connected) *rq->connected = true;
     int rc = ERR_OK;
     /* send head and body */
     const char *parts[2] = {head, rq->body};

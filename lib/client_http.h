@@ -29,6 +29,13 @@ typedef struct client_url {
  * ERR_UNSUPPORTED for "https://". */
 int client_http_parse_url(const char *url, client_url *u);
 
+/* Parses a comma-separated list of such URLs into out[0..max) (spaces and
+ * tabs around each are ignored; "," inside a URL therefore cannot be
+ * given). Returns the count (>= 1) or the error of the first bad entry:
+ * ERR_INVALID (an empty entry, a malformed URL), ERR_UNSUPPORTED (https),
+ * ERR_TOO_LARGE (more than max). out is written up to the bad entry. */
+int client_http_parse_urls(const char *list, client_url *out, size_t max);
+
 typedef struct client_http_response {
     int status;
     int minor;                 /* 1 for HTTP/1.1 */
@@ -80,12 +87,15 @@ typedef struct client_http_request {
     size_t body_len;
     int timeout_ms;            /* bound on the whole exchange */
     size_t max_response;       /* bytes; 0: 16 MiB */
+    bool *connected;           /* if not NULL: set to whether the TCP connection
+                                  was established (false: nothing was sent, the
+                                  request may go to another server) */
 } client_http_request;
 
 /* Performs one request and reads the whole response. On ERR_OK *raw is a
  * buffer from a (the caller frees it with a->free_fn) and *resp's slices
  * point into it. Errors: ERR_IO (resolve/connect/send/recv failed, *raw
- * NULL), ERR_TIMEOUT, ERR_PROTOCOL / ERR_TOO_LARGE (bad response), ERR_NOMEM,
+ * NULL; *rq->connected tells a failed connect from a later failure), ERR_TIMEOUT, ERR_PROTOCOL / ERR_TOO_LARGE (bad response), ERR_NOMEM,
  * ERR_INVALID (request too large). Any HTTP status is ERR_OK. */
 int client_http_do(const parley_allocator *a, const client_url *u,
                    const client_http_request *rq, char **raw, client_http_response *resp);

@@ -1,7 +1,7 @@
 // Wiring: session, connection, sync rules (docs/protocol.md "Client rules"), UI events.
 
 import * as api from './api.js';
-import { Connection, Outbox, MAX_TEXT_BYTES, TOO_LONG, bodyBytes } from './conn.js';
+import { Connection, Outbox, MAX_TEXT_BYTES, TOO_LONG, bodyBytes, parseServers } from './conn.js';
 import { Store, loadDeviceKey, saveDeviceKey } from './store.js';
 import * as ui from './ui.js';
 
@@ -34,6 +34,7 @@ const syncing = new Map();       // conv -> {again}
 const gapTimers = new Map();
 let renderQueued = false;
 let typingTimer = null;
+let catchingUp = null;           // {again} while a catch-up runs (catchUp)
 
 // ---- session -------------------------------------------------------------------
 
@@ -63,6 +64,9 @@ function startApp() {
   ui.showApp(session.user);
   conn = new Connection({
     token: session.token,
+    // <meta name="parley-servers" content="https://a.example,https://b.example">:
+    // the WebSocket fails over between them; none: this page's origin.
+    servers: parseServers(document.querySelector('meta[name="parley-servers"]')?.content),
     onFrame,
     onReady,
     onState: (st) => {
@@ -88,6 +92,7 @@ function stopApp() {
   deliveredTimers.clear();
   gapTimers.clear();
   syncing.clear();
+  catchingUp = null;
   conn?.stop();
   conn = null;
   store = null;
@@ -226,12 +231,41 @@ async function walkInbox(s, since, afterFirst = () => {}) {
 }
 
 async function onReady() {
-  const s = store;
   updateComposerLimit(); // the hello may have brought another limit
+  await catchUp({ reconnected: true });
+}
+
+/**
+ * What was missed (docs/protocol.md "Client rules"): the inbox since the
+ * cursor, every page, then the messages missing from what changed (the open
+ * conversation first) and its receipts. After a (re)connect the outbox goes
+ * again from the start; on `resync` (the same connection, the server may
+ * have lost live frames) nothing is resent, and a resync that comes while
+ * a catch-up runs runs it once more after it (that one may have listed the
+ * inbox before the loss).
+ */
+async function catchUp({ reconnected }) {
+  if (!reconnected && catchingUp) { catchingUp.again = true; return; }
+  const job = { again: false };
+  catchingUp = job;
+  const s = store;
+  let resend = reconnected;
+  try {
+    do {
+      job.again = false;
+      await catchUpOnce(s, resend);
+      resend = false;
+    } while (job.again && s === store && conn?.ready);
+  } finally {
+    if (catchingUp === job) catchingUp = null;
+  }
+}
+
+async function catchUpOnce(s, resend) {
   try {
     const first = !s.cursor;
     const changed = await walkInbox(s, s.cursor, () => {
-      outbox.flush(conn, { all: true });
+      if (resend) outbox.flush(conn, { all: true });
       if (first) route(); // a #c<id> from before the reload
     });
     if (changed === null) return;
@@ -476,6 +510,11 @@ function onFrame(f) {
       break;
     case 'error':
       onError(f);
+      break;
+    case 'resync':
+      // The server may have failed to deliver some frames to us; the
+      // connection stays: catch up on it (docs/protocol.md).
+      catchUp({ reconnected: false });
       break;
     default:
       break;

@@ -34,14 +34,52 @@ export function backoffDelay(attempt, base = BACKOFF_BASE_MS, cap = BACKOFF_CAP_
 }
 
 /**
+ * The servers to connect to, from the content of
+ * `<meta name="parley-servers">`: origins separated by commas (the nodes of
+ * one cluster), http(s):// or ws(s)://, as WebSocket base URLs
+ * (`wss://a.example`). Entries that are not such an origin are skipped with
+ * a warning; none at all (or no meta) is [], which means the page's own
+ * origin.
+ */
+export function parseServers(content) {
+  const out = [];
+  for (const raw of String(content || '').split(',')) {
+    const entry = raw.trim();
+    if (!entry) continue;
+    let u;
+    try { u = new URL(entry); } catch { u = null; }
+    const ws = u && { 'http:': 'ws:', 'https:': 'wss:', 'ws:': 'ws:', 'wss:': 'wss:' }[u.protocol];
+    if (!ws || u.search || u.hash || u.username || u.password || u.pathname.replace(/\/+$/, '')) {
+      console.warn(`parley: parley-servers: not an origin, skipped: ${entry}`);
+      continue;
+    }
+    const base = `${ws}//${u.host}`;
+    if (!out.includes(base)) out.push(base);
+  }
+  return out;
+}
+
+/** The page's own origin as a WebSocket base URL. */
+function sameOrigin() {
+  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}`;
+}
+
+/**
  * One logical connection that keeps itself open.
  * Callbacks: onFrame(frame) for every server frame that is not an answer to
- * request(); onReady() after `hello`; onState({state, retryAt, attempt});
- * onRevoked() when the token is refused.
+ * request(); onReady() after `hello`; onState({state, retryAt, attempt,
+ * server}); onRevoked() when the token is refused.
+ *
+ * servers: WebSocket base URLs to use in turn (parseServers); empty: the
+ * page's origin. With several, every failed connect or lost connection
+ * sends the next attempt to the next one, round robin; each attempt waits
+ * its jittered backoff, whose ceiling doubles once per round of the list.
  */
 export class Connection {
-  constructor({ token, onFrame, onReady, onState, onRevoked, checkAuth }) {
+  constructor({ token, onFrame, onReady, onState, onRevoked, checkAuth, servers = [] }) {
     this.token = token;
+    this.servers = servers.length ? [...servers] : [sameOrigin()];
+    this.cur = 0;             // the server of the next (or current) socket
     this.onFrame = onFrame;
     this.onReady = onReady;
     this.onState = onState;
@@ -94,16 +132,18 @@ export class Connection {
 
   setState(state) {
     this.state = state;
-    this.onState?.({ state, retryAt: this.retryAt, attempt: this.attempt });
+    this.onState?.({ state, retryAt: this.retryAt, attempt: this.attempt, server: this.server() });
   }
+
+  /** The WebSocket base URL in use (or to be tried next). */
+  server() { return this.servers[this.cur]; }
 
   connect() {
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.stopped || this.ws) return;
     this.setState('connecting');
-    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = `${proto}//${location.host}/v1/ws?token=${encodeURIComponent(this.token)}`;
+    const url = `${this.server()}/v1/ws?token=${encodeURIComponent(this.token)}`;
     let ws;
     try {
       ws = new WebSocket(url, 'parley.v1.json');
@@ -156,8 +196,11 @@ export class Connection {
   async scheduleRetry(wasReady, probe = !wasReady) {
     if (this.stopped) return;
     if (wasReady) this.attempt = 0;
-    let delay = backoffDelay(this.attempt);
+    let delay = backoffDelay(Math.floor(this.attempt / this.servers.length));
     this.attempt++;
+    // The page's origin answers REST (and /healthz) for the server that failed only if it is that server.
+    const failedHere = this.server() === sameOrigin();
+    this.cur = (this.cur + 1) % this.servers.length; // the next attempt: the next server
     if (probe && navigator.onLine !== false) {
       // The browser does not say why a socket was refused or closed: a
       // refused token, a server that is stopping (503 with Retry-After), or
@@ -166,11 +209,13 @@ export class Connection {
         this.onRevoked?.();
         return;
       }
-      try {
-        const res = await fetch('/healthz', { cache: 'no-store' });
-        const ra = Number(res.headers.get('Retry-After'));
-        if (res.status === 503 && ra > 0) delay = Math.max(delay, ra * 1000 + Math.random() * 1000);
-      } catch { /* down: plain backoff */ }
+      if (failedHere) {
+        try {
+          const res = await fetch('/healthz', { cache: 'no-store' });
+          const ra = Number(res.headers.get('Retry-After'));
+          if (res.status === 503 && ra > 0) delay = Math.max(delay, ra * 1000 + Math.random() * 1000);
+        } catch { /* down: plain backoff */ }
+      }
       if (this.stopped || this.ws) return;
     }
     this.retryAt = Date.now() + delay;

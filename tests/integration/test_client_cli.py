@@ -8,6 +8,7 @@ Every process is started with bounded waits and stopped by PID. No timing
 assertions: waits are upper bounds only.
 """
 
+import http.server
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import select
 import signal
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -260,6 +262,90 @@ def test_device_keys_per_server_and_bad_lines(parley, tmp_path):
     r = u.run("login", u.name, input="wrong password\n")
     assert r.returncode == EXIT_SERVER
     assert device_keys(u) == after
+
+
+class FakeAuth:
+    """A REST peer for register and login only: it answers each with a new
+    device and key and keeps the JSON bodies it was sent (what the CLI
+    presented)."""
+
+    def __init__(self):
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bodies.append((self.path, body))
+                n = len(bodies)
+                out = json.dumps({"user": body["username"], "token": "t" * 43, "device": n,
+                                  "expires": 4102444800000,
+                                  "device_key": f"key{self.server.server_port}x{n:018d}"}).encode()
+                self.send_response(201 if self.path == "/v1/users" else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.url = f"http://{HOST}:{self.httpd.server_port}"
+        self.t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.t.start()
+
+    def presented(self):
+        """The device_key the last login sent, or None."""
+        return self.bodies[-1][1].get("device_key")
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_device_keys_for_a_server_list(tmp_path):
+    """A list of servers (a cluster's nodes) is one key of the config file,
+    normalized (no blanks around an entry, no trailing '/'); a list without
+    a key of its own presents the newest key of a list that names one of
+    its servers (the nodes share their accounts); a server the list does
+    not name presents nothing."""
+    a, b, other = FakeAuth(), FakeAuth(), FakeAuth()
+    try:
+        dead = f"http://{HOST}:{free_port()}"
+        u = Cli(tmp_path, a.url)
+        listed = f" {a.url}/ ,{b.url}"
+        assert u.run("--server", listed, "register", u.name, input=PASSWORD + "\n").returncode == 0
+        [(server, user, key1)] = device_keys(u)
+        assert (server, user) == (f"{a.url},{b.url}", u.name)
+        # the same list, spelled otherwise: its own key
+        r = u.run("--server", f"{a.url},{b.url}/", "login", u.name, input=PASSWORD + "\n")
+        assert r.returncode == 0, r.stderr
+        assert a.presented() == key1
+        [(_, _, key2)] = device_keys(u)
+        # another list with a server in common (its first is down: the login
+        # goes on to b): the newest key of the shared server
+        r = u.run("--server", f"{dead},{b.url}", "login", u.name.upper(), input=PASSWORD + "\n")
+        assert r.returncode == 0, r.stderr
+        assert b.presented() == key2
+        keys = device_keys(u)
+        assert [s for s, _, _ in keys] == [f"{a.url},{b.url}", f"{dead},{b.url}"]
+        key3 = keys[1][2]
+        # one of the servers alone: the newest of the lists that name it
+        assert u.run("--server", a.url, "login", u.name, input=PASSWORD + "\n").returncode == 0
+        assert a.presented() == key2
+        assert u.run("--server", b.url, "login", u.name, input=PASSWORD + "\n").returncode == 0
+        assert b.presented() == key3
+        # a server no list names: nothing presented
+        assert u.run("--server", other.url, "login", u.name, input=PASSWORD + "\n").returncode == 0
+        assert other.presented() is None
+        # the config file's server= keeps the list as given
+        assert u.run("--server", listed, "login", u.name, input=PASSWORD + "\n").returncode == 0
+        assert f"server={listed}\n" in u.config.read_text()
+        r = u.run("--json", "whoami", env=dict(u.env(), PARLEY_SERVER=""))
+        assert r.returncode == 0 and json.loads(r.stdout)["server"] == listed, r.stdout
+    finally:
+        for f in (a, b, other):
+            f.stop()
 
 
 # --------------------------------------------------------------------------

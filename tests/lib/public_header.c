@@ -117,6 +117,8 @@ static void bad_arguments(void)
     CHECK_RC(parley_new(&o, &c), PARLEY_EINVALID);
     o.server = "https://example.com";
     CHECK_RC(parley_new(&o, &c), PARLEY_EUNSUPPORTED);
+    o.server = "http://127.0.0.1:1,,http://127.0.0.1:2"; /* a list: an empty entry */
+    CHECK_RC(parley_new(&o, &c), PARLEY_EINVALID);
     o.server = "http://127.0.0.1:1";
     char token[300];
     memset(token, 'a', sizeof token - 1);
@@ -156,7 +158,7 @@ static void offline_client(void)
 
     parley_options o;
     parley_options_init(&o);
-    o.server = "http://127.0.0.1:1"; /* nothing listens there */
+    o.server = "http://127.0.0.1:1, http://127.0.0.1:2"; /* nothing listens there */
     o.allocator = &a;
     o.callbacks = &cb;
     o.request_timeout_ms = 2000;
@@ -167,6 +169,7 @@ static void offline_client(void)
     CHECK(parley_get_state(c) == PARLEY_IDLE);
     CHECK(strcmp(parley_user(c), "") == 0);
     CHECK(strcmp(parley_token(c), "") == 0);
+    CHECK(strcmp(parley_server(c), "http://127.0.0.1:1") == 0);
 
     CHECK_RC(parley_connect(c), PARLEY_EAUTH); /* no token */
     CHECK_RC(parley_run(c, 0), PARLEY_ECLOSED);
@@ -201,6 +204,7 @@ static void offline_client(void)
     CHECK(rc == PARLEY_EIO || rc == PARLEY_ETIMEOUT);
     const parley_error *e = parley_last_error(c);
     CHECK(e->err == rc && e->status == 0 && e->message[0] != 0);
+    CHECK(strcmp(parley_server(c), "http://127.0.0.1:1") == 0); /* no other answered */
 
     CHECK(callbacks_fired == 0);
     parley_free(c);

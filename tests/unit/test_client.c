@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -70,6 +71,8 @@ typedef struct seen {
     char err_cmid[16][PARLEY_CMID_MAX];
     int nerrs;
     int ntyping, nreceipts, npresence;
+    int nresync;
+    char resync_reason[64];
 } seen;
 
 static void on_state(parley_client *c, parley_state s, int err, uint64_t delay, void *ud)
@@ -110,13 +113,18 @@ static void on_typing(parley_client *c, uint64_t conv, const char *user, void *u
 static void on_receipt(parley_client *c, const parley_receipt *r, void *ud) { ((seen *)ud)->nreceipts++; }
 static void on_presence(parley_client *c, const parley_presence *p, void *ud) { ((seen *)ud)->npresence++; }
 
-static const parley_callbacks callbacks = {on_state, on_message, on_ack, on_receipt, on_presence,
-                                           on_typing, NULL, on_error};
-
-static parley_client *new_client(int port, seen *x, bool fake_clock)
+static void on_resync(parley_client *c, const char *reason, void *ud)
 {
-    char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    seen *x = ud;
+    x->nresync++;
+    snprintf(x->resync_reason, sizeof x->resync_reason, "%s", reason);
+}
+
+static const parley_callbacks callbacks = {on_state, on_message, on_ack, on_receipt, on_presence,
+                                           on_typing, NULL, on_error, on_resync};
+
+static parley_client *new_client_at(const char *url, seen *x, bool fake_clock)
+{
     parley_options o;
     parley_options_init(&o);
     o.server = url;
@@ -131,6 +139,16 @@ static parley_client *new_client(int port, seen *x, bool fake_clock)
     CHECK_EQ_INT(rc, PARLEY_OK);
     return c;
 }
+
+static parley_client *new_client(int port, seen *x, bool fake_clock)
+{
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    return new_client_at(url, x, fake_clock);
+}
+
+/* A loopback port nobody listens on (at the time of asking). */
+static int closed_port(void);
 
 /* ---- the scripted peer ------------------------------------------------------------ */
 
@@ -169,13 +187,23 @@ static void drive(peer *p)
     }
 }
 
+/* Non-blocking, and no Nagle: a frame's header and payload go out at once
+ * (else the payload may wait for the client's delayed ACK, ~40 ms, longer
+ * than a short drive). */
+static void peer_socket(int fd)
+{
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 static bool peer_accept(peer *p)
 {
     for (int i = 0; i < 2000; i++) {
         struct pollfd q = {p->ls, POLLIN, 0};
         if (poll(&q, 1, 0) > 0) {
             p->fd = accept(p->ls, NULL, NULL);
-            fcntl(p->fd, F_SETFL, O_NONBLOCK);
+            peer_socket(p->fd);
             p->len = 0;
             return p->fd >= 0;
         }
@@ -396,6 +424,32 @@ TEST(argument_errors)
     CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EINVALID);
     o.server = "https://example.com";
     CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED);
+    /* a list: every entry is checked */
+    const char *bad_lists[] = {"http://a:1,", ",http://a:1", "http://a:1,,http://b:2",
+                               "http://a:1,b:2", "http://a:1,http://b:0"};
+    for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
+        CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED); /* still the https one */
+        o.server = bad_lists[i];
+        CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EINVALID);
+        o.server = "https://example.com";
+    }
+    o.server = "http://a:1,https://b:2";
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_EUNSUPPORTED);
+    char many[64 * (PARLEY_MAX_SERVERS + 1)] = "";
+    for (int i = 0; i <= PARLEY_MAX_SERVERS; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%shttp://h%d:80", i ? "," : "", i);
+    o.server = many;
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_ETOO_LARGE);
+    *strrchr(many, ',') = 0; /* PARLEY_MAX_SERVERS: fine */
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
+    CHECK(strcmp(parley_server(c), "http://h0:80") == 0);
+    parley_free(c);
+    c = NULL;
+    o.server = " http://a:1/chat/ , http://b:2";
+    CHECK_EQ_INT(parley_new(&o, &c), PARLEY_OK);
+    CHECK(strcmp(parley_server(c), "http://a:1/chat") == 0);
+    parley_free(c);
+    c = NULL;
     o.server = NULL;
     char tok[300];
     memset(tok, 'a', sizeof tok - 1);
@@ -1343,6 +1397,363 @@ TEST(libuv_resends_when_a_pause_ends_between_looks)
     CHECK_EQ_INT(live, 0);
 }
 
+TEST(resync_catches_up_on_the_same_connection)
+{
+    /* The server lost events for this session (its node lost the bus) and
+     * says `resync`: the client lists the inbox since its cursor and syncs
+     * the conversation that changed, on the same connection, and fetches
+     * the message it missed; it resends nothing, acked or not. */
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, true);
+    p.c = c;
+    char f[4096], cm[2][PARLEY_CMID_MAX], got[64][PARLEY_CMID_MAX], frame[512];
+    parley_track(c, 9, 4);
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":9,\"type\":\"direct\",\"last_seq\":4}],\"cursor\":77,\"more\":false}}");
+    /* ours: seq 5 acked, the second on its way (no ack yet) */
+    CHECK_EQ_INT(parley_send(c, 9, "mine", cm[0]), PARLEY_OK);
+    CHECK_EQ_INT(parley_send(c, 9, "unacked", cm[1]), PARLEY_OK);
+    CHECK_EQ_INT(peer_sends(&p, got, NULL, NULL), 2);
+    snprintf(frame, sizeof frame, "{\"type\":\"ack\",\"cmid\":\"%s\",\"conv\":9,\"seq\":5,\"ts\":5}", cm[0]);
+    peer_text(&p, frame);
+    for (int i = 0; i < 200 && x.nacks < 1; i++) drive(&p);
+    CHECK_EQ_INT(x.nacks, 1);
+    /* bob's seq 6 is stored but never reaches us live; then the resync */
+    int states = x.nstates;
+    peer_text(&p, "{\"type\":\"resync\",\"reason\":\"bus\"}");
+    int ninbox = 0;
+    CHECK_EQ_INT(peer_sends(&p, NULL, "inbox", &ninbox), 0); /* nothing resent */
+    CHECK_EQ_INT(ninbox, 1);
+    CHECK_EQ_INT(x.nresync, 1);
+    CHECK(strcmp(x.resync_reason, "bus") == 0);
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":["
+                  "{\"id\":9,\"type\":\"direct\",\"last_seq\":6}],\"cursor\":80,\"more\":false}}");
+    CHECK(peer_expect(&p, "sync", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "conv"), 9);
+    CHECK_EQ_INT(num_field(f, "after"), 5);
+    peer_history(&p, 9, 6, 6, false);
+    for (int i = 0; i < 200 && x.nmsgs < 1; i++) drive(&p);
+    CHECK_EQ_INT(x.nmsgs, 1);
+    CHECK_EQ_INT(x.msgs[0], 6);
+    CHECK_EQ_INT(parley_highest(c, 9), 6);
+    /* the same connection all along: no state change, nothing resent */
+    CHECK_EQ_INT(x.nstates, states);
+    CHECK_EQ_INT(last_state(&x), PARLEY_CONNECTED);
+    CHECK_EQ_INT(peer_sends(&p, NULL, NULL, NULL), 0);
+    CHECK_EQ_INT(parley_pending(c), 1);
+    /* the unacked one goes again only as usual: after the ack timeout */
+    fake_now += 15000;
+    CHECK_EQ_INT(peer_sends(&p, got, NULL, NULL), 1);
+    CHECK(strcmp(got[0], cm[1]) == 0);
+    /* the walk kept its cursor: the next resync asks from 80; a resync
+     * without a reason says "" */
+    peer_text(&p, "{\"type\":\"resync\"}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 80);
+    CHECK_EQ_INT(x.nresync, 2);
+    CHECK(strcmp(x.resync_reason, "") == 0);
+    /* frame types the client does not know are still ignored */
+    peer_text(&p, "{\"type\":\"from_the_future\",\"conv\":9,\"seq\":99}");
+    peer_text(&p, "{\"type\":\"msg\",\"conv\":9,\"seq\":7,\"from\":\"bob\",\"cmid\":\"b7\",\"ts\":1,\"body\":\"m7\"}");
+    for (int i = 0; i < 200 && x.nmsgs < 2; i++) drive(&p);
+    CHECK_EQ_INT(x.nmsgs, 2);
+    CHECK_EQ_INT(x.msgs[1], 7);
+    CHECK_EQ_INT(parley_highest(c, 9), 7);
+    CHECK_EQ_INT(last_state(&x), PARLEY_CONNECTED);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(resync_during_a_walk_and_refused_pages)
+{
+    /* A resync while the walk after hello is on its way: that walk may have
+     * listed the inbox before the loss, so the client walks once more, from
+     * the cursor it ends with (not twice at once). A page refused with busy
+     * is asked again after the pause, silently. */
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, true);
+    p.c = c;
+    char f[4096], tok[64];
+    parley_connect(c);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    peer_text(&p, "{\"type\":\"resync\",\"reason\":\"bus\"}");
+    int ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0); /* not a second walk at once */
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":[],"
+                  "\"cursor\":40,\"more\":true,\"next\":\"0.40.7.1\"}}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    str_field(f, "page", tok, sizeof tok);
+    CHECK(strcmp(tok, "0.40.7.1") == 0);
+    /* that page is refused for now: again after the pause, same page */
+    peer_text(&p, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"later\",\"ref\":\"resume\","
+                  "\"retry_after_ms\":500}");
+    ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0);
+    fake_now += 500;
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    str_field(f, "page", tok, sizeof tok);
+    CHECK(strcmp(tok, "0.40.7.1") == 0);
+    CHECK_EQ_INT(x.nerrs, 0); /* handled, not the app's business */
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":[],"
+                  "\"cursor\":40,\"more\":false}}");
+    /* the walk ended: once more for the resync, from its cursor */
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 40);
+    CHECK(strstr(f, "page") == NULL);
+    peer_text(&p, "{\"type\":\"inbox\",\"id\":\"resume\",\"inbox\":{\"conversations\":[],"
+                  "\"cursor\":45,\"more\":false}}");
+    ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0); /* and only once */
+    /* a refusal that is not for now ends the walk and is reported */
+    peer_text(&p, "{\"type\":\"resync\"}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 45);
+    peer_text(&p, "{\"type\":\"error\",\"code\":\"bad_request\",\"message\":\"no\",\"ref\":\"resume\"}");
+    for (int i = 0; i < 100 && x.nerrs < 1; i++) drive(&p);
+    CHECK_EQ_INT(x.nerrs, 1);
+    CHECK(strcmp(x.errs[0], "bad_request") == 0);
+    fake_now += 20000; /* under the keepalive */
+    ninbox = 0;
+    peer_sends(&p, NULL, "inbox", &ninbox);
+    CHECK_EQ_INT(ninbox, 0);
+    /* the next resync walks from the cursor kept */
+    peer_text(&p, "{\"type\":\"resync\"}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(num_field(f, "changed_since"), 45);
+    CHECK_EQ_INT(last_state(&x), PARLEY_CONNECTED);
+    parley_close(c);
+    parley_free(c);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(libuv_refused_walk_page_wakes_the_timer)
+{
+    /* On a loop only the client's timer brings the refused page back when
+     * the pause ends (nothing else is due): not the keepalive, 30 s on. */
+    uv_loop_t loop;
+    CHECK_EQ_INT(uv_loop_init(&loop), 0);
+    peer p;
+    peer_listen(&p);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client(p.port, &x, false);
+    CHECK_EQ_INT(parley_attach_uv(c, &loop), PARLEY_OK);
+    p.loop = &loop;
+    char f[4096];
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    CHECK(peer_accept(&p));
+    CHECK(peer_handshake(&p, 101, NULL));
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    peer_text(&p, "{\"type\":\"error\",\"code\":\"busy\",\"message\":\"later\",\"ref\":\"resume\","
+                  "\"retry_after_ms\":30}");
+    CHECK(peer_expect(&p, "inbox", f, sizeof f));
+    CHECK_EQ_INT(x.nerrs, 0);
+    parley_close(c);
+    parley_free(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    peer_close(&p);
+    close(p.ls);
+    CHECK_EQ_INT(live, 0);
+}
+
+static int closed_port(void)
+{
+    peer p;
+    peer_listen(&p);
+    close(p.ls);
+    return p.port;
+}
+
+/* Which server a connect went to: the first of the peers with a pending
+ * connection (accepted into p->fd), or -1 when none has one. */
+static int accept_any(peer *const *ps, int n)
+{
+    for (int i = 0; i < 2000; i++) {
+        for (int k = 0; k < n; k++) {
+            struct pollfd q = {ps[k]->ls, POLLIN, 0};
+            if (poll(&q, 1, 0) > 0) {
+                ps[k]->fd = accept(ps[k]->ls, NULL, NULL);
+                peer_socket(ps[k]->fd);
+                ps[k]->len = 0;
+                return k;
+            }
+        }
+        drive(ps[0]);
+    }
+    return -1;
+}
+
+TEST(failover_round_robin)
+{
+    /* Three servers: nobody listens on the first, A and B are peers. The
+     * client goes down the list on every failure (a refused connect, a
+     * dropped connection), round robin, resends the unacked message with
+     * its cmid on the next server, and its backoff ceiling doubles once per
+     * round of three, not per failure. */
+    peer a, b;
+    peer_listen(&a);
+    peer_listen(&b);
+    int dead = closed_port();
+    char url[200], dead_url[64], a_url[64], b_url[64];
+    snprintf(dead_url, sizeof dead_url, "http://127.0.0.1:%d", dead);
+    snprintf(a_url, sizeof a_url, "http://127.0.0.1:%d", a.port);
+    snprintf(b_url, sizeof b_url, "http://127.0.0.1:%d", b.port);
+    snprintf(url, sizeof url, "%s,%s, %s", dead_url, a_url, b_url);
+    seen x;
+    memset(&x, 0, sizeof x);
+    rnd_fixed = true;
+    rnd_const = 0x9e3779b97f4a7c15ull;
+    parley_client *c = new_client_at(url, &x, true);
+    a.c = b.c = c;
+    client_backoff model;
+    client_backoff_init(&model, 1000, 60000);
+    client_backoff_set_round(&model, 3);
+    peer *both[2] = {&a, &b};
+    char cmid[PARLEY_CMID_MAX], f[4096], got[80], ack[256];
+    CHECK(strcmp(parley_server(c), dead_url) == 0);
+    CHECK_EQ_INT(parley_send(c, 7, "kept", cmid), PARLEY_OK);
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    /* 1. refused: on to A after one base-ceiling delay */
+    CHECK(wait_state(&a, &x, PARLEY_BACKOFF));
+    CHECK_EQ_INT(x.state_errs[x.nstates - 1], PARLEY_EIO);
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    CHECK_EQ_INT(accept_any(both, 2), 0);
+    CHECK(peer_handshake(&a, 101, NULL));
+    CHECK(wait_state(&a, &x, PARLEY_CONNECTED));
+    CHECK(peer_expect(&a, "send", f, sizeof f));
+    str_field(f, "cmid", got, sizeof got);
+    CHECK(strcmp(got, cmid) == 0);
+    /* 2. A drops it before the ack: on to B, the same ceiling */
+    peer_close(&a);
+    CHECK(wait_state(&a, &x, PARLEY_BACKOFF));
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(client_backoff_ceiling(&model) == 1000);
+    CHECK(strcmp(parley_server(c), b_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    CHECK_EQ_INT(accept_any(both, 2), 1);
+    CHECK(peer_handshake(&b, 101, NULL));
+    CHECK(wait_state(&b, &x, PARLEY_CONNECTED));
+    CHECK(peer_expect(&b, "inbox", f, sizeof f));
+    CHECK(peer_expect(&b, "send", f, sizeof f)); /* the resend, same cmid */
+    str_field(f, "cmid", got, sizeof got);
+    CHECK(strcmp(got, cmid) == 0);
+    snprintf(ack, sizeof ack, "{\"type\":\"ack\",\"cmid\":\"%s\",\"conv\":7,\"seq\":1,\"ts\":5,"
+             "\"duplicate\":true}", cmid);
+    peer_text(&b, ack);
+    for (int i = 0; i < 200 && x.nacks < 1; i++) drive(&b);
+    CHECK_EQ_INT(x.nacks, 1);
+    CHECK_EQ_INT(parley_pending(c), 0);
+    /* 3. B goes too: round robin, back to the first (refused), then A,
+     * where the second round's ceiling starts */
+    peer_close(&b);
+    CHECK(wait_state(&b, &x, PARLEY_BACKOFF));
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(strcmp(parley_server(c), dead_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    int before = x.nstates;
+    for (int i = 0; i < 2000 && !(x.nstates > before + 1 && last_state(&x) == PARLEY_BACKOFF); i++)
+        drive(&a);
+    CHECK_EQ_INT(last_state(&x), PARLEY_BACKOFF);
+    CHECK_EQ_INT(client_backoff_ceiling(&model), 2000);
+    CHECK_EQ_INT(x.delays[x.nstates - 1], client_backoff_next(&model, rnd_const, 0));
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    fake_now += x.delays[x.nstates - 1];
+    CHECK_EQ_INT(accept_any(both, 2), 0);
+    CHECK(peer_handshake(&a, 101, NULL));
+    CHECK(wait_state(&a, &x, PARLEY_CONNECTED));
+    parley_close(c);
+    parley_free(c);
+    peer_close(&a);
+    close(a.ls);
+    close(b.ls);
+    rnd_fixed = false;
+    CHECK_EQ_INT(live, 0);
+}
+
+TEST(rest_failover)
+{
+    /* REST calls go to the server in use; one that cannot connect (nothing
+     * was sent) goes on down the list, and the server that answers becomes
+     * the server in use, for REST and for the next connect. */
+    peer a, b;
+    peer_listen(&a);
+    peer_listen(&b);
+    int dead = closed_port();
+    char url[200], a_url[64], b_url[64];
+    snprintf(a_url, sizeof a_url, "http://127.0.0.1:%d", a.port);
+    snprintf(b_url, sizeof b_url, "http://127.0.0.1:%d", b.port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d,%s,%s", dead, a_url, b_url);
+    seen x;
+    memset(&x, 0, sizeof x);
+    parley_client *c = new_client_at(url, &x, false);
+    rest_peer r;
+    rest_peer_start(&r, a.ls, 200, "{\"user\":\"alice\",\"token\":\"tok-123\",\"device\":1,"
+                    "\"expires\":5}");
+    CHECK_EQ_INT(parley_login(c, "alice", "password123", NULL), PARLEY_OK);
+    rest_peer_join(&r);
+    CHECK(r.got && strcmp(r.path, "/v1/sessions") == 0);
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    /* a failure after the request was sent is not repeated elsewhere */
+    rest_peer_start(&r, a.ls, 503, "{\"error\":{\"code\":\"busy\",\"message\":\"later\"}}");
+    parley_inbox *in = NULL;
+    CHECK_EQ_INT(parley_get_inbox(c, 0, &in), PARLEY_EBUSY);
+    rest_peer_join(&r);
+    CHECK(r.got);
+    struct pollfd q = {b.ls, POLLIN, 0};
+    CHECK_EQ_INT(poll(&q, 1, 0), 0); /* B was never asked */
+    CHECK(strcmp(parley_server(c), a_url) == 0);
+    /* the live connection goes to the server in use */
+    a.c = c;
+    CHECK_EQ_INT(parley_connect(c), PARLEY_OK);
+    peer *both[2] = {&a, &b};
+    CHECK_EQ_INT(accept_any(both, 2), 0);
+    CHECK(peer_handshake(&a, 101, NULL));
+    CHECK(wait_state(&a, &x, PARLEY_CONNECTED));
+    /* A stops listening (its WebSocket stays): a REST call skips it and the
+     * closed one after it, and B answers... */
+    close(a.ls);
+    rest_peer_start(&r, b.ls, 200, "{\"conversations\":[],\"cursor\":3,\"more\":false}");
+    CHECK_EQ_INT(parley_get_inbox_page(c, 0, NULL, 0, &in), PARLEY_OK);
+    rest_peer_join(&r);
+    parley_inbox_free(c, in);
+    CHECK(strcmp(parley_server(c), b_url) == 0);
+    /* ... so when A's connection drops, the next connect goes to B, the
+     * server that answered, not to the one after A */
+    peer_close(&a);
+    CHECK(wait_state(&a, &x, PARLEY_BACKOFF));
+    CHECK(strcmp(parley_server(c), b_url) == 0);
+    parley_close(c);
+    /* none can be reached: the error says so */
+    close(b.ls);
+    CHECK_EQ_INT(parley_get_inbox_page(c, 0, NULL, 0, &in), PARLEY_EIO);
+    CHECK(strstr(parley_last_error(c)->message, "nor any other server") != NULL);
+    parley_free(c);
+    CHECK_EQ_INT(live, 0);
+}
+
 int main(void)
 {
     test_seed();
@@ -1362,5 +1773,10 @@ int main(void)
     RUN(control_frames_fragments_keepalive);
     RUN(libuv_mode);
     RUN(libuv_resends_when_a_pause_ends_between_looks);
+    RUN(resync_catches_up_on_the_same_connection);
+    RUN(resync_during_a_walk_and_refused_pages);
+    RUN(libuv_refused_walk_page_wakes_the_timer);
+    RUN(failover_round_robin);
+    RUN(rest_failover);
     return test_summary("client");
 }

@@ -101,6 +101,32 @@ TEST(reset_starts_over)
     CHECK_EQ_INT(client_backoff_ceiling(&b), 1000);
 }
 
+TEST(ceiling_doubles_once_per_round)
+{
+    /* Three servers in turn: each is tried at base before the ceiling
+     * doubles; a round of 1 is the plain schedule. */
+    client_backoff b;
+    client_backoff_init(&b, 1000, 60000);
+    CHECK_EQ_INT(b.round, 1);
+    client_backoff_set_round(&b, 3);
+    const uint64_t want[] = {1000, 1000, 1000, 2000, 2000, 2000, 4000, 4000, 4000, 8000};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        CHECK_EQ_INT(client_backoff_ceiling(&b), want[i]);
+        CHECK(client_backoff_next(&b, UINT64_MAX, 0) <= want[i]);
+    }
+    /* a long list still reaches the cap (attempts are not capped below it) */
+    client_backoff_set_round(&b, 16);
+    for (int i = 0; i < 16 * 8; i++) client_backoff_next(&b, 0, 0);
+    CHECK_EQ_INT(client_backoff_ceiling(&b), 60000);
+    /* the floor still holds, and a reset starts the rounds over */
+    CHECK_EQ_INT(client_backoff_next(&b, 0, 7000), 7000);
+    client_backoff_reset(&b);
+    CHECK_EQ_INT(client_backoff_ceiling(&b), 1000);
+    client_backoff_set_round(&b, 0); /* 0 means 1 */
+    client_backoff_next(&b, 0, 0);
+    CHECK_EQ_INT(client_backoff_ceiling(&b), 2000);
+}
+
 int main(void)
 {
     test_seed();
@@ -110,5 +136,6 @@ int main(void)
     RUN(full_jitter_spreads);
     RUN(retry_after_is_a_floor);
     RUN(reset_starts_over);
+    RUN(ceiling_doubles_once_per_round);
     return test_summary("client_backoff");
 }

@@ -1,5 +1,10 @@
-/* client_http: URL parsing, the response parser (whole, byte at a time and
- * randomly split), base64, Retry-After. */
+/* client_http: URL parsing (one and lists), the response parser (whole,
+ * byte at a time and randomly split), base64, Retry-After, and whether a
+ * failed request got as far as a connection. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
 #include "client_http.h"
 #include "test.h"
 #include "codec/ws.h"
@@ -56,6 +61,90 @@ static void parse_split(const char *text, bool no_body, int want, int status, co
         memcpy(buf + n, "XYZ", 3);
         CHECK_EQ_INT(client_http_parse_response(buf, n + 3, no_body, false, 1 << 20, &r), want);
     }
+}
+
+TEST(url_lists)
+{
+    client_url u[4];
+    CHECK_EQ_INT(client_http_parse_urls("http://a:8080", u, 4), 1);
+    CHECK(strcmp(u[0].hostport, "a:8080") == 0);
+    CHECK_EQ_INT(client_http_parse_urls("http://a:8080,http://b:9090/chat/", u, 4), 2);
+    CHECK(strcmp(u[0].hostport, "a:8080") == 0 && u[0].prefix[0] == 0);
+    CHECK(strcmp(u[1].hostport, "b:9090") == 0 && strcmp(u[1].prefix, "/chat") == 0);
+    /* blanks around an entry are not part of it */
+    CHECK_EQ_INT(client_http_parse_urls(" http://a ,\thttp://[::1]:7 , http://c:1", u, 4), 3);
+    CHECK(strcmp(u[0].hostport, "a:80") == 0 && strcmp(u[1].hostport, "[::1]:7") == 0 &&
+          strcmp(u[2].hostport, "c:1") == 0);
+    /* every entry is checked: one bad one fails the list */
+    const char *bad[] = {"", ",", "http://a,", ",http://a", "http://a,,http://b", "http://a, ,http://b",
+                         "http://a,localhost:8080", "http://a,http://b:0", "http://a;http://b",
+                         "http://a http://b", "http://a,http://x/a?b"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = client_http_parse_urls(bad[i], u, 4);
+        if (rc != ERR_INVALID) fprintf(stderr, "  list '%s' -> %d\n", bad[i], rc);
+        CHECK_EQ_INT(rc, ERR_INVALID);
+    }
+    CHECK_EQ_INT(client_http_parse_urls("http://a,https://b", u, 4), ERR_UNSUPPORTED);
+    CHECK_EQ_INT(client_http_parse_urls("http://a,http://b,http://c", u, 2), ERR_TOO_LARGE);
+    CHECK_EQ_INT(client_http_parse_urls(NULL, u, 4), ERR_INVALID);
+    char longest[700];
+    memset(longest, 'h', sizeof longest - 1);
+    longest[sizeof longest - 1] = 0;
+    memcpy(longest, "http://", 7);
+    CHECK_EQ_INT(client_http_parse_urls(longest, u, 4), ERR_INVALID);
+}
+
+static void *t_malloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
+static void *t_realloc(void *ctx, void *p, size_t n) { (void)ctx; return realloc(p, n); }
+static void t_free(void *ctx, void *p) { (void)ctx; free(p); }
+static const parley_allocator test_libc_alloc = {t_malloc, t_realloc, t_free, NULL};
+
+/* A loopback listener: its port; *fd the socket (closed by the caller). */
+static int listener(int *fd)
+{
+    *fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(*fd, (struct sockaddr *)&a, sizeof a);
+    listen(*fd, 4);
+    socklen_t al = sizeof a;
+    getsockname(*fd, (struct sockaddr *)&a, &al);
+    return ntohs(a.sin_port);
+}
+
+TEST(connected_tells_where_a_request_failed)
+{
+    /* Refused: nothing was sent (the request may go to another server). */
+    int ls, port = listener(&ls);
+    close(ls);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    client_url u;
+    CHECK_EQ_INT(client_http_parse_url(url, &u), ERR_OK);
+    bool connected = true;
+    client_http_request rq = {"GET", "/healthz", NULL, NULL, 0, 2000, 0, &connected};
+    char *raw = NULL;
+    client_http_response r;
+    CHECK_EQ_INT(client_http_do(&test_libc_alloc, &u, &rq, &raw, &r), ERR_IO);
+    CHECK(!connected && raw == NULL);
+    /* Connected (the kernel's backlog takes it), the request sent, no
+     * answer: a failure after the connect. */
+    port = listener(&ls);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    CHECK_EQ_INT(client_http_parse_url(url, &u), ERR_OK);
+    connected = false;
+    rq.timeout_ms = 200;
+    CHECK_EQ_INT(client_http_do(&test_libc_alloc, &u, &rq, &raw, &r), ERR_TIMEOUT);
+    CHECK(connected && raw == NULL);
+    close(ls);
+    /* without the pointer nothing is written */
+    rq.connected = NULL;
+    port = listener(&ls);
+    close(ls);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    CHECK_EQ_INT(client_http_parse_url(url, &u), ERR_OK);
+    CHECK_EQ_INT(client_http_do(&test_libc_alloc, &u, &rq, &raw, &r), ERR_IO);
 }
 
 TEST(responses)
@@ -168,6 +257,8 @@ int main(void)
 {
     test_seed();
     RUN(urls);
+    RUN(url_lists);
+    RUN(connected_tells_where_a_request_failed);
     RUN(responses);
     RUN(response_limits_and_eof);
     RUN(random_splits_chunked);
