@@ -6,13 +6,8 @@
 #include <time.h>
 #include <uv.h>
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wshadow"
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
-#include <hiredis/adapters/libuv.h>
-#pragma GCC diagnostic pop
 
 #include "base/config.h"
 #include "base/err.h"
@@ -221,7 +216,7 @@ void bus_touch(bus *b, uint64_t uid)
     if (b->ndirty == b->dirty_cap) {
         size_t cap = b->dirty_cap ? b->dirty_cap * 2 : 256;
         uint64_t *v = realloc(b->dirty, cap * sizeof *v);
-        if (!v) { /* the next touch of anyone settles it: sweep() re-checks every channel */
+        if (!v) { /* lost: this uid's channel settles at its next touch */
             uv_mutex_unlock(&b->mu);
             return;
         }
@@ -451,6 +446,13 @@ static void on_published(redisAsyncContext *ac, void *reply, void *priv)
         count(&b->n_dropped, 1);
         return;
     }
+    if (((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+        uv_mutex_lock(&b->mu);
+        b->lost = true;
+        uv_mutex_unlock(&b->mu);
+        count(&b->n_dropped, 1);
+        return;
+    }
     count(&b->n_published, 1);
     uint64_t at = (uint64_t)(uintptr_t)priv, t = now_ns();
     hist_observe(&b->latency, &hist_seconds, t > at ? t - at : 0);
@@ -472,6 +474,9 @@ static void publish_item(bus *b, item *it)
     if (h < 0) {
         free(buf);
         count(&b->n_dropped, 1);
+        uv_mutex_lock(&b->mu);
+        b->lost = true;
+        uv_mutex_unlock(&b->mu);
         return;
     }
     if (jlen) memcpy(buf + h, json->data, jlen);
@@ -507,6 +512,80 @@ static void drain(bus *b)
         publish_item(b, it);
         item_free(it);
     }
+    /* Events were dropped while the publisher was up (the queue
+     * overflowed, no memory, unanswered): once the queue is empty, the
+     * others' sessions resync. */
+    if (b->pub.ac && b->pub.up) {
+        uv_mutex_lock(&b->mu);
+        bool lost = b->lost && !b->head;
+        if (lost) b->lost = false;
+        uv_mutex_unlock(&b->mu);
+        if (lost) {
+            item it = {.kind = BUSMSG_RESYNC, .at = now_ns()};
+            log_warn("bus: events for other nodes were dropped; every node's sessions resync", NULL);
+            publish_item(b, &it);
+        }
+    }
+}
+
+/* ---- hiredis on this loop ------------------------------------------------------------ */
+
+/* hiredis's event hooks on a uv_poll_t. Not Debian's adapters/libuv.h
+ * (hiredis 0.14.1): that one returns on a poll error without telling
+ * hiredis, so a connection Redis reset (POLLERR) was never seen as lost;
+ * here an error status makes hiredis read, find the error and disconnect. */
+typedef struct poller {
+    uv_poll_t handle;
+    redisAsyncContext *ac;     /* NULL once hiredis cleaned up */
+    int events;
+} poller;
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    poller *p = h->data;
+    if (p->ac && (status < 0 || (events & UV_READABLE))) redisAsyncHandleRead(p->ac);
+    if (p->ac && status == 0 && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->ac);
+}
+
+static void poll_update(poller *p, int add, int del)
+{
+    p->events = (p->events | add) & ~del;
+    if (p->events) uv_poll_start(&p->handle, p->events, on_poll);
+    else uv_poll_stop(&p->handle);
+}
+
+static void add_read(void *d) { poll_update(d, UV_READABLE, 0); }
+static void del_read(void *d) { poll_update(d, 0, UV_READABLE); }
+static void add_write(void *d) { poll_update(d, UV_WRITABLE, 0); }
+static void del_write(void *d) { poll_update(d, 0, UV_WRITABLE); }
+
+static void poller_closed(uv_handle_t *h) { free(h->data); }
+
+static void cleanup(void *d)
+{
+    poller *p = d;
+    if (!p) return;
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->handle, poller_closed);
+}
+
+static int attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    poller *p = calloc(1, sizeof *p);
+    if (!p) return REDIS_ERR;
+    if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) {
+        free(p);
+        return REDIS_ERR;
+    }
+    p->handle.data = p;
+    p->ac = ac;
+    ac->ev.data = p;
+    ac->ev.addRead = add_read;
+    ac->ev.delRead = del_read;
+    ac->ev.addWrite = add_write;
+    ac->ev.delWrite = del_write;
+    ac->ev.cleanup = cleanup;
+    return REDIS_OK;
 }
 
 /* ---- the connections (the bus thread) ------------------------------------------- */
@@ -525,6 +604,14 @@ static void set_up(bus *b, rlink *l, bool up)
             uintptr_t st = (uintptr_t)s->val;
             if (s->key && (st == SUB_CONFIRMED || st == SUB_RESUBSCRIBE)) s->val = (void *)(uintptr_t)SUB_PENDING;
         }
+        /* an UNSUBSCRIBE that was never answered: nothing left to wait for */
+        uint64_t *gone = malloc((b->subs.count + 1) * sizeof *gone);
+        size_t ngone = 0;
+        for (size_t i = 0; gone && i < b->subs.cap; i++)
+            if (b->subs.slots[i].key && (uintptr_t)b->subs.slots[i].val == SUB_UNSUBSCRIBING)
+                gone[ngone++] = b->subs.slots[i].key;
+        for (size_t i = 0; i < ngone; i++) u64map_del(&b->subs, gone[i]);
+        free(gone);
         uv_cond_broadcast(&b->cond);
     }
     uv_mutex_unlock(&b->mu);
@@ -539,8 +626,11 @@ static void retry_later(rlink *l)
 }
 
 /* The channels wanted at a (re)connect, then parley:all. */
+static void settle(bus *b);
+
 static void subscribe_all(bus *b)
 {
+    settle(b); /* touches not yet seen: their channels go in this round */
     uv_mutex_lock(&b->mu);
     /* unsubscribing ones are simply not subscribed again */
     uint64_t *v = malloc((b->subs.count + 1) * sizeof *v);
@@ -580,17 +670,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         subscribe_all(b);
         return;
     }
-    drain(b);
-    uv_mutex_lock(&b->mu);
-    bool lost = b->lost;
-    b->lost = false;
-    uv_mutex_unlock(&b->mu);
-    if (lost) { /* the others missed some of ours: all their sessions resync */
-        item it = {.kind = BUSMSG_RESYNC, .at = now_ns()};
-        log_warn("bus: events for other nodes were dropped while Redis was away; every "
-                 "node's sessions resync", NULL);
-        publish_item(b, &it);
-    }
+    drain(b); /* what was kept, then a resync if some had to be dropped */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -619,7 +699,7 @@ static void connect_link(bus *b, rlink *l)
         return;
     }
     ac->data = l;
-    if (redisLibuvAttach(ac, &b->loop) != REDIS_OK) {
+    if (attach(ac, &b->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         retry_later(l);
         return;

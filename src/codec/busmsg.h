@@ -24,9 +24,9 @@
 #include "base/err.h"
 
 #define BUSMSG_NODE_MAX 64
-/* The longest header: "P1 " + node + kind + three 20-digit numbers, the
- * spaces and the newline. */
-#define BUSMSG_HEADER_MAX (3 + BUSMSG_NODE_MAX + 1 + 8 + 3 * 21 + 1)
+/* Room for the longest header: "P1 " + node + kind + three 20-digit
+ * numbers, the spaces, the newline, and snprintf's NUL. */
+#define BUSMSG_HEADER_MAX (3 + BUSMSG_NODE_MAX + 1 + 8 + 3 * 21 + 1 + 1)
 
 enum busmsg_kind {
     BUSMSG_MSG = 1,   /* "msg": a message frame (normal lane) */

@@ -265,3 +265,34 @@ def test_bus_flags_are_checked(tmp_path, pg_database, redis):
         r = run_parleyd(tmp_path, "--store", pg_database.dsn, *flags, *web)
         assert r.returncode != 0, (flags, r)
         assert r.stderr, flags
+
+
+def test_a_connection_redis_reset_is_seen_as_lost(parley, pg_database, redis):
+    """Redis frozen with a PUBLISH unread, then killed: the kernel resets the
+    connections (not a clean close). The node must see both as lost (503),
+    and serve again once Redis is back."""
+    import os
+    import signal
+    n1 = node(parley, pg_database, redis, "n1")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+
+    async def go():
+        cb = await Client.open(b)
+        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            assert a.post(f"/v1/conversations/{conv}/messages",
+                          {"cmid": "frozen", "body": 1}).status_code == 201
+            await cb.wait_type("msg", cmid="frozen")  # delivered here, published to Redis
+            await asyncio.sleep(0.2)
+        finally:
+            os.kill(redis.pid, signal.SIGKILL)
+        st = poll(lambda: health(n1), lambda h: h[0] == 503)
+        assert st == (503, {"status": "unavailable", "bus": "down"}), st
+        redis.restart()
+        assert poll(lambda: health(n1), lambda h: h[0] == 200) == (200, {"status": "ok"})
+        assert (await cb.wait_type("resync"))["reason"] == "bus"
+        await cb.close()
+
+    arun(go())
