@@ -69,7 +69,6 @@ struct bus {
     uv_loop_t loop;
     uv_async_t wake;
     uv_timer_t timer;
-    bool thread_started;
     /* under mu */
     uv_mutex_t mu;
     uv_cond_t cond;            /* a channel confirmed, or the subscriber lost */
@@ -797,7 +796,6 @@ int bus_start(bus **out, const bus_options *o)
         free(b);
         return ERR_IO;
     }
-    b->thread_started = true;
     *out = b;
     return ERR_OK;
 }

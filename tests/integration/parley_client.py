@@ -672,6 +672,22 @@ def get_metrics(port):
     return parse_metrics(resp.body.decode())
 
 
+def poll(get, ok, timeout=20 * SLOW, every=0.05):
+    """get() until ok(result) (bounded); the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = get()
+        if ok(r) or time.monotonic() > deadline:
+            return r
+        time.sleep(every)
+
+
+def on(srv, u):
+    """u's session (same token) used through another server or node: tokens
+    are the store's."""
+    return User(srv, u.name, u.token, u.device, u.expires, u.password)
+
+
 def poll_metric(port, name, want, timeout=T):
     """Polls /metrics until metric == want (bounded); returns the last value."""
     deadline = time.monotonic() + timeout

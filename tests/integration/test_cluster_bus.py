@@ -9,30 +9,17 @@ parley's on the bus is counted and ignored; bad flags are refused.
 """
 
 import asyncio
-import json
-import time
 
-from parley_client import (SLOW, Client, User, arun, direct, get_metrics, group, history, login,
+from parley_client import (Client, arun, direct, get_metrics, group, history, login, on, poll,
                            mval, rest, run_parleyd, users)
 
 
-def poll(get, ok, timeout=20 * SLOW):
-    """get() until ok(result) (bounded); the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = get()
-        if ok(r) or time.monotonic() > deadline:
-            return r
-        time.sleep(0.05)
 
 
 def node(parley, db, redis, name):
     return parley("--store", db.dsn, "--bus", redis.url, "--node-id", name)
 
 
-def on(srv, u):
-    """u's session, used through another node (tokens are the database's)."""
-    return User(srv, u.name, u.token, u.device, u.expires)
 
 
 def health(srv):

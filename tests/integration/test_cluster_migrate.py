@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from parley_client import (PARLEYD, SLOW, T, Client, User, arun, conv_get, direct, group,
+from parley_client import (PARLEYD, SLOW, T, Client, User, arun, conv_get, direct, group, on,
                            history, inbox, login, receipts, register, rest, send_rest)
 
 EMBEDDED = ("--store", "")  # embedded even when PARLEY_TEST_PG runs the suite on PostgreSQL
@@ -53,9 +53,6 @@ def wait_cursor(user, conv, name, want):
         time.sleep(0.05)
 
 
-def on(srv, u):
-    """u's session (same token) on another server."""
-    return User(srv, u.name, u.token, u.device, u.expires, u.password)
 
 
 BODIES = [

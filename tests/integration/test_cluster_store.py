@@ -19,18 +19,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from parley_client import (PARLEYD, SLOW, RawWS, User, direct, group, history, inbox_pages,
+from parley_client import (PARLEYD, SLOW, RawWS, User, direct, group, history, inbox_pages, on, poll,
                            login_attempt, rest, run_parleyd, send_rest, users)
 
 
-def poll(get, ok, timeout=20 * SLOW):
-    """get() until ok(result) (bounded); the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        r = get()
-        if ok(r) or time.monotonic() > deadline:
-            return r
-        time.sleep(0.1)
 
 
 def node(parley, dsn, *flags):
@@ -38,9 +30,6 @@ def node(parley, dsn, *flags):
     return parley("--store", dsn, *flags)
 
 
-def on(srv, u):
-    """u's session, used through another node (tokens are the database's)."""
-    return User(srv, u.name, u.token, u.device, u.expires)
 
 
 def test_schema_is_migrated_at_start_and_a_newer_one_is_refused(parley, pg_database, tmp_path):
