@@ -7,7 +7,7 @@ the server serves normally afterwards."""
 import json
 
 from parley_client import (OP_TEXT, RawHTTP, RawWS, get_metrics, group, history, make_frame,
-                           send_rest, users)
+                           poll, send_rest, users)
 
 CONNS = 30
 MESSAGES = 40
@@ -84,7 +84,8 @@ def test_read_flood_answered_busy_not_a_crash(parley):
         while f["type"] == "presence":
             f = json.loads(ws.recv_text())
         assert f["type"] == "history" and [m["cmid"] for m in f["messages"]] == ["m39"], f
-    # /metrics counts the busy answers and shows the queue drained.
-    m = get_metrics(srv.port)
+    # /metrics counts the busy answers and shows the queue drained (the
+    # closes above queue presence reads of their own: polled, bounded).
+    m = poll(lambda: get_metrics(srv.port), lambda m: m["parley_read_queue"] == 0)
     assert m["parley_reads_refused_total"] >= busy, m
     assert m["parley_read_queue"] == 0 and m["parley_reads_total"] > 0, m
