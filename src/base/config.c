@@ -114,6 +114,8 @@ static const opt opts[] = {
     {"node-id", STR(node_id), .def_str = "", .shown = "host name + random", .arg = "ID",
      .help = "this node's name in the cluster: 1-64 of A-Z a-z 0-9 . _ -, unique per node",
      .check = is_node_id, .check_what = "1-64 of A-Z a-z 0-9 . _ -"},
+    {"node-ttl", U32(node_ttl_ms, U_MS), .def = 10000, .min = 300, .max = 600000, .arg = "MS",
+     .help = "with --bus: a node silent this long is taken for dead and its sessions stop counting"},
     {"web-dir", STR(web_dir), .def_str = "./web", .arg = "DIR",
      .help = "static files served at /"},
     {"threads", INT(threads), .def_fn = cores, .shown = "cores", .min = 1, .max = 256, .arg = "N",

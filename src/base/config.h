@@ -35,6 +35,7 @@ typedef struct config {
     char store_url[512];         /* --store, "": the embedded store in data_dir */
     char bus_url[512];           /* --bus, "": no bus (one node) */
     char node_id[65];            /* --node-id, "": the host name and a random suffix */
+    uint32_t node_ttl_ms;        /* --node-ttl, a silent node's sessions stop counting, 10000 */
     char web_dir[512];           /* --web-dir, default ./web */
     int threads;                 /* --threads, default: number of cores */
     int log_level;               /* --log-level, default info */

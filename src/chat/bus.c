@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <hiredis/hiredis.h>
@@ -23,6 +24,75 @@
 #define TICK_MS 100
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define QUERY_CONNS 4          /* blocking connections kept for the read-pool queries */
+#define ROSTER_USER "parley:p:"
+#define ROSTER_NODE "parley:pn:"
+#define ROSTER_BEAT "parley:node:"
+#define ROSTER_NODES "parley:nodes"
+
+/* The roster's scripts (bus.h). Keys beyond KEYS are built inside: one
+ * Redis, not Redis Cluster (docs/cluster.md). */
+
+/* A user's count on this node, absolute: {total before, total after}.
+ * KEYS: the user's hash, this node's set; ARGV: node, count, uid. */
+static const char TOUCH_LUA[] =
+    "local before = 0\n"
+    "for _, v in ipairs(redis.call('HVALS', KEYS[1])) do before = before + tonumber(v) end\n"
+    "local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n"
+    "local c = tonumber(ARGV[2])\n"
+    "if c > 0 then\n"
+    "  redis.call('HSET', KEYS[1], ARGV[1], c)\n"
+    "  redis.call('SADD', KEYS[2], ARGV[3])\n"
+    "else\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "  redis.call('SREM', KEYS[2], ARGV[3])\n"
+    "end\n"
+    "return {before, before - mine + c}\n";
+
+/* The heartbeat, then the sweep of dead nodes: {1 if our beat was still
+ * there, the users left with no session}. KEYS: the node list, our beat;
+ * ARGV: node, nonce, ttl ms. */
+static const char BEAT_LUA[] =
+    "local old = redis.call('GET', KEYS[2])\n"
+    "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
+    "redis.call('SADD', KEYS[1], ARGV[1])\n"
+    "local gone = {}\n"
+    "for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if redis.call('EXISTS', '" ROSTER_BEAT "' .. n) == 0 then\n"
+    "    for _, u in ipairs(redis.call('SMEMBERS', '" ROSTER_NODE "' .. n)) do\n"
+    "      local k = '" ROSTER_USER "' .. u\n"
+    "      redis.call('HDEL', k, n)\n"
+    "      if redis.call('EXISTS', k) == 0 then gone[#gone + 1] = u end\n"
+    "    end\n"
+    "    redis.call('DEL', '" ROSTER_NODE "' .. n)\n"
+    "    redis.call('SREM', KEYS[1], n)\n"
+    "  end\n"
+    "end\n"
+    "return {old == ARGV[2] and 1 or 0, gone}\n";
+
+/* This node's whole part, written again: {users now online who were not,
+ * users no longer online}. KEYS: this node's set; ARGV: node, then uid and
+ * count pairs. */
+static const char SYNC_LUA[] =
+    "local node = ARGV[1]\n"
+    "local want = {}\n"
+    "for i = 2, #ARGV - 1, 2 do want[ARGV[i]] = ARGV[i + 1] end\n"
+    "local on, off = {}, {}\n"
+    "for _, u in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if not want[u] then\n"
+    "    local k = '" ROSTER_USER "' .. u\n"
+    "    redis.call('HDEL', k, node)\n"
+    "    if redis.call('EXISTS', k) == 0 then off[#off + 1] = u end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "for u, c in pairs(want) do\n"
+    "  local k = '" ROSTER_USER "' .. u\n"
+    "  if redis.call('EXISTS', k) == 0 then on[#on + 1] = u end\n"
+    "  redis.call('HSET', k, node, c)\n"
+    "  redis.call('SADD', KEYS[1], u)\n"
+    "end\n"
+    "return {on, off}\n";
 
 /* A channel's state in `subs` (the channels wanted, and where each stands
  * with Redis). hiredis keeps one callback per channel and drops it when
@@ -85,8 +155,18 @@ struct bus {
     uint32_t inflight;         /* PUBLISH commands unanswered */
     bool resync_pending;       /* at parley:all's confirmation: resync the local sessions */
     hist latency;              /* queued -> PUBLISH answered, ns */
+    char nonce[24];            /* this process's heartbeat value */
+    char beat_key[sizeof ROSTER_BEAT + BUSMSG_NODE_MAX];
+    char node_key[sizeof ROSTER_NODE + BUSMSG_NODE_MAX];
+    uint64_t next_beat;        /* ms */
+    bool beat_first;           /* the first heartbeat since the publisher connected */
+    /* blocking connections for the queries, under qmu */
+    uv_mutex_t qmu;
+    redisContext *qfree[QUERY_CONNS];
+    int nqfree;
     /* counters (atomic) */
     uint64_t n_published, n_received, n_dropped, n_refused, n_reconnects, n_resyncs;
+    uint64_t n_syncs, n_swept, n_roster_errors;
 };
 
 static uint64_t now_ns(void)
@@ -229,7 +309,7 @@ void bus_touch(bus *b, uint64_t uid)
 
 void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms)
 {
-    if (!b->ops->wanted(b->ctx, uid)) return; /* no session here: nothing to miss */
+    if (b->ops->sessions(b->ctx, uid) <= 0) return; /* no session here: nothing to miss */
     uint64_t end = now_ns() + (uint64_t)timeout_ms * 1000000u;
     uv_mutex_lock(&b->mu);
     for (;;) {
@@ -286,8 +366,16 @@ static void send_channels(bus *b, const char *cmd, const uint64_t *uids, size_t 
     free(names);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void touch_roster(bus *b, uint64_t uid, int count_here);
+
 /* Settles the touched uids: a channel for every user with a session here,
- * none for the others. */
+ * none for the others, and their counts in the roster. */
 static void settle(bus *b)
 {
     uv_mutex_lock(&b->mu);
@@ -297,13 +385,17 @@ static void settle(bus *b)
     b->ndirty = b->dirty_cap = 0;
     uv_mutex_unlock(&b->mu);
     if (!n) { free(v); return; }
+    qsort(v, n, sizeof *v, cmp_u64);
     size_t nsub = 0, nunsub = 0;
     uint64_t *sub = malloc(n * sizeof *sub), *unsub = malloc(n * sizeof *unsub);
     if (!sub || !unsub) { free(sub); free(unsub); free(v); return; }
     for (size_t i = 0; i < n; i++) {
-        bool want = b->ops->wanted(b->ctx, v[i]);
+        if (i && v[i] == v[i - 1]) continue;
+        int count_here = b->ops->sessions(b->ctx, v[i]);
+        bool want = count_here > 0, was;
         uv_mutex_lock(&b->mu);
         uintptr_t st = (uintptr_t)u64map_get(&b->subs, v[i]);
+        was = st == SUB_PENDING || st == SUB_CONFIRMED || st == SUB_RESUBSCRIBE;
         if (want) {
             if (!st) {
                 if (u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_PENDING) == ERR_OK)
@@ -322,6 +414,10 @@ static void settle(bus *b)
             u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_UNSUBSCRIBING);
         }
         uv_mutex_unlock(&b->mu);
+        /* The roster decides who is online in the cluster; without it, this
+         * node's own first and last sessions do. */
+        if (b->pub.ac && b->pub.up) touch_roster(b, v[i], count_here);
+        else if (want != was) b->ops->presence(b->ctx, v[i], want);
     }
     send_channels(b, "SUBSCRIBE", sub, nsub, false);
     send_channels(b, "UNSUBSCRIBE", unsub, nunsub, false);
@@ -527,6 +623,225 @@ static void drain(bus *b)
     }
 }
 
+/* ---- the roster (the bus thread; bus.h) ------------------------------------------ */
+
+static void roster_error(bus *b, const redisReply *r)
+{
+    if (read_count(&b->n_roster_errors) == 0)
+        log_warn("bus: Redis refused a roster script (counted in parley_bus_roster_errors_total; "
+                 "logged once)", "err=\"%s\"", r && r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    count(&b->n_roster_errors, 1);
+}
+
+static uint64_t reply_uid(const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER) return r->integer > 0 ? (uint64_t)r->integer : 0;
+    if (r->type != REDIS_REPLY_STRING || !r->len || r->len > 20) return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < r->len; i++) {
+        if (r->str[i] < '0' || r->str[i] > '9') return 0;
+        v = v * 10 + (uint64_t)(r->str[i] - '0');
+    }
+    return v;
+}
+
+/* ops->presence for each uid of an array reply. */
+static void presence_list(bus *b, const redisReply *r, bool online)
+{
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        uint64_t uid = reply_uid(r->element[i]);
+        if (uid) b->ops->presence(b->ctx, uid, online);
+    }
+}
+
+static void on_touched(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    const redisReply *r = reply;
+    if (!r) return; /* lost with the connection: the sync at the next one settles it */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
+        roster_error(b, r);
+        return;
+    }
+    long long before = r->element[0]->integer, after = r->element[1]->integer;
+    uint64_t uid = (uint64_t)(uintptr_t)priv;
+    if ((before > 0) != (after > 0)) b->ops->presence(b->ctx, uid, after > 0);
+}
+
+static void touch_roster(bus *b, uint64_t uid, int count_here)
+{
+    char ukey[CHAN_MAX], uarg[24], carg[16];
+    size_t ul = (size_t)snprintf(ukey, sizeof ukey, ROSTER_USER "%llu", (unsigned long long)uid);
+    size_t al = (size_t)snprintf(uarg, sizeof uarg, "%llu", (unsigned long long)uid);
+    size_t cl = (size_t)snprintf(carg, sizeof carg, "%d", count_here > 0 ? count_here : 0);
+    const char *argv[] = {"EVAL", TOUCH_LUA, "2", ukey, b->node_key, b->node, carg, uarg};
+    size_t lens[] = {4, sizeof TOUCH_LUA - 1, 1, ul, strlen(b->node_key), strlen(b->node), cl, al};
+    redisAsyncCommandArgv(b->pub.ac, on_touched, (void *)(uintptr_t)uid, 8, argv, lens);
+}
+
+static void on_synced(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    const redisReply *r = reply;
+    if (!r) return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        roster_error(b, r);
+        return;
+    }
+    count(&b->n_syncs, 1);
+    presence_list(b, r->element[0], true);
+    presence_list(b, r->element[1], false);
+}
+
+/* This node's whole part of the roster, from the users subscribed here. */
+static void sync_roster(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    size_t n = 0, cap = b->subs.count;
+    uint64_t *v = malloc((cap + 1) * sizeof *v);
+    for (size_t i = 0; v && i < b->subs.cap; i++) {
+        uintptr_t st = (uintptr_t)b->subs.slots[i].val;
+        if (b->subs.slots[i].key && st != SUB_UNSUBSCRIBING) v[n++] = b->subs.slots[i].key;
+    }
+    uv_mutex_unlock(&b->mu);
+    size_t argc = 5 + 2 * n;
+    const char **argv = v ? malloc(argc * sizeof *argv) : NULL;
+    size_t *lens = argv ? malloc(argc * sizeof *lens) : NULL;
+    char *text = lens ? malloc(n * 40 + 1) : NULL;
+    if (!text) { /* the next heartbeat tries again */
+        free(v); free(argv); free(lens);
+        b->beat_first = true;
+        return;
+    }
+    argv[0] = "EVAL"; lens[0] = 4;
+    argv[1] = SYNC_LUA; lens[1] = sizeof SYNC_LUA - 1;
+    argv[2] = "1"; lens[2] = 1;
+    argv[3] = b->node_key; lens[3] = strlen(b->node_key);
+    argv[4] = b->node; lens[4] = strlen(b->node);
+    size_t k = 5;
+    char *p = text;
+    for (size_t i = 0; i < n; i++) {
+        int c = b->ops->sessions(b->ctx, v[i]);
+        if (c <= 0) continue; /* closed meanwhile: its touch is on its way */
+        int a = sprintf(p, "%llu", (unsigned long long)v[i]);
+        argv[k] = p; lens[k++] = (size_t)a; p += a;
+        a = sprintf(p, "%d", c);
+        argv[k] = p; lens[k++] = (size_t)a; p += a;
+    }
+    redisAsyncCommandArgv(b->pub.ac, on_synced, NULL, (int)k, argv, lens);
+    free(text); free(lens); free(argv); free(v);
+}
+
+static void on_beat(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    const redisReply *r = reply;
+    if (!r) return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER) {
+        roster_error(b, r);
+        return;
+    }
+    /* Our heartbeat had lapsed (Redis restarted, or we were silent past the
+     * TTL and swept), or the publisher is new: our part is written again. */
+    if ((b->beat_first || r->element[0]->integer != 1) && b->pub.ac && b->pub.up) {
+        if (!b->beat_first)
+            log_warn("bus: this node's heartbeat was gone from Redis; its sessions are written "
+                     "again", "node=%s", b->node);
+        b->beat_first = false;
+        sync_roster(b);
+    }
+    const redisReply *gone = r->element[1];
+    if (gone->type == REDIS_REPLY_ARRAY && gone->elements) {
+        count(&b->n_swept, gone->elements);
+        log_info("bus: a dead node's users are offline", "users=%zu", gone->elements);
+        presence_list(b, gone, false);
+    }
+}
+
+static void beat(bus *b)
+{
+    char ttl[16];
+    size_t tl = (size_t)snprintf(ttl, sizeof ttl, "%u", b->o.node_ttl_ms);
+    const char *argv[] = {"EVAL", BEAT_LUA, "2", ROSTER_NODES, b->beat_key, b->node, b->nonce, ttl};
+    size_t lens[] = {4, sizeof BEAT_LUA - 1, 1, strlen(ROSTER_NODES), strlen(b->beat_key),
+                     strlen(b->node), strlen(b->nonce), tl};
+    redisAsyncCommandArgv(b->pub.ac, on_beat, NULL, 8, argv, lens);
+    b->next_beat = now_ms() + b->o.node_ttl_ms / 4;
+}
+
+/* ---- the queries (read-pool threads; bus.h) --------------------------------------- */
+
+static redisContext *query_take(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    bool up = b->pub_up && !b->stopping;
+    uv_mutex_unlock(&b->mu);
+    if (!up) return NULL; /* known to be down: no wait */
+    redisContext *c = NULL;
+    uv_mutex_lock(&b->qmu);
+    if (b->nqfree) c = b->qfree[--b->nqfree];
+    uv_mutex_unlock(&b->qmu);
+    if (c) return c;
+    struct timeval tv = {BUS_QUERY_TIMEOUT_MS / 1000, (BUS_QUERY_TIMEOUT_MS % 1000) * 1000};
+    c = redisConnectWithTimeout(b->host, b->port, tv);
+    if (c && !c->err && redisSetTimeout(c, tv) == REDIS_OK) return c;
+    if (c) redisFree(c);
+    return NULL;
+}
+
+static void query_give(bus *b, redisContext *c, bool ok)
+{
+    if (ok && !c->err) {
+        uv_mutex_lock(&b->qmu);
+        if (b->nqfree < QUERY_CONNS) {
+            b->qfree[b->nqfree++] = c;
+            c = NULL;
+        }
+        uv_mutex_unlock(&b->qmu);
+    }
+    if (c) redisFree(c);
+}
+
+int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on)
+{
+    if (!n) return ERR_OK;
+    redisContext *c = query_take(b);
+    if (!c) return ERR_UNAVAILABLE;
+    for (size_t i = 0; i < n; i++)
+        redisAppendCommand(c, "EXISTS " ROSTER_USER "%llu", (unsigned long long)uids[i]);
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r) { ok = false; break; }
+        on[i] = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        if (r->type != REDIS_REPLY_INTEGER) ok = false;
+        freeReplyObject(r);
+    }
+    query_give(b, c, ok);
+    return ok ? ERR_OK : ERR_UNAVAILABLE;
+}
+
+int bus_remote_sessions(bus *b, uint64_t uid, int *n)
+{
+    *n = 0;
+    redisContext *c = query_take(b);
+    if (!c) return ERR_UNAVAILABLE;
+    redisReply *r = redisCommand(c, "HGETALL " ROSTER_USER "%llu", (unsigned long long)uid);
+    bool ok = r && r->type == REDIS_REPLY_ARRAY;
+    for (size_t i = 0; ok && i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+        if (k->len == strlen(b->node) && !memcmp(k->str, b->node, k->len)) continue;
+        long x = strtol(v->str, NULL, 10);
+        if (x > 0 && x < 1000000) *n += (int)x;
+    }
+    if (r) freeReplyObject(r);
+    query_give(b, c, ok);
+    return ok ? ERR_OK : ERR_UNAVAILABLE;
+}
+
 /* ---- hiredis on this loop ------------------------------------------------------------ */
 
 /* hiredis's event hooks on a uv_poll_t. Not Debian's adapters/libuv.h
@@ -669,6 +984,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
         subscribe_all(b);
         return;
     }
+    b->beat_first = true;
+    beat(b);  /* then this node's part of the roster, written again */
     drain(b); /* what was kept, then a resync if some had to be dropped */
 }
 
@@ -727,6 +1044,7 @@ static void on_tick(uv_timer_t *t)
     bus *b = t->data;
     tend(b, &b->sub);
     tend(b, &b->pub);
+    if (b->pub.ac && b->pub.up && now_ms() >= b->next_beat) beat(b);
     drain(b);
 }
 
@@ -772,15 +1090,25 @@ int bus_start(bus **out, const bus_options *o)
     if (!b->o.max_queue_bytes) b->o.max_queue_bytes = BUS_MAX_QUEUE_DEFAULT;
     if (!b->o.max_inflight) b->o.max_inflight = BUS_MAX_INFLIGHT_DEFAULT;
     if (!b->o.connect_timeout_ms) b->o.connect_timeout_ms = BUS_CONNECT_TIMEOUT_DEFAULT;
+    if (!b->o.node_ttl_ms) b->o.node_ttl_ms = BUS_NODE_TTL_DEFAULT;
     b->ops = o->ops;
     b->ctx = o->ctx;
     snprintf(b->node, sizeof b->node, "%s", o->node);
+    snprintf(b->beat_key, sizeof b->beat_key, ROSTER_BEAT "%s", o->node);
+    snprintf(b->node_key, sizeof b->node_key, ROSTER_NODE "%s", o->node);
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(b->nonce, sizeof b->nonce, "%lx.%lx", (unsigned long)ts.tv_sec ^ (unsigned long)getpid(),
+                 (unsigned long)ts.tv_nsec);
+    }
     if (parse_url(b, o->url ? o->url : "") < 0) { free(b); return ERR_INVALID; }
     b->sub = (rlink){.b = b, .name = "subscriber", .backoff = BACKOFF_MIN_MS};
     b->pub = (rlink){.b = b, .name = "publisher", .backoff = BACKOFF_MIN_MS};
     u64map_init(&b->subs);
     if (uv_loop_init(&b->loop) != 0) { free(b); return ERR_IO; }
     uv_mutex_init(&b->mu);
+    uv_mutex_init(&b->qmu);
     uv_cond_init(&b->cond);
     uv_async_init(&b->loop, &b->wake, on_wake);
     b->wake.data = b;
@@ -792,6 +1120,7 @@ int bus_start(bus **out, const bus_options *o)
         uv_run(&b->loop, UV_RUN_DEFAULT);
         uv_loop_close(&b->loop);
         uv_cond_destroy(&b->cond);
+        uv_mutex_destroy(&b->qmu);
         uv_mutex_destroy(&b->mu);
         free(b);
         return ERR_IO;
@@ -816,7 +1145,9 @@ void bus_stop(bus *b)
     }
     u64map_free(&b->subs);
     free(b->dirty);
+    for (int i = 0; i < b->nqfree; i++) redisFree(b->qfree[i]);
     uv_cond_destroy(&b->cond);
+    uv_mutex_destroy(&b->qmu);
     uv_mutex_destroy(&b->mu);
     free(b);
 }
@@ -848,11 +1179,19 @@ int bus_render_metrics(bus *b, char *out, size_t cap)
         "# HELP parley_bus_subscriptions User channels this node subscribes to\n"
         "# TYPE parley_bus_subscriptions gauge\nparley_bus_subscriptions %zu\n"
         "# HELP parley_bus_queue_bytes Events waiting for the publisher\n"
-        "# TYPE parley_bus_queue_bytes gauge\nparley_bus_queue_bytes %zu\n",
+        "# TYPE parley_bus_queue_bytes gauge\nparley_bus_queue_bytes %zu\n"
+        "# HELP parley_bus_roster_syncs_total Times this node wrote its whole part of the roster\n"
+        "# TYPE parley_bus_roster_syncs_total counter\nparley_bus_roster_syncs_total %llu\n"
+        "# HELP parley_bus_swept_total Users found offline because the node holding them died\n"
+        "# TYPE parley_bus_swept_total counter\nparley_bus_swept_total %llu\n"
+        "# HELP parley_bus_roster_errors_total Roster scripts Redis refused\n"
+        "# TYPE parley_bus_roster_errors_total counter\nparley_bus_roster_errors_total %llu\n",
         up ? 1 : 0, (unsigned long long)read_count(&b->n_reconnects),
         (unsigned long long)read_count(&b->n_published), (unsigned long long)read_count(&b->n_received),
         (unsigned long long)read_count(&b->n_dropped), (unsigned long long)read_count(&b->n_refused),
-        (unsigned long long)read_count(&b->n_resyncs), subs, queued);
+        (unsigned long long)read_count(&b->n_resyncs), subs, queued,
+        (unsigned long long)read_count(&b->n_syncs), (unsigned long long)read_count(&b->n_swept),
+        (unsigned long long)read_count(&b->n_roster_errors));
     if (n < 0 || (size_t)n >= cap) return ERR_TOO_LARGE;
     const hist *h[1] = {&b->latency};
     int k = metrics_render_hist(out + n, cap - (size_t)n, "parley_bus_publish_seconds",

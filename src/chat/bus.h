@@ -28,9 +28,11 @@
  *
  * Threads: the bus has its own thread and libuv loop, which owns both Redis
  * connections (hiredis on its libuv adapter: one subscribes, one
- * publishes). bus_publish, bus_revoke and bus_touch may be called from any
- * thread: they queue under a mutex and wake the bus thread. The ops run on
- * the bus thread. bus_wait runs on a read-pool thread; bus_healthy and
+ * publishes; the publisher also keeps the roster below). bus_publish,
+ * bus_revoke and bus_touch may be called from any thread: they queue under
+ * a mutex and wake the bus thread. The ops run on the bus thread (sessions
+ * also on read-pool threads). bus_wait, bus_online and
+ * bus_remote_sessions run on a read-pool thread; bus_healthy and
  * bus_render_metrics on any.
  *
  * Ownership: the bus takes its own references to the audiences and events
@@ -60,8 +62,14 @@ typedef struct bus_ops {
     /* The local sessions of these users must resync (the audience is
      * borrowed; take a reference to keep it). */
     void (*resync)(void *ctx, audience *uids);
-    /* Whether uid has a session on this node now. */
-    bool (*wanted)(void *ctx, uint64_t uid);
+    /* How many sessions uid has on this node now (0: none). Any thread
+     * (the bus thread and read-pool threads call it). */
+    int (*sessions)(void *ctx, uint64_t uid);
+    /* uid came online in the cluster (its first session anywhere) or went
+     * offline (its last one closed, or the node holding it died): the node
+     * tells uid's contacts. While Redis is away, this node's own first and
+     * last sessions decide instead. */
+    void (*presence)(void *ctx, uint64_t uid, bool online);
 } bus_ops;
 
 typedef struct bus_options {
@@ -72,11 +80,13 @@ typedef struct bus_options {
     size_t max_queue_bytes;        /* events kept for the publisher while it is away */
     uint32_t max_inflight;         /* PUBLISH commands awaiting Redis's reply, at most */
     uint32_t connect_timeout_ms;   /* a connection not up by then is retried */
+    uint32_t node_ttl_ms;          /* a node whose heartbeat is older is dead (its sessions stop counting) */
 } bus_options;
 
 #define BUS_MAX_QUEUE_DEFAULT ((size_t)64 << 20)
 #define BUS_MAX_INFLIGHT_DEFAULT 65536u
 #define BUS_CONNECT_TIMEOUT_DEFAULT 2000u
+#define BUS_NODE_TTL_DEFAULT 10000u
 
 /* Whether url is a bus URL bus_start accepts. */
 bool bus_url_ok(const char *url);
@@ -94,10 +104,29 @@ void bus_publish(bus *b, audience *to, event *ev);
 /* Tells the other nodes to close uid's sessions opened with token key
  * `key` (a logout). Any thread. */
 void bus_revoke(bus *b, uint64_t uid, uint64_t key);
-/* uid's first session on this node opened, or its last one closed: the
- * bus thread asks ops->wanted and subscribes or unsubscribes to match.
- * Any thread. */
+/* A session of uid opened or closed on this node: the bus thread asks
+ * ops->sessions, subscribes or unsubscribes uid's channel to match, and
+ * writes the count in the roster. Any thread. */
 void bus_touch(bus *b, uint64_t uid);
+
+/* The roster (Redis, written by the bus thread): which nodes hold how many
+ * sessions of each user, `parley:p:<uid>` (node -> count); each node's
+ * users, `parley:pn:<node>`; the nodes, `parley:nodes`, each alive while
+ * its heartbeat `parley:node:<id>` (refreshed every node_ttl_ms / 4, gone
+ * after node_ttl_ms) stands. Every node sweeps the dead nodes' entries out
+ * at its heartbeat; the users left without a session go offline (ops->
+ * presence on the node that swept them). A node whose own heartbeat or
+ * connection was lost writes its whole part again.
+ *
+ * The queries below block (a read-pool thread: a small pool of blocking
+ * Redis connections, bounded by BUS_QUERY_TIMEOUT_MS) and answer
+ * ERR_UNAVAILABLE at once while the bus is down: the caller then goes by
+ * this node alone. */
+#define BUS_QUERY_TIMEOUT_MS 1000u
+/* on[i]: whether uids[i] has a session on any node. */
+int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on);
+/* *n: uid's sessions on the other nodes. */
+int bus_remote_sessions(bus *b, uint64_t uid, int *n);
 /* A read of uid's (a read-pool thread): if uid has a session on this node,
  * waits until their channel is confirmed, at most timeout_ms, or until the
  * bus is found down (its return then brings a resync). */

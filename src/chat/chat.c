@@ -535,12 +535,55 @@ static void bus_resync(void *ctx, audience *uids)
     event_unref(ev);
 }
 
-static bool bus_wanted(void *ctx, uint64_t uid)
+static int bus_sessions(void *ctx, uint64_t uid)
 {
-    return hub_online(((chat *)ctx)->hub, uid);
+    return hub_sessions(((chat *)ctx)->hub, uid);
 }
 
-static const bus_ops chat_bus_ops = {bus_in, bus_resync, bus_wanted};
+/* A user came online in the cluster or went offline (bus.h): their
+ * contacts, wherever they are, are told on the read pool. Jobs of one
+ * user may run out of order, so each tells the state it finds. */
+typedef struct presence_job {
+    pool_job job;            /* first */
+    chat *ch;
+    uint64_t uid;
+    bool online;             /* what the roster said */
+} presence_job;
+
+static void presence_run(pool_job *j)
+{
+    presence_job *p = (presence_job *)j;
+    chat *ch = p->ch;
+    bool on = hub_online(ch->hub, p->uid), any;
+    if (!on) on = bus_online(ch->bus, &p->uid, 1, &any) == ERR_OK ? any : p->online;
+    db_user u = {0};
+    if (db_users(ch->db, &p->uid, 1, &u) < 0 || !u.id) return;
+    audience *to = chat_contacts(ch, p->uid);
+    event *ev = to && to->n ? chat_presence_event(u.name, on, chat_now_ms()) : NULL;
+    if (ev) hub_send_lossy(ch->hub, to, ev, 0);
+    event_unref(ev);
+    audience_unref(to);
+}
+
+static void presence_done(srv_thread *t, void *arg)
+{
+    free(arg); /* t is NULL: run on the pool */
+}
+
+static void bus_presence(void *ctx, uint64_t uid, bool online)
+{
+    chat *ch = ctx;
+    presence_job *p = calloc(1, sizeof *p);
+    if (!p) return; /* lossy */
+    p->job.run = presence_run;
+    p->job.done = presence_done;
+    p->ch = ch;
+    p->uid = uid;
+    p->online = online;
+    if (pool_continue(ch->reads, &p->job) < 0) free(p);
+}
+
+static const bus_ops chat_bus_ops = {bus_in, bus_resync, bus_sessions, bus_presence};
 
 /* --node-id, or the host name (what the rule allows of it) and 6 random
  * hex digits: unique per process, which is what the bus needs (a node
@@ -567,7 +610,8 @@ static int bus_open(chat *ch)
 {
     make_node_id(ch);
     if (!ch->cfg->bus_url[0]) return ERR_OK;
-    bus_options o = {.url = ch->cfg->bus_url, .node = ch->node, .ops = &chat_bus_ops, .ctx = ch};
+    bus_options o = {.url = ch->cfg->bus_url, .node = ch->node, .ops = &chat_bus_ops, .ctx = ch,
+                     .node_ttl_ms = ch->cfg->node_ttl_ms};
     int rc = bus_start(&ch->bus, &o);
     if (rc < 0) {
         log_error("cannot start the bus", "bus=%s node=%s err=%s", ch->cfg->bus_url, ch->node,

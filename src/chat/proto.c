@@ -178,6 +178,7 @@ typedef struct upgrade_job {
     audience *contacts;      /* who shares a conversation with the user (one ref), or NULL */
     event **tell;            /* their presence, for the new session (a ref each) */
     uint32_t ntell;
+    int remote;              /* the user's sessions on other nodes (--bus; 0 when unknown) */
 } upgrade_job;
 
 /* The upgrade being completed on this thread, for on_open(): set around
@@ -201,21 +202,29 @@ static void upgrade_run(pool_job *j)
     u->rc = chat_authenticate(ch, u->token, u->token_len, &u->id);
     sodium_memzero(u->token, sizeof u->token);
     if (u->rc < 0) return;
+    /* Connections per user count over the cluster; without the bus's
+     * answer, this node's alone. */
+    if (ch->bus && bus_remote_sessions(ch->bus, u->id.uid, &u->remote) < 0) u->remote = 0;
     u->contacts = chat_contacts(ch, u->id.uid);
     uint32_t n = u->contacts ? u->contacts->n : 0;
     db_user *usr = n ? calloc(n, sizeof *usr) : NULL;
-    if (!usr || !(u->tell = calloc(n, sizeof *u->tell)) ||
+    bool *on = n ? calloc(n, sizeof *on) : NULL;
+    if (!usr || !on || !(u->tell = calloc(n, sizeof *u->tell)) ||
         db_users(ch->db, u->contacts->uids, n, usr) < 0) {
         free(usr);
+        free(on);
         return;
     }
+    /* Online: a session here, or (--bus) on any node of the roster. */
+    if (ch->bus && bus_online(ch->bus, u->contacts->uids, n, on) < 0) memset(on, 0, n * sizeof *on);
     int64_t now = chat_now_ms();
     for (uint32_t i = 0; i < n; i++) {
         if (!usr[i].id) continue;
-        bool on = hub_online(ch->hub, usr[i].id);
-        event *ev = chat_presence_event(usr[i].name, on, on ? now : usr[i].last_seen);
+        on[i] = on[i] || hub_online(ch->hub, usr[i].id);
+        event *ev = chat_presence_event(usr[i].name, on[i], on[i] ? now : usr[i].last_seen);
         if (ev) u->tell[u->ntell++] = ev;
     }
+    free(on);
     free(usr);
 }
 
@@ -227,7 +236,8 @@ static void finish_upgrade(conn *c, upgrade_job *u)
         api_send_error(c, u->keep_alive, false, ERR_STOPPING, NULL, "Retry-After: 1\r\n", -1);
         return;
     }
-    if (u->rc == ERR_OK && hub_sessions(ch->hub, u->id.uid) >= (int)ch->cfg->max_user_conns) {
+    if (u->rc == ERR_OK &&
+        hub_sessions(ch->hub, u->id.uid) + u->remote >= (int)ch->cfg->max_user_conns) {
         metrics_inc(&c->t->m, M_RATE_LIMITED);
         api_send_error(c, u->keep_alive, false, ERR_TOO_MANY_CONNECTIONS, NULL,
                        "Retry-After: 10\r\n", -1);
@@ -330,12 +340,14 @@ static int on_open(conn *c)
     /* Registered before the hello: if saying hello closes the connection
      * (out of memory), on_close removes and frees the session as usual. */
     bool first = hub_session_add(ch->hub, c->t, s);
-    if (first && ch->bus) bus_touch(ch->bus, s->uid); /* its channel on the bus */
+    /* Its channel and its count in the cluster's roster: the bus says when
+     * the user comes online over the cluster (bus.h ops->presence). */
+    if (ch->bus) bus_touch(ch->bus, s->uid);
     send_json(c, &j);
     if (c->state != CONN_WS) return ERR_OK; /* closed while saying hello: s is released */
     upgrade_job *u = opening; /* its contacts and their presence, read on the pool */
     if (!u) return ERR_OK;
-    if (first) announce(ch, u->contacts, s->name, true, chat_now_ms());
+    if (first && !ch->bus) announce(ch, u->contacts, s->name, true, chat_now_ms());
     for (uint32_t i = 0; i < u->ntell && c->state == CONN_WS; i++) s->sink->send_lossy(s, u->tell[i]);
     return ERR_OK;
 }
@@ -409,10 +421,11 @@ static void on_close(conn *c, uint16_t code, const char *reason, bool by_peer)
     log_close(c, (ws_session *)s, code, reason, by_peer); /* before it is counted */
     metrics_inc(&c->t->m, M_SESSIONS_CLOSED);
     chat *ch = chat_of(c->t);
-    if (hub_session_remove(ch->hub, c->t, s)) {
-        if (ch->bus) bus_touch(ch->bus, s->uid);
+    bool last = hub_session_remove(ch->hub, c->t, s);
+    if (ch->bus) bus_touch(ch->bus, s->uid); /* the bus tells of the user's last one anywhere */
+    if (last) {
         int64_t now = chat_now_ms();
-        announce_offline(ch, s, now);
+        if (!ch->bus) announce_offline(ch, s, now);
         chat_op *op = chat_op_new(ch, OP_LAST_SEEN, 0, NULL);
         if (op) {
             op->who.uid = s->uid;
