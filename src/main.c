@@ -46,6 +46,7 @@ static void on_signal(uv_signal_t *h, int signum)
     app *a = h->data;
     if (a->signals++ == 0) {
         log_info("stopping", "signal=%s", strsignal(signum));
+        chat_leave(a->chat); /* before the sessions close: the cluster's roster */
         server_stop(a->srv);
         uv_timer_start(&a->deadline, on_deadline, a->cfg.shutdown_timeout_ms, 0);
     } else {

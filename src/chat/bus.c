@@ -147,6 +147,7 @@ struct bus {
     uint64_t *dirty;           /* uids touched, to settle */
     size_t ndirty, dirty_cap;
     bool stopping;
+    bool leaving;              /* bus_leave: the roster is not written any more */
     bool lost;                 /* events owed to others were dropped: resync at parley:all */
     u64map subs;               /* uid -> SUB_* */
     bool sub_up, pub_up;       /* mirrored from the links, for any thread */
@@ -160,10 +161,14 @@ struct bus {
     char node_key[sizeof ROSTER_NODE + BUSMSG_NODE_MAX];
     uint64_t next_beat;        /* ms */
     bool beat_first;           /* the first heartbeat since the publisher connected */
+    bool left;                 /* the heartbeat was deleted (bus_leave) */
+    uint64_t *recheck;         /* users whose presence is told again after the next sync */
+    size_t nrecheck, recheck_cap;
     /* blocking connections for the queries, under qmu */
     uv_mutex_t qmu;
     redisContext *qfree[QUERY_CONNS];
     int nqfree;
+    uint64_t query_until;      /* ms: after a failed query, none before this */
     /* counters (atomic) */
     uint64_t n_published, n_received, n_dropped, n_refused, n_reconnects, n_resyncs;
     uint64_t n_syncs, n_swept, n_roster_errors;
@@ -373,6 +378,7 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 static void touch_roster(bus *b, uint64_t uid, int count_here);
+static void recheck_later(bus *b, uint64_t uid);
 
 /* Settles the touched uids: a channel for every user with a session here,
  * none for the others, and their counts in the roster. */
@@ -383,6 +389,7 @@ static void settle(bus *b)
     size_t n = b->ndirty;
     b->dirty = NULL;
     b->ndirty = b->dirty_cap = 0;
+    bool leaving = b->leaving;
     uv_mutex_unlock(&b->mu);
     if (!n) { free(v); return; }
     qsort(v, n, sizeof *v, cmp_u64);
@@ -416,8 +423,12 @@ static void settle(bus *b)
         uv_mutex_unlock(&b->mu);
         /* The roster decides who is online in the cluster; without it, this
          * node's own first and last sessions do. */
+        if (leaving) continue; /* the others sweep this node's users */
         if (b->pub.ac && b->pub.up) touch_roster(b, v[i], count_here);
-        else if (want != was) b->ops->presence(b->ctx, v[i], want);
+        else if (want != was) {
+            b->ops->presence(b->ctx, v[i], want);
+            recheck_later(b, v[i]); /* the other nodes' contacts hear it after the sync */
+        }
     }
     send_channels(b, "SUBSCRIBE", sub, nsub, false);
     send_channels(b, "UNSUBSCRIBE", unsub, nunsub, false);
@@ -633,6 +644,18 @@ static void roster_error(bus *b, const redisReply *r)
     count(&b->n_roster_errors, 1);
 }
 
+static void recheck_later(bus *b, uint64_t uid)
+{
+    if (b->nrecheck == b->recheck_cap) {
+        size_t cap = b->recheck_cap ? b->recheck_cap * 2 : 64;
+        uint64_t *v = realloc(b->recheck, cap * sizeof *v);
+        if (!v) return; /* lossy */
+        b->recheck = v;
+        b->recheck_cap = cap;
+    }
+    b->recheck[b->nrecheck++] = uid;
+}
+
 static uint64_t reply_uid(const redisReply *r)
 {
     if (r->type == REDIS_REPLY_INTEGER) return r->integer > 0 ? (uint64_t)r->integer : 0;
@@ -658,14 +681,19 @@ static void on_touched(redisAsyncContext *ac, void *reply, void *priv)
 {
     bus *b = ((rlink *)ac->data)->b;
     const redisReply *r = reply;
-    if (!r) return; /* lost with the connection: the sync at the next one settles it */
+    uint64_t uid = (uint64_t)(uintptr_t)priv;
+    if (!r) { /* lost with the connection (it may have run): told again after the sync */
+        recheck_later(b, uid);
+        return;
+    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER) {
         roster_error(b, r);
+        b->beat_first = true; /* the next heartbeat writes our whole part */
+        recheck_later(b, uid);
         return;
     }
     long long before = r->element[0]->integer, after = r->element[1]->integer;
-    uint64_t uid = (uint64_t)(uintptr_t)priv;
     if ((before > 0) != (after > 0)) b->ops->presence(b->ctx, uid, after > 0);
 }
 
@@ -692,6 +720,14 @@ static void on_synced(redisAsyncContext *ac, void *reply, void *priv)
     count(&b->n_syncs, 1);
     presence_list(b, r->element[0], true);
     presence_list(b, r->element[1], false);
+    /* What changed while the roster could not be written: told again to
+     * every node's contacts (the job tells the state it finds). */
+    uint64_t *v = b->recheck;
+    size_t n = b->nrecheck;
+    b->recheck = NULL;
+    b->nrecheck = b->recheck_cap = 0;
+    for (size_t i = 0; i < n; i++) b->ops->presence(b->ctx, v[i], b->ops->sessions(b->ctx, v[i]) > 0);
+    free(v);
 }
 
 /* This node's whole part of the roster, from the users subscribed here. */
@@ -745,7 +781,7 @@ static void on_beat(redisAsyncContext *ac, void *reply, void *priv)
     }
     /* Our heartbeat had lapsed (Redis restarted, or we were silent past the
      * TTL and swept), or the publisher is new: our part is written again. */
-    if ((b->beat_first || r->element[0]->integer != 1) && b->pub.ac && b->pub.up) {
+    if ((b->beat_first || r->element[0]->integer != 1) && b->pub.ac && b->pub.up && !b->left) {
         if (!b->beat_first)
             log_warn("bus: this node's heartbeat was gone from Redis; its sessions are written "
                      "again", "node=%s", b->node);
@@ -773,7 +809,12 @@ static void beat(bus *b)
 
 /* ---- the queries (read-pool threads; bus.h) --------------------------------------- */
 
-static redisContext *query_take(bus *b)
+#define QUERY_BACKOFF_MS 2000
+
+/* A connection for a query: a kept one (*kept set), or a new one. NULL
+ * while the bus is down or a query failed less than QUERY_BACKOFF_MS ago
+ * (a Redis that hangs holds no read-pool thread for long). */
+static redisContext *query_take(bus *b, bool fresh, bool *kept)
 {
     uv_mutex_lock(&b->mu);
     bool up = b->pub_up && !b->stopping;
@@ -781,18 +822,31 @@ static redisContext *query_take(bus *b)
     if (!up) return NULL; /* known to be down: no wait */
     redisContext *c = NULL;
     uv_mutex_lock(&b->qmu);
-    if (b->nqfree) c = b->qfree[--b->nqfree];
+    bool wait = now_ms() < b->query_until;
+    if (!wait && !fresh && b->nqfree) c = b->qfree[--b->nqfree];
     uv_mutex_unlock(&b->qmu);
+    if (wait) return NULL;
+    *kept = c != NULL;
     if (c) return c;
     struct timeval tv = {BUS_QUERY_TIMEOUT_MS / 1000, (BUS_QUERY_TIMEOUT_MS % 1000) * 1000};
     c = redisConnectWithTimeout(b->host, b->port, tv);
     if (c && !c->err && redisSetTimeout(c, tv) == REDIS_OK) return c;
     if (c) redisFree(c);
+    uv_mutex_lock(&b->qmu);
+    b->query_until = now_ms() + QUERY_BACKOFF_MS;
+    uv_mutex_unlock(&b->qmu);
     return NULL;
 }
 
-static void query_give(bus *b, redisContext *c, bool ok)
+/* A failure on a new connection starts the backoff; one on a kept
+ * connection (Redis restarted, or closed it idle) is tried again fresh. */
+static void query_give(bus *b, redisContext *c, bool ok, bool kept)
 {
+    if (!ok && !kept) {
+        uv_mutex_lock(&b->qmu);
+        b->query_until = now_ms() + QUERY_BACKOFF_MS;
+        uv_mutex_unlock(&b->qmu);
+    }
     if (ok && !c->err) {
         uv_mutex_lock(&b->qmu);
         if (b->nqfree < QUERY_CONNS) {
@@ -804,11 +858,25 @@ static void query_give(bus *b, redisContext *c, bool ok)
     if (c) redisFree(c);
 }
 
+static bool query_online(redisContext *c, const uint64_t *uids, size_t n, bool *on);
+static bool query_sessions(bus *b, redisContext *c, uint64_t uid, int *n);
+
 int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on)
 {
     if (!n) return ERR_OK;
-    redisContext *c = query_take(b);
-    if (!c) return ERR_UNAVAILABLE;
+    bool kept = false, ok = false;
+    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
+        redisContext *c = query_take(b, attempt > 0, &kept);
+        if (!c) return ERR_UNAVAILABLE;
+        ok = query_online(c, uids, n, on);
+        query_give(b, c, ok, kept);
+        if (!kept) break;
+    }
+    return ok ? ERR_OK : ERR_UNAVAILABLE;
+}
+
+static bool query_online(redisContext *c, const uint64_t *uids, size_t n, bool *on)
+{
     for (size_t i = 0; i < n; i++)
         redisAppendCommand(c, "EXISTS " ROSTER_USER "%llu", (unsigned long long)uids[i]);
     bool ok = true;
@@ -819,15 +887,25 @@ int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on)
         if (r->type != REDIS_REPLY_INTEGER) ok = false;
         freeReplyObject(r);
     }
-    query_give(b, c, ok);
-    return ok ? ERR_OK : ERR_UNAVAILABLE;
+    return ok;
 }
 
 int bus_remote_sessions(bus *b, uint64_t uid, int *n)
 {
+    bool kept = false, ok = false;
+    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
+        redisContext *c = query_take(b, attempt > 0, &kept);
+        if (!c) return ERR_UNAVAILABLE;
+        ok = query_sessions(b, c, uid, n);
+        query_give(b, c, ok, kept);
+        if (!kept) break;
+    }
+    return ok ? ERR_OK : ERR_UNAVAILABLE;
+}
+
+static bool query_sessions(bus *b, redisContext *c, uint64_t uid, int *n)
+{
     *n = 0;
-    redisContext *c = query_take(b);
-    if (!c) return ERR_UNAVAILABLE;
     redisReply *r = redisCommand(c, "HGETALL " ROSTER_USER "%llu", (unsigned long long)uid);
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
     for (size_t i = 0; ok && i + 1 < r->elements; i += 2) {
@@ -838,8 +916,7 @@ int bus_remote_sessions(bus *b, uint64_t uid, int *n)
         if (x > 0 && x < 1000000) *n += (int)x;
     }
     if (r) freeReplyObject(r);
-    query_give(b, c, ok);
-    return ok ? ERR_OK : ERR_UNAVAILABLE;
+    return ok;
 }
 
 /* ---- hiredis on this loop ------------------------------------------------------------ */
@@ -964,6 +1041,8 @@ static void subscribe_all(bus *b)
     free(v);
 }
 
+static void leave_or_beat(bus *b);
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     rlink *l = ac->data;
@@ -985,7 +1064,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     b->beat_first = true;
-    beat(b);  /* then this node's part of the roster, written again */
+    b->next_beat = 0;
+    leave_or_beat(b); /* then this node's part of the roster, written again */
     drain(b); /* what was kept, then a resync if some had to be dropped */
 }
 
@@ -1039,12 +1119,36 @@ static void tend(bus *b, rlink *l)
     }
 }
 
+/* The heartbeat when due; once leaving, the heartbeat deleted instead. */
+static void leave_or_beat(bus *b)
+{
+    if (!b->pub.ac || !b->pub.up || b->left) return;
+    uv_mutex_lock(&b->mu);
+    bool leaving = b->leaving;
+    uv_mutex_unlock(&b->mu);
+    if (leaving) {
+        redisAsyncCommand(b->pub.ac, NULL, NULL, "DEL %s", b->beat_key);
+        b->left = true;
+        log_info("bus: left the roster; the other nodes sweep this node's users", "node=%s", b->node);
+    } else if (now_ms() >= b->next_beat) {
+        beat(b);
+    }
+}
+
+void bus_leave(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    b->leaving = true;
+    uv_mutex_unlock(&b->mu);
+    uv_async_send(&b->wake);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     bus *b = t->data;
     tend(b, &b->sub);
     tend(b, &b->pub);
-    if (b->pub.ac && b->pub.up && now_ms() >= b->next_beat) beat(b);
+    leave_or_beat(b);
     drain(b);
 }
 
@@ -1068,6 +1172,7 @@ static void on_wake(uv_async_t *a)
         return;
     }
     settle(b);
+    leave_or_beat(b);
     drain(b);
 }
 
@@ -1145,6 +1250,7 @@ void bus_stop(bus *b)
     }
     u64map_free(&b->subs);
     free(b->dirty);
+    free(b->recheck);
     for (int i = 0; i < b->nqfree; i++) redisFree(b->qfree[i]);
     uv_cond_destroy(&b->cond);
     uv_mutex_destroy(&b->qmu);

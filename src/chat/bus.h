@@ -132,6 +132,12 @@ int bus_remote_sessions(bus *b, uint64_t uid, int *n);
  * bus is found down (its return then brings a resync). */
 void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms);
 
+/* The node is stopping (call before its sessions close): the roster is no
+ * longer written, and the node's heartbeat is deleted, so that the other
+ * nodes sweep its users at their next heartbeat (those without a session
+ * elsewhere go offline for their contacts). Any thread. */
+void bus_leave(bus *b);
+
 /* Both connections up. Any thread. */
 bool bus_healthy(bus *b);
 

@@ -24,8 +24,9 @@ int chat_open(chat **out, const config *cfg, server *srv)
     if (!ch) return ERR_NOMEM;
     ch->cfg = cfg;
     ch->srv = srv;
+    uv_mutex_init(&ch->presence_mu);
     int rc = guard_new(&ch->guard, cfg);
-    if (rc < 0) { free(ch); return rc; }
+    if (rc < 0) { uv_mutex_destroy(&ch->presence_mu); free(ch); return rc; }
     if ((rc = hub_new(&ch->hub, srv)) < 0) goto fail_guard;
     /* Every message must fit a quarter of a log segment (writer.h). */
     size_t seg = cfg->log_segment_bytes, need = 4 * (cfg->max_text + 4096);
@@ -61,18 +62,30 @@ fail_hub:
     hub_free(ch->hub);
 fail_guard:
     guard_free(ch->guard);
+    uv_mutex_destroy(&ch->presence_mu);
     free(ch);
     return rc;
 }
 
+void chat_leave(chat *ch)
+{
+    if (ch->bus) bus_leave(ch->bus);
+}
+
 void chat_close(chat *ch)
 {
+    /* The bus runs until after the writer (its completer publishes): its
+     * presence callbacks stop queueing on the read pool before it stops. */
+    uv_mutex_lock(&ch->presence_mu);
+    ch->presence_closed = true;
+    uv_mutex_unlock(&ch->presence_mu);
     pool_stop(ch->reads); /* its last reads may wait for the writer */
     db_close(ch->db);
     bus_stop(ch->bus); /* after the writer: its completer publishes */
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);
     guard_free(ch->guard);
+    uv_mutex_destroy(&ch->presence_mu);
     free(ch);
 }
 
@@ -550,18 +563,32 @@ typedef struct presence_job {
     bool online;             /* what the roster said */
 } presence_job;
 
+static bool online_now(chat *ch, uint64_t uid, bool guess)
+{
+    bool any;
+    if (hub_online(ch->hub, uid)) return true;
+    return bus_online(ch->bus, &uid, 1, &any) == ERR_OK ? any : guess;
+}
+
 static void presence_run(pool_job *j)
 {
     presence_job *p = (presence_job *)j;
     chat *ch = p->ch;
-    bool on = hub_online(ch->hub, p->uid), any;
-    if (!on) on = bus_online(ch->bus, &p->uid, 1, &any) == ERR_OK ? any : p->online;
     db_user u = {0};
     if (db_users(ch->db, &p->uid, 1, &u) < 0 || !u.id) return;
     audience *to = chat_contacts(ch, p->uid);
-    event *ev = to && to->n ? chat_presence_event(u.name, on, chat_now_ms()) : NULL;
-    if (ev) hub_send_lossy(ch->hub, to, ev, 0);
-    event_unref(ev);
+    if (!to || !to->n) { audience_unref(to); return; }
+    /* Read last, and again once told: a job of the other state that ran
+     * meanwhile may have been sent after this one. */
+    bool on = online_now(ch, p->uid, p->online);
+    for (int round = 0; round < 2; round++) {
+        event *ev = chat_presence_event(u.name, on, chat_now_ms());
+        if (ev) hub_send_lossy(ch->hub, to, ev, 0);
+        event_unref(ev);
+        bool again = online_now(ch, p->uid, on);
+        if (again == on) break;
+        on = again;
+    }
     audience_unref(to);
 }
 
@@ -580,7 +607,9 @@ static void bus_presence(void *ctx, uint64_t uid, bool online)
     p->ch = ch;
     p->uid = uid;
     p->online = online;
-    if (pool_continue(ch->reads, &p->job) < 0) free(p);
+    uv_mutex_lock(&ch->presence_mu);
+    if (ch->presence_closed || pool_continue(ch->reads, &p->job) < 0) free(p);
+    uv_mutex_unlock(&ch->presence_mu);
 }
 
 static const bus_ops chat_bus_ops = {bus_in, bus_resync, bus_sessions, bus_presence};

@@ -42,6 +42,8 @@ typedef struct chat {
     pool *reads;       /* the read pool: every store read of the adapters */
     bus *bus;          /* the other nodes (--bus), or NULL */
     char node[BUSMSG_NODE_MAX + 1]; /* this node's id (--node-id, or made at start) */
+    uv_mutex_t presence_mu;           /* the bus's presence jobs vs the read pool's stop */
+    bool presence_closed;             /* under presence_mu: the read pool is stopping */
 } chat;
 
 /* Opens the store in cfg->data_dir, creates the hub for srv and starts the
@@ -52,6 +54,10 @@ int chat_open(chat **out, const config *cfg, server *srv);
  * thread and are freed) and the writer (applying what is queued), and
  * closes the store. Call after the I/O threads have ended. */
 void chat_close(chat *ch);
+/* The stop began (any thread, before the sessions close): with --bus the
+ * node leaves the cluster's roster, so that the other nodes tell its
+ * users' contacts (bus_leave). */
+void chat_leave(chat *ch);
 
 static inline chat *chat_of(srv_thread *t) { return (chat *)t->srv->app; }
 

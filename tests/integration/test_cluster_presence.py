@@ -186,3 +186,27 @@ def test_connections_per_user_count_every_node(parley, pg_database, redis):
             await c.close()
 
     arun(go())
+
+
+def test_a_node_that_stops_leaves_the_roster(parley, pg_database, redis):
+    """n2 stops (SIGTERM) with its TTL ten minutes long: it deletes its
+    heartbeat, and n1 (heartbeat every 250 ms) sweeps its user offline."""
+    n1 = node(parley, pg_database, redis, "n1", "--node-ttl", "1000")
+    n2 = node(parley, pg_database, redis, "n2", "--node-ttl", "600000")
+    a, b = users(n1, 2)
+    direct(a, b)
+
+    async def go():
+        cb = await Client.open(b)
+        ca = await Client.open(on(n2, a))
+        await presence_of(cb, a.name, True)
+        assert n2.kill() == 0
+        await presence_of(cb, a.name, False)
+        assert only_sessions(redis, [[("n1", 1)]]) == [[("n1", 1)]]
+        await cb.close()
+        try:
+            await ca.close()
+        except Exception:
+            pass
+
+    arun(go())
