@@ -96,7 +96,7 @@ CLI_SRC    := $(wildcard cli/*.c)
 CLI_BIN    := $(if $(CLI_SRC),$(B)/parley)
 BROWSER_TESTS := $(wildcard tests/browser/*.test.mjs)
 
-.PHONY: all setup setup-run run test test-layers test-unit test-lib test-fuzz test-integration test-integration-pg \
+.PHONY: all setup setup-run run test test-layers test-unit test-lib test-fuzz test-integration test-integration-pg test-integration-cluster \
         test-browser tsan bench bench-test fuzz fuzz-build install clean
 
 all: $(B)/parleyd $(CLI_BIN) $(CLIENT_LIB) $(CLIENT_SO) $(CLIENT_PC)
@@ -115,7 +115,7 @@ run: setup-run
 
 test: setup
 	@$(MAKE) --no-print-directory all $(UNIT_BIN) $(REPLAY_BIN) $(SERVER_OBJ)
-	@$(MAKE) --no-print-directory test-layers test-unit test-lib bench-test test-fuzz test-integration test-integration-pg test-browser
+	@$(MAKE) --no-print-directory test-layers test-unit test-lib bench-test test-fuzz test-integration test-integration-pg test-integration-cluster test-browser
 
 # Imports run one way (docs/architecture.md); the checker also proves on a
 # copy of the tree that it refuses a planted upward include and a cycle.
@@ -147,6 +147,17 @@ PG_TESTS := $(wildcard tests/integration/test_chat_*.py) tests/integration/test_
 test-integration-pg: $(B)/parleyd $(CLI_BIN)
 	PARLEY_TEST_STORE=postgresql PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) \
 	    PARLEY_WEB=$(abspath web) $(PYTHON) -m pytest -q -p no:cacheprovider $(PG_TESTS)
+
+# The same chat tests against three-node clusters: each server a test starts
+# is the first of three nodes on one PostgreSQL database and a redis-server
+# of their own (--bus), and its users are spread over the nodes
+# (PARLEY_TEST_STORE=cluster, tests/integration/parley_client.py). The
+# crash tests kill one process and restart it alone: not in this run.
+CLUSTER_TESTS := $(filter-out tests/integration/test_chat_crash.py,$(wildcard tests/integration/test_chat_*.py)) \
+            tests/integration/test_durable_ryw.py tests/integration/test_client_resume.py
+test-integration-cluster: $(B)/parleyd $(CLI_BIN)
+	PARLEY_TEST_STORE=cluster PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) \
+	    PARLEY_WEB=$(abspath web) $(PYTHON) -m pytest -q -p no:cacheprovider $(CLUSTER_TESTS)
 
 # Browser tests: Playwright (playwright-core) driving Debian's Chromium.
 test-browser: $(B)/parleyd

@@ -11,9 +11,13 @@
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
+static void intros_submit(chat *ch);
+static void intros_drop(chat *ch);
+
 static void batch_end(void *ctx)
 {
     hub_flush(((chat *)ctx)->hub);
+    intros_submit(ctx); /* after the conv frames they follow */
 }
 
 static int bus_open(chat *ch);
@@ -81,6 +85,7 @@ void chat_close(chat *ch)
     uv_mutex_unlock(&ch->presence_mu);
     pool_stop(ch->reads); /* its last reads may wait for the writer */
     db_close(ch->db);
+    intros_drop(ch);
     bus_stop(ch->bus); /* after the writer: its completer publishes */
     hub_flush(ch->hub); /* nobody left to deliver to: frees the parcels */
     hub_free(ch->hub);
@@ -378,12 +383,119 @@ static void intro_run(srv_thread *t, void *arg)
     if (__atomic_sub_fetch(&x->refs, 1, __ATOMIC_ACQ_REL) == 0) intro_free(x);
 }
 
+/* With --bus: the members are on any node, and so is who is online. The
+ * introduction is a read-pool job, submitted after the completer flushed
+ * the conv frames it follows (here, and on the bus, which keeps one
+ * node's order): the roster says who is online, and each presence goes to
+ * the members online through hub_send_lossy (here and over the bus). */
+typedef struct intro_job {
+    pool_job job;            /* first */
+    struct intro_job *next;  /* chat.intros */
+    chat *ch;
+    uint64_t added;          /* 0: every pair of members */
+    uint32_t n;
+    db_member *m;            /* n: uid, name, last_seen (points into this allocation) */
+} intro_job;
+
+static void intro_job_run(pool_job *j)
+{
+    intro_job *x = (intro_job *)j;
+    chat *ch = x->ch;
+    uint64_t *uids = calloc(x->n, sizeof *uids);
+    bool *on = calloc(x->n, sizeof *on);
+    audience *online = audience_new(x->n);
+    if (!uids || !on || !online) goto out;
+    for (uint32_t i = 0; i < x->n; i++) uids[i] = x->m[i].uid;
+    if (bus_online(ch->bus, uids, x->n, on) < 0) memset(on, 0, x->n * sizeof *on);
+    uint32_t k = 0;
+    int added_at = -1;
+    for (uint32_t i = 0; i < x->n; i++) {
+        on[i] = on[i] || hub_online(ch->hub, uids[i]);
+        if (on[i]) online->uids[k++] = uids[i];
+        if (x->added && uids[i] == x->added) added_at = (int)i;
+    }
+    online->n = k;
+    int64_t now = chat_now_ms();
+    for (uint32_t i = 0; i < x->n && k; i++) {
+        if (!x->m[i].name[0]) continue; /* no such user */
+        audience *to;
+        if (x->added && (int)i != added_at) { /* a member, to the one added */
+            if (added_at < 0 || !on[added_at]) continue;
+            to = audience_new(1);
+            if (to) to->uids[0] = x->added;
+        } else {                              /* to every other member online */
+            to = audience_new(k);
+            uint32_t t = 0;
+            for (uint32_t q = 0; to && q < k; q++)
+                if (online->uids[q] != uids[i]) to->uids[t++] = online->uids[q];
+            if (to) to->n = t;
+        }
+        event *ev = to && to->n ? chat_presence_event(x->m[i].name, on[i],
+                                                      on[i] ? now : x->m[i].last_seen) : NULL;
+        if (ev) hub_send_lossy(ch->hub, to, ev, 0);
+        event_unref(ev);
+        audience_unref(to);
+    }
+out:
+    audience_unref(online);
+    free(on);
+    free(uids);
+}
+
+static void intro_job_done(srv_thread *t, void *arg)
+{
+    free(arg); /* t is NULL: run on the pool */
+}
+
+static void intros_submit(chat *ch)
+{
+    intro_job *x = ch->intros;
+    ch->intros = NULL;
+    while (x) {
+        intro_job *next = x->next;
+        uv_mutex_lock(&ch->presence_mu);
+        if (ch->presence_closed || pool_continue(ch->reads, &x->job) < 0) free(x);
+        uv_mutex_unlock(&ch->presence_mu);
+        x = next;
+    }
+}
+
+/* Introductions never submitted (the writer ended without a last batch_end). */
+static void intros_drop(chat *ch)
+{
+    for (intro_job *x = ch->intros, *next; x; x = next) {
+        next = x->next;
+        free(x);
+    }
+    ch->intros = NULL;
+}
+
+static void introduce_cluster(chat_op *op, uint64_t added)
+{
+    const db_conv *c = op->after;
+    intro_job *x = calloc(1, sizeof *x + c->n * sizeof x->m[0]);
+    if (!x) return; /* lossy */
+    x->job.run = intro_job_run;
+    x->job.done = intro_job_done;
+    x->ch = op->ch;
+    x->added = added;
+    x->n = c->n;
+    x->m = (db_member *)(x + 1);
+    memcpy(x->m, c->members, c->n * sizeof x->m[0]);
+    x->next = op->ch->intros;
+    op->ch->intros = x;
+}
+
 /* After op's conversation was created (added 0) or `added` joined it:
  * the names and last_seen come with the conversation (op->after). */
 static void introduce(chat_op *op, uint64_t added)
 {
     const db_conv *c = op->after;
     if (!c || c->n < 2) return;
+    if (op->ch->bus) {
+        introduce_cluster(op, added);
+        return;
+    }
     /* one allocation: the events, the uids, then who is online (scratch) */
     intro *x = calloc(1, sizeof *x + c->n * (sizeof x->ev[0] + sizeof x->uids[0] + sizeof(bool)));
     if (!x) return;

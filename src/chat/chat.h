@@ -44,6 +44,7 @@ typedef struct chat {
     char node[BUSMSG_NODE_MAX + 1]; /* this node's id (--node-id, or made at start) */
     uv_mutex_t presence_mu;           /* the bus's presence jobs vs the read pool's stop */
     bool presence_closed;             /* under presence_mu: the read pool is stopping */
+    struct intro_job *intros;         /* the completer's: introductions to run after its flush */
 } chat;
 
 /* Opens the store in cfg->data_dir, creates the hub for srv and starts the

@@ -31,12 +31,13 @@ def store_mode(tmp_path_factory):
     PostgreSQL (--store), a database of its own per data directory on one
     server for the run; unset, the embedded store (the default)."""
     mode = os.environ.get("PARLEY_TEST_STORE", "")
-    if mode != "postgresql":
-        assert mode in ("", "embedded"), f"PARLEY_TEST_STORE={mode!r}: embedded or postgresql"
+    if mode not in ("postgresql", "cluster"):
+        assert mode in ("", "embedded"), \
+            f"PARLEY_TEST_STORE={mode!r}: embedded, postgresql or cluster"
         yield None
         return
     pg = start_postgres(tmp_path_factory.mktemp("store_pg"))
-    dbs = {}
+    dbs, buses = {}, {}
 
     def store_for(data):
         key = str(os.path.realpath(data))
@@ -44,9 +45,28 @@ def store_mode(tmp_path_factory):
             dbs[key] = pg.new_database()
         return dbs[key].dsn
 
-    parley_client.STORE_FOR = store_for
+    def cluster_for(data):
+        """PARLEY_TEST_STORE=cluster: a database per data directory (kept
+        for a restart) and a redis-server per running cluster."""
+        key = str(os.path.realpath(data))
+        if key not in buses:
+            buses[key] = start_redis(tmp_path_factory.mktemp("bus"))
+        r = buses[key]
+
+        def release():
+            if buses.get(key) is r:
+                del buses[key]
+            r.stop()
+        return store_for(data), r.url, release
+
+    if mode == "cluster":
+        parley_client.CLUSTER_FOR = cluster_for
+    else:
+        parley_client.STORE_FOR = store_for
     yield pg
-    parley_client.STORE_FOR = None
+    parley_client.STORE_FOR = parley_client.CLUSTER_FOR = None
+    for r in list(buses.values()):
+        r.stop()
     pg.stop()
 
 

@@ -149,9 +149,24 @@ class Server:
         except subprocess.TimeoutExpired:
             return None
 
+    def next_node(self):
+        """The node a new user or session goes to: round robin over the
+        cluster's nodes (PARLEY_TEST_STORE=cluster), else this server."""
+        peers = getattr(self, "peers", None)
+        if not peers:
+            return self
+        self._next = (getattr(self, "_next", -1) + 1) % len(peers)
+        return peers[self._next]
+
     def kill(self):
         """SIGCONT (in case a test stopped it), SIGTERM, bounded wait,
-        SIGKILL. Returns the exit status."""
+        SIGKILL. Returns the exit status. A cluster's first node stops the
+        others too, and its Redis."""
+        for p in getattr(self, "peers", [])[1:]:
+            p.kill()
+        if getattr(self, "release", None):
+            self.release()
+            self.release = None
         if self.proc.poll() is None:
             self.stopped = True
             self.proc.send_signal(signal.SIGCONT)
@@ -233,6 +248,16 @@ def _spawn(argv, log_path, data_dir, port):
 # directory finds its data again.
 STORE_FOR = None
 
+# Three-node cluster mode (conftest.py sets it for PARLEY_TEST_STORE=cluster):
+# CLUSTER_FOR(data_dir) -> (store URL, bus URL, release()): each server the
+# tests start is the first node of a cluster of three on one database and
+# one redis-server of its own; users registered through it (register,
+# users, login) are spread over its nodes round robin, so the same tests
+# talk to several nodes. release() stops that Redis when the server stops.
+CLUSTER_FOR = None
+CLUSTER_NODES = 3
+_cluster_seq = [0]
+
 
 def start_server(tmp_path, *flags, web_dir=None, data_dir=None, port=0):
     """Starts parleyd under tmp_path (its own directory for the log and, by
@@ -256,12 +281,43 @@ def start_server(tmp_path, *flags, web_dir=None, data_dir=None, port=0):
                 "--web-dir", web, "--threads", "2", *NO_LIMITS, *[str(f) for f in flags]]
         if STORE_FOR and "--store" not in argv:
             argv += ["--store", STORE_FOR(data)]
+        if CLUSTER_FOR and "--store" not in argv:
+            return _start_cluster(base, data, argv, port, flags, web)
         try:
             return _spawn(argv, base / "parleyd.log", data, port)
         except AssertionError:
             if not port or attempt == 49:
                 raise
             time.sleep(0.2)
+
+
+def _start_cluster(base, data, argv, port, flags, web):
+    """The first node on argv (its port, its data directory), then the
+    others on free ports; returns the first with .peers (every node)."""
+    store, bus, release = CLUSTER_FOR(data)
+    _cluster_seq[0] += 1
+    tag = f"c{_cluster_seq[0]}"
+    common = ["--store", store, "--bus", bus]
+    peers = []
+    try:
+        peers.append(_spawn(argv + common + ["--node-id", f"{tag}-1"], base / "parleyd.log",
+                            data, port))
+        for i in range(2, CLUSTER_NODES + 1):
+            d = base / f"node{i}"
+            d.mkdir()
+            a = [PARLEYD, "--port", "0", "--listen", HOST, "--data-dir", str(d / "data"),
+                 "--web-dir", web, "--threads", "2", *NO_LIMITS, *[str(f) for f in flags],
+                 *common, "--node-id", f"{tag}-{i}"]
+            peers.append(_spawn(a, d / "parleyd.log", d / "data", 0))
+    except BaseException:
+        for p in peers:
+            p.kill()
+        release()
+        raise
+    first = peers[0]
+    first.peers = peers
+    first.release = release
+    return first
 
 
 def run_parleyd(tmp_path, *args):
@@ -532,6 +588,8 @@ def _session(srv, resp, password, src):
 def register(srv, name=None, password=PASSWORD, src=None):
     """A new user (a fresh name unless given); returns its first session."""
     name = name or uname()
+    if isinstance(srv, Server):
+        srv = srv.next_node()
     r = rest(srv, "POST", "/v1/users", {"username": name, "password": password}, src=src)
     assert r.status == 201, (name, r)
     return _session(srv, r, password, src)
@@ -550,6 +608,8 @@ def login_attempt(srv, name, password=PASSWORD, src=None):
 
 def login(srv, name, password=PASSWORD, src=None):
     """A new session (device) of an existing user."""
+    if isinstance(srv, Server):
+        srv = srv.next_node()
     r = login_attempt(srv, name, password, src)
     assert r.status == 200, (name, r)
     return _session(srv, r, password, src)
