@@ -495,8 +495,11 @@ static void kdf_after(uv_work_t *w, int status)
         if (&op->ch->srv->threads[i].loop == w->loop) t = &op->ch->srv->threads[i];
     conn *c = reply_conn(t, op); /* NULL once it closed, timed out or lingers */
     bool ok = k->ok && status == 0;
-    if (op->kind == OP_LOGIN && k->known)
+    if (op->kind == OP_LOGIN && k->known) {
         guard_login_end(op->ch->guard, &k->line, ok, guard_now());
+        if (op->ch->bus) /* the cluster's delays (bus.h) */
+            bus_login_result(op->ch->bus, guard_line_key(&k->line), k->line.uid, !k->line.device, ok);
+    }
     kdf_free(k);
     if (!c) { chat_op_free(op); return; }
     if (!ok) {
@@ -646,7 +649,16 @@ static void login_run(pool_job *j)
          * from before a password change): an unknown device. */
         if (q->dk > 0) q->line.device = auth_device_key_check(u.id, u.pwhash, q->dkey, (size_t)q->dk);
         uint32_t retry = 0;
-        if (guard_login_begin(q->a.ch->guard, &q->line, guard_now(), &retry) < 0) {
+        bool refused = guard_login_begin(q->a.ch->guard, &q->line, guard_now(), &retry) < 0;
+        /* The cluster's delays, from every node's failures (bus.h); the
+         * node's own alone while the bus is down. */
+        if (!refused && q->a.ch->bus &&
+            bus_login_check(q->a.ch->bus, guard_line_key(&q->line), u.id, !q->line.device,
+                            &retry) == ERR_RATE) {
+            guard_login_cancel(q->a.ch->guard, &q->line);
+            refused = true;
+        }
+        if (refused) {
             too_many(&x, retry, q->line.device
                          ? "too many failed logins on this device: wait and retry"
                          : "too many failed logins: wait and retry, or log in with "
@@ -875,7 +887,7 @@ static void post_message(req_ctx *x, uint64_t conv)
                             x->ch->cfg->max_text, &why);
     if (rc < 0) { fail(x, rc, why); return; }
     uint32_t retry = 0;
-    if (guard_user_msg(x->ch->guard, x->who.uid, guard_now(), &retry) < 0) {
+    if (chat_user_msg(x->ch, x->who.uid, &retry) < 0) {
         too_many(x, retry, "too many messages: slow down");
         return;
     }

@@ -70,6 +70,61 @@ static const char BEAT_LUA[] =
     "end\n"
     "return {old == ARGV[2] and 1 or 0, gone}\n";
 
+/* A user's message bucket (bus.h): {retry ms, 0 if not empty}. KEYS: the
+ * bucket; ARGV: messages, per second, burst. Redis's clock for every node. */
+static const char RATE_LUA[] =
+    "local t = redis.call('TIME')\n"
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+    "local n, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')\n"
+    "local tokens = tonumber(b[1]) or burst\n"
+    "local at = tonumber(b[2]) or now\n"
+    "tokens = math.min(burst, tokens + (now - at) * rate / 1000) - n\n"
+    "if tokens < -burst then tokens = -burst end\n"
+    "redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)\n"
+    "redis.call('PEXPIRE', KEYS[1], math.ceil(2000 * burst / rate) + 1000)\n"
+    "if tokens >= 0 then return 0 end\n"
+    "return math.ceil(-tokens * 1000 / rate)\n";
+
+/* The account's bucket of failed logins (unknown devices), refilled. */
+#define LOGIN_BUCKET_LUA \
+    "local burst, per = tonumber(ARGV[2]), tonumber(ARGV[3])\n" \
+    "local b = redis.call('HMGET', KEYS[2], 'tokens', 'at')\n" \
+    "local tokens = tonumber(b[1]) or burst\n" \
+    "local at = tonumber(b[2]) or now\n" \
+    "tokens = math.min(burst, tokens + (now - at) * per / 60000)\n"
+
+/* Before a password check: {retry ms, 0: go}. KEYS: the line, the
+ * account's bucket; ARGV: unknown device (0/1), burst, per minute. */
+static const char LOGIN_CHECK_LUA[] =
+    "local t = redis.call('TIME')\n"
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+    "local u = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')\n"
+    "if u > now then return math.ceil(u - now) end\n"
+    "if ARGV[1] == '1' then\n"
+    LOGIN_BUCKET_LUA
+    "  if tokens < 1 then return math.ceil((1 - tokens) * 60000 / per) end\n"
+    "end\n"
+    "return 0\n";
+
+/* A failed check: the line's failures and delay, the account's bucket. */
+static const char LOGIN_FAIL_LUA[] =
+    "local t = redis.call('TIME')\n"
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+    "local f = redis.call('HINCRBY', KEYS[1], 'failures', 1)\n"
+    "if f >= 3 then\n"
+    "  local d = 1000 * 2 ^ math.min(f - 3, 6)\n"
+    "  if d > 60000 then d = 60000 end\n"
+    "  redis.call('HSET', KEYS[1], 'until', now + d)\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[1], 900000)\n"
+    "if ARGV[1] == '1' then\n"
+    LOGIN_BUCKET_LUA
+    "  redis.call('HSET', KEYS[2], 'tokens', tokens - 1, 'at', now)\n"
+    "  redis.call('PEXPIRE', KEYS[2], math.ceil(60000 * burst / per) + 1000)\n"
+    "end\n"
+    "return f\n";
+
 /* This node's whole part, written again: {users now online who were not,
  * users no longer online}. KEYS: this node's set; ARGV: node, then uid and
  * count pairs. */
@@ -104,6 +159,13 @@ enum {
     SUB_UNSUBSCRIBING,         /* not wanted; UNSUBSCRIBE sent, unanswered */
     SUB_RESUBSCRIBE,           /* wanted again while unsubscribing */
 };
+
+/* A command for the publisher, formatted (hiredis), from any thread. */
+typedef struct bus_cmd {
+    struct bus_cmd *next;
+    char *text;
+    size_t len;
+} bus_cmd;
 
 /* An event (or a revocation, a resync) to publish. */
 typedef struct item {
@@ -150,6 +212,9 @@ struct bus {
     bool leaving;              /* bus_leave: the roster is not written any more */
     bool lost;                 /* events owed to others were dropped: resync at parley:all */
     u64map subs;               /* uid -> SUB_* */
+    u64map sent;               /* uid -> messages admitted, not yet counted in Redis */
+    u64map blocked;            /* uid -> ms until which its bucket is empty */
+    bus_cmd *cmds, *cmds_tail;    /* commands to send (login results) */
     bool sub_up, pub_up;       /* mirrored from the links, for any thread */
     /* the bus thread's */
     rlink sub, pub;
@@ -919,6 +984,155 @@ static bool query_sessions(bus *b, redisContext *c, uint64_t uid, int *n)
     return ok;
 }
 
+/* ---- per-user limits over the cluster (bus.h) --------------------------------------- */
+
+void bus_user_sent(bus *b, uint64_t uid)
+{
+    if (!b->o.user_msgs_per_s) return;
+    uv_mutex_lock(&b->mu);
+    uintptr_t n = (uintptr_t)u64map_get(&b->sent, uid);
+    u64map_put(&b->sent, uid, (void *)(n + 1)); /* lost on no memory: counted by the node alone */
+    uv_mutex_unlock(&b->mu);
+    uv_async_send(&b->wake);
+}
+
+bool bus_user_blocked(bus *b, uint64_t uid, uint32_t *retry_ms)
+{
+    if (!b->o.user_msgs_per_s) return false;
+    uint64_t t = now_ms();
+    uv_mutex_lock(&b->mu);
+    uint64_t until = (uint64_t)(uintptr_t)u64map_get(&b->blocked, uid);
+    bool blocked = until > t;
+    if (until && !blocked) u64map_del(&b->blocked, uid);
+    uv_mutex_unlock(&b->mu);
+    if (blocked && retry_ms) *retry_ms = (uint32_t)(until - t);
+    return blocked;
+}
+
+static void on_rated(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    const redisReply *r = reply;
+    if (!r) return;
+    if (r->type != REDIS_REPLY_INTEGER) { roster_error(b, r); return; }
+    if (r->integer <= 0) return;
+    uint64_t until = now_ms() + (uint64_t)(r->integer < 3600000 ? r->integer : 3600000);
+    uv_mutex_lock(&b->mu);
+    u64map_put(&b->blocked, (uint64_t)(uintptr_t)priv, (void *)(uintptr_t)until);
+    uv_mutex_unlock(&b->mu);
+}
+
+/* The counts admitted since the last wake, into the users' buckets. */
+static void flush_limits(bus *b)
+{
+    uv_mutex_lock(&b->mu);
+    size_t n = b->sent.count;
+    uint64_t *uid = n ? malloc(n * sizeof *uid) : NULL;
+    uintptr_t *cnt = n ? malloc(n * sizeof *cnt) : NULL;
+    size_t k = 0;
+    for (size_t i = 0; uid && cnt && i < b->sent.cap; i++)
+        if (b->sent.slots[i].key) {
+            uid[k] = b->sent.slots[i].key;
+            cnt[k++] = (uintptr_t)b->sent.slots[i].val;
+        }
+    if (n) { /* counted (or, without Redis, left to each node) */
+        u64map_free(&b->sent);
+        u64map_init(&b->sent);
+    }
+    /* Expired blocks go too, so that the map holds only the users refused now. */
+    uint64_t t = now_ms();
+    for (size_t i = 0; b->blocked.count && i < b->blocked.cap; i++) {
+        u64map_slot *s = &b->blocked.slots[i];
+        if (s->key && (uint64_t)(uintptr_t)s->val <= t && b->blocked.count > 1024) {
+            u64map_free(&b->blocked); /* many: start afresh rather than walk */
+            u64map_init(&b->blocked);
+            break;
+        }
+    }
+    bus_cmd *cmds = b->cmds;
+    b->cmds = b->cmds_tail = NULL;
+    uv_mutex_unlock(&b->mu);
+    bool up = b->pub.ac && b->pub.up;
+    char rate[16], burst[16];
+    size_t rl = (size_t)snprintf(rate, sizeof rate, "%u", b->o.user_msgs_per_s);
+    size_t bl = (size_t)snprintf(burst, sizeof burst, "%u", b->o.user_msgs_per_s * 4);
+    for (size_t i = 0; up && i < k; i++) {
+        char key[CHAN_MAX], num[24];
+        size_t kl = (size_t)snprintf(key, sizeof key, "parley:r:%llu", (unsigned long long)uid[i]);
+        size_t nl = (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)cnt[i]);
+        const char *argv[] = {"EVAL", RATE_LUA, "1", key, num, rate, burst};
+        size_t lens[] = {4, sizeof RATE_LUA - 1, 1, kl, nl, rl, bl};
+        redisAsyncCommandArgv(b->pub.ac, on_rated, (void *)(uintptr_t)uid[i], 7, argv, lens);
+    }
+    free(uid);
+    free(cnt);
+    for (bus_cmd *c = cmds, *next; c; c = next) {
+        next = c->next;
+        if (up) redisAsyncFormattedCommand(b->pub.ac, NULL, NULL, c->text, c->len);
+        redisFreeCommand(c->text);
+        free(c);
+    }
+}
+
+static size_t login_keys(char *line_key, char *acct_key, uint64_t line, uint64_t uid, size_t *al)
+{
+    *al = (size_t)snprintf(acct_key, CHAN_MAX, "parley:la:%llu", (unsigned long long)uid);
+    return (size_t)snprintf(line_key, CHAN_MAX, "parley:lf:%016llx", (unsigned long long)line);
+}
+
+int bus_login_check(bus *b, uint64_t line, uint64_t uid, bool unknown_device, uint32_t *retry_ms)
+{
+    char lk[CHAN_MAX], ak[CHAN_MAX], burst[16], per[16];
+    size_t al, ll = login_keys(lk, ak, line, uid, &al);
+    size_t bl = (size_t)snprintf(burst, sizeof burst, "%u", b->o.login_burst);
+    size_t pl = (size_t)snprintf(per, sizeof per, "%u", b->o.login_per_min ? b->o.login_per_min : 1);
+    const char *argv[] = {"EVAL", LOGIN_CHECK_LUA, "2", lk, ak, unknown_device ? "1" : "0", burst, per};
+    size_t lens[] = {4, sizeof LOGIN_CHECK_LUA - 1, 1, ll, al, 1, bl, pl};
+    bool kept = false;
+    long long wait = -1;
+    for (int attempt = 0; attempt < 2 && wait < 0; attempt++) {
+        redisContext *c = query_take(b, attempt > 0, &kept);
+        if (!c) return ERR_UNAVAILABLE;
+        redisReply *r = redisCommandArgv(c, 8, argv, lens);
+        bool ok = r && r->type == REDIS_REPLY_INTEGER;
+        if (ok) wait = r->integer;
+        if (r) freeReplyObject(r);
+        query_give(b, c, ok, kept);
+        if (!kept) break;
+    }
+    if (wait < 0) return ERR_UNAVAILABLE;
+    if (wait == 0) return ERR_OK;
+    if (retry_ms) *retry_ms = (uint32_t)(wait < 3600000 ? wait : 3600000);
+    return ERR_RATE;
+}
+
+void bus_login_result(bus *b, uint64_t line, uint64_t uid, bool unknown_device, bool ok)
+{
+    char lk[CHAN_MAX], ak[CHAN_MAX], burst[16], per[16];
+    size_t al, ll = login_keys(lk, ak, line, uid, &al);
+    size_t bl = (size_t)snprintf(burst, sizeof burst, "%u", b->o.login_burst);
+    size_t pl = (size_t)snprintf(per, sizeof per, "%u", b->o.login_per_min ? b->o.login_per_min : 1);
+    bus_cmd *c = calloc(1, sizeof *c);
+    int n = -1;
+    if (c && ok) {
+        const char *argv[] = {"DEL", lk};
+        size_t lens[] = {3, ll};
+        n = redisFormatCommandArgv(&c->text, 2, argv, lens);
+    } else if (c) {
+        const char *argv[] = {"EVAL", LOGIN_FAIL_LUA, "2", lk, ak, unknown_device ? "1" : "0", burst, per};
+        size_t lens[] = {4, sizeof LOGIN_FAIL_LUA - 1, 1, ll, al, 1, bl, pl};
+        n = redisFormatCommandArgv(&c->text, 8, argv, lens);
+    }
+    if (n < 0) { free(c); return; } /* lossy: the node's own guard still counts it */
+    c->len = (size_t)n;
+    uv_mutex_lock(&b->mu);
+    if (b->cmds_tail) b->cmds_tail->next = c;
+    else b->cmds = c;
+    b->cmds_tail = c;
+    uv_mutex_unlock(&b->mu);
+    uv_async_send(&b->wake);
+}
+
 /* ---- hiredis on this loop ------------------------------------------------------------ */
 
 /* hiredis's event hooks on a uv_poll_t. Not Debian's adapters/libuv.h
@@ -1173,6 +1387,7 @@ static void on_wake(uv_async_t *a)
     }
     settle(b);
     leave_or_beat(b);
+    flush_limits(b);
     drain(b);
 }
 
@@ -1211,6 +1426,8 @@ int bus_start(bus **out, const bus_options *o)
     b->sub = (rlink){.b = b, .name = "subscriber", .backoff = BACKOFF_MIN_MS};
     b->pub = (rlink){.b = b, .name = "publisher", .backoff = BACKOFF_MIN_MS};
     u64map_init(&b->subs);
+    u64map_init(&b->sent);
+    u64map_init(&b->blocked);
     if (uv_loop_init(&b->loop) != 0) { free(b); return ERR_IO; }
     uv_mutex_init(&b->mu);
     uv_mutex_init(&b->qmu);
@@ -1249,6 +1466,13 @@ void bus_stop(bus *b)
         item_free(it);
     }
     u64map_free(&b->subs);
+    u64map_free(&b->sent);
+    u64map_free(&b->blocked);
+    for (bus_cmd *c = b->cmds, *next; c; c = next) {
+        next = c->next;
+        redisFreeCommand(c->text);
+        free(c);
+    }
     free(b->dirty);
     free(b->recheck);
     for (int i = 0; i < b->nqfree; i++) redisFree(b->qfree[i]);

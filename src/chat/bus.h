@@ -81,6 +81,9 @@ typedef struct bus_options {
     uint32_t max_inflight;         /* PUBLISH commands awaiting Redis's reply, at most */
     uint32_t connect_timeout_ms;   /* a connection not up by then is retried */
     uint32_t node_ttl_ms;          /* a node whose heartbeat is older is dead (its sessions stop counting) */
+    uint32_t user_msgs_per_s;      /* a user's messages over the cluster, per second (burst 4x); 0: none */
+    uint32_t login_burst;          /* failed logins of unknown devices per account, at most ... */
+    uint32_t login_per_min;        /* ... refilled at this many a minute */
 } bus_options;
 
 #define BUS_MAX_QUEUE_DEFAULT ((size_t)64 << 20)
@@ -137,6 +140,28 @@ void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms);
  * nodes sweep its users at their next heartbeat (those without a session
  * elsewhere go offline for their contacts). Any thread. */
 void bus_leave(bus *b);
+
+/* Per-user limits over the cluster (docs/cluster.md, "Presence and limits
+ * across nodes"). Messages: each user has one token bucket in Redis
+ * (`parley:r:<uid>`, user_msgs_per_s, burst 4x) besides each node's own;
+ * the counts of the messages a node admitted are added by the bus thread
+ * (a script per user per wake, never on the send path), and a node told
+ * the bucket is empty refuses the user's messages for the time it names.
+ * The bound is then held over the cluster one round trip late. */
+void bus_user_sent(bus *b, uint64_t uid);        /* any thread; asynchronous */
+/* Whether uid's bucket is empty as this node last heard: *retry_ms then. Any thread. */
+bool bus_user_blocked(bus *b, uint64_t uid, uint32_t *retry_ms);
+
+/* Failed logins over the cluster, per the guard's line (guard_line_key):
+ * `parley:lf:<line>` counts the failures in a row and holds the delay
+ * (the guard's: 1 s from the third, doubling, at most 60 s); an unknown
+ * device's failures also take from the account's bucket `parley:la:<uid>`
+ * (login_burst, login_per_min). The check blocks (a read-pool thread):
+ * ERR_OK, ERR_RATE with *retry_ms, or ERR_UNAVAILABLE (the bus is down:
+ * the node's own guard alone then). The result is asynchronous (any
+ * thread): a failure counted, a success clearing the line. */
+int bus_login_check(bus *b, uint64_t line, uint64_t uid, bool unknown_device, uint32_t *retry_ms);
+void bus_login_result(bus *b, uint64_t line, uint64_t uid, bool unknown_device, bool ok);
 
 /* Both connections up. Any thread. */
 bool bus_healthy(bus *b);

@@ -606,6 +606,15 @@ int chat_submit(chat_op *op)
     return db_submit(op->ch->db, &op->d);
 }
 
+int chat_user_msg(chat *ch, uint64_t uid, uint32_t *retry_ms)
+{
+    int rc = guard_user_msg(ch->guard, uid, guard_now(), retry_ms);
+    if (rc < 0 || !ch->bus) return rc;
+    if (bus_user_blocked(ch->bus, uid, retry_ms)) return ERR_RATE;
+    bus_user_sent(ch->bus, uid);
+    return ERR_OK;
+}
+
 void chat_settle(chat *ch, uint64_t conv)
 {
     db_settle(ch->db, conv);
@@ -752,7 +761,9 @@ static int bus_open(chat *ch)
     make_node_id(ch);
     if (!ch->cfg->bus_url[0]) return ERR_OK;
     bus_options o = {.url = ch->cfg->bus_url, .node = ch->node, .ops = &chat_bus_ops, .ctx = ch,
-                     .node_ttl_ms = ch->cfg->node_ttl_ms};
+                     .node_ttl_ms = ch->cfg->node_ttl_ms,
+                     .user_msgs_per_s = ch->cfg->rate_user_msgs,
+                     .login_burst = GUARD_ACCOUNT_BURST, .login_per_min = GUARD_ACCOUNT_PER_MIN};
     int rc = bus_start(&ch->bus, &o);
     if (rc < 0) {
         log_error("cannot start the bus", "bus=%s node=%s err=%s", ch->cfg->bus_url, ch->node,

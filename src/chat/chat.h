@@ -60,6 +60,12 @@ void chat_close(chat *ch);
  * users' contacts (bus_leave). */
 void chat_leave(chat *ch);
 
+/* A message of uid's, before it is submitted: this node's per-user bucket
+ * (guard_user_msg), then with --bus the cluster's (bus_user_blocked; the
+ * message is then counted there). ERR_OK, or ERR_RATE with *retry_ms.
+ * Any I/O thread. */
+int chat_user_msg(chat *ch, uint64_t uid, uint32_t *retry_ms);
+
 static inline chat *chat_of(srv_thread *t) { return (chat *)t->srv->app; }
 
 static inline int64_t chat_now_ms(void)

@@ -129,12 +129,14 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
-static uint64_t line_key(const guard_login *l)
+uint64_t guard_line_key(const guard_login *l)
 {
     uint64_t k = l->device ? mix(0x6465766963650000ull ^ l->device)
                            : mix(0x61646472ull ^ mix(l->addr));
     return mix(k ^ l->uid * 0x9e3779b97f4a7c15ull);
 }
+
+static uint64_t line_key(const guard_login *l) { return guard_line_key(l); }
 
 int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *retry_ms)
 {

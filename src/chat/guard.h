@@ -62,6 +62,9 @@ typedef struct guard_login {
     uint32_t device;    /* the device of a valid known-device key, or 0 */
 } guard_login;
 
+/* The line's key: a hash of (account, address) or (account, device), the
+ * same on every node (the cluster's own delays, bus.h, use it). */
+uint64_t guard_line_key(const guard_login *l);
 /* Before checking a password: ERR_OK (the attempt is then in flight until
  * guard_login_end() with the same *l), or ERR_RATE with *retry_ms. */
 int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *retry_ms);

@@ -528,7 +528,7 @@ static void on_send(frame_ctx *f)
     tlimit l = {(float)cfg->rate_msgs, (float)cfg->rate_msgs * 4};
     uint32_t retry = 0;
     if (conn_paused(f->c) || !tb_take(&f->s->msgs, &l, srv_now(f->c->t), 1, &retry) ||
-        guard_user_msg(f->ch->guard, f->s->uid, guard_now(), &retry) < 0) {
+        chat_user_msg(f->ch, f->s->uid, &retry) < 0) {
         if (conn_strike(f->c, &retry)) return;
         send_rate_limited(f->c, retry, f->r.ref);
         return;
