@@ -24,6 +24,9 @@
 #define TICK_MS 100
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
+#define ECHO_EVERY_MS 1000     /* the node publishes on its own channel this often ... */
+#define SILENT_MS 3500         /* ... and a link that read nothing this long is dropped */
+#define CHAN_NODE "parley:n:"  /* + node id: the echo */
 #define QUERY_CONNS 4          /* blocking connections kept for the read-pool queries */
 #define ROSTER_USER "parley:p:"
 #define ROSTER_NODE "parley:pn:"
@@ -188,6 +191,7 @@ typedef struct rlink {
     uint64_t since;            /* ms: the pending connect began */
     uint64_t next_try;         /* ms */
     uint32_t backoff;
+    uint64_t last_rx;          /* ms: Redis last sent this link something (or it connected) */
 } rlink;
 
 struct bus {
@@ -216,12 +220,15 @@ struct bus {
     u64map blocked;            /* uid -> ms until which its bucket is empty */
     bus_cmd *cmds, *cmds_tail;    /* commands to send (login results) */
     bool sub_up, pub_up;       /* mirrored from the links, for any thread */
+    bool echoed;               /* our echo came back since the last connect of either link */
     /* the bus thread's */
     rlink sub, pub;
     uint32_t inflight;         /* PUBLISH commands unanswered */
     bool resync_pending;       /* at parley:all's confirmation: resync the local sessions */
     hist latency;              /* queued -> PUBLISH answered, ns */
     char nonce[24];            /* this process's heartbeat value */
+    char echo_chan[sizeof CHAN_NODE + BUSMSG_NODE_MAX];
+    uint64_t next_echo;        /* ms */
     char beat_key[sizeof ROSTER_BEAT + BUSMSG_NODE_MAX];
     char node_key[sizeof ROSTER_NODE + BUSMSG_NODE_MAX];
     uint64_t next_beat;        /* ms */
@@ -394,7 +401,7 @@ void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms)
 bool bus_healthy(bus *b)
 {
     uv_mutex_lock(&b->mu);
-    bool ok = b->sub_up && b->pub_up;
+    bool ok = b->sub_up && b->pub_up && b->echoed;
     uv_mutex_unlock(&b->mu);
     return ok;
 }
@@ -540,6 +547,12 @@ static uint64_t channel_uid(const char *s, size_t n)
 static void on_message(bus *b, const redisReply *chan, const redisReply *data)
 {
     if (chan->type != REDIS_REPLY_STRING || data->type != REDIS_REPLY_STRING) return;
+    if (chan->len == strlen(b->echo_chan) && !memcmp(chan->str, b->echo_chan, chan->len)) {
+        uv_mutex_lock(&b->mu); /* Redis answers both links: healthy */
+        b->echoed = true;
+        uv_mutex_unlock(&b->mu);
+        return;
+    }
     bool all = chan->len == strlen(CHAN_ALL) && !memcmp(chan->str, CHAN_ALL, chan->len);
     uint64_t uid = all ? 0 : channel_uid(chan->str, chan->len);
     busmsg m;
@@ -1148,6 +1161,7 @@ typedef struct poller {
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     poller *p = h->data;
+    if (p->ac && status == 0 && (events & UV_READABLE)) ((rlink *)p->ac->data)->last_rx = now_ms();
     if (p->ac && (status < 0 || (events & UV_READABLE))) redisAsyncHandleRead(p->ac);
     if (p->ac && status == 0 && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->ac);
 }
@@ -1198,7 +1212,9 @@ static int attach(redisAsyncContext *ac, uv_loop_t *loop)
 static void set_up(bus *b, rlink *l, bool up)
 {
     l->up = up;
+    l->last_rx = now_ms();
     uv_mutex_lock(&b->mu);
+    b->echoed = false; /* healthy again once the echo went round */
     if (l == &b->sub) b->sub_up = up;
     else b->pub_up = up;
     if (l == &b->sub && !up) {
@@ -1251,6 +1267,9 @@ static void subscribe_all(bus *b)
         if (b->subs.slots[i].key) v[n++] = b->subs.slots[i].key;
     uv_mutex_unlock(&b->mu);
     b->resync_pending = true;
+    const char *echo[] = {"SUBSCRIBE", b->echo_chan};
+    size_t echo_len[] = {9, strlen(b->echo_chan)};
+    redisAsyncCommandArgv(b->sub.ac, on_sub, NULL, 2, echo, echo_len);
     send_channels(b, "SUBSCRIBE", v, v ? n : 0, true);
     free(v);
 }
@@ -1357,9 +1376,32 @@ void bus_leave(bus *b)
     uv_async_send(&b->wake);
 }
 
+/* A link Redis sent nothing for SILENT_MS, though the echo asks it to
+ * every ECHO_EVERY_MS (a frozen Redis, a network cut that no RST tells of):
+ * dropped, so that it is made again and its sessions resync. */
+static void check_silent(bus *b, rlink *l)
+{
+    uint64_t t = now_ms();
+    if (!l->ac || !l->up || t - l->last_rx <= SILENT_MS) return;
+    log_warn("bus: Redis sent nothing for too long; the connection is dropped", "link=%s ms=%llu",
+             l->name, (unsigned long long)(t - l->last_rx));
+    redisAsyncFree(l->ac); /* its disconnect callback marks it down and retries */
+}
+
+static void echo(bus *b)
+{
+    uint64_t t = now_ms();
+    if (!b->pub.ac || !b->pub.up || t < b->next_echo) return; /* its reply keeps pub alive */
+    b->next_echo = t + ECHO_EVERY_MS;
+    redisAsyncCommand(b->pub.ac, NULL, NULL, "PUBLISH %s %s", b->echo_chan, b->nonce);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     bus *b = t->data;
+    check_silent(b, &b->sub);
+    check_silent(b, &b->pub);
+    echo(b);
     tend(b, &b->sub);
     tend(b, &b->pub);
     leave_or_beat(b);
@@ -1415,6 +1457,7 @@ int bus_start(bus **out, const bus_options *o)
     b->ctx = o->ctx;
     snprintf(b->node, sizeof b->node, "%s", o->node);
     snprintf(b->beat_key, sizeof b->beat_key, ROSTER_BEAT "%s", o->node);
+    snprintf(b->echo_chan, sizeof b->echo_chan, CHAN_NODE "%s", o->node);
     snprintf(b->node_key, sizeof b->node_key, ROSTER_NODE "%s", o->node);
     {
         struct timespec ts;

@@ -28,8 +28,10 @@ def health(srv):
 
 
 def channels(redis):
-    """The parley channels someone subscribes to, sorted."""
-    return sorted(redis.client().pubsub_channels("parley:*"))
+    """The parley channels someone subscribes to, sorted (but the nodes'
+    own echo channels, parley:n:<node>, always there)."""
+    return sorted(c for c in redis.client().pubsub_channels("parley:*")
+                  if not c.startswith("parley:n:"))
 
 
 def subscriptions(redis):
@@ -283,3 +285,43 @@ def test_a_connection_redis_reset_is_seen_as_lost(parley, pg_database, redis):
         await cb.close()
 
     arun(go())
+
+
+def test_a_frozen_redis_is_seen_and_its_return_brings_a_resync(parley, pg_database, redis):
+    """Redis frozen (SIGSTOP): its connections stay open and nothing
+    answers. The node's echo on its own channel does not come back: the
+    links are dropped (503 "bus":"down"), made again, and not healthy
+    while Redis stays frozen (connecting is not enough); once it runs
+    again the sessions resync and delivery works."""
+    import os
+    import signal
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+
+    async def go():
+        ca = await Client.open(a)
+        cb = await Client.open(on(n2, b))
+        assert poll(lambda: subscriptions(redis), lambda n: n == 2) == 2
+        assert poll(lambda: health(n1), lambda h: h[0] == 200) == (200, {"status": "ok"})
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            for srv in (n1, n2):
+                st = poll(lambda: health(srv), lambda h: h[0] == 503)
+                assert st == (503, {"status": "unavailable", "bus": "down"}), st
+            ack = await ca.send_msg(conv, "frozen", 1)  # the store still acks
+            assert ack["type"] == "ack", ack
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        for srv in (n1, n2):
+            assert poll(lambda: health(srv), lambda h: h[0] == 200) == (200, {"status": "ok"})
+        assert (await cb.wait_type("resync"))["reason"] == "bus"
+        r = await cb.request({"type": "sync", "conv": conv, "after": 0}, "history")
+        assert "frozen" in [m["cmid"] for m in r["messages"]], r
+        await ca.send_msg(conv, "after", 2)
+        await cb.wait_type("msg", cmid="after")
+        await ca.close()
+        await cb.close()
+
+    arun(go())
+    assert mval(get_metrics(n1.port), "parley_bus_reconnects_total") >= 1
