@@ -116,6 +116,9 @@ static const opt opts[] = {
      .check = is_node_id, .check_what = "1-64 of A-Z a-z 0-9 . _ -"},
     {"node-ttl", U32(node_ttl_ms, U_MS), .def = 10000, .min = 300, .max = 600000, .arg = "MS",
      .help = "with --bus: a node silent this long is taken for dead and its sessions stop counting"},
+    {"bus-timeout", U32(bus_timeout_ms, U_MS), .def = 3500, .min = 2000, .max = 600000, .arg = "MS",
+     .help = "with --bus: a Redis connection that brought nothing this long (the node's echo "
+             "goes round every second) is dropped and made again"},
     {"web-dir", STR(web_dir), .def_str = "./web", .arg = "DIR",
      .help = "static files served at /"},
     {"threads", INT(threads), .def_fn = cores, .shown = "cores", .min = 1, .max = 256, .arg = "N",

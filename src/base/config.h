@@ -36,6 +36,7 @@ typedef struct config {
     char bus_url[512];           /* --bus, "": no bus (one node) */
     char node_id[65];            /* --node-id, "": the host name and a random suffix */
     uint32_t node_ttl_ms;        /* --node-ttl, a silent node's sessions stop counting, 10000 */
+    uint32_t bus_timeout_ms;     /* --bus-timeout, a silent Redis connection is dropped, 3500 */
     char web_dir[512];           /* --web-dir, default ./web */
     int threads;                 /* --threads, default: number of cores */
     int log_level;               /* --log-level, default info */

@@ -24,8 +24,7 @@
 #define TICK_MS 100
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
-#define ECHO_EVERY_MS 1000     /* the node publishes on its own channel this often ... */
-#define SILENT_MS 3500         /* ... and a link that read nothing this long is dropped */
+#define ECHO_EVERY_MS 1000     /* the node publishes on its own channel this often */
 #define CHAN_NODE "parley:n:"  /* + node id: the echo */
 #define QUERY_CONNS 4          /* blocking connections kept for the read-pool queries */
 #define ROSTER_USER "parley:p:"
@@ -218,6 +217,7 @@ struct bus {
     u64map subs;               /* uid -> SUB_* */
     u64map sent;               /* uid -> messages admitted, not yet counted in Redis */
     u64map blocked;            /* uid -> ms until which its bucket is empty */
+    u64map late;               /* uids whose read did not wait for their channel: resync at confirm */
     bus_cmd *cmds, *cmds_tail;    /* commands to send (login results) */
     bool sub_up, pub_up;       /* mirrored from the links, for any thread */
     bool echoed;               /* our echo came back since the last connect of either link */
@@ -393,7 +393,11 @@ void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms)
         uintptr_t st = (uintptr_t)u64map_get(&b->subs, uid);
         if (st == SUB_CONFIRMED || !b->sub_up || b->stopping) break;
         uint64_t t = now_ns();
-        if (t >= end || uv_cond_timedwait(&b->cond, &b->mu, end - t) != 0) break;
+        if (t >= end || uv_cond_timedwait(&b->cond, &b->mu, end - t) != 0) {
+            if ((uintptr_t)u64map_get(&b->subs, uid) != SUB_CONFIRMED && b->sub_up)
+                u64map_put(&b->late, uid, (void *)1); /* resync at the confirmation */
+            break;
+        }
     }
     uv_mutex_unlock(&b->mu);
 }
@@ -589,8 +593,10 @@ static void on_subscribed(bus *b, const redisReply *chan, bool unsubscribed)
     bool again = false;
     uv_mutex_lock(&b->mu);
     uintptr_t st = (uintptr_t)u64map_get(&b->subs, uid);
+    bool late = false;
     if (!unsubscribed && st == SUB_PENDING) {
         u64map_put(&b->subs, uid, (void *)(uintptr_t)SUB_CONFIRMED);
+        late = u64map_del(&b->late, uid) != NULL;
         uv_cond_broadcast(&b->cond);
     } else if (unsubscribed && st == SUB_UNSUBSCRIBING) {
         u64map_del(&b->subs, uid);
@@ -600,6 +606,13 @@ static void on_subscribed(bus *b, const redisReply *chan, bool unsubscribed)
     }
     uv_mutex_unlock(&b->mu);
     if (again) send_channels(b, "SUBSCRIBE", &uid, 1, false);
+    audience *a = late ? audience_new(1) : NULL;
+    if (a) { /* a read went ahead without the channel: catch up now */
+        a->uids[0] = uid;
+        count(&b->n_resyncs, 1);
+        b->ops->resync(b->ctx, a);
+        audience_unref(a);
+    }
 }
 
 static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
@@ -1233,6 +1246,8 @@ static void set_up(bus *b, rlink *l, bool up)
                 gone[ngone++] = b->subs.slots[i].key;
         for (size_t i = 0; i < ngone; i++) u64map_del(&b->subs, gone[i]);
         free(gone);
+        u64map_free(&b->late); /* the reconnect resyncs every session */
+        u64map_init(&b->late);
         uv_cond_broadcast(&b->cond);
     }
     uv_mutex_unlock(&b->mu);
@@ -1376,13 +1391,13 @@ void bus_leave(bus *b)
     uv_async_send(&b->wake);
 }
 
-/* A link Redis sent nothing for SILENT_MS, though the echo asks it to
+/* A link Redis sent nothing for silent_ms, though the echo asks it to
  * every ECHO_EVERY_MS (a frozen Redis, a network cut that no RST tells of):
  * dropped, so that it is made again and its sessions resync. */
 static void check_silent(bus *b, rlink *l)
 {
     uint64_t t = now_ms();
-    if (!l->ac || !l->up || t - l->last_rx <= SILENT_MS) return;
+    if (!l->ac || !l->up || t - l->last_rx <= b->o.silent_ms) return;
     log_warn("bus: Redis sent nothing for too long; the connection is dropped", "link=%s ms=%llu",
              l->name, (unsigned long long)(t - l->last_rx));
     redisAsyncFree(l->ac); /* its disconnect callback marks it down and retries */
@@ -1453,6 +1468,7 @@ int bus_start(bus **out, const bus_options *o)
     if (!b->o.max_inflight) b->o.max_inflight = BUS_MAX_INFLIGHT_DEFAULT;
     if (!b->o.connect_timeout_ms) b->o.connect_timeout_ms = BUS_CONNECT_TIMEOUT_DEFAULT;
     if (!b->o.node_ttl_ms) b->o.node_ttl_ms = BUS_NODE_TTL_DEFAULT;
+    if (!b->o.silent_ms) b->o.silent_ms = BUS_SILENT_DEFAULT;
     b->ops = o->ops;
     b->ctx = o->ctx;
     snprintf(b->node, sizeof b->node, "%s", o->node);
@@ -1471,6 +1487,7 @@ int bus_start(bus **out, const bus_options *o)
     u64map_init(&b->subs);
     u64map_init(&b->sent);
     u64map_init(&b->blocked);
+    u64map_init(&b->late);
     if (uv_loop_init(&b->loop) != 0) { free(b); return ERR_IO; }
     uv_mutex_init(&b->mu);
     uv_mutex_init(&b->qmu);
@@ -1511,6 +1528,7 @@ void bus_stop(bus *b)
     u64map_free(&b->subs);
     u64map_free(&b->sent);
     u64map_free(&b->blocked);
+    u64map_free(&b->late);
     for (bus_cmd *c = b->cmds, *next; c; c = next) {
         next = c->next;
         redisFreeCommand(c->text);

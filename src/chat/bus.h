@@ -81,6 +81,7 @@ typedef struct bus_options {
     uint32_t max_inflight;         /* PUBLISH commands awaiting Redis's reply, at most */
     uint32_t connect_timeout_ms;   /* a connection not up by then is retried */
     uint32_t node_ttl_ms;          /* a node whose heartbeat is older is dead (its sessions stop counting) */
+    uint32_t silent_ms;            /* a link that read nothing this long is dropped (the echo is 1 s) */
     uint32_t user_msgs_per_s;      /* a user's messages over the cluster, per second (burst 4x); 0: none */
     uint32_t login_burst;          /* failed logins of unknown devices per account, at most ... */
     uint32_t login_per_min;        /* ... refilled at this many a minute */
@@ -90,6 +91,7 @@ typedef struct bus_options {
 #define BUS_MAX_INFLIGHT_DEFAULT 65536u
 #define BUS_CONNECT_TIMEOUT_DEFAULT 2000u
 #define BUS_NODE_TTL_DEFAULT 10000u
+#define BUS_SILENT_DEFAULT 3500u
 
 /* Whether url is a bus URL bus_start accepts. */
 bool bus_url_ok(const char *url);
@@ -132,7 +134,9 @@ int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on);
 int bus_remote_sessions(bus *b, uint64_t uid, int *n);
 /* A read of uid's (a read-pool thread): if uid has a session on this node,
  * waits until their channel is confirmed, at most timeout_ms, or until the
- * bus is found down (its return then brings a resync). */
+ * bus is found down (its return then brings a resync). A wait that ends at
+ * its bound leaves a mark: uid's sessions here are told to resync when the
+ * channel is confirmed (what was committed meanwhile may have missed them). */
 void bus_wait(bus *b, uint64_t uid, uint32_t timeout_ms);
 
 /* The node is stopping (call before its sessions close): the roster is no

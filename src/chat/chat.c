@@ -761,7 +761,7 @@ static int bus_open(chat *ch)
     make_node_id(ch);
     if (!ch->cfg->bus_url[0]) return ERR_OK;
     bus_options o = {.url = ch->cfg->bus_url, .node = ch->node, .ops = &chat_bus_ops, .ctx = ch,
-                     .node_ttl_ms = ch->cfg->node_ttl_ms,
+                     .node_ttl_ms = ch->cfg->node_ttl_ms, .silent_ms = ch->cfg->bus_timeout_ms,
                      .user_msgs_per_s = ch->cfg->rate_user_msgs,
                      .login_burst = GUARD_ACCOUNT_BURST, .login_per_min = GUARD_ACCOUNT_PER_MIN};
     int rc = bus_start(&ch->bus, &o);

@@ -16,8 +16,8 @@ from parley_client import (Client, arun, direct, get_metrics, group, history, lo
 
 
 
-def node(parley, db, redis, name):
-    return parley("--store", db.dsn, "--bus", redis.url, "--node-id", name)
+def node(parley, db, redis, name, *flags):
+    return parley("--store", db.dsn, "--bus", redis.url, "--node-id", name, *flags)
 
 
 
@@ -325,3 +325,31 @@ def test_a_frozen_redis_is_seen_and_its_return_brings_a_resync(parley, pg_databa
 
     arun(go())
     assert mval(get_metrics(n1.port), "parley_bus_reconnects_total") >= 1
+
+
+def test_a_read_that_did_not_wait_for_its_channel_brings_a_resync(parley, pg_database, redis):
+    """Redis paused (CLIENT PAUSE, every command) while b's session opens on
+    n2: b's channel is not confirmed, so its first sync waits its 1 s and
+    reads anyway; a message sent meanwhile could have missed b. When Redis
+    runs again and confirms the channel, b is told to resync. The pause is
+    shorter than --bus-timeout, so no connection is dropped: the resync is
+    this read's own."""
+    n1 = node(parley, pg_database, redis, "n1", "--bus-timeout", "20000")
+    n2 = node(parley, pg_database, redis, "n2", "--bus-timeout", "20000")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+    assert a.post(f"/v1/conversations/{conv}/messages", {"cmid": "m1", "body": 1}).status_code == 201
+
+    async def go():
+        redis.client().execute_command("CLIENT", "PAUSE", "6000", "ALL")
+        cb = await Client.open(on(n2, b))
+        r = await cb.request({"type": "sync", "conv": conv, "after": 0}, "history")
+        assert [m["cmid"] for m in r["messages"]] == ["m1"], r
+        f = await cb.wait_type("resync", timeout=30)
+        assert f == {"type": "resync", "reason": "bus"}, f
+        await cb.close()
+
+    arun(go())
+    m2 = get_metrics(n2.port)
+    assert mval(m2, "parley_bus_reconnects_total") == 0, m2
+    assert mval(m2, "parley_bus_resyncs_total") == 1, m2
