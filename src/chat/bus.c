@@ -213,6 +213,7 @@ struct bus {
     size_t ndirty, dirty_cap;
     bool stopping;
     bool leaving;              /* bus_leave: the roster is not written any more */
+    bool draining, drained;    /* bus_stop waits (bounded) for what is queued to be published */
     bool lost;                 /* events owed to others were dropped: resync at parley:all */
     u64map subs;               /* uid -> SUB_* */
     u64map sent;               /* uid -> messages admitted, not yet counted in Redis */
@@ -632,6 +633,18 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
 
 static void drain(bus *b);
 
+/* bus_stop's wait: nothing queued, nothing unanswered. */
+static void check_drained(bus *b)
+{
+    if (b->inflight) return;
+    uv_mutex_lock(&b->mu);
+    if (b->draining && !b->head && !b->drained) {
+        b->drained = true;
+        uv_cond_broadcast(&b->cond);
+    }
+    uv_mutex_unlock(&b->mu);
+}
+
 static void on_published(redisAsyncContext *ac, void *reply, void *priv)
 {
     bus *b = ((rlink *)ac->data)->b;
@@ -654,6 +667,7 @@ static void on_published(redisAsyncContext *ac, void *reply, void *priv)
     uint64_t at = (uint64_t)(uintptr_t)priv, t = now_ns();
     hist_observe(&b->latency, &hist_seconds, t > at ? t - at : 0);
     if (b->inflight == b->o.max_inflight / 2) drain(b);
+    if (!b->inflight) check_drained(b);
 }
 
 static void publish_item(bus *b, item *it)
@@ -723,6 +737,7 @@ static void drain(bus *b)
             publish_item(b, &it);
         }
     }
+    check_drained(b);
 }
 
 /* ---- the roster (the bus thread; bus.h) ------------------------------------------ */
@@ -1511,10 +1526,27 @@ int bus_start(bus **out, const bus_options *o)
     return ERR_OK;
 }
 
+#define BUS_DRAIN_MS 2000
+
 void bus_stop(bus *b)
 {
     if (!b) return;
+    /* What the last commits queued for the other nodes goes first, while
+     * the publisher is up, for at most BUS_DRAIN_MS. */
     uv_mutex_lock(&b->mu);
+    b->draining = true;
+    uv_mutex_unlock(&b->mu);
+    uv_async_send(&b->wake);
+    uint64_t end = now_ns() + (uint64_t)BUS_DRAIN_MS * 1000000u;
+    uv_mutex_lock(&b->mu);
+    for (;;) {
+        uint64_t t = now_ns();
+        if (b->drained || !b->pub_up || t >= end) break;
+        uv_cond_timedwait(&b->cond, &b->mu, end - t);
+    }
+    if (!b->drained && b->head)
+        log_warn("bus: stopped with events still queued for the other nodes",
+                 "bytes=%zu", b->queued_bytes);
     b->stopping = true;
     uv_cond_broadcast(&b->cond);
     uv_mutex_unlock(&b->mu);

@@ -353,3 +353,27 @@ def test_a_read_that_did_not_wait_for_its_channel_brings_a_resync(parley, pg_dat
     m2 = get_metrics(n2.port)
     assert mval(m2, "parley_bus_reconnects_total") == 0, m2
     assert mval(m2, "parley_bus_resyncs_total") == 1, m2
+
+
+def test_a_stopping_node_publishes_what_it_queued_first(parley, pg_database, redis):
+    """Redis holds PUBLISH back (CLIENT PAUSE WRITE) when n1 acks a message
+    and is stopped at once: n1 waits (bounded) for Redis to take it before
+    it closes its connections (Redis drops what a closed client had not run),
+    so b, on n2, gets the message."""
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    a, b = users(n1, 2)
+    conv = direct(a, b)
+
+    async def go():
+        cb = await Client.open(on(n2, b))
+        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+        redis.client().execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        r = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: a.post(f"/v1/conversations/{conv}/messages", {"cmid": "last", "body": 1}))
+        assert r.status_code == 201, r.text
+        assert n1.kill() == 0  # SIGTERM while the PUBLISH waits in Redis
+        f = await cb.wait_type("msg", cmid="last")
+        assert f["seq"] == 1, f
+        await cb.close()
+
+    arun(go())
