@@ -140,10 +140,14 @@ test-integration: $(B)/parleyd $(CLI_BIN)
 	PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) PARLEY_WEB=$(abspath web) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
-# The same chat, durability and resume tests with the PostgreSQL backend
-# (--store), on a PostgreSQL server the run starts (tests/integration/engines.py).
-PG_TESTS := $(wildcard tests/integration/test_chat_*.py) tests/integration/test_durable_kill.py \
-            tests/integration/test_durable_ryw.py tests/integration/test_client_resume.py
+# The crash and kill tests with the PostgreSQL backend (--store) on one node,
+# on a PostgreSQL server the run starts (tests/integration/engines.py); the
+# rest of the chat suite runs on PostgreSQL in the cluster run below. The
+# whole suite on one PostgreSQL node: make test-integration-pg PG_TESTS=all.
+PG_ALL := $(wildcard tests/integration/test_chat_*.py) tests/integration/test_durable_kill.py \
+          tests/integration/test_durable_ryw.py tests/integration/test_client_resume.py
+PG_TESTS := tests/integration/test_chat_crash.py tests/integration/test_durable_kill.py
+override PG_TESTS := $(if $(filter all,$(PG_TESTS)),$(PG_ALL),$(PG_TESTS))
 test-integration-pg: $(B)/parleyd $(CLI_BIN)
 	PARLEY_TEST_STORE=postgresql PARLEYD=$(abspath $(B)/parleyd) PARLEY_CLI=$(abspath $(B)/parley) \
 	    PARLEY_WEB=$(abspath web) $(PYTHON) -m pytest -q -p no:cacheprovider $(PG_TESTS)
