@@ -1512,7 +1512,10 @@ int bus_start(bus **out, const bus_options *o)
     uv_timer_init(&b->loop, &b->timer);
     b->timer.data = b;
     uv_timer_start(&b->timer, on_tick, 0, TICK_MS);
+    /* Set before the thread starts: its ops may run at once, and read it. */
+    *out = b;
     if (uv_thread_create(&b->tid, run, b) != 0) {
+        *out = NULL;
         uv_walk(&b->loop, close_handle, NULL);
         uv_run(&b->loop, UV_RUN_DEFAULT);
         uv_loop_close(&b->loop);
@@ -1522,7 +1525,6 @@ int bus_start(bus **out, const bus_options *o)
         free(b);
         return ERR_IO;
     }
-    *out = b;
     return ERR_OK;
 }
 

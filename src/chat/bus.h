@@ -96,7 +96,8 @@ typedef struct bus_options {
 /* Whether url is a bus URL bus_start accepts. */
 bool bus_url_ok(const char *url);
 
-/* Starts the bus thread, which connects (and reconnects, with backoff)
+/* Starts the bus thread (*out is set before it starts: the ops may run
+ * at once), which connects (and reconnects, with backoff)
  * on its own: the bus is usable at once and healthy once both connections
  * are up. ERR_INVALID (bad URL or node id), ERR_NOMEM, ERR_IO. */
 int bus_start(bus **out, const bus_options *o);
