@@ -1,0 +1,211 @@
+/* cluster: the cost of scaling out, measured on one box: N parleyd nodes
+ * on one PostgreSQL and one Redis (bench/run.sh starts them; --ports and
+ * --pids name the nodes, --redis-pid and --pg-pid the engines).
+ *
+ * Two phases, each the traffic of scenario/traffic.h with every WebSocket
+ * placed by worker_node_of(): the users of a pair on two different nodes
+ * (so every delivery crosses the bus when N > 1), a group's members spread
+ * over all nodes. Provisioning (REST) goes to the first node: the users and
+ * conversations are in the shared database, and a token works on every
+ * node.
+ *
+ *   direct  P pairs, flat out (--window W each): durable msgs/s, send->ack
+ *           and send->delivery of the cross-node pairs
+ *   group   N groups of G, S senders each: deliveries/s and the fan-out
+ *           (send -> the last of the G-1 members, on every node)
+ *
+ * Around each phase's measured seconds it reads utime + stime of every
+ * node, of redis-server and of PostgreSQL (the postmaster and its
+ * children: probe_tree_cpu_s) and reports CPU seconds per 1,000 messages
+ * (and per 1,000 deliveries) for each, with the machine's other use.
+ * Figures: "nodes", then "direct" and "group", each with the traffic's
+ * figures and "cpu_s_per_1k_msgs", "cpu_s_per_1k_deliveries", "cores"
+ * (keys n1 .. nN, nodes, redis, postgres, cluster = nodes + engines,
+ * bench, other), and "machine_cpu" as every run has.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "scenario/traffic.h"
+
+typedef struct cl_sample {
+    double node[OPTS_MAX_NODES], redis, pg;
+    probe_sample mach;       /* the machine's busy time and the clock */
+} cl_sample;
+
+typedef struct cl_probe {
+    const bench_opts *o;
+    cl_sample a, b;
+    bool have_mach;          /* the direct phase's machine split, for the top level */
+    double mach[4];          /* busy_share, server_cores, bench_cores, other_cores */
+} cl_probe;
+
+static void defaults(bench_opts *o)
+{
+    if (!o->pairs) o->pairs = 100;
+    if (!o->window) o->window = 8;
+    if (!o->groups) o->groups = 4;
+    if (!o->gsize) o->gsize = 30;
+    if (o->gsize < 2) o->gsize = 2;
+    if (!o->senders) o->senders = 2;
+    if (o->senders > o->gsize) o->senders = o->gsize;
+    if (!o->size) o->size = 64;
+}
+
+static int sockets(const bench_opts *o)
+{
+    int d = 2 * o->pairs, g = o->groups * o->gsize;
+    return d > g ? d : g;
+}
+
+static void params(const bench_opts *o, jw *j)
+{
+    jw_num(j, "nodes", o->nports ? o->nports : 1);
+    jw_num(j, "seconds", o->seconds);
+    jw_num(j, "pairs", o->pairs);
+    jw_num(j, "groups", o->groups);
+    jw_num(j, "group_size", o->gsize);
+    jw_num(j, "senders", o->senders);
+    traffic_params(o, j);
+}
+
+static void take(const bench_opts *o, cl_sample *s)
+{
+    memset(s, 0, sizeof *s);
+    for (int k = 0; k < o->npids; k++) s->node[k] = probe_cpu_s(o->pids[k]);
+    s->redis = o->redis_pid > 0 ? probe_cpu_s(o->redis_pid) : -1;
+    s->pg = o->pg_pid > 0 ? probe_tree_cpu_s(o->pg_pid) : -1;
+    s->mach = probe_take(0);
+}
+
+static void begin(void *arg)
+{
+    cl_probe *c = arg;
+    take(c->o, &c->a);
+}
+
+static void end(void *arg)
+{
+    cl_probe *c = arg;
+    take(c->o, &c->b);
+}
+
+static double diff(double a, double b)
+{
+    return a < 0 || b < 0 ? -1 : b - a;
+}
+
+/* One row: CPU seconds, per 1,000 messages and deliveries, cores. */
+static void row(const char *name, double cpu, double msgs, double dl, double dt)
+{
+    if (cpu < 0) {
+        printf("    %-10s not measured\n", name);
+        return;
+    }
+    printf("    %-10s %7.2f s  %8.4f s per 1k msgs  %8.5f s per 1k deliveries  %5.2f cores\n", name, cpu,
+           msgs > 0 ? cpu * 1e3 / msgs : 0, dl > 0 ? cpu * 1e3 / dl : 0, cpu / dt);
+}
+
+/* "machine_cpu" as report_machine() writes it; the "server" is the whole
+ * cluster (nodes and engines). */
+static void write_mach(jw *j, const double m[4])
+{
+    jw_open(j, "machine_cpu");
+    jw_num(j, "busy_share", m[0]);
+    jw_num(j, "server_cores", m[1]);
+    jw_num(j, "bench_cores", m[2]);
+    jw_num(j, "other_cores", m[3]);
+    jw_close(j);
+}
+
+static void report(void *arg, bench_run *r, double msgs, double dl, double dt, double bench_s)
+{
+    cl_probe *c = arg;
+    const bench_opts *o = c->o;
+    jw *j = &r->J;
+    double mdt = (double)(c->b.mach.t - c->a.mach.t) / 1e9;
+    if (mdt <= 0) mdt = dt;
+    double busy = c->b.mach.mach_busy_s - c->a.mach.mach_busy_s;
+    double node[OPTS_MAX_NODES], nodes = 0, cl;
+    for (int k = 0; k < o->npids; k++) {
+        node[k] = diff(c->a.node[k], c->b.node[k]);
+        if (node[k] > 0) nodes += node[k];
+    }
+    double redis = diff(c->a.redis, c->b.redis), pg = diff(c->a.pg, c->b.pg);
+    cl = nodes + (redis > 0 ? redis : 0) + (pg > 0 ? pg : 0);
+    double other = busy - cl - bench_s;
+    if (other < 0) other = 0;
+    printf("  CPU over the %.1f s measured (%.0f msgs, %.0f deliveries):\n", mdt, msgs, dl);
+    char name[16];
+    for (int k = 0; k < o->npids; k++) {
+        snprintf(name, sizeof name, "node %d", k + 1);
+        row(name, node[k], msgs, dl, mdt);
+    }
+    row("redis", redis, msgs, dl, mdt);
+    row("postgres", pg, msgs, dl, mdt);
+    row("cluster", cl, msgs, dl, mdt);
+    row("generator", bench_s, msgs, dl, mdt);
+    row("other", other, msgs, dl, mdt);
+    printf("    machine    %.0f%% of %d cores busy\n", busy / mdt / probe_cores() * 100, probe_cores());
+    static const char *const keys[] = {"cpu_s_per_1k_msgs", "cpu_s_per_1k_deliveries", "cores"};
+    for (int q = 0; q < 3; q++) {
+        double per = q == 0 ? msgs / 1e3 : q == 1 ? dl / 1e3 : mdt;
+        jw_open(j, keys[q]);
+        for (int k = 0; k < o->npids; k++) {
+            snprintf(name, sizeof name, "n%d", k + 1);
+            jw_num(j, name, node[k] >= 0 && per > 0 ? node[k] / per : NAN);
+        }
+        jw_num(j, "nodes", per > 0 ? nodes / per : NAN);
+        jw_num(j, "redis", redis >= 0 && per > 0 ? redis / per : NAN);
+        jw_num(j, "postgres", pg >= 0 && per > 0 ? pg / per : NAN);
+        jw_num(j, "cluster", per > 0 ? cl / per : NAN);
+        jw_num(j, "bench", per > 0 ? bench_s / per : NAN);
+        jw_num(j, "other", per > 0 ? other / per : NAN);
+        jw_close(j);
+    }
+    double m[4] = {busy / mdt / probe_cores(), cl / mdt, bench_s / mdt, other / mdt};
+    write_mach(j, m);
+    if (!c->have_mach) {
+        memcpy(c->mach, m, sizeof m);
+        c->have_mach = true;
+    }
+}
+
+static int run(bench_run *r)
+{
+    const bench_opts *o = r->o;
+    int n = o->nports ? o->nports : 1;
+    if (o->nports && o->npids != o->nports) die("cluster: --pids must name one PID per port of --ports");
+    cl_probe c = {.o = o};
+    traffic_hook h = {.begin = begin, .end = end, .report = report, .arg = &c};
+    printf("cluster: %d node(s); pairs across nodes, group members spread over them\n", n);
+    jw_num(&r->J, "nodes", n);
+    jw_open(&r->J, "direct");
+    int rc = traffic_run_hooked(r, false, &h);
+    jw_close(&r->J);
+    if (rc) return rc;
+    /* fresh user names for the second phase (worker.c: the prefix) */
+    r->run_id = (r->run_id + 1) & 0xffffff;
+    jw_open(&r->J, "group");
+    rc = traffic_run_hooked(r, true, &h);
+    jw_close(&r->J);
+    /* the top level's machine_cpu (the summary's conditions): the direct
+     * phase's */
+    if (c.have_mach) write_mach(&r->J, c.mach);
+    return rc;
+}
+
+const scenario scenario_cluster = {
+    .name = "cluster",
+    .usage = "cluster --ports P1,P2,.. --pids N1,N2,.. [--redis-pid R --pg-pid PM] --pairs P [100] "
+             "--groups N [4] --group-size G [30] --senders S [2] --window W [8] --seconds S [10]: "
+             "cross-node durable msgs/s, send->delivery, group fan-out, CPU per 1k msgs per node and engine",
+    .kind = "parleyd",
+    .floor_ok = false,
+    .needs_server = true,
+    .defaults = defaults,
+    .sockets = sockets,
+    .params = params,
+    .run = run,
+};
