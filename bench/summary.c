@@ -60,6 +60,73 @@ static void conditions(const runset *rs)
     }
 }
 
+/* The runs of the cluster scenario side by side (1, 2, 3 nodes ...), with
+ * each figure's ratio to the run with the fewest nodes: every node, Redis,
+ * PostgreSQL and the load generator share this machine's cores, so the
+ * ratios within one suite are the figure, not the absolutes. */
+static void cluster_table(const runset *rs)
+{
+    int idx[RUNSET_MAX], n = 0;
+    for (int i = 0; i < rs->n; i++) {
+        char sc[32];
+        if (jr_str(rs->text[i], rs->len[i], "scenario", sc, sizeof sc) >= 0 && !strcmp(sc, "cluster"))
+            idx[n++] = i;
+    }
+    if (!n) return;
+    for (int a = 1; a < n; a++) /* by node count */
+        for (int b = a; b > 0; b--) {
+            double x = jr_num(rs->text[idx[b - 1]], rs->len[idx[b - 1]], "figures.nodes");
+            double y = jr_num(rs->text[idx[b]], rs->len[idx[b]], "figures.nodes");
+            if (!(y < x)) break;
+            int t = idx[b];
+            idx[b] = idx[b - 1];
+            idx[b - 1] = t;
+        }
+#define F(i, path) jr_num(rs->text[i], rs->len[i], path)
+    int base = idx[0];
+    printf("\n== cluster: the cost of scaling out on this machine (nodes, Redis, PostgreSQL and the load "
+           "generator share its cores; (x) = ratio to %.0f node(s)) ==\n", F(base, "figures.nodes"));
+    printf("%-11s %5s  %-17s %-19s  %-18s %-19s\n", "run", "nodes", "direct msgs/s", "cross-node dlv ms",
+           "group dlv/s", "fan-out ms");
+    printf("%-11s %5s  %-17s %-19s  %-18s %-19s\n", "", "", "(acked)", "p50 / p99", "", "p50 / p99");
+    for (int k = 0; k < n; k++) {
+        int i = idx[k];
+        double m = F(i, "figures.direct.msgs_per_s"), g = F(i, "figures.group.deliveries_per_s");
+        char a[40], b[40], c[40], d[40];
+        snprintf(a, sizeof a, "%.0f (%.2f)", m, m / F(base, "figures.direct.msgs_per_s"));
+        snprintf(b, sizeof b, "%.1f / %.1f", F(i, "figures.direct.send_delivery.p50_us") / 1e3,
+                 F(i, "figures.direct.send_delivery.p99_us") / 1e3);
+        snprintf(c, sizeof c, "%.0f (%.2f)", g, g / F(base, "figures.group.deliveries_per_s"));
+        snprintf(d, sizeof d, "%.1f / %.1f", F(i, "figures.group.fanout.p50_us") / 1e3,
+                 F(i, "figures.group.fanout.p99_us") / 1e3);
+        printf("%-11s %5.0f  %-17s %-19s  %-18s %-19s\n", rs->label[i], F(i, "figures.nodes"), a, b, c, d);
+    }
+    printf("CPU seconds per 1,000 messages acked, direct (group in brackets: per 1,000 messages sent "
+           "into groups)\n");
+    printf("%-11s %-30s %-15s %-15s %-15s\n", "run", "each node", "redis", "postgres", "all (x)");
+    for (int k = 0; k < n; k++) {
+        int i = idx[k];
+        char nodes[160] = "", one[40], r[40], pg[40], all[40];
+        int nn = (int)F(i, "figures.nodes");
+        size_t off = 0;
+        for (int q = 1; q <= nn && q <= 8 && off < sizeof nodes; q++) {
+            char pd[64], pgp[64];
+            snprintf(pd, sizeof pd, "figures.direct.cpu_s_per_1k_msgs.n%d", q);
+            snprintf(pgp, sizeof pgp, "figures.group.cpu_s_per_1k_msgs.n%d", q);
+            snprintf(one, sizeof one, "%s%.3f (%.3f)", q > 1 ? ", " : "", F(i, pd), F(i, pgp));
+            off += (size_t)snprintf(nodes + off, sizeof nodes - off, "%s", one);
+        }
+        snprintf(r, sizeof r, "%.3f (%.3f)", F(i, "figures.direct.cpu_s_per_1k_msgs.redis"),
+                 F(i, "figures.group.cpu_s_per_1k_msgs.redis"));
+        snprintf(pg, sizeof pg, "%.3f (%.3f)", F(i, "figures.direct.cpu_s_per_1k_msgs.postgres"),
+                 F(i, "figures.group.cpu_s_per_1k_msgs.postgres"));
+        double cl = F(i, "figures.direct.cpu_s_per_1k_msgs.cluster");
+        snprintf(all, sizeof all, "%.3f (%.2f)", cl, cl / F(base, "figures.direct.cpu_s_per_1k_msgs.cluster"));
+        printf("%-11s %-30s %-15s %-15s %-15s\n", rs->label[i], nodes, r, pg, all);
+    }
+#undef F
+}
+
 int summary_main(int argc, char **argv)
 {
     const char *out = NULL, *given = NULL;
@@ -99,6 +166,7 @@ int summary_main(int argc, char **argv)
     printf("\n== parley-bench summary: targets (%s) ==\n", path);
     targets_table(tg, &rs, &j);
     conditions(&rs);
+    cluster_table(&rs);
     targets_notes(tg, &rs);
     targets_floor_ratios(tg, &rs, &j);
     jw_open_array(&j, "runs");
