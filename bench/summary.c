@@ -86,43 +86,47 @@ static void cluster_table(const runset *rs)
     int base = idx[0];
     printf("\n== cluster: the cost of scaling out on this machine (nodes, Redis, PostgreSQL and the load "
            "generator share its cores; (x) = ratio to %.0f node(s)) ==\n", F(base, "figures.nodes"));
-    printf("%-11s %5s  %-17s %-19s  %-18s %-19s\n", "run", "nodes", "direct msgs/s", "cross-node dlv ms",
-           "group dlv/s", "fan-out ms");
-    printf("%-11s %5s  %-17s %-19s  %-18s %-19s\n", "", "", "(acked)", "p50 / p99", "", "p50 / p99");
-    for (int k = 0; k < n; k++) {
-        int i = idx[k];
-        double m = F(i, "figures.direct.msgs_per_s"), g = F(i, "figures.group.deliveries_per_s");
-        char a[40], b[40], c[40], d[40];
-        snprintf(a, sizeof a, "%.0f (%.2f)", m, m / F(base, "figures.direct.msgs_per_s"));
-        snprintf(b, sizeof b, "%.1f / %.1f", F(i, "figures.direct.send_delivery.p50_us") / 1e3,
-                 F(i, "figures.direct.send_delivery.p99_us") / 1e3);
-        snprintf(c, sizeof c, "%.0f (%.2f)", g, g / F(base, "figures.group.deliveries_per_s"));
-        snprintf(d, sizeof d, "%.1f / %.1f", F(i, "figures.group.fanout.p50_us") / 1e3,
-                 F(i, "figures.group.fanout.p99_us") / 1e3);
-        printf("%-11s %5.0f  %-17s %-19s  %-18s %-19s\n", rs->label[i], F(i, "figures.nodes"), a, b, c, d);
-    }
-    printf("CPU seconds per 1,000 messages acked, direct (group in brackets: per 1,000 messages sent "
-           "into groups)\n");
-    printf("%-11s %-30s %-15s %-15s %-15s\n", "run", "each node", "redis", "postgres", "all (x)");
-    for (int k = 0; k < n; k++) {
-        int i = idx[k];
-        char nodes[160] = "", one[40], r[40], pg[40], all[40];
-        int nn = (int)F(i, "figures.nodes");
-        size_t off = 0;
-        for (int q = 1; q <= nn && q <= 8 && off < sizeof nodes; q++) {
-            char pd[64], pgp[64];
-            snprintf(pd, sizeof pd, "figures.direct.cpu_s_per_1k_msgs.n%d", q);
-            snprintf(pgp, sizeof pgp, "figures.group.cpu_s_per_1k_msgs.n%d", q);
-            snprintf(one, sizeof one, "%s%.3f (%.3f)", q > 1 ? ", " : "", F(i, pd), F(i, pgp));
-            off += (size_t)snprintf(nodes + off, sizeof nodes - off, "%s", one);
+    static const char *const ph[] = {"direct", "group", "group_multi"};
+    static const char *const what[] = {
+        "direct: pairs, the two users on different nodes; msgs/s acked, send->delivery",
+        "group: one sender per group, members on every node; deliveries/s, fan-out (last member)",
+        "group_multi: senders of one group on different nodes; deliveries/s, fan-out (last member)"};
+    for (int q = 0; q < 3; q++) {
+        char path[96];
+        printf("%s\n", what[q]);
+        printf("  %-11s %5s  %-17s %-22s %-50s\n", "run", "nodes", q ? "deliveries/s" : "msgs/s",
+               "p50 / p99 ms", "CPU s per 1k msgs: each node | redis | postgres | all (x)");
+        for (int k = 0; k < n; k++) {
+            int i = idx[k];
+            double v, v0, p50, p99;
+            snprintf(path, sizeof path, "figures.%s.%s", ph[q], q ? "deliveries_per_s" : "msgs_per_s");
+            v = F(i, path);
+            v0 = F(base, path);
+            snprintf(path, sizeof path, "figures.%s.%s.p50_us", ph[q], q ? "fanout" : "send_delivery");
+            p50 = F(i, path);
+            snprintf(path, sizeof path, "figures.%s.%s.p99_us", ph[q], q ? "fanout" : "send_delivery");
+            p99 = F(i, path);
+            char a[40], b[40], cpu[200];
+            snprintf(a, sizeof a, "%.0f (%.2f)", v, v / v0);
+            snprintf(b, sizeof b, "%.1f / %.1f", p50 / 1e3, p99 / 1e3);
+            size_t off = 0;
+            int nn = (int)F(i, "figures.nodes");
+            for (int m = 1; m <= nn && m <= 8 && off < sizeof cpu; m++) {
+                snprintf(path, sizeof path, "figures.%s.cpu_s_per_1k_msgs.n%d", ph[q], m);
+                off += (size_t)snprintf(cpu + off, sizeof cpu - off, "%s%.3f", m > 1 ? " " : "", F(i, path));
+            }
+            static const char *const eng[] = {"redis", "postgres", "cluster"};
+            for (int e = 0; e < 3 && off < sizeof cpu; e++) {
+                snprintf(path, sizeof path, "figures.%s.cpu_s_per_1k_msgs.%s", ph[q], eng[e]);
+                double x = F(i, path);
+                off += (size_t)snprintf(cpu + off, sizeof cpu - off, " | %.3f", x);
+                if (e == 2 && off < sizeof cpu) {
+                    double x0 = F(base, path);
+                    snprintf(cpu + off, sizeof cpu - off, " (%.2f)", x / x0);
+                }
+            }
+            printf("  %-11s %5.0f  %-17s %-22s %s\n", rs->label[i], F(i, "figures.nodes"), a, b, cpu);
         }
-        snprintf(r, sizeof r, "%.3f (%.3f)", F(i, "figures.direct.cpu_s_per_1k_msgs.redis"),
-                 F(i, "figures.group.cpu_s_per_1k_msgs.redis"));
-        snprintf(pg, sizeof pg, "%.3f (%.3f)", F(i, "figures.direct.cpu_s_per_1k_msgs.postgres"),
-                 F(i, "figures.group.cpu_s_per_1k_msgs.postgres"));
-        double cl = F(i, "figures.direct.cpu_s_per_1k_msgs.cluster");
-        snprintf(all, sizeof all, "%.3f (%.2f)", cl, cl / F(base, "figures.direct.cpu_s_per_1k_msgs.cluster"));
-        printf("%-11s %-30s %-15s %-15s %-15s\n", rs->label[i], nodes, r, pg, all);
     }
 #undef F
 }

@@ -2,26 +2,31 @@
  * on one PostgreSQL and one Redis (bench/run.sh starts them; --ports and
  * --pids name the nodes, --redis-pid and --pg-pid the engines).
  *
- * Two phases, each the traffic of scenario/traffic.h with every WebSocket
+ * Three phases, each the traffic of scenario/traffic.h with every WebSocket
  * placed by worker_node_of(): the users of a pair on two different nodes
  * (so every delivery crosses the bus when N > 1), a group's members spread
  * over all nodes. Provisioning (REST) goes to the first node: the users and
  * conversations are in the shared database, and a token works on every
- * node.
+ * node. Each phase has users and conversations of its own.
  *
- *   direct  P pairs, flat out (--window W each): durable msgs/s, send->ack
- *           and send->delivery of the cross-node pairs
- *   group   N groups of G, S senders each: deliveries/s and the fan-out
- *           (send -> the last of the G-1 members, on every node)
+ *   direct      P pairs, flat out (--window W each): durable msgs/s,
+ *               send->ack and send->delivery of the cross-node pairs
+ *   group       N groups of G, one sender each (each group written through
+ *               one node, its members on every node): deliveries/s and the
+ *               fan-out (send -> the last of the G-1 members)
+ *   group_multi the same with S senders per group (--senders, 2), which
+ *               sit on different nodes: one conversation written through
+ *               several nodes at once
  *
  * Around each phase's measured seconds it reads utime + stime of every
  * node, of redis-server and of PostgreSQL (the postmaster and its
  * children: probe_tree_cpu_s) and reports CPU seconds per 1,000 messages
  * (and per 1,000 deliveries) for each, with the machine's other use.
- * Figures: "nodes", then "direct" and "group", each with the traffic's
- * figures and "cpu_s_per_1k_msgs", "cpu_s_per_1k_deliveries", "cores"
- * (keys n1 .. nN, nodes, redis, postgres, cluster = nodes + engines,
- * bench, other), and "machine_cpu" as every run has.
+ * Figures: "nodes", then "direct", "group" and "group_multi", each with the
+ * traffic's figures and "cpu_s_per_1k_msgs", "cpu_s_per_1k_deliveries",
+ * "cores" (keys n1 .. nN, nodes, redis, postgres, cluster = nodes +
+ * engines, bench, other), and "machine_cpu" (the direct phase's) as every
+ * run has.
  */
 #include <math.h>
 #include <stdio.h>
@@ -45,7 +50,7 @@ static void defaults(bench_opts *o)
 {
     if (!o->pairs) o->pairs = 100;
     if (!o->window) o->window = 8;
-    if (!o->groups) o->groups = 4;
+    if (!o->groups) o->groups = 8;
     if (!o->gsize) o->gsize = 30;
     if (o->gsize < 2) o->gsize = 2;
     if (!o->senders) o->senders = 2;
@@ -181,15 +186,24 @@ static int run(bench_run *r)
     traffic_hook h = {.begin = begin, .end = end, .report = report, .arg = &c};
     printf("cluster: %d node(s); pairs across nodes, group members spread over them\n", n);
     jw_num(&r->J, "nodes", n);
-    jw_open(&r->J, "direct");
-    int rc = traffic_run_hooked(r, false, &h);
-    jw_close(&r->J);
-    if (rc) return rc;
-    /* fresh user names for the second phase (worker.c: the prefix) */
-    r->run_id = (r->run_id + 1) & 0xffffff;
-    jw_open(&r->J, "group");
-    rc = traffic_run_hooked(r, true, &h);
-    jw_close(&r->J);
+    /* each phase with its own options (the group phase: one sender per
+     * group); r->o points at them while the phase runs */
+    bench_opts one = *o, multi = *o;
+    one.senders = 1;
+    static const char *const names[] = {"direct", "group", "group_multi"};
+    const bench_opts *po[] = {o, &one, &multi};
+    int rc = 0;
+    for (int ph = 0; ph < 3 && !rc; ph++) {
+        if (ph == 2) printf("\n(group_multi: %d senders per group, on different nodes when there are "
+                            "several: one conversation written through several nodes)\n", multi.senders);
+        /* fresh user names for each phase (worker.c: the prefix) */
+        if (ph) r->run_id = (r->run_id + 1) & 0xffffff;
+        r->o = po[ph];
+        jw_open(&r->J, names[ph]);
+        rc = traffic_run_hooked(r, ph > 0, &h);
+        jw_close(&r->J);
+    }
+    r->o = o;
     /* the top level's machine_cpu (the summary's conditions): the direct
      * phase's */
     if (c.have_mach) write_mach(&r->J, c.mach);
@@ -199,7 +213,7 @@ static int run(bench_run *r)
 const scenario scenario_cluster = {
     .name = "cluster",
     .usage = "cluster --ports P1,P2,.. --pids N1,N2,.. [--redis-pid R --pg-pid PM] --pairs P [100] "
-             "--groups N [4] --group-size G [30] --senders S [2] --window W [8] --seconds S [10]: "
+             "--groups N [8] --group-size G [30] --senders S [2, the group_multi phase] --window W [8] --seconds S [10]: "
              "cross-node durable msgs/s, send->delivery, group fan-out, CPU per 1k msgs per node and engine",
     .kind = "parleyd",
     .floor_ok = false,
