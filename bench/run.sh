@@ -279,6 +279,7 @@ synchronous_commit = on
 autovacuum = off
 max_wal_size = 256MB
 log_min_messages = warning
+log_lock_waits = on
 CONF
     local try
     for try in 1 2 3; do
@@ -344,8 +345,11 @@ if want cluster; then
         for n in ${CLUSTER_NODES:-1 2 3}; do
             case $n in [1-8]) ;; *) echo "run.sh: CLUSTER_NODES: $n is not 1..8" >&2; continue;; esac
             db=bench_n$n
-            psql -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
-                -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db OWNER parley" >/dev/null
+            PGOPTIONS='-c client_min_messages=warning' psql -q -h 127.0.0.1 -p "$pg_port" -U postgres \
+                -d postgres -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $db" \
+                -c "CREATE DATABASE $db OWNER parley" >/dev/null
+            dl0=$(grep -c "deadlock detected" "$pg_dir/log" 2>/dev/null || true)
+            lw0=$(grep -c "still waiting for" "$pg_dir/log" 2>/dev/null || true)
             start_redis "$tmp/cluster-$n-redis" || break
             node_ports=()
             for k in $(seq "$n"); do start_node "cluster-$n-node$k" "$db" "n$k"; done
@@ -363,7 +367,18 @@ if want cluster; then
             fi
             stop_nodes
             stop_pid "$redis_pid"; redis_pid=
+            # what the run cost in lock conflicts between the nodes' writers
+            # (lock waits past deadlock_timeout, 1 s, are logged)
+            dl1=$(grep -c "deadlock detected" "$pg_dir/log" 2>/dev/null || true)
+            lw1=$(grep -c "still waiting for" "$pg_dir/log" 2>/dev/null || true)
+            echo "cluster-$n: PostgreSQL logged $(( ${dl1:-0} - ${dl0:-0} )) deadlocks and" \
+                "$(( ${lw1:-0} - ${lw0:-0} )) lock waits over 1 s;" \
+                "node logs: $(cat "$tmp"/cluster-"$n"-node*/err | grep -c 'level=error' || true) errors," \
+                "$(cat "$tmp"/cluster-"$n"-node*/err | grep -c 'level=warn' || true) warnings" \
+                "(kept in bench/results/cluster-$n-node*.log)"
+            for k in $(seq "$n"); do cp "$tmp/cluster-$n-node$k/err" "bench/results/cluster-$n-node$k.log"; done
         done
+        cp "$pg_dir/log" bench/results/cluster-postgres.log 2>/dev/null || true
     fi
     stop_cluster
 fi
