@@ -21,7 +21,8 @@
 #   BENCH_OUT=FILE            where to write the merged results
 #                             (default bench/results/latest.json)
 #   CLUSTER_NODES="1 2 3"     node counts of the cluster scenario (1..8)
-#   CLUSTER_PAIRS=100 CLUSTER_GROUPS=4 CLUSTER_GROUP_SIZE=30 CLUSTER_SECONDS=10
+#   CLUSTER_PAIRS=100 CLUSTER_RATE=2000 CLUSTER_GROUPS=8 CLUSTER_GROUP_SIZE=30
+#   CLUSTER_SECONDS=10        the cluster scenario's load (each of its 4 phases)
 #   BENCH_PROFILE=direct      also record `perf record -g` of parleyd during that
 #                             scenario into bench/results/perf-<scenario>.txt
 set -euo pipefail
@@ -58,18 +59,21 @@ node_pids=()
 redis_pid=
 pg_pid=
 pg_dir=
-stop_pid() {    # stop_pid PID [SIGNAL]: signal, wait up to 10 s, then SIGKILL
-    local pid=$1 sig=${2:-TERM}
-    [ -n "$pid" ] || return 0
-    kill -"$sig" "$pid" 2>/dev/null || true
+wait_pid() {    # wait_pid PID: wait up to 10 s for it to end, then SIGKILL
+    local pid=$1
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
-stop_nodes() {
+stop_pid() {    # stop_pid PID: SIGTERM, then wait_pid
+    [ -n "$1" ] || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    wait_pid "$1"
+}
+stop_nodes() {  # every node told at once (one signal each: a second forces the stop)
     local p
     for p in "${node_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${node_pids[@]}"; do stop_pid "$p"; done
+    for p in "${node_pids[@]}"; do wait_pid "$p"; done
     node_pids=()
 }
 stop_cluster() {
@@ -359,7 +363,8 @@ if want cluster; then
             if ! timeout 300 "$BENCH" cluster --port "${node_ports[0]}" --pid "${node_pids[0]}" \
                     --ports "$ports" --pids "$pids" --redis-pid "$redis_pid" --pg-pid "$pg_pid" \
                     --label "cluster-$n" --json "$runs/cluster-$n.json" \
-                    --pairs "${CLUSTER_PAIRS:-100}" --groups "${CLUSTER_GROUPS:-4}" \
+                    --pairs "${CLUSTER_PAIRS:-100}" --rate "${CLUSTER_RATE:-2000}" \
+                    --groups "${CLUSTER_GROUPS:-8}" \
                     --group-size "${CLUSTER_GROUP_SIZE:-30}" --senders 2 --window 8 \
                     --seconds "${CLUSTER_SECONDS:-10}"; then
                 echo "run.sh: cluster-$n failed or fell short (node logs: see below)" >&2

@@ -86,25 +86,27 @@ static void cluster_table(const runset *rs)
     int base = idx[0];
     printf("\n== cluster: the cost of scaling out on this machine (nodes, Redis, PostgreSQL and the load "
            "generator share its cores; (x) = ratio to %.0f node(s)) ==\n", F(base, "figures.nodes"));
-    static const char *const ph[] = {"direct", "group", "group_multi"};
+    static const char *const ph[] = {"direct", "direct_paced", "group", "group_multi"};
     static const char *const what[] = {
-        "direct: pairs, the two users on different nodes; msgs/s acked, send->delivery",
+        "direct: pairs, the two users on different nodes, flat out; msgs/s acked, send->delivery",
+        "direct_paced: the same at a fixed offered rate (open loop); msgs/s acked, send->delivery",
         "group: one sender per group, members on every node; deliveries/s, fan-out (last member)",
         "group_multi: senders of one group on different nodes; deliveries/s, fan-out (last member)"};
-    for (int q = 0; q < 3; q++) {
+    for (int q = 0; q < 4; q++) {
         char path[96];
+        bool grp = q >= 2;
         printf("%s\n", what[q]);
-        printf("  %-11s %5s  %-17s %-22s %-50s\n", "run", "nodes", q ? "deliveries/s" : "msgs/s",
+        printf("  %-11s %5s  %-17s %-22s %-50s\n", "run", "nodes", grp ? "deliveries/s" : "msgs/s",
                "p50 / p99 ms", "CPU s per 1k msgs: each node | redis | postgres | all (x)");
         for (int k = 0; k < n; k++) {
             int i = idx[k];
             double v, v0, p50, p99;
-            snprintf(path, sizeof path, "figures.%s.%s", ph[q], q ? "deliveries_per_s" : "msgs_per_s");
+            snprintf(path, sizeof path, "figures.%s.%s", ph[q], grp ? "deliveries_per_s" : "msgs_per_s");
             v = F(i, path);
             v0 = F(base, path);
-            snprintf(path, sizeof path, "figures.%s.%s.p50_us", ph[q], q ? "fanout" : "send_delivery");
+            snprintf(path, sizeof path, "figures.%s.%s.p50_us", ph[q], grp ? "fanout" : "send_delivery");
             p50 = F(i, path);
-            snprintf(path, sizeof path, "figures.%s.%s.p99_us", ph[q], q ? "fanout" : "send_delivery");
+            snprintf(path, sizeof path, "figures.%s.%s.p99_us", ph[q], grp ? "fanout" : "send_delivery");
             p99 = F(i, path);
             char a[40], b[40], cpu[200];
             snprintf(a, sizeof a, "%.0f (%.2f)", v, v / v0);

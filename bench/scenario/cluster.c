@@ -11,6 +11,8 @@
  *
  *   direct      P pairs, flat out (--window W each): durable msgs/s,
  *               send->ack and send->delivery of the cross-node pairs
+ *   direct_paced the same pairs' shape at --rate R msgs/s in total [2,000],
+ *               open loop: send->delivery when the queue is not the figure
  *   group       N groups of G, one sender each (each group written through
  *               one node, its members on every node): deliveries/s and the
  *               fan-out (send -> the last of the G-1 members)
@@ -22,7 +24,8 @@
  * node, of redis-server and of PostgreSQL (the postmaster and its
  * children: probe_tree_cpu_s) and reports CPU seconds per 1,000 messages
  * (and per 1,000 deliveries) for each, with the machine's other use.
- * Figures: "nodes", then "direct", "group" and "group_multi", each with the
+ * Figures: "nodes", then "direct", "direct_paced", "group" and
+ * "group_multi", each with the
  * traffic's figures and "cpu_s_per_1k_msgs", "cpu_s_per_1k_deliveries",
  * "cores" (keys n1 .. nN, nodes, redis, postgres, cluster = nodes +
  * engines, bench, other), and "machine_cpu" (the direct phase's) as every
@@ -56,6 +59,7 @@ static void defaults(bench_opts *o)
     if (!o->senders) o->senders = 2;
     if (o->senders > o->gsize) o->senders = o->gsize;
     if (!o->size) o->size = 64;
+    if (o->rate <= 0) o->rate = 2000;
 }
 
 static int sockets(const bench_opts *o)
@@ -72,7 +76,9 @@ static void params(const bench_opts *o, jw *j)
     jw_num(j, "groups", o->groups);
     jw_num(j, "group_size", o->gsize);
     jw_num(j, "senders", o->senders);
-    traffic_params(o, j);
+    jw_num(j, "paced_rate", o->rate);
+    jw_num(j, "window", o->window);
+    jw_num(j, "body_bytes", o->size);
 }
 
 static void take(const bench_opts *o, cl_sample *s)
@@ -188,19 +194,20 @@ static int run(bench_run *r)
     jw_num(&r->J, "nodes", n);
     /* each phase with its own options (the group phase: one sender per
      * group); r->o points at them while the phase runs */
-    bench_opts one = *o, multi = *o;
+    bench_opts flat = *o, paced = *o, one = *o, multi = *o;
+    flat.rate = one.rate = multi.rate = 0;
     one.senders = 1;
-    static const char *const names[] = {"direct", "group", "group_multi"};
-    const bench_opts *po[] = {o, &one, &multi};
+    static const char *const names[] = {"direct", "direct_paced", "group", "group_multi"};
+    const bench_opts *po[] = {&flat, &paced, &one, &multi};
     int rc = 0;
-    for (int ph = 0; ph < 3 && !rc; ph++) {
-        if (ph == 2) printf("\n(group_multi: %d senders per group, on different nodes when there are "
+    for (int ph = 0; ph < 4 && !rc; ph++) {
+        if (ph == 3) printf("\n(group_multi: %d senders per group, on different nodes when there are "
                             "several: one conversation written through several nodes)\n", multi.senders);
         /* fresh user names for each phase (worker.c: the prefix) */
         if (ph) r->run_id = (r->run_id + 1) & 0xffffff;
         r->o = po[ph];
         jw_open(&r->J, names[ph]);
-        rc = traffic_run_hooked(r, ph > 0, &h);
+        rc = traffic_run_hooked(r, ph >= 2, &h);
         jw_close(&r->J);
     }
     r->o = o;
@@ -213,7 +220,7 @@ static int run(bench_run *r)
 const scenario scenario_cluster = {
     .name = "cluster",
     .usage = "cluster --ports P1,P2,.. --pids N1,N2,.. [--redis-pid R --pg-pid PM] --pairs P [100] "
-             "--groups N [8] --group-size G [30] --senders S [2, the group_multi phase] --window W [8] --seconds S [10]: "
+             "--rate R [2000, direct_paced] --groups N [8] --group-size G [30] --senders S [2, the group_multi phase] --window W [8] --seconds S [10]: "
              "cross-node durable msgs/s, send->delivery, group fan-out, CPU per 1k msgs per node and engine",
     .kind = "parleyd",
     .floor_ok = false,
