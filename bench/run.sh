@@ -370,6 +370,13 @@ if want cluster; then
                 echo "run.sh: cluster-$n failed or fell short (node logs: see below)" >&2
                 tail -5 "$tmp"/cluster-"$n"-node*/err >&2 || true
             fi
+            # the bus, summed over the nodes: lost events would show here
+            for p in "${node_ports[@]}"; do
+                curl -s -m 5 "http://127.0.0.1:$p/metrics" || true
+            done | awk '/^parley_bus_(published|received|dropped|refused|resyncs|reconnects)_total/ {
+                    k = $1; sub(/^parley_bus_/, "", k); sub(/_total.*/, "", k); v[k] += $NF }
+                END { printf "cluster-'"$n"': bus over all nodes:"; n = split("published received dropped refused resyncs reconnects", o, " ");
+                      for (i = 1; i <= n; i++) printf " %s %d", o[i], v[o[i]]; print "" }'
             stop_nodes
             stop_pid "$redis_pid"; redis_pid=
             # what the run cost in lock conflicts between the nodes' writers
