@@ -92,12 +92,15 @@ static void cluster_table(const runset *rs)
         "direct_paced: the same at a fixed offered rate (open loop); msgs/s acked, send->delivery",
         "group: one sender per group, members on every node; deliveries/s, fan-out (last member)",
         "group_multi: senders of one group on different nodes; deliveries/s, fan-out (last member)"};
+    printf("(bus pub/rcv: PUBLISH commands per message, and bus messages received from another node per "
+           "message, over all nodes)\n");
     for (int q = 0; q < 4; q++) {
         char path[96];
         bool grp = q >= 2;
         printf("%s\n", what[q]);
-        printf("  %-11s %5s  %-17s %-22s %-50s\n", "run", "nodes", grp ? "deliveries/s" : "msgs/s",
-               "p50 / p99 ms", "CPU s per 1k msgs: each node | redis | postgres | all (x)");
+        printf("  %-11s %5s  %-17s %-22s %-12s %s\n", "run", "nodes", grp ? "deliveries/s" : "msgs/s",
+               grp ? "fan-out p50 / p99 ms" : "delivery p50 / p99 ms", "bus pub/rcv",
+               "CPU s per 1k msgs: each node | redis | postgres | all (x)");
         for (int k = 0; k < n; k++) {
             int i = idx[k];
             double v, v0, p50, p99;
@@ -108,7 +111,11 @@ static void cluster_table(const runset *rs)
             p50 = F(i, path);
             snprintf(path, sizeof path, "figures.%s.%s.p99_us", ph[q], grp ? "fanout" : "send_delivery");
             p99 = F(i, path);
-            char a[40], b[40], cpu[200];
+            char a[40], b[40], bus[40], cpu[200];
+            char pp[96], rp[96];
+            snprintf(pp, sizeof pp, "figures.%s.bus.published_per_msg", ph[q]);
+            snprintf(rp, sizeof rp, "figures.%s.bus.received_per_msg", ph[q]);
+            snprintf(bus, sizeof bus, "%.1f / %.1f", F(i, pp), F(i, rp));
             snprintf(a, sizeof a, "%.0f (%.2f)", v, v / v0);
             snprintf(b, sizeof b, "%.1f / %.1f", p50 / 1e3, p99 / 1e3);
             size_t off = 0;
@@ -127,7 +134,8 @@ static void cluster_table(const runset *rs)
                     snprintf(cpu + off, sizeof cpu - off, " (%.2f)", x / x0);
                 }
             }
-            printf("  %-11s %5.0f  %-17s %-22s %s\n", rs->label[i], F(i, "figures.nodes"), a, b, cpu);
+            printf("  %-11s %5.0f  %-17s %-22s %-12s %s\n", rs->label[i], F(i, "figures.nodes"), a, b, bus,
+                   cpu);
         }
     }
 #undef F

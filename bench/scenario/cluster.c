@@ -35,15 +35,25 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/metrics.h"
+#include "lib/rest.h"
 #include "scenario/traffic.h"
+
+/* Counters summed over the nodes' GET /metrics: the bus and the writers. */
+enum { BUS_PUB, BUS_RECV, BUS_DROP, BUS_RESYNC, WR_BATCHES, WR_OPS, NCOUNT };
+static const char *const COUNT_NAME[NCOUNT] = {
+    "parley_bus_published_total", "parley_bus_received_total", "parley_bus_dropped_total",
+    "parley_bus_resyncs_total",   "parley_commit_batches_total", "parley_commit_ops_total"};
 
 typedef struct cl_sample {
     double node[OPTS_MAX_NODES], redis, pg;
     probe_sample mach;       /* the machine's busy time and the clock */
+    double count[NCOUNT];    /* NAN when a node's scrape failed */
 } cl_sample;
 
 typedef struct cl_probe {
     const bench_opts *o;
+    sock_target t;           /* the first node; the others differ by port */
     cl_sample a, b;
     bool have_mach;          /* the direct phase's machine split, for the top level */
     double mach[4];          /* busy_share, server_cores, bench_cores, other_cores */
@@ -81,8 +91,26 @@ static void params(const bench_opts *o, jw *j)
     jw_num(j, "body_bytes", o->size);
 }
 
-static void take(const bench_opts *o, cl_sample *s)
+/* Every node's /metrics, the counters summed into s->count. */
+static void scrape(const cl_probe *c, cl_sample *s)
 {
+    const bench_opts *o = c->o;
+    int n = o->nports ? o->nports : 1;
+    for (int k = 0; k < n; k++) {
+        sock_target t = c->t;
+        if (o->nports) t.port = o->ports[k];
+        rest_conn h;
+        rest_init(&h, &t, 0);
+        rest_resp r;
+        bool ok = rest_do(&h, "GET", "/metrics", NULL, NULL, &r) == 200;
+        for (int q = 0; q < NCOUNT; q++) s->count[q] += ok ? metrics_value(r.body, COUNT_NAME[q]) : NAN;
+        rest_close(&h);
+    }
+}
+
+static void take(const cl_probe *c, cl_sample *s)
+{
+    const bench_opts *o = c->o;
     memset(s, 0, sizeof *s);
     for (int k = 0; k < o->npids; k++) s->node[k] = probe_cpu_s(o->pids[k]);
     s->redis = o->redis_pid > 0 ? probe_cpu_s(o->redis_pid) : -1;
@@ -93,13 +121,17 @@ static void take(const bench_opts *o, cl_sample *s)
 static void begin(void *arg)
 {
     cl_probe *c = arg;
-    take(c->o, &c->a);
+    take(c, &c->a);
+    scrape(c, &c->a);
 }
 
 static void end(void *arg)
 {
     cl_probe *c = arg;
-    take(c->o, &c->b);
+    cl_sample b;
+    take(c, &b);
+    scrape(c, &b);
+    c->b = b;
 }
 
 static double diff(double a, double b)
@@ -159,6 +191,26 @@ static void report(void *arg, bench_run *r, double msgs, double dl, double dt, d
     row("generator", bench_s, msgs, dl, mdt);
     row("other", other, msgs, dl, mdt);
     printf("    machine    %.0f%% of %d cores busy\n", busy / mdt / probe_cores() * 100, probe_cores());
+    double cnt[NCOUNT];
+    for (int q = 0; q < NCOUNT; q++) cnt[q] = c->b.count[q] - c->a.count[q];
+    printf("  bus (all nodes)         %.0f PUBLISH = %.1f per message, %.0f received from other nodes = "
+           "%.1f per message, %.0f dropped, %.0f resyncs\n", cnt[BUS_PUB], msgs > 0 ? cnt[BUS_PUB] / msgs : 0,
+           cnt[BUS_RECV], msgs > 0 ? cnt[BUS_RECV] / msgs : 0, cnt[BUS_DROP], cnt[BUS_RESYNC]);
+    if (cnt[WR_BATCHES] > 0)
+        printf("  writers (all nodes)     %.0f transactions/s, %.1f writes each\n", cnt[WR_BATCHES] / mdt,
+               cnt[WR_OPS] / cnt[WR_BATCHES]);
+    jw_open(j, "bus");
+    jw_num(j, "published", cnt[BUS_PUB]);
+    jw_num(j, "received", cnt[BUS_RECV]);
+    jw_num(j, "dropped", cnt[BUS_DROP]);
+    jw_num(j, "resyncs", cnt[BUS_RESYNC]);
+    jw_num(j, "published_per_msg", msgs > 0 ? cnt[BUS_PUB] / msgs : NAN);
+    jw_num(j, "received_per_msg", msgs > 0 ? cnt[BUS_RECV] / msgs : NAN);
+    jw_close(j);
+    jw_open(j, "writers");
+    jw_num(j, "commits_per_s", cnt[WR_BATCHES] / mdt);
+    jw_num(j, "writes_per_commit", cnt[WR_BATCHES] > 0 ? cnt[WR_OPS] / cnt[WR_BATCHES] : NAN);
+    jw_close(j);
     static const char *const keys[] = {"cpu_s_per_1k_msgs", "cpu_s_per_1k_deliveries", "cores"};
     for (int q = 0; q < 3; q++) {
         double per = q == 0 ? msgs / 1e3 : q == 1 ? dl / 1e3 : mdt;
@@ -188,7 +240,7 @@ static int run(bench_run *r)
     const bench_opts *o = r->o;
     int n = o->nports ? o->nports : 1;
     if (o->nports && o->npids != o->nports) die("cluster: --pids must name one PID per port of --ports");
-    cl_probe c = {.o = o};
+    cl_probe c = {.o = o, .t = r->t};
     traffic_hook h = {.begin = begin, .end = end, .report = report, .arg = &c};
     printf("cluster: %d node(s); pairs across nodes, group members spread over them\n", n);
     jw_num(&r->J, "nodes", n);
