@@ -90,7 +90,9 @@ stop_cluster() {
     [ -n "$pg_dir" ] && rm -rf "$pg_dir"
     pg_dir=
 }
-trap 'stop_server; stop_cluster; rm -rf "$tmp"' EXIT
+# the cluster step's load generator (under timeout, which passes a TERM on)
+cl_bench_pid=
+trap '[ -n "$cl_bench_pid" ] && stop_pid "$cl_bench_pid"; stop_server; stop_cluster; rm -rf "$tmp"' EXIT
 
 # start_parleyd NAME [extra flags]: a fresh server with its own data directory.
 # --insecure-fast-kdf: benchmark users are provisioned at the minimum Argon2id
@@ -360,16 +362,20 @@ if want cluster; then
             ports=$(IFS=,; echo "${node_ports[*]}")
             pids=$(IFS=,; echo "${node_pids[*]}")
             echo "cluster: $n node(s) on ports $ports (PIDs $pids), redis $redis_port, postgres $pg_port"
-            if ! timeout 300 "$BENCH" cluster --port "${node_ports[0]}" --pid "${node_pids[0]}" \
+            # in the background and waited for, so that the trap can stop it
+            timeout 300 "$BENCH" cluster --port "${node_ports[0]}" --pid "${node_pids[0]}" \
                     --ports "$ports" --pids "$pids" --redis-pid "$redis_pid" --pg-pid "$pg_pid" \
                     --label "cluster-$n" --json "$runs/cluster-$n.json" \
                     --pairs "${CLUSTER_PAIRS:-100}" --rate "${CLUSTER_RATE:-2000}" \
                     --groups "${CLUSTER_GROUPS:-8}" \
                     --group-size "${CLUSTER_GROUP_SIZE:-30}" --senders 2 --window 8 \
-                    --seconds "${CLUSTER_SECONDS:-10}"; then
+                    --seconds "${CLUSTER_SECONDS:-10}" &
+            cl_bench_pid=$!
+            if ! wait "$cl_bench_pid"; then
                 echo "run.sh: cluster-$n failed or fell short (node logs: see below)" >&2
                 tail -5 "$tmp"/cluster-"$n"-node*/err >&2 || true
             fi
+            cl_bench_pid=
             # the bus, summed over the nodes: lost events would show here
             for p in "${node_ports[@]}"; do
                 curl -s -m 5 "http://127.0.0.1:$p/metrics" || true
