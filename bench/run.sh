@@ -8,7 +8,8 @@
 # scenario, stops the server by its PID, and finally merges the runs into
 # bench/results/latest.json, judged by the targets in bench/targets.conf
 # (read at run time; each run also prints its own). Bounded in time:
-# every step runs under `timeout`; the whole suite takes about 2-3 minutes.
+# every step runs under `timeout`; the whole suite takes about 5 minutes, nearly 3 of them the
+# cluster scenario (1, 2 and 3 nodes).
 #
 # Environment (all optional):
 #   BENCH_ONLY="idle direct"  run only these scenarios (idle echo direct group
