@@ -108,11 +108,20 @@ static void scrape(const cl_probe *c, cl_sample *s)
     }
 }
 
+/* The nodes' PIDs: --pids, or --pid alone for one server. */
+static int node_pids(const bench_opts *o, const int **pids)
+{
+    *pids = o->npids ? o->pids : &o->pid;
+    return o->npids ? o->npids : 1;
+}
+
 static void take(const cl_probe *c, cl_sample *s)
 {
     const bench_opts *o = c->o;
+    const int *pids;
+    int np = node_pids(o, &pids);
     memset(s, 0, sizeof *s);
-    for (int k = 0; k < o->npids; k++) s->node[k] = probe_cpu_s(o->pids[k]);
+    for (int k = 0; k < np; k++) s->node[k] = probe_cpu_s(pids[k]);
     s->redis = o->redis_pid > 0 ? probe_cpu_s(o->redis_pid) : -1;
     s->pg = o->pg_pid > 0 ? probe_tree_cpu_s(o->pg_pid) : -1;
     s->mach = probe_take(0);
@@ -170,8 +179,10 @@ static void report(void *arg, bench_run *r, double msgs, double dl, double dt, d
     double mdt = (double)(c->b.mach.t - c->a.mach.t) / 1e9;
     if (mdt <= 0) mdt = dt;
     double busy = c->b.mach.mach_busy_s - c->a.mach.mach_busy_s;
+    const int *pids;
+    int np = node_pids(o, &pids);
     double node[OPTS_MAX_NODES], nodes = 0, cl;
-    for (int k = 0; k < o->npids; k++) {
+    for (int k = 0; k < np; k++) {
         node[k] = diff(c->a.node[k], c->b.node[k]);
         if (node[k] > 0) nodes += node[k];
     }
@@ -181,7 +192,7 @@ static void report(void *arg, bench_run *r, double msgs, double dl, double dt, d
     if (other < 0) other = 0;
     printf("  CPU over the %.1f s measured (%.0f msgs, %.0f deliveries):\n", mdt, msgs, dl);
     char name[16];
-    for (int k = 0; k < o->npids; k++) {
+    for (int k = 0; k < np; k++) {
         snprintf(name, sizeof name, "node %d", k + 1);
         row(name, node[k], msgs, dl, mdt);
     }
@@ -215,7 +226,7 @@ static void report(void *arg, bench_run *r, double msgs, double dl, double dt, d
     for (int q = 0; q < 3; q++) {
         double per = q == 0 ? msgs / 1e3 : q == 1 ? dl / 1e3 : mdt;
         jw_open(j, keys[q]);
-        for (int k = 0; k < o->npids; k++) {
+        for (int k = 0; k < np; k++) {
             snprintf(name, sizeof name, "n%d", k + 1);
             jw_num(j, name, node[k] >= 0 && per > 0 ? node[k] / per : NAN);
         }
