@@ -30,7 +30,7 @@
 
 static const scenario *const SCENARIOS[] = {
     &scenario_idle, &scenario_echo,    &scenario_direct, &scenario_group,
-    &scenario_storm, &scenario_catchup, &scenario_fsync,
+    &scenario_storm, &scenario_catchup, &scenario_fsync, &scenario_cluster,
 };
 
 #define NSCENARIOS (sizeof SCENARIOS / sizeof SCENARIOS[0])

@@ -19,6 +19,23 @@ static bool int_arg(const char *v, int *out)
     return true;
 }
 
+/* "P1,P2,...": 1..OPTS_MAX_NODES integers 1..4194304 into out[], their
+ * count into *n. */
+static bool list_arg(const char *v, int *out, int *n)
+{
+    *n = 0;
+    const char *p = v;
+    for (;;) {
+        char *e;
+        long x = strtol(p, &e, 10);
+        if (e == p || x < 1 || x > 4194304 || *n >= OPTS_MAX_NODES) return false;
+        out[(*n)++] = (int)x;
+        if (!*e) return true;
+        if (*e != ',') return false;
+        p = e + 1;
+    }
+}
+
 static bool num_arg(const char *v, double *out)
 {
     char *e;
@@ -43,6 +60,7 @@ int opts_parse(bench_opts *o, int argc, char **argv)
         {"--seconds", offsetof(bench_opts, seconds)},   {"--size", offsetof(bench_opts, size)},
         {"--messages", offsetof(bench_opts, messages)}, {"--pre", offsetof(bench_opts, pre)},
         {"--timeout", offsetof(bench_opts, timeout)},   {"--screens", offsetof(bench_opts, screens)},
+        {"--redis-pid", offsetof(bench_opts, redis_pid)}, {"--pg-pid", offsetof(bench_opts, pg_pid)},
     };
     static const struct {
         const char *flag;
@@ -76,6 +94,8 @@ int opts_parse(bench_opts *o, int argc, char **argv)
             }
         if (!known && !strcmp(a, "--rate")) known = true, ok = num_arg(v, &o->rate);
         if (!known && !strcmp(a, "--bg-rate")) known = true, ok = num_arg(v, &o->bg_rate);
+        if (!known && !strcmp(a, "--ports")) known = true, ok = list_arg(v, o->ports, &o->nports);
+        if (!known && !strcmp(a, "--pids")) known = true, ok = list_arg(v, o->pids, &o->npids);
         if (!known) {
             fprintf(stderr, "parley-bench: unknown flag %s\n", a);
             return -1;

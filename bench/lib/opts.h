@@ -10,6 +10,7 @@
 #include <stdbool.h>
 
 #define OPTS_FD_BUDGET 19000   /* sockets per worker (the open-file limit is 20,000) */
+#define OPTS_MAX_NODES 8       /* --ports / --pids: cluster nodes */
 
 typedef struct bench_opts {
     const char *scenario;      /* argv[1] */
@@ -23,6 +24,13 @@ typedef struct bench_opts {
     int pre, timeout, screens;
     const char *dir;           /* fsync: the directory to test */
     double rate, bg_rate;
+    /* --ports P1,P2,..: the cluster's nodes (WebSocket connections are
+     * spread over them, worker.h); --pids the same nodes' parleyd PIDs, in
+     * the same order; --redis-pid, --pg-pid (the postmaster) the engines.
+     * nports 0: one server, --port. */
+    int nports, npids;
+    int ports[OPTS_MAX_NODES], pids[OPTS_MAX_NODES];
+    int redis_pid, pg_pid;
 } bench_opts;
 
 /* Parses argv[2..] into *o (argv[1] is the scenario). Returns 0, or -1 after

@@ -1,5 +1,6 @@
 #include "lib/probe.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -43,6 +44,45 @@ double probe_cpu_s(int pid)
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* utime stime cutime cstime (ticks) and ppid of /proc/PID/stat; false if
+ * unreadable. */
+static bool stat_times(int pid, int *ppid, unsigned long long *ticks)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    long cut = 0, cst = 0;
+    if (!p || sscanf(p + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", ppid, &ut, &st,
+                     &cut, &cst) != 5)
+        return false;
+    *ticks = ut + st + (unsigned long long)(cut > 0 ? cut : 0) + (unsigned long long)(cst > 0 ? cst : 0);
+    return true;
+}
+
+double probe_tree_cpu_s(int pid)
+{
+    int ppid;
+    unsigned long long sum, t;
+    if (pid <= 0 || !stat_times(pid, &ppid, &sum)) return -1;
+    DIR *d = opendir("/proc");
+    if (!d) return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long k = strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end || k <= 0 || k == pid) continue;
+        if (stat_times((int)k, &ppid, &t) && ppid == pid) sum += t;
+    }
+    closedir(d);
+    return (double)sum / (double)sysconf(_SC_CLK_TCK);
 }
 
 static long sock_mem_pages(void)

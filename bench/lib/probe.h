@@ -56,6 +56,15 @@ probe_sample probe_take(int pid);
 /* utime + stime of pid in seconds, or -1. */
 double probe_cpu_s(int pid);
 
+/* CPU seconds of a process and its children: utime + stime + cutime +
+ * cstime of pid (cutime: its children that ended and were reaped), plus the
+ * same of every live process whose parent is pid (one /proc scan). For
+ * PostgreSQL's postmaster that is the whole server: its backends and
+ * auxiliary processes are its children, and a backend that exits moves
+ * into the postmaster's cutime, so the sum does not drop. -1 when pid
+ * cannot be read. */
+double probe_tree_cpu_s(int pid);
+
 /* 1-minute load average, or -1. */
 double probe_loadavg1(void);
 

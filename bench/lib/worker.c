@@ -86,6 +86,27 @@ void worker_init(worker *w, int id, const bench_opts *o, const sock_target *t,
     for (int i = 0; i < n; i++) wsc_init(&w->c[i], (uint32_t)i);
     w->rbuf = xcalloc(1, RBUF);
     snprintf(w->prefix, sizeof w->prefix, "pb%06x", run_id & 0xffffff);
+    if (o->nports > 0) {
+        w->nnodes = o->nports;
+        w->nodes = xcalloc((size_t)o->nports, sizeof *w->nodes);
+        for (int k = 0; k < o->nports; k++) {
+            w->nodes[k] = *t;
+            w->nodes[k].port = o->ports[k];
+        }
+    }
+}
+
+int worker_node_of(int i, int per, int nnodes)
+{
+    if (nnodes <= 1) return 0;
+    if (per < 1) per = 1;
+    return (i / per + i % per) % nnodes;
+}
+
+const sock_target *worker_conn_target(const worker *w, const wsc *c)
+{
+    if (!w->nodes) return w->t;
+    return &w->nodes[worker_node_of((int)c->idx, w->ops.per_item, w->nnodes)];
 }
 
 void *worker_user(worker *w, const wsc *c)
@@ -142,7 +163,7 @@ void worker_lost(worker *w, wsc *c, uint64_t retry_after_ms, bool rst)
 static void start_conn(worker *w, wsc *c)
 {
     stats_add(w->S, ST_ATTEMPTS, 1);
-    if (wsc_connect(c, w->t, (int)c->idx + w->id * 7919) != ERR_OK) {
+    if (wsc_connect(c, worker_conn_target(w, c), (int)c->idx + w->id * 7919) != ERR_OK) {
         stats_add(w->S, ST_HS_FAIL, 1);
         worker_lost(w, c, 0, false);
         return;
@@ -305,7 +326,7 @@ static void on_writable(worker *w, wsc *c)
         int err = 0;
         socklen_t l = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
-        if (err || wsc_send_upgrade(c, w->t) != ERR_OK) {
+        if (err || wsc_send_upgrade(c, worker_conn_target(w, c)) != ERR_OK) {
             stats_add(w->S, ST_HS_FAIL, 1);
             worker_lost(w, c, 0, false);
             return;
@@ -469,6 +490,7 @@ void worker_free(worker *w)
     free(w->c);
     free(w->user);
     free(w->toks);
+    free(w->nodes);
     free(w->rbuf);
     free(w->heap.t);
     free(w->heap.i);

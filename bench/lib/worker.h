@@ -79,7 +79,9 @@ typedef struct timer_heap {
 struct worker {
     int id;                  /* 0.. in the pool; 99 for the parent's own */
     const bench_opts *o;     /* borrowed */
-    const sock_target *t;    /* borrowed */
+    const sock_target *t;    /* borrowed: the server, or a cluster's first node (REST goes there) */
+    sock_target *nodes;      /* owned: o->nports targets (--ports), NULL for one server */
+    int nnodes;
     worker_ops ops;          /* a copy */
     void *scn;               /* the scenario's per-worker state */
     stats *S;                /* borrowed: this process's stats */
@@ -137,6 +139,17 @@ void worker_reconnect_at(worker *w, wsc *c, int64_t at);
 
 /* Closes c for good (no reconnect). */
 void worker_drop(worker *w, wsc *c, bool rst);
+
+/* The node (0 .. nnodes-1) that connection i of a worker opens its
+ * WebSocket to, with per connections per item (a pair: 2; a group: G):
+ * (i / per + i % per) % nnodes. The two users of a pair are always on
+ * different nodes when nnodes > 1, pairs take turns at which node sends,
+ * and a group's members spread evenly. 0 when nnodes <= 1. */
+int worker_node_of(int i, int per, int nnodes);
+
+/* The target connection c opens its WebSocket to: its node (above) when
+ * --ports gave a cluster, else w->t. */
+const sock_target *worker_conn_target(const worker *w, const wsc *c);
 
 /* The user name of connection i of worker wid in run prefix. */
 void worker_username(char *out, size_t cap, const char *prefix, int wid, int i);

@@ -31,7 +31,7 @@ typedef struct scenario {
 } scenario;
 
 extern const scenario scenario_fsync, scenario_idle, scenario_echo, scenario_direct,
-    scenario_group, scenario_storm, scenario_catchup;
+    scenario_group, scenario_storm, scenario_catchup, scenario_cluster;
 
 /* Dies unless --pid was given (server CPU and memory come from /proc). */
 void scn_need_pid(const bench_run *r);

@@ -356,6 +356,11 @@ static void disk_figures(bench_run *r, const probe_sample *s0, const probe_sampl
 
 int traffic_run(bench_run *r, bool group)
 {
+    return traffic_run_hooked(r, group, NULL);
+}
+
+int traffic_run_hooked(bench_run *r, bool group, const traffic_hook *h)
+{
     const bench_opts *o = r->o;
     scn_need_pid(r);
     int items = group ? o->groups : o->pairs;
@@ -382,11 +387,13 @@ int traffic_run(bench_run *r, bool group)
     uint64_t n0 = pool_sum(&p, ST_SENT), y0 = pool_sum(&p, ST_PAYLOAD);
     metrics_writer m0 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
     probe_sample s0 = probe_take(o->pid);
+    if (h) h->begin(h->arg);
     double b0 = pool_cpu_s(&p);
     pool_cmd_all(&p, CMD_RUN, 0, 10);
     sleep_ms((int64_t)o->seconds * 1000);
     probe_sample s1 = probe_take(o->pid);
     double bcpu = pool_cpu_s(&p) - b0;
+    if (h) h->end(h->arg);
     metrics_writer m1 = o->floor ? (metrics_writer){0} : metrics_scrape(&r->t);
     uint64_t a1 = pool_sum(&p, ST_ACKED), d1 = pool_sum(&p, ST_DLV), f1 = pool_sum(&p, ST_FAN_DONE);
     pool_cmd_all(&p, CMD_STOP, 0, 10);
@@ -417,12 +424,17 @@ int traffic_run(bench_run *r, bool group)
     report_hist("send->ack", &ha);
     report_hist("send->delivery", &hd);
     if (group) report_hist("fan-out (last member)", &hf);
-    printf("  server CPU              %.2f s = %.2f us per message, %.3f us per delivery (%.0f%% of one "
-           "core)\n", cpu, msgs > 0 ? cpu * 1e6 / msgs : 0, dl > 0 ? cpu * 1e6 / dl : 0, cpu / dt * 100);
-    report_machine(r, &s0, &s1, bcpu);
-    report_writer(r, &m0, &m1, dt);
     jw *j = &r->J;
-    if (!o->floor) {
+    if (h) {
+        h->report(h->arg, r, msgs, dl, dt, bcpu);
+    } else {
+        printf("  server CPU              %.2f s = %.2f us per message, %.3f us per delivery (%.0f%% of one "
+               "core)\n", cpu, msgs > 0 ? cpu * 1e6 / msgs : 0, dl > 0 ? cpu * 1e6 / dl : 0,
+               cpu / dt * 100);
+        report_machine(r, &s0, &s1, bcpu);
+        report_writer(r, &m0, &m1, dt);
+    }
+    if (!o->floor && !h) {
         double rec = stored_record(r, (double)(y1 - y0), (double)(n1 - n0));
         disk_figures(r, &s0, &s1, &tail, a0, msgs, rec, dt);
     }
@@ -450,10 +462,12 @@ int traffic_run(bench_run *r, bool group)
         jw_hist(j, "fanout", &hf);
         jw_num(j, "fanouts_complete", (double)(f1 - f0));
     }
-    jw_num(j, "server_cpu_s", cpu);
-    jw_num(j, "server_cpu_us_per_msg", msgs > 0 ? cpu * 1e6 / msgs : 0);
-    jw_num(j, "server_cpu_us_per_delivery", dl > 0 ? cpu * 1e6 / dl : 0);
-    jw_num(j, "server_cores_busy", cpu / dt);
+    if (!h) {
+        jw_num(j, "server_cpu_s", cpu);
+        jw_num(j, "server_cpu_us_per_msg", msgs > 0 ? cpu * 1e6 / msgs : 0);
+        jw_num(j, "server_cpu_us_per_delivery", dl > 0 ? cpu * 1e6 / dl : 0);
+        jw_num(j, "server_cores_busy", cpu / dt);
+    }
     jw_num(j, "bench_cores_busy", bcpu / dt);
     jw_num(j, "error_frames", (double)errs);
     jw_num(j, "busy", (double)busy);

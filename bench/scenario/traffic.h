@@ -23,6 +23,24 @@
 /* The parent's side of a direct (group false) or group run. */
 int traffic_run(bench_run *r, bool group);
 
+/* What a cluster run adds around the measured seconds (scenario/cluster.c).
+ * With a hook the single-server rows (server CPU, the machine's split, the
+ * writer, disk bytes: the store is PostgreSQL, another process) are left to
+ * it. */
+typedef struct traffic_hook {
+    /* right before the senders start, and right after the measured seconds */
+    void (*begin)(void *arg);
+    void (*end)(void *arg);
+    /* after the traffic's rows: its own rows and figures into r->J, for msgs
+     * acked and deliveries over dt seconds, the load generator having used
+     * bench_s CPU seconds */
+    void (*report)(void *arg, bench_run *r, double msgs, double deliveries, double dt, double bench_s);
+    void *arg;
+} traffic_hook;
+
+/* traffic_run with a hook (NULL: as traffic_run). */
+int traffic_run_hooked(bench_run *r, bool group, const traffic_hook *h);
+
 /* Parameters both write (mode, rate, window, body_bytes). */
 void traffic_params(const bench_opts *o, jw *j);
 

@@ -23,6 +23,7 @@
 #include "lib/probe.h"
 #include "lib/targets.h"
 #include "lib/util.h"
+#include "lib/worker.h"
 #include "lib/wsc.h"
 #include "test.h"
 
@@ -276,6 +277,48 @@ TEST(opts_refuses_bad_values)
     CHECK(opts_parse(&p, 4, bad4) == -1);
 }
 
+TEST(opts_node_lists)
+{
+    char *ok[] = {"pb", "cluster", "--ports", "9000,9001,9002", "--pids", "7", "--pg-pid", "12", NULL};
+    bench_opts o = {0};
+    CHECK(opts_parse(&o, 8, ok) == 0 && o.nports == 3 && o.ports[0] == 9000 && o.ports[2] == 9002);
+    CHECK(o.npids == 1 && o.pids[0] == 7 && o.pg_pid == 12);
+    char *bad1[] = {"pb", "cluster", "--ports", "9000,", NULL};
+    char *bad2[] = {"pb", "cluster", "--ports", "1,2,3,4,5,6,7,8,9", NULL};
+    char *bad3[] = {"pb", "cluster", "--pids", "0", NULL};
+    char *bad4[] = {"pb", "cluster", "--ports", "9000;9001", NULL};
+    bench_opts p = {0};
+    CHECK(opts_parse(&p, 4, bad1) == -1);
+    CHECK(opts_parse(&p, 4, bad2) == -1);
+    CHECK(opts_parse(&p, 4, bad3) == -1);
+    CHECK(opts_parse(&p, 4, bad4) == -1);
+}
+
+TEST(probe_tree_cpu_counts_the_process)
+{
+    volatile unsigned x = 0;
+    for (unsigned i = 0; i < 20000000u; i++) x += i;
+    double self = probe_cpu_s(getpid()), tree = probe_tree_cpu_s(getpid());
+    CHECK(self >= 0 && tree >= self);
+    CHECK(probe_tree_cpu_s(0) < 0);
+}
+
+/* ---- worker: node placement ------------------------------------------------------ */
+
+TEST(worker_node_spreads_items)
+{
+    /* a pair's two users always on different nodes; pairs rotate */
+    CHECK(worker_node_of(0, 2, 1) == 0 && worker_node_of(1, 2, 1) == 0);
+    CHECK(worker_node_of(0, 2, 2) == 0 && worker_node_of(1, 2, 2) == 1);
+    CHECK(worker_node_of(2, 2, 2) == 1 && worker_node_of(3, 2, 2) == 0);
+    for (int n = 2; n <= 3; n++)
+        for (int i = 0; i < 60; i += 2) CHECK(worker_node_of(i, 2, n) != worker_node_of(i + 1, 2, n));
+    /* a group's members over every node, about evenly */
+    int cnt[3] = {0};
+    for (int i = 100; i < 150; i++) cnt[worker_node_of(i, 50, 3)]++;
+    CHECK(cnt[0] >= 16 && cnt[1] >= 16 && cnt[2] >= 16);
+}
+
 /* ---- targets --------------------------------------------------------------------- */
 
 static const char RUN_DIRECT[] =
@@ -493,6 +536,9 @@ int main(void)
     RUN(disk_sync_sample_is_bounded_and_reports_a_bad_dir);
     RUN(wsc_checks_the_upgrade_answer);
     RUN(opts_refuses_bad_values);
+    RUN(opts_node_lists);
+    RUN(worker_node_spreads_items);
+    RUN(probe_tree_cpu_counts_the_process);
     RUN(targets_file_of_the_repo_judges_runs);
     RUN(targets_judge_ack_latency_by_the_same_runs_fdatasync);
     RUN(targets_expression_with_a_factor);
