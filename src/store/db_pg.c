@@ -697,6 +697,48 @@ static int run_ops(pgdb *x, writer_op *ops)
     return rc;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The conversations a batch's sends and cursor moves write, locked first
+ * and in one order (by id): two nodes' batches over the same
+ * conversations then wait for each other instead of deadlocking (each
+ * send locks its conversation's row, each cursor its member's, in the
+ * batch's own order otherwise). One op alone needs nothing. */
+static int lock_convs(pgdb *x, writer_op *ops)
+{
+    size_t n = 0, total = 0;
+    for (writer_op *w = ops; w; w = w->next, total++) {
+        uint8_t k = ((db_op *)w)->kind;
+        if ((k == OP_SEND || k == OP_CURSOR) && ((db_op *)w)->conv) n++;
+    }
+    if (total < 2 || !n) return ERR_OK;
+    uint64_t *ids = malloc(n * sizeof *ids);
+    if (!ids) return ERR_NOMEM;
+    size_t k = 0;
+    for (writer_op *w = ops; w; w = w->next) {
+        db_op *op = (db_op *)w;
+        if ((op->kind == OP_SEND || op->kind == OP_CURSOR) && op->conv) ids[k++] = op->conv;
+    }
+    qsort(ids, k, sizeof *ids, cmp_u64);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        if (!u || ids[i] != ids[u - 1]) ids[u++] = ids[i];
+    int rc = ERR_OK;
+    if (u > 1) {
+        pq_args a = {0};
+        if (!arg_u64s(&a, ids, u)) rc = ERR_NOMEM;
+        PGresult *r = rc == ERR_OK ? pq_run(x->wconn,
+            "select id from convs where id = any($1::bigint[]) order by id for update", &a, &rc) : NULL;
+        PQclear(r);
+    }
+    free(ids);
+    return rc;
+}
+
 static int run_batch(pgdb *x, writer_op *ops)
 {
     int rc = ERR_OK;
@@ -704,7 +746,8 @@ static int run_batch(pgdb *x, writer_op *ops)
         if (!conn_alive(x->wconn)) return ERR_UNAVAILABLE;
         rc = ERR_OK;
         if (!pq_ok(x->wconn, "begin", &rc)) continue;
-        rc = run_ops(x, ops);
+        rc = lock_convs(x, ops);
+        if (rc == ERR_OK) rc = run_ops(x, ops);
         if (rc == ERR_OK && pq_ok(x->wconn, "commit", &rc)) return ERR_OK;
         int ignore;
         if (PQstatus(x->wconn) == CONNECTION_OK) pq_ok(x->wconn, "rollback", &ignore);
