@@ -764,13 +764,15 @@ static int bus_open(chat *ch)
                      .node_ttl_ms = ch->cfg->node_ttl_ms, .silent_ms = ch->cfg->bus_timeout_ms,
                      .user_msgs_per_s = ch->cfg->rate_user_msgs,
                      .login_burst = GUARD_ACCOUNT_BURST, .login_per_min = GUARD_ACCOUNT_PER_MIN};
+    /* Before the bus thread starts: its presence jobs publish at once. */
+    hub_set_remote(ch->hub, bus_out, ch);
     int rc = bus_start(&ch->bus, &o);
     if (rc < 0) {
+        hub_set_remote(ch->hub, NULL, NULL);
         log_error("cannot start the bus", "bus=%s node=%s err=%s", ch->cfg->bus_url, ch->node,
                   err_name(rc));
         return rc;
     }
-    hub_set_remote(ch->hub, bus_out, ch);
     return ERR_OK;
 }
 
