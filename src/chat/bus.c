@@ -230,6 +230,7 @@ struct bus {
     char nonce[24];            /* this process's heartbeat value */
     char echo_chan[sizeof CHAN_NODE + BUSMSG_NODE_MAX];
     uint64_t next_echo;        /* ms */
+    uint64_t echo_since;       /* ms: the first echo since the publisher connected, or 0 */
     char beat_key[sizeof ROSTER_BEAT + BUSMSG_NODE_MAX];
     char node_key[sizeof ROSTER_NODE + BUSMSG_NODE_MAX];
     uint64_t next_beat;        /* ms */
@@ -497,6 +498,7 @@ static void settle(bus *b)
         } else if (st == SUB_RESUBSCRIBE) {
             u64map_put(&b->subs, v[i], (void *)(uintptr_t)SUB_UNSUBSCRIBING);
         }
+        if (!want) u64map_del(&b->late, v[i]); /* no session left to resync */
         uv_mutex_unlock(&b->mu);
         /* The roster decides who is online in the cluster; without it, this
          * node's own first and last sessions do. */
@@ -1080,16 +1082,6 @@ static void flush_limits(bus *b)
         u64map_free(&b->sent);
         u64map_init(&b->sent);
     }
-    /* Expired blocks go too, so that the map holds only the users refused now. */
-    uint64_t t = now_ms();
-    for (size_t i = 0; b->blocked.count && i < b->blocked.cap; i++) {
-        u64map_slot *s = &b->blocked.slots[i];
-        if (s->key && (uint64_t)(uintptr_t)s->val <= t && b->blocked.count > 1024) {
-            u64map_free(&b->blocked); /* many: start afresh rather than walk */
-            u64map_init(&b->blocked);
-            break;
-        }
-    }
     bus_cmd *cmds = b->cmds;
     b->cmds = b->cmds_tail = NULL;
     uv_mutex_unlock(&b->mu);
@@ -1113,6 +1105,25 @@ static void flush_limits(bus *b)
         redisFreeCommand(c->text);
         free(c);
     }
+}
+
+/* Expired blocks leave the map (the tick's: at most every 100 ms, not at
+ * every send), so that it holds the users refused now and no more. */
+static void prune_blocked(bus *b)
+{
+    uint64_t t = now_ms();
+    uv_mutex_lock(&b->mu);
+    size_t n = 0;
+    uint64_t gone[256];
+    for (size_t i = 0; b->blocked.count && i < b->blocked.cap; i++) {
+        u64map_slot *s = &b->blocked.slots[i];
+        if (s->key && (uint64_t)(uintptr_t)s->val <= t) {
+            gone[n++] = s->key;
+            if (n == sizeof gone / sizeof gone[0]) break; /* the rest at the next tick */
+        }
+    }
+    for (size_t i = 0; i < n; i++) u64map_del(&b->blocked, gone[i]);
+    uv_mutex_unlock(&b->mu);
 }
 
 static size_t login_keys(char *line_key, char *acct_key, uint64_t line, uint64_t uid, size_t *al)
@@ -1245,6 +1256,8 @@ static void set_up(bus *b, rlink *l, bool up)
     b->echoed = false; /* healthy again once the echo went round */
     if (l == &b->sub) b->sub_up = up;
     else b->pub_up = up;
+    if (l == &b->pub) b->echo_since = 0;
+    if (!up) uv_cond_broadcast(&b->cond); /* bus_wait and bus_stop's drain look again */
     if (l == &b->sub && !up) {
         /* Redis forgot this connection's channels: each wanted one is
          * subscribed again at the next connect, the others are gone. */
@@ -1413,6 +1426,9 @@ static void check_silent(bus *b, rlink *l)
 {
     uint64_t t = now_ms();
     if (!l->ac || !l->up || t - l->last_rx <= b->o.silent_ms) return;
+    /* The subscriber hears only the echo, which the publisher sends: it is
+     * silent by no fault of its own until echoes went out for a while. */
+    if (l == &b->sub && (!b->echo_since || t - b->echo_since <= b->o.silent_ms)) return;
     log_warn("bus: Redis sent nothing for too long; the connection is dropped", "link=%s ms=%llu",
              l->name, (unsigned long long)(t - l->last_rx));
     redisAsyncFree(l->ac); /* its disconnect callback marks it down and retries */
@@ -1423,6 +1439,7 @@ static void echo(bus *b)
     uint64_t t = now_ms();
     if (!b->pub.ac || !b->pub.up || t < b->next_echo) return; /* its reply keeps pub alive */
     b->next_echo = t + ECHO_EVERY_MS;
+    if (!b->echo_since) b->echo_since = t;
     redisAsyncCommand(b->pub.ac, NULL, NULL, "PUBLISH %s %s", b->echo_chan, b->nonce);
 }
 
@@ -1432,6 +1449,7 @@ static void on_tick(uv_timer_t *t)
     check_silent(b, &b->sub);
     check_silent(b, &b->pub);
     echo(b);
+    prune_blocked(b);
     tend(b, &b->sub);
     tend(b, &b->pub);
     leave_or_beat(b);

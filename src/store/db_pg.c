@@ -703,39 +703,56 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The conversations a batch's sends and cursor moves write, locked first
- * and in one order (by id): two nodes' batches over the same
- * conversations then wait for each other instead of deadlocking (each
- * send locks its conversation's row, each cursor its member's, in the
- * batch's own order otherwise). One op alone needs nothing. */
-static int lock_convs(pgdb *x, writer_op *ops)
+/* Rows a batch writes, locked first and in one order: the conversations
+ * (by id) its sends, cursor moves, adds, removes and leaves write, then
+ * the users (by id) its last_seen and logins write. Two nodes' batches
+ * over the same rows then wait for each other instead of deadlocking
+ * (each op locks its own rows in the batch's order otherwise; a member's
+ * row is written only under its conversation's). One op alone needs
+ * nothing. */
+static bool conv_op(uint8_t k) { return k == OP_SEND || k == OP_CURSOR || k == OP_ADD || k == OP_REMOVE; }
+static bool user_op(uint8_t k) { return k == OP_LAST_SEEN || k == OP_LOGIN; }
+
+static int lock_sorted(pgdb *x, const char *sql, uint64_t *ids, size_t n)
 {
-    size_t n = 0, total = 0;
+    qsort(ids, n, sizeof *ids, cmp_u64);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] && (!u || ids[i] != ids[u - 1])) ids[u++] = ids[i];
+    if (!u) return ERR_OK;
+    int rc = ERR_OK;
+    pq_args a = {0};
+    if (!arg_u64s(&a, ids, u)) return ERR_NOMEM;
+    PQclear(pq_run(x->wconn, sql, &a, &rc));
+    return rc;
+}
+
+static int lock_rows(pgdb *x, writer_op *ops)
+{
+    size_t nc = 0, nu = 0, total = 0;
     for (writer_op *w = ops; w; w = w->next, total++) {
-        uint8_t k = ((db_op *)w)->kind;
-        if ((k == OP_SEND || k == OP_CURSOR) && ((db_op *)w)->conv) n++;
+        db_op *op = (db_op *)w;
+        if (conv_op(op->kind)) nc++;
+        if (op->kind == OP_LEAVE) nc += op->nuids;
+        if (user_op(op->kind)) nu++;
     }
-    if (total < 2 || !n) return ERR_OK;
-    uint64_t *ids = malloc(n * sizeof *ids);
-    if (!ids) return ERR_NOMEM;
-    size_t k = 0;
+    if (total < 2 || (!nc && !nu)) return ERR_OK;
+    uint64_t *convs = malloc((nc + nu + 1) * sizeof *convs), *uids = convs + nc;
+    if (!convs) return ERR_NOMEM;
+    size_t c = 0, u = 0;
     for (writer_op *w = ops; w; w = w->next) {
         db_op *op = (db_op *)w;
-        if ((op->kind == OP_SEND || op->kind == OP_CURSOR) && op->conv) ids[k++] = op->conv;
+        if (conv_op(op->kind)) convs[c++] = op->conv;
+        if (op->kind == OP_LEAVE)
+            for (size_t i = 0; i < op->nuids; i++) convs[c++] = op->uids[i];
+        if (user_op(op->kind)) uids[u++] = op->who.uid;
     }
-    qsort(ids, k, sizeof *ids, cmp_u64);
-    size_t u = 0;
-    for (size_t i = 0; i < k; i++)
-        if (!u || ids[i] != ids[u - 1]) ids[u++] = ids[i];
-    int rc = ERR_OK;
-    if (u > 1) {
-        pq_args a = {0};
-        if (!arg_u64s(&a, ids, u)) rc = ERR_NOMEM;
-        PGresult *r = rc == ERR_OK ? pq_run(x->wconn,
-            "select id from convs where id = any($1::bigint[]) order by id for update", &a, &rc) : NULL;
-        PQclear(r);
-    }
-    free(ids);
+    int rc = lock_sorted(x, "select id from convs where id = any($1::bigint[]) order by id for update",
+                         convs, c);
+    if (rc == ERR_OK)
+        rc = lock_sorted(x, "select id from users where id = any($1::bigint[]) order by id for update",
+                         uids, u);
+    free(convs);
     return rc;
 }
 
@@ -746,7 +763,7 @@ static int run_batch(pgdb *x, writer_op *ops)
         if (!conn_alive(x->wconn)) return ERR_UNAVAILABLE;
         rc = ERR_OK;
         if (!pq_ok(x->wconn, "begin", &rc)) continue;
-        rc = lock_convs(x, ops);
+        rc = lock_rows(x, ops);
         if (rc == ERR_OK) rc = run_ops(x, ops);
         if (rc == ERR_OK && pq_ok(x->wconn, "commit", &rc)) return ERR_OK;
         int ignore;
