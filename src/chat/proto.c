@@ -313,6 +313,16 @@ void proto_upgrade(conn *c, const http_request *req, const ws_handshake *hs)
     conn_hold(c); /* the handshake waits for the check */
 }
 
+/* A connection's id as logs show it: with --bus qualified by the node
+ * (`chat-1/42`), so that ids from several nodes' logs never meet. */
+static const char *conn_name(conn *c, char *buf, size_t cap)
+{
+    chat *ch = chat_of(c->t);
+    if (ch->bus) snprintf(buf, cap, "%s/%llu", ch->node, (unsigned long long)c->id);
+    else snprintf(buf, cap, "%llu", (unsigned long long)c->id);
+    return buf;
+}
+
 static int on_open(conn *c)
 {
     session *s = conn_user(c);
@@ -321,10 +331,9 @@ static int on_open(conn *c)
     s->id = c->id;
     metrics_inc(&c->t->m, M_SESSIONS_OPENED);
     if (log_enabled(LOG_DEBUG)) {
-        char addr[64];
-        log_write(LOG_DEBUG, "ws open", "conn=%llu user=%s device=%u addr=%s",
-                  (unsigned long long)c->id, s->name, (unsigned)s->device,
-                  addr_name((ws_session *)s, addr, sizeof addr));
+        char addr[64], id[96];
+        log_write(LOG_DEBUG, "ws open", "conn=%s user=%s device=%u addr=%s", conn_name(c, id, sizeof id),
+                  s->name, (unsigned)s->device, addr_name((ws_session *)s, addr, sizeof addr));
     }
     jbuf j;
     jb_init(&j, 96);
@@ -363,9 +372,9 @@ static void log_close(conn *c, const ws_session *w, uint16_t code, const char *r
                   (code == WS_CLOSE_GOING_AWAY && (by_peer || c->t->stopping));
     enum log_level level = normal ? LOG_DEBUG : LOG_INFO;
     if (!log_enabled(level)) return;
-    char addr[64], why[200];
-    log_write(level, "ws close", "conn=%llu user=%s device=%u addr=%s code=%u reason=%s by=%s",
-              (unsigned long long)c->id, w->s.name, (unsigned)w->s.device,
+    char addr[64], why[200], id[96];
+    log_write(level, "ws close", "conn=%s user=%s device=%u addr=%s code=%u reason=%s by=%s",
+              conn_name(c, id, sizeof id), w->s.name, (unsigned)w->s.device,
               addr_name(w, addr, sizeof addr), (unsigned)code,
               log_value(why, sizeof why, reason, strlen(reason)), by_peer ? "client" : "server");
 }

@@ -377,3 +377,22 @@ def test_a_stopping_node_publishes_what_it_queued_first(parley, pg_database, red
         await cb.close()
 
     arun(go())
+
+
+def test_connection_ids_in_the_logs_name_their_node(parley, pg_database, redis):
+    """With --bus a connection's id in the log lines is qualified by the
+    node (chat-1/42): ids from several nodes' logs never meet."""
+    n1 = node(parley, pg_database, redis, "chat-1", "--log-level", "debug")
+    u = users(n1, 1)[0]
+
+    async def go():
+        c = await Client.open(u)
+        await c.ping()
+        await c.close()
+
+    arun(go())
+    log = poll(lambda: n1.log(tail=200000), lambda t: '"ws close"' in t)
+    opens = [ln for ln in log.splitlines() if 'msg="ws open"' in ln]
+    assert opens and all(" conn=chat-1/" in ln for ln in opens), opens
+    closes = [ln for ln in log.splitlines() if 'msg="ws close"' in ln]
+    assert closes and all(" conn=chat-1/" in ln for ln in closes), closes
