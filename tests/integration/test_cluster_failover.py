@@ -1,13 +1,19 @@
-"""kill -9 one of three nodes under load (real redis-server and PostgreSQL):
+"""Failures under load on three nodes (real redis-server and PostgreSQL):
 three senders and three receivers, each CLI homed on a different node
 (its --server list starts there and goes round the others), send and
-read while the first node is killed; the clients that were on it go on to
-the next node of their list, resend what was not acked with the same
-cmids and resume: every message acked, none lost, none stored twice, seqs
+read while
+- the first node is killed (kill -9): the clients that were on it go on to
+  the next node of their list, resend what was not acked with the same
+  cmids and resume;
+- Redis is killed and restarted (empty): the nodes tell their sessions to
+  resync, and the clients catch up what the bus lost;
+either way every message is acked, none lost, none stored twice, seqs
 gapless, and every receiver sees each message once.
 
 Every process is stopped by PID; waits are bounded; nothing is timed.
 """
+
+import pytest
 
 from parley_client import WAIT, cli_users, history
 
@@ -15,7 +21,8 @@ PER_SENDER = 30
 BEFORE, DURING = 10, 10  # acked before the kill; written just before it
 
 
-def test_kill_one_of_three_nodes_under_load(parley, open_chat, pg_database, redis, tmp_path):
+@pytest.mark.parametrize("failure", ["kill_a_node", "restart_redis"])
+def test_three_nodes_under_load(failure, parley, open_chat, pg_database, redis, tmp_path):
     nodes = [parley("--store", pg_database.dsn, "--bus", redis.url, "--node-id", f"n{k + 1}",
                     "--node-ttl", "1000", "--insecure-fast-kdf") for k in range(3)]
     urls = [n.url for n in nodes]
@@ -52,9 +59,12 @@ def test_kill_one_of_three_nodes_under_load(parley, open_chat, pg_database, redi
     for i in range(BEFORE, BEFORE + DURING):
         for k in range(3):
             write(k, i)
-    nodes[0].expect_exit = True
-    nodes[0].proc.kill()
-    nodes[0].proc.wait(timeout=30)
+    if failure == "kill_a_node":
+        nodes[0].expect_exit = True
+        nodes[0].proc.kill()
+        nodes[0].proc.wait(timeout=30)
+    else:
+        redis.restart(kill=True)
     for i in range(BEFORE + DURING, PER_SENDER):
         for k in range(3):
             write(k, i)
@@ -79,8 +89,11 @@ def test_kill_one_of_three_nodes_under_load(parley, open_chat, pg_database, redi
         assert sorted(acked) == sorted(cmids[k].values()), (k, len(acked))
         assert [e["message"]["seq"] for e in b_events if e.get("event") == "msg"] == \
             list(range(1, PER_SENDER + 1)), k
+        # Redis's return made every session catch up
+        if failure == "restart_redis":
+            assert [e for e in b.events if e.get("event") == "resync" and e["reason"] == "bus"], k
         # the clients homed on node 1 went on to another node of their list
-        if k in (0, 2):
+        if failure == "kill_a_node" and k in (0, 2):
             moved = a if k == 0 else b
             assert {e["server"] for e in moved.events if e.get("event") == "state" and
                     e["state"] == "connected"} - {urls[0]}, k
