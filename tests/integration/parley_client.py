@@ -259,6 +259,11 @@ CLUSTER_NODES = 3
 _cluster_seq = [0]
 
 
+def cluster_mode():
+    """Whether the servers the tests start are three-node clusters."""
+    return CLUSTER_FOR is not None
+
+
 def start_server(tmp_path, *flags, web_dir=None, data_dir=None, port=0):
     """Starts parleyd under tmp_path (its own directory for the log and, by
     default, the data) with NO_LIMITS then flags; returns a Server once it

@@ -4,8 +4,8 @@ same connection, after a reconnect and via REST."""
 
 import asyncio
 
-from parley_client import (T, Client, arun, assert_error, close_all, conv_get, group,
-                           history, send_rest, users)
+from parley_client import (T, Client, arun, assert_error, close_all, cluster_mode, conv_get,
+                           group, history, send_rest, users)
 
 N_MEMBERS = 4
 PER_SENDER = 50
@@ -83,7 +83,11 @@ def test_concurrent_senders_exactly_once_same_order(server):
         # Everything from the others, once each, nothing of its own.
         assert len(seqs) == len(set(seqs)) == total - PER_SENDER, (u, len(seqs), len(set(seqs)))
         assert set(seqs) == {s for s, v in truth.items() if v[0] != u.name}
-        assert seqs == sorted(seqs), f"{u} received messages out of seq order"
+        # One node delivers a conversation's messages in seq order; over a
+        # cluster the bus may bring another node's later seq first (the
+        # client rule on gaps covers it: docs/protocol.md, docs/cluster.md).
+        if not cluster_mode():
+            assert seqs == sorted(seqs), f"{u} received messages out of seq order"
         for m in msgs:
             assert m["conv"] == gid
             assert (m["from"], m["cmid"], m["body"]) == truth[m["seq"]], m
