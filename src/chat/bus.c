@@ -127,6 +127,15 @@ static const char LOGIN_FAIL_LUA[] =
     "end\n"
     "return f\n";
 
+/* A logout's journal entry, written before its PUBLISH (bus.h: a node
+ * that missed the message reads it when its channel is confirmed). KEYS:
+ * the user's journal; ARGV: token key, expiry ms, now ms, ttl ms. */
+static const char REVOKE_LUA[] =
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])\n"
+    "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+    "return 1\n";
+
 /* This node's whole part, written again: {users now online who were not,
  * users no longer online}. KEYS: this node's set; ARGV: node, then uid and
  * count pairs. */
@@ -457,6 +466,7 @@ static int cmp_u64(const void *a, const void *b)
 
 static void touch_roster(bus *b, uint64_t uid, int count_here);
 static void recheck_later(bus *b, uint64_t uid);
+static void read_journal(bus *b, uint64_t uid);
 
 /* Settles the touched uids: a channel for every user with a session here,
  * none for the others, and their counts in the roster. */
@@ -609,6 +619,7 @@ static void on_subscribed(bus *b, const redisReply *chan, bool unsubscribed)
     }
     uv_mutex_unlock(&b->mu);
     if (again) send_channels(b, "SUBSCRIBE", &uid, 1, false);
+    if (!unsubscribed && st == SUB_PENDING) read_journal(b, uid);
     audience *a = late ? audience_new(1) : NULL;
     if (a) { /* a read went ahead without the channel: catch up now */
         a->uids[0] = uid;
@@ -672,6 +683,55 @@ static void on_published(redisAsyncContext *ac, void *reply, void *priv)
     if (!b->inflight) check_drained(b);
 }
 
+static uint64_t reply_uid(const redisReply *r);
+
+/* The revocation journal `parley:rv:<uid>`: token keys revoked, scored by
+ * when the token would have expired anyway. */
+static size_t journal_key(char *out, uint64_t uid)
+{
+    return (size_t)snprintf(out, CHAN_MAX, "parley:rv:%llu", (unsigned long long)uid);
+}
+
+static void journal_revoke(bus *b, uint64_t uid, uint64_t key)
+{
+    char jk[CHAN_MAX], karg[24], exp[24], now[24], ttl[24];
+    uint64_t t = (uint64_t)time(NULL) * 1000u, life = b->o.revoke_ttl_ms ? b->o.revoke_ttl_ms : 1;
+    size_t jl = journal_key(jk, uid);
+    size_t kl = (size_t)snprintf(karg, sizeof karg, "%llu", (unsigned long long)key);
+    size_t el = (size_t)snprintf(exp, sizeof exp, "%llu", (unsigned long long)(t + life));
+    size_t nl = (size_t)snprintf(now, sizeof now, "%llu", (unsigned long long)t);
+    size_t tl = (size_t)snprintf(ttl, sizeof ttl, "%llu", (unsigned long long)life);
+    const char *argv[] = {"EVAL", REVOKE_LUA, "1", jk, karg, exp, now, ttl};
+    size_t lens[] = {4, sizeof REVOKE_LUA - 1, 1, jl, kl, el, nl, tl};
+    redisAsyncCommandArgv(b->pub.ac, NULL, NULL, 8, argv, lens);
+}
+
+/* A user's channel was confirmed: the logouts this node may have missed
+ * (its channel not yet there, or the bus lost) are read from the journal,
+ * and the sessions of those tokens closed. */
+static void on_journal(redisAsyncContext *ac, void *reply, void *priv)
+{
+    bus *b = ((rlink *)ac->data)->b;
+    const redisReply *r = reply;
+    uint64_t uid = (uint64_t)(uintptr_t)priv;
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        uint64_t key = reply_uid(r->element[i]);
+        busmsg m = {.kind = BUSMSG_REVOKE, .arg = key};
+        if (key) b->ops->deliver(b->ctx, uid, &m);
+    }
+}
+
+static void read_journal(bus *b, uint64_t uid)
+{
+    if (!b->pub.ac || !b->pub.up) return; /* the window stays open: docs/cluster.md */
+    char jk[CHAN_MAX], now[24];
+    size_t jl = journal_key(jk, uid);
+    size_t nl = (size_t)snprintf(now, sizeof now, "%llu", (unsigned long long)time(NULL) * 1000u);
+    const char *argv[] = {"ZRANGEBYSCORE", jk, now, "+inf"};
+    size_t lens[] = {13, jl, nl, 4};
+    redisAsyncCommandArgv(b->pub.ac, on_journal, (void *)(uintptr_t)uid, 4, argv, lens);
+}
+
 static void publish_item(bus *b, item *it)
 {
     busmsg m = {.kind = it->kind, .arg = it->arg};
@@ -695,6 +755,7 @@ static void publish_item(bus *b, item *it)
     if (jlen) memcpy(buf + h, json->data, jlen);
     size_t len = (size_t)h + jlen;
     void *at = (void *)(uintptr_t)it->at;
+    if (it->kind == BUSMSG_REVOKE && it->to && it->to->n == 1) journal_revoke(b, it->to->uids[0], it->arg);
     if (!it->to) {
         b->inflight++;
         redisAsyncCommand(b->pub.ac, on_published, at, "PUBLISH %s %b", CHAN_ALL, buf, len);
@@ -1335,6 +1396,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     l->since = 0;
     l->backoff = BACKOFF_MIN_MS;
     set_up(b, l, true);
+    char name[BUSMSG_NODE_MAX + 16];
+    snprintf(name, sizeof name, "parley-%s-%s", b->node, l == &b->sub ? "sub" : "pub");
+    redisAsyncCommand(l->ac, NULL, NULL, "CLIENT SETNAME %s", name); /* for CLIENT LIST */
     if (l == &b->sub) {
         subscribe_all(b);
         return;

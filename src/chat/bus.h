@@ -82,6 +82,7 @@ typedef struct bus_options {
     uint32_t connect_timeout_ms;   /* a connection not up by then is retried */
     uint32_t node_ttl_ms;          /* a node whose heartbeat is older is dead (its sessions stop counting) */
     uint32_t silent_ms;            /* a link that read nothing this long is dropped (the echo is 1 s) */
+    uint64_t revoke_ttl_ms;        /* a logout is kept in the journal this long (the token's life) */
     uint32_t user_msgs_per_s;      /* a user's messages over the cluster, per second (burst 4x); 0: none */
     uint32_t login_burst;          /* failed logins of unknown devices per account, at most ... */
     uint32_t login_per_min;        /* ... refilled at this many a minute */
@@ -108,7 +109,11 @@ void bus_stop(bus *b);
 /* Publishes ev to the channels of to's users. Any thread. */
 void bus_publish(bus *b, audience *to, event *ev);
 /* Tells the other nodes to close uid's sessions opened with token key
- * `key` (a logout). Any thread. */
+ * `key` (a logout). Any thread. The logout is also kept in a journal in
+ * Redis (`parley:rv:<uid>`, for revoke_ttl_ms), written before the
+ * message: a node reads a user's journal whenever their channel is
+ * confirmed, so that a node which was off the bus, or whose session of
+ * the token opened while the message went by, still closes it. */
 void bus_revoke(bus *b, uint64_t uid, uint64_t key);
 /* A session of uid opened or closed on this node: the bus thread asks
  * ops->sessions, subscribes or unsubscribes uid's channel to match, and

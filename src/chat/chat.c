@@ -763,6 +763,7 @@ static int bus_open(chat *ch)
     bus_options o = {.url = ch->cfg->bus_url, .node = ch->node, .ops = &chat_bus_ops, .ctx = ch,
                      .node_ttl_ms = ch->cfg->node_ttl_ms, .silent_ms = ch->cfg->bus_timeout_ms,
                      .user_msgs_per_s = ch->cfg->rate_user_msgs,
+                     .revoke_ttl_ms = (uint64_t)ch->cfg->token_ttl_s * 1000u,
                      .login_burst = GUARD_ACCOUNT_BURST, .login_per_min = GUARD_ACCOUNT_PER_MIN};
     /* Before the bus thread starts: its presence jobs publish at once. */
     hub_set_remote(ch->hub, bus_out, ch);

@@ -396,3 +396,38 @@ def test_connection_ids_in_the_logs_name_their_node(parley, pg_database, redis):
     assert opens and all(" conn=chat-1/" in ln for ln in opens), opens
     closes = [ln for ln in log.splitlines() if 'msg="ws close"' in ln]
     assert closes and all(" conn=chat-1/" in ln for ln in closes), closes
+
+
+def test_a_logout_missed_on_the_bus_is_read_from_the_journal(parley, pg_database, redis):
+    """n2 frozen (SIGSTOP) and its subscriber connection killed in Redis: the
+    logout made through n1 meanwhile never reaches n2 as a message. When n2
+    runs again it reconnects, and reading the user's revocation journal at
+    the channel's confirmation closes the revoked token's session (1008);
+    the user's other device stays."""
+    import os
+    import signal
+    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+    u = users(n1, 1)[0]
+    other = login(n2, u.name)
+
+    async def go():
+        c2 = await Client.open(on(n2, u))   # the token to revoke, on n2
+        keep = await Client.open(other)     # another device, on n2 too
+        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+        r = redis.client()
+        sub = [c for c in r.client_list() if c.get("name") == "parley-n2-sub"]
+        assert len(sub) == 1, r.client_list()
+        os.kill(n2.proc.pid, signal.SIGSTOP)
+        try:
+            r.client_kill_filter(_id=sub[0]["id"])
+            resp = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: u.delete("/v1/sessions/current"))  # through n1
+            assert resp.status_code == 204, resp.text
+            assert r.zcard(next(iter(r.scan_iter("parley:rv:*")))) == 1
+        finally:
+            os.kill(n2.proc.pid, signal.SIGCONT)
+        assert await c2.closed_with() == 1008
+        await keep.ping()
+        await keep.close()
+
+    arun(go())
