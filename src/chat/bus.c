@@ -1027,25 +1027,33 @@ static void query_give(bus *b, redisContext *c, bool ok, bool kept)
     if (c) redisFree(c);
 }
 
-static bool query_online(redisContext *c, const uint64_t *uids, size_t n, bool *on);
-static bool query_sessions(bus *b, redisContext *c, uint64_t uid, int *n);
-
-int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on)
+/* Runs fn on a query connection: a kept one, and once more on a new one
+ * if that failed. ERR_OK, or ERR_UNAVAILABLE. */
+static int query(bus *b, bool (*fn)(redisContext *c, void *arg), void *arg)
 {
-    if (!n) return ERR_OK;
     bool kept = false, ok = false;
     for (int attempt = 0; attempt < 2 && !ok; attempt++) {
         redisContext *c = query_take(b, attempt > 0, &kept);
         if (!c) return ERR_UNAVAILABLE;
-        ok = query_online(c, uids, n, on);
+        ok = fn(c, arg);
         query_give(b, c, ok, kept);
         if (!kept) break;
     }
     return ok ? ERR_OK : ERR_UNAVAILABLE;
 }
 
-static bool query_online(redisContext *c, const uint64_t *uids, size_t n, bool *on)
+typedef struct online_q {
+    const uint64_t *uids;
+    size_t n;
+    bool *on;
+} online_q;
+
+static bool query_online(redisContext *c, void *arg)
 {
+    const online_q *q = arg;
+    const uint64_t *uids = q->uids;
+    size_t n = q->n;
+    bool *on = q->on;
     for (size_t i = 0; i < n; i++)
         redisAppendCommand(c, "EXISTS " ROSTER_USER "%llu", (unsigned long long)uids[i]);
     bool ok = true;
@@ -1059,21 +1067,24 @@ static bool query_online(redisContext *c, const uint64_t *uids, size_t n, bool *
     return ok;
 }
 
-int bus_remote_sessions(bus *b, uint64_t uid, int *n)
+int bus_online(bus *b, const uint64_t *uids, size_t n, bool *on)
 {
-    bool kept = false, ok = false;
-    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
-        redisContext *c = query_take(b, attempt > 0, &kept);
-        if (!c) return ERR_UNAVAILABLE;
-        ok = query_sessions(b, c, uid, n);
-        query_give(b, c, ok, kept);
-        if (!kept) break;
-    }
-    return ok ? ERR_OK : ERR_UNAVAILABLE;
+    online_q q = {uids, n, on};
+    return n ? query(b, query_online, &q) : ERR_OK;
 }
 
-static bool query_sessions(bus *b, redisContext *c, uint64_t uid, int *n)
+typedef struct sessions_q {
+    bus *b;
+    uint64_t uid;
+    int *n;
+} sessions_q;
+
+static bool query_sessions(redisContext *c, void *arg)
 {
+    const sessions_q *q = arg;
+    bus *b = q->b;
+    uint64_t uid = q->uid;
+    int *n = q->n;
     *n = 0;
     redisReply *r = redisCommand(c, "HGETALL " ROSTER_USER "%llu", (unsigned long long)uid);
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
@@ -1086,6 +1097,12 @@ static bool query_sessions(bus *b, redisContext *c, uint64_t uid, int *n)
     }
     if (r) freeReplyObject(r);
     return ok;
+}
+
+int bus_remote_sessions(bus *b, uint64_t uid, int *n)
+{
+    sessions_q q = {b, uid, n};
+    return query(b, query_sessions, &q);
 }
 
 /* ---- per-user limits over the cluster (bus.h) --------------------------------------- */
@@ -1193,6 +1210,22 @@ static size_t login_keys(char *line_key, char *acct_key, uint64_t line, uint64_t
     return (size_t)snprintf(line_key, CHAN_MAX, "parley:lf:%016llx", (unsigned long long)line);
 }
 
+typedef struct login_q {
+    const char **argv;
+    const size_t *lens;
+    long long wait;            /* the script's answer: ms to wait, 0: go */
+} login_q;
+
+static bool query_login(redisContext *c, void *arg)
+{
+    login_q *q = arg;
+    redisReply *r = redisCommandArgv(c, 8, q->argv, q->lens);
+    bool ok = r && r->type == REDIS_REPLY_INTEGER && r->integer >= 0;
+    if (ok) q->wait = r->integer;
+    if (r) freeReplyObject(r);
+    return ok;
+}
+
 int bus_login_check(bus *b, uint64_t line, uint64_t uid, bool unknown_device, uint32_t *retry_ms)
 {
     char lk[CHAN_MAX], ak[CHAN_MAX], burst[16], per[16];
@@ -1201,19 +1234,9 @@ int bus_login_check(bus *b, uint64_t line, uint64_t uid, bool unknown_device, ui
     size_t pl = (size_t)snprintf(per, sizeof per, "%u", b->o.login_per_min ? b->o.login_per_min : 1);
     const char *argv[] = {"EVAL", LOGIN_CHECK_LUA, "2", lk, ak, unknown_device ? "1" : "0", burst, per};
     size_t lens[] = {4, sizeof LOGIN_CHECK_LUA - 1, 1, ll, al, 1, bl, pl};
-    bool kept = false;
-    long long wait = -1;
-    for (int attempt = 0; attempt < 2 && wait < 0; attempt++) {
-        redisContext *c = query_take(b, attempt > 0, &kept);
-        if (!c) return ERR_UNAVAILABLE;
-        redisReply *r = redisCommandArgv(c, 8, argv, lens);
-        bool ok = r && r->type == REDIS_REPLY_INTEGER;
-        if (ok) wait = r->integer;
-        if (r) freeReplyObject(r);
-        query_give(b, c, ok, kept);
-        if (!kept) break;
-    }
-    if (wait < 0) return ERR_UNAVAILABLE;
+    login_q q = {argv, lens, -1};
+    if (query(b, query_login, &q) < 0) return ERR_UNAVAILABLE;
+    long long wait = q.wait;
     if (wait == 0) return ERR_OK;
     if (retry_ms) *retry_ms = (uint32_t)(wait < 3600000 ? wait : 3600000);
     return ERR_RATE;

@@ -136,11 +136,9 @@ uint64_t guard_line_key(const guard_login *l)
     return mix(k ^ l->uid * 0x9e3779b97f4a7c15ull);
 }
 
-static uint64_t line_key(const guard_login *l) { return guard_line_key(l); }
-
 int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *retry_ms)
 {
-    uint64_t key = line_key(l);
+    uint64_t key = guard_line_key(l);
     int rc = ERR_OK;
     uv_mutex_lock(&g->lines.mu);
     entry *e = get(&g->lines, key);
@@ -171,7 +169,7 @@ int guard_login_begin(guard *g, const guard_login *l, uint64_t now, uint32_t *re
 
 void guard_login_cancel(guard *g, const guard_login *l)
 {
-    uint64_t key = line_key(l);
+    uint64_t key = guard_line_key(l);
     uv_mutex_lock(&g->lines.mu);
     entry *e = u64map_get(&g->lines.map, key);
     if (e && e->inflight) e->inflight--; /* its failures and delay stay */
@@ -185,7 +183,7 @@ void guard_login_cancel(guard *g, const guard_login *l)
 
 void guard_login_end(guard *g, const guard_login *l, bool ok, uint64_t now)
 {
-    uint64_t key = line_key(l);
+    uint64_t key = guard_line_key(l);
     uv_mutex_lock(&g->lines.mu);
     entry *e = u64map_get(&g->lines.map, key);
     if (e && e->inflight) e->inflight--;
