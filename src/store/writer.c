@@ -16,6 +16,9 @@
  * segment (at most this); one append holds at most half a segment. An
  * entry is at most a quarter (writer_options), so every append fits. */
 #define BATCH_BYTES (4u << 20)
+/* While the logger is busy the sequencer decides what arrives in chunks of
+ * this many ops (woken once per chunk, not per op), into the open batch. */
+#define SEQ_CHUNK 64
 
 enum { ITEM_LOG, ITEM_SLOW };
 
@@ -49,6 +52,7 @@ struct writer {
     store *s;
     wal *log;                  /* NULL: no log, every op takes the slow path */
     sequencer *seq;                  /* the sequencer's (sequencer thread only) */
+    struct item *cur;          /* the log batch being built (sequencer thread only) */
     uint32_t window_us, apply_delay_ms;
     size_t batch_bytes, append_bytes;  /* cut a batch past this; one append at most this */
     size_t max_batch, max_queue;
@@ -85,6 +89,7 @@ struct writer {
     size_t unapplied;          /* log batches handed to the logger, not applied or failed */
     size_t unapplied_bytes;
     unsigned urgent;           /* readers waiting: the applier does not gather */
+    bool log_busy;             /* the logger is appending (or handing on) what it took */
     bool stopping, seq_ended, log_ended, app_ended;
     writer_stats st;
 };
@@ -154,12 +159,12 @@ static void complete_later(writer *w, item *it)
     uv_cond_signal(&w->done_cond);
 }
 
-/* Takes up to max_batch operations off the queue (under mu). */
-static writer_op *take(writer *w, size_t *n)
+/* Takes up to max (>= 1) operations off the queue (under mu). */
+static writer_op *take(writer *w, size_t max, size_t *n)
 {
     writer_op *first = w->head, *last = first;
     size_t k = 1;
-    while (last->next && k < w->max_batch) { last = last->next; k++; }
+    while (last->next && k < max) { last = last->next; k++; }
     w->head = last->next;
     if (!w->head) w->tail = NULL;
     last->next = NULL;
@@ -215,13 +220,15 @@ static void start_over(writer *w)
     w->reset_needed = false;
 }
 
-/* Decides ops in order into log batches and slow batches. With fail_rc
- * set every op fails with it (in a batch the logger fails); with refuse
- * set (the store cannot take more), slow ops fail with it, and the
- * sequencer refuses what would append (seq_refuse). */
+/* Decides ops in order into log batches and slow batches. Log ops join
+ * the open batch (w->cur), which stays open for the sequencer to cut
+ * (cut()); a slow op first sends it on. With fail_rc set every op fails
+ * with it (in a batch the logger fails); with refuse set (the store
+ * cannot take more), slow ops fail with it, and the sequencer refuses
+ * what would append (seq_refuse). Unlocked on entry and exit. */
 static void sequence_ops(writer *w, writer_op *ops, int fail_rc, int refuse)
 {
-    item *cur = NULL, *slow = NULL;
+    item *cur = w->cur, *slow = NULL;
     for (writer_op *op = ops, *next; op; op = next) {
         next = op->next;
         int early = fail_rc ? fail_rc : refuse && !op->sequence ? refuse : ERR_OK;
@@ -278,50 +285,94 @@ static void sequence_ops(writer *w, writer_op *ops, int fail_rc, int refuse)
         }
         item_add(slow, op, 0);
     }
-    if (slow) run_slow(w, slow);
-    if (cur) {
-        uv_mutex_lock(&w->mu);
-        send_log(w, cur);
-        uv_mutex_unlock(&w->mu);
-    }
+    if (slow) run_slow(w, slow); /* then cur is NULL: a slow op sent it on */
+    w->cur = cur;
+}
+
+/* Sends the open batch to the logger (under mu). */
+static void cut(writer *w)
+{
+    item *it = w->cur;
+    if (!it) return;
+    w->cur = NULL;
+    if (it->n) send_log(w, it);
+    else item_unref(it);
+}
+
+/* Nothing for the logger to do (under mu). */
+static bool log_idle(const writer *w) { return !w->log_busy && !w->lq.head; }
+
+/* Group commit. With a log, an op that arrives while the logger is idle is
+ * decided and sent on at once; while the logger appends an earlier batch,
+ * what arrives joins the open batch (decided in chunks of SEQ_CHUNK, so
+ * deciding overlaps the sync), cut when the logger is free again, when it
+ * holds max_batch ops, or window_us after it began: everything that
+ * arrived during one fdatasync shares the next. Without a log (every op a
+ * slow batch, writer_start()), ops gather for window_us, up to max_batch.
+ * window_us 0: never wait. */
+static bool gathering(const writer *w, uint64_t now, uint64_t until)
+{
+    size_t have = w->depth + (w->cur ? w->cur->n : 0);
+    return w->window_us && !w->stopping && !w->reset_needed && now < until &&
+           have < w->max_batch && (!w->log || !log_idle(w));
 }
 
 static void sequencer_main(void *arg)
 {
     writer *w = arg;
+    uint64_t since = 0; /* when the batch being gathered began (0: none) */
     uv_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->head && !w->stopping) uv_cond_wait(&w->cond, &w->mu);
-        if (!w->head) break; /* stopping and drained */
-        if (w->window_us && !w->stopping && w->depth < w->max_batch) {
-            /* Gather: let more operations join this batch. */
-            uint64_t until = uv_hrtime() + (uint64_t)w->window_us * 1000;
-            for (uint64_t now = uv_hrtime(); now < until && w->depth < w->max_batch && !w->stopping;
-                 now = uv_hrtime())
-                uv_cond_timedwait(&w->cond, &w->mu, until - now);
-        }
-        /* Bounded memory: wait for the applier. */
-        while ((w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES) &&
-               !w->apply_rc)
+        if (!w->head && !w->cur) {
+            if (w->stopping) break; /* drained */
+            since = 0;
             uv_cond_wait(&w->cond, &w->mu);
-        /* After a failed append the sequencer starts over from the store
-         * once the applier holds everything logged; until then (a full
-         * disk may hold it up), ops fail at once with the append's error. */
-        int fail_rc = ERR_OK;
-        if (w->seq && w->reset_needed) {
-            if (!w->unapplied && !w->need_clean) start_over(w);
-            else fail_rc = w->last_log_error;
+            continue;
         }
-        if (w->seq) seq_applied(w->seq, w->applied);
-        size_t n;
-        writer_op *ops = take(w, &n);
-        /* The store cannot take more (its map or the disk is full): what
-         * is logged waits for room, and nothing new is acked meanwhile. */
-        int refuse = w->log ? w->apply_rc : ERR_OK;
-        if (w->seq) seq_refuse(w->seq, refuse);
-        uv_mutex_unlock(&w->mu);
-        sequence_ops(w, ops, fail_rc, refuse);
-        uv_mutex_lock(&w->mu);
+        uint64_t now = uv_hrtime();
+        if (!since) since = now;
+        uint64_t until = since + (uint64_t)w->window_us * 1000;
+        bool gather = gathering(w, now, until);
+        if (gather && (w->depth < SEQ_CHUNK || !w->log)) {
+            /* Woken by the logger going idle, a chunk, max_batch, a stop. */
+            uv_cond_timedwait(&w->cond, &w->mu, until - now);
+            continue;
+        }
+        if (w->head) {
+            /* After a failed append the sequencer starts over from the
+             * store once the applier holds everything logged; until then
+             * (a full disk may hold it up), ops fail at once with the
+             * append's error. The open batch was decided before the reset:
+             * it goes first (the logger fails it with its generation). */
+            if (w->reset_needed) cut(w);
+            /* Bounded memory: wait for the applier. */
+            if (w->unapplied >= MAX_UNAPPLIED || w->unapplied_bytes >= MAX_UNAPPLIED_BYTES) {
+                cut(w);
+                while ((w->unapplied >= MAX_UNAPPLIED ||
+                        w->unapplied_bytes >= MAX_UNAPPLIED_BYTES) && !w->apply_rc)
+                    uv_cond_wait(&w->cond, &w->mu);
+            }
+            int fail_rc = ERR_OK;
+            if (w->seq && w->reset_needed) {
+                if (!w->unapplied && !w->need_clean) start_over(w);
+                else fail_rc = w->last_log_error;
+            }
+            if (w->seq) seq_applied(w->seq, w->applied);
+            size_t n, room = w->cur && w->cur->n < w->max_batch ? w->max_batch - w->cur->n
+                                                               : w->max_batch;
+            writer_op *ops = take(w, room, &n);
+            /* The store cannot take more (its map or the disk is full):
+             * what is logged waits for room, and nothing new is acked
+             * meanwhile. */
+            int refuse = w->log ? w->apply_rc : ERR_OK;
+            if (w->seq) seq_refuse(w->seq, refuse);
+            uv_mutex_unlock(&w->mu);
+            sequence_ops(w, ops, fail_rc, refuse);
+            uv_mutex_lock(&w->mu);
+            if (gather) continue; /* a chunk decided while the logger is busy */
+        }
+        cut(w);
+        since = 0;
     }
     w->seq_ended = true;
     uv_cond_signal(&w->log_cond);
@@ -436,6 +487,7 @@ static void logger_main(void *arg)
         if (!w->lq.head) break;
         item *list = w->lq.head;
         w->lq.head = w->lq.tail = NULL;
+        w->log_busy = true;
         uv_mutex_unlock(&w->mu);
         while (list) {
             if (list->kind == ITEM_SLOW) {
@@ -468,6 +520,9 @@ static void logger_main(void *arg)
             log_group(w, group, n);
         }
         uv_mutex_lock(&w->mu);
+        w->log_busy = false;
+        /* Idle: the sequencer cuts what gathered during the append. */
+        if (!w->lq.head) uv_cond_signal(&w->cond);
     }
     w->log_ended = true;
     uv_cond_signal(&w->app_cond);
@@ -1059,8 +1114,9 @@ int writer_submit(writer *w, writer_op *op)
     else w->head = op;
     w->tail = op;
     w->depth++;
-    /* Wake the sequencer for the first op, or when a batch is full. */
-    if (w->depth == 1 || w->depth >= w->max_batch) uv_cond_signal(&w->cond);
+    /* Wake the sequencer for the first op, a chunk, or a full batch. */
+    if (w->depth == 1 || w->depth == SEQ_CHUNK || w->depth >= w->max_batch)
+        uv_cond_signal(&w->cond);
     uv_mutex_unlock(&w->mu);
     return ERR_OK;
 }

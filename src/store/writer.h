@@ -1,7 +1,10 @@
 /* writer: the durable path. Every change to the store goes through it.
  *
- * Any thread submits operations. The sequencer thread takes what arrived
- * within the commit window (up to max_batch) and handles each in order:
+ * Any thread submits operations. The sequencer thread handles them in
+ * order (group commit: with a log, what arrives while the logger appends
+ * an earlier batch gathers into the next, at most window_us and max_batch;
+ * an op that finds the logger idle goes at once; without a log, ops gather
+ * for window_us):
  *
  *   - The log path (an op with sequence(), when the writer has a log):
  *     sequence() decides the op against the sequencer's memory (seq.h:
@@ -93,13 +96,15 @@ typedef struct writer_stats {
 } writer_stats;
 
 /* Starts the writer thread. window_us: how long to gather a batch after its
- * first operation; max_batch: apply at most this many per transaction;
+ * first operation (without a log, every batch; with one, only while the
+ * logger is busy); max_batch: apply at most this many per transaction;
  * max_queue: writer_submit() refuses with ERR_BUSY beyond this depth. */
 int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
                  void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx);
 
 typedef struct writer_options {
-    uint32_t window_us;          /* gather a batch this long after its first op */
+    uint32_t window_us;          /* gather a batch at most this long after its first
+                                  * op, while the logger appends an earlier one */
     size_t max_batch;            /* ops per batch */
     size_t max_queue;            /* writer_submit() refuses beyond this depth */
     const char *log_dir;         /* the log's directory (created if missing) */

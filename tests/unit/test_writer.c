@@ -470,6 +470,110 @@ TEST(window_gathers_a_batch)
     close_store(s);
 }
 
+/* ---- the log path: group commit while the logger syncs -------------------- */
+
+/* A log op: sequence() appends one entry that changes nothing (LOGREC_NOP),
+ * so it is acked at the log's fdatasync and applied as nothing. */
+static int nop_sequence(writer_op *op, sequencer *q, uint64_t batch, logrec_buf *out)
+{
+    (void)op; (void)q; (void)batch;
+    return logrec_put(out, &(logrec){.kind = LOGREC_NOP});
+}
+
+static void nop_init(top *o, result *r)
+{
+    op_init(o, r, NULL, 0);
+    o->op.sequence = nop_sequence;
+    o->op.size_hint = 1;
+}
+
+/* The log's fdatasync through the test seam: while armed, a call blocks at
+ * the gate (gate_entered, then waits for open_gate()). */
+static bool sync_armed;
+static int gated_fdatasync(void *arg, int fd)
+{
+    (void)arg;
+    pthread_mutex_lock(&mu);
+    if (sync_armed) {
+        gate_entered = true;
+        pthread_cond_broadcast(&cv);
+        while (!gate_open) pthread_cond_wait(&cv, &mu);
+    }
+    pthread_mutex_unlock(&mu);
+    return fdatasync(fd);
+}
+
+static writer *start_log_writer(store *s, uint32_t window_us, const wal_io *io)
+{
+    static char log_dir[sizeof tmp_dir + 8];
+    snprintf(log_dir, sizeof log_dir, "%s/log", tmp_dir);
+    writer_options wo = {.window_us = window_us, .max_batch = 64, .max_queue = 100,
+                         .log_dir = log_dir, .segment_bytes = 1u << 20, .io = io};
+    writer *w = NULL;
+    CHECK_EQ_INT(writer_start_log(&w, s, &wo, NULL, on_batch_end, &ctx_marker), ERR_OK);
+    return w;
+}
+
+TEST(an_op_is_logged_at_once_while_the_logger_is_idle)
+{
+    /* A window of an hour: with nothing being synced there is nothing to
+     * wait for, so the op is appended and acked at once (the old fixed
+     * window held it the whole hour: this waits only DEADLINE_S). */
+    reset();
+    store *s = fresh_store();
+    writer *w = start_log_writer(s, 3600u * 1000000u, NULL);
+    if (!w) { close_store(s); return; }
+    top o;
+    result r;
+    nop_init(&o, &r);
+    CHECK_EQ_INT(writer_submit(w, &o.op), ERR_OK);
+    CHECK(wait_for(&done_total, 1));
+    CHECK_EQ_INT(r.done_rc, ERR_OK);
+    writer_stop(w);
+    close_store(s);
+}
+
+TEST(ops_arriving_during_a_sync_share_the_next)
+{
+    /* The first op's fdatasync is held at the gate; three more arrive
+     * meanwhile and wait for it (the window is an hour), then go to the
+     * log together, in one append, the moment the logger is free. */
+    reset();
+    store *s = fresh_store();
+    wal_io io = {.fdatasync = gated_fdatasync};
+    writer *w = start_log_writer(s, 3600u * 1000000u, &io);
+    if (!w) { close_store(s); return; }
+    writer_stats st0;
+    writer_get_stats(w, &st0);
+    pthread_mutex_lock(&mu);
+    sync_armed = true;
+    pthread_mutex_unlock(&mu);
+    top o[4];
+    result r[4];
+    nop_init(&o[0], &r[0]);
+    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
+    CHECK(wait_entered()); /* the logger syncs the first */
+    pthread_mutex_lock(&mu);
+    sync_armed = false;
+    pthread_mutex_unlock(&mu);
+    for (int i = 1; i < 4; i++) {
+        nop_init(&o[i], &r[i]);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+    }
+    open_gate();
+    CHECK(wait_for(&done_total, 4));
+    writer_stats st = stats_after(w, st0.ops + 4);
+    writer_stop(w);
+    CHECK_EQ_INT(st.log_batches - st0.log_batches, 2);
+    CHECK_EQ_INT(st.batches - st0.batches, 2);
+    CHECK_EQ_INT(st.max_batch, 3);
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(r[i].done_rc, ERR_OK);
+        CHECK_EQ_INT(r[i].done_index, i);
+    }
+    close_store(s);
+}
+
 TEST(validation_errors_affect_only_their_op)
 {
     reset();
@@ -760,6 +864,8 @@ int main(void)
     RUN(batches_are_limited_and_end_once_each);
     RUN(max_batch_one_without_window);
     RUN(window_gathers_a_batch);
+    RUN(an_op_is_logged_at_once_while_the_logger_is_idle);
+    RUN(ops_arriving_during_a_sync_share_the_next);
     RUN(validation_errors_affect_only_their_op);
     RUN(storage_error_aborts_whole_batch);
     RUN(histograms_count_each_batch);
