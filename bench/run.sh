@@ -208,6 +208,14 @@ if want direct; then
     start_parleyd direct-paced --admit-rate 0
     bench direct-paced direct 180 --pairs "$pairs" --rate 50000 --seconds "$SECS" --dir "$tmp/direct-paced"
     stop_server
+    # the same two rates against the floor: what the machine and the load
+    # generator alone add to every ack at that rate (nothing stored)
+    start_floor direct-5k-floor
+    bench direct-5k-floor direct 120 --floor --pairs "$pairs" --rate 5000 --seconds "$SECS"
+    stop_server
+    start_floor direct-paced-floor
+    bench direct-paced-floor direct 120 --floor --pairs "$pairs" --rate 50000 --seconds "$SECS"
+    stop_server
     # and at half of the rate this machine reached flat out, for a latency
     # figure that is not dominated by an overloaded queue
     max=$(sed -n 's/.*"msgs_per_s":\([0-9.]*\).*/\1/p' "$runs/direct.json" 2>/dev/null | head -1)

@@ -4,9 +4,12 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -205,10 +208,64 @@ const char *probe_io_problem(int pid, int err, char *buf, size_t cap)
     return buf;
 }
 
+int probe_parse_blkstat(const char *text, long long *bytes)
+{
+    const char *p = text;
+    unsigned long long v = 0;
+    for (int i = 0; i < 7; i++) {
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p < '0' || *p > '9') return ERR_INVALID;
+        char *end;
+        errno = 0;
+        v = strtoull(p, &end, 10);
+        if (errno || (*end != ' ' && *end != '\t' && *end != '\n' && *end)) return ERR_INVALID;
+        p = end;
+    }
+    if (v > (unsigned long long)INT64_MAX / 512) return ERR_INVALID;
+    *bytes = (long long)v * 512;
+    return ERR_OK;
+}
+
+unsigned long probe_storage_dev(int pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", pid);
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    unsigned long dev = 0;
+    for (struct dirent *e; !dev && (e = readdir(d));) {
+        char path[320], target[512];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n < 5) continue;
+        target[n] = 0;
+        if (strcmp(target + n - 4, ".mdb") && strcmp(target + n - 4, ".wal")) continue;
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) dev = (unsigned long)st.st_dev;
+    }
+    closedir(d);
+    return dev;
+}
+
+long long probe_dev_written(unsigned long dev)
+{
+    if (!dev) return -1;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/sys/dev/block/%u:%u/stat", major(dev), minor(dev));
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    long long b;
+    return probe_parse_blkstat(buf, &b) == ERR_OK ? b : -1;
+}
+
 probe_sample probe_take(int pid)
 {
     probe_sample s = {.t = now_ns(), .cpu_s = -1, .rss_kb = -1, .anon_kb = -1, .file_kb = -1,
-                      .disk_w = -1, .wchar = -1, .disk_cancel = -1, .io_err = ESRCH};
+                      .disk_w = -1, .wchar = -1, .disk_cancel = -1, .dev_w = -1,
+                      .io_err = ESRCH};
     if (pid > 0) {
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/status", pid);
@@ -223,6 +280,7 @@ probe_sample probe_take(int pid)
             s.wchar = io.wchar;
             s.disk_cancel = io.cancelled_write_bytes;
         }
+        s.dev_w = probe_dev_written(probe_storage_dev(pid));
     }
     s.slab_kb = probe_status_field("/proc/meminfo", "Slab:");
     s.mach_busy_s = machine_busy_s();

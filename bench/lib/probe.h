@@ -36,6 +36,22 @@ int probe_read_io(int pid, probe_io *out);
  * words, into buf: the output prints this instead of a figure. */
 const char *probe_io_problem(int pid, int err, char *buf, size_t cap);
 
+/* Bytes written to a block device so far: "sectors written" (the 7th
+ * number) of the text of /sys/dev/block/MAJ:MIN/stat (see the kernel's
+ * Documentation/block/stat.rst), times 512. ERR_OK and *bytes, or
+ * ERR_INVALID (fewer than 7 numbers, a bad one). */
+int probe_parse_blkstat(const char *text, long long *bytes);
+
+/* The block device (st_dev) holding the files the process has open for
+ * its storage: the first regular file among /proc/PID/fd whose name ends
+ * in ".mdb" or ".wal" (parleyd's store and log); 0 when none is found. */
+unsigned long probe_storage_dev(int pid);
+
+/* Bytes written to device dev so far (probe_parse_blkstat of its stat
+ * file), or -1. The counter is the device's: every process on the
+ * machine writing to it counts. */
+long long probe_dev_written(unsigned long dev);
+
 typedef struct probe_sample {
     int64_t t;                /* now_ns() when taken */
     double cpu_s;             /* server utime + stime */
@@ -45,6 +61,8 @@ typedef struct probe_sample {
     long long disk_w;         /* write_bytes of /proc/PID/io */
     long long wchar;          /* wchar of /proc/PID/io */
     long long disk_cancel;    /* cancelled_write_bytes of /proc/PID/io */
+    long long dev_w;          /* bytes written to the device of the server's storage
+                               * (probe_storage_dev), by every process; -1 unknown */
     int io_err;               /* 0, or why /proc/PID/io was not read (errno) */
     long long listen_drops;   /* TcpExt ListenOverflows (whole machine) */
     double mach_busy_s;       /* all cores, not idle, from /proc/stat */

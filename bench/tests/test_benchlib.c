@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "codec/ws.h"
@@ -201,6 +202,29 @@ TEST(probe_parses_proc_io)
     char why[300];
     CHECK(strstr(probe_io_problem(42, EACCES, why, sizeof why), "/proc/42/io") != NULL);
     CHECK(strstr(why, "another user") != NULL);
+    /* a block device's stat: sectors written is the 7th number */
+    long long b = -1;
+    CHECK(probe_parse_blkstat("  297973    26087 14368418   476325  3782244   324405 170460616   939642"
+                              "        0   331732  1530358\n", &b) == ERR_OK && b == 170460616LL * 512);
+    CHECK(probe_parse_blkstat("1 2 3 4 5 6 7", &b) == ERR_OK && b == 7 * 512);
+    CHECK(probe_parse_blkstat("1 2 3 4 5 6", &b) == ERR_INVALID);
+    CHECK(probe_parse_blkstat("1 2 3 4 5 6 x7", &b) == ERR_INVALID);
+    CHECK(probe_parse_blkstat("1 2 3 4 5 6 -7", &b) == ERR_INVALID);
+    CHECK(probe_parse_blkstat("1 2 3 4 5 6 99999999999999999999", &b) == ERR_INVALID);
+    CHECK(probe_parse_blkstat("", &b) == ERR_INVALID);
+    CHECK(probe_dev_written(0) == -1 && probe_storage_dev(0) == 0);
+    {   /* this process with a log file open: its device, and a counter */
+        char tmpl[] = "/tmp/benchlib_XXXXXX.wal";
+        int fd = mkstemps(tmpl, 4);
+        CHECK(fd >= 0);
+        struct stat st;
+        CHECK(fd >= 0 && fstat(fd, &st) == 0);
+        CHECK(probe_storage_dev(getpid()) == (unsigned long)st.st_dev);
+        /* a device number with no stat file (a tmpfs, say): unknown */
+        CHECK(probe_dev_written(probe_storage_dev(getpid())) >= -1);
+        if (fd >= 0) { close(fd); unlink(tmpl); }
+        CHECK(probe_storage_dev(getpid()) == 0);
+    }
     probe_sample s = probe_take(0);
     CHECK(s.io_err != 0 && s.disk_w == -1);
     s = probe_take(getpid());
@@ -389,7 +413,7 @@ TEST(targets_file_of_the_repo_judges_runs)
                     "\"measured\":\"160000 msgs/s (500 pairs)\",\"value\":160000,\"met\":true,"
                     "\"floor\":\"CPU 5.0 us/msg vs floor 2.00 = 2.5x\",\"ratio_to_floor\":2.500}") != NULL);
     CHECK(strstr(p, "\"measured\":\"p50 1.50, p99 6.00, p99.9 9.00 ms\",\"value\":6000}") != NULL);
-    CHECK(strstr(p, "\"measured\":\"400 B = 2.7x the 150 B record (wchar 180 B)\",\"value\":400,"
+    CHECK(strstr(p, "\"measured\":\"400 B at the device = 2.7x the 150 B record (wchar 180 B)\",\"value\":400,"
                     "\"met\":true") != NULL);
     CHECK(strstr(p, "\"measured\":\"1.00 ms = 1.7x fdatasync p99 0.60 ms; p50 0.40, p99.9 3.00 ms\","
                     "\"value\":1000,\"met\":true") != NULL);
@@ -437,7 +461,7 @@ TEST(targets_judge_ack_latency_by_the_same_runs_fdatasync)
     const char *disk[] = {"{\"label\":\"direct\",\"figures\":{\"disk_bytes_per_msg\":451,"
                           "\"stored_record_bytes\":150}}"};
     p = judge(t, disk, 1);
-    CHECK(strstr(p, "\"measured\":\"451 B = 3.0x the 150 B record (wchar n/a B)\",\"value\":451,"
+    CHECK(strstr(p, "\"measured\":\"451 B at the device = 3.0x the 150 B record (wchar n/a B)\",\"value\":451,"
                     "\"met\":false") != NULL);
     free(p);
     targets_free(t);
