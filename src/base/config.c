@@ -157,6 +157,8 @@ static const opt opts[] = {
      .max = 10LL * 365 * 86400, .arg = "SECONDS", .help = "session token lifetime"},
     {"commit-window", U32(commit_window_us, U_US), .def = 1000, .min = 0, .max = 1000000,
      .arg = "US", .help = "group commit: longest a batch gathers while the log syncs"},
+    {"commit-delay", U32(commit_delay_us, U_US), .def = 0, .min = 0, .max = 1000000,
+     .arg = "US", .help = "group commit: gather this long even while the log is idle"},
     {"max-writer-queue", SIZE(max_writer_queue, U_NONE), .def = 100000, .min = 1,
      .max = 100000000, .arg = "N", .help = "writes waiting to commit before busy"},
     {"log-segment", SIZE(log_segment_bytes, U_BYTES), .def = 64 * MiB, .min = MiB, .max = 4 * GiB,

@@ -55,6 +55,7 @@ typedef struct config {
     size_t log_segment_bytes;    /* --log-segment, one log segment file, 64 MiB */
     uint32_t apply_delay_ms;     /* --apply-delay, logged batches gather before LMDB, 1000 */
     uint32_t commit_window_us;   /* --commit-window, group commit gather time, 1000 */
+    uint32_t commit_delay_us;    /* --commit-delay, gather even while the log is idle, 0 */
     size_t max_writer_queue;     /* --max-writer-queue, ops waiting to commit, 100000 */
     int read_threads;            /* --read-threads, store reads off the I/O loops, 4 */
     size_t max_read_queue;       /* --max-read-queue, reads waiting before busy, 4096 */

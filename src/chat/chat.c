@@ -45,7 +45,8 @@ int chat_open(chat **out, const config *cfg, server *srv)
         .url = cfg->store_url,
         .data_dir = cfg->data_dir, .map_size = cfg->store_map_size,
         .log_segment_bytes = seg, .apply_delay_ms = cfg->apply_delay_ms,
-        .commit_window_us = cfg->commit_window_us, .max_queue = cfg->max_writer_queue,
+        .commit_window_us = cfg->commit_window_us, .commit_delay_us = cfg->commit_delay_us,
+        .max_queue = cfg->max_writer_queue,
         .max_user_convs = cfg->max_user_convs, .max_group_members = cfg->max_group_members,
         .batch_end = batch_end, .ctx = ch,
     };

@@ -219,6 +219,7 @@ typedef struct db_options {
     uint64_t log_segment_bytes;       /* lmdb: the log's segments */
     uint32_t apply_delay_ms;          /* lmdb: the applier's gathering */
     uint32_t commit_window_us;
+    uint32_t commit_delay_us;         /* lmdb: gathering while the log is idle */
     size_t max_queue;                 /* ops waiting before ERR_BUSY */
     uint32_t max_user_convs;          /* memberships per user (and invitations) */
     uint32_t max_group_members;

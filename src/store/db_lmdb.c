@@ -1008,7 +1008,7 @@ static int lmdb_open(db **out, const db_options *o)
         return ERR_TOO_LARGE;
     }
     writer_options wo = {o->commit_window_us, 4096, o->max_queue, log_dir, o->log_segment_bytes,
-                         o->apply_delay_ms, NULL};
+                         o->apply_delay_ms, NULL, o->commit_delay_us};
     u64map_init(&x->latest_cursor);
     u64map_init(&x->seq_latest);
     if ((rc = writer_start_log(&x->w, x->st, &wo, batch_applied, batch_end, x)) < 0) {

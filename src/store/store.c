@@ -721,6 +721,13 @@ int store_commit(store_txn *t)
     return rc;
 }
 
+uint64_t store_space_left(store *s)
+{
+    struct statvfs v;
+    if (fstatvfs(s->lock_fd, &v) != 0) return UINT64_MAX;
+    return (uint64_t)v.f_bavail * v.f_frsize;
+}
+
 bool store_space_low(store *s)
 {
     struct statvfs v;

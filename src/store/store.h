@@ -143,6 +143,10 @@ void store_abort(store_txn *t);
 #define STORE_SPACE_LOW (8u << 20)
 bool store_space_low(store *s);
 
+/* Bytes left to an unprivileged writer on the store's filesystem, or
+ * UINT64_MAX when it cannot be told. */
+uint64_t store_space_left(store *s);
+
 /* Makes everything committed durable (fsync). */
 int store_sync(store *s);
 

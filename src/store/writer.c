@@ -12,6 +12,22 @@
  * applier bounds the memory the log path holds). */
 #define MAX_UNAPPLIED 4096
 #define MAX_UNAPPLIED_BYTES (256u << 20)
+/* The applier stops gathering (--apply-delay) once APPLY_TRIGGER batches or
+ * bytes are logged and not applied, and one transaction applies up to
+ * APPLY_GROUP batches holding at most group_bytes() of entries. At a low
+ * rate a batch is often a single message: bounded by count alone (256, as
+ * before), 5,000 msgs/s made 13 LMDB commits a second, whose syncs set the
+ * ack's p99; by bytes it is one. The byte bound follows the space left: an
+ * LMDB transaction writes all its pages to fresh space (it cannot reuse
+ * the pages it or the one before it freed), and on a nearly full disk
+ * (test_durable_diskfull) groups of thousands of large messages failed to
+ * apply, and kept failing after space returned, where 1 MiB groups
+ * recover. */
+#define APPLY_GROUP MAX_UNAPPLIED
+#define APPLY_GROUP_MIN (64u << 10)
+#define APPLY_GROUP_MAX (16u << 20)
+#define APPLY_TRIGGER (MAX_UNAPPLIED / 2)
+#define APPLY_TRIGGER_BYTES (64u << 20)
 /* A log batch's entries: one log record each, cut once past a quarter of a
  * segment (at most this); one append holds at most half a segment. An
  * entry is at most a quarter (writer_options), so every append fits. */
@@ -54,6 +70,7 @@ struct writer {
     sequencer *seq;                  /* the sequencer's (sequencer thread only) */
     struct item *cur;          /* the log batch being built (sequencer thread only) */
     uint32_t window_us, apply_delay_ms;
+    uint32_t delay_us;         /* gather this long even while the logger is idle */
     size_t batch_bytes, append_bytes;  /* cut a batch past this; one append at most this */
     size_t max_batch, max_queue;
     void (*batch_applied)(void *ctx);
@@ -63,13 +80,15 @@ struct writer {
     uv_mutex_t mu;
     uv_cond_t cond;            /* sequencer: ops queued, slow batch done, room, stopping */
     uv_cond_t log_cond;        /* logger: batches queued */
-    uv_cond_t app_cond;        /* applier: batches logged, a read waits */
+    uv_cond_t app_cond;        /* applier: batches logged into an empty queue, a slow
+                                * batch, enough to apply, a read waits, a stop */
     uv_cond_t done_cond;       /* completer: batches to complete */
     uv_cond_t applied_cond;    /* readers waiting for the applied position */
     /* all under mu: */
     writer_op *head, *tail;
     size_t depth;
     queue lq, aq;              /* logger's, applier's */
+    bool aq_slow;              /* a slow batch is in aq */
     item *chead, *ctail;       /* completer's */
     uint64_t next_bno, acked, applied;
     uint64_t gen, failed_gen;  /* batches of failed_gen fail without a write */
@@ -307,14 +326,23 @@ static bool log_idle(const writer *w) { return !w->log_busy && !w->lq.head; }
  * what arrives joins the open batch (decided in chunks of SEQ_CHUNK, so
  * deciding overlaps the sync), cut when the logger is free again, when it
  * holds max_batch ops, or window_us after it began: everything that
- * arrived during one fdatasync shares the next. Without a log (every op a
- * slow batch, writer_start()), ops gather for window_us, up to max_batch.
- * window_us 0: never wait. */
-static bool gathering(const writer *w, uint64_t now, uint64_t until)
+ * arrived during one fdatasync shares the next. delay_us makes a batch
+ * gather that long even while the logger is idle (fewer fdatasyncs at a
+ * low rate, each ack that much later). Without a log (every op a slow
+ * batch, writer_start()), ops gather for window_us, up to max_batch.
+ * window_us 0: never wait. Sets *wake: when the wait ends by itself. */
+static bool gathering(const writer *w, uint64_t now, uint64_t since, uint64_t *wake)
 {
+    uint64_t until = since + (uint64_t)w->window_us * 1000;
+    uint64_t delay = since + (uint64_t)w->delay_us * 1000;
     size_t have = w->depth + (w->cur ? w->cur->n : 0);
-    return w->window_us && !w->stopping && !w->reset_needed && now < until &&
-           have < w->max_batch && (!w->log || !log_idle(w));
+    if (!w->window_us || w->stopping || w->reset_needed || now >= until || have >= w->max_batch)
+        return false;
+    *wake = until;
+    if (!w->log || !log_idle(w)) return true;
+    if (now >= delay) return false;
+    *wake = delay;
+    return true;
 }
 
 static void sequencer_main(void *arg)
@@ -329,13 +357,12 @@ static void sequencer_main(void *arg)
             uv_cond_wait(&w->cond, &w->mu);
             continue;
         }
-        uint64_t now = uv_hrtime();
+        uint64_t now = uv_hrtime(), wake = 0;
         if (!since) since = now;
-        uint64_t until = since + (uint64_t)w->window_us * 1000;
-        bool gather = gathering(w, now, until);
+        bool gather = gathering(w, now, since, &wake);
         if (gather && (w->depth < SEQ_CHUNK || !w->log)) {
             /* Woken by the logger going idle, a chunk, max_batch, a stop. */
-            uv_cond_timedwait(&w->cond, &w->mu, until - now);
+            uv_cond_timedwait(&w->cond, &w->mu, wake - now);
             continue;
         }
         if (w->head) {
@@ -381,6 +408,12 @@ static void sequencer_main(void *arg)
 
 /* ---- logger -------------------------------------------------------------------- */
 
+/* Enough is logged and unapplied that the applier stops gathering (under mu). */
+static bool apply_now(const writer *w)
+{
+    return w->unapplied >= APPLY_TRIGGER || w->unapplied_bytes >= APPLY_TRIGGER_BYTES;
+}
+
 /* Appends log batches its[0..n) with one write and one fdatasync, then
  * hands them to the completer and (those with entries) the applier, or
  * fails them all. Unlocked on entry and exit. */
@@ -390,6 +423,7 @@ static void log_group(writer *w, item **its, size_t n)
     size_t k = 0;
     int rc = ERR_OK;
     uint64_t end = 0, t1 = uv_hrtime(), bytes = 0;
+    bool wake_applier = false;
     uv_mutex_lock(&w->mu);
     bool failed = its[0]->gen == w->failed_gen && w->reset_needed;
     uv_mutex_unlock(&w->mu);
@@ -436,6 +470,7 @@ static void log_group(writer *w, item **its, size_t n)
             w->acked = it->bno; /* readers of anything wait for this one */
             it->refs = 2; /* completer and applier */
             complete_later(w, it);
+            wake_applier |= !w->aq.head;
             qpush(&w->aq, it);
         } else {
             /* Failed, or nothing to apply (refusals, duplicates): done. */
@@ -444,7 +479,9 @@ static void log_group(writer *w, item **its, size_t n)
             complete_later(w, it);
         }
     }
-    uv_cond_signal(&w->app_cond);
+    /* The applier waits for a first batch, or gathers until it has enough
+     * (woken here once) or its delay ends: no wakeup per append. */
+    if (wake_applier || apply_now(w)) uv_cond_signal(&w->app_cond);
     uv_cond_broadcast(&w->cond); /* a sequencer starting over waits for unapplied */
     uv_cond_broadcast(&w->applied_cond); /* readers of a failed batch wait no more */
     uv_mutex_unlock(&w->mu);
@@ -504,6 +541,7 @@ static void logger_main(void *arg)
                     uv_cond_broadcast(&w->cond);
                 } else {
                     qpush(&w->aq, it);
+                    w->aq_slow = true;
                     uv_cond_signal(&w->app_cond);
                 }
                 uv_mutex_unlock(&w->mu);
@@ -832,6 +870,14 @@ static void apply_slow(writer *w, item *it)
     uv_mutex_unlock(&w->mu);
 }
 
+/* Entry bytes one apply transaction takes at most: a sixteenth of the space
+ * left, within [APPLY_GROUP_MIN, APPLY_GROUP_MAX]. Unlocked (applier). */
+static size_t group_bytes(writer *w)
+{
+    uint64_t left = store_space_left(w->s) / 16;
+    return left < APPLY_GROUP_MIN ? APPLY_GROUP_MIN : left > APPLY_GROUP_MAX ? APPLY_GROUP_MAX : left;
+}
+
 static void applier_main(void *arg)
 {
     writer *w = arg;
@@ -845,16 +891,13 @@ static void applier_main(void *arg)
              * cuts the wait short. */
             uint64_t until = uv_hrtime() + (uint64_t)w->apply_delay_ms * 1000000;
             for (uint64_t now = uv_hrtime(); now < until && !w->urgent && !w->log_ended &&
-                                             !w->stopping && w->unapplied < MAX_UNAPPLIED / 2;
-                 now = uv_hrtime()) {
-                bool slow = false;
-                for (item *it = w->aq.head; it; it = it->next) slow |= it->kind == ITEM_SLOW;
-                if (slow) break;
+                                             !w->stopping && !w->aq_slow && !apply_now(w);
+                 now = uv_hrtime())
                 uv_cond_timedwait(&w->app_cond, &w->mu, until - now);
-            }
         }
         item *list = w->aq.head;
         w->aq.head = w->aq.tail = NULL;
+        w->aq_slow = false;
         uv_mutex_unlock(&w->mu);
         while (list) {
             if (list->kind == ITEM_SLOW) {
@@ -863,9 +906,11 @@ static void applier_main(void *arg)
                 apply_slow(w, it);
                 continue;
             }
-            item *group[256];
-            size_t n = 0;
-            while (list && list->kind == ITEM_LOG && n < 256) {
+            item *group[APPLY_GROUP];
+            size_t n = 0, bytes = 0, cap = group_bytes(w);
+            while (list && list->kind == ITEM_LOG && n < APPLY_GROUP &&
+                   (n == 0 || bytes + list->buf.len <= cap)) {
+                bytes += list->buf.len;
                 group[n++] = list;
                 list = list->next;
             }
@@ -1049,6 +1094,7 @@ int writer_start_log(writer **out, store *s, const writer_options *o,
                          batch_end, ctx);
     if (rc < 0) return rc;
     w->apply_delay_ms = o->apply_delay_ms;
+    w->delay_us = o->delay_us;
     uint64_t seg = o->segment_bytes ? o->segment_bytes : WAL_SEGMENT_DEFAULT;
     w->batch_bytes = seg / 4 < BATCH_BYTES ? seg / 4 : BATCH_BYTES;
     w->append_bytes = seg / 2;

@@ -114,6 +114,9 @@ typedef struct writer_options {
     uint32_t apply_delay_ms;     /* the applier gathers logged batches this long
                                   * (fewer, larger LMDB commits) unless a read waits */
     const wal_io *io;            /* NULL: the real system calls (wal.h) */
+    uint32_t delay_us;           /* gather this long after a batch's first op even
+                                  * while the logger is idle (at most window_us;
+                                  * 0: an idle logger takes the op at once) */
 } writer_options;
 
 /* Starts the writer with a log: replays the log's tail into the store,

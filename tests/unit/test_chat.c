@@ -954,7 +954,7 @@ TEST(a_full_store_refuses_new_messages_and_keeps_the_acked)
     CHECK_EQ_INT(store_open(&st, keep, 64u << 20), ERR_OK);
     char log_dir[sizeof keep + 8];
     snprintf(log_dir, sizeof log_dir, "%s/log", keep);
-    writer_options wo = {100, 64, 100, log_dir, 0, 0, NULL};
+    writer_options wo = {100, 64, 100, log_dir, 0, 0, NULL, 0};
     writer *w;
     CHECK_EQ_INT(writer_start_log(&w, st, &wo, NULL, NULL, NULL), ERR_OK);
     writer_stop(w);

@@ -503,15 +503,22 @@ static int gated_fdatasync(void *arg, int fd)
     return fdatasync(fd);
 }
 
-static writer *start_log_writer(store *s, uint32_t window_us, const wal_io *io)
+static writer *start_log_writer_with(store *s, uint32_t window_us, uint32_t delay_us,
+                                     size_t max_batch, uint32_t apply_delay_ms, const wal_io *io)
 {
     static char log_dir[sizeof tmp_dir + 8];
     snprintf(log_dir, sizeof log_dir, "%s/log", tmp_dir);
-    writer_options wo = {.window_us = window_us, .max_batch = 64, .max_queue = 100,
-                         .log_dir = log_dir, .segment_bytes = 1u << 20, .io = io};
+    writer_options wo = {.window_us = window_us, .max_batch = max_batch, .max_queue = 100,
+                         .log_dir = log_dir, .segment_bytes = 1u << 20, .io = io,
+                         .delay_us = delay_us, .apply_delay_ms = apply_delay_ms};
     writer *w = NULL;
     CHECK_EQ_INT(writer_start_log(&w, s, &wo, NULL, on_batch_end, &ctx_marker), ERR_OK);
     return w;
+}
+
+static writer *start_log_writer(store *s, uint32_t window_us, const wal_io *io)
+{
+    return start_log_writer_with(s, window_us, 0, 64, 0, io);
 }
 
 TEST(an_op_is_logged_at_once_while_the_logger_is_idle)
@@ -571,6 +578,62 @@ TEST(ops_arriving_during_a_sync_share_the_next)
         CHECK_EQ_INT(r[i].done_rc, ERR_OK);
         CHECK_EQ_INT(r[i].done_index, i);
     }
+    close_store(s);
+}
+
+TEST(a_commit_delay_gathers_while_the_logger_is_idle)
+{
+    /* --commit-delay of an hour (window too): the first op waits for
+     * company although nothing is being synced, until max_batch (4) ops
+     * are there, which cuts the batch at once: one append of four. */
+    reset();
+    store *s = fresh_store();
+    uint32_t hour = 3600u * 1000000u;
+    writer *w = start_log_writer_with(s, hour, hour, 4, 0, NULL);
+    if (!w) { close_store(s); return; }
+    writer_stats st0;
+    writer_get_stats(w, &st0);
+    top o[4];
+    result r[4];
+    for (int i = 0; i < 4; i++) {
+        nop_init(&o[i], &r[i]);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+        if (i == 0) usleep(2000); /* let the sequencer wake on the first */
+    }
+    CHECK(wait_for(&done_total, 4));
+    writer_stats st = stats_after(w, st0.ops + 4);
+    writer_stop(w);
+    CHECK_EQ_INT(st.log_batches - st0.log_batches, 1);
+    CHECK_EQ_INT(st.max_batch, 4);
+    for (int i = 0; i < 4; i++) CHECK_EQ_INT(r[i].done_index, i);
+    close_store(s);
+}
+
+TEST(many_small_logged_batches_apply_in_one_transaction)
+{
+    /* 1,000 ops, each acked before the next is sent: 1,000 log appends of
+     * one op each (as at a low rate). The store takes them in one LMDB
+     * transaction when asked (a read waits), not one per 256 batches. */
+    reset();
+    store *s = fresh_store();
+    writer *w = start_log_writer_with(s, 1000, 0, 64, 3600u * 1000u, NULL);
+    if (!w) { close_store(s); return; }
+    enum { N = 1000 };
+    static top o[N];
+    static result r[N];
+    writer_stats st0;
+    writer_get_stats(w, &st0);
+    for (int i = 0; i < N; i++) {
+        nop_init(&o[i], &r[i]);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+        CHECK(wait_for(&done_total, i + 1));
+    }
+    CHECK_EQ_INT(writer_wait_applied(w, writer_acked(w), DEADLINE_S * 1000), ERR_OK);
+    writer_stats st;
+    writer_get_stats(w, &st);
+    writer_stop(w);
+    CHECK_EQ_INT(st.log_batches - st0.log_batches, N);
+    CHECK_EQ_INT(st.applies - st0.applies, 1);
     close_store(s);
 }
 
@@ -866,6 +929,8 @@ int main(void)
     RUN(window_gathers_a_batch);
     RUN(an_op_is_logged_at_once_while_the_logger_is_idle);
     RUN(ops_arriving_during_a_sync_share_the_next);
+    RUN(a_commit_delay_gathers_while_the_logger_is_idle);
+    RUN(many_small_logged_batches_apply_in_one_transaction);
     RUN(validation_errors_affect_only_their_op);
     RUN(storage_error_aborts_whole_batch);
     RUN(histograms_count_each_batch);
