@@ -137,7 +137,7 @@ def test_the_example_config_lists_every_flag_with_its_default():
     assert not unknown, f"dist/parleyd.conf names flags parleyd does not know: {unknown}"
     # The defaults written there are the ones --help states.
     for name in ("port", "max-message", "max-queue", "shutdown-timeout", "rate-msgs",
-                 "max-user-convs", "token-ttl"):
+                 "max-user-convs", "token-ttl", "apply-delay", "commit-window", "commit-delay"):
         joined = re.sub(r"\n {20,}", " ", helptext)  # help wraps a flag's text
         m = re.search(r"--%s \S+ .*\(default (\d+)" % re.escape(name), joined)
         assert m, name
