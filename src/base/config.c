@@ -163,7 +163,7 @@ static const opt opts[] = {
      .max = 100000000, .arg = "N", .help = "writes waiting to commit before busy"},
     {"log-segment", SIZE(log_segment_bytes, U_BYTES), .def = 64 * MiB, .min = MiB, .max = 4 * GiB,
      .arg = "BYTES", .help = "size of one message-log segment file in DATA_DIR/log"},
-    {"apply-delay", U32(apply_delay_ms, U_MS), .def = 1000, .min = 0, .max = 10000,
+    {"apply-delay", U32(apply_delay_ms, U_MS), .def = 200, .min = 0, .max = 10000,
      .arg = "MS", .help = "how long logged messages gather before they are written into LMDB"},
     {"read-threads", INT(read_threads), .def = 4, .min = 1, .max = 64, .arg = "N",
      .help = "threads that read the store (tokens, sync, inbox, REST reads), off the I/O loops"},

@@ -53,7 +53,7 @@ typedef struct config {
     uint32_t max_group_members;  /* --max-group-members, 1000 */
     uint32_t token_ttl_s;        /* --token-ttl, seconds, 30 days */
     size_t log_segment_bytes;    /* --log-segment, one log segment file, 64 MiB */
-    uint32_t apply_delay_ms;     /* --apply-delay, logged batches gather before LMDB, 1000 */
+    uint32_t apply_delay_ms;     /* --apply-delay, logged batches gather before LMDB, 200 */
     uint32_t commit_window_us;   /* --commit-window, group commit gather time, 1000 */
     uint32_t commit_delay_us;    /* --commit-delay, gather even while the log is idle, 0 */
     size_t max_writer_queue;     /* --max-writer-queue, ops waiting to commit, 100000 */
