@@ -12,9 +12,11 @@
  * applier bounds the memory the log path holds). */
 #define MAX_UNAPPLIED 4096
 #define MAX_UNAPPLIED_BYTES (256u << 20)
-/* The applier stops gathering (--apply-delay) once APPLY_TRIGGER batches or
- * bytes are logged and not applied, and one transaction applies up to
- * APPLY_GROUP batches holding at most group_bytes() of entries. At a low
+/* The applier stops gathering (--apply-delay, counted from the first batch
+ * that finds its queue empty) once APPLY_TRIGGER batches have been handed to
+ * the logger and not applied, or they hold APPLY_TRIGGER_BYTES of memory
+ * (held_bytes()); one transaction applies up to APPLY_GROUP batches holding
+ * at most group_bytes() of entries (or one larger batch). At a low
  * rate a batch is often a single message: bounded by count alone (256, as
  * before), 5,000 msgs/s made 13 LMDB commits a second, whose syncs set the
  * ack's p99; by bytes it is one. The byte bound follows the space left: an
@@ -69,6 +71,8 @@ struct writer {
     wal *log;                  /* NULL: no log, every op takes the slow path */
     sequencer *seq;                  /* the sequencer's (sequencer thread only) */
     struct item *cur;          /* the log batch being built (sequencer thread only) */
+    size_t cur_n;              /* its ops, under mu (writer_submit wakes the sequencer
+                                * once the queue and the open batch make a full one) */
     uint32_t window_us, apply_delay_ms;
     uint32_t delay_us;         /* gather this long even while the logger is idle */
     size_t batch_bytes, append_bytes;  /* cut a batch past this; one append at most this */
@@ -81,7 +85,8 @@ struct writer {
     uv_cond_t cond;            /* sequencer: ops queued, slow batch done, room, stopping */
     uv_cond_t log_cond;        /* logger: batches queued */
     uv_cond_t app_cond;        /* applier: batches logged into an empty queue, a slow
-                                * batch, enough to apply, a read waits, a stop */
+                                * batch, enough to apply, a failed append, a read
+                                * waits, the logger's end, a stop */
     uv_cond_t done_cond;       /* completer: batches to complete */
     uv_cond_t applied_cond;    /* readers waiting for the applied position */
     /* all under mu: */
@@ -248,6 +253,7 @@ static void start_over(writer *w)
 static void sequence_ops(writer *w, writer_op *ops, int fail_rc, int refuse)
 {
     item *cur = w->cur, *slow = NULL;
+    w->cur = NULL; /* cur below is the open batch; once sent it may be freed */
     for (writer_op *op = ops, *next; op; op = next) {
         next = op->next;
         int early = fail_rc ? fail_rc : refuse && !op->sequence ? refuse : ERR_OK;
@@ -314,6 +320,7 @@ static void cut(writer *w)
     item *it = w->cur;
     if (!it) return;
     w->cur = NULL;
+    w->cur_n = 0;
     if (it->n) send_log(w, it);
     else item_unref(it);
 }
@@ -330,13 +337,17 @@ static bool log_idle(const writer *w) { return !w->log_busy && !w->lq.head; }
  * gather that long even while the logger is idle (fewer fdatasyncs at a
  * low rate, each ack that much later). Without a log (every op a slow
  * batch, writer_start()), ops gather for window_us, up to max_batch.
- * window_us 0: never wait. Sets *wake: when the wait ends by itself. */
+ * window_us 0: never wait; delay_us is at most window_us. A read waiting
+ * for the store (urgent) cuts the wait: its conversation's ops may be in
+ * the open batch. Sets *wake: when the wait ends by itself. */
 static bool gathering(const writer *w, uint64_t now, uint64_t since, uint64_t *wake)
 {
     uint64_t until = since + (uint64_t)w->window_us * 1000;
     uint64_t delay = since + (uint64_t)w->delay_us * 1000;
+    if (delay > until) delay = until;
     size_t have = w->depth + (w->cur ? w->cur->n : 0);
-    if (!w->window_us || w->stopping || w->reset_needed || now >= until || have >= w->max_batch)
+    if (!w->window_us || w->stopping || w->reset_needed || w->urgent || now >= until ||
+        have >= w->max_batch)
         return false;
     *wake = until;
     if (!w->log || !log_idle(w)) return true;
@@ -385,17 +396,21 @@ static void sequencer_main(void *arg)
                 else fail_rc = w->last_log_error;
             }
             if (w->seq) seq_applied(w->seq, w->applied);
-            size_t n, room = w->cur && w->cur->n < w->max_batch ? w->max_batch - w->cur->n
-                                                               : w->max_batch;
+            if (w->cur && w->cur->n >= w->max_batch) cut(w); /* full: it goes first */
+            size_t n, room = w->max_batch - (w->cur ? w->cur->n : 0);
             writer_op *ops = take(w, room, &n);
             /* The store cannot take more (its map or the disk is full):
              * what is logged waits for room, and nothing new is acked
              * meanwhile. */
             int refuse = w->log ? w->apply_rc : ERR_OK;
             if (w->seq) seq_refuse(w->seq, refuse);
+            item *before = w->cur;
             uv_mutex_unlock(&w->mu);
             sequence_ops(w, ops, fail_rc, refuse);
             uv_mutex_lock(&w->mu);
+            w->cur_n = w->cur ? w->cur->n : 0;
+            /* A batch cut inside (its bytes, a slow op): the open one is new. */
+            if (w->cur != before) since = w->cur ? uv_hrtime() : 0;
             if (gather) continue; /* a chunk decided while the logger is busy */
         }
         cut(w);
@@ -447,6 +462,7 @@ static void log_group(writer *w, item **its, size_t n)
                       err_name(rc));
             w->failed_gen = its[0]->gen;
             w->reset_needed = true;
+            wake_applier = true; /* the sequencer's start over waits for it */
             w->need_clean = true;
             w->last_log_error = rc;
             w->fail_lo = its[0]->bno;
@@ -891,7 +907,8 @@ static void applier_main(void *arg)
              * cuts the wait short. */
             uint64_t until = uv_hrtime() + (uint64_t)w->apply_delay_ms * 1000000;
             for (uint64_t now = uv_hrtime(); now < until && !w->urgent && !w->log_ended &&
-                                             !w->stopping && !w->aq_slow && !apply_now(w);
+                                             !w->stopping && !w->aq_slow && !w->reset_needed &&
+                                             !apply_now(w);
                  now = uv_hrtime())
                 uv_cond_timedwait(&w->app_cond, &w->mu, until - now);
         }
@@ -1160,8 +1177,9 @@ int writer_submit(writer *w, writer_op *op)
     else w->head = op;
     w->tail = op;
     w->depth++;
-    /* Wake the sequencer for the first op, a chunk, or a full batch. */
-    if (w->depth == 1 || w->depth == SEQ_CHUNK || w->depth >= w->max_batch)
+    /* Wake the sequencer for the first op, a chunk, or a full batch (with
+     * what the open batch holds). */
+    if (w->depth == 1 || w->depth == SEQ_CHUNK || w->depth + w->cur_n >= w->max_batch)
         uv_cond_signal(&w->cond);
     uv_mutex_unlock(&w->mu);
     return ERR_OK;
@@ -1190,6 +1208,7 @@ int writer_wait_applied(writer *w, uint64_t batch, uint32_t timeout_ms)
     uv_mutex_lock(&w->mu);
     w->urgent++;
     uv_cond_signal(&w->app_cond);
+    uv_cond_signal(&w->cond); /* the open batch may hold what the read waits for */
     int rc = ERR_OK;
     for (uint64_t now = uv_hrtime();
          w->applied < batch && !w->app_ended && !w->abandoned &&

@@ -3,8 +3,9 @@
  * Any thread submits operations. The sequencer thread handles them in
  * order (group commit: with a log, what arrives while the logger appends
  * an earlier batch gathers into the next, at most window_us and max_batch;
- * an op that finds the logger idle goes at once; without a log, ops gather
- * for window_us):
+ * an op that finds the logger idle goes at once, or after delay_us; a read
+ * waiting for the store cuts the wait; without a log, ops gather for
+ * window_us):
  *
  *   - The log path (an op with sequence(), when the writer has a log):
  *     sequence() decides the op against the sequencer's memory (seq.h:
@@ -89,15 +90,15 @@ typedef struct writer_stats {
     /* Histograms (base/hist.h), one observation per batch, counted by the
      * writer thread in the per-batch update it already makes under the
      * writer's lock (no lock of their own, none per operation): */
-    hist batch_ns;        /* a committed batch, first apply() to durable (hist_seconds) */
+    hist batch_ns;        /* a committed batch, from its first op decided (or its
+                             first apply()) to durable (hist_seconds) */
     hist fsync_ns;        /* its durable write: the log append + fdatasync, or a slow
                              batch's store_commit() (hist_seconds) */
     hist batch_ops;       /* operations per batch (hist_sizes) */
 } writer_stats;
 
-/* Starts the writer thread. window_us: how long to gather a batch after its
- * first operation (without a log, every batch; with one, only while the
- * logger is busy); max_batch: apply at most this many per transaction;
+/* Starts the writer without a log. window_us: how long to gather a batch
+ * after its first operation; max_batch: apply at most this many per transaction;
  * max_queue: writer_submit() refuses with ERR_BUSY beyond this depth. */
 int writer_start(writer **out, store *s, uint32_t window_us, size_t max_batch, size_t max_queue,
                  void (*batch_applied)(void *ctx), void (*batch_end)(void *ctx), void *ctx);
@@ -137,8 +138,8 @@ bool writer_is_applied(writer *w, uint64_t batch);
  * op is not queued and its callbacks will not run. */
 int writer_submit(writer *w, writer_op *op);
 
-/* Applies and completes everything already queued, then ends both threads
- * and frees w. */
+/* Applies and completes everything already queued, then ends the writer's
+ * threads and frees w. */
 void writer_stop(writer *w);
 
 /* A snapshot of the counters. Any thread. */

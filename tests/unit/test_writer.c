@@ -598,7 +598,12 @@ TEST(a_commit_delay_gathers_while_the_logger_is_idle)
     for (int i = 0; i < 4; i++) {
         nop_init(&o[i], &r[i]);
         CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
-        if (i == 0) usleep(2000); /* let the sequencer wake on the first */
+        if (i == 0) {
+            usleep(2000); /* let the sequencer wake on the first */
+            pthread_mutex_lock(&mu);
+            CHECK_EQ_INT(done_total, 0); /* it waits for company */
+            pthread_mutex_unlock(&mu);
+        }
     }
     CHECK(wait_for(&done_total, 4));
     writer_stats st = stats_after(w, st0.ops + 4);
@@ -606,6 +611,119 @@ TEST(a_commit_delay_gathers_while_the_logger_is_idle)
     CHECK_EQ_INT(st.log_batches - st0.log_batches, 1);
     CHECK_EQ_INT(st.max_batch, 4);
     for (int i = 0; i < 4; i++) CHECK_EQ_INT(r[i].done_index, i);
+    close_store(s);
+}
+
+TEST(a_commit_delay_is_at_most_the_window)
+{
+    /* A delay of an hour with a window of 10 ms: the op waits the window at
+     * most (the old code waited the delay: this waits only DEADLINE_S). */
+    reset();
+    store *s = fresh_store();
+    writer *w = start_log_writer_with(s, 10000, 3600u * 1000000u, 64, 0, NULL);
+    if (!w) { close_store(s); return; }
+    top o;
+    result r;
+    nop_init(&o, &r);
+    CHECK_EQ_INT(writer_submit(w, &o.op), ERR_OK);
+    CHECK(wait_for(&done_total, 1));
+    writer_stop(w);
+    close_store(s);
+}
+
+/* The number of batches handed to the logger and not applied reaches n
+ * (polled under a deadline that only catches hangs). */
+static bool wait_unapplied(writer *w, uint64_t n)
+{
+    writer_stats st;
+    for (int i = 0; i < DEADLINE_S * 1000; i++) {
+        writer_get_stats(w, &st);
+        if (st.unapplied >= n) return true;
+        usleep(1000);
+    }
+    fprintf(stderr, "    timed out waiting for %llu unapplied (at %llu)\n", (unsigned long long)n,
+            (unsigned long long)st.unapplied);
+    return false;
+}
+
+TEST(a_full_open_batch_is_cut_while_the_logger_syncs)
+{
+    /* max_batch 100. The first op's fdatasync is held; 64 ops are decided
+     * into the open batch (one chunk), then 36 more make it full: the
+     * batch goes to the logger at once, not when the sync ends. */
+    reset();
+    store *s = fresh_store();
+    wal_io io = {.fdatasync = gated_fdatasync};
+    writer *w = start_log_writer_with(s, 3600u * 1000000u, 0, 100, 0, &io);
+    if (!w) { close_store(s); return; }
+    pthread_mutex_lock(&mu);
+    sync_armed = true;
+    pthread_mutex_unlock(&mu);
+    enum { N = 101 };
+    static top o[N];
+    static result r[N];
+    nop_init(&o[0], &r[0]);
+    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
+    CHECK(wait_entered());
+    pthread_mutex_lock(&mu);
+    sync_armed = false;
+    pthread_mutex_unlock(&mu);
+    for (int i = 1; i < N; i++) {
+        nop_init(&o[i], &r[i]);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+    }
+    CHECK(wait_unapplied(w, 2)); /* the first, and the full one */
+    open_gate();
+    CHECK(wait_for(&done_total, N));
+    writer_stop(w);
+    for (int i = 0; i < N; i++) CHECK_EQ_INT(r[i].done_index, i);
+    close_store(s);
+}
+
+typedef struct waiter { writer *w; uint64_t batch; int rc; } waiter;
+static void *wait_applied_thread(void *arg)
+{
+    waiter *x = arg;
+    x->rc = writer_wait_applied(x->w, x->batch, DEADLINE_S * 1000);
+    return NULL;
+}
+
+TEST(a_waiting_read_cuts_the_open_batch)
+{
+    /* The first op's fdatasync is held; 64 ops are decided into the open
+     * batch (batch 2) and would gather for the window (an hour). A read
+     * that waits for batch 2 to be in the store cuts it at once. */
+    reset();
+    store *s = fresh_store();
+    wal_io io = {.fdatasync = gated_fdatasync};
+    writer *w = start_log_writer_with(s, 3600u * 1000000u, 0, 4096, 0, &io);
+    if (!w) { close_store(s); return; }
+    pthread_mutex_lock(&mu);
+    sync_armed = true;
+    pthread_mutex_unlock(&mu);
+    enum { N = 65 };
+    static top o[N];
+    static result r[N];
+    nop_init(&o[0], &r[0]);
+    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
+    CHECK(wait_entered());
+    pthread_mutex_lock(&mu);
+    sync_armed = false;
+    pthread_mutex_unlock(&mu);
+    for (int i = 1; i < N; i++) {
+        nop_init(&o[i], &r[i]);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+    }
+    usleep(2000); /* the chunk is decided into the open batch, which gathers */
+    waiter x = {w, 2, -1};
+    pthread_t t;
+    CHECK_EQ_INT(pthread_create(&t, NULL, wait_applied_thread, &x), 0);
+    CHECK(wait_unapplied(w, 2)); /* cut while the first still syncs */
+    open_gate();
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(x.rc, ERR_OK);
+    CHECK(wait_for(&done_total, N));
+    writer_stop(w);
     close_store(s);
 }
 
@@ -930,6 +1048,9 @@ int main(void)
     RUN(an_op_is_logged_at_once_while_the_logger_is_idle);
     RUN(ops_arriving_during_a_sync_share_the_next);
     RUN(a_commit_delay_gathers_while_the_logger_is_idle);
+    RUN(a_commit_delay_is_at_most_the_window);
+    RUN(a_full_open_batch_is_cut_while_the_logger_syncs);
+    RUN(a_waiting_read_cuts_the_open_batch);
     RUN(many_small_logged_batches_apply_in_one_transaction);
     RUN(validation_errors_affect_only_their_op);
     RUN(storage_error_aborts_whole_batch);
