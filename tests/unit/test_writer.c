@@ -521,6 +521,25 @@ static writer *start_log_writer(store *s, uint32_t window_us, const wal_io *io)
     return start_log_writer_with(s, window_us, 0, 64, 0, io);
 }
 
+/* Submits o[0] and waits until the logger is inside its fdatasync (held at
+ * the gate), then submits o[1..n): they arrive while the log syncs. */
+static void submit_during_a_sync(writer *w, top *o, result *r, int n)
+{
+    pthread_mutex_lock(&mu);
+    sync_armed = true;
+    pthread_mutex_unlock(&mu);
+    nop_init(&o[0], &r[0]);
+    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
+    CHECK(wait_entered()); /* the logger syncs the first */
+    pthread_mutex_lock(&mu);
+    sync_armed = false;
+    pthread_mutex_unlock(&mu);
+    for (int i = 1; i < n; i++) {
+        nop_init(&o[i], &r[i]);
+        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
+    }
+}
+
 TEST(an_op_is_logged_at_once_while_the_logger_is_idle)
 {
     /* A window of an hour: with nothing being synced there is nothing to
@@ -552,21 +571,9 @@ TEST(ops_arriving_during_a_sync_share_the_next)
     if (!w) { close_store(s); return; }
     writer_stats st0;
     writer_get_stats(w, &st0);
-    pthread_mutex_lock(&mu);
-    sync_armed = true;
-    pthread_mutex_unlock(&mu);
     top o[4];
     result r[4];
-    nop_init(&o[0], &r[0]);
-    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
-    CHECK(wait_entered()); /* the logger syncs the first */
-    pthread_mutex_lock(&mu);
-    sync_armed = false;
-    pthread_mutex_unlock(&mu);
-    for (int i = 1; i < 4; i++) {
-        nop_init(&o[i], &r[i]);
-        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
-    }
+    submit_during_a_sync(w, o, r, 4);
     open_gate();
     CHECK(wait_for(&done_total, 4));
     writer_stats st = stats_after(w, st0.ops + 4);
@@ -656,22 +663,10 @@ TEST(a_full_open_batch_is_cut_while_the_logger_syncs)
     wal_io io = {.fdatasync = gated_fdatasync};
     writer *w = start_log_writer_with(s, 3600u * 1000000u, 0, 100, 0, &io);
     if (!w) { close_store(s); return; }
-    pthread_mutex_lock(&mu);
-    sync_armed = true;
-    pthread_mutex_unlock(&mu);
     enum { N = 101 };
     static top o[N];
     static result r[N];
-    nop_init(&o[0], &r[0]);
-    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
-    CHECK(wait_entered());
-    pthread_mutex_lock(&mu);
-    sync_armed = false;
-    pthread_mutex_unlock(&mu);
-    for (int i = 1; i < N; i++) {
-        nop_init(&o[i], &r[i]);
-        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
-    }
+    submit_during_a_sync(w, o, r, N);
     CHECK(wait_unapplied(w, 2)); /* the first, and the full one */
     open_gate();
     CHECK(wait_for(&done_total, N));
@@ -698,22 +693,10 @@ TEST(a_waiting_read_cuts_the_open_batch)
     wal_io io = {.fdatasync = gated_fdatasync};
     writer *w = start_log_writer_with(s, 3600u * 1000000u, 0, 4096, 0, &io);
     if (!w) { close_store(s); return; }
-    pthread_mutex_lock(&mu);
-    sync_armed = true;
-    pthread_mutex_unlock(&mu);
     enum { N = 65 };
     static top o[N];
     static result r[N];
-    nop_init(&o[0], &r[0]);
-    CHECK_EQ_INT(writer_submit(w, &o[0].op), ERR_OK);
-    CHECK(wait_entered());
-    pthread_mutex_lock(&mu);
-    sync_armed = false;
-    pthread_mutex_unlock(&mu);
-    for (int i = 1; i < N; i++) {
-        nop_init(&o[i], &r[i]);
-        CHECK_EQ_INT(writer_submit(w, &o[i].op), ERR_OK);
-    }
+    submit_during_a_sync(w, o, r, N);
     usleep(2000); /* the chunk is decided into the open batch, which gathers */
     waiter x = {w, 2, -1};
     pthread_t t;
