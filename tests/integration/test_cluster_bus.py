@@ -98,21 +98,41 @@ def test_events_reach_the_sessions_on_other_nodes(parley, pg_database, redis):
     assert poll(lambda: channels(redis), lambda v: v == ["parley:all"]) == ["parley:all"]
 
 
-def test_a_logout_closes_its_sessions_on_every_node(parley, pg_database, redis):
-    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
+def two_devices_on_n2(parley, db, redis):
+    """Two nodes and a user with two devices' tokens: (n1, n2, u, other),
+    u's token to be revoked, other's to stay; both will be used on n2."""
+    n1, n2 = node(parley, db, redis, "n1"), node(parley, db, redis, "n2")
     u = users(n1, 1)[0]
-    other = login(n2, u.name)
+    return n1, n2, u, login(n2, u.name)
+
+
+async def open_both_on_n2(n2, u, other, redis):
+    """Both devices' sessions on n2, once n2 subscribed the user's channel."""
+    c2 = await Client.open(on(n2, u))      # the token to revoke
+    keep = await Client.open(other)        # another device
+    assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+    return c2, keep
+
+
+async def logout_through_n1(u):
+    r = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: u.delete("/v1/sessions/current"))  # u's client talks to n1
+    assert r.status_code == 204, r.text
+
+
+async def revoked_closed_other_kept(c2, keep):
+    assert await c2.closed_with() == 1008
+    await keep.ping()
+    await keep.close()
+
+
+def test_a_logout_closes_its_sessions_on_every_node(parley, pg_database, redis):
+    n1, n2, u, other = two_devices_on_n2(parley, pg_database, redis)
 
     async def go():
-        c2 = await Client.open(on(n2, u))      # the token to revoke, on n2
-        keep = await Client.open(other)        # another device, on n2 too
-        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
-        r = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: u.delete("/v1/sessions/current"))  # through n1
-        assert r.status_code == 204, r.text
-        assert await c2.closed_with() == 1008
-        await keep.ping()
-        await keep.close()
+        c2, keep = await open_both_on_n2(n2, u, other, redis)
+        await logout_through_n1(u)
+        await revoked_closed_other_kept(c2, keep)
 
     arun(go())
 
@@ -406,28 +426,20 @@ def test_a_logout_missed_on_the_bus_is_read_from_the_journal(parley, pg_database
     the user's other device stays."""
     import os
     import signal
-    n1, n2 = node(parley, pg_database, redis, "n1"), node(parley, pg_database, redis, "n2")
-    u = users(n1, 1)[0]
-    other = login(n2, u.name)
+    n1, n2, u, other = two_devices_on_n2(parley, pg_database, redis)
 
     async def go():
-        c2 = await Client.open(on(n2, u))   # the token to revoke, on n2
-        keep = await Client.open(other)     # another device, on n2 too
-        assert poll(lambda: subscriptions(redis), lambda n: n == 1) == 1
+        c2, keep = await open_both_on_n2(n2, u, other, redis)
         r = redis.client()
         sub = [c for c in r.client_list() if c.get("name") == "parley-n2-sub"]
         assert len(sub) == 1, r.client_list()
         os.kill(n2.proc.pid, signal.SIGSTOP)
         try:
             r.client_kill_filter(_id=sub[0]["id"])
-            resp = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: u.delete("/v1/sessions/current"))  # through n1
-            assert resp.status_code == 204, resp.text
+            await logout_through_n1(u)
             assert r.zcard(next(iter(r.scan_iter("parley:rv:*")))) == 1
         finally:
             os.kill(n2.proc.pid, signal.SIGCONT)
-        assert await c2.closed_with() == 1008
-        await keep.ping()
-        await keep.close()
+        await revoked_closed_other_kept(c2, keep)
 
     arun(go())

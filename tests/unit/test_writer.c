@@ -521,6 +521,14 @@ static writer *start_log_writer(store *s, uint32_t window_us, const wal_io *io)
     return start_log_writer_with(s, window_us, 0, 64, 0, io);
 }
 
+/* A log writer whose fdatasync goes through the gate, gathering for up to
+ * an hour (the log copies the seam). */
+static writer *start_gated_writer(store *s, size_t max_batch)
+{
+    wal_io io = {.fdatasync = gated_fdatasync};
+    return start_log_writer_with(s, 3600u * 1000000u, 0, max_batch, 0, &io);
+}
+
 /* Submits o[0] and waits until the logger is inside its fdatasync (held at
  * the gate), then submits o[1..n): they arrive while the log syncs. */
 static void submit_during_a_sync(writer *w, top *o, result *r, int n)
@@ -566,8 +574,7 @@ TEST(ops_arriving_during_a_sync_share_the_next)
      * log together, in one append, the moment the logger is free. */
     reset();
     store *s = fresh_store();
-    wal_io io = {.fdatasync = gated_fdatasync};
-    writer *w = start_log_writer(s, 3600u * 1000000u, &io);
+    writer *w = start_gated_writer(s, 64);
     if (!w) { close_store(s); return; }
     writer_stats st0;
     writer_get_stats(w, &st0);
@@ -660,8 +667,7 @@ TEST(a_full_open_batch_is_cut_while_the_logger_syncs)
      * batch goes to the logger at once, not when the sync ends. */
     reset();
     store *s = fresh_store();
-    wal_io io = {.fdatasync = gated_fdatasync};
-    writer *w = start_log_writer_with(s, 3600u * 1000000u, 0, 100, 0, &io);
+    writer *w = start_gated_writer(s, 100);
     if (!w) { close_store(s); return; }
     enum { N = 101 };
     static top o[N];
@@ -690,8 +696,7 @@ TEST(a_waiting_read_cuts_the_open_batch)
      * that waits for batch 2 to be in the store cuts it at once. */
     reset();
     store *s = fresh_store();
-    wal_io io = {.fdatasync = gated_fdatasync};
-    writer *w = start_log_writer_with(s, 3600u * 1000000u, 0, 4096, 0, &io);
+    writer *w = start_gated_writer(s, 4096);
     if (!w) { close_store(s); return; }
     enum { N = 65 };
     static top o[N];
